@@ -1,0 +1,40 @@
+# Two commands for a fresh machine with Python 3.11+ and make:
+#   make run    the bundle locally (embedded PostgreSQL unless DATABASE_URL is set)
+#   make test   every test
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: run test invoke migrate lint build validate bench clean
+
+$(STAMP): requirements-dev.txt layers/ops/requirements.txt
+	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+run: $(STAMP)  ## local gateway on 127.0.0.1:3000 with the real handlers
+	$(PY) -m tools.serve
+
+invoke: $(STAMP)  ## make invoke FN=RetentionFunction EVENT=events/retention-scheduler.json
+	$(PY) -m tools.invoke $(FN) $(if $(EVENT),--event $(EVENT))
+
+migrate: $(STAMP)  ## apply migrations to DATABASE_URL (or DB_SECRET_ARN)
+	$(PY) -m tools.migrate
+
+test: $(STAMP)  ## every test: unit, database, template, build, promtool
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)  ## benchmarks; results go to benchmarks/README.md
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

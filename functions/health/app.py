@@ -1,0 +1,94 @@
+"""Health endpoints: /health, /health/live, /health/ready, /health/detailed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from health_checks import CheckResult, configured_checks, database_check, run_checks
+from ops.api import Api, Request, Response, json_response
+from ops.config import settings
+
+HEALTH_JSON = "application/health+json"
+
+app = Api()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@app.get("/health")
+def health(_: Request) -> Response:
+    (db,) = run_checks([database_check()])
+    if db.ok:
+        return json_response(200, {"status": "ok", "db": "connected"})
+    return json_response(503, {"status": "error", "db": "disconnected"})
+
+
+@app.get("/health/live")
+def live(_: Request) -> Response:
+    cfg = settings()
+    return json_response(
+        200, {"status": "ok", "service": cfg.service, "version": cfg.version, "timestamp": _now()}
+    )
+
+
+@app.get("/health/ready")
+def ready(_: Request) -> Response:
+    results = run_checks([c for c in configured_checks() if c.critical])
+    is_ready = all(r.ok for r in results)
+    body = {
+        "status": "ready" if is_ready else "not_ready",
+        "timestamp": _now(),
+        "checks": {r.name: r.as_json() for r in results},
+    }
+    return json_response(200 if is_ready else 503, body)
+
+
+def _health_json(results: list[CheckResult], healthy: bool) -> dict[str, object]:
+    """draft-inadarei-api-health-check: status pass|warn|fail, checks keyed component:measurement."""
+    cfg = settings()
+    critical_down = any(not r.ok and r.critical for r in results)
+    status = "pass" if healthy else ("fail" if critical_down else "warn")
+    checks = {
+        f"{r.name}:responseTime": [
+            {
+                "componentType": r.component_type,
+                "observedValue": round(r.latency_ms, 3),
+                "observedUnit": "ms",
+                "status": "pass" if r.ok else "fail",
+                "time": _now(),
+                **({"output": r.error} if r.error else {}),
+            }
+        ]
+        for r in results
+    }
+    return {
+        "status": status,
+        "version": cfg.version.split(".")[0],
+        "releaseId": cfg.version,
+        "serviceId": cfg.service,
+        "description": f"{cfg.service} health",
+        "checks": checks,
+    }
+
+
+@app.get("/health/detailed", auth=True)
+def detailed(req: Request) -> Response:
+    results = run_checks(configured_checks())
+    healthy = all(r.ok for r in results)
+    status = 200 if healthy else 503
+    if HEALTH_JSON in (req.header("accept") or ""):
+        return json_response(status, _health_json(results, healthy), content_type=HEALTH_JSON)
+    cfg = settings()
+    body = {
+        "status": "ok" if healthy else "degraded",
+        "service": cfg.service,
+        "version": cfg.version,
+        "timestamp": _now(),
+        "checks": {r.name: r.as_json() for r in results},
+    }
+    return json_response(status, body)
+
+
+lambda_handler = app.lambda_handler

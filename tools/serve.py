@@ -1,0 +1,76 @@
+"""`make run`: database (embedded unless DATABASE_URL), migrations, demo data, local gateway.
+
+    python -m tools.serve [--port 3000] [--no-demo]
+
+Ctrl-C (or SIGTERM) stops the gateway, its workers and the embedded database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+from tools.gateway import Gateway, make_server
+from tools.localdb import ensure_database
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 3000)))
+    parser.add_argument("--no-demo", action="store_true", help="do not load demo rows")
+    args = parser.parse_args(argv)
+
+    url, cluster = ensure_database()
+    try:
+        from ops.db import parse_database_url
+        from tools.migrate import apply_url
+
+        applied = apply_url(url)
+        target = parse_database_url(url).target
+        print(f"database: {target} ({'embedded' if cluster else 'DATABASE_URL'}); "
+              f"migrations applied: {len(applied)}", flush=True)
+        if not args.no_demo:
+            _load_demo(url)
+
+        env = {"DATABASE_URL": url, "DB_SSL_MODE": os.environ.get("DB_SSL_MODE", "")}
+        gateway = Gateway(env={k: v for k, v in env.items() if v})
+        server = make_server(gateway, port=args.port)
+
+        def stop(*_: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
+        print(f"gateway: http://127.0.0.1:{args.port}", flush=True)
+        for path, methods in sorted(gateway.routes.items()):
+            print(f"  {','.join(sorted(methods))} {path}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("\nstopping", flush=True)
+        finally:
+            server.server_close()
+            gateway.close()
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    return 0
+
+
+def _load_demo(url: str) -> None:
+    from ops.config import settings
+    from ops.db import open_connection, parse_database_url
+    from tools.demo import load_demo
+
+    conn = open_connection(parse_database_url(url), settings(), timeout_s=10)
+    try:
+        if load_demo(conn):
+            print("demo data loaded", flush=True)
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

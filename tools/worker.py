@@ -1,0 +1,45 @@
+"""One local "container": a process that imports one function and serves invocations.
+
+Protocol: one JSON line per invocation on stdin ({"event", "timeout_s"}), one JSON
+line per result on the original stdout. The handler's own stdout (Powertools logs)
+goes to stderr, which the gateway passes through to the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+
+def main() -> int:
+    code_dir, handler_name, function_name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    memory_mb = int(sys.argv[4]) if len(sys.argv) > 4 else 256
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    import tools  # noqa: F401 - puts the layer on sys.path
+    from tools.runtime import LambdaContext, load_handler
+
+    handler = load_handler(code_dir, handler_name)
+    for line in sys.stdin:
+        request = json.loads(line)
+        context = LambdaContext(function_name, float(request["timeout_s"]), memory_mb)
+        try:
+            reply = {"ok": True, "result": handler(request["event"], context)}
+        except Exception as exc:  # Lambda reports an unhandled error; so do we
+            reply = {
+                "ok": False,
+                "errorType": type(exc).__name__,
+                "errorMessage": str(exc),
+                "stackTrace": traceback.format_exc().splitlines(),
+            }
+        channel.write(json.dumps(reply, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
