@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)  ## benchmarks; results go to benchmarks/README.md
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(SUITES)
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

@@ -39,7 +39,7 @@ _CfnLoader.add_multi_constructor("!", _intrinsic)
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
     with path.open() as f:
-        return yaml.load(f, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(f, Loader=_CfnLoader)
 
 
 @dataclass(frozen=True)

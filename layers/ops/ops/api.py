@@ -182,5 +182,5 @@ class Api:
         """Observability must never fail the request it observes."""
         try:
             fn(*args)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             logger.warning("response hook failed", extra={"type": "error", "error": repr(exc)})

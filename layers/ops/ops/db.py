@@ -203,7 +203,7 @@ class Database:
         if conn is not None:
             try:
                 conn._usock.close()  # no terminate message: the server may be the thing that hangs
-            except Exception:  # noqa: BLE001 - closing a broken socket may fail in many ways
+            except Exception:
                 pass
 
     def run(self, sql: str, *, timeout_s: float | None = None, **params: Any) -> list[list[Any]]:
@@ -256,7 +256,7 @@ class Database:
                 else:
                     try:
                         conn.run("ROLLBACK")
-                    except Exception:  # noqa: BLE001 - the original error matters more
+                    except Exception:
                         self.discard()
                 raise
 
@@ -265,7 +265,7 @@ class Database:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
 

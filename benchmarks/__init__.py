@@ -1,0 +1,11 @@
+"""Reproducible benchmarks. `make bench` (or `python -m benchmarks [suite ...]`).
+
+Each suite is a module `benchmarks/suite_<name>.py` with
+
+    def run(quick: bool) -> str   # a Markdown section: what was compared, numbers, ratios, targets
+
+Every suite measures its baseline in the same run and reports ratios, because
+these machines are shared and noisy. The harness writes each suite's section
+into benchmarks/README.md between `<!-- suite:<name> -->` markers, so suites can
+be re-run one at a time without losing the others' latest results.
+"""

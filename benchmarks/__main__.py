@@ -1,0 +1,54 @@
+"""Run benchmark suites and record their results in benchmarks/README.md."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import tools  # noqa: F401 - puts the ops layer on sys.path
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+
+
+def suites() -> list[str]:
+    return sorted(p.stem.removeprefix("suite_") for p in HERE.glob("suite_*.py"))
+
+
+def record(name: str, section: str) -> None:
+    text = README.read_text() if README.exists() else "# Benchmarks\n"
+    start, end = f"<!-- suite:{name} -->", f"<!-- /suite:{name} -->"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = (
+        f"{start}\n{section.strip()}\n\n"
+        f"_Recorded {stamp} on {platform.machine()}, Python {platform.python_version()}, "
+        f"command: `make bench SUITES={name}`._\n{end}"
+    )
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
+    README.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("suites", nargs="*", help=f"default: all of {suites()}")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    parser.add_argument("--no-record", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    for name in args.suites or suites():
+        module = importlib.import_module(f"benchmarks.suite_{name}")
+        print(f"== {name}", flush=True)
+        section = module.run(args.quick)
+        print(section, flush=True)
+        if not args.no_record:
+            record(name, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
