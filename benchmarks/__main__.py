@@ -30,7 +30,11 @@ def record(name: str, section: str) -> None:
         f"command: `make bench SUITES={name}`._\n{end}"
     )
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else f"{text.rstrip()}\n\n{block}\n"
+    )
     README.write_text(text)
 
 

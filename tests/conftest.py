@@ -83,8 +83,14 @@ def _reset_runtime() -> None:
 @pytest.fixture(autouse=True)
 def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts like a new container, with no ambient AWS or database config."""
-    for var in ("DATABASE_URL", "DB_SECRET_ARN", "DB_HOST", "METRICS_AUTH_TOKEN",
-                "METRICS_AUTH_TOKEN_SECRET_ARN", "MOLTBOT_GATEWAY_URL"):
+    for var in (
+        "DATABASE_URL",
+        "DB_SECRET_ARN",
+        "DB_HOST",
+        "METRICS_AUTH_TOKEN",
+        "METRICS_AUTH_TOKEN_SECRET_ARN",
+        "MOLTBOT_GATEWAY_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")

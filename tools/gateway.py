@@ -35,8 +35,15 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env["AWS_LAMBDA_FUNCTION_NAME"] = self.spec.logical_id
         return subprocess.Popen(
-            [sys.executable, "-m", "tools.worker", str(self.spec.code_dir), self.spec.handler,
-             self.spec.logical_id, str(self.spec.memory_mb)],
+            [
+                sys.executable,
+                "-m",
+                "tools.worker",
+                str(self.spec.code_dir),
+                self.spec.handler,
+                self.spec.logical_id,
+                str(self.spec.memory_mb),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -49,7 +56,9 @@ class Worker:
             if self.proc is None or self.proc.poll() is not None:
                 self.proc = self._start()
             assert self.proc.stdin is not None and self.proc.stdout is not None
-            self.proc.stdin.write(json.dumps({"event": event, "timeout_s": self.spec.timeout_s}) + "\n")
+            self.proc.stdin.write(
+                json.dumps({"event": event, "timeout_s": self.spec.timeout_s}) + "\n"
+            )
             self.proc.stdin.flush()
             # Import time counts against the first invocation, as a cold start does on Lambda.
             ready, _, _ = select.select([self.proc.stdout], [], [], self.spec.timeout_s + 5)
@@ -90,8 +99,13 @@ class Gateway:
             # so hand the request to the route's function and let it say which methods work.
             worker = next(iter(methods.values()))
         event = proxy_event(
-            method=method, path=parts.path, resource=parts.path,
-            query=parts.query, headers=headers, body=body, stage=self.stage,
+            method=method,
+            path=parts.path,
+            resource=parts.path,
+            query=parts.query,
+            headers=headers,
+            body=body,
+            stage=self.stage,
         )
         reply = worker.invoke(event)
         if not reply.get("ok"):
@@ -105,7 +119,9 @@ class Gateway:
             out_headers = {str(k): str(v) for k, v in (result.get("headers") or {}).items()}
             payload = result.get("body") or ""
             data = (
-                base64.b64decode(payload) if result.get("isBase64Encoded") else str(payload).encode()
+                base64.b64decode(payload)
+                if result.get("isBase64Encoded")
+                else str(payload).encode()
             )
         except (KeyError, TypeError, ValueError):
             return _json(502, {"message": "Internal server error"})

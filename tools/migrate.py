@@ -89,7 +89,9 @@ def main() -> int:
         done = apply(conn)
     finally:
         conn.close()
-    print(f"migrations: {len(done)} applied ({', '.join(done) or 'none pending'}) on {params.target}")
+    print(
+        f"migrations: {len(done)} applied ({', '.join(done) or 'none pending'}) on {params.target}"
+    )
     return 0
 
 

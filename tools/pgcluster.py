@@ -101,8 +101,10 @@ class PgCluster:
         try:
             self._cmd(
                 "initdb",
-                "-D", str(self.datadir),
-                "-U", SUPERUSER,
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
                 f"--pwfile={pw_tmp}",
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
@@ -119,8 +121,17 @@ class PgCluster:
             "-c max_connections=100"
         )
         self._cmd(
-            "pg_ctl", "-D", str(self.datadir), "-w", "-t", "60", "-o", opts,
-            "-l", str(self.datadir / "server.log"), "start",
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            opts,
+            "-l",
+            str(self.datadir / "server.log"),
+            "start",
         )
 
     def stop(self, mode: str = "fast") -> None:
@@ -157,8 +168,19 @@ class PgCluster:
 
     def create_database(self, name: str) -> str:
         self._cmd(
-            "psql", "-h", str(self.datadir), "-p", str(self.port), "-U", SUPERUSER,
-            "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", f'CREATE DATABASE "{name}"',
+            "psql",
+            "-h",
+            str(self.datadir),
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            f'CREATE DATABASE "{name}"',
         )
         return self.url(name)
 

@@ -103,9 +103,7 @@ class LambdaContext:
     def __init__(self, function_name: str, timeout_s: float, memory_mb: int = 256) -> None:
         self.function_name = function_name
         self.function_version = "$LATEST"
-        self.invoked_function_arn = (
-            f"arn:aws:lambda:local:000000000000:function:{function_name}"
-        )
+        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
         self.memory_limit_in_mb = memory_mb
         self.aws_request_id = str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{function_name}"

@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
 
         applied = apply_url(url)
         target = parse_database_url(url).target
-        print(f"database: {target} ({'embedded' if cluster else 'DATABASE_URL'}); "
-              f"migrations applied: {len(applied)}", flush=True)
+        print(
+            f"database: {target} ({'embedded' if cluster else 'DATABASE_URL'}); "
+            f"migrations applied: {len(applied)}",
+            flush=True,
+        )
         if not args.no_demo:
             _load_demo(url)
 

@@ -47,7 +47,7 @@ def ready(_: Request) -> Response:
 
 
 def _health_json(results: list[CheckResult], healthy: bool) -> dict[str, object]:
-    """draft-inadarei-api-health-check: status pass|warn|fail, checks keyed component:measurement."""
+    """draft-inadarei-api-health-check: pass|warn|fail, checks keyed component:measurement."""
     cfg = settings()
     critical_down = any(not r.ok and r.critical for r in results)
     status = "pass" if healthy else ("fail" if critical_down else "warn")

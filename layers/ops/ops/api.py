@@ -54,7 +54,11 @@ def parse_event(event: Any) -> Request:
     headers = event.get("headers") or {}
     query = event.get("queryStringParameters") or {}
     context = event.get("requestContext") or {}
-    if not isinstance(headers, dict) or not isinstance(query, dict) or not isinstance(context, dict):
+    if (
+        not isinstance(headers, dict)
+        or not isinstance(query, dict)
+        or not isinstance(context, dict)
+    ):
         raise MalformedEvent("headers, queryStringParameters and requestContext must be objects")
     body = event.get("body")
     if body is not None and not isinstance(body, str):

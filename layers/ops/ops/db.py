@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -201,10 +201,9 @@ class Database:
         """Drop the connection; safe to call from another thread to unblock a hung read."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn._usock.close()  # no terminate message: the server may be the thing that hangs
-            except Exception:
-                pass
+            # No terminate message: the server may be the thing that hangs.
+            with suppress(Exception):
+                conn._usock.close()
 
     def run(self, sql: str, *, timeout_s: float | None = None, **params: Any) -> list[list[Any]]:
         """Run one statement; on a stale connection reconnect once and retry.
@@ -263,10 +262,8 @@ class Database:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
 
 
 _default: Database | None = None
