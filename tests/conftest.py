@@ -102,6 +102,18 @@ def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Set environment variables as a new container would see them (caches reset)."""
+
+    def configure(**variables: str) -> None:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        _reset_runtime()
+
+    return configure
+
+
+@pytest.fixture
 def db_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point the handlers at the test database, as DATABASE_URL does locally."""
     monkeypatch.setenv("DATABASE_URL", database_url)

@@ -16,9 +16,9 @@ def test_health_ok_when_database_answers(db_env, health_api):
     assert headers["Cache-Control"] == "no-store"
 
 
-def test_live_needs_nothing(health_api, monkeypatch, closed_port):
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@127.0.0.1:{closed_port}/db")
-    monkeypatch.setenv("SERVICE_VERSION", "1.2.3")
+def test_live_needs_nothing(health_api, app_env, closed_port):
+    app_env(DATABASE_URL=f"postgresql://u:p@127.0.0.1:{closed_port}/db")
+    app_env(SERVICE_VERSION="1.2.3")
     status, _, body = health_api("/health/live")
     assert status == 200
     assert body["status"] == "ok"
@@ -36,16 +36,13 @@ def test_ready_reports_each_critical_check(db_env, health_api):
 
 
 def test_detailed_ok_and_degraded_with_optional_http_dependency(
-    db_env, health_api, monkeypatch, closed_port
+    db_env, health_api, app_env, closed_port
 ):
     status, _, body = health_api("/health/detailed")
     assert status == 200 and body["status"] == "ok"
     assert set(body["checks"]) == {"database"}
 
-    monkeypatch.setenv("MOLTBOT_GATEWAY_URL", f"http://127.0.0.1:{closed_port}")
-    from ops.config import settings
-
-    settings.cache_clear()
+    app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{closed_port}")
     status, _, body = health_api("/health/detailed")
     assert status == 503
     assert body["status"] == "degraded"
@@ -54,7 +51,7 @@ def test_detailed_ok_and_degraded_with_optional_http_dependency(
     assert body["checks"]["moltbot"]["error"]
 
 
-def test_detailed_http_dependency_up(db_env, health_api, monkeypatch):
+def test_detailed_http_dependency_up(db_env, health_api, app_env):
     from http.server import BaseHTTPRequestHandler, HTTPServer
     from threading import Thread
 
@@ -69,7 +66,7 @@ def test_detailed_http_dependency_up(db_env, health_api, monkeypatch):
     srv = HTTPServer(("127.0.0.1", 0), Ok)
     Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setenv("MOLTBOT_GATEWAY_URL", f"http://127.0.0.1:{srv.server_port}/")
+        app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{srv.server_port}/")
         status, _, body = health_api("/health/detailed")
         assert status == 200
         assert body["checks"]["moltbot"]["status"] == "up"
@@ -91,8 +88,8 @@ def test_detailed_speaks_health_json(db_env, health_api):
 
 
 @pytest.mark.parametrize("auth", [None, "Bearer wrong", "Basic c2VjcmV0", "Bearer "])
-def test_detailed_requires_token_when_configured(db_env, health_api, monkeypatch, auth):
-    monkeypatch.setenv("METRICS_AUTH_TOKEN", "s3cret-token")
+def test_detailed_requires_token_when_configured(db_env, health_api, app_env, auth):
+    app_env(METRICS_AUTH_TOKEN="s3cret-token")
     headers = {"Authorization": auth} if auth else {}
     status, resp_headers, body = health_api("/health/detailed", headers=headers)
     assert status == 401
@@ -100,14 +97,14 @@ def test_detailed_requires_token_when_configured(db_env, health_api, monkeypatch
     assert resp_headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_detailed_accepts_the_right_token(db_env, health_api, monkeypatch):
-    monkeypatch.setenv("METRICS_AUTH_TOKEN", "s3cret-token")
+def test_detailed_accepts_the_right_token(db_env, health_api, app_env):
+    app_env(METRICS_AUTH_TOKEN="s3cret-token")
     status, _, _ = health_api("/health/detailed", headers={"Authorization": "Bearer s3cret-token"})
     assert status == 200
 
 
-def test_refused_connection_is_503_fast(health_api, monkeypatch, closed_port):
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:pw@127.0.0.1:{closed_port}/app")
+def test_refused_connection_is_503_fast(health_api, app_env, closed_port):
+    app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{closed_port}/app")
     for path, expected in [
         ("/health", {"status": "error", "db": "disconnected"}),
         ("/health/ready", None),
@@ -122,10 +119,10 @@ def test_refused_connection_is_503_fast(health_api, monkeypatch, closed_port):
     assert body["checks"]["database"]["status"] == "down"
 
 
-def test_hung_database_turns_into_503_within_budget(health_api, monkeypatch, blackhole):
-    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:pw@127.0.0.1:{blackhole}/app")
-    monkeypatch.setenv("HEALTH_DB_TIMEOUT_S", "0.5")
-    monkeypatch.setenv("DB_CONNECT_TIMEOUT_S", "30")  # the check's budget must win
+def test_hung_database_turns_into_503_within_budget(health_api, app_env, blackhole):
+    app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{blackhole}/app")
+    app_env(HEALTH_DB_TIMEOUT_S="0.5")
+    app_env(DB_CONNECT_TIMEOUT_S="30")  # the check's budget must win
     started = time.monotonic()
     status, _, body = health_api("/health/ready")
     elapsed = time.monotonic() - started
@@ -135,13 +132,13 @@ def test_hung_database_turns_into_503_within_budget(health_api, monkeypatch, bla
     assert elapsed < 10
 
 
-def test_database_stopped_then_restarted_between_invocations(health_api, monkeypatch):
+def test_database_stopped_then_restarted_between_invocations(health_api, app_env):
     cluster = new_cluster()
     cluster.init()
     cluster.start()
     cluster.wait_ready()
     try:
-        monkeypatch.setenv("DATABASE_URL", cluster.url())
+        app_env(DATABASE_URL=cluster.url())
         assert health_api("/health")[0] == 200
         from ops.db import get_db
 
@@ -179,11 +176,8 @@ def test_connection_is_reused_across_invocations(db_env, health_api, sql):
     assert app == [["realestate-backend"]]
 
 
-def test_statement_timeout_is_set_on_the_connection(db_env, monkeypatch):
-    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "250")
-    from ops.config import settings
-    from ops.db import get_db, reset
+def test_statement_timeout_is_set_on_the_connection(db_env, app_env):
+    app_env(DB_STATEMENT_TIMEOUT_MS="250")
+    from ops.db import get_db
 
-    settings.cache_clear()
-    reset()
     assert get_db().run("SHOW statement_timeout") == [["250ms"]]

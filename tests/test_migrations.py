@@ -1,0 +1,80 @@
+"""Migrations are idempotent; the audit log is append-only in the database itself."""
+
+from __future__ import annotations
+
+import pytest
+from pg8000.exceptions import DatabaseError
+
+from tools.migrate import MigrationError, apply, apply_url, migration_files
+
+
+def test_applying_twice_changes_nothing(database_url, sql):
+    before = sql("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in before] == [p.name for p in migration_files()]
+    assert apply_url(database_url) == []
+    after = sql("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version")
+    assert after == before
+
+
+def test_fresh_database_gets_every_table_and_index(pg_cluster, sql):
+    url = pg_cluster.create_database("fresh_migrations")
+    try:
+        assert apply_url(url) == [p.name for p in migration_files()]
+        assert apply_url(url) == []
+    finally:
+        sql('DROP DATABASE "fresh_migrations" WITH (FORCE)')
+
+
+def test_changed_migration_is_refused(database_url, tmp_path):
+    import pg8000.native
+
+    from ops.config import settings
+    from ops.db import open_connection, parse_database_url
+
+    for f in migration_files():
+        (tmp_path / f.name).write_text(f.read_text())
+    first = migration_files()[0].name
+    (tmp_path / first).write_text("-- edited after release\n" + (tmp_path / first).read_text())
+    conn: pg8000.native.Connection = open_connection(parse_database_url(database_url), settings())
+    try:
+        with pytest.raises(MigrationError, match="changed after it was applied"):
+            apply(conn, tmp_path)
+    finally:
+        conn.close()
+
+
+def test_retention_indexes_exist(sql):
+    rows = sql(
+        "SELECT indexname FROM pg_indexes WHERE tablename IN ('inbound_events', 'chat_sessions')"
+    )
+    names = {r[0] for r in rows}
+    assert {"inbound_events_received_at_idx", "chat_sessions_updated_at_idx"} <= names
+
+
+@pytest.fixture
+def audit_row(sql) -> int:
+    return sql(
+        "INSERT INTO audit_logs (actor_type, actor_id, action, entity, payload)"
+        " VALUES ('user', 'u-1', 'listing.update', 'listings', '{\"x\": 1}') RETURNING id"
+    )[0][0]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit_logs SET action = 'tampered' WHERE id = :id",
+        "DELETE FROM audit_logs WHERE id = :id",
+    ],
+)
+def test_audit_rows_cannot_be_changed_or_deleted(sql, audit_row, statement):
+    with pytest.raises(DatabaseError, match="append-only"):
+        sql(statement, id=audit_row)
+    assert sql("SELECT action FROM audit_logs WHERE id = :id", id=audit_row) == [
+        ["listing.update"]
+    ]
+
+
+def test_audit_log_cannot_be_truncated(sql, audit_row):
+    with pytest.raises(DatabaseError, match="append-only"):
+        sql("TRUNCATE audit_logs")
+    assert sql("SELECT count(*) FROM audit_logs WHERE id = :id", id=audit_row) == [[1]]
