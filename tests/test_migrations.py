@@ -69,9 +69,7 @@ def audit_row(sql) -> int:
 def test_audit_rows_cannot_be_changed_or_deleted(sql, audit_row, statement):
     with pytest.raises(DatabaseError, match="append-only"):
         sql(statement, id=audit_row)
-    assert sql("SELECT action FROM audit_logs WHERE id = :id", id=audit_row) == [
-        ["listing.update"]
-    ]
+    assert sql("SELECT action FROM audit_logs WHERE id = :id", id=audit_row) == [["listing.update"]]
 
 
 def test_audit_log_cannot_be_truncated(sql, audit_row):

@@ -48,8 +48,9 @@ def rds_secret(cluster: PgCluster, password: str) -> str:
 
 def count_calls(client) -> list[str]:
     calls: list[str] = []
-    client.meta.events.register("before-call.secrets-manager.GetSecretValue",
-                                lambda **_: calls.append("get"))
+    client.meta.events.register(
+        "before-call.secrets-manager.GetSecretValue", lambda **_: calls.append("get")
+    )
     return calls
 
 
@@ -106,9 +107,10 @@ def test_malformed_secret_is_a_clear_503(secrets_client, health_api, app_env, lo
 
 def test_boto3_is_not_imported_when_database_url_is_used(db_env):
     """A cold start with DATABASE_URL must not pay for boto3 (~200 ms)."""
+    paths = [str(ROOT / "functions" / "health"), str(ROOT / "layers" / "ops"), str(ROOT)]
     probe = f"""
 import json, sys
-sys.path[:0] = [{str(ROOT / "functions" / "health")!r}, {str(ROOT / "layers" / "ops")!r}, {str(ROOT)!r}]
+sys.path[:0] = {paths!r}
 from tools.apigw import proxy_event
 from tools.runtime import LambdaContext
 import app
@@ -119,7 +121,11 @@ resp = app.lambda_handler(proxy_event(method="GET", path="/health", resource="/h
 print(json.dumps({{"status": resp["statusCode"], "boto3": "boto3" in sys.modules,
                   "botocore.client": "botocore.client" in sys.modules}}))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/"
-    ).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/"
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert json.loads(out) == {"status": 200, "boto3": False, "botocore.client": False}

@@ -1,5 +1,6 @@
 """The database for local runs: DATABASE_URL when set, else an embedded PostgreSQL
-kept under .local/pgdata (survives restarts, so local data does too)."""
+kept under .local/pgdata (survives restarts, so local data does too).
+`LOCAL_DATA_DIR` moves that folder (tests use a temporary one)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from pathlib import Path
 from tools import ROOT
 from tools.pgcluster import PgCluster
 
-LOCAL_DIR = ROOT / ".local"
+
+def local_dir() -> Path:
+    return Path(os.environ.get("LOCAL_DATA_DIR") or ROOT / ".local")
 
 
 def embedded_cluster(datadir: Path | None = None) -> PgCluster:
-    port_file = LOCAL_DIR / "pgport"
-    LOCAL_DIR.mkdir(exist_ok=True)
+    folder = local_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    port_file = folder / "pgport"
     port = int(port_file.read_text()) if port_file.exists() else None
-    cluster = PgCluster(datadir or LOCAL_DIR / "pgdata", port=port)
+    cluster = PgCluster(datadir or folder / "pgdata", port=port)
     port_file.write_text(str(cluster.port))
     return cluster
 

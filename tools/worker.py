@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 def main() -> int:
     code_dir, handler_name, function_name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     memory_mb = int(sys.argv[4]) if len(sys.argv) > 4 else 256
+    # Ctrl-C reaches the whole process group; the gateway decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr

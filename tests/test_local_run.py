@@ -1,0 +1,146 @@
+"""The README's run command, end to end: embedded database, migrations, gateway, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tools import ROOT
+from tools.pgcluster import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def http(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, dict(resp.headers), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode()
+
+
+def wait_for_gateway(proc: subprocess.Popen, port: int, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if http(port, "/health/live")[0] == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("gateway did not come up")
+
+
+def start_serve(env: dict[str, str], port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.serve", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+
+
+def postgres_running_on(datadir: Path) -> bool:
+    pidfile = datadir / "postmaster.pid"
+    if not pidfile.exists():
+        return False
+    try:
+        os.kill(int(pidfile.read_text().split()[0]), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    return True
+
+
+def test_run_with_embedded_database_then_ctrl_c_leaves_nothing_running(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    data = Path(tempfile.mkdtemp(prefix="ops-local-"))
+    port = free_port()
+    proc = start_serve({"LOCAL_DATA_DIR": str(data), "METRICS_AUTH_TOKEN": "tok"}, port)
+    try:
+        wait_for_gateway(proc, port)
+        status, headers, body = http(port, "/health")
+        assert (status, json.loads(body)) == (200, {"status": "ok", "db": "connected"})
+        assert headers["Content-Type"] == "application/json"
+        assert http(port, "/health/ready")[0] == 200
+        assert http(port, "/health/detailed")[0] == 401
+        detailed = http(port, "/health/detailed", headers={"Authorization": "Bearer tok"})
+        assert detailed[0] == 200
+        status, _, body = http(port, "/no/such/route")
+        assert status == 404 and json.loads(body)["error"] == "not_found"
+        status, headers, _ = http(port, "/health", method="POST")
+        assert status == 405 and headers["Allow"] == "GET"
+        assert postgres_running_on(data / "pgdata")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "stopping" in output
+    assert not postgres_running_on(data / "pgdata"), "Ctrl-C left PostgreSQL running"
+    with pytest.raises(OSError):
+        http(port, "/health/live")
+    # No worker processes left behind either.
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"tools.worker .*{ROOT}"], capture_output=True, text=True
+    ).stdout.split()
+    assert [p for p in leftover if int(p) != os.getpid()] == []
+
+
+def test_run_uses_database_url_when_set(database_url, sql):
+    port = free_port()
+    proc = start_serve({"DATABASE_URL": database_url, "LOCAL_DATA_DIR": "/nonexistent"}, port)
+    try:
+        wait_for_gateway(proc, port)
+        assert http(port, "/health")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "DATABASE_URL" in output
+    assert sql("SELECT 1")[0][0] == 1  # the given server is not stopped by us
+
+
+def test_invoke_runs_a_function_with_an_event_file(database_url):
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.invoke", "HealthFunction", "--event", "events/health.json"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["statusCode"] == 200
+    assert json.loads(result["body"]) == {"status": "ok", "db": "connected"}
+    # Logs went to stderr as JSON, not into the result.
+    assert any('"type":"request"' in line for line in out.stderr.splitlines())
+
+
+def test_invoke_rejects_unknown_function():
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.invoke", "NoSuchFunction"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "unknown function" in out.stderr and "HealthFunction" in out.stderr
