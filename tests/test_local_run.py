@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tools import ROOT
-from tools.pgcluster import free_port
+from tools.pgcluster import PgCluster, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +58,7 @@ def start_serve(env: dict[str, str], port: int) -> subprocess.Popen:
 
 
 def postgres_running_on(datadir: Path) -> bool:
-    pidfile = datadir / "postmaster.pid"
-    if not pidfile.exists():
-        return False
-    try:
-        os.kill(int(pidfile.read_text().split()[0]), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    return True
+    return PgCluster(datadir, port=0).running
 
 
 def test_run_with_embedded_database_then_ctrl_c_leaves_nothing_running(monkeypatch):
