@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: run test invoke migrate lint build validate bench clean
+.PHONY: run test invoke migrate lint build validate sam-cli bench clean
 
 $(STAMP): requirements-dev.txt layers/ops/requirements.txt
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
@@ -16,6 +16,21 @@ $(STAMP): requirements-dev.txt layers/ops/requirements.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
+
+# The SAM CLI lives in its own venv: it pins many packages the dev venv also uses.
+SAM_VENV  := .venv-sam
+SAM       := $(SAM_VENV)/bin/sam
+SAM_STAMP := $(SAM_VENV)/.installed
+# pip of the SAM venv installs the layer's wheels (for python3.13/arm64) during sam build.
+export BUILD_PYTHON := $(CURDIR)/$(SAM_VENV)/bin/python
+
+$(SAM_STAMP): requirements-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-sam.txt
+	touch $(SAM_STAMP)
+
+sam-cli: $(SAM_STAMP)  ## the SAM CLI in .venv-sam
 
 run: $(STAMP)  ## local gateway on 127.0.0.1:3000 with the real handlers
 	$(PY) -m tools.serve
@@ -33,8 +48,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+build: $(SAM_STAMP)  ## sam build: arm64/python3.13 artifacts in .aws-sam/build (no Docker)
+	$(SAM) build $(SAM_BUILD_ARGS)
+
+validate: $(SAM_STAMP) $(STAMP)  ## sam validate --lint and cfn-lint with the serverless rules
+	$(SAM) validate --lint
+	$(VENV)/bin/cfn-lint
+
 bench: $(STAMP)  ## benchmarks; results go to benchmarks/README.md
 	$(PY) -m benchmarks $(SUITES)
 
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache

@@ -1,13 +1,24 @@
-"""Scheduled retention run."""
+"""Scheduled retention run: prunes the policy tables, audits every prune.
+
+Events: EventBridge Scheduler's input (events/retention-scheduler.json), the classic
+scheduled event (events/retention-scheduled-event.json), `{}` for a manual run,
+`{"dryRun": true}` to report without deleting; `tables` limits a run to some policies.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import retention_metrics
+from retention_job import run_retention
+
+from ops.db import get_db
 from ops.log import logger
 
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    logger.info("retention", extra={"type": "job", "name": "retention", "status": "started"})
-    return {"status": "completed", "tables": []}
+    try:
+        return run_retention(event, context, get_db())
+    finally:
+        retention_metrics.flush()

@@ -1,0 +1,362 @@
+"""One retention invocation, start to finish.
+
+identify the run -> check policies against the catalog -> take the lease (waiting
+a little for a live holder, or skipping and saying so) -> audit what crashed runs
+left unaudited -> prune (or survey, for a dry run) each table until done or the
+deadline -> release the lease. Every table gets one audit entry per invocation
+that worked on it; failures audit what was done and re-raise so that Scheduler's
+retries and the dead-letter queue see them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pg8000.native
+import retention_metrics
+from pg8000.exceptions import DatabaseError
+from policy_catalog import Target, resolve_targets, select_policies
+from pruning import LOCK_CONFLICTS, Limits, Step, TablePruner, set_local_timeouts, sqlstate, survey
+from retention_settings import JobSettings, job_settings
+from run_identity import RunIdentity, identify
+from run_ledger import RunLedger, Start, TableState, iso
+
+from ops.db import Database
+from ops.log import logger
+from ops.retention_policies import load_policies
+
+LEASE_POLL_S = 0.5
+ERROR_TEXT_LIMIT = 500
+
+
+class Budget:
+    """Time left before the safety margin ahead of the Lambda deadline."""
+
+    def __init__(self, context: Any, margin_ms: int) -> None:
+        self.context = context
+        self.margin_ms = margin_ms
+
+    def remaining_ms(self) -> int:
+        return int(self.context.get_remaining_time_in_millis()) - self.margin_ms
+
+    def has_time(self) -> bool:
+        return self.remaining_ms() > 0
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line, no parameters or connection details (pg8000 errors are dicts)."""
+    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        fields = exc.args[0]
+        text = f"{fields.get('C', '')}: {fields.get('M', '')}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return text[:ERROR_TEXT_LIMIT]
+
+
+def _job_log(status: str, message: str, **fields: Any) -> None:
+    # `name` is a reserved LogRecord attribute, so it cannot travel in `extra`.
+    logger.thread_safe_append_keys(name="retention")
+    try:
+        extra = {"type": "job", "status": status, **fields}
+        if status == "failed":
+            logger.exception(message, extra=extra)
+        else:
+            logger.info(message, extra=extra)
+    finally:
+        logger.thread_safe_remove_keys(["name"])
+
+
+def _table_log(table: str, payload: dict[str, Any]) -> None:
+    """The per-table line; partitionsDropped is a count here (Logs Insights sums it)."""
+    logger.info(
+        f"retention {table}",
+        extra={
+            "type": "retention",
+            "table": table,
+            **{k: payload.get(k) for k in _TABLE_LOG_KEYS},
+            **{k: payload[k] for k in _TABLE_LOG_OPTIONAL if k in payload},
+            "partitionsDropped": len(payload.get("partitionsDropped") or ()),
+            "droppedPartitions": payload.get("partitionsDropped") or [],
+        },
+    )
+
+
+_TABLE_LOG_KEYS = (
+    "runId",
+    "rowsDeleted",
+    "batches",
+    "partitionsDropped",
+    "cutoff",
+    "completed",
+    "dryRun",
+    "durationMs",
+)
+_TABLE_LOG_OPTIONAL = ("stoppedBy", "wouldDelete", "oldest", "wouldDropPartitions", "error")
+
+
+class _TableRecorder:
+    """Books one table's units of work; the final unit carries the audit entry."""
+
+    def __init__(self, ledger: RunLedger, table: str, details: Callable[[bool], dict[str, Any]]):
+        self.ledger = ledger
+        self.table = table
+        self.details = details
+        self.payload: dict[str, Any] | None = None
+
+    def fence(self, conn: pg8000.native.Connection) -> None:
+        self.ledger.fence(conn)
+
+    def record(self, conn: pg8000.native.Connection, step: Step) -> None:
+        self.ledger.record(conn, self.table, step)
+        if step.final:
+            self.payload = self.ledger.audit(conn, self.table, step.done, self.details(step.done))
+
+
+class RetentionRun:
+    def __init__(self, db: Database, identity: RunIdentity, cfg: JobSettings, context: Any):
+        self.db = db
+        self.identity = identity
+        self.cfg = cfg
+        self.budget = Budget(context, cfg.deadline_margin_ms)
+        self.limits = Limits(cfg.lock_timeout_ms, cfg.statement_timeout_ms)
+        self.ledger = RunLedger(db, identity, cfg.lease_ttl_ms, cfg.lock_timeout_ms)
+        self.payloads: dict[str, dict[str, Any]] = {}
+
+    # -- the invocation --------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        targets = resolve_targets(self.db, select_policies(load_policies(), self.identity.tables))
+        self._warn_missing_indexes(targets)
+        start = self._acquire(targets)
+        if start.outcome != "started":
+            return self._skipped(start)
+        started = time.monotonic()
+        try:
+            self._audit_crashed_runs(targets)
+            for target in targets:
+                self._table(target, start.tables[target.table])
+        except Exception as exc:
+            self._fail(targets, exc)
+            raise
+        done = all(p["completed"] for p in self.payloads.values())
+        status = "completed" if done else "stopped"
+        self.ledger.finish(status)
+        seconds = time.monotonic() - started
+        retention_metrics.rows_deleted(self.payloads)
+        _job_log(
+            "completed",
+            "retention run completed" if done else "retention run stopped at the deadline",
+            runId=self.ledger.run_key,
+            attempt=start.attempt,
+            dryRun=self.identity.dry_run,
+            allTablesCompleted=done,
+            rowsDeleted=sum(p["rowsDeleted"] for p in self.payloads.values()),
+            durationMs=round(seconds * 1000),
+        )
+        return self._response(status, attempt=start.attempt)
+
+    def _warn_missing_indexes(self, targets: list[Target]) -> None:
+        for target in targets:
+            retention_metrics.missing_index(target.table, not target.indexed)
+            if not target.indexed:
+                logger.warning(
+                    f"{target.table} has no index on {target.policy.column}: "
+                    "every retention batch scans the table",
+                    extra={
+                        "type": "retention_warning",
+                        "warning": "missing_index",
+                        "table": target.table,
+                        "column": target.policy.column,
+                    },
+                )
+
+    def _acquire(self, targets: list[Target]) -> Start:
+        """Take the lease; wait for a live holder long enough to outlive a crashed one's lease."""
+        ages = {t.table: t.policy.max_age_days for t in targets}
+        wait_s = min(self.cfg.lease_wait_ms, max(0, self.budget.remaining_ms())) / 1000
+        wait_until = time.monotonic() + wait_s
+        announced = False
+        while True:
+            try:
+                start = self.ledger.try_start(ages)
+            except DatabaseError as exc:
+                if sqlstate(exc) not in LOCK_CONFLICTS:
+                    raise
+                start = Start("busy")  # the holder is mid-transaction on the lease row
+            if start.outcome != "busy" or time.monotonic() >= wait_until:
+                return start
+            if not announced:
+                announced = True
+                _job_log(
+                    "waiting",
+                    "another retention run holds the lease; waiting",
+                    runId=self.ledger.run_key,
+                    heldBy=start.held_by,
+                    heldUntil=iso(start.held_until),
+                    waitS=round(wait_s, 1),
+                )
+            time.sleep(max(0.01, min(LEASE_POLL_S, wait_until - time.monotonic())))
+
+    def _skipped(self, start: Start) -> dict[str, Any]:
+        if start.outcome == "duplicate":
+            reason, message = "duplicate", "this run already completed; nothing to do"
+        elif start.held_by == self.ledger.run_key:
+            reason, message = "in_progress", "this run is in progress in another invocation"
+        else:
+            reason, message = "busy", "another retention run holds the lease; skipped"
+        _job_log(
+            "skipped",
+            message,
+            runId=self.ledger.run_key,
+            reason=reason,
+            heldBy=start.held_by,
+            heldUntil=iso(start.held_until),
+        )
+        return {**self._response("skipped"), "reason": reason, "heldBy": start.held_by}
+
+    # -- per table ----------------------------------------------------------------------
+    def _table(self, target: Target, state: TableState) -> None:
+        if state.completed:  # finished and audited by an earlier attempt of this run
+            self._done(target.table, self._already_completed(state))
+            return
+        began = time.monotonic()
+
+        def details(done: bool, stopped_by: str = "deadline") -> dict[str, Any]:
+            return {
+                "durationMs": round((time.monotonic() - began) * 1000),
+                "stoppedBy": None if done else stopped_by,
+            }
+
+        if not self.budget.has_time():
+            payload = self._audit_alone(target.table, False, details(False))
+        elif self.identity.dry_run:
+            payload = self._survey(target, state.cutoff, details)
+        else:
+            recorder = _TableRecorder(self.ledger, target.table, details)
+            pruner = TablePruner(
+                self.db, target, state.cutoff, self.limits, self.budget.has_time, recorder
+            )
+            done = pruner.run()
+            # No unit committed (nothing to delete, or out of time before the first): audit alone.
+            payload = recorder.payload or self._audit_alone(target.table, done, details(done))
+        self._done(target.table, payload)
+
+    def _survey(
+        self, target: Target, cutoff: datetime, details: Callable[[bool], dict[str, Any]]
+    ) -> dict[str, Any]:
+        timeout_ms = max(self.cfg.statement_timeout_ms, self.budget.remaining_ms())
+        with self.db.transaction() as conn:
+            set_local_timeouts(conn, self.cfg.lock_timeout_ms, timeout_ms)
+            self.ledger.fence(conn, ttl_ms=timeout_ms + self.cfg.lease_ttl_ms)
+            found = survey(conn, target, cutoff)
+            return self.ledger.audit(
+                conn,
+                target.table,
+                True,
+                {
+                    **details(True),
+                    "wouldDelete": found.expired_rows,
+                    "oldest": iso(found.oldest),
+                    "wouldDropPartitions": found.partitions,
+                },
+            )
+
+    def _audit_alone(
+        self, table: str, completed: bool, details: dict[str, Any], run_key: str | None = None
+    ) -> dict[str, Any]:
+        with self.db.transaction() as conn:
+            set_local_timeouts(conn, self.cfg.lock_timeout_ms, self.cfg.statement_timeout_ms)
+            self.ledger.fence(conn)
+            return self.ledger.audit(conn, table, completed, details, run_key=run_key)
+
+    def _audit_crashed_runs(self, targets: list[Target]) -> None:
+        """Deletes a crashed attempt committed but never audited: audit them now, once."""
+        orphans = self.ledger.unaudited_elsewhere([t.table for t in targets])
+        for run_key, table, completed in orphans:
+            payload = self._audit_alone(
+                table,
+                completed,
+                {"durationMs": None, "stoppedBy": "crash", "recoveredBy": self.ledger.run_key},
+                run_key=run_key,
+            )
+            logger.warning(
+                f"audited what run {run_key} deleted from {table} before it crashed",
+                extra={"type": "retention_warning", "warning": "recovered_audit", **payload},
+            )
+
+    def _done(self, table: str, payload: dict[str, Any]) -> None:
+        self.payloads[table] = payload
+        _table_log(table, payload)
+
+    def _fail(self, targets: list[Target], exc: Exception) -> None:
+        """Audit every table this invocation has not audited yet, then close the run as failed."""
+        error = describe_error(exc)
+        try:
+            for target in targets:
+                if target.table not in self.payloads:
+                    details = {"durationMs": None, "stoppedBy": "error", "error": error}
+                    self._done(target.table, self._audit_alone(target.table, False, details))
+            self.ledger.finish("failed", error)
+        except Exception as audit_exc:  # database gone: the next run audits the remainder
+            logger.error(
+                "could not audit the failed retention run; the next run will",
+                extra={"type": "retention_warning", "error": describe_error(audit_exc)},
+            )
+        retention_metrics.rows_deleted(self.payloads)
+
+    # -- output ---------------------------------------------------------------------------
+    def _already_completed(self, state: TableState) -> dict[str, Any]:
+        return {
+            "runId": self.ledger.run_key,
+            "rowsDeleted": 0,
+            "batches": 0,
+            "partitionsDropped": [],
+            "cutoff": iso(state.cutoff),
+            "completed": True,
+            "dryRun": self.identity.dry_run,
+            "durationMs": 0,
+            "alreadyCompleted": True,
+        }
+
+    def _response(self, status: str, attempt: int | None = None) -> dict[str, Any]:
+        return {
+            "status": status,
+            "runId": self.ledger.run_key,
+            "dryRun": self.identity.dry_run,
+            "attempt": attempt,
+            "tables": [{"table": t, **p} for t, p in self.payloads.items()],
+        }
+
+
+def run_retention(event: Any, context: Any, db: Database) -> dict[str, Any]:
+    """The retention invocation behind the handler. Raises on failure (after logging it)."""
+    began = time.monotonic()
+    identity: RunIdentity | None = None
+    try:
+        identity = identify(event, getattr(context, "aws_request_id", "") or "local")
+        _job_log(
+            "started",
+            "retention run started",
+            runId=identity.key,
+            trigger=identity.trigger,
+            dryRun=identity.dry_run,
+            attemptNumber=identity.attempt_number,
+            executionId=identity.execution_id,
+        )
+        result = RetentionRun(db, identity, job_settings(), context).execute()
+    except Exception as exc:
+        retention_metrics.run_finished(succeeded=False, seconds=time.monotonic() - began)
+        _job_log(
+            "failed",
+            "retention run failed",
+            runId=identity.key if identity else None,
+            error=describe_error(exc),
+            errorType=type(exc).__name__,
+            durationMs=round((time.monotonic() - began) * 1000),
+        )
+        raise
+    if result["status"] != "skipped":
+        retention_metrics.run_finished(succeeded=True, seconds=time.monotonic() - began)
+    return result

@@ -1,0 +1,58 @@
+"""Timing knobs of the retention run, from the environment (policies: ops.retention_policies).
+
+RETENTION_LOCK_TIMEOUT_MS       500     lock_timeout of every batch and partition drop
+RETENTION_STATEMENT_TIMEOUT_MS  10000   statement_timeout of every batch
+RETENTION_DEADLINE_MARGIN_MS    30000   stop starting work this long before the Lambda deadline
+RETENTION_LEASE_TTL_MS          60000   how long a crashed run blocks the next one
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    lock_timeout_ms: int = 500
+    statement_timeout_ms: int = 10_000
+    deadline_margin_ms: int = 30_000
+    lease_ttl_ms: int = 60_000
+
+    @property
+    def lease_wait_ms(self) -> int:
+        """A busy lease is waited on this long: enough to see a crashed holder's lease expire."""
+        return self.lease_ttl_ms + 2_000
+
+
+def _env_ms(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ValueError(f"{name} must be a positive whole number of milliseconds, got {raw!r}")
+    return int(raw)
+
+
+def job_settings() -> JobSettings:
+    cfg = JobSettings(
+        lock_timeout_ms=_env_ms("RETENTION_LOCK_TIMEOUT_MS", JobSettings.lock_timeout_ms),
+        statement_timeout_ms=_env_ms(
+            "RETENTION_STATEMENT_TIMEOUT_MS", JobSettings.statement_timeout_ms
+        ),
+        deadline_margin_ms=_env_ms("RETENTION_DEADLINE_MARGIN_MS", JobSettings.deadline_margin_ms),
+        lease_ttl_ms=_env_ms("RETENTION_LEASE_TTL_MS", JobSettings.lease_ttl_ms),
+    )
+    # A batch started just before the margin must end (or be cancelled) before the deadline,
+    # and a live holder must renew its lease before it can expire between two statements.
+    if cfg.deadline_margin_ms <= cfg.statement_timeout_ms:
+        raise ValueError(
+            "RETENTION_DEADLINE_MARGIN_MS must exceed RETENTION_STATEMENT_TIMEOUT_MS "
+            f"({cfg.deadline_margin_ms} <= {cfg.statement_timeout_ms})"
+        )
+    if cfg.lease_ttl_ms <= cfg.statement_timeout_ms + cfg.lock_timeout_ms:
+        raise ValueError(
+            "RETENTION_LEASE_TTL_MS must exceed the statement and lock timeouts together "
+            f"({cfg.lease_ttl_ms} <= {cfg.statement_timeout_ms} + {cfg.lock_timeout_ms})"
+        )
+    return cfg

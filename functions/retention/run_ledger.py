@@ -1,0 +1,243 @@
+"""The run's bookkeeping in PostgreSQL: lease, run row, per-table progress, audit entries.
+
+- Lease (`retention_lease`, one row): who may work now. Taken in a short
+  transaction; renewed inside every unit of work, where the renewal is also the
+  fence (a holder whose lease was taken over gets no row back and rolls back).
+  No session-level advisory lock, so nothing pins a connection behind RDS Proxy.
+- Run (`retention_runs`, keyed by the run key): a completed run is never run
+  again; a stopped, failed or crashed one is resumed by its next delivery.
+- Progress (`retention_run_tables`): cutoff fixed when the run first starts, and
+  counts updated in the same transaction as the deletes they count.
+- Audit (`audit_logs`): each entry reports the progress not yet audited and marks
+  it audited in the same transaction, under the progress row's lock, so a row is
+  never audited twice nor left unaudited, whichever attempt writes the entry.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pg8000.native
+from pruning import Step, set_local_timeouts
+from run_identity import RunIdentity
+
+from ops.db import Database
+
+ACTOR_TYPE = "system"
+ACTOR_ID = "retention-job"
+ACTION = "retention.prune"
+
+
+class LeaseLost(RuntimeError):
+    """Another run took over the lease (ours expired): stop without writing anything."""
+
+
+@dataclass(frozen=True)
+class TableState:
+    table: str
+    cutoff: datetime
+    rows_deleted: int
+    completed: bool
+
+
+@dataclass(frozen=True)
+class Start:
+    outcome: str  # started | duplicate | busy
+    attempt: int = 0
+    tables: dict[str, TableState] = field(default_factory=dict)
+    held_by: str | None = None  # busy: the run key holding the lease
+    held_until: datetime | None = None
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+class RunLedger:
+    def __init__(
+        self, db: Database, identity: RunIdentity, lease_ttl_ms: int, lock_timeout_ms: int
+    ) -> None:
+        self.db = db
+        self.identity = identity
+        self.holder = uuid.uuid4().hex  # per attempt: a retry must not inherit a dead lease
+        self.lease_ttl_ms = lease_ttl_ms
+        self.lock_timeout_ms = lock_timeout_ms
+
+    @property
+    def run_key(self) -> str:
+        return self.identity.key
+
+    # -- start / finish ----------------------------------------------------------
+    def try_start(self, max_age_days: dict[str, int]) -> Start:
+        """Take the lease and open (or resume) the run, fixing each table's cutoff once."""
+        with self.db.transaction() as conn:
+            set_local_timeouts(conn, self.lock_timeout_ms, self.lock_timeout_ms + 5_000)
+            ((held_by, held_key, held_until, live),) = conn.run(
+                "SELECT holder, run_key, expires_at, expires_at > clock_timestamp() "
+                "FROM retention_lease WHERE singleton FOR UPDATE"
+            )
+            run = conn.run("SELECT status FROM retention_runs WHERE run_key = :k", k=self.run_key)
+            if run and run[0][0] == "completed":
+                return Start("duplicate")
+            if live and held_by != self.holder:
+                return Start("busy", held_by=held_key, held_until=held_until)
+            conn.run(
+                "UPDATE retention_lease SET holder = :h, run_key = :k, "
+                "acquired_at = clock_timestamp(), "
+                "expires_at = clock_timestamp() + make_interval(secs => :ttl / 1000.0) "
+                "WHERE singleton",
+                h=self.holder,
+                k=self.run_key,
+                ttl=self.lease_ttl_ms,
+            )
+            ((attempt,),) = conn.run(
+                "INSERT INTO retention_runs (run_key, trigger, dry_run, status) "
+                "VALUES (:k, :trigger, :dry, 'running') "
+                "ON CONFLICT (run_key) DO UPDATE SET status = 'running', "
+                "attempts = retention_runs.attempts + 1, attempt_started_at = clock_timestamp(), "
+                "finished_at = NULL, last_error = NULL "
+                "RETURNING attempts",
+                k=self.run_key,
+                trigger=self.identity.trigger,
+                dry=self.identity.dry_run,
+            )
+            # Cutoffs from the database clock, once per run: a resumed run keeps its own.
+            conn.run(
+                "INSERT INTO retention_run_tables (run_key, table_name, cutoff) "
+                "SELECT :k, t.name, now() - make_interval(days => t.days) "
+                "FROM unnest(CAST(:names AS text[]), CAST(:days AS int[])) AS t(name, days) "
+                "ON CONFLICT (run_key, table_name) DO NOTHING",
+                k=self.run_key,
+                names=list(max_age_days),
+                days=list(max_age_days.values()),
+            )
+            rows = conn.run(
+                "SELECT table_name, cutoff, rows_deleted, completed FROM retention_run_tables "
+                "WHERE run_key = :k AND table_name = ANY(CAST(:names AS text[]))",
+                k=self.run_key,
+                names=list(max_age_days),
+            )
+        tables = {r[0]: TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
+        return Start("started", attempt=int(attempt), tables=tables)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Close this attempt and release the lease, unless the lease was lost meanwhile."""
+        with self.db.transaction() as conn:
+            set_local_timeouts(conn, self.lock_timeout_ms, self.lock_timeout_ms + 5_000)
+            if not self._holds(conn):
+                return
+            conn.run(
+                "UPDATE retention_runs SET status = :s, finished_at = clock_timestamp(), "
+                "last_error = :e WHERE run_key = :k",
+                s=status,
+                e=error,
+                k=self.run_key,
+            )
+            conn.run(
+                "UPDATE retention_lease SET holder = NULL, run_key = NULL, "
+                "expires_at = '-infinity' WHERE singleton AND holder = :h",
+                h=self.holder,
+            )
+
+    # -- inside units of work ------------------------------------------------------
+    def _holds(self, conn: pg8000.native.Connection, ttl_ms: int | None = None) -> bool:
+        # holder = us is the whole test: expiry only tells others they may take over.
+        return bool(
+            conn.run(
+                "UPDATE retention_lease "
+                "SET expires_at = clock_timestamp() + make_interval(secs => :ttl / 1000.0) "
+                "WHERE singleton AND holder = :h RETURNING 1",
+                h=self.holder,
+                ttl=ttl_ms or self.lease_ttl_ms,
+            )
+        )
+
+    def fence(self, conn: pg8000.native.Connection, ttl_ms: int | None = None) -> None:
+        """Renew the lease in this transaction; LeaseLost if another run holds it now."""
+        if not self._holds(conn, ttl_ms):
+            raise LeaseLost(f"run {self.run_key} lost the retention lease to another run")
+
+    def record(self, conn: pg8000.native.Connection, table: str, step: Step) -> None:
+        conn.run(
+            "UPDATE retention_run_tables SET rows_deleted = rows_deleted + :rows, "
+            "batches = batches + :batches, "
+            "partitions_dropped = partitions_dropped || CAST(:parts AS text[]), "
+            "completed = completed OR :done, updated_at = now() "
+            "WHERE run_key = :k AND table_name = :t",
+            rows=step.rows,
+            batches=step.batches,
+            parts=[step.partition] if step.partition else [],
+            done=step.done,
+            k=self.run_key,
+            t=table,
+        )
+
+    def audit(
+        self,
+        conn: pg8000.native.Connection,
+        table: str,
+        completed: bool,
+        details: dict[str, Any],
+        run_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Write the audit entry for everything not yet audited; returns its payload."""
+        run_key = run_key or self.run_key
+        ((trigger, attempts, dry_run, cutoff, rows, batches, parts, a_rows, a_batch, a_parts),) = (
+            conn.run(
+                "SELECT r.trigger, r.attempts, r.dry_run, t.cutoff, t.rows_deleted, t.batches, "
+                "t.partitions_dropped, t.audited_rows, t.audited_batches, t.audited_partitions "
+                "FROM retention_run_tables t JOIN retention_runs r USING (run_key) "
+                "WHERE t.run_key = :k AND t.table_name = :t FOR UPDATE OF t",
+                k=run_key,
+                t=table,
+            )
+        )
+        payload: dict[str, Any] = {
+            "runId": run_key,
+            "trigger": trigger,
+            "attempt": attempts,
+            "dryRun": dry_run,
+            "cutoff": iso(cutoff),
+            "rowsDeleted": int(rows - a_rows),
+            "batches": int(batches - a_batch),
+            "partitionsDropped": list(parts[a_parts:]),
+            "completed": completed,
+            **details,
+        }
+        conn.run(
+            "INSERT INTO audit_logs (actor_type, actor_id, action, entity, payload) "
+            "VALUES (:actor_type, :actor_id, :action, :entity, CAST(:payload AS jsonb))",
+            actor_type=ACTOR_TYPE,
+            actor_id=ACTOR_ID,
+            action=ACTION,
+            entity=table,
+            payload=json.dumps(payload, default=str),
+        )
+        conn.run(
+            "UPDATE retention_run_tables SET audited_rows = rows_deleted, "
+            "audited_batches = batches, audited_partitions = cardinality(partitions_dropped), "
+            "completed = completed OR :done, updated_at = now() "
+            "WHERE run_key = :k AND table_name = :t",
+            done=completed,
+            k=run_key,
+            t=table,
+        )
+        return payload
+
+    def unaudited_elsewhere(self, tables: Sequence[str]) -> list[tuple[str, str, bool]]:
+        """Progress that crashed runs left unaudited (run key, table, completed)."""
+        rows = self.db.run(
+            "SELECT run_key, table_name, completed FROM retention_run_tables "
+            "WHERE (rows_deleted > audited_rows OR batches > audited_batches "
+            "       OR cardinality(partitions_dropped) > audited_partitions) "
+            "  AND NOT (run_key = :k AND table_name = ANY(CAST(:names AS text[]))) "
+            "ORDER BY run_key, table_name",
+            k=self.run_key,
+            names=list(tables),
+        )
+        return [(r[0], r[1], bool(r[2])) for r in rows]

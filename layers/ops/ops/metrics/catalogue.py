@@ -1,0 +1,166 @@
+"""Every metric family the bundle exposes: names, labels, buckets, CloudWatch mirror.
+
+The catalogue is the contract with dashboards, alert rules and CloudWatch alarms:
+names and labels here are the ones operators already query. A family that is
+not defined here is not rendered by /metrics, so add new ones here.
+
+    from ops.metrics import catalogue as m
+    m.WEBHOOK_FAILURES.labels(source="stripe").inc()
+    m.TOOL_CALL_DURATION.labels(tool="search").observe(123.0)
+
+Label values must stay a small, closed set: `route` is the route template
+(`/listings/{id}`), never the raw path; never user ids, emails or free text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from ops.metrics.recorder import Counter, Emf, Gauge, Histogram, LiveGauge
+
+HTTP_BUCKETS_MS = (10, 50, 100, 200, 500, 1000, 2000, 5000)
+TOOL_CALL_BUCKETS_MS = (50, 100, 200, 500, 1000, 2000, 5000)
+DB_QUERY_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+HEALTH_CHECK_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
+RETENTION_RUN_BUCKETS_S = (1, 5, 15, 60, 300, 900)
+
+
+def _status_class(labels: Mapping[str, str]) -> str:
+    return f"{labels['status'][:1]}xx"
+
+
+def _label(name: str) -> tuple[str, Callable[[Mapping[str, str]], str]]:
+    """An EMF dimension that is the label of the same name (for closed sets only)."""
+    return (name, lambda labels: labels[name])
+
+
+# -- HTTP (recorded for every response of every API function: see ops.metrics.http)
+HTTP_REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests by method, route template and status code.",
+    ("method", "route", "status"),
+    emf=Emf("http_requests", "Count", dimension=("status_class", _status_class)),
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "http_request_duration_ms",
+    "HTTP request duration in milliseconds, by method and route template.",
+    ("method", "route"),
+    buckets=HTTP_BUCKETS_MS,
+    unit="ms",
+    emf=Emf("http_request_duration_ms", "Milliseconds"),
+)
+
+# -- Backend events (recorded by the backend's own functions)
+WEBHOOK_FAILURES = Counter(
+    "webhook_failures_total",
+    "Webhook deliveries that failed, by source.",
+    ("source",),
+    emf=Emf("webhook_failures", "Count"),
+)
+TOOL_CALLS = Counter(
+    "tool_calls_total",
+    "Moltbot tool calls, by tool and outcome.",
+    ("tool", "status"),
+    emf=Emf("tool_calls", "Count"),
+)
+TOOL_CALL_DURATION = Histogram(
+    "tool_call_duration_ms",
+    "Moltbot tool call duration in milliseconds, by tool.",
+    ("tool",),
+    buckets=TOOL_CALL_BUCKETS_MS,
+    unit="ms",
+    emf=Emf("tool_call_duration_ms", "Milliseconds"),
+)
+PAIRING_FAILURES = Counter(
+    "pairing_failures_total",
+    "Failed DM pairing attempts, by channel.",
+    ("channel",),
+    emf=Emf("pairing_failures", "Count"),
+)
+ACTIVE_SESSIONS = LiveGauge(
+    "active_sessions",
+    "Chat sessions updated within the last ACTIVE_SESSION_WINDOW_MINUTES (computed at scrape).",
+)
+
+# -- Database
+DB_QUERY_DURATION = Histogram(
+    "db_query_duration_ms",
+    "Database statement duration in milliseconds, by operation.",
+    ("operation",),
+    buckets=DB_QUERY_BUCKETS_MS,
+    unit="ms",
+)
+DB_CONNECTIONS = LiveGauge(
+    "db_connections",
+    "Connections to this database by state, from pg_stat_activity (computed at scrape).",
+    ("state",),
+)
+
+# -- Health checks (recorded by the health function for every check it runs)
+HEALTH_CHECK_STATUS = Gauge(
+    "health_check_status",
+    "Last result of each health check: 1 up, 0 down.",
+    ("check",),
+    emf=Emf(
+        "health_check_failures",
+        "Count",
+        dimension=_label("check"),
+        value=lambda up: 0.0 if up else 1.0,
+    ),
+)
+HEALTH_CHECK_DURATION = Histogram(
+    "health_check_duration_ms",
+    "Health check latency in milliseconds, by check.",
+    ("check",),
+    buckets=HEALTH_CHECK_BUCKETS_MS,
+    unit="ms",
+)
+
+# -- The bundle itself
+METRICS_FLUSH_FAILURES = Counter(
+    "metrics_flush_failures_total",
+    "Flushes of metric deltas to the database that failed (the deltas were kept).",
+    ("function",),
+    emf=Emf("metrics_flush_failures", "Count"),
+)
+ERRORS = Counter(
+    "errors_total",
+    "Errors by function and kind (unhandled_exception, malformed_event, ...).",
+    ("function", "kind"),
+)
+
+# -- Retention (recorded by the retention function; the rest computed at scrape)
+RETENTION_ROWS_DELETED = Counter(
+    "retention_rows_deleted_total",
+    "Rows deleted by the retention job, by table.",
+    ("table",),
+    emf=Emf("retention_rows_deleted", "Count", dimension=_label("table")),
+)
+RETENTION_RUN_DURATION = Histogram(
+    "retention_run_duration_seconds",
+    "Duration of retention runs in seconds.",
+    buckets=RETENTION_RUN_BUCKETS_S,
+    unit="s",
+)
+RETENTION_RUNS = Counter(
+    "retention_runs_total",
+    "Retention runs by outcome.",
+    ("status",),
+    allowed={"status": ("succeeded", "failed")},
+    emf=Emf("retention_runs_{status}", "Count"),
+)
+RETENTION_LAST_SUCCESS = LiveGauge(
+    "retention_last_success_timestamp_seconds",
+    "When the last completed, non-dry-run prune of each policy table finished (Unix time).",
+    ("table",),
+)
+RETENTION_OLDEST_ROW_AGE = LiveGauge(
+    "retention_oldest_row_age_seconds",
+    "Age of the oldest row of each policy table, in seconds.",
+    ("table",),
+)
+RETENTION_LAG = LiveGauge(
+    "retention_lag_seconds",
+    "How far the oldest row of each policy table is past the policy's maximum age, in seconds.",
+    ("table",),
+)

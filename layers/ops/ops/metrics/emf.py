@@ -1,0 +1,42 @@
+"""The CloudWatch mirror: a flush's recordings as Embedded Metric Format lines on stdout.
+
+Lambda ships stdout to CloudWatch Logs, which extracts the metrics; the
+template's alarms use them. One line per distinct extra dimension (EMF puts a
+dimension's value at the top level of the line, so two values cannot share
+one), always with the `service` dimension. Counters go out as one summed value
+per flush, durations as every observation (Powertools splits at 100 values).
+Skipped when POWERTOOLS_METRICS_NAMESPACE is not set (local runs without it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from aws_lambda_powertools.metrics import EphemeralMetrics
+
+from ops.config import settings
+from ops.metrics.recorder import EmfKey
+
+NAMESPACE_ENV = "POWERTOOLS_METRICS_NAMESPACE"
+
+
+def emit(recorded: dict[EmfKey, list[float]]) -> int:
+    """Print the EMF lines for `recorded`; returns how many dimension groups were emitted."""
+    namespace = os.environ.get(NAMESPACE_ENV)
+    if not recorded or not namespace:
+        return 0
+    groups: dict[tuple[str, str], list[tuple[str, str, list[float]]]] = defaultdict(list)
+    for (name, unit, dim_name, dim_value), values in recorded.items():
+        groups[(dim_name, dim_value)].append((name, unit, values))
+    service = settings().service
+    for (dim_name, dim_value), metrics in sorted(groups.items()):
+        line = EphemeralMetrics(namespace=namespace, service=service)
+        line.add_dimension(name="service", value=service)
+        if dim_name:
+            line.add_dimension(name=dim_name, value=dim_value)
+        for name, unit, values in metrics:
+            for value in values:
+                line.add_metric(name=name, unit=unit, value=value)
+        line.flush_metrics()
+    return len(groups)

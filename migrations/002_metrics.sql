@@ -1,0 +1,110 @@
+-- Prometheus totals that are right across Lambda containers (see layers/ops/ops/metrics).
+--
+-- Each container adds the deltas it recorded to its own shard row of each series
+-- (one shard per container, chosen at random), so that concurrent containers do
+-- not queue on one row lock; /metrics sums the shards (gauges: the newest wins).
+
+-- One row per exposed series. `labels` is the rendered, escaped label set
+-- (method="GET",route="/health"); `part` is '' for a counter or gauge value,
+-- 'sum', or a histogram bucket's upper bound as rendered in `le` ('10.0', '+Inf').
+CREATE TABLE IF NOT EXISTS metric_series (
+    id         integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    family     text COLLATE "C" NOT NULL,
+    labels     text COLLATE "C" NOT NULL,
+    part       text COLLATE "C" NOT NULL,
+    kind       "char" NOT NULL CHECK (kind IN ('c', 'g')),  -- c: deltas add up; g: newest wins
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (family, labels, part)
+);
+
+-- Narrow, integer-keyed and updated in place: fillfactor leaves room for HOT
+-- updates, so the per-invocation upsert touches no index.
+CREATE TABLE IF NOT EXISTS metric_values (
+    series_id  integer NOT NULL REFERENCES metric_series (id) ON DELETE CASCADE,
+    shard      smallint NOT NULL,
+    value      double precision NOT NULL,
+    updated_at timestamptz NOT NULL,  -- when the newest delta in this row was recorded
+    PRIMARY KEY (series_id, shard)
+) WITH (fillfactor = 50);
+
+-- Exactly-once flushes. A container numbers its batches; `seq` is the highest
+-- batch stored. A batch resent after a reply was lost (the server committed, the
+-- client could not know) is skipped instead of counted twice.
+CREATE TABLE IF NOT EXISTS metric_flush_cursors (
+    container text PRIMARY KEY,
+    seq       bigint NOT NULL,
+    prev      bigint NOT NULL,  -- seq before the latest flush: batches above it were new
+    seen_at   timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 50);
+
+-- One call per invocation (one round trip). p_rows is a JSON array of
+-- {"seq", "family", "labels", "part", "kind", "value", "at"} objects, `at` in Unix
+-- seconds. Returns the number of value rows written (0 for a batch already stored).
+CREATE OR REPLACE FUNCTION metrics_flush(
+    p_container text, p_shard integer, p_seq bigint, p_rows json
+) RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_prev    bigint;
+    v_written integer;
+    v_gauges  integer;
+BEGIN
+    -- A crash may lose the last few hundred milliseconds of flushes; in exchange
+    -- row locks are not held across a WAL fsync, which is what bounds throughput.
+    PERFORM set_config('synchronous_commit', 'off', true);
+
+    -- Locks the container's cursor row: a late duplicate of this flush waits here,
+    -- then sees the advanced cursor and skips what was already stored.
+    INSERT INTO metric_flush_cursors AS c (container, seq, prev)
+    VALUES (p_container, p_seq, 0)
+    ON CONFLICT (container) DO UPDATE
+        SET prev = c.seq, seq = greatest(c.seq, EXCLUDED.seq), seen_at = now()
+    RETURNING prev INTO v_prev;
+
+    IF v_prev = 0 THEN  -- a new container: forget those not seen for a day
+        DELETE FROM metric_flush_cursors
+        WHERE container IN (
+            SELECT container FROM metric_flush_cursors
+            WHERE seen_at < now() - interval '1 day'
+            FOR UPDATE SKIP LOCKED);
+    END IF;
+
+    -- New series only (ON CONFLICT alone would burn an identity value per row).
+    -- Sorted: concurrent flushes lock in one order and cannot deadlock.
+    INSERT INTO metric_series (family, labels, part, kind)
+    SELECT DISTINCT b.family, b.labels, b.part, b.kind
+    FROM json_to_recordset(p_rows) AS b(seq bigint, family text, labels text, part text, kind "char")
+    WHERE b.seq > v_prev
+      AND NOT EXISTS (
+          SELECT 1 FROM metric_series s
+          WHERE s.family = b.family AND s.labels = b.labels AND s.part = b.part)
+    ORDER BY 1, 2, 3
+    ON CONFLICT (family, labels, part) DO NOTHING;
+
+    INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
+    SELECT s.id, p_shard, sum(b.value), to_timestamp(max(b.at))
+    FROM json_to_recordset(p_rows) AS b(seq bigint, family text, labels text, part text, value float8, at float8)
+    JOIN metric_series s ON s.family = b.family AND s.labels = b.labels AND s.part = b.part
+    WHERE b.seq > v_prev AND s.kind = 'c'
+    GROUP BY s.id
+    ORDER BY s.id
+    ON CONFLICT (series_id, shard) DO UPDATE
+        SET value = v.value + EXCLUDED.value,
+            updated_at = greatest(v.updated_at, EXCLUDED.updated_at);
+    GET DIAGNOSTICS v_written = ROW_COUNT;
+
+    INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
+    SELECT DISTINCT ON (s.id) s.id, p_shard, b.value, to_timestamp(b.at)
+    FROM json_to_recordset(p_rows) AS b(seq bigint, family text, labels text, part text, value float8, at float8)
+    JOIN metric_series s ON s.family = b.family AND s.labels = b.labels AND s.part = b.part
+    WHERE b.seq > v_prev AND s.kind = 'g'
+    ORDER BY s.id, b.at DESC
+    ON CONFLICT (series_id, shard) DO UPDATE
+        SET value = CASE WHEN EXCLUDED.updated_at >= v.updated_at THEN EXCLUDED.value ELSE v.value END,
+            updated_at = greatest(v.updated_at, EXCLUDED.updated_at);
+    GET DIAGNOSTICS v_gauges = ROW_COUNT;
+
+    RETURN v_written + v_gauges;
+END
+$$;

@@ -1,0 +1,329 @@
+"""template.yaml: lint-clean, and the properties operators rely on.
+
+cfn-lint runs exactly as developers and CI run it (`cfn-lint` in the project folder,
+which reads .cfnlintrc and so the serverless rules). The structure tests read the raw
+template with the CFN-tag-tolerant loader the local gateway uses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools import ROOT
+from tools.runtime import load_template
+
+TEMPLATE = load_template()
+RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
+GLOBAL_FN: dict[str, Any] = TEMPLATE["Globals"]["Function"]
+FUNCTIONS = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless::Function"}
+
+# The secrets each function reads; anything more is a least-privilege regression.
+SECRETS_READ = {
+    "HealthFunction": {"DbSecretArn", "MetricsTokenSecretArn"},  # token: /health/detailed
+    "MetricsFunction": {"DbSecretArn", "MetricsTokenSecretArn"},
+    "RetentionFunction": {"DbSecretArn"},
+}
+# Actions that have no resource-level permissions and so may use Resource "*".
+STAR_RESOURCE_ACTIONS = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+}
+
+CFN_LINT = "import sys; from cfnlint.runner import main; sys.exit(main())"
+
+
+def _cfn_lint(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CFN_LINT], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def _ref(value: Any) -> str | None:
+    return value.get("Ref") if isinstance(value, dict) else None
+
+
+def _getatt_target(value: Any) -> str | None:
+    """`!GetAtt X.Arn` (loaded as {"Fn::GetAtt": "X.Arn"}) -> "X"."""
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        target = value["Fn::GetAtt"]
+        return (target.split(".")[0] if isinstance(target, str) else target[0]) or None
+    return None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _if_branches(value: Any) -> list[Any]:
+    """Every value a (possibly conditional) property can take."""
+    if isinstance(value, dict) and "Fn::If" in value:
+        _, yes, no = value["Fn::If"]
+        return _if_branches(yes) + _if_branches(no)
+    return [value]
+
+
+def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    """Inline statements of a role plus those of the template's managed policies it attaches."""
+    docs = [p["PolicyDocument"] for p in role["Properties"].get("Policies", [])]
+    for arn in role["Properties"].get("ManagedPolicyArns", []):
+        name = _ref(arn)
+        assert name in RESOURCES, f"only this template's policies, not AWS-managed ones: {arn}"
+        docs.append(RESOURCES[name]["Properties"]["PolicyDocument"])
+    out = []
+    for doc in docs:
+        for stmt in doc["Statement"]:
+            out.extend(s for s in _if_branches(stmt) if s != {"Ref": "AWS::NoValue"})
+    return out
+
+
+def _role_of(function_id: str) -> dict[str, Any]:
+    props = FUNCTIONS[function_id]["Properties"]
+    role_id = _getatt_target(props.get("Role"))
+    assert role_id, f"{function_id}: explicit Role expected"
+    return RESOURCES[role_id]
+
+
+# -- lint -----------------------------------------------------------------------------
+
+
+def test_cfn_lint_with_serverless_rules_is_clean() -> None:
+    proc = _cfn_lint(ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_cfnlintrc_enables_the_serverless_rules(tmp_path: Path) -> None:
+    """A clean run means something only if the serverless rules are loaded: the same
+    config must flag a function without a log group and a queue without redrive."""
+    shutil.copy(ROOT / ".cfnlintrc", tmp_path / ".cfnlintrc")
+    (tmp_path / "template.yaml").write_text(
+        "Transform: AWS::Serverless-2016-10-31\n"
+        "Resources:\n"
+        "  Fn:\n"
+        "    Type: AWS::Serverless::Function\n"
+        "    Properties: {Runtime: python3.13, Handler: app.h, CodeUri: ., MemorySize: 128,"
+        " Timeout: 3, Tracing: Active}\n"
+        "  Queue:\n"
+        "    Type: AWS::SQS::Queue\n"
+    )
+    proc = _cfn_lint(tmp_path)
+    assert proc.returncode != 0
+    assert "WS1004" in proc.stdout and "ES6000" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_every_suppression_names_a_rule_and_gives_a_reason() -> None:
+    text = (ROOT / "template.yaml").read_text()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "ignore_checks" not in line:
+            continue
+        if line.rstrip().endswith(":"):  # block list: reasons on the item lines
+            j = i + 1
+            while j < len(lines) and lines[j].strip().startswith("- "):
+                assert "#" in lines[j], f"line {j + 1}: suppression without a reason"
+                j += 1
+            assert j > i + 1
+        else:
+            assert "#" in line, f"line {i + 1}: suppression without a reason"
+
+
+# -- runtime, build ---------------------------------------------------------------------
+
+
+def test_functions_run_python313_on_arm64_with_tracing_and_the_layer() -> None:
+    assert GLOBAL_FN["Runtime"] == "python3.13"
+    assert GLOBAL_FN["Architectures"] == ["arm64"]
+    assert GLOBAL_FN["Tracing"] == "Active"
+    assert {"Ref": "OpsLayer"} in GLOBAL_FN["Layers"]
+    env = GLOBAL_FN["Environment"]["Variables"]
+    assert _ref(env["POWERTOOLS_SERVICE_NAME"]) == "ServiceName"
+    assert _ref(env["POWERTOOLS_LOG_LEVEL"]) == _ref(env["LOG_LEVEL"]) == "LogLevel"
+    assert _ref(env["DB_SECRET_ARN"]) == "DbSecretArn"
+    assert env["DB_HOST"]["Fn::If"][0] == "HasDbHostOverride"
+    assert set(FUNCTIONS) >= set(SECRETS_READ)
+    for fid, fn in FUNCTIONS.items():
+        props = fn["Properties"]
+        # A per-function override would silently escape the global settings.
+        for key in ("Runtime", "Architectures", "Tracing"):
+            assert props.get(key, GLOBAL_FN[key]) == GLOBAL_FN[key], (fid, key)
+        assert props["Handler"] == "app.lambda_handler"
+        assert (ROOT / props["CodeUri"] / "app.py").is_file(), fid
+
+
+def test_layer_targets_the_runtime_and_excludes_boto3() -> None:
+    layer = RESOURCES["OpsLayer"]
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    reqs = (ROOT / "layers/ops/requirements.txt").read_text().lower()
+    names = {re.split(r"[<>=!~\[; ]", ln.strip())[0] for ln in reqs.splitlines()}
+    assert not names & {"boto3", "botocore"}, "boto3 comes with the Lambda runtime"
+
+
+@pytest.mark.parametrize("resource_id", ["OpsLayer", *FUNCTIONS])
+def test_every_artifact_builds_with_a_makefile(resource_id: str) -> None:
+    """No local python3.13 or Docker needed: see layers/ops/Makefile."""
+    res = RESOURCES[resource_id]
+    assert res["Metadata"]["BuildMethod"] == "makefile"
+    assert res["Metadata"]["BuildArchitecture"] == "arm64"
+    uri = res["Properties"].get("CodeUri") or res["Properties"]["ContentUri"]
+    makefile = (ROOT / uri / "Makefile").read_text()
+    target = f"build-{resource_id}:" if resource_id == "OpsLayer" else "build-%:"
+    assert target in makefile
+    # Dependencies are resolved for the Lambda runtime, never for the building machine.
+    assert "manylinux2014_aarch64" in makefile and "3.13" in makefile
+
+
+def test_samconfig_deploy_defaults() -> None:
+    cfg = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    deploy = cfg["default"]["deploy"]["parameters"]
+    assert deploy["capabilities"] == "CAPABILITY_IAM"
+    assert deploy["resolve_s3"] is True
+    assert deploy["confirm_changeset"] is True
+    assert cfg["default"]["validate"]["parameters"]["lint"] is True
+
+
+# -- API --------------------------------------------------------------------------------
+
+
+def test_api_has_one_traced_stage_with_throttling() -> None:
+    props = RESOURCES["Api"]["Properties"]
+    assert props["TracingEnabled"] is True
+    # Without OpenApiVersion SAM adds a stage named "Stage" with no throttling or logs.
+    assert props["OpenApiVersion"].startswith("3.")
+    (setting,) = props["MethodSettings"]
+    assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
+    assert _ref(setting["ThrottlingRateLimit"]) == "ApiThrottleRateLimit"
+    assert _ref(setting["ThrottlingBurstLimit"]) == "ApiThrottleBurstLimit"
+
+
+def test_access_log_is_json_with_the_request_id() -> None:
+    access = RESOURCES["Api"]["Properties"]["AccessLogSetting"]
+    group = RESOURCES[_getatt_target(access["DestinationArn"]) or ""]
+    assert group["Type"] == "AWS::Logs::LogGroup"
+    assert "RetentionInDays" in group["Properties"]
+    # Numbers ($context.status) are unquoted in the format; quote them to parse it.
+    fmt = re.sub(r'(?<!")(\$context\.[\w.]+)', r'"\1"', access["Format"])
+    fields = json.loads(fmt)
+    assert fields["requestId"] == "$context.requestId"  # the handlers' correlation id
+    assert fields["status"] == "$context.status"
+    assert fields["type"] == "access"
+    for key in ("method", "resourcePath", "responseLatency", "integrationLatency"):
+        assert key in fields
+
+
+API_FUNCTIONS = sorted(
+    fid
+    for fid, fn in FUNCTIONS.items()
+    if any(e["Type"] == "Api" for e in (fn["Properties"].get("Events") or {}).values())
+)
+
+
+def test_health_and_metrics_are_api_functions() -> None:
+    assert {"HealthFunction", "MetricsFunction"} <= set(API_FUNCTIONS)
+
+
+@pytest.mark.parametrize("fid", API_FUNCTIONS)
+def test_api_functions_answer_before_the_gateway_timeout(fid: str) -> None:
+    # API Gateway gives up after 29 s: the function must answer (503) before that.
+    assert FUNCTIONS[fid]["Properties"].get("Timeout", GLOBAL_FN["Timeout"]) < 29
+
+
+# -- logs -------------------------------------------------------------------------------
+
+
+def test_every_function_has_its_own_log_group_with_retention() -> None:
+    seen = set()
+    for fid, fn in FUNCTIONS.items():
+        group_id = _ref(fn["Properties"]["LoggingConfig"]["LogGroup"])
+        assert group_id, f"{fid}: LoggingConfig.LogGroup must reference a log group"
+        group = RESOURCES[group_id]
+        assert group["Type"] == "AWS::Logs::LogGroup"
+        assert _ref(group["Properties"]["RetentionInDays"]) == "LogRetentionDays"
+        assert group_id not in seen, f"{fid} shares {group_id}"
+        seen.add(group_id)
+
+
+# -- retention schedule -----------------------------------------------------------------
+
+
+def test_retention_runs_at_3am_in_the_configured_time_zone_with_retries_and_dlq() -> None:
+    events = FUNCTIONS["RetentionFunction"]["Properties"]["Events"]
+    (schedule,) = [e["Properties"] for e in events.values() if e["Type"] == "ScheduleV2"]
+    assert schedule["ScheduleExpression"] == "cron(0 3 * * ? *)"
+    assert _ref(schedule["ScheduleExpressionTimezone"]) == "RetentionScheduleTimezone"
+    assert TEMPLATE["Parameters"]["RetentionScheduleTimezone"]["Default"] == "UTC"
+    assert schedule["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    dlq = RESOURCES[_getatt_target(schedule["DeadLetterConfig"]["Arn"]) or ""]
+    assert dlq["Type"] == "AWS::SQS::Queue"
+
+
+# -- IAM --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fid", sorted(SECRETS_READ))
+def test_function_reads_only_the_secrets_it_uses(fid: str) -> None:
+    fn_props = FUNCTIONS[fid]["Properties"]
+    # With Role set, SAM ignores Policies: a permission added there would silently vanish.
+    assert "Policies" not in fn_props, f"{fid}: add permissions to its role instead"
+    secrets: set[str] = set()
+    for stmt in _statements(_role_of(fid)):
+        actions = set(_as_list(stmt["Action"]))
+        if not any(a.startswith("secretsmanager:") for a in actions):
+            continue
+        assert actions == {"secretsmanager:GetSecretValue"}, (fid, actions)
+        for resource in _if_branches(stmt["Resource"]):
+            for item in _as_list(resource):
+                assert _ref(item), f"{fid}: secret resources must be parameters, got {item}"
+                secrets.add(str(_ref(item)))
+    assert secrets == SECRETS_READ[fid]
+
+
+@pytest.mark.parametrize("fid", sorted(SECRETS_READ))
+def test_function_role_is_least_privilege(fid: str) -> None:
+    role = _role_of(fid)
+    principal = role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]
+    assert principal == {"Service": "lambda.amazonaws.com"}
+    own_group = _ref(FUNCTIONS[fid]["Properties"]["LoggingConfig"]["LogGroup"])
+    logs_ok = False
+    for stmt in _statements(role):
+        assert stmt["Effect"] == "Allow"
+        actions = set(_as_list(stmt["Action"]))
+        assert not any(a == "*" or a.endswith(":*") for a in actions), actions
+        if stmt["Resource"] == "*":
+            assert actions <= STAR_RESOURCE_ACTIONS, actions
+        if any(a.startswith("logs:") for a in actions):
+            assert actions <= {"logs:CreateLogStream", "logs:PutLogEvents"}
+            assert _getatt_target(stmt["Resource"]) == own_group
+            logs_ok = True
+    assert logs_ok, f"{fid} cannot write its own logs"
+
+
+def test_vpc_permissions_only_when_subnets_are_given() -> None:
+    assert TEMPLATE["Conditions"]["HasVpc"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "VpcSubnetIds"}]}, ""]}]
+    }
+    assert GLOBAL_FN["VpcConfig"]["Fn::If"][0] == "HasVpc"
+    base = RESOURCES["FunctionBasePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    for stmt in base:
+        branches = _if_branches(stmt)
+        actions = {a for s in branches if "Action" in s for a in _as_list(s["Action"])}
+        if any(a.startswith("ec2:") for a in actions):
+            assert stmt["Fn::If"][0] == "HasVpc"
+            assert stmt["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+            break
+    else:
+        pytest.fail("no VPC network-interface statement")
