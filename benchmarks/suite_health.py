@@ -178,7 +178,15 @@ else:
     _log = os.open(os.environ["BENCH_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     sys.stdout.flush()
     os.dup2(_log, 1)
-    _proto.write(MARK + json.dumps({"ready": _ready, "import_s": _import_s}) + "\n")
+    _stripped = None
+    if os.environ.get("BENCH_STRIP_AFTER_INVOCATION"):
+        # Diagnostic: the ops.api.Api's end-of-invocation hooks (the metrics flush) removed.
+        _module = sys.modules.get(globals().get("_mod", ""))
+        _hooks = getattr(getattr(_module, "app", None), "after_invocation", None)
+        if isinstance(_hooks, list):
+            _stripped = len(_hooks)
+            _hooks.clear()
+    _proto.write(MARK + json.dumps({"ready": _ready, "stripped": _stripped}) + "\n")
     for _line in sys.stdin:
         _cmd = json.loads(_line)
         if _cmd["op"] == "quit":
@@ -528,7 +536,7 @@ class Worker:
             cwd=v.cwd,
         )
         self.invocations = 0
-        self._reply()
+        self.hooks_stripped: int | None = self._reply().get("stripped")
 
     def _reply(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -719,6 +727,7 @@ class WarmResult:
     log_lines: dict[str, int]
     invocations: dict[str, int]
     profiles: dict[str, list[list[Any]]]  # route -> cProfile rows of the health function
+    stripped: dict[str, int | None]  # variant -> after-invocation hooks removed
 
 
 def measure_warm(
@@ -733,7 +742,7 @@ def measure_warm(
     cProfile of `profile` = (variant, routes), after the timed batches."""
     events = {route: _route_event(route) for route in HEALTH_ROUTES}
     workers = [Worker(python, v, logdir) for v in variants]
-    res = WarmResult({}, {}, {}, {}, {}, {}, {}, {})
+    res = WarmResult({}, {}, {}, {}, {}, {}, {}, {}, {})
 
     def serves(w: Worker, route: str) -> bool:
         return route in only.get(w.variant.key, HEALTH_ROUTES)
@@ -759,6 +768,7 @@ def measure_warm(
             res.rss_mb[w.variant.key], res.boto3[w.variant.key] = w.rss()
             res.log_lines[w.variant.key] = w.request_log_lines()
             res.invocations[w.variant.key] = w.invocations
+            res.stripped[w.variant.key] = w.hooks_stripped
     finally:
         for w in workers:
             w.close()
@@ -876,13 +886,22 @@ def run(quick: bool) -> str:
             env={**by_key["c"].env, "PEER_MANGUM_LIFESPAN": "off"},
             cwd=by_key["c"].cwd,
         )
-        warm_variants = [by_key["a"], by_key["b"], health, by_key["c"], peer_off]
+        no_hooks = Variant(
+            "health_nohooks",
+            "health without its after-invocation hooks (diagnostic)",
+            "module",
+            paths=health.paths,
+            handler=health.handler,
+            env={**health.env, "BENCH_STRIP_AFTER_INVOCATION": "1"},
+            cwd=health.cwd,
+        )
+        warm_variants = [by_key["a"], by_key["b"], health, no_hooks, by_key["c"], peer_off]
         warm = measure_warm(
             python,
             warm_variants,
             plan,
             WORK,
-            only={"b": ("/health",)},
+            only={"b": ("/health",), no_hooks.key: ("/health/live", "/health")},
             profile=("health", ("/health/live", "/health")),
         )
 
@@ -1096,6 +1115,25 @@ def run(quick: bool) -> str:
         f"for {warm.invocations.get('health', 0)} invocations.",
         "",
     ]
+    stripped = warm.stripped.get(no_hooks.key)
+    if stripped:
+        lines += [
+            f"What the health function's after-invocation hooks cost ({stripped} hook(s) of "
+            "`ops.api.Api.after_invocation`, i.e. the metrics flush: the same handler in "
+            "another warm process with those hooks removed after import, interleaved with "
+            "the others):",
+            "",
+            "| route | health p50 / p99 | without the hooks p50 / p99 | hooks' p50 cost |",
+            "|---|---|---|---|",
+        ]
+        for route in ("/health/live", "/health"):
+            with_h, without = warm.ms[("health", route)], warm.ms[(no_hooks.key, route)]
+            lines.append(
+                f"| `{route}` | {pct(with_h, 50):.3f} / {pct(with_h, 99):.3f} | "
+                f"{pct(without, 50):.3f} / {pct(without, 99):.3f} | "
+                f"+{pct(with_h, 50) - pct(without, 50):.3f} ms |"
+            )
+        lines.append("")
     for route, rows in warm.profiles.items():
         lines += [
             f"Where the health function's `{route}` time goes (cProfile of "

@@ -37,18 +37,26 @@ CREATE TABLE IF NOT EXISTS metric_flush_cursors (
     seen_at   timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 50);
 
--- One call per invocation (one round trip). p_rows is a JSON array of
--- {"seq", "family", "labels", "part", "kind", "value", "at"} objects, `at` in Unix
--- seconds. Returns the number of value rows written (0 for a batch already stored).
+-- One call per invocation (one round trip). p_counters and p_gauges are JSON
+-- arrays of {"seq", "family", "labels", "part", "value", "at"} (`at` in Unix
+-- seconds), NULL when empty. p_new_series: the caller has series it has not
+-- stored before; otherwise the lookup for new series is skipped, and should a
+-- series the caller believed stored be missing (someone deleted it), the call
+-- fails with SQLSTATE MF001, storing nothing, and the caller retries with
+-- p_new_series. Returns the number of value rows written: 0 for batches already
+-- stored.
 CREATE OR REPLACE FUNCTION metrics_flush(
-    p_container text, p_shard integer, p_seq bigint, p_rows json
+    p_container text, p_shard integer, p_seq bigint,
+    p_counters json, p_gauges json, p_new_series boolean
 ) RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_prev    bigint;
-    v_written integer;
-    v_gauges  integer;
+    v_prev     bigint;
+    v_expected bigint := 0;
+    v_written  bigint := 0;
+    v_more     bigint;
+    v_more_written bigint;
 BEGIN
     -- A crash may lose the last few hundred milliseconds of flushes; in exchange
     -- row locks are not held across a WAL fsync, which is what bounds throughput.
@@ -70,41 +78,81 @@ BEGIN
             FOR UPDATE SKIP LOCKED);
     END IF;
 
-    -- New series only (ON CONFLICT alone would burn an identity value per row).
-    -- Sorted: concurrent flushes lock in one order and cannot deadlock.
-    INSERT INTO metric_series (family, labels, part, kind)
-    SELECT DISTINCT b.family, b.labels, b.part, b.kind
-    FROM json_to_recordset(p_rows) AS b(seq bigint, family text, labels text, part text, kind "char")
-    WHERE b.seq > v_prev
-      AND NOT EXISTS (
-          SELECT 1 FROM metric_series s
-          WHERE s.family = b.family AND s.labels = b.labels AND s.part = b.part)
-    ORDER BY 1, 2, 3
-    ON CONFLICT (family, labels, part) DO NOTHING;
+    IF p_new_series THEN
+        -- Only series that do not exist (ON CONFLICT alone burns an identity value
+        -- per row); sorted, so that concurrent flushes lock in one order.
+        INSERT INTO metric_series (family, labels, part, kind)
+        SELECT DISTINCT b.family, b.labels, b.part, b.kind
+        FROM (
+            SELECT seq, family, labels, part, 'c'::"char" AS kind
+            FROM json_to_recordset(p_counters) AS r(seq bigint, family text, labels text, part text)
+            UNION ALL
+            SELECT seq, family, labels, part, 'g'::"char"
+            FROM json_to_recordset(p_gauges) AS r(seq bigint, family text, labels text, part text)
+        ) AS b
+        WHERE b.seq > v_prev
+          AND NOT EXISTS (
+              SELECT 1 FROM metric_series s
+              WHERE s.family = b.family AND s.labels = b.labels AND s.part = b.part)
+        ORDER BY 1, 2, 3
+        ON CONFLICT (family, labels, part) DO NOTHING;
+    END IF;
 
-    INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
-    SELECT s.id, p_shard, sum(b.value), to_timestamp(max(b.at))
-    FROM json_to_recordset(p_rows) AS b(seq bigint, family text, labels text, part text, value float8, at float8)
-    JOIN metric_series s ON s.family = b.family AND s.labels = b.labels AND s.part = b.part
-    WHERE b.seq > v_prev AND s.kind = 'c'
-    GROUP BY s.id
-    ORDER BY s.id
-    ON CONFLICT (series_id, shard) DO UPDATE
-        SET value = v.value + EXCLUDED.value,
-            updated_at = greatest(v.updated_at, EXCLUDED.updated_at);
-    GET DIAGNOSTICS v_written = ROW_COUNT;
+    -- Value rows are locked in series id order by every flush: no deadlocks.
+    IF p_counters IS NOT NULL THEN
+        WITH batch AS (
+            SELECT family, labels, part, sum(value) AS value, max(at) AS at
+            FROM json_to_recordset(p_counters)
+                AS r(seq bigint, family text, labels text, part text, value float8, at float8)
+            WHERE seq > v_prev
+            GROUP BY family, labels, part
+        ), written AS (
+            INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
+            SELECT s.id, p_shard, b.value, to_timestamp(b.at)
+            FROM batch AS b
+            JOIN metric_series AS s
+              ON s.family = b.family AND s.labels = b.labels AND s.part = b.part AND s.kind = 'c'
+            ORDER BY s.id
+            ON CONFLICT (series_id, shard) DO UPDATE
+                SET value = v.value + EXCLUDED.value,
+                    updated_at = greatest(v.updated_at, EXCLUDED.updated_at)
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM written)
+        INTO v_expected, v_written;
+    END IF;
 
-    INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
-    SELECT DISTINCT ON (s.id) s.id, p_shard, b.value, to_timestamp(b.at)
-    FROM json_to_recordset(p_rows) AS b(seq bigint, family text, labels text, part text, value float8, at float8)
-    JOIN metric_series s ON s.family = b.family AND s.labels = b.labels AND s.part = b.part
-    WHERE b.seq > v_prev AND s.kind = 'g'
-    ORDER BY s.id, b.at DESC
-    ON CONFLICT (series_id, shard) DO UPDATE
-        SET value = CASE WHEN EXCLUDED.updated_at >= v.updated_at THEN EXCLUDED.value ELSE v.value END,
-            updated_at = greatest(v.updated_at, EXCLUDED.updated_at);
-    GET DIAGNOSTICS v_gauges = ROW_COUNT;
+    IF p_gauges IS NOT NULL THEN  -- the newest reading wins, whichever container sent it
+        WITH batch AS (
+            SELECT DISTINCT ON (family, labels, part) family, labels, part, value, at
+            FROM json_to_recordset(p_gauges)
+                AS r(seq bigint, family text, labels text, part text, value float8, at float8)
+            WHERE seq > v_prev
+            ORDER BY family, labels, part, at DESC
+        ), written AS (
+            INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
+            SELECT s.id, p_shard, b.value, to_timestamp(b.at)
+            FROM batch AS b
+            JOIN metric_series AS s
+              ON s.family = b.family AND s.labels = b.labels AND s.part = b.part AND s.kind = 'g'
+            ORDER BY s.id
+            ON CONFLICT (series_id, shard) DO UPDATE
+                SET value = CASE WHEN EXCLUDED.updated_at >= v.updated_at
+                                 THEN EXCLUDED.value ELSE v.value END,
+                    updated_at = greatest(v.updated_at, EXCLUDED.updated_at)
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM written)
+        INTO v_more, v_more_written;
+        v_expected := v_expected + v_more;
+        v_written := v_written + v_more_written;
+    END IF;
 
-    RETURN v_written + v_gauges;
+    IF v_written < v_expected AND NOT p_new_series THEN
+        RAISE EXCEPTION 'metrics_flush: % of % series are not in metric_series',
+            v_expected - v_written, v_expected
+            USING ERRCODE = 'MF001', HINT = 'call again with p_new_series = true';
+    END IF;
+    RETURN v_written;
 END
 $$;

@@ -73,11 +73,12 @@ def sql(database_url: str) -> Iterator[Callable[..., list[list[Any]]]]:
 
 
 def _reset_runtime() -> None:
-    from ops import db
+    from ops import db, metrics
     from ops.config import settings
 
     settings.cache_clear()
     db.reset()
+    metrics.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -76,16 +76,23 @@ def policies(*items: tuple[str, str, int, int]) -> str:
     )
 
 
+# Audit entries outlive every test (the log is append-only) and sample events repeat run
+# ids, so each test only sees the entries written after its clean slate.
+_audit_floor = 0
+
+
 def audit_entries(sql: SQL, run_id: str, table: str | None = None) -> list[dict[str, Any]]:
     rows = sql(
         "SELECT entity, actor_type, actor_id, action, payload FROM audit_logs "
-        "WHERE action = 'retention.prune' AND payload->>'runId' = :r "
+        "WHERE id > :floor AND action = 'retention.prune' AND payload->>'runId' = :r "
         "AND (CAST(:t AS text) IS NULL OR entity = :t) ORDER BY id",
+        floor=_audit_floor,
         r=run_id,
         t=table,
     )
     return [
-        {"entity": e, "actor_type": at, "actor_id": ai, "action": a, **p} for e, at, ai, a, p in rows
+        {"entity": e, "actor_type": at, "actor_id": ai, "action": a, **p}
+        for e, at, ai, a, p in rows
     ]
 
 
@@ -106,6 +113,8 @@ def retention_slate(db_env: str, sql: SQL, monkeypatch: pytest.MonkeyPatch) -> I
     for key, value in FAST_SETTINGS.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("RETENTION_POLICIES", raising=False)
+    global _audit_floor
+    _audit_floor = int(sql("SELECT coalesce(max(id), 0) FROM audit_logs")[0][0])
     sql("TRUNCATE inbound_events, chat_sessions, retention_runs CASCADE")
     sql(
         "UPDATE retention_lease SET holder = NULL, run_key = NULL, acquired_at = NULL, "

@@ -69,6 +69,7 @@ def test_request_log_line_fields(db_env, health_api, log_lines):
     (line,) = [entry for entry in log_lines() if entry.get("type") == "request"]
     assert line["method"] == "GET"
     assert line["url"] == "/health"
+    assert line["route"] == "/health"
     assert line["statusCode"] == status == 200
     assert isinstance(line["duration"], float) and line["duration"] >= 0
     assert line["requestId"] and line["correlation_id"] == line["requestId"]

@@ -108,14 +108,21 @@ def access_line(fmt: str, evt: dict[str, Any], resp: dict[str, Any], latency_ms:
 
 
 @dataclass
+class Invocation:
+    response: Any
+    context: LambdaContext
+    latency_ms: int
+    events: list[Event]  # everything filed while it ran, its access line included
+
+
+@dataclass
 class ApiCall:
     function: str
     request_id: str
-    lambda_request_id: str
     method: str
     resource: str
     status: int
-    latency_ms: int
+    invocation: Invocation
 
 
 @dataclass
@@ -133,16 +140,15 @@ class Recorder:
     def __post_init__(self) -> None:
         self.access_format, self.log_groups = _template_wiring()
 
-    def _file(self, line: dict[str, Any], group: str) -> None:
+    def _file(self, line: dict[str, Any], group: str) -> Event:
         self._clock_ms = max(int(time.time() * 1000), self._clock_ms + 1)
-        self.events.append(
-            event(line, log_group=self.log_groups[group], timestamp_ms=self._clock_ms)
-        )
+        filed = event(line, log_group=self.log_groups[group], timestamp_ms=self._clock_ms)
+        self.events.append(filed)
+        return filed
 
-    def invoke(self, function: str, payload: Any) -> tuple[Any, LambdaContext, int]:
-        if (
-            function not in self._warm
-        ):  # a new container: Powertools' cold-start flag is per process
+    def invoke(self, function: str, payload: Any) -> Invocation:
+        if function not in self._warm:
+            # A new container: Powertools keeps its cold-start flag per process.
             self.monkeypatch.setattr("aws_lambda_powertools.logging.logger.is_cold_start", True)
             self._warm.add(function)
         spec = functions()[FUNCTIONS[function]]
@@ -151,23 +157,22 @@ class Recorder:
         resp = function_handler(function)(payload, context)
         latency_ms = max(1, round((time.perf_counter() - started) * 1000))
         lines = self.log_lines()
-        for line in lines[self._seen :]:
-            self._file(line, function)
+        filed = [self._file(line, function) for line in lines[self._seen :]]
         self._seen = len(lines)
-        return resp, context, latency_ms
+        return Invocation(resp, context, latency_ms, filed)
 
     def call(self, function: str, path: str, *, resource: str | None = None) -> ApiCall:
         evt = proxy_event(method="GET", path=path, resource=resource or path, stage="prod")
-        resp, context, latency_ms = self.invoke(function, evt)
-        self._file(access_line(self.access_format, evt, resp, latency_ms), "access")
+        inv = self.invoke(function, evt)
+        line = access_line(self.access_format, evt, inv.response, inv.latency_ms)
+        inv.events.append(self._file(line, "access"))
         call = ApiCall(
             function,
             evt["requestContext"]["requestId"],  # type: ignore[index]
-            context.aws_request_id,
             "GET",
             str(evt["resource"]),
-            int(resp["statusCode"]),
-            latency_ms,
+            int(inv.response["statusCode"]),
+            inv,
         )
         self.calls.append(call)
         return call
@@ -210,12 +215,13 @@ def api_story(db_env, recorder, monkeypatch, closed_port) -> Iterator[Recorder]:
 
     monkeypatch.setenv("DATABASE_URL", f"postgresql://u:p@127.0.0.1:{closed_port}/db")
     _reset_runtime()
-    rec.call("health", "/health")
+    rec.call("metrics", "/metrics")
+    rec.call("health", "/health")  # last: the request-story tests follow this one
     yield rec
 
 
 @pytest.fixture
-def retention_story(db_env, recorder, sql) -> Iterator[tuple[Recorder, dict[str, int], Any]]:
+def retention_story(db_env, recorder, sql) -> Iterator[tuple[Recorder, dict[str, int], Invocation]]:
     """One scheduled retention run over expired rows; returns what the database says it had."""
     sql(
         "INSERT INTO inbound_events (source, event_type, received_at) "
@@ -236,8 +242,7 @@ def retention_story(db_env, recorder, sql) -> Iterator[tuple[Recorder, dict[str,
     scheduled = json.loads((ROOT / "events" / "retention-scheduler.json").read_text())
     # A fresh scheduled time: the same one twice is a duplicate delivery, pruned once.
     scheduled["scheduledTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    _, context, _ = recorder.invoke("retention", scheduled)
-    yield recorder, expired, context
+    yield recorder, expired, recorder.invoke("retention", scheduled)
 
 
 def test_every_saved_query_is_exercised_here() -> None:
@@ -258,7 +263,7 @@ def test_slowest_routes_groups_access_lines_by_route(api_story: Recorder) -> Non
     by_route = {(r["method"], r["resourcePath"]): r for r in rows}
     expected = Counter((c.method, c.resource) for c in api_story.calls)
     assert {k: r["requests"] for k, r in by_route.items()} == expected
-    health = sorted(c.latency_ms for c in api_story.calls if c.resource == "/health")
+    health = sorted(c.invocation.latency_ms for c in api_story.calls if c.resource == "/health")
     assert by_route[("GET", "/health")]["max_ms"] == health[-1]
     assert by_route[("GET", "/health")]["p95_ms"] == health[-1]  # 3 calls: nearest rank is the max
     p95s = [r["p95_ms"] for r in rows]
@@ -274,27 +279,40 @@ def test_5xx_query_lists_every_server_error_and_nothing_else(api_story: Recorder
     assert {r["type"] for r in rows} == {"request", "access"}
 
 
-def test_request_story_tells_one_request_from_health_check_to_access_log(
-    api_story: Recorder,
-) -> None:
+def _timestamps(rows: list[dict[str, Any]]) -> list[int]:
+    return [r["@timestamp"] for r in rows]
+
+
+def test_request_story_is_everything_that_request_logged(api_story: Recorder) -> None:
     down = api_story.calls[-1]
     assert down.status == 503
     rows = api_story.run("request-story", REQUEST_ID=down.request_id)
-    assert [r["type"] for r in rows] == ["health_check", "request", "access"]
+    assert _timestamps(rows) == _timestamps(down.invocation.events)  # all of it, in order
+    types = [r["type"] for r in rows]
+    assert types[0] == "health_check" and types[-1] == "access" and "request" in types
     assert rows[0]["check"] == "database" and rows[0]["error"]
-    assert rows[1]["statusCode"] == rows[2]["status"] == 503
-    # The same story from the Lambda request id (what a REPORT line or a DLQ message carries).
-    by_lambda_id = api_story.run("request-story", REQUEST_ID=down.lambda_request_id)
-    assert [r["type"] for r in by_lambda_id] == ["health_check", "request"]
+    # The same story from the Lambda request id (what a REPORT line or a DLQ message carries),
+    # less the access line, which only knows the API Gateway id.
+    lambda_id = down.invocation.context.aws_request_id
+    by_lambda_id = api_story.run("request-story", REQUEST_ID=lambda_id)
+    assert _timestamps(by_lambda_id) == _timestamps(down.invocation.events[:-1])
 
 
 def test_errors_by_function_counts_handler_errors(api_story: Recorder) -> None:
     rows = api_story.run("errors-by-function")
-    counts = {(r["function_name"], r["message"]): r["errors"] for r in rows}
-    assert counts == {
-        (f"{STACK}-health", "unhandled error"): 1,
-        (f"{STACK}-health", "malformed event"): 1,
+    by_type: Counter[tuple[str, str]] = Counter()
+    for r in rows:
+        by_type[(r["function_name"], r["type"])] += r["errors"]
+    health, metrics = f"{STACK}-health", f"{STACK}-metrics"
+    assert by_type == {
+        (health, "error"): 2,  # the forced 500 and the malformed event
+        # With the database down: /metrics cannot read it, and neither call can flush.
+        (metrics, "metrics_scrape"): 1,
+        (metrics, "metrics_flush"): 1,
+        (health, "metrics_flush"): 1,
     }
+    messages = {r["message"] for r in rows if r["type"] == "error"}
+    assert messages == {"unhandled error", "malformed event"}
 
 
 def test_cold_starts_count_one_per_new_container(api_story: Recorder) -> None:
@@ -325,11 +343,10 @@ def test_retention_rows_by_table_matches_what_the_database_had(retention_story) 
 
 
 def test_request_story_finds_a_retention_run_by_lambda_request_id(retention_story) -> None:
-    rec, _, context = retention_story
-    rows = rec.run("request-story", REQUEST_ID=context.aws_request_id)
-    types = [r["type"] for r in rows]
-    assert types[0] == "job" and types[-1] == "job"
-    assert types.count("retention") == 2
+    rec, _, run = retention_story
+    rows = rec.run("request-story", REQUEST_ID=run.context.aws_request_id)
+    assert _timestamps(rows) == _timestamps(run.events)
+    assert [r["type"] for r in rows].count("retention") == 2
 
 
 # --- the interpreter refuses what it does not model -------------------------------

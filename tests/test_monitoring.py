@@ -3,7 +3,10 @@ Grafana dashboard, the CloudWatch alarms, and the runbook they all point to."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import itertools
 import json
 import re
 import subprocess
@@ -291,14 +294,6 @@ def test_recorded_series_used_are_defined() -> None:
             assert name in recorded, f"{name} used in {sorted(sources)} is not recorded"
 
 
-def test_every_series_used_is_in_the_runbook_catalogue() -> None:
-    catalogue_section = runbook_sections()["metric-catalogue"]
-    documented = set(re.findall(r"^\| `([a-z_]+)`", catalogue_section, re.M))
-    for name, sources in _series_used().items():
-        if ":" not in name and name != "up":
-            assert _base_name(name) in documented, f"{name} ({sorted(sources)}) not in catalogue"
-
-
 # --- CloudWatch ----------------------------------------------------------------------
 
 
@@ -379,3 +374,172 @@ def test_runbook_shows_each_saved_query_as_deployed() -> None:
     for name, saved in saved_queries().items():
         assert f"/{name}" in text, name
         assert saved.query.text.strip() in text, f"{name}: runbook copy differs from template"
+
+
+# --- against the metrics catalogue (layers/ops/ops/metrics/catalogue.py) --------------
+
+SCRAPE_LABELS = {"job", "instance"}
+
+
+def _registry() -> dict[str, Any]:
+    from ops.metrics import catalogue  # noqa: F401 - defining the families fills the registry
+    from ops.metrics.recorder import REGISTRY
+
+    return REGISTRY
+
+
+def _family(series: str) -> Any:
+    registry = _registry()
+    family = registry.get(series) or registry.get(_base_name(series))
+    assert family is not None, f"{series} is not in the metrics catalogue"
+    return family
+
+
+def _all_exprs() -> list[str]:
+    return [
+        *(r["expr"] for r in _alert_rules()),
+        *(r["expr"] for g in _yaml("recording-rules.yml")["groups"] for r in g["rules"]),
+        *_panel_exprs().values(),
+    ]
+
+
+def test_every_series_used_exists_in_the_catalogue() -> None:
+    for name, sources in _series_used().items():
+        if ":" not in name and name != "up":
+            family = _family(name)
+            if name != family.name:  # a histogram's _bucket/_count/_sum
+                assert family.kind == "histogram", f"{name} ({sorted(sources)})"
+
+
+def test_every_label_used_exists_on_its_metric() -> None:
+    for expr in _all_exprs():
+        selected = [n for n in metric_names(expr) if ":" not in n and n != "up"]
+        known = set(SCRAPE_LABELS)
+        for name in selected:
+            family = _family(name)
+            own = set(family.labelnames) | SCRAPE_LABELS
+            if name.endswith("_bucket"):
+                own.add("le")
+            known |= own
+            for selector in re.findall(rf"\b{name}\{{([^}}]*)\}}", expr):
+                for label in re.findall(r"(\w+)\s*[=!]~?", selector):
+                    assert label in own, f"{name} has no label {label}: {expr}"
+        for group in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+            for label in filter(None, (g.strip() for g in group.split(","))):
+                assert label in known or not selected, f"{label}: {expr}"
+
+
+def test_alert_bucket_thresholds_are_catalogue_buckets() -> None:
+    """HighToolLatency counts calls above a bucket bound: that bound must exist as rendered."""
+    for rule in _alert_rules():
+        for name, pattern in re.findall(r'(\w+_bucket)\{le=~"([^"]+)"\}', rule["expr"]):
+            regex = pattern.encode().decode("unicode_escape")
+            family = _family(name)
+            assert any(re.fullmatch(regex, part) for part in family.bucket_parts), rule["alert"]
+
+
+def test_runbook_catalogue_matches_the_metrics_catalogue() -> None:
+    rows = re.findall(
+        r"^\| `([a-z_]+)` \| (counter|gauge|histogram) \|([^|]*)\|",
+        runbook_sections()["metric-catalogue"],
+        re.M,
+    )
+    documented = {name: (kind, set(re.findall(r"`(\w+)`", labels))) for name, kind, labels in rows}
+    documented.pop("up")
+    assert documented == {f.name: (f.kind, set(f.labelnames)) for f in _registry().values()}
+
+
+def _emf_metrics() -> dict[str, str | None]:
+    """EMF metric name -> its extra dimension (besides `service`), from the catalogue."""
+    out: dict[str, str | None] = {}
+    for family in _registry().values():
+        if family.emf is None:
+            continue
+        dimension = family.emf.dimension[0] if family.emf.dimension else None
+        names = [family.emf.name]
+        for label, values in family.allowed.items():
+            if "{" + label + "}" in family.emf.name:
+                names = [family.emf.name.format(**{label: v}) for v in sorted(values)]
+        out.update(dict.fromkeys(names, dimension))
+    return out
+
+
+def _alarm_metrics() -> list[tuple[str, dict[str, Any]]]:
+    """(alarm, metric) for every metric an alarm reads from the EMF namespace."""
+    found = []
+    for logical_id, alarm in _resources("AWS::CloudWatch::Alarm").items():
+        props = alarm["Properties"]
+        metrics = [props] + [
+            m["MetricStat"]["Metric"] for m in props.get("Metrics", []) if "MetricStat" in m
+        ]
+        found += [
+            (logical_id, m) for m in metrics if m.get("Namespace") == {"Ref": "MetricsNamespace"}
+        ]
+    return found
+
+
+def test_cloudwatch_alarms_read_catalogued_emf_metrics() -> None:
+    emf = _emf_metrics()
+    assert _alarm_metrics()
+    for logical_id, metric in _alarm_metrics():
+        name = metric["MetricName"]
+        assert name in emf, f"{logical_id}: {name} is not emitted as EMF"
+        dimensions = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+        assert dimensions.pop("service") == {"Ref": "ServiceName"}, logical_id
+        assert set(dimensions) == ({emf[name]} if emf[name] else set()), logical_id
+
+
+def test_cloudwatch_dashboard_reads_catalogued_emf_metrics() -> None:
+    emf = _emf_metrics()
+    used = set()
+    for widget in _dashboard_body()["widgets"]:
+        for line in widget["properties"].get("metrics", []):
+            if line and line[0] == "MetricsNamespace":
+                used.add(line[1])
+            used.update(re.findall(r'MetricName=\\?"(\w+)\\?"', json.dumps(line)))
+    assert used and used <= set(emf), used - set(emf)
+
+
+def test_cloudwatch_alarm_dimensions_match_the_emf_the_code_emits() -> None:
+    """Record every EMF-mirrored family, flush, and find each alarm's exact metric in the output."""
+    from ops.metrics import flush  # imports the logger outside the redirect below
+
+    chosen = {"status": ("200", "302", "404", "503"), "check": ("database",)}
+    for family in _registry().values():
+        if family.emf is None:
+            continue
+        choices = [
+            sorted(family.allowed.get(label) or chosen.get(label) or ("x",))
+            for label in family.labelnames
+        ]
+        for values in itertools.product(*choices):
+            child = family.labels(*values)
+            if family.kind == "counter":
+                child.inc()
+            elif family.kind == "gauge":
+                child.set(0.0)  # a health check down: health_check_failures 1
+            else:
+                child.observe(1.0)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):  # EMF goes to stdout, which Lambda ships to CloudWatch
+        flush()
+
+    emitted = set()
+    for line in stdout.getvalue().splitlines():
+        if '"_aws"' not in line:
+            continue
+        doc = json.loads(line)
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for dims in directive["Dimensions"]:
+                key = frozenset((d, doc[d]) for d in dims)
+                emitted |= {(directive["Namespace"], m["Name"], key) for m in directive["Metrics"]}
+    parameters = {k: v.get("Default") for k, v in load_template()["Parameters"].items()}
+    for logical_id, metric in _alarm_metrics():
+        dims = frozenset(
+            (
+                d["Name"],
+                parameters[d["Value"]["Ref"]] if isinstance(d["Value"], dict) else d["Value"],
+            )
+            for d in metric["Dimensions"]
+        )
+        assert ("Test", metric["MetricName"], dims) in emitted, f"{logical_id}: {sorted(dims)}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ops.config import settings
 from ops.db import get_db
 from ops.log import logger
+from ops.metrics import catalogue as m
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ def run_checks(checks: list[Check]) -> list[CheckResult]:
     running = [_Running(check) for check in checks]
     results = [r.result() for r in running]
     for result in results:
+        m.HEALTH_CHECK_STATUS.labels(check=result.name).set(1.0 if result.ok else 0.0)
+        m.HEALTH_CHECK_DURATION.labels(check=result.name).observe(result.latency_ms)
         if not result.ok:
             logger.warning(
                 "health check failed",

@@ -25,13 +25,16 @@ SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text,
        EXISTS (SELECT 1 FROM pg_index i
                WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum
                  AND i.indisvalid AND i.indpred IS NULL),
-       EXISTS (SELECT 1 FROM pg_partition_ancestors(c.oid) x
-               WHERE x.relid = to_regclass(:audit)),
+       c.oid = to_regclass(:audit)
+         OR EXISTS (SELECT 1 FROM pg_partition_ancestors(c.oid) x
+                     WHERE x.relid = to_regclass(:audit)),
        (SELECT string_agg(format('%s (%s)', con.conrelid::regclass, con.conname), ', ')
           FROM pg_constraint con
          WHERE con.contype = 'f' AND con.confdeltype IN ('c', 'n', 'd')
-           AND con.confrelid IN (SELECT relid FROM pg_partition_tree(c.oid))
-           AND con.conrelid NOT IN (SELECT relid FROM pg_partition_tree(c.oid)))
+           AND (con.confrelid = c.oid
+                OR con.confrelid IN (SELECT relid FROM pg_partition_tree(c.oid)))
+           AND NOT (con.conrelid = c.oid
+                    OR con.conrelid IN (SELECT relid FROM pg_partition_tree(c.oid))))
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_attribute a

@@ -2,7 +2,7 @@
 
 Rows deleted per table, run outcome and duration, and whether a policy table lacks
 an index on its column. `flush()` (called by the handler at the end of every
-invocation) sends them to the store; it never raises.
+invocation) sends them to the store and to CloudWatch; it never raises.
 """
 
 from __future__ import annotations
@@ -10,35 +10,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-try:
-    from ops.metrics import catalogue as m
-    from ops.metrics import flush as _flush
-except ImportError:  # TEMPORARY until ops.metrics lands
-    m = None  # type: ignore[assignment]
-    _flush = None  # type: ignore[assignment]
+from ops.metrics import catalogue as m
+from ops.metrics import flush as _flush
 
 
 def rows_deleted(payloads: Mapping[str, Mapping[str, Any]]) -> None:
-    if m is None:
-        return
     for table, payload in payloads.items():
         if not payload.get("dryRun") and payload.get("rowsDeleted"):
             m.RETENTION_ROWS_DELETED.labels(table=table).inc(payload["rowsDeleted"])
 
 
 def run_finished(*, succeeded: bool, seconds: float) -> None:
-    if m is None:
-        return
     m.RETENTION_RUNS.labels(status="succeeded" if succeeded else "failed").inc()
     m.RETENTION_RUN_DURATION.observe(seconds)
 
 
 def missing_index(table: str, missing: bool) -> None:
-    gauge = getattr(m, "RETENTION_MISSING_INDEX", None) if m is not None else None
-    if gauge is not None:  # asked of the metrics catalogue; until then the log line warns
+    # Requested of the catalogue as retention_missing_index{table}; until it exists the
+    # warning log line (type=retention_warning) is the signal.
+    gauge = getattr(m, "RETENTION_MISSING_INDEX", None)
+    if gauge is not None:
         gauge.labels(table=table).set(1 if missing else 0)
 
 
 def flush() -> None:
-    if _flush is not None:
-        _flush()
+    _flush()

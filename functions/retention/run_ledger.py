@@ -107,9 +107,10 @@ class RunLedger:
                 dry=self.identity.dry_run,
             )
             # Cutoffs from the database clock, once per run: a resumed run keeps its own.
+            # Days of 24 hours: `interval '1 day'` would follow the session TimeZone's DST.
             conn.run(
                 "INSERT INTO retention_run_tables (run_key, table_name, cutoff) "
-                "SELECT :k, t.name, now() - make_interval(days => t.days) "
+                "SELECT :k, t.name, now() - t.days * interval '24 hours' "
                 "FROM unnest(CAST(:names AS text[]), CAST(:days AS int[])) AS t(name, days) "
                 "ON CONFLICT (run_key, table_name) DO NOTHING",
                 k=self.run_key,

@@ -109,11 +109,15 @@ class _Route:
 class Api:
     """Routes keyed by the API Gateway resource template (`/health/ready`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, instrument: bool = True) -> None:
         self._routes: dict[str, dict[str, _Route]] = {}
         self.response_hooks: list[ResponseHook] = []
         self.after_invocation: list[Callable[[], None]] = []
         self.lambda_handler = logger.inject_lambda_context(self._invoke, clear_state=True)
+        if instrument:  # http_requests_total etc. for every response, then the metrics flush
+            from ops.metrics.http import instrument as record_metrics
+
+            record_metrics(self)
 
     def route(self, method: str, path: str, *, auth: bool = False) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -171,6 +175,7 @@ class Api:
         log_request(
             method=req.method if req else "UNKNOWN",
             url=req.path if req else "",
+            route=route,
             status=status,
             duration_ms=duration_ms,
             request_id=req.request_id if req else None,

@@ -21,7 +21,13 @@ logger = Logger(
 
 
 def log_request(
-    *, method: str, url: str, status: int, duration_ms: float, request_id: str | None
+    *,
+    method: str,
+    url: str,
+    route: str,
+    status: int,
+    duration_ms: float,
+    request_id: str | None,
 ) -> None:
     """The one structured line per API call (field names as the runbook queries them)."""
     logger.info(
@@ -30,6 +36,7 @@ def log_request(
             "type": "request",
             "method": method,
             "url": url,
+            "route": route,  # the template: group by this, not by url (cardinality)
             "statusCode": status,
             "duration": round(duration_ms, 3),
             "requestId": request_id,

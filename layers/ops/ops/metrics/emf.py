@@ -20,9 +20,24 @@ from ops.metrics.recorder import EmfKey
 
 NAMESPACE_ENV = "POWERTOOLS_METRICS_NAMESPACE"
 
+# One Powertools emitter per (namespace, service, dimension, value): dimensions are a
+# closed set, and reusing an emitter halves the cost of a line.
+_emitters: dict[tuple[str, str, str, str], EphemeralMetrics] = {}
+
+
+def _emitter(namespace: str, service: str, dim_name: str, dim_value: str) -> EphemeralMetrics:
+    key = (namespace, service, dim_name, dim_value)
+    emitter = _emitters.get(key)
+    if emitter is None:
+        emitter = EphemeralMetrics(namespace=namespace, service=service)
+        dimensions = {"service": service, **({dim_name: dim_value} if dim_name else {})}
+        emitter.set_default_dimensions(**dimensions)  # kept across flush_metrics()
+        _emitters[key] = emitter
+    return emitter
+
 
 def emit(recorded: dict[EmfKey, list[float]]) -> int:
-    """Print the EMF lines for `recorded`; returns how many dimension groups were emitted."""
+    """Print the EMF lines for `recorded`; returns how many lines (dimension groups)."""
     namespace = os.environ.get(NAMESPACE_ENV)
     if not recorded or not namespace:
         return 0
@@ -31,12 +46,13 @@ def emit(recorded: dict[EmfKey, list[float]]) -> int:
         groups[(dim_name, dim_value)].append((name, unit, values))
     service = settings().service
     for (dim_name, dim_value), metrics in sorted(groups.items()):
-        line = EphemeralMetrics(namespace=namespace, service=service)
-        line.add_dimension(name="service", value=service)
-        if dim_name:
-            line.add_dimension(name=dim_name, value=dim_value)
+        line = _emitter(namespace, service, dim_name, dim_value)
         for name, unit, values in metrics:
             for value in values:
                 line.add_metric(name=name, unit=unit, value=value)
         line.flush_metrics()
     return len(groups)
+
+
+def reset() -> None:
+    _emitters.clear()

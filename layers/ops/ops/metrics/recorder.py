@@ -272,7 +272,8 @@ class Counter(Family["CounterChild"]):
         super().__init__(name, documentation, *args, **kwargs)
 
     def _make_child(self, values: tuple[str, ...]) -> CounterChild:
-        return CounterChild(self.name, format_labels(self.labelnames, values), self._emf_key(values))
+        labels = format_labels(self.labelnames, values)
+        return CounterChild(self.name, labels, self._emf_key(values))
 
     def inc(self, amount: float = 1.0) -> None:
         self._unlabelled().inc(amount)
@@ -316,6 +317,7 @@ class Histogram(Family["HistogramChild"]):
         super().__init__(name, documentation, labelnames, **kwargs)
         self.bounds = tuple(bounds)
         self.bucket_parts = (*(format_bound(b) for b in bounds), "+Inf")
+        self.part_index = {part: i for i, part in enumerate(self.bucket_parts)}
         self.unit = unit
 
     def _make_child(self, values: tuple[str, ...]) -> HistogramChild:

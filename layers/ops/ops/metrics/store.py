@@ -2,22 +2,23 @@
 
 Flush protocol (one round trip, exactly once):
 
-* Deltas go into numbered batches. Every flush sends all batches not yet known
-  to be stored in one simple-protocol query: `SET LOCAL statement_timeout` and
-  a call of `metrics_flush()` (migrations/002_metrics.sql), which adds them to
+* Deltas go into numbered batches. A flush sends every batch not yet known to be
+  stored in one simple-protocol query, `SET LOCAL statement_timeout = ...;
+  SELECT metrics_flush(...)` (migrations/002_metrics.sql), which adds them to
   this container's shard rows and advances the container's cursor to the
-  highest batch number, atomically.
-* If the server answered with an error, nothing was stored: the batches stay
-  open and the next deltas merge into them. If the outcome is unknown (the
-  connection broke or the reply did not come in time after the query was
-  sent), the batches are sealed: they are resent as they are, with their
-  numbers, and the server skips those it already stored. No double counting.
+  highest batch number, in one transaction.
+* If the server answered with an error, or nothing was sent, nothing was stored:
+  the batches stay open and later deltas merge into them. If the outcome is
+  unknown (the query went out, then the connection broke or no reply came in
+  time), the batches are sealed and resent unchanged, with their numbers; the
+  server skips those it already stored. Nothing is counted twice.
 * The query runs on a helper thread that the invocation waits on for at most
-  2 x METRICS_FLUSH_TIMEOUT_MS, so a hung database cannot hold an invocation
-  hostage; while a flush is stuck, later flushes are skipped (kept, not sent).
+  2 x METRICS_FLUSH_TIMEOUT_MS, so that neither a hung database nor a health
+  check stuck on the shared connection can hold an invocation hostage. While a
+  flush is stuck, later flushes keep their deltas instead of queueing.
 
-Values are sent as one JSON literal in the query text: the simple protocol is
-one round trip (pg8000's parameterised path is three) and leaves no prepared
+The values travel as JSON literals in the query text: the simple protocol is one
+round trip (pg8000's parameterised path takes three) and leaves no prepared
 statement behind to pin an RDS Proxy connection.
 """
 
@@ -27,10 +28,12 @@ import json
 import os
 import random
 import threading
+import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from pg8000.exceptions import DatabaseError
@@ -41,6 +44,7 @@ from ops.metrics.recorder import Deltas, SeriesKey
 DEFAULT_SHARDS = 16
 DEFAULT_FLUSH_TIMEOUT_MS = 500
 MAX_SEALED_BATCHES = 64  # beyond this, the oldest unknown-outcome batch is dropped
+MISSING_SERIES = "MF001"  # metrics_flush(): a series the caller believed stored is gone
 
 
 @dataclass(frozen=True)
@@ -78,34 +82,57 @@ class Batch:
     sealed: bool = False  # sent with an unknown outcome: must be resent unchanged
 
     def merge(self, deltas: Deltas) -> None:
-        sums = self.sums
+        sums, gauges = self.sums, self.gauges
         for key, amount in deltas.sums.items():
             sums[key] = sums.get(key, 0.0) + amount
         for key, reading in deltas.gauges.items():
-            if key not in self.gauges or reading[1] >= self.gauges[key][1]:
-                self.gauges[key] = reading
+            if key not in gauges or reading[1] >= gauges[key][1]:
+                gauges[key] = reading
 
-    def rows(self, now: float) -> list[dict[str, Any]]:
-        rows = [
-            {"seq": self.seq, "family": f, "labels": lb, "part": p, "kind": "c", "value": v, "at": now}
-            for (f, lb, p), v in self.sums.items()
-        ]
-        rows += [
-            {"seq": self.seq, "family": f, "labels": lb, "part": p, "kind": "g", "value": v, "at": t}
-            for (f, lb, p), (v, t) in self.gauges.items()
-        ]
-        return rows
+    def series_keys(self) -> Iterable[SeriesKey]:
+        yield from self.sums
+        yield from self.gauges
 
     @property
     def series(self) -> int:
         return len(self.sums) + len(self.gauges)
 
 
+def _row(seq: int, key: SeriesKey, value: float, at: float) -> dict[str, Any]:
+    family, labels, part = key
+    return {"seq": seq, "family": family, "labels": labels, "part": part, "value": value, "at": at}
+
+
+def sql_literal(text: str) -> str:
+    """An E'' string literal: correct whatever standard_conforming_strings says."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _json_arg(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "NULL"
+    payload = json.dumps(rows, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return f"{sql_literal(payload)}::json"
+
+
+def flush_sql(
+    container: str, shard: int, batches: list[Batch], timeout_ms: int, now: float, new_series: bool
+) -> str:
+    """The one query of a flush; counters are stamped with the flush time."""
+    counters = [_row(b.seq, k, v, now) for b in batches for k, v in b.sums.items()]
+    gauges = [_row(b.seq, k, v, at) for b in batches for k, (v, at) in b.gauges.items()]
+    return (
+        f"SET LOCAL statement_timeout = {int(timeout_ms)}; "
+        f"SELECT metrics_flush({sql_literal(container)}, {int(shard)}, {int(batches[-1].seq)}, "
+        f"{_json_arg(counters)}, {_json_arg(gauges)}, {'true' if new_series else 'false'})"
+    )
+
+
 class FlushOutcome:
     STORED = "stored"
-    REJECTED = "rejected"  # the server said no, or nothing was sent: nothing stored
-    UNKNOWN = "unknown"  # sent, no reply: maybe stored
-    BUSY = "busy"  # the previous flush is still running
+    REJECTED = "rejected"  # an error reply, or nothing was sent: nothing stored
+    UNKNOWN = "unknown"  # sent, then no reply: maybe stored
+    BUSY = "busy"  # the previous flush is still running: nothing sent
 
 
 @dataclass(frozen=True)
@@ -120,26 +147,41 @@ class _NotSent(Exception):
     """The flush failed before anything reached the server."""
 
 
+def _sqlstate(exc: BaseException) -> str | None:
+    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        return str(exc.args[0].get("C", "")) or None
+    return None
+
+
 class _Job:
-    def __init__(self, sql: str, db: Database) -> None:
-        self.sql = sql
+    """One flush on the courier thread; retried once when a stored series has gone."""
+
+    def __init__(self, db: Database, sql: Callable[[bool], str], new_series: bool) -> None:
         self.db = db
-        self.done = threading.Event()
+        self.sql = sql
+        self.new_series = new_series
         self.error: BaseException | None = None
+        self.finished = False
 
     def run(self) -> None:
         try:
             try:
-                # Connecting first tells "could not connect" (nothing sent) apart from a
-                # failure after the query went out.
+                # Connecting first tells "could not connect" (nothing sent) apart
+                # from a failure after the query went out.
                 self.db.connection()
             except DatabaseUnavailable as exc:
                 raise _NotSent(str(exc)) from exc
-            self.db.run(self.sql)
+            try:
+                self.db.run(self.sql(self.new_series))
+            except DatabaseError as exc:
+                if self.new_series or _sqlstate(exc) != MISSING_SERIES:
+                    raise
+                self.new_series = True  # the first call stored nothing
+                self.db.run(self.sql(True))
         except BaseException as exc:
             self.error = exc
         finally:
-            self.done.set()
+            self.finished = True
 
 
 class _Courier:
@@ -147,40 +189,35 @@ class _Courier:
 
     def __init__(self) -> None:
         self._jobs: SimpleQueue[_Job] = SimpleQueue()
+        self._done: SimpleQueue[_Job] = SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._current: _Job | None = None
+        self._abandoned: _Job | None = None
 
     @property
     def busy(self) -> bool:
-        return self._current is not None and not self._current.done.is_set()
+        return self._abandoned is not None and not self._abandoned.finished
 
     def run(self, job: _Job, wait_s: float) -> bool:
         """Hand the job over; True when it finished within `wait_s`."""
-        self._current = job
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._serve, name="metrics-flush", daemon=True)
             self._thread.start()
         self._jobs.put(job)
-        return job.done.wait(wait_s)
+        deadline = time.monotonic() + wait_s
+        try:
+            while self._done.get(timeout=max(0.0, deadline - time.monotonic())) is not job:
+                pass  # the late answer of an abandoned job
+        except Empty:
+            self._abandoned = job
+            return False
+        self._abandoned = None
+        return True
 
     def _serve(self) -> None:
         while True:
-            self._jobs.get().run()
-
-
-def sql_literal(text: str) -> str:
-    """An E'' string literal: correct whatever standard_conforming_strings says."""
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def flush_sql(container: str, shard: int, batches: list[Batch], timeout_ms: int, now: float) -> str:
-    rows = [row for batch in batches for row in batch.rows(now)]
-    payload = json.dumps(rows, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return (
-        f"SET LOCAL statement_timeout = {int(timeout_ms)}; "
-        f"SELECT metrics_flush({sql_literal(container)}, {int(shard)}, "
-        f"{int(batches[-1].seq)}, {sql_literal(payload)}::json)"
-    )
+            job = self._jobs.get()
+            job.run()
+            self._done.put(job)
 
 
 def _classify(job: _Job) -> tuple[str, str | None]:
@@ -191,25 +228,20 @@ def _classify(job: _Job) -> tuple[str, str | None]:
         return FlushOutcome.REJECTED, str(exc)
     if isinstance(exc, DatabaseError) and not is_stale_error(exc):
         # An error reply (statement timeout, missing migration, ...): rolled back.
-        return FlushOutcome.REJECTED, _db_error_text(exc)
+        info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        return FlushOutcome.REJECTED, f"{info.get('C', '')} {info.get('M', exc)}".strip()
     return FlushOutcome.UNKNOWN, str(exc) or type(exc).__name__
 
 
-def _db_error_text(exc: DatabaseError) -> str:
-    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else None
-    if info is None:
-        return str(exc)
-    return f"{info.get('C', '')} {info.get('M', '')}".strip()
-
-
 class Outbox:
-    """This container's batches that are not yet known to be stored, oldest first."""
+    """This container's identity, shard, and the batches not yet known to be stored."""
 
     def __init__(self, shards: int) -> None:
         self.container = uuid.uuid4().hex
         self.shard = random.randrange(shards)
         self.batches: list[Batch] = []
         self.next_seq = 1
+        self.known: set[SeriesKey] = set()  # series this container has stored
         self.courier = _Courier()
 
     def add(self, deltas: Deltas) -> None:
@@ -229,22 +261,32 @@ class Outbox:
             return FlushResult(FlushOutcome.STORED)
         if self.courier.busy:
             return FlushResult(
-                FlushOutcome.BUSY, "previous flush still running", 0, self.pending_series
+                FlushOutcome.BUSY, "the previous flush is still running", 0, self.pending_series
             )
-        cfg = config()
-        job = _Job(flush_sql(self.container, self.shard, self.batches, cfg.flush_timeout_ms, now), db)
-        if not self.courier.run(job, 2 * cfg.flush_timeout_ms / 1000.0):
-            outcome, error = FlushOutcome.UNKNOWN, f"no reply within {2 * cfg.flush_timeout_ms} ms"
-        else:
+        batches = list(self.batches)
+        timeout_ms = config().flush_timeout_ms
+
+        def sql(new_series: bool) -> str:
+            return flush_sql(self.container, self.shard, batches, timeout_ms, now, new_series)
+
+        new_series = any(k not in self.known for b in batches for k in b.series_keys())
+        job = _Job(db, sql, new_series)
+        if self.courier.run(job, 2 * timeout_ms / 1000.0):
             outcome, error = _classify(job)
+        else:
+            outcome, error = FlushOutcome.UNKNOWN, f"no reply within {2 * timeout_ms} ms"
         if outcome == FlushOutcome.STORED:
-            self.batches.clear()
+            for batch in batches:
+                self.known.update(batch.series_keys())
+            del self.batches[: len(batches)]
             return FlushResult(outcome)
+        if job.new_series and not new_series:
+            self.known.clear()  # some series had gone: look them all up next time
         dropped = 0
         if outcome == FlushOutcome.UNKNOWN:
-            for batch in self.batches:
+            for batch in batches:
                 batch.sealed = True
-            while len(self.batches) > MAX_SEALED_BATCHES:
+            while sum(b.sealed for b in self.batches) > MAX_SEALED_BATCHES:
                 dropped += self.batches.pop(0).series
         return FlushResult(outcome, error, dropped, self.pending_series)
 
@@ -275,28 +317,32 @@ def push(deltas: Deltas, now: float) -> FlushResult:
 
 # -- reading -------------------------------------------------------------------------------
 
-# Sums over shards run on integer keys; the text columns are joined once per
-# series. Each label set comes back as one row, its parts as "part value" pairs
-# (a few hundred rows rather than thousands: pg8000 parses rows in Python).
+# Sums over shards run on integer keys, and the text columns are joined once per
+# series; each label set comes back as one row with its parts packed as
+# "part value" pairs: hundreds of rows rather than thousands, as pg8000 parses
+# rows in Python. Grouped by hashing (no ORDER BY: a sort of every series row
+# costs more than sorting the label sets in Python).
 TOTALS_SQL = """
-SELECT s.family, s.labels,
-       string_agg(s.part || ' ' || (CASE WHEN s.kind = 'g' THEN (
-                      SELECT v.value FROM metric_values v
-                      WHERE v.series_id = s.id ORDER BY v.updated_at DESC LIMIT 1)
-                  ELSE t.value END)::text, ' ')
-FROM (SELECT series_id, sum(value) AS value FROM metric_values GROUP BY series_id) AS t
-JOIN metric_series AS s ON s.id = t.series_id
-GROUP BY s.family, s.labels
-ORDER BY s.family, s.labels
+SELECT family, labels, string_agg(part || ' ' || value::text, ' ')
+FROM (
+    SELECT s.family, s.labels, s.part,
+           CASE WHEN s.kind = 'g' THEN (
+               SELECT v.value FROM metric_values AS v
+               WHERE v.series_id = s.id ORDER BY v.updated_at DESC LIMIT 1)
+           ELSE t.value END AS value
+    FROM (SELECT series_id, sum(value) AS value FROM metric_values GROUP BY series_id) AS t
+    JOIN metric_series AS s ON s.id = t.series_id
+) AS series
+GROUP BY family, labels
 """
 
-# family -> [(rendered labels, {part: value})]
+# family -> [(rendered labels, {part: value})], label sets in order
 Totals = dict[str, list[tuple[str, dict[str, float]]]]
 
 
 def read_totals(db: Database) -> Totals:
     totals: Totals = {}
-    for family, labels, packed in db.run(TOTALS_SQL):
+    for family, labels, packed in sorted(db.run(TOTALS_SQL)):
         tokens = packed.split(" ")
         parts = {tokens[i]: float(tokens[i + 1]) for i in range(0, len(tokens), 2)}
         totals.setdefault(family, []).append((labels, parts))

@@ -1,0 +1,520 @@
+"""Cross-container metrics (issue 3): flush cost, render cost, flush contention, import cost.
+
+Compared in one run against a throwaway PostgreSQL on 127.0.0.1 (PgCluster in a
+temporary folder, migrations applied):
+
+* Flush cost: the same API invocation (`Api` with one JSON route) without metrics
+  (`Api(instrument=False)`) and with them (the HTTP counter and histogram recorded,
+  then the flush: one round trip, plus the EMF line); interleaved, p50/p99 of each
+  and of the difference. Also the flush alone.
+* Render cost: the metrics function's handler for 2,400 samples (200 label sets x
+  a counter and an 8-bucket histogram) against `prometheus_client.generate_latest`
+  on an in-memory registry holding the same series (`_created` samples disabled, so
+  both print 2,400 samples). Worst case: every series spread over all 16 shards.
+* Contention: 8 processes, each invocation recording the same series and flushing,
+  with 16 shards and with 1 (every container on the same rows).
+* Import cost: the health function's imports against Powertools Logger +
+  pg8000.native alone (`python -X importtime`, medians).
+
+Run: `.venv/bin/python -m benchmarks metrics [--quick]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tools import ROOT
+from tools.apigw import proxy_event
+from tools.migrate import apply_url
+from tools.pgcluster import PgCluster
+from tools.runtime import LambdaContext, load_handler
+
+LABEL_SETS = 200
+PROCESSES = 8
+TARGET_FLUSH_P50_MS = 0.5
+TARGET_RENDER_RATIO = 0.5
+TARGET_IMPORT_RATIO = 1.5
+
+
+@dataclass(frozen=True)
+class Plan:
+    invocations: int  # flush cost, per variant
+    render_rounds: int
+    contention_invocations: int  # per process
+    import_runs: int
+
+
+QUICK = Plan(invocations=400, render_rounds=15, contention_invocations=150, import_runs=5)
+FULL = Plan(invocations=4000, render_rounds=60, contention_invocations=1500, import_runs=15)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+@contextlib.contextmanager
+def _cluster() -> Iterator[str]:
+    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="bench-metrics-")) / "data")
+    cluster.init()
+    cluster.start()
+    cluster.wait_ready()
+    try:
+        url = cluster.create_database("bench_metrics")
+        apply_url(url)
+        yield url
+    finally:
+        cluster.destroy()
+
+
+def _new_container(**env: str) -> None:
+    """Environment for this process as a fresh Lambda container would see it."""
+    from ops import db, metrics
+    from ops.config import settings
+
+    os.environ.update(env)
+    settings.cache_clear()
+    db.reset()
+    metrics.reset()
+
+
+def _quiet_logger() -> None:
+    from ops.log import logger
+
+    logger.registered_handler.setStream(io.StringIO())
+    logger.setLevel("WARNING")
+
+
+def _sql(url: str, query: str) -> list[list[Any]]:
+    from ops.config import settings
+    from ops.db import open_connection, parse_database_url
+
+    conn = open_connection(parse_database_url(url), settings(), timeout_s=30)
+    try:
+        return conn.run(query)
+    finally:
+        conn.close()
+
+
+def _reset_store(url: str) -> None:
+    _sql(url, "TRUNCATE metric_values, metric_series, metric_flush_cursors")
+
+
+# -- flush cost --------------------------------------------------------------------------
+
+
+def _bench_api(instrument: bool) -> Callable[..., Any]:
+    from ops.api import Api, Request, Response, json_response
+
+    app = Api(instrument=instrument)
+
+    @app.get("/bench")
+    def bench(_: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    return app.lambda_handler
+
+
+def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
+    from ops.metrics import catalogue as m
+    from ops.metrics import flush
+
+    _reset_store(url)
+    _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="Bench")
+    plain, instrumented = _bench_api(False), _bench_api(True)
+    event = proxy_event(method="GET", path="/bench", resource="/bench")
+    ctx = LambdaContext("bench", 10)
+    timings: dict[str, list[float]] = {"plain": [], "metrics": [], "flush": []}
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink):  # EMF lines: emitted (they are part of the cost)
+        for _ in range(50):  # warm: connection open, plpgsql plan cached
+            plain(event, ctx)
+            instrumented(event, ctx)
+        for _ in range(plan.invocations):
+            for name, handler in (("plain", plain), ("metrics", instrumented)):
+                started = time.perf_counter()
+                handler(event, ctx)
+                timings[name].append((time.perf_counter() - started) * 1000)
+            m.HTTP_REQUESTS.labels(method="GET", route="/bench", status="200").inc()
+            m.HTTP_REQUEST_DURATION.labels(method="GET", route="/bench").observe(1.0)
+            started = time.perf_counter()
+            ok = flush()
+            timings["flush"].append((time.perf_counter() - started) * 1000)
+            if not ok:
+                raise RuntimeError("flush failed during the benchmark")
+            sink.seek(0)
+            sink.truncate()
+    added = [b - a for a, b in zip(timings["plain"], timings["metrics"], strict=True)]
+    stats = {
+        "plain_p50": pct(timings["plain"], 50),
+        "plain_p99": pct(timings["plain"], 99),
+        "metrics_p50": pct(timings["metrics"], 50),
+        "metrics_p99": pct(timings["metrics"], 99),
+        "added_p50": pct(timings["metrics"], 50) - pct(timings["plain"], 50),
+        "added_p99": pct(timings["metrics"], 99) - pct(timings["plain"], 99),
+        "pairwise_p50": pct(added, 50),
+        "flush_p50": pct(timings["flush"], 50),
+        "flush_p99": pct(timings["flush"], 99),
+    }
+    table = "\n".join(
+        [
+            f"{plan.invocations} invocations per variant, interleaved; ms.",
+            "",
+            "| invocation | p50 | p99 |",
+            "|---|---|---|",
+            f"| without metrics (`Api(instrument=False)`) | {stats['plain_p50']:.3f} "
+            f"| {stats['plain_p99']:.3f} |",
+            f"| with metrics (record + flush + EMF line) | {stats['metrics_p50']:.3f} "
+            f"| {stats['metrics_p99']:.3f} |",
+            f"| **added by metrics** | **{stats['added_p50']:.3f}** "
+            f"| **{stats['added_p99']:.3f}** |",
+            f"| `flush()` alone (2 series deltas + EMF) | {stats['flush_p50']:.3f} "
+            f"| {stats['flush_p99']:.3f} |",
+            "",
+            f"Median of the per-pair differences: {stats['pairwise_p50']:.3f} ms.",
+        ]
+    )
+    return table, stats
+
+
+# -- render cost -------------------------------------------------------------------------
+
+# Observations that land one in each of the eight buckets and one above them.
+HTTP_SAMPLE_MS = (5.0, 20.0, 70.0, 150.0, 300.0, 700.0, 1500.0, 3000.0, 9000.0)
+
+
+def _fill_store(url: str, shards: int) -> None:
+    """200 label sets; each shard gets every series (as many busy containers would)."""
+    from ops.metrics import catalogue as m
+    from ops.metrics import flush, store
+
+    _reset_store(url)
+    for shard in range(shards):
+        _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="")
+        store.outbox().shard = shard
+        for i in range(LABEL_SETS):
+            m.HTTP_REQUESTS.labels(method="GET", route=f"/r/{i}", status="200").inc(3)
+            child = m.HTTP_REQUEST_DURATION.labels(method="GET", route=f"/r/{i}")
+            for value in HTTP_SAMPLE_MS:
+                child.observe(value)
+        if not flush():
+            raise RuntimeError("flush failed while filling the store")
+
+
+def _client_registry() -> Callable[[], bytes]:
+    import prometheus_client
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from ops.metrics import catalogue as m
+
+    prometheus_client.disable_created_metrics()
+    registry = CollectorRegistry()
+    counter = Counter("http_requests", "x", ("method", "route", "status"), registry=registry)
+    histogram = Histogram(
+        "http_request_duration_ms",
+        "x",
+        ("method", "route"),
+        buckets=m.HTTP_BUCKETS_MS,
+        registry=registry,
+    )
+    for i in range(LABEL_SETS):
+        counter.labels("GET", f"/r/{i}", "200").inc(3)
+        for value in HTTP_SAMPLE_MS:
+            histogram.labels("GET", f"/r/{i}").observe(value)
+    return lambda: generate_latest(registry)
+
+
+def _count_samples(text: str, prefixes: tuple[str, ...]) -> int:
+    return sum(1 for line in text.splitlines() if line.startswith(prefixes))
+
+
+def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
+    from ops.db import get_db
+    from ops.metrics import render as render_module
+    from ops.metrics.store import read_totals
+
+    baseline = _client_registry()
+    handler = load_handler(ROOT / "functions" / "metrics")
+    event = proxy_event(method="GET", path="/metrics", resource="/metrics")
+    ctx = LambdaContext("metrics", 10)
+    prefixes = ("http_requests_total{", "http_request_duration_ms_")
+    rows = []
+    stats: dict[str, float] = {}
+    for shards in (16, 1):
+        _fill_store(url, shards)
+        _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="Bench")
+        _quiet_logger()
+        values_rows = _sql(url, "SELECT count(*) FROM metric_values")[0][0]
+        handler_ms, client_ms, render_ms = [], [], []
+        with contextlib.redirect_stdout(io.StringIO()):
+            body = handler(event, ctx)["body"]
+            samples = _count_samples(body, prefixes)
+            client_samples = _count_samples(baseline().decode(), prefixes)
+            if samples != client_samples:
+                raise RuntimeError(f"{samples} samples rendered, {client_samples} by the client")
+            totals = read_totals(get_db())
+            for _ in range(3):
+                handler(event, ctx)
+                baseline()
+            for _ in range(plan.render_rounds):
+                started = time.perf_counter()
+                handler(event, ctx)
+                handler_ms.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                baseline()
+                client_ms.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                render_module.render(totals, {}, openmetrics=False)
+                render_ms.append((time.perf_counter() - started) * 1000)
+        h, c, r = (statistics.median(x) for x in (handler_ms, client_ms, render_ms))
+        stats[f"ratio_{shards}"] = h / c
+        rows.append(
+            f"| {shards} | {values_rows:,} | {samples:,} | {h:.2f} | {r:.2f} | {c:.2f} "
+            f"| **{h / c:.2f}x** |"
+        )
+    table = "\n".join(
+        [
+            f"Medians of {plan.render_rounds} interleaved rounds; ms. *handler*: the whole "
+            "`/metrics` invocation (both reads, render, its own request's metrics and flush); "
+            "*render*: `ops.metrics.render.render` alone on the summed totals.",
+            "",
+            "| shards holding each series | value rows | samples | handler | render "
+            "| generate_latest | handler / generate_latest |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    return table, stats
+
+
+# -- contention --------------------------------------------------------------------------
+
+
+def _worker(url: str, invocations: int, shards: int, start_at: float) -> None:
+    """One container: record the same hot series as everyone else, flush, repeat."""
+    _new_container(
+        DATABASE_URL=url, METRICS_SHARDS=str(shards), POWERTOOLS_METRICS_NAMESPACE="Bench"
+    )
+    _quiet_logger()
+    from ops.db import get_db
+    from ops.metrics import catalogue as m
+    from ops.metrics import flush
+
+    get_db().run("SELECT 1")
+    counter = m.HTTP_REQUESTS.labels(method="GET", route="/hot", status="200")
+    histogram = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/hot")
+    flushes: list[float] = []
+    failures = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    began = time.time()
+    with contextlib.redirect_stdout(io.StringIO()) as sink:
+        for _ in range(invocations):
+            counter.inc()
+            histogram.observe(42.0)
+            started = time.perf_counter()
+            failures += not flush()
+            flushes.append((time.perf_counter() - started) * 1000)
+            sink.seek(0)
+            sink.truncate()
+    ended = time.time()
+    print(json.dumps({"began": began, "ended": ended, "flush_ms": flushes, "failures": failures}))
+
+
+def contention(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
+    rows = []
+    stats: dict[str, float] = {}
+    for shards in (16, 1):
+        _reset_store(url)
+        start_at = time.time() + 3.0
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.suite_metrics",
+                    "worker",
+                    url,
+                    str(plan.contention_invocations),
+                    str(shards),
+                    str(start_at),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            for _ in range(PROCESSES)
+        ]
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"contention worker failed ({proc.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        flushes = [ms for r in results for ms in r["flush_ms"]]
+        wall = max(r["ended"] for r in results) - min(r["began"] for r in results)
+        total = PROCESSES * plan.contention_invocations
+        stored = _sql(
+            url,
+            "SELECT sum(v.value)::bigint FROM metric_values v JOIN metric_series s "
+            "ON s.id = v.series_id WHERE s.family = 'http_requests_total' "
+            "AND s.labels LIKE '%route=\"/hot\"%'",
+        )[0][0]
+        failures = sum(r["failures"] for r in results)
+        stats[f"ips_{shards}"] = total / wall
+        stats[f"p99_{shards}"] = pct(flushes, 99)
+        rows.append(
+            f"| {shards} | {total / wall:,.0f} | {pct(flushes, 50):.3f} | {pct(flushes, 99):.3f} "
+            f"| {failures} | {stored:,} of {total:,} |"
+        )
+    table = "\n".join(
+        [
+            f"{PROCESSES} processes x {plan.contention_invocations} invocations, all on the "
+            "same series (the worst case: one hot route), flushing after every invocation. "
+            "A 16-shard run draws each container's shard at random, as Lambda containers do, "
+            "so some containers share one. Counted after the run: what the store holds for "
+            "the hot counter (exactly once: failures are retried by the next flush).",
+            "",
+            "| shards | invocations/s | flush p50 ms | flush p99 ms | failed flushes | stored |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    return table, stats
+
+
+# -- import cost -------------------------------------------------------------------------
+
+BASELINE_IMPORTS = "from aws_lambda_powertools import Logger\nimport pg8000.native\n"
+HEALTH_IMPORTS = (
+    "import sys\n"
+    f"sys.path[:0] = [{str(ROOT / 'functions' / 'health')!r}, {str(ROOT / 'layers' / 'ops')!r}]\n"
+    "import app\n"
+)
+
+
+def _import_ms(source: str) -> tuple[float, set[str]]:
+    """Sum of the top-level imports' cumulative times (-X importtime), and the modules."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", source],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tempfile.gettempdir(),
+    )
+    total, modules = 0, set()
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cumulative, name = line.split("|")
+        if not cumulative.strip().isdigit():
+            continue
+        modules.add(name.strip())
+        if not name.startswith("  "):  # top level: one space after the bar
+            total += int(cumulative)
+    return total / 1000, modules
+
+
+def import_cost(plan: Plan) -> tuple[str, dict[str, float]]:
+    base, health = [], []
+    modules: set[str] = set()
+    for _ in range(plan.import_runs):
+        base.append(_import_ms(BASELINE_IMPORTS)[0])
+        ms, modules = _import_ms(HEALTH_IMPORTS)
+        health.append(ms)
+    b, h = statistics.median(base), statistics.median(health)
+    # Powertools itself imports the bare `botocore` package (for its user agent), in the
+    # baseline too: only what the health function adds on top counts.
+    baseline_modules = _import_ms(BASELINE_IMPORTS)[1]
+    forbidden = sorted(
+        n
+        for n in modules - baseline_modules
+        if n.split(".")[0] in ("prometheus_client", "boto3", "botocore")
+    )
+    metrics_modules = sorted(n for n in modules if n.startswith("ops.metrics"))
+    table = "\n".join(
+        [
+            f"Medians of {plan.import_runs} runs of `python -X importtime`, summing top-level "
+            "cumulative times; ms.",
+            "",
+            "| imports | ms | vs baseline |",
+            "|---|---|---|",
+            f"| Powertools Logger + pg8000.native (baseline) | {b:.1f} | 1.00x |",
+            f"| `functions/health/app.py` (recording path included) | {h:.1f} | **{h / b:.2f}x** |",
+            "",
+            f"`ops.metrics` modules the health function imports: {', '.join(metrics_modules)}. "
+            "prometheus_client, boto3 or botocore modules beyond the baseline's: "
+            f"{', '.join(forbidden) or 'none'}.",
+        ]
+    )
+    return table, {"import_ratio": h / b, "forbidden": float(len(forbidden))}
+
+
+# -- the suite ---------------------------------------------------------------------------
+
+
+def _verdict(ok: bool) -> str:
+    return "**PASS**" if ok else "**FAIL**"
+
+
+def run(quick: bool) -> str:
+    plan = QUICK if quick else FULL
+    _quiet_logger()
+    with _cluster() as url:
+        flush_table, f = flush_cost(url, plan)
+        render_table, r = render_cost(url, plan)
+        contention_table, _ = contention(url, plan)
+    import_table, i = import_cost(plan)
+    targets = "\n".join(
+        [
+            "| target | measured | limit | result |",
+            "|---|---|---|---|",
+            f"| p50 added to an invocation by metrics (loopback DB) | {f['added_p50']:.3f} ms "
+            f"| {TARGET_FLUSH_P50_MS} ms | {_verdict(f['added_p50'] <= TARGET_FLUSH_P50_MS)} |",
+            f"| `/metrics` for 2,400 samples vs generate_latest, 16 shards | "
+            f"{r['ratio_16']:.2f}x | {TARGET_RENDER_RATIO}x "
+            f"| {_verdict(r['ratio_16'] <= TARGET_RENDER_RATIO)} |",
+            f"| same, 1 shard | {r['ratio_1']:.2f}x | {TARGET_RENDER_RATIO}x "
+            f"| {_verdict(r['ratio_1'] <= TARGET_RENDER_RATIO)} |",
+            f"| health cold import vs Logger + pg8000.native | {i['import_ratio']:.2f}x "
+            f"| {TARGET_IMPORT_RATIO}x | {_verdict(i['import_ratio'] <= TARGET_IMPORT_RATIO)} |",
+            f"| prometheus_client/boto3 on the recording path | {int(i['forbidden'])} modules "
+            f"| 0 | {_verdict(i['forbidden'] == 0)} |",
+        ]
+    )
+    return "\n\n".join(
+        [
+            "## Cross-container metrics (issue 3)",
+            "Throwaway PostgreSQL on 127.0.0.1 (fsync off), "
+            f"{'quick' if quick else 'full'} run, {os.cpu_count()} CPUs. "
+            "Flush = one round trip (`SET LOCAL statement_timeout; SELECT metrics_flush(...)`) "
+            "on a helper thread, plus one EMF line per dimension group.",
+            "### Targets",
+            targets,
+            "### Flush cost per invocation",
+            flush_table,
+            "### `/metrics` render cost",
+            render_table,
+            "### Contention: 8 concurrent containers",
+            contention_table,
+            "### Import cost (cold-start proxy)",
+            import_table,
+        ]
+    )
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
+    _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))

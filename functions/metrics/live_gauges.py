@@ -1,0 +1,133 @@
+"""Gauges read from the database at scrape time, when their value is a fact about now.
+
+* `active_sessions`: chat sessions updated within ACTIVE_SESSION_WINDOW_MINUTES (15).
+* `db_connections{state}`: this database's client connections by state.
+* `retention_last_success_timestamp_seconds{table}`: the newest completed,
+  non-dry-run `retention.prune` audit entry per policy table (absent before the first).
+* `retention_oldest_row_age_seconds{table}` and `retention_lag_seconds{table}`
+  (the age beyond the policy's maximum, never negative), per policy table.
+
+Oldest-row ages are read only for policy columns that exist, are timestamps and
+lead an index (min() is then one index probe): a misconfigured policy is logged
+and skipped rather than turning every scrape into a 503 or a sequential scan.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ops.db import Database
+from ops.log import logger
+from ops.metrics import catalogue as m
+from ops.metrics.recorder import LiveGauge
+from ops.metrics.store import sql_literal
+from ops.retention_policies import Policy, load_policies
+
+WINDOW_ENV = "ACTIVE_SESSION_WINDOW_MINUTES"
+DEFAULT_WINDOW_MINUTES = 15
+CONNECTION_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
+
+# Three readings in one simple-protocol statement (one round trip; pg8000's
+# parameterised path takes three). Values are interpolated as literals: the window
+# is an int, the names pass through sql_literal.
+LIVE_SQL = """
+SELECT 'sessions', '', count(*)::float8 FROM chat_sessions
+WHERE updated_at >= now() - make_interval(mins => {window})
+UNION ALL
+SELECT 'connections', coalesce(state, 'unknown'), count(*)::float8 FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+GROUP BY 2
+UNION ALL
+SELECT 'last_success', p.tbl, extract(epoch FROM a.occurred_at)::float8
+FROM unnest({tables}) AS p(tbl)
+CROSS JOIN LATERAL (
+    SELECT occurred_at FROM audit_logs
+    WHERE entity = p.tbl AND action = 'retention.prune'
+      AND payload->>'completed' = 'true'
+      AND coalesce(payload->>'dryRun', 'false') = 'false'
+    ORDER BY occurred_at DESC LIMIT 1) AS a
+UNION ALL
+SELECT 'readable', p.tbl, 1
+FROM unnest({tables}, {columns}) AS p(tbl, col)
+JOIN pg_attribute AS a ON a.attrelid = to_regclass(p.tbl) AND a.attname = p.col
+WHERE NOT a.attisdropped
+  AND a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype)
+  AND EXISTS (SELECT 1 FROM pg_index AS i WHERE i.indrelid = a.attrelid AND i.indkey[0] = a.attnum)
+"""
+
+
+def _text_array(values: list[str]) -> str:
+    return f"ARRAY[{', '.join(sql_literal(v) for v in values)}]::text[]"
+
+
+def window_minutes() -> int:
+    raw = os.environ.get(WINDOW_ENV, "").strip()
+    if not raw:
+        return DEFAULT_WINDOW_MINUTES
+    if not raw.isdigit() or not 1 <= int(raw) <= 7 * 24 * 60:
+        raise ValueError(f"{WINDOW_ENV} must be a whole number of minutes from 1 to 10080")
+    return int(raw)
+
+
+def _ident(name: str) -> str:
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def _oldest_ages(db: Database, policies: list[Policy]) -> dict[str, float]:
+    if not policies:
+        return {}
+    selects = [
+        f"SELECT {i}, coalesce(extract(epoch FROM now() - min({_ident(p.column)})), 0)::float8"
+        f" FROM {_ident(p.table)}"
+        for i, p in enumerate(policies)
+    ]
+    return {policies[i].table: age for i, age in db.run("\nUNION ALL\n".join(selects))}
+
+
+def collect(db: Database) -> dict[str, list[tuple[str, float]]]:
+    """family -> [(rendered labels, value)] for every live gauge of the catalogue."""
+    policies = load_policies()
+    tables = [p.table for p in policies]
+    rows = db.run(
+        LIVE_SQL.format(
+            window=int(window_minutes()),
+            tables=_text_array(tables),
+            columns=_text_array([p.column for p in policies]),
+        )
+    )
+    sessions = 0.0
+    connections = dict.fromkeys(CONNECTION_STATES, 0.0)
+    last_success: dict[str, float] = {}
+    readable: set[str] = set()
+    for kind, key, value in rows:
+        if kind == "sessions":
+            sessions = value
+        elif kind == "connections":
+            connections[key] = value
+        elif kind == "last_success":
+            last_success[key] = value
+        else:
+            readable.add(key)
+    unreadable = [t for t in tables if t not in readable]
+    if unreadable:
+        logger.warning(
+            "retention gauges skipped: policy column missing, not a timestamp or not indexed",
+            extra={"type": "metrics_scrape", "tables": unreadable},
+        )
+    ages = _oldest_ages(db, [p for p in policies if p.table in readable])
+    lags = {
+        p.table: max(0.0, ages[p.table] - p.max_age_days * 86400)
+        for p in policies
+        if p.table in ages
+    }
+    return {
+        m.ACTIVE_SESSIONS.name: [("", sessions)],
+        m.DB_CONNECTIONS.name: _by(m.DB_CONNECTIONS, "state", connections),
+        m.RETENTION_LAST_SUCCESS.name: _by(m.RETENTION_LAST_SUCCESS, "table", last_success),
+        m.RETENTION_OLDEST_ROW_AGE.name: _by(m.RETENTION_OLDEST_ROW_AGE, "table", ages),
+        m.RETENTION_LAG.name: _by(m.RETENTION_LAG, "table", lags),
+    }
+
+
+def _by(family: LiveGauge, label: str, values: dict[str, float]) -> list[tuple[str, float]]:
+    return [(family.labels(**{label: key}), value) for key, value in values.items()]

@@ -1,0 +1,42 @@
+"""Prometheus metrics that are right across Lambda containers, mirrored to CloudWatch.
+
+Record with the catalogue's families, anywhere in any function:
+
+    from ops.metrics import catalogue as m
+    m.TOOL_CALLS.labels(tool="search", status="ok").inc()
+    m.TOOL_CALL_DURATION.labels(tool="search").observe(elapsed_ms)
+
+API functions (`ops.api.Api`) record every response and flush after each
+invocation on their own. Other functions call `flush()` at the end of theirs:
+
+    from ops.metrics import flush
+    flush()  # never raises; False when the deltas were kept for the next flush
+
+Importing this package (and the catalogue) costs only the standard library;
+the store, the database driver and Powertools Metrics load on the first flush.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def function_name() -> str:
+    """The `function` label: the Lambda function's name (the local gateway sets it too)."""
+    return os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or "local"
+
+
+def flush() -> bool:
+    """Send the deltas to PostgreSQL and the recordings to CloudWatch (EMF)."""
+    from ops.metrics.flusher import flush as flush_now
+
+    return flush_now()
+
+
+def reset() -> None:
+    """Forget everything recorded and pending, as a new container would (tests)."""
+    from ops.metrics import emf, recorder, store
+
+    recorder.reset()
+    store.reset()
+    emf.reset()

@@ -1,0 +1,38 @@
+"""HTTP instrumentation for `ops.api.Api`: every response recorded, then one flush.
+
+`Api` installs this itself, so every API function is instrumented: 2xx to 5xx,
+404 for unknown paths (route "unmatched"), 405, 400 for malformed events and
+500 for handler exceptions alike. `route` is always the route template.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ops.metrics import catalogue as m
+from ops.metrics import flush, function_name
+
+if TYPE_CHECKING:
+    from ops.api import Api, Request
+
+# Anything else (API Gateway forwards only these) would be an unbounded label.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def record_response(req: Request | None, route: str, status: int, duration_ms: float) -> None:
+    method = req.method if req is not None and req.method in KNOWN_METHODS else "OTHER"
+    m.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+    m.HTTP_REQUEST_DURATION.labels(method=method, route=route).observe(duration_ms)
+    kind = "malformed_event" if req is None else "unhandled_exception" if status == 500 else None
+    if kind is not None:
+        # Api answers 500 only when a handler raised, and has no request when the event was bad.
+        m.ERRORS.labels(function=function_name(), kind=kind).inc()
+
+
+def _flush() -> None:
+    flush()
+
+
+def instrument(app: Api) -> None:
+    app.response_hooks.append(record_response)
+    app.after_invocation.append(_flush)
