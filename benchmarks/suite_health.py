@@ -45,6 +45,7 @@ SERVICE = "realestate-backend"
 MARK = "@@bench@@"
 MEMORY_LIMIT_MB = 64.0  # "well under 128 MB": at most half of the smallest Lambda size
 HEALTH_ROUTES = ("/health", "/health/live", "/health/ready", "/health/detailed")
+REQUIRED_WARM = frozenset({"a", "health", "c"})  # the targets need these; others are context
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,9 @@ if _role == "cold":
     if _req.get("event") is not None:
         try:
             _resp = handler(_fresh(json.dumps(_req["event"])), _Ctx(_NAME, 10))
-            _status = _resp.get("statusCode") if isinstance(_resp, dict) else "ok"
+            _status = "returned"  # a scheduled function's result has no status code
+            if isinstance(_resp, dict) and "statusCode" in _resp:
+                _status = _resp["statusCode"]
         except Exception as exc:
             _status = "raised " + type(exc).__name__ + ": " + str(exc)[:120]
     _out.write(MARK + json.dumps({
@@ -206,7 +209,7 @@ else:
             sys.stdout.flush()
             _rows = []
             for (_file, _line, _func), _st in pstats.Stats(_prof).stats.items():
-                _where = "/".join(_file.split("/")[-2:]) + ":" if _file != "~" else ""
+                _where = "/".join(_file.split("/")[-2:]) + ":%d:" % _line if _file != "~" else ""
                 _rows.append([_where + _func, _st[1] / len(_work), _st[2] * 1e3 / len(_work),
                               _st[3] * 1e3 / len(_work)])
             _rows.sort(key=lambda r: -r[3])
@@ -741,13 +744,20 @@ def measure_warm(
     """Interleaved batches per route; `only` limits a variant to some routes; then a
     cProfile of `profile` = (variant, routes), after the timed batches."""
     events = {route: _route_event(route) for route in HEALTH_ROUTES}
-    workers = [Worker(python, v, logdir) for v in variants]
+    workers: list[Worker] = []
     res = WarmResult({}, {}, {}, {}, {}, {}, {}, {}, {})
 
     def serves(w: Worker, route: str) -> bool:
         return route in only.get(w.variant.key, HEALTH_ROUTES)
 
     try:
+        for v in variants:
+            try:
+                workers.append(Worker(python, v, logdir))
+            except RuntimeError as exc:
+                if v.key in REQUIRED_WARM:
+                    raise
+                _log(f"warm variant {v.key} skipped: {exc}")
         for w in workers:
             for route in HEALTH_ROUTES:
                 if serves(w, route):
@@ -821,6 +831,7 @@ def run(quick: bool) -> str:
     plan = QUICK if quick else FULL
     began = time.monotonic()
     load_before = os.getloadavg()[0]
+    code_under_test = _code_under_test()  # before the run: others may commit meanwhile
     python = bench_python()
     WORK.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -931,7 +942,7 @@ def run(quick: bool) -> str:
     lines += [
         "## Health function vs baselines (issue 2)",
         "",
-        "Code under test: " + _code_under_test() + ".",
+        "Code under test: " + code_under_test + ".",
         "",
         "Compared in the same run: **(a)** a bare handler returning constant JSON; "
         "**(b)** a process importing only Powertools `Logger` and `pg8000.native` (and "
@@ -1110,6 +1121,7 @@ def run(quick: bool) -> str:
             f"{v.label} {warm.rss_mb[v.key]:.1f} MB peak RSS after {warm.invocations[v.key]} "
             "invocations"
             for v in warm_variants
+            if v.key in warm.rss_mb
         )
         + f". Health request log lines (`type=request`): {warm.log_lines.get('health', 0)} "
         f"for {warm.invocations.get('health', 0)} invocations.",
@@ -1139,7 +1151,9 @@ def run(quick: bool) -> str:
             f"Where the health function's `{route}` time goes (cProfile of "
             f"{plan.warm_batch * 5} invocations in the warm process, per invocation; "
             "profiling inflates Python-level calls, so read shares, not absolute times; "
-            "the database check runs in its own thread, seen here as the wait in `join`):",
+            "the database check and the metrics flush run on helper threads: the request "
+            "thread's wait for them shows as `join`/`wait`, and rows of a helper thread "
+            "may appear too):",
             "",
             "| function | calls | own ms | cumulative ms | share |",
             "|---|---|---|---|---|",

@@ -80,7 +80,8 @@ BEGIN
 
     IF p_new_series THEN
         -- Only series that do not exist (ON CONFLICT alone burns an identity value
-        -- per row); sorted, so that concurrent flushes lock in one order.
+        -- per row), looked up by index; sorted, so that concurrent flushes lock in
+        -- one order.
         INSERT INTO metric_series (family, labels, part, kind)
         SELECT DISTINCT b.family, b.labels, b.part, b.kind
         FROM (
@@ -90,15 +91,19 @@ BEGIN
             SELECT seq, family, labels, part, 'g'::"char"
             FROM json_to_recordset(p_gauges) AS r(seq bigint, family text, labels text, part text)
         ) AS b
-        WHERE b.seq > v_prev
-          AND NOT EXISTS (
-              SELECT 1 FROM metric_series s
-              WHERE s.family = b.family AND s.labels = b.labels AND s.part = b.part)
+        LEFT JOIN LATERAL (
+            SELECT 1 AS found FROM metric_series AS s
+            WHERE s.family = b.family AND s.labels = b.labels AND s.part = b.part
+            LIMIT 1) AS s ON true
+        WHERE b.seq > v_prev AND s.found IS NULL
         ORDER BY 1, 2, 3
         ON CONFLICT (family, labels, part) DO NOTHING;
     END IF;
 
-    -- Value rows are locked in series id order by every flush: no deadlocks.
+    -- Series are looked up one by one (LATERAL ... LIMIT 1 is an index probe; a join
+    -- would be planned for json_to_recordset's guess of 100 rows: a scan of every
+    -- series on every flush). Value rows are locked in series id order by every
+    -- flush, so concurrent flushes cannot deadlock.
     IF p_counters IS NOT NULL THEN
         WITH batch AS (
             SELECT family, labels, part, sum(value) AS value, max(at) AS at
@@ -110,8 +115,10 @@ BEGIN
             INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
             SELECT s.id, p_shard, b.value, to_timestamp(b.at)
             FROM batch AS b
-            JOIN metric_series AS s
-              ON s.family = b.family AND s.labels = b.labels AND s.part = b.part AND s.kind = 'c'
+            CROSS JOIN LATERAL (
+                SELECT id FROM metric_series
+                WHERE family = b.family AND labels = b.labels AND part = b.part AND kind = 'c'
+                LIMIT 1) AS s
             ORDER BY s.id
             ON CONFLICT (series_id, shard) DO UPDATE
                 SET value = v.value + EXCLUDED.value,
@@ -133,8 +140,10 @@ BEGIN
             INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
             SELECT s.id, p_shard, b.value, to_timestamp(b.at)
             FROM batch AS b
-            JOIN metric_series AS s
-              ON s.family = b.family AND s.labels = b.labels AND s.part = b.part AND s.kind = 'g'
+            CROSS JOIN LATERAL (
+                SELECT id FROM metric_series
+                WHERE family = b.family AND labels = b.labels AND part = b.part AND kind = 'g'
+                LIMIT 1) AS s
             ORDER BY s.id
             ON CONFLICT (series_id, shard) DO UPDATE
                 SET value = CASE WHEN EXCLUDED.updated_at >= v.updated_at

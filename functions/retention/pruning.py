@@ -44,6 +44,9 @@ QUERY_CANCELED = "57014"  # statement_timeout
 MAX_RETRIES = 3
 RETRY_BACKOFF_S = 0.1
 MIN_BATCH_SIZE = 100
+# Waiting this long for the old partition itself stalls no live query (none writes there),
+# and outlasts deadlock_timeout (1 s), after which an autovacuum in the way is cancelled.
+PARTITION_LOCK_TIMEOUT_MS = 2_000
 
 T = TypeVar("T")
 
@@ -223,9 +226,15 @@ class TablePruner:
         part, parent = drop.partition.sql, drop.parent.sql
 
         def work(conn: pg8000.native.Connection) -> bool:
-            # SHARE blocks writes into the partition only, so the count is what gets dropped.
+            # SHARE blocks writes into the partition only (readers of the parent go on), so the
+            # count is exactly what gets dropped.
+            lock_wait_ms = max(self.limits.lock_timeout_ms, PARTITION_LOCK_TIMEOUT_MS)
+            set_local_timeouts(conn, lock_wait_ms, self.limits.statement_timeout_ms)
             conn.run(f"LOCK TABLE {part} IN SHARE MODE")
             rows = conn.run(f"SELECT count(*) FROM {part}")[0][0]
+            # ACCESS EXCLUSIVE on the parent queues every query behind it while it waits:
+            # back to the short lock_timeout for that.
+            set_local_timeouts(conn, self.limits.lock_timeout_ms, self.limits.statement_timeout_ms)
             conn.run(f"ALTER TABLE {parent} DETACH PARTITION {part}")
             conn.run(f"DROP TABLE {part}")
             step = Step(rows=int(rows), partition=drop.partition.display)

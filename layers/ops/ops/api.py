@@ -129,10 +129,13 @@ class Api:
     def get(self, path: str, *, auth: bool = False) -> Callable[[Handler], Handler]:
         return self.route("GET", path, auth=auth)
 
-    def _dispatch(self, req: Request) -> tuple[str, Response]:
+    def _route_of(self, req: Request) -> str:
         # API Gateway sends the matched template as `resource`; the local gateway does too.
         resource = req.raw.get("resource")
         route = resource if resource in self._routes else req.path
+        return route if route in self._routes else UNMATCHED_ROUTE
+
+    def _dispatch(self, req: Request, route: str) -> tuple[str, Response]:
         methods = self._routes.get(route)
         if methods is None:
             return UNMATCHED_ROUTE, error_response(404, "not_found", f"no route for {req.path}")
@@ -161,7 +164,8 @@ class Api:
             req = parse_event(event)
             if req.request_id:
                 logger.set_correlation_id(req.request_id)
-            route, resp = self._dispatch(req)
+            route = self._route_of(req)  # before the handler runs: a 500 keeps its route
+            route, resp = self._dispatch(req, route)
         except MalformedEvent as exc:
             logger.error("malformed event", extra={"type": "error", "error": str(exc)})
             resp = error_response(400, "bad_request", str(exc))

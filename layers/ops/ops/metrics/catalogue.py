@@ -149,6 +149,11 @@ RETENTION_RUNS = Counter(
     allowed={"status": ("succeeded", "failed")},
     emf=Emf("retention_runs_{status}", "Count"),
 )
+RETENTION_MISSING_INDEX = Gauge(
+    "retention_missing_index",
+    "1 when a policy table has no index leading with its policy column (slow prunes), else 0.",
+    ("table",),
+)
 RETENTION_LAST_SUCCESS = LiveGauge(
     "retention_last_success_timestamp_seconds",
     "When the last completed, non-dry-run prune of each policy table finished (Unix time).",

@@ -197,13 +197,15 @@ class _Courier:
     def busy(self) -> bool:
         return self._abandoned is not None and not self._abandoned.finished
 
-    def run(self, job: _Job, wait_s: float) -> bool:
-        """Hand the job over; True when it finished within `wait_s`."""
+    def run(self, job: _Job, wait_s: float, meanwhile: Callable[[], None]) -> bool:
+        """Hand the job over, call `meanwhile`; True when the job finished within `wait_s`."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._serve, name="metrics-flush", daemon=True)
             self._thread.start()
-        self._jobs.put(job)
         deadline = time.monotonic() + wait_s
+        self._jobs.put(job)
+        time.sleep(0)  # let the courier take the GIL and send the query...
+        meanwhile()  # ...so that this overlaps the server's work
         try:
             while self._done.get(timeout=max(0.0, deadline - time.monotonic())) is not job:
                 pass  # the late answer of an abandoned job
@@ -256,10 +258,12 @@ class Outbox:
     def pending_series(self) -> int:
         return sum(b.series for b in self.batches)
 
-    def send(self, db: Database, now: float) -> FlushResult:
-        if not self.batches:
-            return FlushResult(FlushOutcome.STORED)
-        if self.courier.busy:
+    def send(self, db: Database, now: float, meanwhile: Callable[[], None]) -> FlushResult:
+        """Try to store every pending batch; `meanwhile` is called once, whatever happens."""
+        if not self.batches or self.courier.busy:
+            meanwhile()
+            if not self.batches:
+                return FlushResult(FlushOutcome.STORED)
             return FlushResult(
                 FlushOutcome.BUSY, "the previous flush is still running", 0, self.pending_series
             )
@@ -271,7 +275,7 @@ class Outbox:
 
         new_series = any(k not in self.known for b in batches for k in b.series_keys())
         job = _Job(db, sql, new_series)
-        if self.courier.run(job, 2 * timeout_ms / 1000.0):
+        if self.courier.run(job, 2 * timeout_ms / 1000.0, meanwhile):
             outcome, error = _classify(job)
         else:
             outcome, error = FlushOutcome.UNKNOWN, f"no reply within {2 * timeout_ms} ms"
@@ -308,11 +312,12 @@ def reset() -> None:
     config.cache_clear()
 
 
-def push(deltas: Deltas, now: float) -> FlushResult:
-    """Add the deltas to what is pending and try to store all of it."""
+def push(deltas: Deltas, now: float, meanwhile: Callable[[], None] = lambda: None) -> FlushResult:
+    """Add the deltas to what is pending and try to store all of it. `meanwhile` runs
+    while the query is in flight (or at once when nothing is sent)."""
     box = outbox()
     box.add(deltas)
-    return box.send(get_db(), now)
+    return box.send(get_db(), now, meanwhile)
 
 
 # -- reading -------------------------------------------------------------------------------
