@@ -731,6 +731,7 @@ class WarmResult:
     invocations: dict[str, int]
     profiles: dict[str, list[list[Any]]]  # route -> cProfile rows of the health function
     stripped: dict[str, int | None]  # variant -> after-invocation hooks removed
+    timed_invocations: dict[str, int] = field(default_factory=dict)  # when rss_mb was read
 
 
 def measure_warm(
@@ -770,12 +771,14 @@ def measure_warm(
                     res.ms.setdefault(key, []).extend(times)
                     res.batch_p50.setdefault(key, []).append(statistics.median(times))
                     res.codes.setdefault(key, Counter()).update(codes)
+        for w in workers:  # peak RSS of the timed work, before cProfile's own allocations
+            res.rss_mb[w.variant.key], res.boto3[w.variant.key] = w.rss()
+            res.timed_invocations[w.variant.key] = w.invocations
         for w in workers:
             if w.variant.key == profile[0]:
                 for route in profile[1]:
                     res.profiles[route] = w.profile(events[route], plan.warm_batch * 5)
         for w in workers:
-            res.rss_mb[w.variant.key], res.boto3[w.variant.key] = w.rss()
             res.log_lines[w.variant.key] = w.request_log_lines()
             res.invocations[w.variant.key] = w.invocations
             res.stripped[w.variant.key] = w.hooks_stripped
@@ -1118,8 +1121,8 @@ def run(quick: bool) -> str:
         "",
         "Warm processes after all their invocations: "
         + ", ".join(
-            f"{v.label} {warm.rss_mb[v.key]:.1f} MB peak RSS after {warm.invocations[v.key]} "
-            "invocations"
+            f"{v.label} {warm.rss_mb[v.key]:.1f} MB peak RSS after "
+            f"{warm.timed_invocations[v.key]} invocations"
             for v in warm_variants
             if v.key in warm.rss_mb
         )

@@ -237,13 +237,18 @@ def _client_registry() -> Callable[[], bytes]:
 
 
 def _count_samples(text: str, prefixes: tuple[str, ...]) -> int:
-    return sum(1 for line in text.splitlines() if line.startswith(prefixes))
+    """The benchmark's samples, not those of the scrapes' own requests."""
+    return sum(
+        1
+        for line in text.splitlines()
+        if line.startswith(prefixes) and 'route="/metrics"' not in line
+    )
 
 
 def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     from ops.db import get_db
     from ops.metrics import render as render_module
-    from ops.metrics.store import read_totals
+    from ops.metrics.totals import read_totals
 
     baseline = _client_registry()
     handler = load_handler(ROOT / "functions" / "metrics")
@@ -252,10 +257,19 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     prefixes = ("http_requests_total{", "http_request_duration_ms_")
     rows = []
     stats: dict[str, float] = {}
-    for shards in (16, 1):
+    scenarios = (  # (name, shards filled, rows aged past the compaction threshold)
+        ("live16", "16, every row written in the last 5 minutes (worst case)", 16, False),
+        ("folded16", "16, idle rows folded into shard 0 (containers gone)", 16, True),
+        ("one", "1", 1, False),
+    )
+    for key, label, shards, idle in scenarios:
         _fill_store(url, shards)
+        if idle:
+            _sql(url, "UPDATE metric_values SET updated_at = now() - interval '1 hour'")
         _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="Bench")
         _quiet_logger()
+        with contextlib.redirect_stdout(io.StringIO()):
+            handler(event, ctx)  # a new metrics container: compacts (if due) on its first scrape
         values_rows = _sql(url, "SELECT count(*) FROM metric_values")[0][0]
         handler_ms, client_ms, render_ms = [], [], []
         with contextlib.redirect_stdout(io.StringIO()):
@@ -279,9 +293,9 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
                 render_module.render(totals, {}, openmetrics=False)
                 render_ms.append((time.perf_counter() - started) * 1000)
         h, c, r = (statistics.median(x) for x in (handler_ms, client_ms, render_ms))
-        stats[f"ratio_{shards}"] = h / c
+        stats[key] = h / c
         rows.append(
-            f"| {shards} | {values_rows:,} | {samples:,} | {h:.2f} | {r:.2f} | {c:.2f} "
+            f"| {label} | {values_rows:,} | {samples:,} | {h:.2f} | {r:.2f} | {c:.2f} "
             f"| **{h / c:.2f}x** |"
         )
     table = "\n".join(
@@ -290,7 +304,7 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
             "`/metrics` invocation (both reads, render, its own request's metrics and flush); "
             "*render*: `ops.metrics.render.render` alone on the summed totals.",
             "",
-            "| shards holding each series | value rows | samples | handler | render "
+            "| shards holding rows of each series | value rows | samples | handler | render "
             "| generate_latest | handler / generate_latest |",
             "|---|---|---|---|---|---|---|",
             *rows,
@@ -484,11 +498,15 @@ def run(quick: bool) -> str:
             "|---|---|---|---|",
             f"| p50 added to an invocation by metrics (loopback DB) | {f['added_p50']:.3f} ms "
             f"| {TARGET_FLUSH_P50_MS} ms | {_verdict(f['added_p50'] <= TARGET_FLUSH_P50_MS)} |",
-            f"| `/metrics` for 2,400 samples vs generate_latest, 16 shards | "
-            f"{r['ratio_16']:.2f}x | {TARGET_RENDER_RATIO}x "
-            f"| {_verdict(r['ratio_16'] <= TARGET_RENDER_RATIO)} |",
-            f"| same, 1 shard | {r['ratio_1']:.2f}x | {TARGET_RENDER_RATIO}x "
-            f"| {_verdict(r['ratio_1'] <= TARGET_RENDER_RATIO)} |",
+            *(
+                f"| `/metrics` for 2,400 samples vs generate_latest, {what} | {r[key]:.2f}x "
+                f"| {TARGET_RENDER_RATIO}x | {_verdict(r[key] <= TARGET_RENDER_RATIO)} |"
+                for key, what in (
+                    ("folded16", "16 shards, idle rows folded"),
+                    ("one", "1 shard"),
+                    ("live16", "16 shards all live (worst case)"),
+                )
+            ),
             f"| health cold import vs Logger + pg8000.native | {i['import_ratio']:.2f}x "
             f"| {TARGET_IMPORT_RATIO}x | {_verdict(i['import_ratio'] <= TARGET_IMPORT_RATIO)} |",
             f"| prometheus_client/boto3 on the recording path | {int(i['forbidden'])} modules "

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS retention_run_tables (
     rows_deleted       bigint      NOT NULL DEFAULT 0,
     batches            integer     NOT NULL DEFAULT 0,
     partitions_dropped text[]      NOT NULL DEFAULT '{}',
+    partition_rows     bigint[]    NOT NULL DEFAULT '{}',  -- estimated, one per dropped partition
     completed          boolean     NOT NULL DEFAULT false,
     audited_rows       bigint      NOT NULL DEFAULT 0,
     audited_batches    integer     NOT NULL DEFAULT 0,

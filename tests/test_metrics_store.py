@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ops.metrics import catalogue as m
-from ops.metrics import flush, store
+from ops.metrics import flush, store, totals
 from tests.conftest import new_cluster
 from tests.test_metrics_support import (
     counters_and_buckets,
@@ -299,3 +299,48 @@ def test_concurrent_recording_from_threads_is_not_lost(metrics_env):
         t.join()
     assert flush() is True
     assert value(scrape_samples(), "webhook_failures_total", source="threads") == 8000
+
+
+def test_idle_shard_rows_fold_into_shard_zero_and_no_sum_changes(metrics_env, own_sql):
+    from ops.db import get_db
+    from ops.metrics import reset
+
+    def container_on(shard: int) -> None:
+        reset()
+        store.outbox().shard = shard
+
+    for shard in (3, 7, 11):
+        container_on(shard)
+        m.WEBHOOK_FAILURES.labels(source="stripe").inc(shard)
+        m.TOOL_CALL_DURATION.labels(tool="search").observe(shard * 100)
+        m.HEALTH_CHECK_STATUS.labels(check="database").set(1)
+        assert flush() is True
+    before = scrape_samples()
+    # The containers of shards 3 and 7 are gone; 11 is still flushing.
+    own_sql("UPDATE metric_values SET updated_at = now() - interval '1 hour' WHERE shard IN (3, 7)")
+    own_sql("BEGIN")  # a flush of shard 7 in progress on one of its rows: left alone
+    locked = own_sql(
+        "SELECT v.series_id FROM metric_values v JOIN metric_series s ON s.id = v.series_id "
+        "WHERE v.shard = 7 AND s.part = 'sum' FOR UPDATE OF v"
+    )
+    totals.compact(get_db())
+    own_sql("ROLLBACK")
+
+    shards = own_sql(
+        "SELECT s.kind, v.shard, count(*) FROM metric_values v"
+        " JOIN metric_series s ON s.id = v.series_id GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    counters = {shard: n for kind, shard, n in shards if kind == "c"}
+    gauges = {shard for kind, shard, _ in shards if kind == "g"}
+    assert 3 not in counters and counters[7] == 1  # folded; the locked row was left
+    assert counters[0] == 4  # webhook, the 500 and 1000 buckets, shard 3's sum: a row each
+    assert gauges == {3, 7, 11}  # gauges are never folded: the newest reading must win
+    assert len(locked) == 1
+    after = scrape_samples()
+    recorded = [k for k in before if k[0].startswith(("webhook_", MS, "health_check_status"))]
+    assert {k: after[k] for k in recorded} == {k: before[k] for k in recorded}
+
+    container_on(3)  # a container comes back on a folded shard
+    m.WEBHOOK_FAILURES.labels(source="stripe").inc(100)
+    assert flush() is True
+    assert value(scrape_samples(), "webhook_failures_total", source="stripe") == 3 + 7 + 11 + 100

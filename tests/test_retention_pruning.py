@@ -102,7 +102,9 @@ def test_batches_walk_ties_across_batch_boundaries(sql):
     assert _prune("inbound_events", "received_at", cutoff, batch_size=4, recorder=steps)
 
     assert _labels(sql, "inbound_events") == {"kept"}
-    assert [s.rows for s in steps.steps] == [4, 4, 4, 4, 1]
+    sizes = [s.rows for s in steps.steps]
+    # The tie group is split by LIMIT (a range cannot split it), then ranges take over.
+    assert sizes[:2] == [4, 4] and all(0 < n <= 4 for n in sizes) and sum(sizes) == 17
 
 
 def test_table_without_index_is_pruned_unordered(sql):
@@ -208,6 +210,7 @@ def test_partitions_wholly_older_are_dropped_and_only_the_boundary_pruned(sql, p
     }
     for label, at in rows.items():
         sql("INSERT INTO retention_part (at, label) VALUES (:at, :label)", at=at, label=label)
+    sql("ANALYZE retention_part")  # the dropped partitions' row counts come from statistics
     steps = Steps()
 
     assert _prune("retention_part", "at", cutoff, batch_size=1, recorder=steps)
@@ -216,7 +219,10 @@ def test_partitions_wholly_older_are_dropped_and_only_the_boundary_pruned(sql, p
     assert remaining == {"boundary inside", "new", "future (default)"}
     dropped = [s.partition for s in steps.steps if s.partition]
     assert dropped == ["public.retention_part_old", "public.retention_part_tree_a"]
-    assert sum(s.rows for s in steps.steps) == len(rows) - len(remaining)
+    # Row by row: tree_b's two expired rows (it holds the cutoff) and DEFAULT's ancient one;
+    # dropped whole: old and tree_a, one row each by the statistics.
+    assert sum(s.rows for s in steps.steps) == 3
+    assert [s.partition_rows for s in steps.steps if s.partition] == [1, 1]
     partitions = {r[0] for r in sql("SELECT relid::text FROM pg_partition_tree('retention_part')")}
     assert "retention_part_old" not in partitions and "retention_part_tree_a" not in partitions
     assert {"retention_part_tree_b", "retention_part_new_0", "retention_part_default"} <= partitions

@@ -442,26 +442,30 @@ def test_holder_that_lost_its_lease_deletes_nothing_more(sql, log_lines):
 
 
 # -- metrics --------------------------------------------------------------------------------------
-def test_rows_deleted_and_run_outcome_reach_the_metrics_store(sql):
-    from ops.metrics.store import read_totals
+def test_metrics_reach_the_store_and_the_scrape(sql):
+    from tests.test_metrics_support import scrape_samples
 
-    def totals() -> dict[str, float]:
-        flat: dict[str, float] = {}
-        for family, series in read_totals(Database()).items():
-            for labels, parts in series:
-                for part, value in parts.items():
-                    flat[f"{family}{{{labels}}}{part}"] = value
-        return flat
-
-    seed(sql)
-    before = totals()
-    run(event("retention-scheduler.json"))
-    after = totals()
-
-    def delta(key: str) -> float:
+    def delta(after, before, name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
-    assert delta('retention_rows_deleted_total{table="inbound_events"}') == 7
-    assert delta('retention_rows_deleted_total{table="chat_sessions"}') == 4
-    assert delta('retention_runs_total{status="succeeded"}') == 1
-    assert delta("retention_run_duration_seconds{}sum") > 0
+    seed(sql)
+    before = scrape_samples()
+    result = run(event("retention-scheduler.json"))
+    after = scrape_samples()
+
+    assert delta(after, before, "retention_rows_deleted_total", table="inbound_events") == 7
+    assert delta(after, before, "retention_rows_deleted_total", table="chat_sessions") == 4
+    assert delta(after, before, "retention_runs_total", status="succeeded") == 1
+    assert delta(after, before, "retention_run_duration_seconds_count") == 1
+    # The metrics function's gauge reads this run's audit entry (completed, not a dry run).
+    ((finished,),) = sql(
+        "SELECT extract(epoch FROM max(occurred_at))::float8 FROM audit_logs "
+        "WHERE entity = 'inbound_events' AND payload->>'runId' = :r",
+        r=result["runId"],
+    )
+    last_success = ("retention_last_success_timestamp_seconds", (("table", "inbound_events"),))
+    assert after[last_success] == pytest.approx(finished)
+
+    run(event("retention-dry-run.json"))
+    assert scrape_samples()[last_success] == after[last_success]

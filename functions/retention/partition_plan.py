@@ -49,29 +49,45 @@ class PartitionPlan:
     row_by_row: list[Relation] = field(default_factory=list)
 
 
-def _bound(conn: pg8000.native.Connection, text: str) -> datetime | None:
-    """A range bound as a timestamp; None for MINVALUE/MAXVALUE."""
-    match = _LITERAL_RE.fullmatch(text.strip())
-    if match is None:
-        if text.strip() in ("MINVALUE", "MAXVALUE"):
-            return None
-        raise ValueError(f"not a single-column bound: {text}")
-    # The server formats the bound in the session's DateStyle/TimeZone and parses it back alike.
-    literal = match.group(1).replace("''", "'")
-    value: datetime = conn.run("SELECT CAST(:v AS timestamptz)", v=literal)[0][0]
-    return value
-
-
-def _range(
-    conn: pg8000.native.Connection, bound: str | None
-) -> tuple[datetime | None, datetime | None] | None:
-    match = _RANGE_RE.fullmatch(bound or "")
-    if match is None:
-        return None  # DEFAULT, or not a range partition
-    try:
-        return _bound(conn, match.group("lo")), _bound(conn, match.group("hi"))
-    except ValueError:
+def _literal(text: str) -> str | None:
+    """A single-column range bound's literal; None for MINVALUE/MAXVALUE."""
+    text = text.strip()
+    if text in ("MINVALUE", "MAXVALUE"):
         return None
+    match = _LITERAL_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a single-column bound: {text}")
+    return match.group(1).replace("''", "'")
+
+
+def _ranges(
+    conn: pg8000.native.Connection, bounds: list[str | None]
+) -> list[tuple[datetime | None, datetime | None] | None]:
+    """Each partition's (lower, upper) as timestamps, or None when it has no range to read."""
+    literals: list[tuple[str | None, str | None] | None] = []
+    for bound in bounds:
+        match = _RANGE_RE.fullmatch(bound or "")  # DEFAULT and LIST/HASH bounds do not match
+        try:
+            literals.append((_literal(match["lo"]), _literal(match["hi"])) if match else None)
+        except ValueError:
+            literals.append(None)
+    texts = [t for pair in literals if pair for t in pair if t is not None]
+    # The server printed the bounds in the session's DateStyle/TimeZone and reads them back
+    # alike: one round trip for all of them.
+    parsed = dict(
+        conn.run(
+            "SELECT t, CAST(t AS timestamptz) FROM unnest(CAST(:texts AS text[])) AS t",
+            texts=texts,
+        )
+        if texts
+        else []
+    )
+    return [
+        (parsed.get(pair[0]) if pair[0] else None, parsed.get(pair[1]) if pair[1] else None)
+        if pair
+        else None
+        for pair in literals
+    ]
 
 
 def _plan_into(
@@ -83,9 +99,10 @@ def _plan_into(
 ) -> None:
     keyed = conn.run(_KEYED_BY, parent=parent.oid, column=column)
     by_column = bool(keyed and keyed[0][0])
-    for oid, schema, name, partitioned, bound in conn.run(_CHILDREN, parent=parent.oid):
+    children = conn.run(_CHILDREN, parent=parent.oid)
+    ranges = _ranges(conn, [c[4] for c in children]) if by_column else [None] * len(children)
+    for (oid, schema, name, partitioned, _), bounds in zip(children, ranges, strict=True):
         child = Relation(int(oid), schema, name)
-        bounds = _range(conn, bound) if by_column else None
         if bounds is not None:
             lower, upper = bounds
             if upper is not None and upper <= cutoff:

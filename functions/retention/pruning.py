@@ -1,34 +1,42 @@
 """Deleting what one policy says is expired, in transactions short enough for live traffic.
 
 Every unit of work is its own transaction with `SET LOCAL lock_timeout` and
-`statement_timeout`, and carries the run's bookkeeping (lease fence, progress,
-and on the last unit the audit entry) through a StepRecorder, so that what was
-deleted and what is recorded never disagree, whatever happens between two units.
+`statement_timeout`, and carries the run's bookkeeping (lease renewal as a fence,
+progress, and on the last unit the audit entry) through a StepRecorder, so that
+what was deleted and what is recorded never disagree, whatever happens between
+two units.
 
-Row-by-row: oldest first through the column's index, keyset-paginated so that no
-batch rescans the index entries earlier batches left dead:
+Row by row, oldest first, keyset-paginated on the column's index so that no batch
+rescans the index entries earlier batches left dead. Each batch finds the
+(n+1)-th oldest expired row (an index-only probe) and deletes the n rows below it:
 
-    DELETE FROM ONLY t WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM ONLY t WHERE col < :cutoff AND col >= :frontier
-        ORDER BY col LIMIT :n))
-      AND col < :cutoff          -- re-checked on the row actually deleted
+    SELECT col FROM ONLY t WHERE col < :cutoff AND col >= :frontier
+     ORDER BY col OFFSET n LIMIT 1                              -- -> :upper
+    DELETE FROM ONLY t WHERE col < :cutoff AND col >= :frontier AND col < :upper
 
-No row locks are taken up front (FOR UPDATE would write every row twice and double
-the WAL); if a batch meets a locked row (lock_timeout, deadlock), it is retried with
-FOR UPDATE SKIP LOCKED and steps around it. A batch cancelled by statement_timeout
-is retried at half the size. Without an index on the column, batches are unordered
-(a sequential scan that stops at the limit beats a full sort per batch).
+The DELETE re-checks every row against the cutoff itself, visits each row once
+and returns nothing, which makes it about twice as fast as deleting by a list of
+ctids. The ctid form (`DELETE ... WHERE ctid = ANY(ARRAY(SELECT ctid ... LIMIT n))
+AND col < :cutoff`) remains for what a range cannot do: more than n rows with one
+timestamp, a table without an index on the column (unordered: a sequential scan
+that stops at the limit beats a full sort per batch), and stepping around locked
+rows. No row locks are taken up front (FOR UPDATE would write every row twice and
+double the WAL); a batch that meets a locked row (lock_timeout, deadlock) is
+retried with FOR UPDATE SKIP LOCKED, and one cancelled by statement_timeout is
+retried at half the size.
 
 Partitions wholly older than the cutoff are detached and dropped in one
 transaction (so a crash leaves either the partition or nothing, never a detached
-orphan); the boundary partition is pruned row by row.
+orphan; DETACH ... CONCURRENTLY cannot run inside a transaction, and is refused
+when a DEFAULT partition exists), holding ACCESS EXCLUSIVE on the parent for about
+a millisecond; the boundary partition is pruned row by row.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -44,7 +52,7 @@ QUERY_CANCELED = "57014"  # statement_timeout
 MAX_RETRIES = 3
 RETRY_BACKOFF_S = 0.1
 MIN_BATCH_SIZE = 100
-# Waiting this long for the old partition itself stalls no live query (none writes there),
+# Waiting this long for an old partition's SHARE UPDATE EXCLUSIVE lock stalls no query
 # and outlasts deadlock_timeout (1 s), after which an autovacuum in the way is cancelled.
 PARTITION_LOCK_TIMEOUT_MS = 2_000
 
@@ -61,19 +69,21 @@ class Limits:
 class Step:
     """One committed unit of work on a table."""
 
-    rows: int
+    rows: int  # deleted row by row (exact)
     batches: int = 0
-    partition: str | None = None
+    partition: str | None = None  # dropped whole
+    partition_rows: int = 0  # its rows, as the planner's statistics count them
     final: bool = False  # the last unit of this table in this invocation: carries the audit
     done: bool = False  # nothing older than the cutoff is left in the table
 
 
 class StepRecorder(Protocol):
     def fence(self, conn: pg8000.native.Connection) -> None:
-        """Raise unless this run may still work (first statement after the timeouts)."""
+        """Raise unless this run may still work (before taking locks others would queue on)."""
 
     def record(self, conn: pg8000.native.Connection, step: Step) -> None:
-        """Book the step in the same transaction as the work."""
+        """Book the step in the same transaction as the work; raise (so it rolls back)
+        unless this run may still work."""
 
 
 class NoRecorder:
@@ -95,27 +105,86 @@ def sqlstate(exc: BaseException) -> str | None:
 def set_local_timeouts(
     conn: pg8000.native.Connection, lock_timeout_ms: int, statement_timeout_ms: int
 ) -> None:
-    """Transaction-scoped (SET LOCAL), so nothing leaks to the pooled connection."""
+    """Transaction-scoped (SET LOCAL), so nothing leaks to the pooled connection.
+
+    Integers only, in one simple-protocol round trip (no parameters to bind).
+    """
     conn.run(
-        "SELECT set_config('lock_timeout', :lock, true), "
-        "set_config('statement_timeout', :stmt, true)",
-        lock=str(lock_timeout_ms),
-        stmt=str(statement_timeout_ms),
+        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
+        f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}"
     )
 
 
-def delete_sql(
-    relation: str, column: str, *, ordered: bool, after_frontier: bool, skip_locked: bool
-) -> str:
-    frontier = f" AND {column} >= :frontier" if after_frontier else ""
+@dataclass
+class Batches:
+    """Where row-by-row pruning of one relation stands between its batches."""
+
+    size: int
+    frontier: Any = None  # every expired row below it is gone (ordered mode)
+    skip_locked: bool = False  # a batch met a locked row: step around such rows from now on
+
+
+def _ctid_batch(
+    conn: pg8000.native.Connection,
+    relation: str,
+    column: str,
+    cutoff: datetime,
+    b: Batches,
+    ordered: bool,
+) -> tuple[int, bool, Any]:
+    frontier = f" AND {column} >= :frontier" if ordered and b.frontier is not None else ""
     order = f" ORDER BY {column}" if ordered else ""
-    lock = " FOR UPDATE SKIP LOCKED" if skip_locked else ""
-    return (
+    lock = " FOR UPDATE SKIP LOCKED" if b.skip_locked else ""
+    params: dict[str, Any] = {"cutoff": cutoff, "n": b.size}
+    if frontier:
+        params["frontier"] = b.frontier
+    rows, newest = conn.run(
         f"WITH gone AS (DELETE FROM ONLY {relation} WHERE ctid = ANY(ARRAY("
         f"SELECT ctid FROM ONLY {relation} WHERE {column} < :cutoff{frontier}{order} "
         f"LIMIT :n{lock})) AND {column} < :cutoff RETURNING {column}) "
-        f"SELECT count(*), max({column}) FROM gone"
+        f"SELECT count(*), max({column}) FROM gone",
+        **params,
+    )[0]
+    return int(rows), rows < b.size, newest if ordered and newest is not None else b.frontier
+
+
+def delete_batch(
+    conn: pg8000.native.Connection,
+    relation: str,
+    column: str,
+    cutoff: datetime,
+    b: Batches,
+    ordered: bool,
+) -> tuple[int, bool, Any]:
+    """Delete about `b.size` of the oldest expired rows: (rows, nothing left, new frontier).
+
+    The caller moves `b.frontier` once the transaction has committed.
+    """
+    if not ordered or b.skip_locked:
+        return _ctid_batch(conn, relation, column, cutoff, b, ordered)
+    after = f" AND {column} >= :frontier" if b.frontier is not None else ""
+    params: dict[str, Any] = {"cutoff": cutoff}
+    if after:
+        params["frontier"] = b.frontier
+    probe = conn.run(
+        f"SELECT {column} FROM ONLY {relation} WHERE {column} < :cutoff{after} "
+        f"ORDER BY {column} OFFSET :skip LIMIT 1",
+        skip=b.size,
+        **params,
     )
+    if not probe:  # b.size or fewer left: the last batch
+        conn.run(f"DELETE FROM ONLY {relation} WHERE {column} < :cutoff{after}", **params)
+        return int(conn.row_count), True, b.frontier
+    upper = probe[0][0]
+    conn.run(
+        f"DELETE FROM ONLY {relation} WHERE {column} < :cutoff{after} AND {column} < :upper",
+        upper=upper,
+        **params,
+    )
+    if conn.row_count:
+        return int(conn.row_count), False, upper
+    # b.size rows or more share one timestamp: a range cannot split them, a LIMIT can.
+    return _ctid_batch(conn, relation, column, cutoff, b, ordered)
 
 
 @dataclass(frozen=True)
@@ -179,34 +248,21 @@ class TablePruner:
 
     # -- units ------------------------------------------------------------------
     def _prune_rows(self, relation: Relation, last_unit: bool) -> bool:
-        state: dict[str, Any] = {
-            "size": self.target.policy.batch_size,
-            "skip_locked": False,
-            "frontier": None,
-        }
+        b = Batches(size=self.target.policy.batch_size)
 
         def batch(conn: pg8000.native.Connection) -> tuple[bool, bool, Any]:
-            sql = delete_sql(
-                relation.sql,
-                self.target.column_sql,
-                ordered=self.target.indexed,
-                after_frontier=state["frontier"] is not None,
-                skip_locked=state["skip_locked"],
+            rows, unit_done, frontier = delete_batch(
+                conn, relation.sql, self.target.column_sql, self.cutoff, b, self.target.indexed
             )
-            params: dict[str, Any] = {"cutoff": self.cutoff, "n": state["size"]}
-            if state["frontier"] is not None:
-                params["frontier"] = state["frontier"]
-            rows, newest = conn.run(sql, **params)[0]
-            unit_done = rows < state["size"]
-            final = self._book(conn, Step(rows=int(rows), batches=1), unit_done and last_unit)
-            return unit_done, final, newest
+            final = self._book(conn, Step(rows=rows, batches=1), unit_done and last_unit)
+            return unit_done, final, frontier
 
         def adapt(code: str | None) -> bool:
             if code in LOCK_CONFLICTS:
-                state["skip_locked"] = True
+                b.skip_locked = True
                 return True
-            if code == QUERY_CANCELED and state["size"] > MIN_BATCH_SIZE:
-                state["size"] = max(MIN_BATCH_SIZE, state["size"] // 2)
+            if code == QUERY_CANCELED and b.size > MIN_BATCH_SIZE:
+                b.size = max(MIN_BATCH_SIZE, b.size // 2)
                 return True
             return False
 
@@ -214,30 +270,40 @@ class TablePruner:
             outcome = self._transact(batch, adapt)
             if outcome is None:
                 return False
-            unit_done, final, newest = outcome
+            unit_done, final, b.frontier = outcome
             if final:
                 return unit_done and last_unit
             if unit_done:
                 return True
-            if self.target.indexed and newest is not None:
-                state["frontier"] = newest
 
     def _drop(self, drop: PartitionDrop, last_unit: bool) -> bool:
         part, parent = drop.partition.sql, drop.parent.sql
 
         def work(conn: pg8000.native.Connection) -> bool:
-            # SHARE blocks writes into the partition only (readers of the parent go on), so the
-            # count is exactly what gets dropped.
-            lock_wait_ms = max(self.limits.lock_timeout_ms, PARTITION_LOCK_TIMEOUT_MS)
-            set_local_timeouts(conn, lock_wait_ms, self.limits.statement_timeout_ms)
-            conn.run(f"LOCK TABLE {part} IN SHARE MODE")
-            rows = conn.run(f"SELECT count(*) FROM {part}")[0][0]
+            self.recorder.fence(conn)  # no lock on the parent unless this run may still work
+            # First keep autovacuum off the partition without blocking anyone: SHARE UPDATE
+            # EXCLUSIVE lets reads and writes through, and waiting longer than
+            # deadlock_timeout (1 s) for it gets a running autovacuum cancelled. Otherwise
+            # DETACH would wait for autovacuum while already holding the parent.
+            conn.run(
+                f"SET LOCAL lock_timeout = {PARTITION_LOCK_TIMEOUT_MS}; "
+                f"LOCK TABLE {part} IN SHARE UPDATE EXCLUSIVE MODE"
+            )
+            # The planner's row count, not count(*): scanning a partition only to drop it would
+            # make a drop cost as much as reading the data. Exact after VACUUM/ANALYZE.
+            ((estimate,),) = conn.run(
+                "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint "
+                "FROM pg_partition_tree(:oid) t JOIN pg_class c ON c.oid = t.relid "
+                "WHERE t.isleaf",
+                oid=drop.partition.oid,
+            )
             # ACCESS EXCLUSIVE on the parent queues every query behind it while it waits:
-            # back to the short lock_timeout for that.
-            set_local_timeouts(conn, self.limits.lock_timeout_ms, self.limits.statement_timeout_ms)
-            conn.run(f"ALTER TABLE {parent} DETACH PARTITION {part}")
-            conn.run(f"DROP TABLE {part}")
-            step = Step(rows=int(rows), partition=drop.partition.display)
+            # the short lock_timeout again for that.
+            conn.run(
+                f"SET LOCAL lock_timeout = {int(self.limits.lock_timeout_ms)}; "
+                f"ALTER TABLE {parent} DETACH PARTITION {part}; DROP TABLE {part}"
+            )
+            step = Step(rows=0, partition=drop.partition.display, partition_rows=int(estimate))
             return self._book(conn, step, last_unit)
 
         outcome = self._transact(work, lambda code: code in LOCK_CONFLICTS)
@@ -249,10 +315,7 @@ class TablePruner:
     def _book(self, conn: pg8000.native.Connection, step: Step, table_done: bool) -> bool:
         """Record the step; returns whether it is this invocation's last for the table."""
         final = table_done or not self.keep_going()
-        self.recorder.record(
-            conn,
-            Step(step.rows, step.batches, step.partition, final=final, done=table_done),
-        )
+        self.recorder.record(conn, replace(step, final=final, done=table_done))
         return final
 
     def _transact(
@@ -268,7 +331,6 @@ class TablePruner:
                     set_local_timeouts(
                         conn, self.limits.lock_timeout_ms, self.limits.statement_timeout_ms
                     )
-                    self.recorder.fence(conn)
                     return work(conn)
             except DatabaseError as exc:
                 if attempt >= MAX_RETRIES or not adapt(sqlstate(exc)):

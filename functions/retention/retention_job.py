@@ -94,7 +94,14 @@ _TABLE_LOG_KEYS = (
     "dryRun",
     "durationMs",
 )
-_TABLE_LOG_OPTIONAL = ("stoppedBy", "wouldDelete", "oldest", "wouldDropPartitions", "error")
+_TABLE_LOG_OPTIONAL = (
+    "partitionRowsEstimate",
+    "stoppedBy",
+    "wouldDelete",
+    "oldest",
+    "wouldDropPartitions",
+    "error",
+)
 
 
 class _TableRecorder:

@@ -164,19 +164,31 @@ class RunLedger:
             raise LeaseLost(f"run {self.run_key} lost the retention lease to another run")
 
     def record(self, conn: pg8000.native.Connection, table: str, step: Step) -> None:
-        conn.run(
+        """Progress in the work's transaction, fenced by the lease renewal (one round trip)."""
+        booked = conn.run(
+            "WITH lease AS ("
+            "  UPDATE retention_lease "
+            "  SET expires_at = clock_timestamp() + make_interval(secs => :ttl / 1000.0) "
+            "  WHERE singleton AND holder = :h RETURNING 1) "
             "UPDATE retention_run_tables SET rows_deleted = rows_deleted + :rows, "
             "batches = batches + :batches, "
             "partitions_dropped = partitions_dropped || CAST(:parts AS text[]), "
+            "partition_rows = partition_rows || CAST(:part_rows AS bigint[]), "
             "completed = completed OR :done, updated_at = now() "
-            "WHERE run_key = :k AND table_name = :t",
+            "WHERE run_key = :k AND table_name = :t AND EXISTS (SELECT 1 FROM lease) "
+            "RETURNING 1",
+            ttl=self.lease_ttl_ms,
+            h=self.holder,
             rows=step.rows,
             batches=step.batches,
             parts=[step.partition] if step.partition else [],
+            part_rows=[step.partition_rows] if step.partition else [],
             done=step.done,
             k=self.run_key,
             t=table,
         )
+        if not booked:
+            raise LeaseLost(f"run {self.run_key} lost the retention lease to another run")
 
     def audit(
         self,
@@ -188,25 +200,26 @@ class RunLedger:
     ) -> dict[str, Any]:
         """Write the audit entry for everything not yet audited; returns its payload."""
         run_key = run_key or self.run_key
-        ((trigger, attempts, dry_run, cutoff, rows, batches, parts, a_rows, a_batch, a_parts),) = (
-            conn.run(
-                "SELECT r.trigger, r.attempts, r.dry_run, t.cutoff, t.rows_deleted, t.batches, "
-                "t.partitions_dropped, t.audited_rows, t.audited_batches, t.audited_partitions "
-                "FROM retention_run_tables t JOIN retention_runs r USING (run_key) "
-                "WHERE t.run_key = :k AND t.table_name = :t FOR UPDATE OF t",
-                k=run_key,
-                t=table,
-            )
+        (row,) = conn.run(
+            "SELECT r.trigger, r.attempts, r.dry_run, t.cutoff, t.rows_deleted, t.batches, "
+            "t.partitions_dropped, t.partition_rows, "
+            "t.audited_rows, t.audited_batches, t.audited_partitions "
+            "FROM retention_run_tables t JOIN retention_runs r USING (run_key) "
+            "WHERE t.run_key = :k AND t.table_name = :t FOR UPDATE OF t",
+            k=run_key,
+            t=table,
         )
+        p = dict(zip((c["name"] for c in conn.columns), row, strict=True))
         payload: dict[str, Any] = {
             "runId": run_key,
-            "trigger": trigger,
-            "attempt": attempts,
-            "dryRun": dry_run,
-            "cutoff": iso(cutoff),
-            "rowsDeleted": int(rows - a_rows),
-            "batches": int(batches - a_batch),
-            "partitionsDropped": list(parts[a_parts:]),
+            "trigger": p["trigger"],
+            "attempt": p["attempts"],
+            "dryRun": p["dry_run"],
+            "cutoff": iso(p["cutoff"]),
+            "rowsDeleted": int(p["rows_deleted"] - p["audited_rows"]),
+            "batches": int(p["batches"] - p["audited_batches"]),
+            "partitionsDropped": list(p["partitions_dropped"][p["audited_partitions"] :]),
+            "partitionRowsEstimate": int(sum(p["partition_rows"][p["audited_partitions"] :])),
             "completed": completed,
             **details,
         }

@@ -35,8 +35,9 @@ def flush() -> bool:
 
 def reset() -> None:
     """Forget everything recorded and pending, as a new container would (tests)."""
-    from ops.metrics import emf, recorder, store
+    from ops.metrics import emf, recorder, store, totals
 
     recorder.reset()
     store.reset()
+    totals.reset()
     emf.reset()

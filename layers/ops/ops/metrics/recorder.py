@@ -20,7 +20,6 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 MAX_LABEL_VALUE_LENGTH = 128
@@ -55,7 +54,6 @@ def format_labels(names: Sequence[str], values: Sequence[str]) -> str:
     return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
 
 
-@dataclass(frozen=True)
 class Emf:
     """How a family is mirrored to CloudWatch (EMF). Dimensions must stay bounded.
 
@@ -64,10 +62,19 @@ class Emf:
     the labels; `value` maps a gauge reading to the emitted value.
     """
 
-    name: str
-    unit: str
-    dimension: tuple[str, Callable[[Mapping[str, str]], str]] | None = None
-    value: Callable[[float], float] | None = None
+    __slots__ = ("dimension", "name", "unit", "value")
+
+    def __init__(
+        self,
+        name: str,
+        unit: str,
+        dimension: tuple[str, Callable[[Mapping[str, str]], str]] | None = None,
+        value: Callable[[float], float] | None = None,
+    ) -> None:
+        self.name = name
+        self.unit = unit
+        self.dimension = dimension
+        self.value = value
 
     def key(self, labels: Mapping[str, str]) -> EmfKey:
         name = self.name.format(**labels) if "{" in self.name else self.name
@@ -83,7 +90,7 @@ class _Recordings:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.sums: dict[SeriesKey, float] = {}
-        self.gauges: dict[SeriesKey, tuple[float, float]] = {}  # value, time recorded
+        self.gauges: dict[SeriesKey, tuple[float, float]] = {}  # value, when (newest wins)
         # Counters and gauges: one summed value per flush; histograms: every observation.
         self.emf: dict[EmfKey, list[float]] = {}
 
@@ -93,7 +100,7 @@ class _Recordings:
             if emf is not None:
                 self._emf_add(emf, amount)
 
-    def add_many(self, keys: tuple[SeriesKey, SeriesKey], value: float, emf: EmfKey | None) -> None:
+    def observe(self, keys: tuple[SeriesKey, SeriesKey], value: float, emf: EmfKey | None) -> None:
         bucket, total = keys
         with self.lock:
             sums = self.sums
@@ -116,12 +123,16 @@ class _Recordings:
             values[0] += amount
 
 
-@dataclass(frozen=True)
 class Deltas:
     """What a container recorded between two flushes."""
 
-    sums: dict[SeriesKey, float]
-    gauges: dict[SeriesKey, tuple[float, float]]
+    __slots__ = ("gauges", "sums")
+
+    def __init__(
+        self, sums: dict[SeriesKey, float], gauges: dict[SeriesKey, tuple[float, float]]
+    ) -> None:
+        self.sums = sums
+        self.gauges = gauges
 
     def __bool__(self) -> bool:
         return bool(self.sums or self.gauges)
@@ -345,7 +356,7 @@ class HistogramChild:
     def observe(self, value: float) -> None:
         value = _finite(self._family, value)
         # Buckets are upper-inclusive (le): bisect_left puts a value equal to a bound in it.
-        _recordings.add_many(self._keys[bisect_left(self._bounds, value)], value, self._emf)
+        _recordings.observe(self._keys[bisect_left(self._bounds, value)], value, self._emf)
 
     @contextmanager
     def time(self) -> Iterator[None]:

@@ -19,7 +19,7 @@ from ops.metrics.recorder import COUNTER, GAUGE, REGISTRY, Family, Histogram
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-# family -> [(rendered labels, {part: value})], as ops.metrics.store.read_totals returns
+# family -> [(rendered labels, {part: value})], as ops.metrics.totals.read_totals returns
 Totals = Mapping[str, Sequence[tuple[str, Mapping[str, float]]]]
 # family -> [(rendered labels, value)] for the gauges computed at scrape time
 Live = Mapping[str, Sequence[tuple[str, float]]]

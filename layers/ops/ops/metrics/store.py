@@ -1,4 +1,4 @@
-"""The metric totals in PostgreSQL: flushing a container's deltas, reading the sums.
+"""Flushing a container's deltas to the totals in PostgreSQL (read by ops.metrics.totals).
 
 Flush protocol (one round trip, exactly once):
 
@@ -12,10 +12,11 @@ Flush protocol (one round trip, exactly once):
   unknown (the query went out, then the connection broke or no reply came in
   time), the batches are sealed and resent unchanged, with their numbers; the
   server skips those it already stored. Nothing is counted twice.
-* The query runs on a helper thread that the invocation waits on for at most
-  2 x METRICS_FLUSH_TIMEOUT_MS, so that neither a hung database nor a health
-  check stuck on the shared connection can hold an invocation hostage. While a
-  flush is stuck, later flushes keep their deltas instead of queueing.
+* The query runs on a helper thread (ops.metrics.courier) that the invocation
+  waits on for at most 2 x METRICS_FLUSH_TIMEOUT_MS, so that neither a hung
+  database nor a health check stuck on the shared connection can hold an
+  invocation hostage. While a flush is stuck, later flushes keep their deltas
+  instead of queueing. The server side has the same bound (statement_timeout).
 
 The values travel as JSON literals in the query text: the simple protocol is one
 round trip (pg8000's parameterised path takes three) and leaves no prepared
@@ -27,18 +28,16 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from queue import Empty, SimpleQueue
 from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
+from ops.metrics.courier import Courier
 from ops.metrics.recorder import Deltas, SeriesKey
 
 DEFAULT_SHARDS = 16
@@ -147,10 +146,11 @@ class _NotSent(Exception):
     """The flush failed before anything reached the server."""
 
 
-def _sqlstate(exc: BaseException) -> str | None:
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    """The server's error fields (C: SQLSTATE, M: message), when it sent an error."""
     if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
-        return str(exc.args[0].get("C", "")) or None
-    return None
+        return exc.args[0]
+    return {}
 
 
 class _Job:
@@ -174,7 +174,7 @@ class _Job:
             try:
                 self.db.run(self.sql(self.new_series))
             except DatabaseError as exc:
-                if self.new_series or _sqlstate(exc) != MISSING_SERIES:
+                if self.new_series or _error_fields(exc).get("C") != MISSING_SERIES:
                     raise
                 self.new_series = True  # the first call stored nothing
                 self.db.run(self.sql(True))
@@ -182,44 +182,6 @@ class _Job:
             self.error = exc
         finally:
             self.finished = True
-
-
-class _Courier:
-    """One daemon thread that runs flushes, so that the invocation can stop waiting."""
-
-    def __init__(self) -> None:
-        self._jobs: SimpleQueue[_Job] = SimpleQueue()
-        self._done: SimpleQueue[_Job] = SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._abandoned: _Job | None = None
-
-    @property
-    def busy(self) -> bool:
-        return self._abandoned is not None and not self._abandoned.finished
-
-    def run(self, job: _Job, wait_s: float, meanwhile: Callable[[], None]) -> bool:
-        """Hand the job over, call `meanwhile`; True when the job finished within `wait_s`."""
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._serve, name="metrics-flush", daemon=True)
-            self._thread.start()
-        deadline = time.monotonic() + wait_s
-        self._jobs.put(job)
-        time.sleep(0)  # let the courier take the GIL and send the query...
-        meanwhile()  # ...so that this overlaps the server's work
-        try:
-            while self._done.get(timeout=max(0.0, deadline - time.monotonic())) is not job:
-                pass  # the late answer of an abandoned job
-        except Empty:
-            self._abandoned = job
-            return False
-        self._abandoned = None
-        return True
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            job.run()
-            self._done.put(job)
 
 
 def _classify(job: _Job) -> tuple[str, str | None]:
@@ -230,7 +192,7 @@ def _classify(job: _Job) -> tuple[str, str | None]:
         return FlushOutcome.REJECTED, str(exc)
     if isinstance(exc, DatabaseError) and not is_stale_error(exc):
         # An error reply (statement timeout, missing migration, ...): rolled back.
-        info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        info = _error_fields(exc)
         return FlushOutcome.REJECTED, f"{info.get('C', '')} {info.get('M', exc)}".strip()
     return FlushOutcome.UNKNOWN, str(exc) or type(exc).__name__
 
@@ -244,7 +206,7 @@ class Outbox:
         self.batches: list[Batch] = []
         self.next_seq = 1
         self.known: set[SeriesKey] = set()  # series this container has stored
-        self.courier = _Courier()
+        self.courier = Courier("metrics-flush")
 
     def add(self, deltas: Deltas) -> None:
         if not deltas:
@@ -318,37 +280,3 @@ def push(deltas: Deltas, now: float, meanwhile: Callable[[], None] = lambda: Non
     box = outbox()
     box.add(deltas)
     return box.send(get_db(), now, meanwhile)
-
-
-# -- reading -------------------------------------------------------------------------------
-
-# Sums over shards run on integer keys, and the text columns are joined once per
-# series; each label set comes back as one row with its parts packed as
-# "part value" pairs: hundreds of rows rather than thousands, as pg8000 parses
-# rows in Python. Grouped by hashing (no ORDER BY: a sort of every series row
-# costs more than sorting the label sets in Python).
-TOTALS_SQL = """
-SELECT family, labels, string_agg(part || ' ' || value::text, ' ')
-FROM (
-    SELECT s.family, s.labels, s.part,
-           CASE WHEN s.kind = 'g' THEN (
-               SELECT v.value FROM metric_values AS v
-               WHERE v.series_id = s.id ORDER BY v.updated_at DESC LIMIT 1)
-           ELSE t.value END AS value
-    FROM (SELECT series_id, sum(value) AS value FROM metric_values GROUP BY series_id) AS t
-    JOIN metric_series AS s ON s.id = t.series_id
-) AS series
-GROUP BY family, labels
-"""
-
-# family -> [(rendered labels, {part: value})], label sets in order
-Totals = dict[str, list[tuple[str, dict[str, float]]]]
-
-
-def read_totals(db: Database) -> Totals:
-    totals: Totals = {}
-    for family, labels, packed in sorted(db.run(TOTALS_SQL)):
-        tokens = packed.split(" ")
-        parts = {tokens[i]: float(tokens[i + 1]) for i in range(0, len(tokens), 2)}
-        totals.setdefault(family, []).append((labels, parts))
-    return totals

@@ -1,0 +1,148 @@
+"""Reading the totals for /metrics, and folding idle shard rows to keep that cheap.
+
+The sums over shards come back as one packed "id value id value ..." string
+(pg8000 parses rows in Python: one row is far cheaper than thousands), the
+series' names from a per-container cache: series are only ever added, so a warm
+metrics container fetches just the new ones at each scrape. A gauge is its
+newest reading across shards, not a sum.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from ops.db import Database
+
+COMPACT_IDLE_S = 300  # a shard row untouched this long belongs to no live container
+COMPACT_EVERY_S = 60.0
+COMPACT_TIMEOUT_MS = 2000
+
+VALUES_SQL = """
+SELECT 'sum', string_agg(series_id::text || ' ' || value::text, ' '),
+       (SELECT coalesce(max(id), 0) FROM metric_series)
+FROM (SELECT series_id, sum(value) AS value FROM metric_values GROUP BY series_id) AS t
+UNION ALL
+SELECT 'latest', string_agg(s.id::text || ' ' || g.value::text, ' '), 0
+FROM metric_series AS s
+CROSS JOIN LATERAL (
+    SELECT v.value FROM metric_values AS v
+    WHERE v.series_id = s.id ORDER BY v.updated_at DESC LIMIT 1) AS g
+WHERE s.kind = 'g'
+"""
+
+# Folds counter rows that no live container writes (untouched for COMPACT_IDLE_S)
+# into shard 0, in one statement: every snapshot sees the same sums before and
+# after. Rows being written are skipped (SKIP LOCKED), and shard 0's rows are
+# locked in series id order, as flushes lock theirs, so it cannot deadlock with
+# them. Without it every series would in time have a row in every shard, and a
+# scrape would sum shards x series rows.
+COMPACT_SQL = """
+SET LOCAL statement_timeout = {timeout_ms};
+WITH idle AS (
+    SELECT v.series_id, v.shard FROM metric_values AS v
+    JOIN metric_series AS s ON s.id = v.series_id AND s.kind = 'c'
+    WHERE v.shard <> 0 AND v.updated_at < now() - make_interval(secs => {idle_s})
+    FOR UPDATE OF v SKIP LOCKED
+), moved AS (
+    DELETE FROM metric_values AS v USING idle
+    WHERE v.series_id = idle.series_id AND v.shard = idle.shard
+    RETURNING v.series_id, v.value, v.updated_at
+)
+INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
+SELECT series_id, 0, sum(value), max(updated_at) FROM moved
+GROUP BY series_id ORDER BY series_id
+ON CONFLICT (series_id, shard) DO UPDATE
+    SET value = v.value + EXCLUDED.value, updated_at = greatest(v.updated_at, EXCLUDED.updated_at)
+"""
+
+# family -> [(rendered labels, {part: value})], label sets sorted
+Totals = dict[str, list[tuple[str, dict[str, float]]]]
+# family -> [(rendered labels, [(part, series id)])], label sets sorted
+Layout = dict[str, list[tuple[str, list[tuple[str, int]]]]]
+
+
+class SeriesNames:
+    """Where each stored series goes in the exposition, by id."""
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        self.max_id = 0
+        self._tree: dict[str, dict[str, list[tuple[str, int]]]] = {}
+        self._layout: Layout | None = None
+
+    def refresh(self, db: Database, also: Iterable[int] = ()) -> None:
+        """Fetch the series above the highest id known, and `also` these: ids are handed
+        out in order but committed in any order, so a lower one can appear later."""
+        extra = ", ".join(str(int(i)) for i in also)
+        rows = db.run(
+            "SELECT id, family, labels, part FROM metric_series "
+            f"WHERE id > {int(self.max_id)}" + (f" OR id IN ({extra})" if extra else "")
+        )
+        for series_id, family, labels, part in rows:
+            if series_id not in self.ids:
+                self.ids.add(series_id)
+                self._tree.setdefault(family, {}).setdefault(labels, []).append((part, series_id))
+                self.max_id = max(self.max_id, series_id)
+                self._layout = None
+
+    def layout(self) -> Layout:
+        if self._layout is None:
+            self._layout = {f: sorted(sets.items()) for f, sets in self._tree.items()}
+        return self._layout
+
+
+_names = SeriesNames()
+_last_compaction = float("-inf")
+
+
+def reset() -> None:
+    """A new metrics container (tests)."""
+    global _names, _last_compaction
+    _names = SeriesNames()
+    _last_compaction = float("-inf")
+
+
+def _unpack(packed: str | None) -> dict[int, float]:
+    if not packed:
+        return {}
+    tokens = packed.split(" ")
+    return dict(zip(map(int, tokens[0::2]), map(float, tokens[1::2]), strict=True))
+
+
+def read_totals(db: Database) -> Totals:
+    """Every stored series summed over shards, grouped by family and label set."""
+    global _names
+    rows = {kind: (packed, max_id) for kind, packed, max_id in db.run(VALUES_SQL)}
+    packed_sums, newest_id = rows["sum"]
+    values = _unpack(packed_sums)
+    values.update(_unpack(rows["latest"][0]))  # a gauge is its newest reading, not a sum
+    if newest_id < _names.max_id:  # ids restarted (the tables were reset): start over
+        _names = SeriesNames()
+    unknown = values.keys() - _names.ids
+    if unknown or newest_id > _names.max_id:
+        _names.refresh(db, unknown)
+    totals: Totals = {}
+    for family, sets in _names.layout().items():
+        present = [
+            (labels, {part: values[i] for part, i in parts if i in values})
+            for labels, parts in sets
+        ]
+        present = [(labels, parts) for labels, parts in present if parts]
+        if present:
+            totals[family] = present
+    return totals
+
+
+def compact(db: Database, idle_s: int = COMPACT_IDLE_S) -> None:
+    """Fold idle shard rows into shard 0: a write, but no sum changes."""
+    db.run(COMPACT_SQL.format(timeout_ms=COMPACT_TIMEOUT_MS, idle_s=int(idle_s)))
+
+
+def compact_if_due(db: Database) -> None:
+    """At most once a minute per metrics container."""
+    global _last_compaction
+    now = time.monotonic()
+    if now - _last_compaction >= COMPACT_EVERY_S:
+        _last_compaction = now
+        compact(db)
