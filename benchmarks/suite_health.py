@@ -573,10 +573,12 @@ class Worker:
         r = self._send({"op": "rss"})
         return int(r["rss_kb"]) / 1024.0, bool(r["aws"][0])
 
-    def request_log_lines(self) -> int:
+    def log_lines(self, log_type: str) -> int:
+        """How many of the handler's JSON log lines have `"type": log_type`."""
         if not self.log_path.exists():
             return 0
-        return sum('"type":"request"' in line for line in self.log_path.read_text().splitlines())
+        needle = f'"type":"{log_type}"'
+        return sum(needle in line for line in self.log_path.read_text().splitlines())
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -732,6 +734,7 @@ class WarmResult:
     profiles: dict[str, list[list[Any]]]  # route -> cProfile rows of the health function
     stripped: dict[str, int | None]  # variant -> after-invocation hooks removed
     timed_invocations: dict[str, int] = field(default_factory=dict)  # when rss_mb was read
+    flush_failures: dict[str, int] = field(default_factory=dict)  # `type=metrics_flush` lines
 
 
 def measure_warm(
@@ -779,7 +782,8 @@ def measure_warm(
                 for route in profile[1]:
                     res.profiles[route] = w.profile(events[route], plan.warm_batch * 5)
         for w in workers:
-            res.log_lines[w.variant.key] = w.request_log_lines()
+            res.log_lines[w.variant.key] = w.log_lines("request")
+            res.flush_failures[w.variant.key] = w.log_lines("metrics_flush")
             res.invocations[w.variant.key] = w.invocations
             res.stripped[w.variant.key] = w.hooks_stripped
     finally:
@@ -1127,9 +1131,16 @@ def run(quick: bool) -> str:
             if v.key in warm.rss_mb
         )
         + f". Health request log lines (`type=request`): {warm.log_lines.get('health', 0)} "
-        f"for {warm.invocations.get('health', 0)} invocations.",
+        f"for {warm.invocations.get('health', 0)} invocations; metrics flush failures "
+        f"logged (`type=metrics_flush`): {warm.flush_failures.get('health', 0)}.",
         "",
     ]
+    if warm.flush_failures.get("health"):
+        lines += [
+            "⚠ The health function logged metrics flush failures: its timings include "
+            "failed flushes, not only working ones (see `benchmarks/.work/health/health.log`).",
+            "",
+        ]
     stripped = warm.stripped.get(no_hooks.key)
     if stripped:
         lines += [

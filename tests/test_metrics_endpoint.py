@@ -5,6 +5,7 @@ instrumentation, gauges read at scrape time, and a real Prometheus scraping it."
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -276,6 +277,17 @@ def test_live_gauges(metrics_env, own_sql, app_env, log_lines):
     assert value(scrape_samples(), "active_sessions") == 3
 
 
+def test_invalid_retention_policies_cost_only_the_retention_gauges(metrics_env, app_env, log_lines):
+    app_env(
+        RETENTION_POLICIES='[{"table": "audit_logs", "column": "occurred_at", "maxAgeDays": 1}]'
+    )
+    samples = scrape_samples()
+    assert "active_sessions" in {name for name, _ in samples}
+    assert not any(name.startswith("retention_lag") for name, _ in samples)
+    (error,) = [line for line in log_lines() if line.get("type") == "metrics_scrape"]
+    assert error["level"] == "ERROR" and "never pruned" in error["error"]
+
+
 def test_a_bad_session_window_is_a_clear_error(metrics_env, app_env):
     app_env(ACTIVE_SESSION_WINDOW_MINUTES="fifteen")
     status, _, body = scrape()
@@ -355,3 +367,4 @@ def test_prometheus_scrapes_the_local_gateway(metrics_env):
         log.close()
         server.shutdown()
         gateway.close()
+        shutil.rmtree(work, ignore_errors=True)

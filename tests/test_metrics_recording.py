@@ -34,6 +34,7 @@ from tools import ROOT
         (lambda: m.WEBHOOK_FAILURES.labels(source=""), "1 to 128 characters"),
         (lambda: m.WEBHOOK_FAILURES.labels(source="x" * 129), "1 to 128 characters"),
         (lambda: m.WEBHOOK_FAILURES.labels(source="a\x00b"), "NUL"),
+        (lambda: m.WEBHOOK_FAILURES.labels(source="a\ud800b"), "not UTF-8"),
         (lambda: m.WEBHOOK_FAILURES.labels(source=1.5), "must be a string"),
         (lambda: m.WEBHOOK_FAILURES.labels(source=True), "must be a string"),
         (lambda: m.WEBHOOK_FAILURES.labels(source=["stripe"]), "must be a string"),

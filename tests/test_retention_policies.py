@@ -16,8 +16,8 @@ run_identity = module("run_identity")
 def test_defaults_without_configuration(monkeypatch):
     monkeypatch.delenv("RETENTION_POLICIES", raising=False)
     assert load_policies() == [
-        Policy("inbound_events", "received_at", 30, 5000),
-        Policy("chat_sessions", "updated_at", 90, 5000),
+        Policy("inbound_events", "received_at", 30, 10_000),
+        Policy("chat_sessions", "updated_at", 90, 10_000),
     ]
     assert list(DEFAULT_POLICIES) == load_policies()
 
@@ -38,7 +38,7 @@ def test_policies_from_the_environment(monkeypatch):
         ),
     )
     assert load_policies() == [
-        Policy("inbound_events", "received_at", 7, 5000),
+        Policy("inbound_events", "received_at", 7, 10_000),
         Policy("archive.chat_sessions", "updated_at", 365, 200),
     ]
 
@@ -231,3 +231,13 @@ def test_template_wires_policies_schedule_and_dead_letter_alarm():
     ]
     assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_batch_size_steers_toward_the_target_duration():
+    next_size = module("pruning").next_batch_size
+    assert next_size(10_000, elapsed_ms=100, target_ms=50, maximum=10_000) == 5_000
+    assert next_size(10_000, elapsed_ms=5_000, target_ms=50, maximum=10_000) == 100  # floor
+    assert next_size(3, elapsed_ms=500, target_ms=50, maximum=3) == 3  # a tiny policy stays
+    assert next_size(2_500, elapsed_ms=10, target_ms=50, maximum=10_000) == 5_000
+    assert next_size(8_000, elapsed_ms=10, target_ms=50, maximum=10_000) == 10_000  # the cap
+    assert next_size(4_000, elapsed_ms=40, target_ms=50, maximum=10_000) == 4_000

@@ -21,7 +21,7 @@ from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.metrics.recorder import LiveGauge
 from ops.metrics.store import sql_literal
-from ops.retention_policies import Policy, load_policies
+from ops.retention_policies import Policy, PolicyError, load_policies
 
 WINDOW_ENV = "ACTIVE_SESSION_WINDOW_MINUTES"
 DEFAULT_WINDOW_MINUTES = 15
@@ -84,9 +84,21 @@ def _oldest_ages(db: Database, policies: list[Policy]) -> dict[str, float]:
     return {policies[i].table: age for i, age in db.run("\nUNION ALL\n".join(selects))}
 
 
+def _policies() -> list[Policy]:
+    # A bad RETENTION_POLICIES costs the retention gauges, not the whole scrape.
+    try:
+        return load_policies()
+    except PolicyError as exc:
+        logger.error(
+            "retention gauges skipped: invalid retention policies",
+            extra={"type": "metrics_scrape", "error": str(exc)},
+        )
+        return []
+
+
 def collect(db: Database) -> dict[str, list[tuple[str, float]]]:
     """family -> [(rendered labels, value)] for every live gauge of the catalogue."""
-    policies = load_policies()
+    policies = _policies()
     tables = [p.table for p in policies]
     rows = db.run(
         LIVE_SQL.format(

@@ -23,7 +23,9 @@ that stops at the limit beats a full sort per batch), and stepping around locked
 rows. No row locks are taken up front (FOR UPDATE would write every row twice and
 double the WAL); a batch that meets a locked row (lock_timeout, deadlock) is
 retried with FOR UPDATE SKIP LOCKED, and one cancelled by statement_timeout is
-retried at half the size.
+retried at half the size. Batches aim at `batch_target_ms` (50 ms) each: the
+policy's batchSize is the most rows a batch takes, and a slower batch (cold pages,
+a busy server) makes the next one smaller.
 
 Partitions wholly older than the cutoff are detached and dropped in one
 transaction (so a crash leaves either the partition or nothing, never a detached
@@ -63,6 +65,18 @@ T = TypeVar("T")
 class Limits:
     lock_timeout_ms: int
     statement_timeout_ms: int
+    batch_target_ms: int = 50  # how long one batch's transaction should take
+
+
+def next_batch_size(size: int, elapsed_ms: float, target_ms: float, maximum: int) -> int:
+    """Steer batches toward `target_ms` each, so that cold pages or a busy server shorten
+    batches instead of lengthening transactions: shrink in proportion when a batch ran
+    over, double when it took under half the target; never above the policy's batchSize."""
+    if elapsed_ms > target_ms:
+        return max(min(MIN_BATCH_SIZE, maximum), int(size * target_ms / elapsed_ms))
+    if elapsed_ms < target_ms / 2:
+        return min(maximum, size * 2)
+    return size
 
 
 @dataclass(frozen=True)
@@ -224,6 +238,7 @@ class TablePruner:
         limits: Limits,
         keep_going: Callable[[], bool],
         recorder: StepRecorder | None = None,
+        skipped: list[str] | None = None,
     ) -> None:
         self.db = db
         self.target = target
@@ -231,6 +246,9 @@ class TablePruner:
         self.limits = limits
         self.keep_going = keep_going
         self.recorder = recorder or NoRecorder()
+        # Partitions whose lock could not be had (an anti-wraparound autovacuum is not
+        # cancelled for us): left for the next run rather than failing this one.
+        self.skipped = skipped if skipped is not None else []
 
     def run(self) -> bool:
         if not self.keep_going():
@@ -244,7 +262,8 @@ class TablePruner:
         else:
             units.append(lambda last: self._prune_rows(self.target.relation, last))
         # Each unit returns False when it stopped for the deadline; all() stops there too.
-        return all(unit(index == len(units) - 1) for index, unit in enumerate(units))
+        finished = all(unit(index == len(units) - 1) for index, unit in enumerate(units))
+        return finished and not self.skipped
 
     # -- units ------------------------------------------------------------------
     def _prune_rows(self, relation: Relation, last_unit: bool) -> bool:
@@ -267,10 +286,17 @@ class TablePruner:
             return False
 
         while True:
+            started = time.monotonic()
             outcome = self._transact(batch, adapt)
             if outcome is None:
                 return False
             unit_done, final, b.frontier = outcome
+            b.size = next_batch_size(
+                b.size,
+                (time.monotonic() - started) * 1000,
+                self.limits.batch_target_ms,
+                self.target.policy.batch_size,
+            )
             if final:
                 return unit_done and last_unit
             if unit_done:
@@ -306,14 +332,21 @@ class TablePruner:
             step = Step(rows=0, partition=drop.partition.display, partition_rows=int(estimate))
             return self._book(conn, step, last_unit)
 
-        outcome = self._transact(work, lambda code: code in LOCK_CONFLICTS)
+        try:
+            outcome = self._transact(work, lambda code: code in LOCK_CONFLICTS)
+        except DatabaseError as exc:
+            if sqlstate(exc) not in LOCK_CONFLICTS:
+                raise
+            self.skipped.append(drop.partition.display)
+            return True  # go on with the other partitions
         if outcome is None:
             return False
         return last_unit or not outcome
 
     # -- plumbing ---------------------------------------------------------------
-    def _book(self, conn: pg8000.native.Connection, step: Step, table_done: bool) -> bool:
+    def _book(self, conn: pg8000.native.Connection, step: Step, last: bool) -> bool:
         """Record the step; returns whether it is this invocation's last for the table."""
+        table_done = last and not self.skipped
         final = table_done or not self.keep_going()
         self.recorder.record(conn, replace(step, final=final, done=table_done))
         return final

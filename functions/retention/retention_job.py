@@ -96,6 +96,7 @@ _TABLE_LOG_KEYS = (
 )
 _TABLE_LOG_OPTIONAL = (
     "partitionRowsEstimate",
+    "partitionsSkipped",
     "stoppedBy",
     "wouldDelete",
     "oldest",
@@ -128,7 +129,7 @@ class RetentionRun:
         self.identity = identity
         self.cfg = cfg
         self.budget = Budget(context, cfg.deadline_margin_ms)
-        self.limits = Limits(cfg.lock_timeout_ms, cfg.statement_timeout_ms)
+        self.limits = Limits(cfg.lock_timeout_ms, cfg.statement_timeout_ms, cfg.batch_target_ms)
         self.ledger = RunLedger(db, identity, cfg.lease_ttl_ms, cfg.lock_timeout_ms)
         self.payloads: dict[str, dict[str, Any]] = {}
 
@@ -230,10 +231,14 @@ class RetentionRun:
             return
         began = time.monotonic()
 
-        def details(done: bool, stopped_by: str = "deadline") -> dict[str, Any]:
+        skipped: list[str] = []  # partitions the pruner could not lock
+
+        def details(done: bool) -> dict[str, Any]:
+            stopped_by = "partitions_locked" if skipped and self.budget.has_time() else "deadline"
             return {
                 "durationMs": round((time.monotonic() - began) * 1000),
                 "stoppedBy": None if done else stopped_by,
+                **({"partitionsSkipped": list(skipped)} if skipped else {}),
             }
 
         if not self.budget.has_time():
@@ -243,7 +248,7 @@ class RetentionRun:
         else:
             recorder = _TableRecorder(self.ledger, target.table, details)
             pruner = TablePruner(
-                self.db, target, state.cutoff, self.limits, self.budget.has_time, recorder
+                self.db, target, state.cutoff, self.limits, self.budget.has_time, recorder, skipped
             )
             done = pruner.run()
             # No unit committed (nothing to delete, or out of time before the first): audit alone.

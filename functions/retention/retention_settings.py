@@ -4,6 +4,7 @@ RETENTION_LOCK_TIMEOUT_MS       500     lock_timeout of every batch and partitio
 RETENTION_STATEMENT_TIMEOUT_MS  10000   statement_timeout of every batch
 RETENTION_DEADLINE_MARGIN_MS    30000   stop starting work this long before the Lambda deadline
 RETENTION_LEASE_TTL_MS          60000   how long a crashed run blocks the next one
+RETENTION_BATCH_TARGET_MS       50      how long one batch's transaction should take
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class JobSettings:
     statement_timeout_ms: int = 10_000
     deadline_margin_ms: int = 30_000
     lease_ttl_ms: int = 60_000
+    batch_target_ms: int = 50
 
     @property
     def lease_wait_ms(self) -> int:
@@ -42,6 +44,7 @@ def job_settings() -> JobSettings:
         ),
         deadline_margin_ms=_env_ms("RETENTION_DEADLINE_MARGIN_MS", JobSettings.deadline_margin_ms),
         lease_ttl_ms=_env_ms("RETENTION_LEASE_TTL_MS", JobSettings.lease_ttl_ms),
+        batch_target_ms=_env_ms("RETENTION_BATCH_TARGET_MS", JobSettings.batch_target_ms),
     )
     # A batch started just before the margin must end (or be cancelled) before the deadline,
     # and a live holder must renew its lease before it can expire between two statements.
@@ -49,6 +52,11 @@ def job_settings() -> JobSettings:
         raise ValueError(
             "RETENTION_DEADLINE_MARGIN_MS must exceed RETENTION_STATEMENT_TIMEOUT_MS "
             f"({cfg.deadline_margin_ms} <= {cfg.statement_timeout_ms})"
+        )
+    if cfg.batch_target_ms >= cfg.statement_timeout_ms:
+        raise ValueError(
+            "RETENTION_BATCH_TARGET_MS must be below RETENTION_STATEMENT_TIMEOUT_MS "
+            f"({cfg.batch_target_ms} >= {cfg.statement_timeout_ms})"
         )
     if cfg.lease_ttl_ms <= cfg.statement_timeout_ms + cfg.lock_timeout_ms:
         raise ValueError(

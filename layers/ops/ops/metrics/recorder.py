@@ -243,8 +243,9 @@ class Family(Generic[C]):
                     f"{self.name}: label {name} must be 1 to {MAX_LABEL_VALUE_LENGTH} "
                     f"characters, got {len(text)}"
                 )
-            if "\x00" in text:
-                raise ValueError(f"{self.name}: label {name} contains a NUL character")
+            if "\x00" in text or not _encodes(text):
+                # PostgreSQL text cannot hold either: a flush carrying it would never succeed.
+                raise ValueError(f"{self.name}: label {name} contains a NUL or is not UTF-8")
             allowed = self.allowed.get(name)
             if allowed is not None and text not in allowed:
                 raise ValueError(
@@ -265,6 +266,14 @@ class Family(Generic[C]):
         if self.labelnames:
             raise ValueError(f"{self.name} has labels {list(self.labelnames)}: use .labels(...)")
         return self.labels()
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # lone surrogates do not
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _finite(family: str, value: float) -> float:
