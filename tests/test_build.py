@@ -90,6 +90,7 @@ def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
         **os.environ,
         "SAM_CLI_TELEMETRY": "0",
         "BUILD_PYTHON": str(SAM_VENV / "bin" / "python"),
+        "LAMBDA_PYTHON": _lambda_python() or "",
     }
     proc = _run(
         [str(SAM_VENV / "bin" / "sam"), "build", "--build-dir", str(out), "--no-cached"],
@@ -106,6 +107,12 @@ def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
 def _runtime_python() -> str:
     """The Lambda runtime's Python (3.13) when this machine has one, else this interpreter:
     the layer's wheels are pure Python, so both must import them."""
+    return _lambda_python() or sys.executable
+
+
+@functools.cache
+def _lambda_python() -> str | None:
+    """A Python 3.13 on this machine, if any (it also compiles the artifacts' bytecode)."""
     pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
     candidates = [
         shutil.which("python3.13"),
@@ -118,7 +125,7 @@ def _runtime_python() -> str:
                 return exe
         except OSError:
             continue
-    return sys.executable
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -220,7 +227,19 @@ def test_layer_has_the_runtime_dependencies_and_no_boto3(sam_build: Build) -> No
             name = re.sub(r"[-_.]+", "_", m[1]).lower()
             dists = {p.name.lower() for p in layer.glob("*.dist-info")}
             assert f"{name}-{m[2]}.dist-info" in dists, (line, sorted(dists))
-    assert not list(layer.rglob("__pycache__")), "no .pyc of the building Python"
+
+
+
+def test_bytecode_is_the_runtimes_only(sam_build: Build) -> None:
+    """Shipped .pyc must be CPython 3.13's (a read-only /opt can't cache any other), and
+    present when this machine has a 3.13 to compile with: it saves every cold start ~160 ms."""
+    pycs = list(sam_build.dir.rglob("*.pyc"))
+    assert all(p.name.endswith(".cpython-313.pyc") for p in pycs), pycs[:5]
+    if _lambda_python():
+        for module in ("python/ops/db", "python/ops/api", "python/pg8000/native"):
+            path = sam_build.layer.parent / module
+            assert (path.parent / "__pycache__" / f"{path.name}.cpython-313.pyc").is_file()
+        assert (sam_build.dir / "HealthFunction" / "__pycache__" / "app.cpython-313.pyc").is_file()
 
 
 def test_artifacts_target_arm64_python313(sam_build: Build) -> None:
@@ -237,7 +256,7 @@ def test_artifacts_target_arm64_python313(sam_build: Build) -> None:
 
 def test_functions_ship_only_their_own_modules(sam_build: Build) -> None:
     for fid, spec in functions().items():
-        shipped = {p.name for p in (sam_build.dir / fid).iterdir()}
+        shipped = {p.name for p in (sam_build.dir / fid).iterdir() if p.name != "__pycache__"}
         sources = {
             p.name
             for p in spec.code_dir.glob("*.py")

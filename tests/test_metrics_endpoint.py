@@ -203,6 +203,37 @@ def test_every_response_is_recorded_errors_included(metrics_env, monkeypatch):
     assert not any(dict(labels).get("route") == "/no/such/path" for _, labels in samples)
 
 
+def test_liveness_defers_its_flush_to_the_next_one(metrics_env):
+    health = function_handler("health")
+    call_api(health, "/health/live")
+    call_api(health, "/health/live")
+    live = {"method": "GET", "route": "/health/live", "status": "200"}
+    assert ("http_requests_total", tuple(sorted(live.items()))) not in scrape_samples()
+    call_api(health, "/health")  # this flush carries the two deferred recordings
+    samples = scrape_samples()
+    assert value(samples, "http_requests_total", **live) == 2
+    assert value(samples, "http_requests_total", method="GET", route="/health", status="200") == 1
+
+
+def test_liveness_flushes_itself_once_the_last_flush_is_old(metrics_env, app_env):
+    app_env(METRICS_DEFERRED_FLUSH_S="0.000001")
+    health = function_handler("health")
+    call_api(health, "/health/live")
+    samples = scrape_samples()
+    assert value(samples, "http_requests_total", method="GET", route="/health/live", status="200") == 1
+
+
+def test_liveness_never_touches_a_hung_database(app_env, blackhole, log_lines):
+    app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{blackhole}/app")
+    health = function_handler("health")
+    for _ in range(5):
+        assert call_api(health, "/health/live")[0] == 200
+    assert [line for line in log_lines() if line.get("type") == "metrics_flush"] == []
+    # The recordings are pending, not lost: the next non-deferred route tries to flush them.
+    assert call_api(health, "/health")[0] == 503
+    assert any(line.get("type") == "metrics_flush" for line in log_lines())
+
+
 def test_health_checks_record_status_and_latency(metrics_env, app_env, closed_port):
     app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{closed_port}")
     status, _, _ = call_api(function_handler("health"), "/health/detailed")
@@ -340,7 +371,7 @@ def test_prometheus_scrapes_the_local_gateway(metrics_env):
     api = f"http://127.0.0.1:{prom_port}"
     try:
         for _ in range(3):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=10) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
                 assert r.status == 200
         found: dict[str, Any] = {}
         deadline = time.monotonic() + 90  # a bound on the run, not a performance assertion
@@ -349,7 +380,7 @@ def test_prometheus_scrapes_the_local_gateway(metrics_env):
                 found = {
                     "up": {s["metric"]["job"]: s["value"][1] for s in _query(api, "up")},
                     "live": _query(
-                        api, 'http_requests_total{job="bundle",route="/health/live",status="200"}'
+                        api, 'http_requests_total{job="bundle",route="/health",status="200"}'
                     ),
                 }
             except OSError:

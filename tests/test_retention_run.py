@@ -23,6 +23,7 @@ from tests.retention_helpers import (
     policies,
     retention_slate,  # noqa: F401
 )
+from tests.test_metrics_support import scrape_samples, value
 from tools import ROOT
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
@@ -288,6 +289,7 @@ def test_missing_index_is_warned_before_the_run_and_pruning_still_works(
     )
     first_table_line = next(i for i, x in enumerate(logged) if x.get("type") == "retention")
     assert logged.index(warning) < first_table_line
+    assert value(scrape_samples(), "retention_missing_index", table="retention_noindex") == 1
 
 
 @pytest.fixture

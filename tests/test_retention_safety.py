@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +31,9 @@ from tests.retention_helpers import (
     policies,
     retention_slate,  # noqa: F401
 )
+from tests.test_metrics_support import scrape_samples
 from tests.test_retention_run import seed
+from tools import ROOT
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
 
@@ -443,8 +449,6 @@ def test_holder_that_lost_its_lease_deletes_nothing_more(sql, log_lines):
 
 # -- metrics --------------------------------------------------------------------------------------
 def test_metrics_reach_the_store_and_the_scrape(sql):
-    from tests.test_metrics_support import scrape_samples
-
     def delta(after, before, name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -458,6 +462,7 @@ def test_metrics_reach_the_store_and_the_scrape(sql):
     assert delta(after, before, "retention_rows_deleted_total", table="chat_sessions") == 4
     assert delta(after, before, "retention_runs_total", status="succeeded") == 1
     assert delta(after, before, "retention_run_duration_seconds_count") == 1
+    assert after[("retention_missing_index", (("table", "inbound_events"),))] == 0
     # The metrics function's gauge reads this run's audit entry (completed, not a dry run).
     ((finished,),) = sql(
         "SELECT extract(epoch FROM max(occurred_at))::float8 FROM audit_logs "
@@ -469,3 +474,53 @@ def test_metrics_reach_the_store_and_the_scrape(sql):
 
     run(event("retention-dry-run.json"))
     assert scrape_samples()[last_success] == after[last_success]
+
+
+@pytest.mark.slow
+def test_process_killed_mid_run_then_retry_finishes_with_every_row_audited_once(
+    sql, db_env, monkeypatch
+):
+    """A real crash: SIGKILL of a process deleting in batches, whatever it was doing."""
+    monkeypatch.setenv("RETENTION_POLICIES", policies(("inbound_events", "received_at", 30, 50)))
+    seed(sql, events_expired=100_000, sessions_expired=0, sessions_fresh=0)
+    evt = {"runId": "killed-mid-run"}
+    script = (
+        "from tools import ROOT; from tools.runtime import LambdaContext, load_handler; "
+        "handler = load_handler(ROOT / 'functions' / 'retention'); "
+        f"handler({evt!r}, LambdaContext('RetentionFunction', 900))"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = sql(
+                "SELECT batches FROM retention_run_tables WHERE run_key = 'manual:killed-mid-run'"
+            )
+            if rows and rows[0][0] >= 5:
+                break
+            assert child.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.005)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        child.kill()
+
+    ((recorded,),) = sql(
+        "SELECT rows_deleted FROM retention_run_tables WHERE run_key = 'manual:killed-mid-run'"
+    )
+    assert 0 < recorded < 100_000
+    assert 100_000 - expired(sql)[0] == recorded, "progress must equal what was committed"
+    assert fresh(sql)[0] == 3
+    assert not audit_entries(sql, "manual:killed-mid-run")
+
+    result = run(evt)
+
+    assert (result["status"], result["attempt"]) == ("completed", 2)
+    assert expired(sql)[0] == 0 and fresh(sql)[0] == 3
+    assert audited_rows(sql, "manual:killed-mid-run", "inbound_events") == 100_000

@@ -26,11 +26,7 @@ def run_finished(*, succeeded: bool, seconds: float) -> None:
 
 
 def missing_index(table: str, missing: bool) -> None:
-    # Requested of the catalogue as retention_missing_index{table}; until it exists the
-    # warning log line (type=retention_warning) is the signal.
-    gauge = getattr(m, "RETENTION_MISSING_INDEX", None)
-    if gauge is not None:
-        gauge.labels(table=table).set(1 if missing else 0)
+    m.RETENTION_MISSING_INDEX.labels(table=table).set(1 if missing else 0)
 
 
 def flush() -> None:

@@ -104,6 +104,7 @@ def error_response(
 class _Route:
     handler: Handler
     auth: bool
+    defer_flush: bool
 
 
 class Api:
@@ -119,15 +120,26 @@ class Api:
 
             record_metrics(self)
 
-    def route(self, method: str, path: str, *, auth: bool = False) -> Callable[[Handler], Handler]:
+    def route(
+        self, method: str, path: str, *, auth: bool = False, defer_flush: bool = False
+    ) -> Callable[[Handler], Handler]:
+        """`defer_flush`: the route must not wait on the database at all (liveness), so its
+        recordings ride with the container's next flush instead of one of their own."""
+
         def register(handler: Handler) -> Handler:
-            self._routes.setdefault(path, {})[method.upper()] = _Route(handler, auth)
+            self._routes.setdefault(path, {})[method.upper()] = _Route(handler, auth, defer_flush)
             return handler
 
         return register
 
-    def get(self, path: str, *, auth: bool = False) -> Callable[[Handler], Handler]:
-        return self.route("GET", path, auth=auth)
+    def get(
+        self, path: str, *, auth: bool = False, defer_flush: bool = False
+    ) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, auth=auth, defer_flush=defer_flush)
+
+    def defers_flush(self, method: str, route: str) -> bool:
+        target = self._routes.get(route, {}).get(method)
+        return target is not None and target.defer_flush
 
     def _route_of(self, req: Request) -> str:
         # API Gateway sends the matched template as `resource`; the local gateway does too.

@@ -33,10 +33,20 @@ def flush() -> bool:
     return flush_now()
 
 
+def flush_if_due() -> bool | None:
+    """Flush only if the last flush is older than METRICS_DEFERRED_FLUSH_S (default 60);
+    None when skipped. For routes such as liveness that must not wait on the database:
+    their deltas go with the container's next flush, and at least once a minute."""
+    from ops.metrics.flusher import flush_if_due as flush_when_due
+
+    return flush_when_due()
+
+
 def reset() -> None:
     """Forget everything recorded and pending, as a new container would (tests)."""
-    from ops.metrics import emf, recorder, store, totals
+    from ops.metrics import emf, flusher, recorder, store, totals
 
+    flusher.reset()
     recorder.reset()
     store.reset()
     totals.reset()

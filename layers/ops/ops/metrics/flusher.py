@@ -10,6 +10,7 @@ as `type=metrics_flush`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -31,8 +32,31 @@ def _store_configured() -> bool:
     return bool(cfg.database_url or cfg.db_secret_arn)
 
 
+DEFAULT_DEFERRED_FLUSH_S = 60.0
+_last_flush = time.monotonic()  # a new container counts as just flushed
+
+
+def reset() -> None:
+    global _last_flush
+    _last_flush = time.monotonic()
+
+
+def flush_if_due() -> bool | None:
+    """Flush when the last one is older than METRICS_DEFERRED_FLUSH_S; None when skipped.
+
+    Bounds what a deferring route can leave behind in a container that Lambda
+    reaps without another invocation: at most that many seconds of its recordings.
+    """
+    max_age = float(os.environ.get("METRICS_DEFERRED_FLUSH_S") or DEFAULT_DEFERRED_FLUSH_S)
+    if time.monotonic() - _last_flush < max_age:
+        return None
+    return flush()
+
+
 def flush() -> bool:
     """Send what was recorded since the last flush. Never raises; True when stored."""
+    global _last_flush
+    _last_flush = time.monotonic()
     emitted = False
 
     def emit_once() -> None:

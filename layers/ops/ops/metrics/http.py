@@ -1,4 +1,5 @@
-"""HTTP instrumentation for `ops.api.Api`: every response recorded, then one flush.
+"""HTTP instrumentation for `ops.api.Api`: every response recorded, then one flush
+(or, on routes that must not touch the database, a flush only when one is due).
 
 `Api` installs this itself, so every API function is instrumented: 2xx to 5xx,
 404 for unknown paths (route "unmatched"), 405, 400 for malformed events and
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ops.metrics import catalogue as m
-from ops.metrics import flush, function_name
+from ops.metrics import flush, flush_if_due, function_name
 
 if TYPE_CHECKING:
     from ops.api import Api, Request
@@ -29,10 +30,19 @@ def record_response(req: Request | None, route: str, status: int, duration_ms: f
         m.ERRORS.labels(function=function_name(), kind=kind).inc()
 
 
-def _flush() -> None:
-    flush()
-
-
 def instrument(app: Api) -> None:
-    app.response_hooks.append(record_response)
-    app.after_invocation.append(_flush)
+    deferred = False
+
+    def on_response(req: Request | None, route: str, status: int, duration_ms: float) -> None:
+        nonlocal deferred
+        record_response(req, route, status, duration_ms)
+        deferred = req is not None and app.defers_flush(req.method, route)
+
+    def after_invocation() -> None:
+        if deferred:
+            flush_if_due()
+        else:
+            flush()
+
+    app.response_hooks.append(on_response)
+    app.after_invocation.append(after_invocation)
