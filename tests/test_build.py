@@ -229,7 +229,6 @@ def test_layer_has_the_runtime_dependencies_and_no_boto3(sam_build: Build) -> No
             assert f"{name}-{m[2]}.dist-info" in dists, (line, sorted(dists))
 
 
-
 def test_bytecode_is_the_runtimes_only(sam_build: Build) -> None:
     """Shipped .pyc must be CPython 3.13's (a read-only /opt can't cache any other), and
     present when this machine has a 3.13 to compile with: it saves every cold start ~160 ms."""

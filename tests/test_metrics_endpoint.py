@@ -219,8 +219,8 @@ def test_liveness_flushes_itself_once_the_last_flush_is_old(metrics_env, app_env
     app_env(METRICS_DEFERRED_FLUSH_S="0.000001")
     health = function_handler("health")
     call_api(health, "/health/live")
-    samples = scrape_samples()
-    assert value(samples, "http_requests_total", method="GET", route="/health/live", status="200") == 1
+    live = {"method": "GET", "route": "/health/live", "status": "200"}
+    assert value(scrape_samples(), "http_requests_total", **live) == 1
 
 
 def test_liveness_never_touches_a_hung_database(app_env, blackhole, log_lines):
