@@ -267,8 +267,20 @@ def test_retention_runs_at_3am_in_the_configured_time_zone_with_retries_and_dlq(
     assert _ref(schedule["ScheduleExpressionTimezone"]) == "RetentionScheduleTimezone"
     assert TEMPLATE["Parameters"]["RetentionScheduleTimezone"]["Default"] == "UTC"
     assert schedule["RetryPolicy"]["MaximumRetryAttempts"] >= 1
-    dlq = RESOURCES[_getatt_target(schedule["DeadLetterConfig"]["Arn"]) or ""]
-    assert dlq["Type"] == "AWS::SQS::Queue"
+    dlq_id = _getatt_target(schedule["DeadLetterConfig"]["Arn"]) or ""
+    assert RESOURCES[dlq_id]["Type"] == "AWS::SQS::Queue"
+    # Scheduler invokes asynchronously: a run that raises is retried by Lambda and must
+    # reach the same queue (and the role must be allowed to send there).
+    invoke = FUNCTIONS["RetentionFunction"]["Properties"]["EventInvokeConfig"]
+    assert invoke["MaximumRetryAttempts"] >= 1
+    on_failure = invoke["DestinationConfig"]["OnFailure"]
+    assert on_failure["Type"] == "SQS" and _getatt_target(on_failure["Destination"]) == dlq_id
+    sends = [
+        s
+        for s in _statements(_role_of("RetentionFunction"))
+        if "sqs:SendMessage" in _as_list(s["Action"])
+    ]
+    assert [_getatt_target(s["Resource"]) for s in sends] == [dlq_id]
 
 
 # -- IAM --------------------------------------------------------------------------------
