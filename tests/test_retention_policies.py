@@ -122,6 +122,19 @@ def test_classic_scheduled_event_is_keyed_by_its_id():
     assert run_identity.identify(event("retention-scheduled-event.json"), "req-2") == identity
 
 
+def test_a_dead_lettered_run_redriven_is_the_same_run():
+    original = event("retention-scheduler.json")
+    record = {  # the shape Lambda's on-failure destination puts in the dead-letter queue
+        "version": "1.0",
+        "timestamp": "2026-11-22T03:16:00.000Z",
+        "requestContext": {"requestId": "req-1", "condition": "RetriesExhausted"},
+        "requestPayload": original,
+        "responseContext": {"statusCode": 200, "functionError": "Unhandled"},
+        "responsePayload": {"errorMessage": "boom"},
+    }
+    assert run_identity.identify(record, "req-9") == run_identity.identify(original, "req-1")
+
+
 def test_manual_run_is_keyed_by_request_id_or_run_id():
     assert run_identity.identify({}, "req-1").key == "manual:req-1"
     assert run_identity.identify(None, "req-1").key == "manual:req-1"

@@ -11,6 +11,10 @@ the same run and different for different runs:
   `runId` if given, else the Lambda request id (the same for Lambda's own retries
   of an asynchronous invocation).
 
+A Lambda on-failure destination record (what the dead-letter queue holds for a run
+that raised every retry) stands for its original event: invoking the function with
+it re-drives that run, which resumes where it stopped.
+
 Optional keys in any event: `dryRun` (boolean), `tables` (a subset of the policy tables).
 """
 
@@ -70,9 +74,15 @@ def _tables(event: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(tables)
 
 
+def _is_destination_record(event: dict[str, Any]) -> bool:
+    return "requestPayload" in event and "responseContext" in event
+
+
 def identify(event: Any, request_id: str) -> RunIdentity:
     if event is None:
         event = {}
+    if isinstance(event, dict) and _is_destination_record(event):
+        event = event["requestPayload"]
     if not isinstance(event, dict):
         raise EventError(f"the event must be a JSON object, got {type(event).__name__}")
     dry_run = event.get("dryRun", False)
