@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -834,6 +834,22 @@ def _paired_ratio(a: list[ColdSample], b: list[ColdSample], attr: str = "wall_ms
     return [getattr(x, attr) / getattr(y, attr) for x, y in zip(a, b, strict=False)]
 
 
+def _cold_rows(
+    variants: list[Variant],
+    samples: dict[str, list[ColdSample]],
+    errors: dict[str, str],
+    blank_cells: int,
+    row: Callable[[Variant, list[ColdSample]], str],
+) -> list[str]:
+    """One table row a variant; one left without samples shows why in its second cell."""
+    return [
+        row(v, s)
+        if (s := samples.get(v.key, []))
+        else f"| {v.label} | error: {errors.get(v.key, 'no samples')} |" + "|" * blank_cells
+        for v in variants
+    ]
+
+
 def run(quick: bool) -> str:
     plan = QUICK if quick else FULL
     began = time.monotonic()
@@ -1008,44 +1024,45 @@ def run(quick: bool) -> str:
         "peak RSS MB (after import) | modules | boto3 / botocore modules | status |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for v in variants:
-        s = cold.get(v.key, [])
-        if not s:
-            lines.append(f"| {v.label} | error: {cold_errors.get(v.key, 'no samples')} |||||||")
-            continue
+
+    def cold_row(v: Variant, s: list[ColdSample]) -> str:
         wall = [x.wall_ms for x in s]
         vs_b = _paired_ratio(s, b)
         boto = "yes" if any(x.boto3_import or x.boto3_invoke for x in s) else "no"
         boto += f" / {max(x.botocore_modules for x in s)}"
         statuses = ", ".join(sorted({str(x.status) for x in s}))
-        lines.append(
+        return (
             f"| {v.label} | {statistics.median(wall):.1f} ({iqr(wall)}) | "
             f"{_med(s, 'import_ms'):.1f} | {statistics.median(vs_b):.2f}x ({iqr(vs_b)}) | "
             f"{_med(s, 'wall_ms') / _med(c, 'wall_ms'):.2f}x | {_med(s, 'rss_mb'):.1f} "
             f"({_med(s, 'rss_import_mb'):.1f}) | {s[0].modules} | {boto} | {statuses} |"
         )
+
+    lines += _cold_rows(variants, cold, cold_errors, 7, cold_row)
     hn, bn, cn = (cold_nopyc.get(k, []) for k in ("health", "b", "c"))
     lines += [
         "",
-        "Without `.pyc` (how Lambda runs this bundle today: the layer is built with "
-        "`pip --no-compile` and its `__pycache__` removed, `/opt` and `/var/task` are "
-        "read-only, so every cold start compiles every dependency and our code; the "
-        "stdlib keeps its `.pyc` as in the runtime image; `python -I -S -B`, "
+        "Without `.pyc` (how Lambda would run a build that ships no bytecode: `/opt` and "
+        "`/var/task` are read-only, so every cold start compiles every dependency and our "
+        "code. `make build` therefore compiles the artifacts with a python3.13 when the "
+        "machine has one; the stdlib keeps its `.pyc` as in the runtime image; "
+        "`python -I -S -B`, "
         f"{plan.nopyc_rounds} rounds, (c) packaged the same way):",
         "",
         "| process | spawn→ready ms | import ms | vs (b) | vs (c) | peak RSS MB |",
         "|---|---|---|---|---|---|",
     ]
-    for v in nopyc:
-        s = cold_nopyc.get(v.key, [])
-        if not s:
-            lines.append(f"| {v.label} | error: {nopyc_errors.get(v.key, 'no samples')} |||||")
-            continue
-        lines.append(
+    lines += _cold_rows(
+        nopyc,
+        cold_nopyc,
+        nopyc_errors,
+        4,
+        lambda v, s: (
             f"| {v.label} | {_med(s, 'wall_ms'):.1f} | {_med(s, 'import_ms'):.1f} | "
             f"{_med(s, 'wall_ms') / _med(bn, 'wall_ms'):.2f}x | "
             f"{_med(s, 'wall_ms') / _med(cn, 'wall_ms'):.2f}x | {_med(s, 'rss_mb'):.1f} |"
-        )
+        ),
+    )
     if hn and bn and cn:
         lines += [
             "",

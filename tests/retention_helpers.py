@@ -70,6 +70,46 @@ class FakeContext(LambdaContext):
         return max(0, self.remaining_ms)
 
 
+def run(evt: Any, context: FakeContext | None = None) -> dict[str, Any]:
+    """The retention handler, loaded as Lambda loads it, on a virtual-clock context."""
+    return function_handler("retention")(evt, context or FakeContext())
+
+
+def seed(
+    sql: SQL,
+    *,
+    events_expired: int = 7,
+    events_fresh: int = 3,
+    sessions_expired: int = 4,
+    sessions_fresh: int = 2,
+) -> None:
+    """Expired rows a day or more past their cutoff, fresh ones a day or more inside it."""
+    sql(
+        "INSERT INTO inbound_events (source, event_type, received_at) "
+        "SELECT 'test', 'expired', now() - interval '31 days' - make_interval(mins => g) "
+        "FROM generate_series(1, :n) g",
+        n=events_expired,
+    )
+    sql(
+        "INSERT INTO inbound_events (source, event_type, received_at) "
+        "SELECT 'test', 'fresh', now() - interval '29 days' + make_interval(mins => g) "
+        "FROM generate_series(1, :n) g",
+        n=events_fresh,
+    )
+    sql(
+        "INSERT INTO chat_sessions (channel, user_ref, updated_at) "
+        "SELECT 'test', 'expired', now() - interval '91 days' - make_interval(mins => g) "
+        "FROM generate_series(1, :n) g",
+        n=sessions_expired,
+    )
+    sql(
+        "INSERT INTO chat_sessions (channel, user_ref, updated_at) "
+        "SELECT 'test', 'fresh', now() - interval '89 days' + make_interval(mins => g) "
+        "FROM generate_series(1, :n) g",
+        n=sessions_fresh,
+    )
+
+
 def policies(*items: tuple[str, str, int, int]) -> str:
     return json.dumps(
         [{"table": t, "column": c, "maxAgeDays": d, "batchSize": b} for t, c, d, b in items]

@@ -204,6 +204,30 @@ def _assert_only_lambda_paths(inv: Invocation, build: Build, function_id: str, r
         assert str(ROOT) not in f, f"{f}: loaded from the source tree, not the build"
 
 
+@dataclass(frozen=True)
+class BuildOutput:
+    """The built functions, run as Lambda runs them against the test database."""
+
+    build: Build
+    runtime: Path
+    database_url: str
+    tmp: Path
+
+    def invoke(self, function_id: str, event: str) -> Invocation:
+        env = {"DATABASE_URL": self.database_url}
+        return _invoke(self.build, self.runtime, function_id, event, env, self.tmp)
+
+    def assert_only_lambda_paths(self, inv: Invocation, function_id: str) -> None:
+        _assert_only_lambda_paths(inv, self.build, function_id, self.runtime)
+
+
+@pytest.fixture
+def build_output(
+    sam_build: Build, runtime_dir: Path, database_url: str, tmp_path: Path
+) -> BuildOutput:
+    return BuildOutput(sam_build, runtime_dir, database_url, tmp_path)
+
+
 # -- the build itself ---------------------------------------------------------------------
 
 
@@ -318,16 +342,9 @@ def test_sam_transform_one_stage_and_only_the_templates_roles(sam_build: Build) 
     ],
 )
 def test_health_from_build_output(
-    sam_build: Build,
-    runtime_dir: Path,
-    database_url: str,
-    tmp_path: Path,
-    event: str,
-    body: dict[str, str] | None,
+    build_output: BuildOutput, database_url: str, event: str, body: dict[str, str] | None
 ) -> None:
-    inv = _invoke(
-        sam_build, runtime_dir, "HealthFunction", event, {"DATABASE_URL": database_url}, tmp_path
-    )
+    inv = build_output.invoke("HealthFunction", event)
     assert inv.result["statusCode"] == 200, inv.output[-3000:]
     parsed = json.loads(inv.result["body"])
     if body:
@@ -336,41 +353,23 @@ def test_health_from_build_output(
         assert parsed["status"] == "ok"
     # DATABASE_URL needs no AWS API, so the health function must not pay for boto3.
     assert not inv.boto3_loaded
-    _assert_only_lambda_paths(inv, sam_build, "HealthFunction", runtime_dir)
+    build_output.assert_only_lambda_paths(inv, "HealthFunction")
     password = urlsplit(database_url).password
     assert password and password not in inv.output, "database password in the logs"
 
 
-def test_metrics_from_build_output(
-    sam_build: Build, runtime_dir: Path, database_url: str, tmp_path: Path
-) -> None:
-    inv = _invoke(
-        sam_build,
-        runtime_dir,
-        "MetricsFunction",
-        "metrics.json",
-        {"DATABASE_URL": database_url},
-        tmp_path,
-    )
+def test_metrics_from_build_output(build_output: BuildOutput) -> None:
+    inv = build_output.invoke("MetricsFunction", "metrics.json")
     resp = inv.result
     assert isinstance(resp["statusCode"], int) and 200 <= resp["statusCode"] < 600
     assert resp["statusCode"] != 500, inv.output[-3000:]  # 500: the handler raised
     assert isinstance(resp["body"], str)
     assert any(k.lower() == "content-type" for k in resp["headers"])
-    _assert_only_lambda_paths(inv, sam_build, "MetricsFunction", runtime_dir)
+    build_output.assert_only_lambda_paths(inv, "MetricsFunction")
 
 
-def test_retention_from_build_output(
-    sam_build: Build, runtime_dir: Path, database_url: str, tmp_path: Path
-) -> None:
-    inv = _invoke(
-        sam_build,
-        runtime_dir,
-        "RetentionFunction",
-        "retention-scheduler.json",
-        {"DATABASE_URL": database_url},
-        tmp_path,
-    )
+def test_retention_from_build_output(build_output: BuildOutput) -> None:
+    inv = build_output.invoke("RetentionFunction", "retention-scheduler.json")
     assert isinstance(inv.result, dict) and inv.result, inv.output[-3000:]
     json.dumps(inv.result)  # what Lambda returns must be JSON
-    _assert_only_lambda_paths(inv, sam_build, "RetentionFunction", runtime_dir)
+    build_output.assert_only_lambda_paths(inv, "RetentionFunction")

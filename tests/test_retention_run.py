@@ -12,16 +12,16 @@ import pytest
 from pg8000.exceptions import DatabaseError
 
 from ops.retention_policies import PolicyError
-from tests.conftest import function_handler
 from tests.retention_helpers import (
     EVENTS,
-    FakeContext,
     audit_entries,
     count,
     event,
     lines,
     policies,
     retention_slate,  # noqa: F401
+    run,
+    seed,
 )
 from tests.test_metrics_support import scrape_samples, value
 from tools import ROOT
@@ -38,38 +38,6 @@ PAYLOAD_KEYS = {
     "dryRun",
     "runId",
 }
-
-
-def seed(sql, *, events_expired=7, events_fresh=3, sessions_expired=4, sessions_fresh=2):
-    """Expired rows a day or more past their cutoff, fresh ones a day or more inside it."""
-    sql(
-        "INSERT INTO inbound_events (source, event_type, received_at) "
-        "SELECT 'test', 'expired', now() - interval '31 days' - make_interval(mins => g) "
-        "FROM generate_series(1, :n) g",
-        n=events_expired,
-    )
-    sql(
-        "INSERT INTO inbound_events (source, event_type, received_at) "
-        "SELECT 'test', 'fresh', now() - interval '29 days' + make_interval(mins => g) "
-        "FROM generate_series(1, :n) g",
-        n=events_fresh,
-    )
-    sql(
-        "INSERT INTO chat_sessions (channel, user_ref, updated_at) "
-        "SELECT 'test', 'expired', now() - interval '91 days' - make_interval(mins => g) "
-        "FROM generate_series(1, :n) g",
-        n=sessions_expired,
-    )
-    sql(
-        "INSERT INTO chat_sessions (channel, user_ref, updated_at) "
-        "SELECT 'test', 'fresh', now() - interval '89 days' + make_interval(mins => g) "
-        "FROM generate_series(1, :n) g",
-        n=sessions_fresh,
-    )
-
-
-def run(evt, context=None):
-    return function_handler("retention")(evt, context or FakeContext())
 
 
 def test_scheduled_run_prunes_each_table_and_audits_it_once(sql, log_lines, monkeypatch):

@@ -19,7 +19,6 @@ from pg8000.exceptions import DatabaseError
 
 from ops import db as ops_db
 from ops.db import Database
-from tests.conftest import function_handler
 from tests.retention_helpers import (
     FAST_SETTINGS,
     Crash,
@@ -30,9 +29,10 @@ from tests.retention_helpers import (
     lines,
     policies,
     retention_slate,  # noqa: F401
+    run,
+    seed,
 )
 from tests.test_metrics_support import scrape_samples
-from tests.test_retention_run import seed
 from tools import ROOT
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
@@ -41,10 +41,6 @@ MARGIN_MS = int(FAST_SETTINGS["RETENTION_DEADLINE_MARGIN_MS"])
 SMALL_BATCHES = policies(
     ("inbound_events", "received_at", 30, 4), ("chat_sessions", "updated_at", 90, 4)
 )
-
-
-def run(evt: Any, context: FakeContext | None = None) -> dict[str, Any]:
-    return function_handler("retention")(evt, context or FakeContext())
 
 
 def expired(sql) -> tuple[int, int]:

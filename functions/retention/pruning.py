@@ -138,25 +138,33 @@ class Batches:
     skip_locked: bool = False  # a batch met a locked row: step around such rows from now on
 
 
+def _keyset(column: str, cutoff: datetime, b: Batches, ordered: bool) -> tuple[str, dict[str, Any]]:
+    """The filter both batch forms add after `column < :cutoff`, and its parameters.
+
+    Ordered mode resumes at the frontier, so no batch rescans what earlier ones deleted.
+    """
+    if not ordered or b.frontier is None:
+        return "", {"cutoff": cutoff}
+    return f" AND {column} >= :frontier", {"cutoff": cutoff, "frontier": b.frontier}
+
+
 def _ctid_batch(
     conn: pg8000.native.Connection,
     relation: str,
     column: str,
-    cutoff: datetime,
     b: Batches,
     ordered: bool,
+    keyset: tuple[str, dict[str, Any]],
 ) -> tuple[int, bool, Any]:
-    frontier = f" AND {column} >= :frontier" if ordered and b.frontier is not None else ""
+    frontier, params = keyset
     order = f" ORDER BY {column}" if ordered else ""
     lock = " FOR UPDATE SKIP LOCKED" if b.skip_locked else ""
-    params: dict[str, Any] = {"cutoff": cutoff, "n": b.size}
-    if frontier:
-        params["frontier"] = b.frontier
     rows, newest = conn.run(
         f"WITH gone AS (DELETE FROM ONLY {relation} WHERE ctid = ANY(ARRAY("
         f"SELECT ctid FROM ONLY {relation} WHERE {column} < :cutoff{frontier}{order} "
         f"LIMIT :n{lock})) AND {column} < :cutoff RETURNING {column}) "
         f"SELECT count(*), max({column}) FROM gone",
+        n=b.size,
         **params,
     )[0]
     return int(rows), rows < b.size, newest if ordered and newest is not None else b.frontier
@@ -174,12 +182,10 @@ def delete_batch(
 
     The caller moves `b.frontier` once the transaction has committed.
     """
+    keyset = _keyset(column, cutoff, b, ordered)
     if not ordered or b.skip_locked:
-        return _ctid_batch(conn, relation, column, cutoff, b, ordered)
-    after = f" AND {column} >= :frontier" if b.frontier is not None else ""
-    params: dict[str, Any] = {"cutoff": cutoff}
-    if after:
-        params["frontier"] = b.frontier
+        return _ctid_batch(conn, relation, column, b, ordered, keyset)
+    after, params = keyset
     probe = conn.run(
         f"SELECT {column} FROM ONLY {relation} WHERE {column} < :cutoff{after} "
         f"ORDER BY {column} OFFSET :skip LIMIT 1",
@@ -198,7 +204,7 @@ def delete_batch(
     if conn.row_count:
         return int(conn.row_count), False, upper
     # b.size rows or more share one timestamp: a range cannot split them, a LIMIT can.
-    return _ctid_batch(conn, relation, column, cutoff, b, ordered)
+    return _ctid_batch(conn, relation, column, b, ordered, keyset)
 
 
 @dataclass(frozen=True)
