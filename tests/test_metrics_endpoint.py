@@ -203,16 +203,19 @@ def test_every_response_is_recorded_errors_included(metrics_env, monkeypatch):
     assert not any(dict(labels).get("route") == "/no/such/path" for _, labels in samples)
 
 
-def test_liveness_defers_its_flush_to_the_next_one(metrics_env):
+def test_probe_routes_defer_their_flush_to_the_next_one(metrics_env):
     health = function_handler("health")
-    call_api(health, "/health/live")
-    call_api(health, "/health/live")
-    live = {"method": "GET", "route": "/health/live", "status": "200"}
-    assert ("http_requests_total", tuple(sorted(live.items()))) not in scrape_samples()
-    call_api(health, "/health")  # this flush carries the two deferred recordings
+    probes = ("/health/live", "/health/live", "/health", "/health/ready")
+    for path in probes:
+        assert call_api(health, path)[0] == 200
+    labels = {p: (("method", "GET"), ("route", p), ("status", "200")) for p in probes}
+    before = scrape_samples()
+    assert not [p for p in labels.values() if ("http_requests_total", p) in before]
+    call_api(health, "/health/detailed")  # this flush carries the deferred recordings
     samples = scrape_samples()
-    assert value(samples, "http_requests_total", **live) == 2
-    assert value(samples, "http_requests_total", method="GET", route="/health", status="200") == 1
+    for path, expected in (("/health/live", 2), ("/health", 1), ("/health/ready", 1)):
+        assert samples[("http_requests_total", labels[path])] == expected, path
+    assert value(samples, "health_check_duration_ms_count", check="database") == 3
 
 
 def test_liveness_flushes_itself_once_the_last_flush_is_old(metrics_env, app_env):
@@ -230,7 +233,7 @@ def test_liveness_never_touches_a_hung_database(app_env, blackhole, log_lines):
         assert call_api(health, "/health/live")[0] == 200
     assert [line for line in log_lines() if line.get("type") == "metrics_flush"] == []
     # The recordings are pending, not lost: the next non-deferred route tries to flush them.
-    assert call_api(health, "/health")[0] == 503
+    assert call_api(health, "/health/detailed")[0] == 503
     assert any(line.get("type") == "metrics_flush" for line in log_lines())
 
 
@@ -371,7 +374,11 @@ def test_prometheus_scrapes_the_local_gateway(metrics_env):
     api = f"http://127.0.0.1:{prom_port}"
     try:
         for _ in range(3):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
+            detailed = urllib.request.Request(
+                f"http://127.0.0.1:{port}/health/detailed",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            with urllib.request.urlopen(detailed, timeout=10) as r:
                 assert r.status == 200
         found: dict[str, Any] = {}
         deadline = time.monotonic() + 90  # a bound on the run, not a performance assertion
@@ -380,7 +387,8 @@ def test_prometheus_scrapes_the_local_gateway(metrics_env):
                 found = {
                     "up": {s["metric"]["job"]: s["value"][1] for s in _query(api, "up")},
                     "live": _query(
-                        api, 'http_requests_total{job="bundle",route="/health",status="200"}'
+                        api,
+                        'http_requests_total{job="bundle",route="/health/detailed",status="200"}',
                     ),
                 }
             except OSError:

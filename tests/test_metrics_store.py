@@ -128,7 +128,7 @@ def test_repeated_scrapes_never_go_down_while_containers_flush(metrics_env):
 def test_eight_containers_of_500_invocations_add_up_exactly(metrics_env, own_sql):
     run_containers(metrics_env, [{"invocations": 500, "tool": f"p{i}"} for i in range(8)])
     samples = scrape_samples()
-    route = {"method": "GET", "route": "/health"}
+    route = {"method": "GET", "route": "/health/detailed"}
     assert value(samples, "http_requests_total", status="200", **route) == 8 * 500
     assert value(samples, "http_request_duration_ms_count", **route) == 8 * 500
     assert value(samples, "http_request_duration_ms_bucket", le="+Inf", **route) == 8 * 500

@@ -102,7 +102,7 @@ def container_main(spec_json: str) -> None:
         tool_calls = m.TOOL_CALLS.labels(tool=spec["tool"], status="ok")
         for _ in range(invocations):
             tool_calls.inc()  # flushed with the invocation's own HTTP metrics
-            status, _, _ = invoke(health, "/health")  # a route that flushes every time
+            status, _, _ = invoke(health, "/health/detailed")  # flushes every time
             assert status == 200
 
 

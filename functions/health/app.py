@@ -18,7 +18,12 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@app.get("/health")
+# Probe routes (load balancers, uptime checkers, liveness) are the most frequent and least
+# valuable traffic: they do not write to the database on every call. Their recordings ride
+# with the container's next flush, or flush themselves once METRICS_DEFERRED_FLUSH_S (30 s)
+# has passed. /health/live never waits on the database at all; /health/detailed (operators)
+# flushes every time.
+@app.get("/health", defer_flush=True)
 def health(_: Request) -> Response:
     (db,) = run_checks([database_check()])
     if db.ok:
@@ -26,8 +31,6 @@ def health(_: Request) -> Response:
     return json_response(503, {"status": "error", "db": "disconnected"})
 
 
-# Liveness depends on nothing, not even the metrics store: its request metrics ride with
-# the container's next flush (at least once a minute), so a hung database cannot slow it.
 @app.get("/health/live", defer_flush=True)
 def live(_: Request) -> Response:
     cfg = settings()
@@ -36,7 +39,7 @@ def live(_: Request) -> Response:
     )
 
 
-@app.get("/health/ready")
+@app.get("/health/ready", defer_flush=True)
 def ready(_: Request) -> Response:
     results = run_checks([c for c in configured_checks() if c.critical])
     is_ready = all(r.ok for r in results)

@@ -123,8 +123,8 @@ class Api:
     def route(
         self, method: str, path: str, *, auth: bool = False, defer_flush: bool = False
     ) -> Callable[[Handler], Handler]:
-        """`defer_flush`: the route must not wait on the database at all (liveness), so its
-        recordings ride with the container's next flush instead of one of their own."""
+        """`defer_flush`: a probe route that should not write to the database on every call;
+        its recordings ride with the container's next flush (ops.metrics.flush_if_due)."""
 
         def register(handler: Handler) -> Handler:
             self._routes.setdefault(path, {})[method.upper()] = _Route(handler, auth, defer_flush)

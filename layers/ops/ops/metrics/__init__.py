@@ -34,9 +34,9 @@ def flush() -> bool:
 
 
 def flush_if_due() -> bool | None:
-    """Flush only if the last flush is older than METRICS_DEFERRED_FLUSH_S (default 60);
-    None when skipped. For routes such as liveness that must not wait on the database:
-    their deltas go with the container's next flush, and at least once a minute."""
+    """Flush only if the last flush is older than METRICS_DEFERRED_FLUSH_S (default 30);
+    None when skipped. For probe routes: their deltas go with the container's next flush,
+    and at least every 30 seconds."""
     from ops.metrics.flusher import flush_if_due as flush_when_due
 
     return flush_when_due()

@@ -32,7 +32,7 @@ def _store_configured() -> bool:
     return bool(cfg.database_url or cfg.db_secret_arn)
 
 
-DEFAULT_DEFERRED_FLUSH_S = 60.0
+DEFAULT_DEFERRED_FLUSH_S = 30.0
 _last_flush = time.monotonic()  # a new container counts as just flushed
 
 
