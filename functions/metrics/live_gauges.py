@@ -14,8 +14,7 @@ and skipped rather than turning every scrape into a 503 or a sequential scan.
 
 from __future__ import annotations
 
-import os
-
+from ops.config import env_int
 from ops.db import Database
 from ops.log import logger
 from ops.metrics import catalogue as m
@@ -61,12 +60,7 @@ def _text_array(values: list[str]) -> str:
 
 
 def window_minutes() -> int:
-    raw = os.environ.get(WINDOW_ENV, "").strip()
-    if not raw:
-        return DEFAULT_WINDOW_MINUTES
-    if not raw.isdigit() or not 1 <= int(raw) <= 7 * 24 * 60:
-        raise ValueError(f"{WINDOW_ENV} must be a whole number of minutes from 1 to 10080")
-    return int(raw)
+    return env_int(WINDOW_ENV, DEFAULT_WINDOW_MINUTES, low=1, high=7 * 24 * 60)
 
 
 def _ident(name: str) -> str:
@@ -102,7 +96,7 @@ def collect(db: Database) -> dict[str, list[tuple[str, float]]]:
     tables = [p.table for p in policies]
     rows = db.run(
         LIVE_SQL.format(
-            window=int(window_minutes()),
+            window=window_minutes(),
             tables=_text_array(tables),
             columns=_text_array([p.column for p in policies]),
         )

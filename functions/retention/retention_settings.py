@@ -9,8 +9,9 @@ RETENTION_BATCH_TARGET_MS       50      how long one batch's transaction should 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from ops.config import env_int
 
 
 @dataclass(frozen=True)
@@ -27,24 +28,15 @@ class JobSettings:
         return self.lease_ttl_ms + 2_000
 
 
-def _env_ms(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) <= 0:
-        raise ValueError(f"{name} must be a positive whole number of milliseconds, got {raw!r}")
-    return int(raw)
-
-
 def job_settings() -> JobSettings:
     cfg = JobSettings(
-        lock_timeout_ms=_env_ms("RETENTION_LOCK_TIMEOUT_MS", JobSettings.lock_timeout_ms),
-        statement_timeout_ms=_env_ms(
+        lock_timeout_ms=env_int("RETENTION_LOCK_TIMEOUT_MS", JobSettings.lock_timeout_ms),
+        statement_timeout_ms=env_int(
             "RETENTION_STATEMENT_TIMEOUT_MS", JobSettings.statement_timeout_ms
         ),
-        deadline_margin_ms=_env_ms("RETENTION_DEADLINE_MARGIN_MS", JobSettings.deadline_margin_ms),
-        lease_ttl_ms=_env_ms("RETENTION_LEASE_TTL_MS", JobSettings.lease_ttl_ms),
-        batch_target_ms=_env_ms("RETENTION_BATCH_TARGET_MS", JobSettings.batch_target_ms),
+        deadline_margin_ms=env_int("RETENTION_DEADLINE_MARGIN_MS", JobSettings.deadline_margin_ms),
+        lease_ttl_ms=env_int("RETENTION_LEASE_TTL_MS", JobSettings.lease_ttl_ms),
+        batch_target_ms=env_int("RETENTION_BATCH_TARGET_MS", JobSettings.batch_target_ms),
     )
     # A batch started just before the margin must end (or be cancelled) before the deadline,
     # and a live holder must renew its lease before it can expire between two statements.

@@ -28,6 +28,28 @@ def _env_float(name: str, default: float) -> float:
     return value
 
 
+def env_int(name: str, default: int, *, low: int = 1, high: int | None = None) -> int:
+    """A whole number from the environment (`default` when unset), within [low, high].
+
+    Every tuning knob of the bundle is read this way, so a typo fails with one kind of
+    clear message instead of a traceback from int() or a silently odd value.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value: int | None = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        if high is not None:
+            expected = f"a whole number from {low} to {high}"
+        else:
+            expected = "a positive whole number" if low == 1 else f"a whole number from {low} up"
+        raise ValueError(f"{name} must be {expected}, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     service: str

@@ -26,7 +26,6 @@ statement behind to pin an RDS Proxy connection.
 from __future__ import annotations
 
 import json
-import os
 import random
 import uuid
 from collections.abc import Callable, Iterable
@@ -36,6 +35,7 @@ from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
+from ops.config import env_int
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.metrics.courier import Courier
 from ops.metrics.recorder import Deltas, SeriesKey
@@ -52,24 +52,13 @@ class StoreConfig:
     flush_timeout_ms: int
 
 
-def _env_int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be from {low} to {high}, got {value}")
-    return value
-
-
 @lru_cache(maxsize=1)
 def config() -> StoreConfig:
     return StoreConfig(
-        shards=_env_int("METRICS_SHARDS", DEFAULT_SHARDS, 1, 1024),
-        flush_timeout_ms=_env_int("METRICS_FLUSH_TIMEOUT_MS", DEFAULT_FLUSH_TIMEOUT_MS, 10, 60_000),
+        shards=env_int("METRICS_SHARDS", DEFAULT_SHARDS, low=1, high=1024),
+        flush_timeout_ms=env_int(
+            "METRICS_FLUSH_TIMEOUT_MS", DEFAULT_FLUSH_TIMEOUT_MS, low=10, high=60_000
+        ),
     )
 
 
