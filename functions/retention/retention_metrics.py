@@ -1,8 +1,8 @@
 """The retention run's metrics, recorded through the ops layer's catalogue.
 
 Rows deleted per table, run outcome and duration, and whether a policy table lacks
-an index on its column. `flush()` (called by the handler at the end of every
-invocation) sends them to the store and to CloudWatch; it never raises.
+an index on its column. The handler's `ops.metrics.flush()` at the end of every
+invocation sends them to the store and to CloudWatch; it never raises.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from ops.metrics import catalogue as m
-from ops.metrics import flush as _flush
 
 
 def rows_deleted(payloads: Mapping[str, Mapping[str, Any]]) -> None:
@@ -27,7 +26,3 @@ def run_finished(*, succeeded: bool, seconds: float) -> None:
 
 def missing_index(table: str, missing: bool) -> None:
     m.RETENTION_MISSING_INDEX.labels(table=table).set(1 if missing else 0)
-
-
-def flush() -> None:
-    _flush()
