@@ -63,15 +63,9 @@ MAX_PARTITIONED_WAL_SHARE = 1 / 20
 
 # -- the writer (its own process: the prune's Python must not steal its GIL) ---------------
 def _connect(url: str, statement_timeout_ms: int = 3_600_000) -> Any:
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
+    from ops.db import connect_url
 
-    return open_connection(
-        parse_database_url(url),
-        settings(),
-        timeout_s=600,
-        statement_timeout_ms=statement_timeout_ms,
-    )
+    return connect_url(url, timeout_s=600, statement_timeout_ms=statement_timeout_ms)
 
 
 def writer_main(url: str, stop: Any, out: Any, ops_per_s: float) -> None:

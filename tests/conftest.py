@@ -62,12 +62,9 @@ def sql(database_url: str) -> Iterator[Callable[..., list[list[Any]]]]:
     """Run SQL on the test database through a connection of the test's own."""
     import pg8000.native
 
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
+    from ops.db import connect_url
 
-    conn: pg8000.native.Connection = open_connection(
-        parse_database_url(database_url), settings(), timeout_s=10
-    )
+    conn: pg8000.native.Connection = connect_url(database_url, timeout_s=10)
     yield lambda query, **params: conn.run(query, **params)
     conn.close()
 

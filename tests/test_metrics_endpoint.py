@@ -47,10 +47,9 @@ def endpoint_url(pg_cluster) -> str:
 
 @pytest.fixture
 def own_sql(endpoint_url) -> Iterator[Callable[..., list[list[Any]]]]:
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
+    from ops.db import connect_url
 
-    conn = open_connection(parse_database_url(endpoint_url), settings(), timeout_s=10)
+    conn = connect_url(endpoint_url, timeout_s=10)
     yield lambda query, **params: conn.run(query, **params)
     conn.close()
 

@@ -34,10 +34,9 @@ def store_url(pg_cluster) -> str:
 @pytest.fixture
 def metrics_env(store_url, app_env, monkeypatch) -> str:
     """A fresh container pointed at this module's database, with empty metric tables."""
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
+    from ops.db import connect_url
 
-    conn = open_connection(parse_database_url(store_url), settings(), timeout_s=10)
+    conn = connect_url(store_url, timeout_s=10)
     truncate_metrics(conn.run)
     conn.close()
     app_env(DATABASE_URL=store_url)
@@ -46,10 +45,9 @@ def metrics_env(store_url, app_env, monkeypatch) -> str:
 
 @pytest.fixture
 def own_sql(metrics_env) -> Iterator[Callable[..., list[list[Any]]]]:
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
+    from ops.db import connect_url
 
-    conn = open_connection(parse_database_url(metrics_env), settings(), timeout_s=10)
+    conn = connect_url(metrics_env, timeout_s=10)
     yield lambda query, **params: conn.run(query, **params)
     conn.close()
 

@@ -28,14 +28,13 @@ def test_fresh_database_gets_every_table_and_index(pg_cluster, sql):
 def test_changed_migration_is_refused(database_url, tmp_path):
     import pg8000.native
 
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
+    from ops.db import connect_url
 
     for f in migration_files():
         (tmp_path / f.name).write_text(f.read_text())
     first = migration_files()[0].name
     (tmp_path / first).write_text("-- edited after release\n" + (tmp_path / first).read_text())
-    conn: pg8000.native.Connection = open_connection(parse_database_url(database_url), settings())
+    conn: pg8000.native.Connection = connect_url(database_url)
     try:
         with pytest.raises(MigrationError, match="changed after it was applied"):
             apply(conn, tmp_path)

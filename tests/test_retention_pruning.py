@@ -8,8 +8,7 @@ from datetime import datetime, timedelta
 import pg8000.native
 import pytest
 
-from ops.config import settings
-from ops.db import Database, open_connection, parse_database_url
+from ops.db import Database, connect_url
 from ops.retention_policies import Policy
 from tests.retention_helpers import count, module, retention_slate  # noqa: F401
 
@@ -131,7 +130,7 @@ def test_row_being_updated_inside_the_cutoff_is_stepped_around_and_kept(sql, dat
     for i in range(5):
         sql(insert, label=f"old {i}", ts=cutoff - timedelta(days=1, minutes=i))
     # Another session is touching "old 2" right now: its update moves it inside the cutoff.
-    other = open_connection(parse_database_url(database_url), settings(), timeout_s=10)
+    other = connect_url(database_url, timeout_s=10)
     try:
         other.run("BEGIN")
         other.run("UPDATE chat_sessions SET updated_at = now() WHERE user_ref = 'old 2'")
@@ -254,7 +253,7 @@ def test_partition_that_cannot_be_locked_is_left_for_the_next_run(
         sql("INSERT INTO retention_part (at, label) VALUES (:at, 'x')", at=at)
     monkeypatch.setattr(pruning, "PARTITION_LOCK_TIMEOUT_MS", 100)
     # An anti-wraparound autovacuum holds this lock for hours and is never cancelled for us.
-    vacuum = open_connection(parse_database_url(database_url), settings(), timeout_s=10)
+    vacuum = connect_url(database_url, timeout_s=10)
     try:
         vacuum.run("BEGIN")
         vacuum.run("LOCK TABLE retention_part_old IN SHARE UPDATE EXCLUSIVE MODE")

@@ -66,12 +66,9 @@ def apply(conn: pg8000.native.Connection, directory: Path = MIGRATIONS_DIR) -> l
 
 
 def apply_url(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
+    from ops.db import connect_url
 
-    conn = open_connection(
-        parse_database_url(url), settings(), timeout_s=30, statement_timeout_ms=600_000
-    )
+    conn = connect_url(url, timeout_s=30, statement_timeout_ms=600_000)
     try:
         return apply(conn, directory)
     finally:

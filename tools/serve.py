@@ -63,11 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load_demo(url: str) -> None:
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
+    from ops.db import connect_url
     from tools.demo import load_demo
 
-    conn = open_connection(parse_database_url(url), settings(), timeout_s=10)
+    conn = connect_url(url, timeout_s=10)
     try:
         if load_demo(conn):
             print("demo data loaded", flush=True)

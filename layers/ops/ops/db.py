@@ -166,6 +166,23 @@ def open_connection(
         raise DatabaseUnavailable(f"cannot connect to {params.target}: {exc}") from exc
 
 
+def connect_url(
+    url: str,
+    *,
+    timeout_s: float | None = None,
+    statement_timeout_ms: int | None = None,
+    app: str = "ops",
+) -> pg8000.native.Connection:
+    """A connection of its own to `url` (tools, migrations, tests), outside the container's."""
+    return open_connection(
+        parse_database_url(url),
+        settings(),
+        timeout_s=timeout_s,
+        statement_timeout_ms=statement_timeout_ms,
+        app=app,
+    )
+
+
 class Database:
     """Lazily opened, reused connection. Not shared across threads concurrently:
     a Lambda container serves one invocation at a time."""
