@@ -70,12 +70,46 @@ def sql(database_url: str) -> Iterator[Callable[..., list[list[Any]]]]:
 
 
 def _reset_runtime() -> None:
-    from ops import db, metrics
+    from ops import auth, db, metrics
     from ops.config import settings
 
     settings.cache_clear()
+    auth.reset()
     db.reset()
     metrics.reset()
+
+
+class SettingsMonkeyPatch(pytest.MonkeyPatch):
+    """`monkeypatch` whose setenv/delenv re-read the settings, as a new container would.
+
+    ops.config reads the environment once per container (`settings()` is cached);
+    without this, a variable set in a test body would go unseen.
+    """
+
+    def setenv(self, name: str, value: str, prepend: str | None = None) -> None:
+        super().setenv(name, value, prepend)
+        _settings_changed()
+
+    def delenv(self, name: str, raising: bool = True) -> None:
+        super().delenv(name, raising)
+        _settings_changed()
+
+    def undo(self) -> None:
+        super().undo()
+        _settings_changed()
+
+
+def _settings_changed() -> None:
+    from ops.config import settings
+
+    settings.cache_clear()
+
+
+@pytest.fixture
+def monkeypatch() -> Iterator[pytest.MonkeyPatch]:
+    mp = SettingsMonkeyPatch()
+    yield mp
+    mp.undo()
 
 
 @pytest.fixture(autouse=True)
@@ -157,6 +191,19 @@ def call_api(
 def health_api() -> FunctionInvoker:
     handler = function_handler("health")
     return lambda path, **kw: call_api(handler, path, **kw)
+
+
+@pytest.fixture
+def secrets_client() -> Iterator[Any]:
+    """A moto Secrets Manager; Powertools' cached provider is made inside the mock."""
+    import boto3
+    from aws_lambda_powertools.utilities.parameters import base
+    from moto import mock_aws
+
+    base.DEFAULT_PROVIDERS.clear()  # the provider holds a boto3 client; make it inside the mock
+    with mock_aws():
+        yield boto3.client("secretsmanager", region_name="eu-west-1")
+    base.DEFAULT_PROVIDERS.clear()
 
 
 @pytest.fixture

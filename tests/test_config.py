@@ -1,22 +1,55 @@
-"""The one parser of numeric tuning knobs (ops.config.env_int)."""
+"""ops.config: the one module that reads and checks the environment, and the README table."""
 
 from __future__ import annotations
 
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from ops.config import env_int
+from ops.config import ConfigError, Settings, Spec, load, settings, specs
+from tools import ROOT
+from tools.settings_doc import README, rendered
 
 
-def test_unset_or_blank_gives_the_default(monkeypatch):
-    monkeypatch.delenv("KNOB", raising=False)
-    assert env_int("KNOB", 7) == 7
-    monkeypatch.setenv("KNOB", "  ")
-    assert env_int("KNOB", 7) == 7
+def knob(**kwargs) -> Spec:
+    kind = kwargs.pop("kind", "whole")
+    if kind == "whole":
+        kwargs.setdefault("low", 1)
+    return Spec("KNOB", kind, 7, "a knob", **kwargs)
 
 
-def test_a_value_within_bounds_is_used(monkeypatch):
-    monkeypatch.setenv("KNOB", " 42 ")
-    assert env_int("KNOB", 7, low=10, high=60) == 42
+def test_unset_or_blank_gives_the_defaults():
+    assert load({}) == Settings()
+    blank = {spec.env: "  " for spec in specs() if not spec.blank_is_set}
+    assert load(blank) == Settings()
+    cfg = load({})
+    assert (cfg.metrics_deferred_flush_s, cfg.metrics_shards, cfg.health_db_budget_s) == (
+        30.0,
+        16,
+        2.0,
+    )
+    assert cfg.service == "realestate-backend" and cfg.effective_log_level == "INFO"
+
+
+def test_values_within_bounds_are_used():
+    cfg = load(
+        {
+            "METRICS_SHARDS": " 42 ",
+            "METRICS_DEFERRED_FLUSH_S": "0.5",
+            "LOG_LEVEL": "debug",
+            "DB_SSL_MODE": "Verify-Full",
+            "MOLTBOT_GATEWAY_URL": "http://gw.internal:8080/",
+            "POWERTOOLS_LOG_LEVEL": "warning",
+        }
+    )
+    assert cfg.metrics_shards == 42 and cfg.metrics_deferred_flush_s == 0.5
+    assert cfg.db_ssl_mode == "verify-full"
+    assert cfg.moltbot_gateway_url == "http://gw.internal:8080"
+    assert cfg.effective_log_level == "WARNING"
 
 
 @pytest.mark.parametrize(
@@ -28,9 +61,140 @@ def test_a_value_within_bounds_is_used(monkeypatch):
         ("9", {"low": 10, "high": 60}, "KNOB must be a whole number from 10 to 60, got '9'"),
         ("61", {"low": 10, "high": 60}, "KNOB must be a whole number from 10 to 60, got '61'"),
         ("-1", {"low": 0}, "KNOB must be a whole number from 0 up"),
+        ("2000", {"low": 1, "high": 1024}, "KNOB must be a positive whole number up to 1024"),
+        ("abc", {"kind": "number", "low": 0, "high": 60}, "KNOB must be a number from 0 to 60"),
+        ("inf", {"kind": "number", "low": 0, "high": 60}, "from 0 to 60, got 'inf'"),
+        ("nan", {"kind": "number", "low": 0, "high": 60}, "from 0 to 60, got 'nan'"),
+        ("-inf", {"kind": "number", "low": 0, "high": 60}, "got '-inf'"),
+        ("1e400", {"kind": "number", "low": 0, "high": 60}, "got '1e400'"),
+        ("61", {"kind": "number", "low": 0, "high": 60}, "got '61'"),
+        ("maybe", {"kind": "flag"}, "KNOB must be true or false, got 'maybe'"),
+        ("ftp://x", {"kind": "url"}, "KNOB must be an http:// or https:// URL, got 'ftp://x'"),
+        ("x" * 500, {}, "got '" + "x" * 80 + "…'"),
+        ("\udcff1", {}, "got '\\udcff1'"),
     ],
 )
-def test_anything_else_is_a_clear_error(monkeypatch, raw, kwargs, message):
-    monkeypatch.setenv("KNOB", raw)
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        env_int("KNOB", 7, **kwargs)
+def test_anything_else_is_one_clear_error(raw, kwargs, message):
+    with pytest.raises(ConfigError) as caught:
+        knob(**kwargs).parse(raw)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_bad_variable_is_named_in_one_message():
+    with pytest.raises(ConfigError) as caught:
+        load({"METRICS_DEFERRED_FLUSH_S": "abc", "HEALTH_DB_TIMEOUT_S": "inf", "LOG_LEVEL": "x"})
+    text = str(caught.value)
+    assert "METRICS_DEFERRED_FLUSH_S must be a number from 0 to 3600, got 'abc'" in text
+    assert "HEALTH_DB_TIMEOUT_S must be a number from 0.01 to 28, got 'inf'" in text
+    assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'x'" in text
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+
+
+def test_settings_that_do_not_fit_together_are_refused():
+    with pytest.raises(ConfigError, match="must exceed RETENTION_STATEMENT_TIMEOUT_MS"):
+        load({"RETENTION_DEADLINE_MARGIN_MS": "5000"})
+    with pytest.raises(ConfigError, match="RETENTION_BATCH_TARGET_MS must be below"):
+        load({"RETENTION_BATCH_TARGET_MS": "20000"})
+    with pytest.raises(ConfigError, match="RETENTION_LEASE_TTL_MS must exceed"):
+        load({"RETENTION_LEASE_TTL_MS": "10000"})
+
+
+def test_a_secret_is_never_quoted():
+    spec = Spec("TOKEN", "secret", None, "")
+    assert "hunter2" not in spec._shown("hunter2")
+    assert load({"METRICS_AUTH_TOKEN": "   "}).metrics_token == ""  # configured, but blank
+    assert load({"METRICS_AUTH_TOKEN": " s3cret "}).metrics_token == "s3cret"
+
+
+def test_settings_are_read_once_per_container(monkeypatch):
+    monkeypatch.setenv("METRICS_SHARDS", "3")
+    first = settings()
+    assert first.metrics_shards == 3 and settings() is first
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("METRICS_DEFERRED_FLUSH_S", "abc"),
+        ("METRICS_DEFERRED_FLUSH_S", "inf"),
+        ("HEALTH_DB_TIMEOUT_S", "nan"),
+        ("METRICS_SHARDS", "0"),
+    ],
+)
+def test_a_bad_value_fails_the_container_at_start(variable, value):
+    """Importing the handler (Lambda's init phase) fails with one line naming the variable."""
+    code = (
+        "import tools\nfrom tools.runtime import load_handler\n"
+        "load_handler(tools.ROOT / 'functions' / 'health')\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), variable: value}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ops.config.ConfigError: " + variable + " must be ")
+    assert repr(value) in last
+    assert "float(" not in proc.stderr and "int(" not in proc.stderr
+
+
+def _reads_environment(tree: ast.AST) -> list[int]:
+    lines = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb")) or (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(a.name in ("environ", "getenv", "environb") for a in node.names)
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_other_module_reads_the_environment():
+    config = ROOT / "layers" / "ops" / "ops" / "config.py"
+    offenders = []
+    sources = [*(ROOT / "layers").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]
+    assert len(sources) > 20
+    for path in sources:
+        if path == config or "/build/" in str(path) or "/.aws-sam/" in str(path):
+            continue
+        for line in _reads_environment(ast.parse(path.read_text(), str(path))):
+            offenders.append(f"{path.relative_to(ROOT)}:{line}")
+    assert offenders == []
+    assert _reads_environment(ast.parse(config.read_text()))  # the check can fail
+
+
+def test_readme_has_one_settings_table_matching_ops_config():
+    text = README.read_text()
+    assert text == rendered(text), "run .venv/bin/python -m tools.settings_doc"
+    documented = {spec.env for spec in specs()}
+    assert len(documented) == len(specs())  # one variable, one setting
+    # No second table of variables elsewhere in the README.
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    table_rows = [r for r in rows if r.split("`")[1] in documented]
+    assert len(table_rows) == len(documented)
+
+
+def test_template_sets_only_declared_variables():
+    from tools.runtime import load_template
+
+    template = load_template()
+    declared = {spec.env for spec in specs()}
+    variables: dict[str, object] = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    for res in template["Resources"].values():
+        if res.get("Type") == "AWS::Serverless::Function":
+            variables.update(res["Properties"].get("Environment", {}).get("Variables", {}))
+    assert set(variables) - declared == set(), json.dumps(sorted(set(variables) - declared))
+
+
+def test_settings_doc_check_command(tmp_path: Path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.settings_doc", "--check"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

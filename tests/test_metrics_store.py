@@ -244,7 +244,7 @@ def test_gauges_keep_the_newest_reading_across_containers(metrics_env):
     def new_container_on_another_shard() -> None:
         shard = store.outbox().shard
         reset()
-        store.outbox().shard = (shard + 1) % store.DEFAULT_SHARDS
+        store.outbox().shard = (shard + 1) % store.config().shards
 
     status = m.HEALTH_CHECK_STATUS.labels(check="database")
     status.set(0)

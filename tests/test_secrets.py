@@ -6,22 +6,10 @@ import json
 import subprocess
 import sys
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from tools import ROOT
 from tools.pgcluster import PgCluster
-
-
-@pytest.fixture
-def secrets_client():
-    from aws_lambda_powertools.utilities.parameters import base
-
-    base.DEFAULT_PROVIDERS.clear()  # the provider holds a boto3 client; make it inside the mock
-    with mock_aws():
-        yield boto3.client("secretsmanager", region_name="eu-west-1")
-    base.DEFAULT_PROVIDERS.clear()
 
 
 @pytest.fixture

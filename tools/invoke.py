@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["DATABASE_URL"] = url
     for key, value in spec.environment.items():
         os.environ.setdefault(key, value)
+    from ops.config import settings
+
+    settings.cache_clear()  # a container starts here: read the environment just set
 
     # Logs to stderr; only the result goes to stdout.
     real_stdout, sys.stdout = sys.stdout, sys.stderr

@@ -14,7 +14,7 @@ and skipped rather than turning every scrape into a 503 or a sequential scan.
 
 from __future__ import annotations
 
-from ops.config import env_int
+from ops.config import settings
 from ops.db import Database
 from ops.log import logger
 from ops.metrics import catalogue as m
@@ -22,8 +22,6 @@ from ops.metrics.recorder import LiveGauge
 from ops.metrics.store import sql_literal
 from ops.retention_policies import Policy, PolicyError, load_policies
 
-WINDOW_ENV = "ACTIVE_SESSION_WINDOW_MINUTES"
-DEFAULT_WINDOW_MINUTES = 15
 CONNECTION_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
 
 # Three readings in one simple-protocol statement (one round trip; pg8000's
@@ -60,7 +58,7 @@ def _text_array(values: list[str]) -> str:
 
 
 def window_minutes() -> int:
-    return env_int(WINDOW_ENV, DEFAULT_WINDOW_MINUTES, low=1, high=7 * 24 * 60)
+    return settings().active_session_window_minutes
 
 
 def _ident(name: str) -> str:

@@ -1,4 +1,5 @@
-"""Timing knobs of the retention run, from the environment (policies: ops.retention_policies).
+"""Timing knobs of the retention run (declared, read and checked in ops.config; policies:
+ops.retention_policies).
 
 RETENTION_LOCK_TIMEOUT_MS       500     lock_timeout of every batch and partition drop
 RETENTION_STATEMENT_TIMEOUT_MS  10000   statement_timeout of every batch
@@ -11,16 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ops.config import env_int
+from ops.config import Settings, settings
 
 
 @dataclass(frozen=True)
 class JobSettings:
-    lock_timeout_ms: int = 500
-    statement_timeout_ms: int = 10_000
-    deadline_margin_ms: int = 30_000
-    lease_ttl_ms: int = 60_000
-    batch_target_ms: int = 50
+    lock_timeout_ms: int = Settings.retention_lock_timeout_ms
+    statement_timeout_ms: int = Settings.retention_statement_timeout_ms
+    deadline_margin_ms: int = Settings.retention_deadline_margin_ms
+    lease_ttl_ms: int = Settings.retention_lease_ttl_ms
+    batch_target_ms: int = Settings.retention_batch_target_ms
 
     @property
     def lease_wait_ms(self) -> int:
@@ -29,30 +30,12 @@ class JobSettings:
 
 
 def job_settings() -> JobSettings:
-    cfg = JobSettings(
-        lock_timeout_ms=env_int("RETENTION_LOCK_TIMEOUT_MS", JobSettings.lock_timeout_ms),
-        statement_timeout_ms=env_int(
-            "RETENTION_STATEMENT_TIMEOUT_MS", JobSettings.statement_timeout_ms
-        ),
-        deadline_margin_ms=env_int("RETENTION_DEADLINE_MARGIN_MS", JobSettings.deadline_margin_ms),
-        lease_ttl_ms=env_int("RETENTION_LEASE_TTL_MS", JobSettings.lease_ttl_ms),
-        batch_target_ms=env_int("RETENTION_BATCH_TARGET_MS", JobSettings.batch_target_ms),
+    """The container's knobs; ops.config has checked each and that they fit together."""
+    cfg = settings()
+    return JobSettings(
+        lock_timeout_ms=cfg.retention_lock_timeout_ms,
+        statement_timeout_ms=cfg.retention_statement_timeout_ms,
+        deadline_margin_ms=cfg.retention_deadline_margin_ms,
+        lease_ttl_ms=cfg.retention_lease_ttl_ms,
+        batch_target_ms=cfg.retention_batch_target_ms,
     )
-    # A batch started just before the margin must end (or be cancelled) before the deadline,
-    # and a live holder must renew its lease before it can expire between two statements.
-    if cfg.deadline_margin_ms <= cfg.statement_timeout_ms:
-        raise ValueError(
-            "RETENTION_DEADLINE_MARGIN_MS must exceed RETENTION_STATEMENT_TIMEOUT_MS "
-            f"({cfg.deadline_margin_ms} <= {cfg.statement_timeout_ms})"
-        )
-    if cfg.batch_target_ms >= cfg.statement_timeout_ms:
-        raise ValueError(
-            "RETENTION_BATCH_TARGET_MS must be below RETENTION_STATEMENT_TIMEOUT_MS "
-            f"({cfg.batch_target_ms} >= {cfg.statement_timeout_ms})"
-        )
-    if cfg.lease_ttl_ms <= cfg.statement_timeout_ms + cfg.lock_timeout_ms:
-        raise ValueError(
-            "RETENTION_LEASE_TTL_MS must exceed the statement and lock timeouts together "
-            f"({cfg.lease_ttl_ms} <= {cfg.statement_timeout_ms} + {cfg.lock_timeout_ms})"
-        )
-    return cfg

@@ -2,7 +2,9 @@
 
 The token is `METRICS_AUTH_TOKEN` locally, or the Secrets Manager secret named by
 `METRICS_AUTH_TOKEN_SECRET_ARN` in AWS (a plain string, or JSON with a `token`
-field). No token configured means the routes are open.
+field). No token source configured means the routes are open. A configured
+source that yields no usable token (blank, not a string, missing, unreadable)
+fails closed: 503 naming the misconfiguration, logged once per container.
 """
 
 from __future__ import annotations
@@ -12,32 +14,86 @@ import json
 
 from ops.api import Request, Response, error_response
 from ops.config import settings
+from ops.log import logger
+
+
+class TokenMisconfigured(Exception):
+    """A token source is configured but yields no usable token; the message says why."""
+
+
+_reported: set[str] = set()  # misconfigurations already logged by this container
+
+
+def _token_from_secret(arn: str) -> str:
+    from ops.secretstore import get_secret
+
+    try:
+        raw = get_secret(arn).strip()
+    except Exception as exc:  # AWS error, missing secret, no permission: closed, not open
+        raise TokenMisconfigured(
+            f"METRICS_AUTH_TOKEN_SECRET_ARN cannot be read ({type(exc).__name__})"
+        ) from None
+    if not raw.startswith("{"):
+        return raw
+    try:
+        token = json.loads(raw).get("token")
+    except (ValueError, AttributeError):  # `from None` below: the decode error quotes the secret
+        raise TokenMisconfigured(
+            "METRICS_AUTH_TOKEN_SECRET_ARN holds text starting with '{' that is not a JSON object"
+        ) from None
+    if not isinstance(token, str):
+        raise TokenMisconfigured(
+            'METRICS_AUTH_TOKEN_SECRET_ARN JSON must have a string "token" field, got '
+            + ("none" if token is None else type(token).__name__)
+        )
+    return token.strip()
 
 
 def expected_token() -> str | None:
+    """The token to compare with; None when no token source is configured (open routes)."""
     cfg = settings()
-    if cfg.metrics_token:
-        return cfg.metrics_token
-    if cfg.metrics_token_secret_arn:
-        from ops.secretstore import get_secret
+    if cfg.metrics_token is not None:
+        token, source = cfg.metrics_token, "METRICS_AUTH_TOKEN"
+    elif cfg.metrics_token_secret_arn is not None:
+        token, source = (
+            _token_from_secret(cfg.metrics_token_secret_arn),
+            "METRICS_AUTH_TOKEN_SECRET_ARN's token",
+        )
+    else:
+        return None
+    if not token:
+        raise TokenMisconfigured(f"{source} is empty or whitespace only")
+    return token
 
-        raw = get_secret(cfg.metrics_token_secret_arn).strip()
-        if raw.startswith("{"):
-            return str(json.loads(raw)["token"])
-        return raw
-    return None
+
+def _misconfigured(reason: str) -> Response:
+    if reason not in _reported:
+        _reported.add(reason)
+        logger.error(
+            "auth misconfigured: protected routes answer 503 until it is fixed",
+            extra={"type": "error", "error": reason},
+        )
+    return error_response(
+        503, "auth_misconfigured", f"{reason}; protected routes stay closed until it is fixed"
+    )
+
+
+def _utf8(text: str) -> bytes:
+    # A header may carry lone surrogates (API Gateway passes what it was sent): never a 500.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def unauthorized_response(req: Request) -> Response | None:
-    """None when the request may proceed; a 401 response otherwise."""
-    token = expected_token()
+    """None when the request may proceed; a 401 (or 503 when misconfigured) otherwise."""
+    try:
+        token = expected_token()
+    except TokenMisconfigured as exc:
+        return _misconfigured(str(exc))
     if token is None:
         return None
     scheme, _, presented = (req.header("authorization") or "").partition(" ")
     # compare_digest on bytes: constant time whatever the presented value's length or content.
-    if scheme.lower() == "bearer" and hmac.compare_digest(
-        presented.strip().encode(), token.encode()
-    ):
+    if scheme.lower() == "bearer" and hmac.compare_digest(_utf8(presented.strip()), _utf8(token)):
         return None
     return error_response(
         401,
@@ -45,3 +101,8 @@ def unauthorized_response(req: Request) -> Response | None:
         "a valid bearer token is required",
         headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
     )
+
+
+def reset() -> None:
+    """A new container: misconfigurations are logged again (tests)."""
+    _reported.clear()

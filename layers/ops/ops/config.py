@@ -1,95 +1,370 @@
-"""Settings read from the environment once per container.
+"""Every environment variable the bundle reads, read and validated here and nowhere else.
 
-`settings()` is cached: Lambda environments do not change inside a container.
-Tests that vary the environment call `settings.cache_clear()`.
+Each setting is one field of `Settings`, declared with its variable, type, allowed
+range and default (`text`, `secret`, `whole`, `number`, `choice`, `url`, `flag`). From
+that one declaration come the parsing, the error message and the README's settings
+table (`python -m tools.settings_doc` writes it; a test checks it). To add a setting,
+add a field; nothing else reads `os.environ`.
+
+`settings()` reads the environment once per container and is cached (Lambda
+environments do not change inside a container). The first import of `ops.log`
+calls it, so a bad value fails the container at start with one `ConfigError`
+naming each bad variable, its allowed range and the value found. An unset or blank
+variable means its default. Tests that vary the environment call
+`settings.cache_clear()` (tests/conftest.py's `monkeypatch` does it on every setenv).
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from typing import Any
 
 from ops import __version__
 
 DEFAULT_SERVICE = "realestate-backend"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+API_GATEWAY_TIMEOUT_S = 29.0  # a health budget must end before API Gateway gives up
+MAX_SHOWN = 80  # a bad value is quoted in the error up to this many characters
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {raw!r}")
-    return value
+class ConfigError(ValueError):
+    """An environment variable has a value outside what its setting allows."""
 
 
-def env_int(name: str, default: int, *, low: int = 1, high: int | None = None) -> int:
-    """A whole number from the environment (`default` when unset), within [low, high].
+@dataclass(frozen=True)
+class Spec:
+    """How one environment variable is read: its kind, range, default and meaning."""
 
-    Every tuning knob of the bundle is read this way, so a typo fails with one kind of
-    clear message instead of a traceback from int() or a silently odd value.
-    """
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value: int | None = int(raw)
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        if high is not None:
-            expected = f"a whole number from {low} to {high}"
-        else:
-            expected = "a positive whole number" if low == 1 else f"a whole number from {low} up"
-        raise ValueError(f"{name} must be {expected}, got {raw!r}")
-    return value
+    env: str
+    kind: str  # text | secret | whole | number | choice | url | flag
+    default: Any
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    blank_is_set: bool = False  # a blank value is a (mis)configuration, not "unset"
+
+    def allowed(self) -> str:
+        """The allowed values, as the error message and the README say them."""
+        if self.kind == "whole":
+            low, high = int(self.low or 0), None if self.high is None else int(self.high)
+            if low == 1:
+                return "a positive whole number" + (f" up to {high}" if high is not None else "")
+            if high is None:
+                return f"a whole number from {low} up"
+            return f"a whole number from {low} to {high}"
+        if self.kind == "number":
+            return f"a number from {self.low:g} to {self.high:g}"
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "url":
+            return "an http:// or https:// URL"
+        if self.kind == "flag":
+            return "true or false"
+        return "any text"
+
+    def parse(self, raw: str) -> Any:
+        """The typed value of a non-blank `raw`; ConfigError when it is out of range."""
+        text = raw.strip()
+        if self.kind in ("text", "secret"):
+            return text
+        value: Any = None
+        if self.kind == "whole":
+            try:
+                value = int(text)
+            except ValueError:
+                value = None
+            if value is not None and not self._within(value):
+                value = None
+        elif self.kind == "number":
+            try:
+                value = float(text)
+            except ValueError:
+                value = None
+            # float() takes inf and nan: neither is a usable timeout or interval.
+            if value is not None and not (math.isfinite(value) and self._within(value)):
+                value = None
+        elif self.kind == "choice":
+            folded = text.upper() if self.choices == LOG_LEVELS else text.lower()
+            value = folded if folded in self.choices else None
+        elif self.kind == "url":
+            lowered = text.lower()
+            if lowered.startswith(("http://", "https://")) and len(text) > len("https://"):
+                value = text.rstrip("/")
+        elif self.kind == "flag":
+            value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+        if value is None:
+            raise ConfigError(f"{self.env} must be {self.allowed()}, got {self._shown(raw)}")
+        return value
+
+    def _within(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def _shown(self, raw: str) -> str:
+        if self.kind == "secret":
+            return "a value that is not shown (secret)"
+        shown = raw if len(raw) <= MAX_SHOWN else raw[:MAX_SHOWN] + "…"
+        return ascii(shown) if not shown.isprintable() else repr(shown)
+
+
+def _field(spec: Spec) -> Any:
+    return field(default=spec.default, metadata={"spec": spec})
+
+
+def text(env: str, default: str | None, doc: str) -> Any:
+    return _field(Spec(env, "text", default, doc))
+
+
+def secret(env: str, doc: str, *, blank_is_set: bool = False) -> Any:
+    """Text never quoted in an error message or the README."""
+    return _field(Spec(env, "secret", None, doc, blank_is_set=blank_is_set))
+
+
+def whole(env: str, default: int, doc: str, *, low: int = 1, high: int | None = None) -> Any:
+    return _field(Spec(env, "whole", default, doc, low=low, high=high))
+
+
+def number(env: str, default: float, doc: str, *, low: float, high: float) -> Any:
+    return _field(Spec(env, "number", default, doc, low=low, high=high))
+
+
+def choice(env: str, default: str | None, choices: tuple[str, ...], doc: str) -> Any:
+    return _field(Spec(env, "choice", default, doc, choices=choices))
+
+
+def url(env: str, doc: str) -> Any:
+    return _field(Spec(env, "url", None, doc))
+
+
+def flag(env: str, default: bool, doc: str) -> Any:
+    return _field(Spec(env, "flag", default, doc))
 
 
 @dataclass(frozen=True)
 class Settings:
-    service: str
-    version: str
-    environment: str
-    database_url: str | None
-    db_secret_arn: str | None
-    db_host_override: str | None
-    db_ssl_mode: str
-    db_ssl_root_cert: str | None
-    db_connect_timeout_s: float
-    db_statement_timeout_ms: int
-    metrics_token: str | None
-    metrics_token_secret_arn: str | None
-    health_db_budget_s: float
-    health_http_budget_s: float
-    moltbot_gateway_url: str | None
+    # -- service and logs -----------------------------------------------------------------
+    service: str = text(
+        "POWERTOOLS_SERVICE_NAME", DEFAULT_SERVICE, "the `service` log field and metric dimension"
+    )
+    version: str = text("SERVICE_VERSION", __version__, "version reported by `/health/live`")
+    environment: str = text("ENVIRONMENT", "local", "deployment stage name")
+    log_level: str = choice("LOG_LEVEL", "INFO", LOG_LEVELS, "log level")
+    powertools_log_level: str | None = choice(
+        "POWERTOOLS_LOG_LEVEL", None, LOG_LEVELS, "log level; overrides `LOG_LEVEL` when set"
+    )
+    function_name: str = text(
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "local",
+        "set by Lambda (and the local gateway): the `function` label of flush metrics",
+    )
+    # -- database -------------------------------------------------------------------------
+    database_url: str | None = secret(
+        "DATABASE_URL",
+        "local and tests: `postgresql://user:pass@host:port/db` (or `…@/db?host=/socket/dir`;"
+        " `?sslmode=require`); malformed means 503 on the routes that need the database",
+    )
+    db_secret_arn: str | None = text(
+        "DB_SECRET_ARN",
+        None,
+        "AWS: RDS-managed Secrets Manager secret (host, port, username, password, dbname);"
+        " cached 5 min, re-read once when the password was rotated",
+    )
+    db_host_override: str | None = text(
+        "DB_HOST", None, "AWS: connect here instead of the secret's host (an RDS Proxy endpoint)"
+    )
+    db_ssl_mode: str | None = choice(
+        "DB_SSL_MODE",
+        None,
+        SSL_MODES,
+        "TLS to the database; unset: the URL's `sslmode`, `require` with `DB_SECRET_ARN`",
+    )
+    db_ssl_root_cert: str | None = text(
+        "DB_SSL_ROOT_CERT", None, "CA bundle file for `verify-ca` / `verify-full`"
+    )
+    db_connect_timeout_s: float = number(
+        "DB_CONNECT_TIMEOUT_S",
+        2.0,
+        "socket timeout of every database operation",
+        low=0.01,
+        high=60,
+    )
+    db_statement_timeout_ms: int = whole(
+        "DB_STATEMENT_TIMEOUT_MS",
+        5000,
+        "server-side `statement_timeout` of the connection",
+        high=3_600_000,
+    )
+    # -- health and auth ------------------------------------------------------------------
+    health_db_budget_s: float = number(
+        "HEALTH_DB_TIMEOUT_S",
+        2.0,
+        "time budget of the database health check",
+        low=0.01,
+        high=API_GATEWAY_TIMEOUT_S - 1,
+    )
+    health_http_budget_s: float = number(
+        "HEALTH_HTTP_TIMEOUT_S",
+        2.0,
+        "time budget of each HTTP dependency check",
+        low=0.01,
+        high=API_GATEWAY_TIMEOUT_S - 1,
+    )
+    moltbot_gateway_url: str | None = url(
+        "MOLTBOT_GATEWAY_URL", "optional chat gateway; `/health/detailed` checks its `/health`"
+    )
+    metrics_token: str | None = secret(
+        "METRICS_AUTH_TOKEN",
+        "local: bearer token for `/metrics` and `/health/detailed`; unset means open,"
+        " whitespace-only means misconfigured (503)",
+        blank_is_set=True,
+    )
+    metrics_token_secret_arn: str | None = text(
+        "METRICS_AUTH_TOKEN_SECRET_ARN",
+        None,
+        'AWS: the token as a secret (plain string or `{"token": …}`); an empty or unreadable'
+        " token means 503, never open",
+    )
+    # -- metrics --------------------------------------------------------------------------
+    metrics_namespace: str | None = text(
+        "POWERTOOLS_METRICS_NAMESPACE", None, "CloudWatch (EMF) namespace; unset: no EMF lines"
+    )
+    metrics_shards: int = whole(
+        "METRICS_SHARDS",
+        16,
+        "shard rows per series (each container writes one, chosen at random)",
+        high=1024,
+    )
+    metrics_flush_timeout_ms: int = whole(
+        "METRICS_FLUSH_TIMEOUT_MS",
+        500,
+        "server `statement_timeout` of a flush; an invocation waits at most twice this",
+        low=10,
+        high=60_000,
+    )
+    metrics_deferred_flush_s: float = number(
+        "METRICS_DEFERRED_FLUSH_S",
+        30.0,
+        "the most a probe route lets its deltas wait",
+        low=0,
+        high=3600,
+    )
+    active_session_window_minutes: int = whole(
+        "ACTIVE_SESSION_WINDOW_MINUTES",
+        15,
+        "`active_sessions`: chat sessions updated this recently",
+        high=7 * 24 * 60,
+    )
+    # -- retention ------------------------------------------------------------------------
+    retention_policies: str | None = text(
+        "RETENTION_POLICIES",
+        None,
+        "JSON array of policies (see Data retention); unset: the defaults. Checked by"
+        " `ops.retention_policies` where used: the run fails, `/metrics` skips its gauges",
+    )
+    retention_lock_timeout_ms: int = whole(
+        "RETENTION_LOCK_TIMEOUT_MS",
+        500,
+        "`lock_timeout` of every batch and partition drop",
+        high=3_600_000,
+    )
+    retention_statement_timeout_ms: int = whole(
+        "RETENTION_STATEMENT_TIMEOUT_MS",
+        10_000,
+        "`statement_timeout` of every batch",
+        high=3_600_000,
+    )
+    retention_deadline_margin_ms: int = whole(
+        "RETENTION_DEADLINE_MARGIN_MS",
+        30_000,
+        "stop starting work this long before the Lambda deadline (the next run continues);"
+        " must exceed the statement timeout",
+        high=3_600_000,
+    )
+    retention_lease_ttl_ms: int = whole(
+        "RETENTION_LEASE_TTL_MS",
+        60_000,
+        "how long a crashed run blocks the next one;"
+        " must exceed the statement and lock timeouts together",
+        high=86_400_000,
+    )
+    retention_batch_target_ms: int = whole(
+        "RETENTION_BATCH_TARGET_MS",
+        50,
+        "how long one batch's transaction should take; below the statement timeout",
+        high=3_600_000,
+    )
+
+    def __post_init__(self) -> None:
+        problems = _inconsistencies(self)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def effective_log_level(self) -> str:
+        return self.powertools_log_level or self.log_level
 
     @property
     def auth_configured(self) -> bool:
-        return bool(self.metrics_token or self.metrics_token_secret_arn)
+        """A token source is configured (even if it turns out empty: then 503, not open)."""
+        return self.metrics_token is not None or self.metrics_token_secret_arn is not None
+
+
+def _inconsistencies(cfg: Settings) -> list[str]:
+    """Settings that are each valid but wrong together."""
+    problems = []
+    # A batch started just before the margin must end (or be cancelled) before the deadline,
+    # and a live holder must renew its lease before it can expire between two statements.
+    if cfg.retention_deadline_margin_ms <= cfg.retention_statement_timeout_ms:
+        problems.append(
+            "RETENTION_DEADLINE_MARGIN_MS must exceed RETENTION_STATEMENT_TIMEOUT_MS "
+            f"({cfg.retention_deadline_margin_ms} <= {cfg.retention_statement_timeout_ms})"
+        )
+    if cfg.retention_batch_target_ms >= cfg.retention_statement_timeout_ms:
+        problems.append(
+            "RETENTION_BATCH_TARGET_MS must be below RETENTION_STATEMENT_TIMEOUT_MS "
+            f"({cfg.retention_batch_target_ms} >= {cfg.retention_statement_timeout_ms})"
+        )
+    locks = cfg.retention_statement_timeout_ms + cfg.retention_lock_timeout_ms
+    if cfg.retention_lease_ttl_ms <= locks:
+        problems.append(
+            "RETENTION_LEASE_TTL_MS must exceed the statement and lock timeouts together "
+            f"({cfg.retention_lease_ttl_ms} <= {cfg.retention_statement_timeout_ms} + "
+            f"{cfg.retention_lock_timeout_ms})"
+        )
+    return problems
+
+
+def specs() -> list[Spec]:
+    """Every setting, in declaration order (the README table's order)."""
+    return [f.metadata["spec"] for f in fields(Settings)]
+
+
+def load(environ: Any = None) -> Settings:
+    """Settings from `environ` (default: the process environment); ConfigError listing every
+    bad variable at once."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in fields(Settings):
+        spec: Spec = f.metadata["spec"]
+        raw = env.get(spec.env) or ""
+        if not raw.strip():
+            if raw and spec.blank_is_set:
+                values[f.name] = ""
+            continue
+        try:
+            values[f.name] = spec.parse(raw)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return Settings(**values)
 
 
 @lru_cache(maxsize=1)
 def settings() -> Settings:
-    env = os.environ.get
-    return Settings(
-        service=env("POWERTOOLS_SERVICE_NAME") or DEFAULT_SERVICE,
-        version=env("SERVICE_VERSION") or __version__,
-        environment=env("ENVIRONMENT") or "local",
-        database_url=env("DATABASE_URL") or None,
-        db_secret_arn=env("DB_SECRET_ARN") or None,
-        db_host_override=env("DB_HOST") or None,
-        db_ssl_mode=(env("DB_SSL_MODE") or "").lower(),
-        db_ssl_root_cert=env("DB_SSL_ROOT_CERT") or None,
-        db_connect_timeout_s=_env_float("DB_CONNECT_TIMEOUT_S", 2.0),
-        db_statement_timeout_ms=int(_env_float("DB_STATEMENT_TIMEOUT_MS", 5000)),
-        metrics_token=env("METRICS_AUTH_TOKEN") or None,
-        metrics_token_secret_arn=env("METRICS_AUTH_TOKEN_SECRET_ARN") or None,
-        health_db_budget_s=_env_float("HEALTH_DB_TIMEOUT_S", 2.0),
-        health_http_budget_s=_env_float("HEALTH_HTTP_TIMEOUT_S", 2.0),
-        moltbot_gateway_url=(env("MOLTBOT_GATEWAY_URL") or "").rstrip("/") or None,
-    )
+    return load()

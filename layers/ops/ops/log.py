@@ -8,16 +8,13 @@ field, which the Logs Insights queries filter on: `request`, `job`,
 
 from __future__ import annotations
 
-import os
-
 from aws_lambda_powertools import Logger
 
-from ops.config import DEFAULT_SERVICE
+from ops.config import settings
 
-logger = Logger(
-    service=os.environ.get("POWERTOOLS_SERVICE_NAME") or DEFAULT_SERVICE,
-    level=os.environ.get("POWERTOOLS_LOG_LEVEL") or os.environ.get("LOG_LEVEL") or "INFO",
-)
+# Every function imports this module first: a bad setting fails the container here, at start.
+_cfg = settings()
+logger = Logger(service=_cfg.service, level=_cfg.effective_log_level)
 
 
 def log_request(

@@ -2,7 +2,7 @@
 
 Read from `RETENTION_POLICIES` (JSON), else the defaults below. Shared by the
 retention function (which prunes) and the metrics function (whose live gauges
-report each policy table's oldest row), so this module imports only the stdlib.
+report each policy table's oldest row), so this module imports only the stdlib (and ops.config).
 
     RETENTION_POLICIES='[{"table": "inbound_events", "column": "received_at",
                           "maxAgeDays": 30, "batchSize": 10000}]'
@@ -15,11 +15,12 @@ column is a timestamp) before it deletes anything.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from ops.config import settings
 
 ENV_VAR = "RETENTION_POLICIES"
 AUDIT_TABLE = "audit_logs"
@@ -113,5 +114,5 @@ def _cached(text: str) -> tuple[Policy, ...]:
 
 def load_policies() -> list[Policy]:
     """The configured policies (env `RETENTION_POLICIES`), else the defaults."""
-    text = os.environ.get(ENV_VAR, "").strip()
+    text = settings().retention_policies
     return list(_cached(text) if text else DEFAULT_POLICIES)

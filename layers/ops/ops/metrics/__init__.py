@@ -18,12 +18,12 @@ the store, the database driver and Powertools Metrics load on the first flush.
 
 from __future__ import annotations
 
-import os
+from ops.config import settings
 
 
 def function_name() -> str:
     """The `function` label: the Lambda function's name (the local gateway sets it too)."""
-    return os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or "local"
+    return settings().function_name
 
 
 def flush() -> bool:

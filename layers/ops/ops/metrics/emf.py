@@ -10,15 +10,12 @@ Skipped when POWERTOOLS_METRICS_NAMESPACE is not set (local runs without it).
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 
 from aws_lambda_powertools.metrics import EphemeralMetrics
 
 from ops.config import settings
 from ops.metrics.recorder import EmfKey
-
-NAMESPACE_ENV = "POWERTOOLS_METRICS_NAMESPACE"
 
 # One Powertools emitter per (namespace, service, dimension, value): dimensions are a
 # closed set, and reusing an emitter halves the cost of a line.
@@ -38,13 +35,14 @@ def _emitter(namespace: str, service: str, dim_name: str, dim_value: str) -> Eph
 
 def emit(recorded: dict[EmfKey, list[float]]) -> int:
     """Print the EMF lines for `recorded`; returns how many lines (dimension groups)."""
-    namespace = os.environ.get(NAMESPACE_ENV)
+    cfg = settings()
+    namespace = cfg.metrics_namespace
     if not recorded or not namespace:
         return 0
     groups: dict[tuple[str, str], list[tuple[str, str, list[float]]]] = defaultdict(list)
     for (name, unit, dim_name, dim_value), values in recorded.items():
         groups[(dim_name, dim_value)].append((name, unit, values))
-    service = settings().service
+    service = cfg.service
     for (dim_name, dim_value), metrics in sorted(groups.items()):
         line = _emitter(namespace, service, dim_name, dim_value)
         for name, unit, values in metrics:

@@ -10,7 +10,6 @@ as `type=metrics_flush`.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 
@@ -32,7 +31,6 @@ def _store_configured() -> bool:
     return bool(cfg.database_url or cfg.db_secret_arn)
 
 
-DEFAULT_DEFERRED_FLUSH_S = 30.0
 _last_flush = time.monotonic()  # a new container counts as just flushed
 
 
@@ -47,7 +45,7 @@ def flush_if_due() -> bool | None:
     Bounds what a deferring route can leave behind in a container that Lambda
     reaps without another invocation: at most that many seconds of its recordings.
     """
-    max_age = float(os.environ.get("METRICS_DEFERRED_FLUSH_S") or DEFAULT_DEFERRED_FLUSH_S)
+    max_age = settings().metrics_deferred_flush_s
     if time.monotonic() - _last_flush < max_age:
         return None
     return flush()

@@ -30,18 +30,15 @@ import random
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
-from ops.config import env_int
+from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.metrics.courier import Courier
 from ops.metrics.recorder import Deltas, SeriesKey
 
-DEFAULT_SHARDS = 16
-DEFAULT_FLUSH_TIMEOUT_MS = 500
 MAX_SEALED_BATCHES = 64  # beyond this, the oldest unknown-outcome batch is dropped
 MISSING_SERIES = "MF001"  # metrics_flush(): a series the caller believed stored is gone
 
@@ -52,14 +49,9 @@ class StoreConfig:
     flush_timeout_ms: int
 
 
-@lru_cache(maxsize=1)
 def config() -> StoreConfig:
-    return StoreConfig(
-        shards=env_int("METRICS_SHARDS", DEFAULT_SHARDS, low=1, high=1024),
-        flush_timeout_ms=env_int(
-            "METRICS_FLUSH_TIMEOUT_MS", DEFAULT_FLUSH_TIMEOUT_MS, low=10, high=60_000
-        ),
-    )
+    cfg = settings()
+    return StoreConfig(shards=cfg.metrics_shards, flush_timeout_ms=cfg.metrics_flush_timeout_ms)
 
 
 @dataclass
@@ -260,7 +252,6 @@ def reset() -> None:
     """A new container: new identity and shard, nothing pending (tests)."""
     global _outbox
     _outbox = None
-    config.cache_clear()
 
 
 def push(deltas: Deltas, now: float, meanwhile: Callable[[], None] = lambda: None) -> FlushResult:
