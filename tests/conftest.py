@@ -122,6 +122,8 @@ def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "METRICS_AUTH_TOKEN",
         "METRICS_AUTH_TOKEN_SECRET_ARN",
         "MOLTBOT_GATEWAY_URL",
+        "SENTRY_DSN",
+        "SENTRY_DSN_SECRET_ARN",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")

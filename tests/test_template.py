@@ -27,10 +27,11 @@ GLOBAL_FN: dict[str, Any] = TEMPLATE["Globals"]["Function"]
 FUNCTIONS = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless::Function"}
 
 # The secrets each function reads; anything more is a least-privilege regression.
+# Every function reads the Sentry DSN secret when error tracking is on.
 SECRETS_READ = {
-    "HealthFunction": {"DbSecretArn", "MetricsTokenSecretArn"},  # token: /health/detailed
-    "MetricsFunction": {"DbSecretArn", "MetricsTokenSecretArn"},
-    "RetentionFunction": {"DbSecretArn"},
+    "HealthFunction": {"DbSecretArn", "MetricsTokenSecretArn", "SentryDsnSecretArn"},
+    "MetricsFunction": {"DbSecretArn", "MetricsTokenSecretArn", "SentryDsnSecretArn"},
+    "RetentionFunction": {"DbSecretArn", "SentryDsnSecretArn"},
 }
 # Actions that have no resource-level permissions and so may use Resource "*".
 STAR_RESOURCE_ACTIONS = {
@@ -339,3 +340,34 @@ def test_vpc_permissions_only_when_subnets_are_given() -> None:
             break
     else:
         pytest.fail("no VPC network-interface statement")
+
+
+def test_error_tracking_is_off_unless_a_dsn_secret_is_given() -> None:
+    """No Sentry setting reaches a function, and no role may read the secret, without it."""
+    assert TEMPLATE["Parameters"]["SentryDsnSecretArn"]["Default"] == ""
+    assert TEMPLATE["Conditions"]["HasSentry"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "SentryDsnSecretArn"}, ""]}]
+    }
+    env = GLOBAL_FN["Environment"]["Variables"]
+    sentry_vars = sorted(k for k in env if k.startswith("SENTRY_"))
+    assert sentry_vars == [
+        "SENTRY_DSN_SECRET_ARN",
+        "SENTRY_SAMPLE_RATE",
+        "SENTRY_TRACES_SAMPLE_RATE",
+    ]
+    for name in sentry_vars:
+        condition, _, otherwise = env[name]["Fn::If"]
+        assert (condition, otherwise) == ("HasSentry", {"Ref": "AWS::NoValue"}), name
+    for fn in FUNCTIONS.values():  # no function sets one of its own
+        assert not any(
+            k.startswith("SENTRY_")
+            for k in fn["Properties"].get("Environment", {}).get("Variables", {})
+        )
+    base = RESOURCES["FunctionBasePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    reads = [
+        stmt
+        for stmt in base
+        if any(_ref(s.get("Resource")) == "SentryDsnSecretArn" for s in _if_branches(stmt))
+    ]
+    assert len(reads) == 1 and reads[0]["Fn::If"][0] == "HasSentry"
+    assert reads[0]["Fn::If"][2] == {"Ref": "AWS::NoValue"}

@@ -12,11 +12,13 @@ from typing import Any
 from retention_job import run_retention
 
 from ops.db import get_db
+from ops.error_tracking import report_failures
 from ops.log import logger
 from ops.metrics import flush
 
 
 @logger.inject_lambda_context(clear_state=True)
+@report_failures("retention")  # a failed run reaches Sentry when a DSN is configured
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
         return run_retention(event, context, get_db())

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ops import error_tracking
 from ops.log import log_request, logger
 
 UNMATCHED_ROUTE = "unmatched"  # metric label for unknown paths: bounded cardinality
@@ -41,6 +42,7 @@ class Request:
 Response = dict[str, Any]
 Handler = Callable[[Request], Response]
 ResponseHook = Callable[[Request | None, str, int, float], None]
+ErrorHook = Callable[[Request | None, str, Exception], None]  # a handler raised (the 500s)
 
 
 def parse_event(event: Any) -> Request:
@@ -114,11 +116,13 @@ class Api:
         self._routes: dict[str, dict[str, _Route]] = {}
         self.response_hooks: list[ResponseHook] = []
         self.after_invocation: list[Callable[[], None]] = []
+        self.error_hooks: list[ErrorHook] = []
         self.lambda_handler = logger.inject_lambda_context(self._invoke, clear_state=True)
         if instrument:  # http_requests_total etc. for every response, then the metrics flush
             from ops.metrics.http import instrument as record_metrics
 
             record_metrics(self)
+        error_tracking.instrument(self)  # reports the 500s when a Sentry DSN is configured
 
     def route(
         self, method: str, path: str, *, auth: bool = False, defer_flush: bool = False
@@ -183,6 +187,8 @@ class Api:
             resp = error_response(400, "bad_request", str(exc))
         except Exception as exc:  # the handler failed: answer 500 as JSON, log the traceback
             logger.exception("unhandled error", extra={"type": "error", "error": repr(exc)})
+            for on_error in self.error_hooks:
+                self._safely(on_error, req, route, exc)
             resp = error_response(
                 500, "internal_error", f"request {getattr(req, 'request_id', None)} failed"
             )

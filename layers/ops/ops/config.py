@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from ops import __version__
 
@@ -150,8 +151,12 @@ class Settings:
     service: str = text(
         "POWERTOOLS_SERVICE_NAME", DEFAULT_SERVICE, "the `service` log field and metric dimension"
     )
-    version: str = text("SERVICE_VERSION", __version__, "version reported by `/health/live`")
-    environment: str = text("ENVIRONMENT", "local", "deployment stage name")
+    version: str = text(
+        "SERVICE_VERSION",
+        __version__,
+        "version reported by `/health/live`; the Sentry release is `<service>@<version>`",
+    )
+    environment: str = text("ENVIRONMENT", "local", "deployment stage name (Sentry's environment)")
     log_level: str = choice("LOG_LEVEL", "INFO", LOG_LEVELS, "log level")
     powertools_log_level: str | None = choice(
         "POWERTOOLS_LOG_LEVEL", None, LOG_LEVELS, "log level; overrides `LOG_LEVEL` when set"
@@ -298,6 +303,29 @@ class Settings:
         high=3_600_000,
     )
 
+    # -- error tracking (Sentry): off unless a DSN is configured ----------------------------
+    sentry_dsn: str | None = secret(
+        "SENTRY_DSN",
+        "local: turns error tracking on (`https://<key>@<host>/<project id>`); unset: off,"
+        " and `sentry_sdk` is never imported",
+    )
+    sentry_dsn_secret_arn: str | None = text(
+        "SENTRY_DSN_SECRET_ARN",
+        None,
+        "AWS: the DSN as a Secrets Manager secret (plain string); unreadable or malformed"
+        " means error tracking off (logged), never a failing function",
+    )
+    sentry_sample_rate: float = number(
+        "SENTRY_SAMPLE_RATE", 1.0, "share of error events sent to Sentry", low=0, high=1
+    )
+    sentry_traces_sample_rate: float = number(
+        "SENTRY_TRACES_SAMPLE_RATE",
+        0.0,
+        "share of invocations traced in Sentry (Lambda only); 0: no tracing",
+        low=0,
+        high=1,
+    )
+
     def __post_init__(self) -> None:
         problems = _inconsistencies(self)
         if problems:
@@ -306,6 +334,10 @@ class Settings:
     @property
     def effective_log_level(self) -> str:
         return self.powertools_log_level or self.log_level
+
+    @property
+    def error_tracking_configured(self) -> bool:
+        return self.sentry_dsn is not None or self.sentry_dsn_secret_arn is not None
 
     @property
     def auth_configured(self) -> bool:
@@ -328,6 +360,11 @@ def _inconsistencies(cfg: Settings) -> list[str]:
             "RETENTION_BATCH_TARGET_MS must be below RETENTION_STATEMENT_TIMEOUT_MS "
             f"({cfg.retention_batch_target_ms} >= {cfg.retention_statement_timeout_ms})"
         )
+    if cfg.sentry_dsn is not None and not is_sentry_dsn(cfg.sentry_dsn):
+        problems.append(
+            "SENTRY_DSN must be a Sentry DSN (https://<key>@<host>/<project id>),"
+            " got a value that is not shown (secret)"
+        )
     locks = cfg.retention_statement_timeout_ms + cfg.retention_lock_timeout_ms
     if cfg.retention_lease_ttl_ms <= locks:
         problems.append(
@@ -336,6 +373,21 @@ def _inconsistencies(cfg: Settings) -> list[str]:
             f"{cfg.retention_lock_timeout_ms})"
         )
     return problems
+
+
+def is_sentry_dsn(value: str) -> bool:
+    """scheme://public-key@host/project-id, the shape every Sentry DSN has."""
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.username)
+        and bool(parts.hostname)
+        and parts.path.rstrip("/").rsplit("/", 1)[-1].isdigit()
+    )
 
 
 def specs() -> list[Spec]:

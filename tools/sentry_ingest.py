@@ -1,0 +1,149 @@
+"""A loopback HTTP server standing in for Sentry's ingest: it accepts the SDK's
+envelopes (POST /api/<project>/envelope/, gzip or plain) and keeps them to inspect.
+
+Tests and the error-tracking benchmark use it; run on its own, it shows what the bundle
+would send to Sentry:
+
+    .venv/bin/python -m tools.sentry_ingest   # prints SENTRY_DSN=…, then each event
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PUBLIC_KEY = "testpublickey"
+PROJECT = "1"
+
+
+@dataclass
+class Envelope:
+    path: str
+    headers: dict[str, str]
+    raw: str  # the decoded body, everything the SDK sent
+    items: list[tuple[dict[str, Any], Any]]  # (item header, parsed payload)
+    received_at: float  # time.monotonic(): one clock for every process on the machine
+
+
+def parse_envelope(body: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], Any]]]:
+    """Sentry's envelope format: a header line, then per item a header line and a payload
+    (`length` bytes when given, else up to the next newline)."""
+    first, _, rest = body.partition(b"\n")
+    items = []
+    while rest.strip():
+        item_line, _, rest = rest.partition(b"\n")
+        item_header = json.loads(item_line)
+        length = item_header.get("length")
+        if length is None:
+            payload, _, rest = rest.partition(b"\n")
+        else:
+            payload, rest = rest[:length], rest[length + 1 :]
+        try:
+            parsed: Any = json.loads(payload)
+        except ValueError:
+            parsed = payload.decode(errors="replace")
+        items.append((item_header, parsed))
+    return json.loads(first), items
+
+
+@dataclass
+class SentryIngest:
+    port: int
+    envelopes: list[Envelope] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def dsn(self) -> str:
+        return f"http://{PUBLIC_KEY}@127.0.0.1:{self.port}/{PROJECT}"
+
+    def items(self, kind: str) -> list[Any]:
+        with self.lock:
+            return [p for e in self.envelopes for h, p in e.items if h.get("type") == kind]
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.items("event")
+
+    def event_received_at(self) -> list[float]:
+        with self.lock:
+            return [
+                e.received_at for e in self.envelopes for h, _ in e.items if h["type"] == "event"
+            ]
+
+    def raw(self) -> str:
+        with self.lock:
+            return "\n".join(e.raw for e in self.envelopes)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.envelopes.clear()
+
+    def wait_for_events(self, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.events()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.events()
+
+
+@contextmanager
+def sentry_ingest() -> Iterator[SentryIngest]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    ingest = SentryIngest(port=server.server_address[1])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            _, items = parse_envelope(body)
+            with ingest.lock:
+                ingest.envelopes.append(
+                    Envelope(
+                        self.path,
+                        dict(self.headers),
+                        body.decode(errors="replace"),
+                        items,
+                        time.monotonic(),
+                    )
+                )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield ingest
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def main() -> None:
+    with sentry_ingest() as ingest:
+        print(f"SENTRY_DSN={ingest.dsn}", flush=True)
+        shown = 0
+        try:
+            while True:
+                events = ingest.events()
+                for event in events[shown:]:
+                    print(json.dumps(event, indent=2), flush=True)
+                shown = len(events)
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
