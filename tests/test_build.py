@@ -28,6 +28,7 @@ import pytest
 
 from tools import ROOT
 from tools.runtime import functions, load_template
+from tools.sentry_ingest import sentry_ingest
 
 pytestmark = pytest.mark.slow
 
@@ -353,6 +354,7 @@ def test_health_from_build_output(
         assert parsed["status"] == "ok"
     # DATABASE_URL needs no AWS API, so the health function must not pay for boto3.
     assert not inv.boto3_loaded
+    assert not any("/sentry_sdk/" in f for f in inv.files)  # no DSN: error tracking costs nothing
     build_output.assert_only_lambda_paths(inv, "HealthFunction")
     password = urlsplit(database_url).password
     assert password and password not in inv.output, "database password in the logs"
@@ -373,3 +375,21 @@ def test_retention_from_build_output(build_output: BuildOutput) -> None:
     assert isinstance(inv.result, dict) and inv.result, inv.output[-3000:]
     json.dumps(inv.result)  # what Lambda returns must be JSON
     build_output.assert_only_lambda_paths(inv, "RetentionFunction")
+
+
+def test_error_tracking_from_build_output(build_output: BuildOutput) -> None:
+    """With a DSN, the layer's sentry-sdk is imported and set up as the container starts."""
+    with sentry_ingest() as ingest:
+        inv = _invoke(
+            build_output.build,
+            build_output.runtime,
+            "HealthFunction",
+            "health.json",
+            {"DATABASE_URL": build_output.database_url, "SENTRY_DSN": ingest.dsn},
+            build_output.tmp,
+        )
+    assert inv.result["statusCode"] == 200, inv.output[-3000:]
+    assert any("/sentry_sdk/" in f for f in inv.files)
+    assert '"message":"error tracking on"' in inv.output
+    build_output.assert_only_lambda_paths(inv, "HealthFunction")
+    assert not ingest.events()  # a successful invocation sends nothing
