@@ -130,6 +130,8 @@ def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Test")
+    # New counter series are exposed at their value at once; tests of the hold set it.
+    monkeypatch.setenv("METRICS_NEW_SERIES_HOLD_S", "0")
     _reset_runtime()
     yield
     _reset_runtime()

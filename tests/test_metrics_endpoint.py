@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ops.metrics import catalogue as m
-from ops.metrics import flush
+from ops.metrics import flush, totals
 from tests.binaries import require_binary
 from tests.conftest import call_api, function_handler
 from tests.test_metrics_support import (
@@ -81,15 +81,58 @@ def test_the_right_token_gets_the_exposition(metrics_env, app_env):
     assert "# TYPE http_requests_total counter" in body
 
 
+STORED_FAMILIES = ("http_requests_total", "retention_run_duration_seconds", "webhook_failures")
+
+
+def _request_line(log_lines: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
+    (line,) = [x for x in log_lines() if x.get("type") == "request" and x["url"] == "/metrics"]
+    return line
+
+
 @pytest.mark.parametrize("where", ["refused", "hung"])
-def test_database_down_is_503_never_a_partial_exposition(app_env, closed_port, blackhole, where):
+def test_database_down_is_200_with_what_the_scrape_can_measure(
+    app_env, closed_port, blackhole, log_lines, where
+):
     port = closed_port if where == "refused" else blackhole
-    app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{port}/app", DB_CONNECT_TIMEOUT_S="0.5")
+    app_env(
+        DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{port}/app",
+        HEALTH_DB_TIMEOUT_S="0.5",
+        MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{closed_port}",
+    )
     status, headers, body = scrape()
-    assert status == 503
-    assert headers["Content-Type"] == "application/json"
-    assert body["error"] == "metrics_unavailable"
-    assert "no partial exposition" in body["message"]
+    assert status == 200 and headers["Content-Type"] == TEXT
+    samples = parse(body)
+    assert value(samples, "database_up") == 0
+    assert value(samples, "health_check_status", check="database") == 0
+    assert value(samples, "health_check_status", check="moltbot") == 0  # measured all the same
+    latency = value(samples, "health_check_latency_seconds", check="database")
+    assert 0 <= latency <= 0.5 + 0.25
+    # No stored family has a sample: not a partial exposition, not a made-up zero
+    # (an unlabelled counter at 0 and back would read as a reset).
+    assert not [k for k in samples if k[0].startswith(STORED_FAMILIES)]
+    assert "# TYPE http_requests_total counter" in body
+    # The handler's own time (flush excluded) stays within the check's budget.
+    assert _request_line(log_lines)["duration"] < 500 + 250
+
+
+def test_a_database_that_hangs_mid_scrape_costs_the_scrape_budget_only(
+    metrics_env, app_env, monkeypatch, log_lines
+):
+    function_handler("metrics")
+    import live_gauges
+
+    app_env(METRICS_SCRAPE_BUDGET_S="1")
+    monkeypatch.setattr(live_gauges, "LIVE_SQL", "SELECT 'sessions', '', 0::float8, pg_sleep(30)")
+    status, _, body = scrape()
+    assert status == 200
+    samples = parse(body)
+    assert value(samples, "database_up") == 0  # the check passed; the store did not answer
+    assert value(samples, "health_check_status", check="database") == 1
+    assert _request_line(log_lines)["duration"] < 1000 + 500
+    (failed,) = [x for x in log_lines() if x.get("type") == "metrics_scrape"]
+    assert "scrape budget" in failed["error"]
+    monkeypatch.undo()
+    assert value(scrape_samples(), "database_up") == 1  # the next scrape connects afresh
 
 
 def test_a_failing_query_is_503(metrics_env, monkeypatch):
@@ -112,7 +155,7 @@ def _record_one_of_everything() -> None:
     m.TOOL_CALL_DURATION.labels(tool="search").observe(1500)
     m.PAIRING_FAILURES.labels(channel="whatsapp").inc()
     m.DB_QUERY_DURATION.labels(operation="listing_by_id").observe(3.2)
-    m.HEALTH_CHECK_STATUS.labels(check="database").set(1)
+    m.HEALTH_CHECK_FAILURES.labels(check="database").inc()
     m.HEALTH_CHECK_DURATION.labels(check="database").observe(2.5)
     m.METRICS_FLUSH_FAILURES.labels(function="webhooks").inc()
     m.ERRORS.labels(function="webhooks", kind="unhandled_exception").inc()
@@ -214,7 +257,8 @@ def test_probe_routes_defer_their_flush_to_the_next_one(metrics_env):
     samples = scrape_samples()
     for path, expected in (("/health/live", 2), ("/health", 1), ("/health/ready", 1)):
         assert samples[("http_requests_total", labels[path])] == expected, path
-    assert value(samples, "health_check_duration_ms_count", check="database") == 3
+    # /health, /health/ready, /health/detailed, and the first scrape's own check
+    assert value(samples, "health_check_duration_ms_count", check="database") == 4
 
 
 def test_liveness_flushes_itself_once_the_last_flush_is_old(metrics_env, app_env):
@@ -236,15 +280,79 @@ def test_liveness_never_touches_a_hung_database(app_env, blackhole, log_lines):
     assert any(line.get("type") == "metrics_flush" for line in log_lines())
 
 
-def test_health_checks_record_status_and_latency(metrics_env, app_env, closed_port):
+def test_health_checks_record_failures_and_latency(metrics_env, app_env, closed_port):
     app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{closed_port}")
     status, _, _ = call_api(function_handler("health"), "/health/detailed")
     assert status == 503  # the optional dependency is down
-    samples = scrape_samples()
-    assert value(samples, "health_check_status", check="database") == 1
-    assert value(samples, "health_check_status", check="moltbot") == 0
+    samples = scrape_samples()  # the scrape ran both checks too
+    assert value(samples, "health_check_failures_total", check="database") == 0
+    assert value(samples, "health_check_failures_total", check="moltbot") == 1
     assert value(samples, "health_check_duration_ms_count", check="database") == 1
     assert value(samples, "health_check_duration_ms_count", check="moltbot") == 1
+
+
+# -- measured at scrape time ------------------------------------------------------------
+
+
+def test_database_up_is_in_every_scrape(metrics_env):
+    for _ in range(3):
+        samples = scrape_samples()
+        assert value(samples, "database_up") == 1
+        assert value(samples, "health_check_status", check="database") == 1
+        assert value(samples, "health_check_latency_seconds", check="database") >= 0
+
+
+def test_dependency_status_is_current_and_goes_when_the_dependency_goes(metrics_env, app_env):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Gateway(BaseHTTPRequestHandler):
+        healthy = False
+
+        def do_GET(self) -> None:
+            self.send_response(200 if Gateway.healthy else 503)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{srv.server_port}")
+        assert value(scrape_samples(), "health_check_status", check="moltbot") == 0
+        Gateway.healthy = True  # fixed: the very next scrape says so
+        assert value(scrape_samples(), "health_check_status", check="moltbot") == 1
+        Gateway.healthy = False
+        assert value(scrape_samples(), "health_check_status", check="moltbot") == 0
+        app_env(MOLTBOT_GATEWAY_URL="")  # removed: no status at all, so no alert
+        samples = scrape_samples()
+        assert not [k for k in samples if ("check", "moltbot") in k[1] and "status" in k[0]]
+    finally:
+        srv.shutdown()
+
+
+def test_a_new_counter_series_is_exposed_at_zero_before_its_value(metrics_env, app_env, own_sql):
+    app_env(METRICS_NEW_SERIES_HOLD_S="60")
+    m.HTTP_REQUESTS.labels(method="GET", route="/listings", status="503").inc(7)
+    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/listings").observe(42)
+    m.RETENTION_MISSING_INDEX.labels(table="events").set(1)  # a gauge is its value at once
+    assert flush() is True
+    five_o_three = {"method": "GET", "route": "/listings", "status": "503"}
+    samples = scrape_samples()
+    assert value(samples, "http_requests_total", **five_o_three) == 0
+    assert value(samples, "http_request_duration_ms_count", method="GET", route="/listings") == 0
+    assert value(samples, "http_request_duration_ms_sum", method="GET", route="/listings") == 0
+    assert value(samples, "retention_missing_index", table="events") == 1
+    own_sql("UPDATE metric_series SET created_at = now() - interval '61 seconds'")
+    totals.reset()  # a metrics container that has not cached the series' birth yet
+    samples = scrape_samples()
+    assert value(samples, "http_requests_total", **five_o_three) == 7
+    assert value(samples, "http_request_duration_ms_count", method="GET", route="/listings") == 1
+    # A new bucket of a histogram Prometheus already has is a plain increase: not held.
+    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/listings").observe(4000)
+    assert flush() is True
+    samples = scrape_samples()
+    assert value(samples, "http_request_duration_ms_count", method="GET", route="/listings") == 2
 
 
 # -- gauges read at scrape time ---------------------------------------------------------

@@ -54,7 +54,7 @@ def test_label_mistakes_raise_at_record_time(call, message):
         (lambda: m.WEBHOOK_FAILURES.labels(source="s").inc(-1), "only go up"),
         (lambda: m.WEBHOOK_FAILURES.labels(source="s").inc(float("nan")), "finite"),
         (lambda: m.TOOL_CALL_DURATION.labels(tool="t").observe(float("inf")), "finite"),
-        (lambda: m.HEALTH_CHECK_STATUS.labels(check="db").set(float("nan")), "finite"),
+        (lambda: m.RETENTION_MISSING_INDEX.labels(table="t").set(float("nan")), "finite"),
     ],
 )
 def test_bad_values_raise(call, message):
@@ -111,11 +111,11 @@ def test_time_observes_in_the_family_unit():
 
 
 def test_gauge_keeps_the_last_value():
-    status = m.HEALTH_CHECK_STATUS.labels(check="database")
-    status.set(1)
-    status.set(0)
+    missing = m.RETENTION_MISSING_INDEX.labels(table="events")
+    missing.set(1)
+    missing.set(0)
     ((key, (reading, _)),) = recorder.take_deltas().gauges.items()
-    assert key == ("health_check_status", 'check="database"', "") and reading == 0.0
+    assert key == ("retention_missing_index", 'table="events"', "") and reading == 0.0
 
 
 def test_bucket_bounds_render_as_prometheus_clients_do():
@@ -263,11 +263,12 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="200").inc()
     m.HTTP_REQUESTS.labels(method="GET", route="/b", status="201").inc()
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="503").inc()
+    m.HTTP_REQUESTS.labels(method="GET", route="/health/ready", status="503").inc(2)  # a probe
     m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(12.5)
     m.HTTP_REQUEST_DURATION.labels(method="GET", route="/b").observe(40.0)
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
-    m.HEALTH_CHECK_STATUS.labels(check="database").set(0)
-    m.HEALTH_CHECK_STATUS.labels(check="moltbot").set(1)
+    m.HEALTH_CHECK_FAILURES.labels(check="database").inc()
+    m.HEALTH_CHECK_FAILURES.labels(check="moltbot").inc(0)  # a check that passed
     m.RETENTION_ROWS_DELETED.labels(table="inbound_events").inc(500)
     m.RETENTION_RUNS.labels(status="failed").inc()
     m.ERRORS.labels(function="f", kind="unhandled_exception").inc()  # not mirrored
@@ -292,7 +293,10 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
             "retention_runs_failed": ("Count", [1.0]),
         },
         (("status_class", "2xx"),): {"http_requests": ("Count", [2.0])},
-        (("status_class", "5xx"),): {"http_requests": ("Count", [1.0])},
+        (("status_class", "5xx"),): {
+            "http_requests": ("Count", [1.0]),
+            "health_probe_requests": ("Count", [2.0]),  # not an API error
+        },
         (("check", "database"),): {"health_check_failures": ("Count", [1.0])},
         (("check", "moltbot"),): {"health_check_failures": ("Count", [0.0])},
         (("table", "inbound_events"),): {"retention_rows_deleted": ("Count", [500.0])},

@@ -246,7 +246,7 @@ def test_gauges_keep_the_newest_reading_across_containers(metrics_env):
         reset()
         store.outbox().shard = (shard + 1) % store.config().shards
 
-    status = m.HEALTH_CHECK_STATUS.labels(check="database")
+    status = m.RETENTION_MISSING_INDEX.labels(table="events")
     status.set(0)
     late = recorder.take_deltas()  # read first, flushed last (a slow container)
     new_container_on_another_shard()
@@ -254,7 +254,7 @@ def test_gauges_keep_the_newest_reading_across_containers(metrics_env):
     assert flush() is True
     new_container_on_another_shard()
     assert store.push(late, 0.0).outcome == store.FlushOutcome.STORED
-    assert value(scrape_samples(), "health_check_status", check="database") == 1
+    assert value(scrape_samples(), "retention_missing_index", table="events") == 1
 
 
 def test_a_hung_database_does_not_hold_the_invocation(app_env, blackhole):
@@ -311,7 +311,7 @@ def test_idle_shard_rows_fold_into_shard_zero_and_no_sum_changes(metrics_env, ow
         container_on(shard)
         m.WEBHOOK_FAILURES.labels(source="stripe").inc(shard)
         m.TOOL_CALL_DURATION.labels(tool="search").observe(shard * 100)
-        m.HEALTH_CHECK_STATUS.labels(check="database").set(1)
+        m.RETENTION_MISSING_INDEX.labels(table="events").set(1)
         assert flush() is True
     before = scrape_samples()
     # The containers of shards 3 and 7 are gone; 11 is still flushing.
@@ -335,7 +335,7 @@ def test_idle_shard_rows_fold_into_shard_zero_and_no_sum_changes(metrics_env, ow
     assert gauges == {3, 7, 11}  # gauges are never folded: the newest reading must win
     assert len(locked) == 1
     after = scrape_samples()
-    recorded = [k for k in before if k[0].startswith(("webhook_", MS, "health_check_status"))]
+    recorded = [k for k in before if k[0].startswith(("webhook_", MS, "retention_missing_index"))]
     assert {k: after[k] for k in recorded} == {k: before[k] for k in recorded}
 
     container_on(3)  # a container comes back on a folded shard

@@ -32,7 +32,7 @@ JOB = "realestate-backend"
 PROMETHEUS_ONLY = {
     "MetricsScrapeDown": "the scraper runs outside AWS; CloudWatch cannot see it",
     "RetentionNeverSucceeded": "RetentionNotSucceeded's alarm treats missing data as breaching",
-    "DependencyHealthCheckFailing": "optional dependencies differ per deployment",
+    "DependencyDown": "optional dependencies differ per deployment",
 }
 
 
@@ -456,7 +456,7 @@ def _emf_metrics() -> dict[str, str | None]:
         if family.emf is None:
             continue
         dimension = family.emf.dimension[0] if family.emf.dimension else None
-        names = [family.emf.name]
+        names = list(family.emf.names)
         for label, values in family.allowed.items():
             if "{" + label + "}" in family.emf.name:
                 names = [family.emf.name.format(**{label: v}) for v in sorted(values)]

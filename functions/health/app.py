@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from health_checks import CheckResult, configured_checks, database_check, run_checks
-
 from ops.api import Api, Request, Response, json_response
+from ops.checks import CheckResult, configured_checks, database_check, run_checks
 from ops.config import settings
 
 HEALTH_JSON = "application/health+json"

@@ -1,57 +1,118 @@
-"""GET /metrics: the totals stored in PostgreSQL, plus gauges read at scrape time.
+"""GET /metrics: the totals stored in PostgreSQL, plus gauges measured at scrape time.
 
 Prometheus text format 0.0.4, or OpenMetrics 1.0.0 when the scraper's Accept
-header asks for it. Bearer-token protected when a token is configured. All
-reads happen before anything is rendered: a database that is down or errors is
-a 503 with a JSON body, never a partial exposition.
+header asks for it. Bearer-token protected when a token is configured.
+
+The store lives in the database it watches, so a scrape must stay useful when
+that database is down: every scrape runs the configured checks (the database,
+optional dependencies) within their budgets and exposes `database_up`,
+`health_check_status` and `health_check_latency_ms` from them. When the database
+is unreachable or does not answer within METRICS_SCRAPE_BUDGET_S, the answer is
+still 200 with those, and no stored family has a sample (never a partial or
+made-up total). A database that answers with an error (say, a missing migration)
+is a 503: the exposition would be wrong, and Prometheus' `up` says so.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from live_gauges import collect
 from pg8000.exceptions import Error as PgError
 
 from ops.api import Api, Request, Response, error_response, response
+from ops.checks import Bounded, CheckResult, configured_checks, run_checks
+from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.metrics.render import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
+    Live,
     render,
     wants_openmetrics,
 )
-from ops.metrics.totals import compact_if_due, read_totals
+from ops.metrics.totals import Totals, compact_if_due, read_totals
 
 app = Api()
+
+
+class _StoreUnreachable(Exception):
+    """The database did not answer the store's reads (down, hung, restarting)."""
 
 
 @app.get("/metrics", auth=True)
 def metrics(req: Request) -> Response:
     started = time.perf_counter()
-    try:
-        db = get_db()
-        _compact(db)
-        totals = read_totals(db)
-        live = collect(db)
-    except (DatabaseUnavailable, PgError, OSError) as exc:
-        logger.warning(
-            "metrics unavailable: database unreachable",
-            extra={"type": "metrics_scrape", "status": "failed", "error": str(exc)},
-        )
-        return error_response(
-            503,
-            "metrics_unavailable",
-            "the metrics database is unreachable or failing; no partial exposition is served",
-        )
-    m.DB_QUERY_DURATION.labels(operation="metrics_scrape").observe(
-        (time.perf_counter() - started) * 1000.0
-    )
+    budget_s = settings().metrics_scrape_budget_s
+    checks = run_checks(configured_checks())
+    totals: Totals | None = None
+    live: dict[str, Any] = {}
+    if checks[0].ok:  # the database: read the store with what is left of the budget
+        try:
+            totals, live = _read_store(budget_s - (time.perf_counter() - started))
+        except _StoreUnreachable as exc:
+            logger.warning(
+                "metrics store unreadable: database unreachable",
+                extra={"type": "metrics_scrape", "status": "failed", "error": str(exc)},
+            )
+        except PgError as exc:  # the database answered with an error: the exposition is wrong
+            logger.error(
+                "metrics store unreadable: query failed",
+                extra={"type": "metrics_scrape", "status": "failed", "error": str(exc)},
+            )
+            return error_response(
+                503,
+                "metrics_unavailable",
+                "the metrics store could not be read; no partial exposition is served",
+            )
+    live.update(_measured(checks, database_up=totals is not None))
     openmetrics = wants_openmetrics(req.header("accept"))
     body = render(totals, live, openmetrics=openmetrics)
     return response(200, body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE)
+
+
+def _read_store(budget_s: float) -> tuple[Totals, dict[str, Any]]:
+    """Totals and live gauges, or _StoreUnreachable once the budget is spent."""
+    db = get_db()
+    read = Bounded(lambda: _read(db), "metrics-read")
+    if not read.wait(budget_s):
+        db.discard()  # unblocks the reader; the next scrape connects afresh
+        raise _StoreUnreachable(f"no answer within the scrape budget ({max(budget_s, 0):.3g}s)")
+    exc = read.exc
+    if exc is None:
+        return read.value  # type: ignore[no-any-return]
+    if isinstance(exc, (DatabaseUnavailable, OSError)) or (
+        isinstance(exc, PgError) and is_stale_error(exc)
+    ):
+        raise _StoreUnreachable(str(exc)) from exc
+    raise exc
+
+
+def _read(db: Database) -> tuple[Totals, dict[str, Any]]:
+    started = time.perf_counter()
+    _compact(db)
+    totals = read_totals(db, settings().metrics_new_series_hold_s)
+    live = dict(collect(db))
+    m.DB_QUERY_DURATION.labels(operation="metrics_scrape").observe(
+        (time.perf_counter() - started) * 1000.0
+    )
+    return totals, live
+
+
+def _measured(checks: list[CheckResult], *, database_up: bool) -> Live:
+    return {
+        m.DATABASE_UP.name: [("", 1.0 if database_up else 0.0)],
+        m.HEALTH_CHECK_STATUS.name: [
+            (m.HEALTH_CHECK_STATUS.labels(check=c.name), 1.0 if c.ok else 0.0) for c in checks
+        ],
+        m.HEALTH_CHECK_LATENCY.name: [
+            (m.HEALTH_CHECK_LATENCY.labels(check=c.name), round(c.latency_ms / 1000.0, 6))
+            for c in checks
+        ],
+    }
 
 
 def _compact(db: Database) -> None:

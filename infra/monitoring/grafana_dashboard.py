@@ -17,6 +17,7 @@ from typing import Any
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 ROUTE = 'route=~"$route"'
 LATENCY_BY_ROUTE = f"route_le:http_request_duration_ms_bucket:rate5m{{{ROUTE}}}"
+SELECTED = "route_method_status:http_requests:rate5m"
 
 
 @dataclass(frozen=True)
@@ -72,15 +73,18 @@ ROWS = [
                 "5xx error rate",
                 [
                     (
-                        "(sum(route_method_status:http_requests:rate5m"
-                        f'{{status=~"5..",{ROUTE}}}) or vector(0))'
-                        f" / sum(route_method_status:http_requests:rate5m{{{ROUTE}}})",
+                        f'(sum({SELECTED}{{status=~"5..",{ROUTE}}})'
+                        f" or 0 * sum({SELECTED}{{{ROUTE}}}))"
+                        f" / sum({SELECTED}{{{ROUTE}}})",
                         "selected routes",
                     ),
-                    ("job:http_requests_5xx:ratio_rate5m", "all routes"),
+                    ("job:http_requests_5xx:ratio_rate5m", "API (health routes excluded)"),
                 ],
                 "percentunit",
-                "Share of responses that are 5xx. Alert HighErrorRate: above 5% for 5m.",
+                "Share of responses that are 5xx. Alert HighErrorRate: API routes (health"
+                " routes excluded) above 5% for 5m. 0% only when responses were counted and"
+                " none was a 5xx; no data while the counts cannot be read (Database up 0):"
+                " they arrive after the database is back.",
             ),
             Panel(
                 "Scrape up",
@@ -88,6 +92,16 @@ ROWS = [
                 "none",
                 "1 when Prometheus can read /metrics. Alert MetricsScrapeDown.",
                 kind="stat",
+                width=6,
+            ),
+            Panel(
+                "Database up",
+                [("min(database_up)", "database")],
+                "none",
+                "Measured by every scrape: 1 when /metrics reached the database and read"
+                " the stored counts. Alert DatabaseDown.",
+                kind="stat",
+                width=6,
             ),
         ],
     ),
@@ -160,7 +174,8 @@ ROWS = [
                 "Health check status",
                 [("min by (check) (health_check_status)", "{{check}}")],
                 "none",
-                "1 up, 0 down. Alerts DatabaseHealthCheckFailing, DependencyHealthCheckFailing.",
+                "Each configured check, run at every scrape: 1 up, 0 down."
+                " Alerts DatabaseDown, DependencyDown.",
             ),
             Panel(
                 "Health check latency p95",

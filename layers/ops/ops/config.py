@@ -219,7 +219,8 @@ class Settings:
         high=API_GATEWAY_TIMEOUT_S - 1,
     )
     moltbot_gateway_url: str | None = url(
-        "MOLTBOT_GATEWAY_URL", "optional chat gateway; `/health/detailed` checks its `/health`"
+        "MOLTBOT_GATEWAY_URL",
+        "optional chat gateway; `/health/detailed` and every `/metrics` scrape check its `/health`",
     )
     metrics_token: str | None = secret(
         "METRICS_AUTH_TOKEN",
@@ -254,6 +255,24 @@ class Settings:
         "METRICS_DEFERRED_FLUSH_S",
         30.0,
         "the most a probe route lets its deltas wait",
+        low=0,
+        high=3600,
+    )
+    metrics_scrape_budget_s: float = number(
+        "METRICS_SCRAPE_BUDGET_S",
+        5.0,
+        "all database work of one `/metrics` scrape (check, totals, live gauges) ends within"
+        " this, answered or abandoned (`database_up 0`); above `HEALTH_DB_TIMEOUT_S`, below"
+        " Prometheus' `scrape_timeout`",
+        low=0.02,
+        high=API_GATEWAY_TIMEOUT_S - 1,
+    )
+    metrics_new_series_hold_s: float = number(
+        "METRICS_NEW_SERIES_HOLD_S",
+        60.0,
+        "a counter series younger than this is exposed at 0, so that Prometheus sees it at 0"
+        " before its value and `rate()`/`increase()` count its first counts; at least the"
+        " scrape interval (0: off)",
         low=0,
         high=3600,
     )
@@ -364,6 +383,12 @@ def _inconsistencies(cfg: Settings) -> list[str]:
         problems.append(
             "SENTRY_DSN must be a Sentry DSN (https://<key>@<host>/<project id>),"
             " got a value that is not shown (secret)"
+        )
+    # The scrape's database check runs first; the store's reads get what is left.
+    if cfg.metrics_scrape_budget_s <= cfg.health_db_budget_s:
+        problems.append(
+            "METRICS_SCRAPE_BUDGET_S must exceed HEALTH_DB_TIMEOUT_S "
+            f"({cfg.metrics_scrape_budget_s:g} <= {cfg.health_db_budget_s:g})"
         )
     locks = cfg.retention_statement_timeout_ms + cfg.retention_lock_timeout_ms
     if cfg.retention_lease_ttl_ms <= locks:

@@ -8,6 +8,7 @@ server raises instead of hanging) and a server-side `statement_timeout`.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -192,6 +193,7 @@ class Database:
         self._application_name = application_name
         self._conn: pg8000.native.Connection | None = None
         self._lock = threading.RLock()  # run() may be called inside transaction()
+        self._discards = 0  # a run() whose connection another thread dropped must not retry
 
     @property
     def cfg(self) -> Settings:
@@ -217,8 +219,12 @@ class Database:
     def discard(self) -> None:
         """Drop the connection; safe to call from another thread to unblock a hung read."""
         conn, self._conn = self._conn, None
+        self._discards += 1
         if conn is not None:
-            # No terminate message: the server may be the thing that hangs.
+            # No terminate message: the server may be the thing that hangs. shutdown()
+            # wakes a thread blocked reading it (close() alone does not, on Linux).
+            with suppress(Exception):
+                conn._usock.shutdown(socket.SHUT_RDWR)
             with suppress(Exception):
                 conn._usock.close()
 
@@ -230,13 +236,15 @@ class Database:
         """
         with self._lock:
             reused = self._conn is not None
+            discards = self._discards
             try:
                 return self.connection(timeout_s=timeout_s).run(sql, **params)
             except Exception as exc:
                 if not is_stale_error(exc):
                     raise
+                abandoned = self._discards != discards  # a caller gave up on this statement
                 self.discard()
-                if not reused:
+                if abandoned or not reused:
                     raise DatabaseUnavailable(str(exc)) from exc
             try:
                 return self.connection(timeout_s=timeout_s).run(sql, **params)

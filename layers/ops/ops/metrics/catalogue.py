@@ -14,6 +14,7 @@ Label values must stay a small, closed set: `route` is the route template
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 
 from ops.metrics.recorder import Counter, Emf, Gauge, Histogram, LiveGauge
@@ -29,6 +30,16 @@ def _status_class(labels: Mapping[str, str]) -> str:
     return f"{labels['status'][:1]}xx"
 
 
+# Health routes (/health, /health/live, /health/ready, /health/detailed). Their 503s
+# are the health signal, not API errors: the API's error rate leaves them out, in
+# PromQL as route!~"/health(/.*)?" and in CloudWatch as their own EMF metric.
+HEALTH_ROUTES = re.compile(r"/health(/.*)?")
+
+
+def _requests_metric(labels: Mapping[str, str]) -> str:
+    return "health_probe_requests" if HEALTH_ROUTES.fullmatch(labels["route"]) else "http_requests"
+
+
 def _label(name: str) -> tuple[str, Callable[[Mapping[str, str]], str]]:
     """An EMF dimension that is the label of the same name (for closed sets only)."""
     return (name, lambda labels: labels[name])
@@ -39,7 +50,12 @@ HTTP_REQUESTS = Counter(
     "http_requests_total",
     "HTTP requests by method, route template and status code.",
     ("method", "route", "status"),
-    emf=Emf("http_requests", "Count", dimension=("status_class", _status_class)),
+    emf=Emf(
+        "http_requests",
+        "Count",
+        dimension=("status_class", _status_class),
+        name_of=(("http_requests", "health_probe_requests"), _requests_metric),
+    ),
 )
 HTTP_REQUEST_DURATION = Histogram(
     "http_request_duration_ms",
@@ -96,17 +112,29 @@ DB_CONNECTIONS = LiveGauge(
     ("state",),
 )
 
-# -- Health checks (recorded by the health function for every check it runs)
-HEALTH_CHECK_STATUS = Gauge(
+# -- Health checks. Status is measured by the metrics function at each scrape, so it
+# is never older than the scrape; failures and latency are recorded by every check run
+# (health routes and scrapes alike).
+DATABASE_UP = LiveGauge(
+    "database_up",
+    "1 when this scrape reached the database and read the stored totals within its budget,"
+    " else 0 (measured at scrape time, like postgres_exporter's pg_up).",
+)
+HEALTH_CHECK_STATUS = LiveGauge(
     "health_check_status",
-    "Last result of each health check: 1 up, 0 down.",
+    "Each configured check, run at this scrape: 1 up, 0 down.",
     ("check",),
-    emf=Emf(
-        "health_check_failures",
-        "Count",
-        dimension=_label("check"),
-        value=lambda up: 0.0 if up else 1.0,
-    ),
+)
+HEALTH_CHECK_LATENCY = LiveGauge(
+    "health_check_latency_seconds",
+    "Latency of each configured check at this scrape, in seconds (its budget on a timeout).",
+    ("check",),
+)
+HEALTH_CHECK_FAILURES = Counter(
+    "health_check_failures_total",
+    "Health checks that failed, by check (every run counts: health routes and scrapes).",
+    ("check",),
+    emf=Emf("health_check_failures", "Count", dimension=_label("check")),
 )
 HEALTH_CHECK_DURATION = Histogram(
     "health_check_duration_ms",

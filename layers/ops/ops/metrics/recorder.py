@@ -58,11 +58,12 @@ class Emf:
     """How a family is mirrored to CloudWatch (EMF). Dimensions must stay bounded.
 
     `name` may use the family's labels (`retention_runs_{status}`) when those
-    label values are a closed set; `dimension` derives one extra dimension from
-    the labels; `value` maps a gauge reading to the emitted value.
+    label values are a closed set, or be chosen from the labels by `name_of`
+    (one of `names`); `dimension` derives one extra dimension from the labels;
+    `value` maps a gauge reading to the emitted value.
     """
 
-    __slots__ = ("dimension", "name", "unit", "value")
+    __slots__ = ("dimension", "name", "name_of", "names", "unit", "value")
 
     def __init__(
         self,
@@ -70,14 +71,19 @@ class Emf:
         unit: str,
         dimension: tuple[str, Callable[[Mapping[str, str]], str]] | None = None,
         value: Callable[[float], float] | None = None,
+        name_of: tuple[tuple[str, ...], Callable[[Mapping[str, str]], str]] | None = None,
     ) -> None:
         self.name = name
         self.unit = unit
         self.dimension = dimension
         self.value = value
+        self.names, self.name_of = name_of if name_of else ((name,), None)
 
     def key(self, labels: Mapping[str, str]) -> EmfKey:
-        name = self.name.format(**labels) if "{" in self.name else self.name
+        if self.name_of is not None:
+            name = self.name_of(labels)
+        else:
+            name = self.name.format(**labels) if "{" in self.name else self.name
         if self.dimension is None:
             return (name, self.unit, "", "")
         dim_name, derive = self.dimension

@@ -5,6 +5,9 @@ arrive already summed and with their label sets rendered, so rendering is
 string joins (about a third of what `generate_latest` spends per sample).
 Every catalogue family gets `# HELP` and `# TYPE`, even before it has samples;
 histograms get every catalogue bucket, cumulative, then `_count` and `_sum`.
+When the store could not be read (`totals` None) the recorded families have no
+samples at all, never a made-up zero: a counter that went to 0 and back would
+read as a reset, and rate() would count its whole value again.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def _histogram(out: list[str], family: Histogram, rows: Iterable[tuple[str, Any]
 
 
 def render(
-    totals: Totals,
+    totals: Totals | None,
     live: Live,
     *,
     openmetrics: bool,
@@ -113,6 +116,8 @@ def render(
         if family.live:
             for labels, value in live.get(name, ()):
                 out.append(f"{name}{{{labels}}} {fmt(value)}" if labels else f"{name} {fmt(value)}")
+            continue
+        if totals is None:
             continue
         rows: Iterable[tuple[str, Mapping[str, float]]] = totals.get(name, ())
         if not rows and not family.labelnames and family.kind != GAUGE:

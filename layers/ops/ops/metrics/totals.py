@@ -5,6 +5,13 @@ The sums over shards come back as one packed "id value id value ..." string
 series' names from a per-container cache: series are only ever added, so a warm
 metrics container fetches just the new ones at each scrape. A gauge is its
 newest reading across shards, not a sum.
+
+A counter's label set younger than the hold (METRICS_NEW_SERIES_HOLD_S, from
+metric_series.created_at, by the database clock) is read as 0: Prometheus then
+sees the new series at 0 before its value, and rate()/increase() count its first
+counts (a series that first appears with value N counts as 0 there). Counts that
+arrived while the store could not be read (an outage) would otherwise vanish
+from every rate.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ CROSS JOIN LATERAL (
     SELECT v.value FROM metric_values AS v
     WHERE v.series_id = s.id ORDER BY v.updated_at DESC LIMIT 1) AS g
 WHERE s.kind = 'g'
+UNION ALL
+SELECT 'now', extract(epoch FROM now())::text, 0
 """
 
 # Folds counter rows that no live container writes (untouched for COMPACT_IDLE_S)
@@ -69,6 +78,8 @@ class SeriesNames:
         self.ids: set[int] = set()
         self.max_id = 0
         self._tree: dict[str, dict[str, list[tuple[str, int]]]] = {}
+        # (family, labels) of counters -> when its first part was created (Unix seconds)
+        self.born: dict[tuple[str, str], float] = {}
         self._layout: Layout | None = None
 
     def refresh(self, db: Database, also: Iterable[int] = ()) -> None:
@@ -76,15 +87,19 @@ class SeriesNames:
         out in order but committed in any order, so a lower one can appear later."""
         extra = ", ".join(str(int(i)) for i in also)
         rows = db.run(
-            "SELECT id, family, labels, part FROM metric_series "
-            f"WHERE id > {int(self.max_id)}" + (f" OR id IN ({extra})" if extra else "")
+            "SELECT id, family, labels, part, kind, extract(epoch FROM created_at)::float8"
+            f" FROM metric_series WHERE id > {int(self.max_id)}"
+            + (f" OR id IN ({extra})" if extra else "")
         )
-        for series_id, family, labels, part in rows:
+        for series_id, family, labels, part, kind, created in rows:
             if series_id not in self.ids:
                 self.ids.add(series_id)
                 self._tree.setdefault(family, {}).setdefault(labels, []).append((part, series_id))
                 self.max_id = max(self.max_id, series_id)
                 self._layout = None
+                if kind == "c":
+                    key = (family, labels)
+                    self.born[key] = min(created, self.born.get(key, created))
 
     def layout(self) -> Layout:
         if self._layout is None:
@@ -110,10 +125,12 @@ def _unpack(packed: str | None) -> dict[int, float]:
     return dict(zip(map(int, tokens[0::2]), map(float, tokens[1::2]), strict=True))
 
 
-def read_totals(db: Database) -> Totals:
-    """Every stored series summed over shards, grouped by family and label set."""
+def read_totals(db: Database, hold_s: float = 0.0) -> Totals:
+    """Every stored series summed over shards, grouped by family and label set; counters
+    created less than `hold_s` seconds ago read as 0 (see the module's docstring)."""
     global _names
     rows = {kind: (packed, max_id) for kind, packed, max_id in db.run(VALUES_SQL)}
+    held_after = float(rows["now"][0]) - hold_s if hold_s > 0 else float("inf")
     packed_sums, newest_id = rows["sum"]
     values = _unpack(packed_sums)
     values.update(_unpack(rows["latest"][0]))  # a gauge is its newest reading, not a sum
@@ -122,13 +139,16 @@ def read_totals(db: Database) -> Totals:
     unknown = values.keys() - _names.ids
     if unknown or newest_id > _names.max_id:
         _names.refresh(db, unknown)
+    born = _names.born
     totals: Totals = {}
     for family, sets in _names.layout().items():
-        present = [
-            (labels, {part: values[i] for part, i in parts if i in values})
-            for labels, parts in sets
-        ]
-        present = [(labels, parts) for labels, parts in present if parts]
+        present = []
+        for labels, parts in sets:
+            read = {part: values[i] for part, i in parts if i in values}
+            if read:
+                if born.get((family, labels), held_after) > held_after:
+                    read = dict.fromkeys(read, 0.0)
+                present.append((labels, read))
         if present:
             totals[family] = present
     return totals

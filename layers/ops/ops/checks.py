@@ -1,9 +1,10 @@
-"""Dependency checks, each bounded by its own time budget.
+"""Dependency checks, each bounded by its own time budget (health routes and /metrics).
 
 A check runs in a daemon thread that the request waits on for at most the
 budget. A database that accepts and never answers therefore becomes a failed
-check (and a 503) on time, and its connection is dropped so that the next
-invocation starts fresh instead of queueing behind the hung read.
+check (and a 503, or `database_up 0` on /metrics) on time, and its connection is
+dropped so that the next invocation starts fresh instead of queueing behind the
+hung read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ops.config import settings
 from ops.db import get_db
@@ -48,53 +50,72 @@ class Check:
     on_timeout: Callable[[], None] | None = None
 
 
-class _Running:
-    def __init__(self, check: Check) -> None:
-        self.check = check
-        self.error: str | None = None
+class Bounded:
+    """`fn()` on a daemon thread that the caller waits on for at most a budget."""
+
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+        self.value: Any = None
+        self.exc: BaseException | None = None
         self.finished_at: float | None = None
         self.started_at = time.perf_counter()
-        self.thread = threading.Thread(target=self._run, name=f"check-{check.name}", daemon=True)
+        self._fn = fn
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            self.check.probe(self.check.budget_s)
-        except Exception as exc:
-            self.error = str(exc) or type(exc).__name__
+            self.value = self._fn()
+        except BaseException as exc:
+            self.exc = exc
         self.finished_at = time.perf_counter()
 
-    def result(self) -> CheckResult:
-        check = self.check
-        remaining = check.budget_s - (time.perf_counter() - self.started_at)
+    def wait(self, budget_s: float) -> bool:
+        """True when fn has finished within `budget_s` of its start."""
+        remaining = budget_s - (time.perf_counter() - self.started_at)
         self.thread.join(max(remaining, 0.0))
-        if self.finished_at is None:
+        return self.finished_at is not None
+
+
+class _Running:
+    def __init__(self, check: Check) -> None:
+        self.check = check
+        self.run = Bounded(lambda: check.probe(check.budget_s), f"check-{check.name}")
+
+    def result(self) -> CheckResult:
+        check, run = self.check, self.run
+        if not run.wait(check.budget_s):
             if check.on_timeout is not None:
                 check.on_timeout()
             return CheckResult(
                 check.name,
                 False,
-                (time.perf_counter() - self.started_at) * 1000.0,
+                (time.perf_counter() - run.started_at) * 1000.0,
                 check.critical,
                 f"timed out after {check.budget_s:g}s",
                 check.component_type,
             )
+        assert run.finished_at is not None
+        error = None if run.exc is None else (str(run.exc) or type(run.exc).__name__)
         return CheckResult(
             check.name,
-            self.error is None,
-            (self.finished_at - self.started_at) * 1000.0,
+            error is None,
+            (run.finished_at - run.started_at) * 1000.0,
             check.critical,
-            self.error,
+            error,
             check.component_type,
         )
 
 
 def run_checks(checks: list[Check]) -> list[CheckResult]:
-    """Run all checks concurrently; the slowest bounds the total, not the sum."""
+    """Run all checks concurrently; the slowest bounds the total, not the sum.
+
+    Each result is recorded (`health_check_failures_total`, also CloudWatch's
+    `health_check_failures`, and `health_check_duration_ms`) and a failure logged.
+    """
     running = [_Running(check) for check in checks]
     results = [r.result() for r in running]
     for result in results:
-        m.HEALTH_CHECK_STATUS.labels(check=result.name).set(1.0 if result.ok else 0.0)
+        m.HEALTH_CHECK_FAILURES.labels(check=result.name).inc(0.0 if result.ok else 1.0)
         m.HEALTH_CHECK_DURATION.labels(check=result.name).observe(result.latency_ms)
         if not result.ok:
             logger.warning(
@@ -137,7 +158,7 @@ def database_check() -> Check:
 
 
 def configured_checks() -> list[Check]:
-    """Every check this deployment has: the database, plus optional HTTP dependencies."""
+    """Every check this deployment has: the database first, then optional HTTP dependencies."""
     cfg = settings()
     checks = [database_check()]
     if cfg.moltbot_gateway_url:
