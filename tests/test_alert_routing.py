@@ -199,18 +199,17 @@ def test_inhibit_rules_name_alerts_the_rules_define() -> None:
         for matcher in rule["source_matchers"] + rule["target_matchers"]:
             if found := re.fullmatch(r'alertname=~?"(.*)"', matcher):
                 named |= set(found.group(1).split("|"))
-    assert named - {"DatabaseDown"} <= defined, named - defined
+    assert named <= defined, named - defined
 
 
 def test_database_down_silences_only_its_symptoms() -> None:
     rules = {r["alert"]: _alert_labels(r) for r in alert_rules()}
-    down = rules.get("DatabaseDown", {"alertname": "DatabaseDown", "severity": "critical"})
-    down = {**down, "service": SERVICE}
-    assert _inhibited(rules["DatabaseHealthCheckFailing"], down)
+    down = {**rules["DatabaseDown"], "service": SERVICE}
     assert _inhibited(rules["MetricsFlushFailing"], down)
-    for kept in ("HighErrorRate", "MetricsScrapeDown", "DependencyHealthCheckFailing"):
+    assert _inhibited(rules["RetentionNotSucceeded"], down)
+    for kept in ("HighErrorRate", "MetricsScrapeDown", "DependencyDown"):
         assert not _inhibited(rules[kept], down), kept
-    other_service = {**rules["DatabaseHealthCheckFailing"], "service": "another"}
+    other_service = {**rules["MetricsFlushFailing"], "service": "another"}
     assert not _inhibited(other_service, down)
 
 
@@ -301,13 +300,10 @@ def _local_prometheus_config(work: Path, alertmanager: str) -> Path:
     expression: they fire at once, with their real labels and annotations."""
     config = _yaml(MONITORING / "prometheus.yml")
     rules = {r["alert"]: r for r in alert_rules()}
-    rules.setdefault(  # issue 8 adds it; routing is agreed on its name and severity
-        "DatabaseDown", {"alert": "DatabaseDown", "labels": {"severity": "critical"}}
-    )
     exprs = {
         "DatabaseDown": "vector(1)",
-        "DatabaseHealthCheckFailing": 'label_replace(vector(1), "check", "database", "", "")',
-        "DependencyHealthCheckFailing": 'label_replace(vector(1), "check", "moltbot", "", "")',
+        "MetricsFlushFailing": 'label_replace(vector(1), "function", "health", "", "")',
+        "DependencyDown": 'label_replace(vector(1), "check", "moltbot", "", "")',
     }
     firing = [
         {**{k: v for k, v in rules[name].items() if k != "for"}, "expr": expr}
@@ -327,7 +323,7 @@ def _local_prometheus_config(work: Path, alertmanager: str) -> Path:
 @pytest.mark.slow
 def test_prometheus_pages_through_alertmanager(sink: ThreadingHTTPServer) -> None:
     """DatabaseDown pages PagerDuty with the key from the file, the dependency warning goes
-    to Slack, and the database health-check alert is inhibited by DatabaseDown."""
+    to Slack, and the flush-failure warning that follows from the outage is inhibited by it."""
     alertmanager_bin = require_binary("prometheus-alertmanager", "alertmanager")
     prometheus_bin = require_binary("prometheus")
     work = Path(tempfile.mkdtemp(prefix="alertmanager-"))
@@ -394,18 +390,18 @@ def test_prometheus_pages_through_alertmanager(sink: ThreadingHTTPServer) -> Non
     try:
         for alert in by_name.values():
             assert alert["labels"]["service"] == SERVICE  # prometheus.yml's external label
-        suppressed = by_name["DatabaseHealthCheckFailing"]["status"]
+        suppressed = by_name["MetricsFlushFailing"]["status"]
         assert suppressed["state"] == "suppressed" and suppressed["inhibitedBy"], suppressed
         assert by_name["DatabaseDown"]["status"]["state"] == "active"
-        assert by_name["DependencyHealthCheckFailing"]["status"]["state"] == "active"
+        assert by_name["DependencyDown"]["status"]["state"] == "active"
 
         pages = paths["/pagerduty"]
         assert {p["routing_key"] for p in pages} == {routing_key}
         assert all(p["event_action"] == "trigger" for p in pages)
         paged = " ".join(p["payload"]["summary"] for p in pages)
-        assert "DatabaseDown" in paged and "DatabaseHealthCheckFailing" not in paged
+        assert "DatabaseDown" in paged and "MetricsFlushFailing" not in paged
         chats = " ".join(json.dumps(m) for m in paths["/slack"])
-        assert "DependencyHealthCheckFailing" in chats and "DatabaseHealthCheckFailing" not in chats
+        assert "DependencyDown" in chats and "MetricsFlushFailing" not in chats
     finally:
         if not os.environ.get("KEEP"):
             shutil.rmtree(work, ignore_errors=True)

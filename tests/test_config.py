@@ -98,6 +98,8 @@ def test_settings_that_do_not_fit_together_are_refused():
         load({"RETENTION_BATCH_TARGET_MS": "20000"})
     with pytest.raises(ConfigError, match="RETENTION_LEASE_TTL_MS must exceed"):
         load({"RETENTION_LEASE_TTL_MS": "10000"})
+    with pytest.raises(ConfigError, match="METRICS_SCRAPE_BUDGET_S must exceed HEALTH_DB_TIM"):
+        load({"METRICS_SCRAPE_BUDGET_S": "3", "HEALTH_DB_TIMEOUT_S": "3"})
 
 
 def test_a_secret_is_never_quoted():

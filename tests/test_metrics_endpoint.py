@@ -121,7 +121,7 @@ def test_a_database_that_hangs_mid_scrape_costs_the_scrape_budget_only(
     function_handler("metrics")
     import live_gauges
 
-    app_env(METRICS_SCRAPE_BUDGET_S="1")
+    app_env(METRICS_SCRAPE_BUDGET_S="1", HEALTH_DB_TIMEOUT_S="0.5")
     monkeypatch.setattr(live_gauges, "LIVE_SQL", "SELECT 'sessions', '', 0::float8, pg_sleep(30)")
     status, _, body = scrape()
     assert status == 200
