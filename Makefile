@@ -10,12 +10,17 @@ export SAM_CLI_TELEMETRY := 0
 
 .PHONY: run test invoke migrate lint build validate sam-cli bench clean
 
+# pip shows what it fetches (a silent minute looks like a hang); no root or version nags.
+PIP_INSTALL = -m pip install --progress-bar on --root-user-action=ignore --disable-pip-version-check
+
 $(STAMP): requirements-dev.txt layers/ops/requirements.txt
-	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
+	@echo "==> first run: installing the dev tools into $(VENV) (about 380 MB from PyPI; README: First run)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $(STAMP)
+	$(PY) $(PIP_INSTALL) --quiet --upgrade pip
+	$(PY) $(PIP_INSTALL) -r requirements-dev.txt
+	@touch $(STAMP)
+	@echo "==> $(VENV) ready"
 
 # The SAM CLI lives in its own venv: it pins many packages the dev venv also uses.
 SAM_VENV  := .venv-sam
@@ -30,21 +35,23 @@ export LAMBDA_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin
 	/usr/local/bin/python3.13 /usr/bin/python3.13))
 
 $(SAM_STAMP): requirements-sam.txt
+	@echo "==> installing the SAM CLI into $(SAM_VENV) (about 340 MB from PyPI, once; README: First run)"
 	$(PYTHON) -m venv $(SAM_VENV)
-	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-sam.txt
-	touch $(SAM_STAMP)
+	$(SAM_VENV)/bin/python $(PIP_INSTALL) --quiet --upgrade pip
+	$(SAM_VENV)/bin/python $(PIP_INSTALL) -r requirements-sam.txt
+	@touch $(SAM_STAMP)
+	@echo "==> $(SAM_VENV) ready: call the SAM CLI as $(SAM)"
 
 sam-cli: $(SAM_STAMP)  ## the SAM CLI in .venv-sam
 
-run: $(STAMP)  ## local gateway on 127.0.0.1:3000 with the real handlers
-	$(PY) -m tools.serve
+run: $(STAMP)  ## local gateway on 127.0.0.1:3000 (PORT=…) with the real handlers
+	@$(PY) -m tools.serve
 
 invoke: $(STAMP)  ## make invoke FN=RetentionFunction EVENT=events/retention-scheduler.json
-	$(PY) -m tools.invoke $(FN) $(if $(EVENT),--event $(EVENT))
+	@$(PY) -m tools.invoke $(FN) $(if $(EVENT),--event $(EVENT))
 
-migrate: $(STAMP)  ## apply migrations to DATABASE_URL (or DB_SECRET_ARN)
-	$(PY) -m tools.migrate
+migrate: $(STAMP)  ## migrations on DATABASE_URL, else DB_SECRET_ARN, else make run's database
+	@$(PY) -m tools.migrate
 
 test: $(STAMP)  ## every test: unit, database, template, build, promtool
 	$(PY) -m pytest $(PYTEST_ARGS)

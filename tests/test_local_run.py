@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -137,3 +138,100 @@ def test_invoke_rejects_unknown_function():
     )
     assert out.returncode == 2
     assert "unknown function" in out.stderr and "HealthFunction" in out.stderr
+
+
+def run_tool(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DB_SECRET_ARN")}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_clear_failure(out: subprocess.CompletedProcess, *needles: str) -> None:
+    """One or two lines (what failed and why, then what to do), exit 2, no traceback."""
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, out.stderr
+    assert 1 <= len(lines) <= 2, out.stderr
+    assert "Traceback" not in out.stderr and "Warning" not in out.stderr, out.stderr
+    for needle in needles:
+        assert needle in out.stderr, out.stderr
+
+
+def test_invoke_and_migrate_without_database_url_use_make_runs_database():
+    data = Path(tempfile.mkdtemp(prefix="ops-local-"))
+    env = {"LOCAL_DATA_DIR": str(data)}
+    migrate = run_tool("tools.migrate", env=env)
+    assert migrate.returncode == 0, migrate.stderr
+    assert "(embedded)" in migrate.stdout and migrate.stderr == ""
+    assert not postgres_running_on(data / "pgdata"), "migrate left the server it started running"
+
+    invoke = run_tool(
+        "tools.invoke", "RetentionFunction", "--event", "events/retention-dry-run.json", env=env
+    )
+    assert invoke.returncode == 0, invoke.stderr
+    assert json.loads(invoke.stdout)["dryRun"] is True
+    assert not postgres_running_on(data / "pgdata"), "invoke left the server it started running"
+    # Its stderr is the function's JSON log lines and nothing else (no stray warnings).
+    assert all(line.startswith("{") for line in invoke.stderr.splitlines()), invoke.stderr
+
+    # With `make run` up, both use its server and leave it running.
+    cluster = PgCluster(data / "pgdata", port=int((data / "pgport").read_text()))
+    cluster.start()
+    try:
+        assert run_tool("tools.migrate", env=env).returncode == 0
+        assert run_tool("tools.invoke", "HealthFunction", env=env).returncode == 0
+        assert postgres_running_on(data / "pgdata")
+    finally:
+        cluster.destroy()
+
+
+def test_a_refused_database_is_two_lines_and_exit_2(closed_port):
+    url = f"postgresql://u:p@127.0.0.1:{closed_port}/db"
+    for tool in (("tools.migrate",), ("tools.serve", "--port", str(free_port()))):
+        out = run_tool(*tool, env={"DATABASE_URL": url})
+        assert_clear_failure(out, "connection refused", "DATABASE_URL")
+    out = run_tool(
+        "tools.invoke",
+        "RetentionFunction",
+        "--event",
+        "events/retention-dry-run.json",
+        env={"DATABASE_URL": url},
+    )
+    assert_clear_failure(out, "connection refused")
+
+
+def test_a_hung_database_says_timed_out_not_refused(blackhole):
+    from ops.db import DatabaseUnavailable, connect_url
+
+    with pytest.raises(DatabaseUnavailable, match=r"timed out after 0.5 s") as err:
+        connect_url(f"postgresql://u:p@127.0.0.1:{blackhole}/db", timeout_s=0.5)
+    assert "refused" not in str(err.value)
+
+
+def test_user_mistakes_are_two_lines_and_exit_2(tmp_path):
+    assert_clear_failure(
+        run_tool("tools.invoke", "HealthFunction", "--event", "events/nope.json", env={}),
+        "no event file events/nope.json",
+        "health.json",
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert_clear_failure(
+        run_tool("tools.invoke", "HealthFunction", "--event", str(bad), env={}), "is not JSON"
+    )
+    assert_clear_failure(
+        run_tool("tools.migrate", env={"DATABASE_URL": "mysql://x@y/z"}), "postgresql://"
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        data = Path(tempfile.mkdtemp(prefix="ops-local-"))
+        out = run_tool("tools.serve", "--port", str(port), env={"LOCAL_DATA_DIR": str(data)})
+    assert_clear_failure(out, f"cannot listen on 127.0.0.1:{port}", "PORT=")
+    assert not postgres_running_on(data / "pgdata")

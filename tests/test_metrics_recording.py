@@ -99,6 +99,23 @@ def test_histogram_buckets_are_upper_inclusive():
     }
 
 
+def test_http_duration_resolves_fast_routes_and_keeps_the_objective_bounds():
+    # Health routes answer in about 1 ms: they need bounds below the seed's first (10 ms).
+    child = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/health/live")
+    for ms in (0.4, 2.0, 4.0, 7.0):
+        child.observe(ms)
+    sums = recorder.take_deltas().sums
+    labels = 'method="GET",route="/health/live"'
+    assert {le: n for (_, lab, le), n in sums.items() if lab == labels and le != "sum"} == {
+        "1.0": 1.0,
+        "2.5": 1.0,
+        "5.0": 1.0,
+        "10.0": 1.0,
+    }
+    # The seed's bounds stay: dashboards, the 500 ms objective and the SLO rules read them.
+    assert {10, 50, 100, 200, 500, 1000, 2000, 5000} <= set(m.HTTP_BUCKETS_MS)
+
+
 def test_time_observes_in_the_family_unit():
     with m.TOOL_CALL_DURATION.labels(tool="t").time():
         pass

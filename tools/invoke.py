@@ -3,8 +3,9 @@
     python -m tools.invoke RetentionFunction --event events/retention-scheduler.json
     python -m tools.invoke HealthFunction --event events/health.json
 
-Uses DATABASE_URL when set, else the embedded database that `make run` uses.
-Prints the handler's return value as JSON on stdout; logs go to stderr.
+Uses DATABASE_URL when set, else the embedded database that `make run` uses (started
+for the call and stopped after it when `make run` is not running), with the migrations
+applied. Prints the handler's return value as JSON on stdout; logs go to stderr.
 """
 
 from __future__ import annotations
@@ -14,45 +15,71 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+from tools import ROOT
+from tools.cli import ToolError, database_hint, first_line, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("function", help="logical id in template.yaml, e.g. HealthFunction")
     parser.add_argument("--event", "-e", type=Path, help="event JSON file (default: {})")
     args = parser.parse_args(argv)
 
-    from tools.runtime import LambdaContext, functions, load_handler
+    from tools.runtime import functions
 
     specs = functions()
     spec = specs.get(args.function)
     if spec is None:
         parser.error(f"unknown function {args.function!r}; one of: {', '.join(sorted(specs))}")
-    event = json.loads(args.event.read_text()) if args.event else {}
+    return run("invoke", lambda: _invoke(spec, read_event(args.event)))
 
-    cluster = None
-    if not os.environ.get("DATABASE_URL"):
-        from tools.localdb import ensure_database
-        from tools.migrate import apply_url
 
-        url, cluster = ensure_database()
-        apply_url(url)
-        os.environ["DATABASE_URL"] = url
+def read_event(path: Path | None) -> Any:
+    if path is None:
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        examples = ", ".join(sorted(p.name for p in (ROOT / "events").glob("*.json")))
+        raise ToolError(f"no event file {path}", f"Sample events in events/: {examples}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ToolError(f"cannot read event file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ToolError(f"event file {path} is not JSON: {exc}") from None
+
+
+def _invoke(spec: Any, event: Any) -> int:
+    from tools.localdb import local_database
+    from tools.migrate import apply_url
+    from tools.runtime import LambdaContext, load_handler
+
+    # The template's settings first, then the database: the handler reads them together.
     for key, value in spec.environment.items():
         os.environ.setdefault(key, value)
-    from ops.config import settings
+    with local_database() as (url, _):
+        os.environ["DATABASE_URL"] = url
+        from ops.config import settings
 
-    settings.cache_clear()  # a container starts here: read the environment just set
+        settings.cache_clear()  # a container starts here: read the environment just set
+        apply_url(url)
+        # Logs to stderr; only the result goes to stdout.
+        real_stdout, sys.stdout = sys.stdout, sys.stderr
+        try:
+            handler = load_handler(spec.code_dir, spec.handler)
+            context = LambdaContext(spec.logical_id, spec.timeout_s, spec.memory_mb)
+            result = handler(event, context)
+        except Exception as exc:  # Lambda would report it as the invocation's error
+            from ops.db import DatabaseUnavailable
 
-    # Logs to stderr; only the result goes to stdout.
-    real_stdout, sys.stdout = sys.stdout, sys.stderr
-    try:
-        handler = load_handler(spec.code_dir, spec.handler)
-        result = handler(event, LambdaContext(spec.logical_id, spec.timeout_s, spec.memory_mb))
-    finally:
-        sys.stdout = real_stdout
-        if cluster is not None:
-            cluster.stop()
+            hint = "Its log lines above say more (type=error, or type=job status=failed)."
+            raise ToolError(
+                f"{spec.logical_id} failed: {type(exc).__name__}: {first_line(exc)}",
+                database_hint() if isinstance(exc, DatabaseUnavailable) else hint,
+            ) from None
+        finally:
+            sys.stdout = real_stdout
     print(json.dumps(result, indent=2, default=str))
     return 0
 

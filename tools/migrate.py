@@ -1,6 +1,6 @@
 """Apply `migrations/NNN_name.sql` in order, once each; safe to run again and concurrently.
 
-    python -m tools.migrate            # uses DATABASE_URL, or DB_SECRET_ARN in AWS
+    python -m tools.migrate   # DATABASE_URL, else DB_SECRET_ARN, else make run's embedded database
 
 Each file runs in its own transaction under a transaction-level advisory lock
 (no session lock: those pin connections behind RDS Proxy). An applied file
@@ -10,17 +10,21 @@ whose content changed since is an error: migrations are append-only.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 
 import pg8000.native
+from pg8000.exceptions import DatabaseError
+
+from tools.cli import ToolError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _LOCK_KEY = 7_262_000_001  # arbitrary, constant: serializes concurrent migrators
 
 
-class MigrationError(RuntimeError):
-    pass
+class MigrationError(ToolError):
+    """A migration that cannot be applied; the message names the file."""
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
@@ -51,7 +55,13 @@ def apply(conn: pg8000.native.Connection, directory: Path = MIGRATIONS_DIR) -> l
                     )
                 conn.run("COMMIT")
                 continue
-            conn.run(sql)
+            try:
+                conn.run(sql)
+            except DatabaseError as exc:
+                raise MigrationError(
+                    f"{path.name} failed: {_server_message(exc)}",
+                    "Nothing of it was applied (one transaction per file); fix the file.",
+                ) from exc
             conn.run(
                 "INSERT INTO schema_migrations (version, checksum) VALUES (:v, :c)",
                 v=path.name,
@@ -65,6 +75,11 @@ def apply(conn: pg8000.native.Connection, directory: Path = MIGRATIONS_DIR) -> l
     return applied_now
 
 
+def _server_message(exc: DatabaseError) -> str:
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return f"{fields.get('M', exc)} ({fields.get('C', '?')})" if fields else str(exc)
+
+
 def apply_url(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     from ops.db import connect_url
 
@@ -76,21 +91,41 @@ def apply_url(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
 
 
 def main() -> int:
-    from ops.config import settings
-    from ops.db import open_connection, resolve_params
+    """DATABASE_URL, else DB_SECRET_ARN (AWS), else the embedded database of `make run`."""
+    if os.environ.get("DB_SECRET_ARN") and not os.environ.get("DATABASE_URL"):
+        done, target = _apply_from_secret()
+    else:
+        from ops.db import parse_database_url
+        from tools.localdb import local_database
 
-    cfg = settings()
-    params = resolve_params(cfg)
-    conn = open_connection(params, cfg, timeout_s=30, statement_timeout_ms=600_000)
-    try:
-        done = apply(conn)
-    finally:
-        conn.close()
-    print(
-        f"migrations: {len(done)} applied ({', '.join(done) or 'none pending'}) on {params.target}"
-    )
+        with local_database() as (url, _):
+            done = apply_url(url)
+            embedded = "" if os.environ.get("DATABASE_URL") else " (embedded)"
+            target = parse_database_url(url).target + embedded
+    print(f"migrations: {len(done)} applied ({', '.join(done) or 'none pending'}) on {target}")
     return 0
 
 
+def _apply_from_secret() -> tuple[list[str], str]:
+    from ops.config import settings
+    from ops.db import DatabaseUnavailable, open_connection, resolve_params
+    from tools.cli import ToolError, database_hint
+
+    cfg = settings()
+    try:
+        params = resolve_params(cfg)
+    except (DatabaseUnavailable, ValueError):
+        raise
+    except Exception as exc:  # botocore/Powertools: credentials, region, access, no such secret
+        raise ToolError(f"cannot read the secret DB_SECRET_ARN: {exc}", database_hint()) from None
+    conn = open_connection(params, cfg, timeout_s=30, statement_timeout_ms=600_000)
+    try:
+        return apply(conn), params.target
+    finally:
+        conn.close()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from tools.cli import run
+
+    sys.exit(run("migrate", main))

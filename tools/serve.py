@@ -9,25 +9,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-from typing import Any
 
+from tools.cli import ToolError, ignore_further_interrupts, run
 from tools.gateway import Gateway, make_server
-from tools.localdb import ensure_database
+from tools.localdb import local_database
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 3000)))
     parser.add_argument("--no-demo", action="store_true", help="do not load demo rows")
     args = parser.parse_args(argv)
+    return run("run", lambda: serve(args.port, demo=not args.no_demo))
 
-    url, cluster = ensure_database()
-    try:
-        from ops.db import parse_database_url
-        from tools.migrate import apply_url
 
+def serve(port: int, *, demo: bool) -> int:
+    from ops.db import parse_database_url
+    from tools.migrate import apply_url
+
+    with local_database() as (url, cluster):
         applied = apply_url(url)
         target = parse_database_url(url).target
         print(
@@ -35,30 +36,29 @@ def main(argv: list[str] | None = None) -> int:
             f"migrations applied: {len(applied)}",
             flush=True,
         )
-        if not args.no_demo:
+        if demo:
             _load_demo(url)
 
         env = {"DATABASE_URL": url, "DB_SSL_MODE": os.environ.get("DB_SSL_MODE", "")}
         gateway = Gateway(env={k: v for k, v in env.items() if v})
-        server = make_server(gateway, port=args.port)
-
-        def stop(*_: Any) -> None:
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, stop)
-        print(f"gateway: http://127.0.0.1:{args.port}", flush=True)
+        try:
+            server = make_server(gateway, port=port)
+        except OSError as exc:
+            raise ToolError(
+                f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}",
+                "Another `make run`? Stop it, or pick another port: make run PORT=3001",
+            ) from None
+        print(f"gateway: http://127.0.0.1:{port}", flush=True)
         for path, methods in sorted(gateway.routes.items()):
             print(f"  {','.join(sorted(methods))} {path}", flush=True)
         try:
             server.serve_forever()
-        except KeyboardInterrupt:
-            print("\nstopping", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (tools.cli turns it into this)
+            ignore_further_interrupts()
+            print("stopping", flush=True)
         finally:
             server.server_close()
             gateway.close()
-    finally:
-        if cluster is not None:
-            cluster.stop()
     return 0
 
 

@@ -164,7 +164,29 @@ def open_connection(
             startup_params={"statement_timeout": str(statement_timeout)},
         )
     except (DatabaseError, InterfaceError, OSError) as exc:
-        raise DatabaseUnavailable(f"cannot connect to {params.target}: {exc}") from exc
+        reason = connect_failure_reason(exc, timeout_s or cfg.db_connect_timeout_s)
+        raise DatabaseUnavailable(f"cannot connect to {params.target}: {reason}") from exc
+
+
+def connect_failure_reason(exc: BaseException, timeout_s: float) -> str:
+    """Why a connect failed, in words an operator acts on: pg8000's own message says
+    "timeout is N" even for a connection refused at once."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for err in chain:
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused (nothing listens on that port)"
+        if isinstance(err, TimeoutError):
+            return f"timed out after {timeout_s:g} s (the server did not answer)"
+        if isinstance(err, socket.gaierror):
+            return f"unknown host ({err.strerror or err})"
+        if isinstance(err, DatabaseError) and err.args and isinstance(err.args[0], dict):
+            fields = err.args[0]
+            return f"{fields.get('M', 'server error')} ({fields.get('C', '?')})"
+    return str(exc)
 
 
 def connect_url(

@@ -1,6 +1,6 @@
 """One Powertools Logger for every function, and the request log line.
 
-Log lines are JSON with Powertools' standard keys (level, message, timestamp,
+Log lines are JSON with Powertools' standard keys (level, time, message,
 service, cold_start, function_name, correlation_id, ...) plus our own `type`
 field, which the Logs Insights queries filter on: `request`, `job`,
 `retention`, `metrics_flush`, `health_check`, `error`.
@@ -8,13 +8,36 @@ field, which the Logs Insights queries filter on: `request`, `job`,
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
 from ops.config import settings
 
 # Every function imports this module first: a bad setting fails the container here, at start.
 _cfg = settings()
-logger = Logger(service=_cfg.service, level=_cfg.effective_log_level)
+
+
+class _Formatter(LambdaPowertoolsFormatter):
+    """Powertools' JSON lines with the seed's `time` key: RFC 3339 in UTC with
+    milliseconds and `Z` (`2026-01-29T12:00:00.000Z`), the form operators' log
+    pipelines already parse, instead of Powertools' `timestamp` in Python's
+    `2026-01-29 12:00:00,000+0000`."""
+
+    def serialize(self, log: dict[str, Any]) -> str:
+        return super().serialize({("time" if k == "timestamp" else k): v for k, v in log.items()})
+
+
+logger = Logger(
+    service=_cfg.service,
+    level=_cfg.effective_log_level,
+    logger_formatter=_Formatter(
+        datefmt="%Y-%m-%dT%H:%M:%S.%FZ",  # %F: Powertools' milliseconds directive
+        utc=True,
+        log_record_order=["level", "timestamp", "message"],
+    ),
+)
 
 
 def log_request(

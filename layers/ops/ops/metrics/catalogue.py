@@ -19,7 +19,10 @@ from collections.abc import Callable, Mapping
 
 from ops.metrics.recorder import Counter, Emf, Gauge, Histogram, LiveGauge
 
-HTTP_BUCKETS_MS = (10, 50, 100, 200, 500, 1000, 2000, 5000)
+# The seed's buckets plus 1, 2.5 and 5 ms: health routes answer in about 1 ms, and with
+# 10 ms as the first bound every fast route's p95 read as 9.5 ms. 200 and 500 stay
+# bounds: the latency objective and the SLO rules read them.
+HTTP_BUCKETS_MS = (1, 2.5, 5, 10, 50, 100, 200, 500, 1000, 2000, 5000)
 TOOL_CALL_BUCKETS_MS = (50, 100, 200, 500, 1000, 2000, 5000)
 DB_QUERY_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
 HEALTH_CHECK_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
