@@ -329,6 +329,26 @@ def test_no_namespace_no_emf(capsys, monkeypatch):
     assert emf_lines(capsys.readouterr().out) == []
 
 
+def test_every_probe_route_counts_as_a_probe_in_cloudwatch(capsys):
+    """The availability SLO's alarms read `http_requests`: no probe or scrape may be in it."""
+    for route in m.PROBE_ROUTES:
+        m.HTTP_REQUESTS.labels(method="GET", route=route, status="200").inc()
+    m.HTTP_REQUESTS.labels(method="GET", route="unmatched", status="404").inc()
+    m.HTTP_REQUESTS.labels(method="GET", route="/healthz", status="200").inc()  # not a probe
+    assert flush() is True
+    emitted = {
+        (name, line["status_class"], tuple(line[name]))
+        for line in emf_lines(capsys.readouterr().out)
+        for name in ("http_requests", "health_probe_requests")
+        if name in line
+    }
+    assert emitted == {
+        ("health_probe_requests", "2xx", (float(len(m.PROBE_ROUTES)),)),
+        ("http_requests", "2xx", (1.0,)),
+        ("http_requests", "4xx", (1.0,)),
+    }
+
+
 def test_emf_name_template_uses_a_closed_label_set():
     emf = Emf("retention_runs_{status}", "Count")
     assert emf.key({"status": "succeeded"}) == ("retention_runs_succeeded", "Count", "", "")

@@ -44,8 +44,19 @@ def _alert_rules() -> list[dict[str, Any]]:
     return [r for g in _yaml("alerts.yml")["groups"] for r in g["rules"] if "alert" in r]
 
 
+def _rule_files() -> list[str]:
+    """Every rule file Prometheus loads (prometheus.yml): alerts, recording rules, SLOs."""
+    return list(_yaml("prometheus.yml")["rule_files"])
+
+
+def _recording_rules() -> list[dict[str, Any]]:
+    return [
+        r for f in _rule_files() for g in _yaml(f)["groups"] for r in g["rules"] if "record" in r
+    ]
+
+
 def _recorded_names() -> set[str]:
-    return {r["record"] for g in _yaml("recording-rules.yml")["groups"] for r in g["rules"]}
+    return {r["record"] for r in _recording_rules()}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +103,8 @@ def _runbook_anchor(link: str) -> str:
 
 
 def test_rules_pass_promtool_check(promtool: str) -> None:
-    _run(promtool, "check", "rules", "alerts.yml", "recording-rules.yml")
+    assert {"alerts.yml", "recording-rules.yml", "slo.rules.yml"} <= set(_rule_files())
+    _run(promtool, "check", "rules", *_rule_files())
 
 
 def test_alert_unit_tests_pass(promtool: str) -> None:
@@ -265,9 +277,7 @@ def _series_used() -> dict[str, set[str]]:
     """Where each selected series name is used: alerts, recording rules, dashboard."""
     sources: dict[str, list[str]] = {
         "alerts.yml": [r["expr"] for r in _alert_rules()],
-        "recording-rules.yml": [
-            r["expr"] for g in _yaml("recording-rules.yml")["groups"] for r in g["rules"]
-        ],
+        "recording rules": [r["expr"] for r in _recording_rules()],
         "grafana-dashboard.json": list(_panel_exprs().values()),
     }
     used: dict[str, set[str]] = {}
@@ -305,13 +315,41 @@ def _alarm_name(props: dict[str, Any]) -> str:
     return props["AlarmName"]["Fn::Sub"].removeprefix("${AWS::StackName}-")
 
 
+def _composite_parts() -> set[str]:
+    """Alarms that are one window of a composite alarm (the SLO burn rates)."""
+    parts = set()
+    for composite in _resources("AWS::CloudWatch::CompositeAlarm").values():
+        parts |= set(
+            re.findall(r'ALARM\("\$\{(\w+)\}"\)', composite["Properties"]["AlarmRule"]["Fn::Sub"])
+        )
+    return parts
+
+
+def _notifying_alarms() -> dict[str, dict[str, Any]]:
+    alarms = {
+        **_resources("AWS::CloudWatch::Alarm"),
+        **_resources("AWS::CloudWatch::CompositeAlarm"),
+    }
+    return {k: v for k, v in alarms.items() if k not in _composite_parts()}
+
+
 def test_every_alarm_notifies_the_topic_and_links_its_runbook_section() -> None:
-    alarms = _resources("AWS::CloudWatch::Alarm")
+    alarms = {
+        **_resources("AWS::CloudWatch::Alarm"),
+        **_resources("AWS::CloudWatch::CompositeAlarm"),
+    }
     assert alarms
+    parts = _composite_parts()
+    assert parts <= set(alarms)
     for logical_id, alarm in alarms.items():
         props = alarm["Properties"]
-        assert props["AlarmActions"] == props["OKActions"] == [{"Ref": "AlarmTopic"}], logical_id
-        assert props["TreatMissingData"] in {"breaching", "notBreaching"}, logical_id
+        if logical_id in parts:  # its composite notifies; it must not notify twice
+            assert "AlarmActions" not in props and "OKActions" not in props, logical_id
+        else:
+            actions = [{"Ref": "AlarmTopic"}]
+            assert props["AlarmActions"] == props["OKActions"] == actions, logical_id
+        if alarm["Type"] == "AWS::CloudWatch::Alarm":
+            assert props["TreatMissingData"] in {"breaching", "notBreaching"}, logical_id
         link = re.search(r"Runbook: (\S+)", props["AlarmDescription"])
         assert link, logical_id
         _runbook_anchor(link.group(1))
@@ -353,7 +391,7 @@ def test_cloudwatch_dashboard_is_valid_json_and_shows_every_alarm() -> None:
     widgets = _dashboard_body()["widgets"]
     (alarm_widget,) = [w for w in widgets if w["type"] == "alarm"]
     shown = {a.removesuffix(".Arn") for a in alarm_widget["properties"]["alarms"]}
-    assert shown == set(_resources("AWS::CloudWatch::Alarm"))
+    assert shown == set(_notifying_alarms())
     for widget in widgets:
         pos = widget["x"] + widget["width"]
         assert pos <= 24, widget
@@ -398,7 +436,7 @@ def _family(series: str) -> Any:
 def _all_exprs() -> list[str]:
     return [
         *(r["expr"] for r in _alert_rules()),
-        *(r["expr"] for g in _yaml("recording-rules.yml")["groups"] for r in g["rules"]),
+        *(r["expr"] for r in _recording_rules()),
         *_panel_exprs().values(),
     ]
 

@@ -11,8 +11,13 @@ series recorded by recording-rules.yml.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import slo  # the SLO parameters, which the panel descriptions quote
 
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 ROUTE = 'route=~"$route"'
@@ -43,6 +48,11 @@ def _quantiles(by: str, source: str, quantiles: tuple[str, ...]) -> list[tuple[s
         (f"histogram_quantile({q}, sum by ({grouping}) ({source}))", f"{prefix}p{q[2:]}")
         for q in quantiles
     ]
+
+
+# Burn rate: the error ratio over a window divided by the error budget (slo.rules.yml).
+def _burn(window: str) -> str:
+    return f"slo:sli_error:ratio_rate{window} / on (slo) slo:error_budget:ratio"
 
 
 ROWS = [
@@ -78,7 +88,7 @@ ROWS = [
                         f" / sum({SELECTED}{{{ROUTE}}})",
                         "selected routes",
                     ),
-                    ("job:http_requests_5xx:ratio_rate5m", "API (health routes excluded)"),
+                    ("job:http_requests_5xx:ratio_rate5m", "API (probe routes excluded)"),
                 ],
                 "percentunit",
                 "Share of responses that are 5xx. Alert HighErrorRate: API routes (health"
@@ -250,6 +260,44 @@ ROWS = [
                 "Errors by function",
                 [("sum by (function, kind) (rate(errors_total[5m]))", "{{function}} {{kind}}")],
                 "ops",
+            ),
+        ],
+    ),
+    Row(
+        "SLOs and error budgets",
+        [
+            Panel(
+                f"Error budget remaining ({slo.BUDGET_PERIOD})",
+                [(f"1 - {_burn('30d')}", "{{slo}}")],
+                "percentunit",
+                f"Share of each SLO's {slo.BUDGET_PERIOD} error budget still unspent (below 0:"
+                " overspent). Objectives: infra/monitoring/slo.py.",
+                kind="stat",
+                width=8,
+            ),
+            Panel(
+                "Burn rate by SLO",
+                [(_burn(w), f"{{{{slo}}}} {w}") for w in ("5m", "1h", "6h", "3d")],
+                "none",
+                f"1 spends the budget in exactly {slo.BUDGET_PERIOD}. "
+                + "; ".join(
+                    f"{slo.ALERTS[t.severity]}: {t.burn:g} over {t.long} and {t.short}"
+                    for t in slo.TIERS
+                )
+                + ".",
+                width=16,
+            ),
+            Panel(
+                "SLI against objective (1h)",
+                [
+                    ("1 - slo:sli_error:ratio_rate1h", "{{slo}}"),
+                    ("slo:objective:ratio", "{{slo}} objective"),
+                ],
+                "percentunit",
+                "Good share of API requests (health probes and scrapes excluded): "
+                + "; ".join(f"{s.name}: {s.meaning}, objective {s.percent}" for s in slo.SLOS)
+                + ".",
+                width=24,
             ),
         ],
     ),

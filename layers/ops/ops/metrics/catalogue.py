@@ -14,7 +14,6 @@ Label values must stay a small, closed set: `route` is the route template
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 
 from ops.metrics.recorder import Counter, Emf, Gauge, Histogram, LiveGauge
@@ -33,14 +32,16 @@ def _status_class(labels: Mapping[str, str]) -> str:
     return f"{labels['status'][:1]}xx"
 
 
-# Health routes (/health, /health/live, /health/ready, /health/detailed). Their 503s
-# are the health signal, not API errors: the API's error rate leaves them out, in
-# PromQL as route!~"/health(/.*)?" and in CloudWatch as their own EMF metric.
-HEALTH_ROUTES = re.compile(r"/health(/.*)?")
+# Probe routes: the health routes and the /metrics scrape, which load balancers, uptime
+# checkers and Prometheus call on a schedule. Their 503s are the health signal, not API
+# errors, and their traffic says nothing about what users get: the API's error rate and
+# the SLOs leave them out, in CloudWatch as their own EMF metric (below) and in PromQL
+# with the matcher infra/monitoring/slo.py writes from this list (tests/test_slo.py).
+PROBE_ROUTES = ("/health", "/health/live", "/health/ready", "/health/detailed", "/metrics")
 
 
 def _requests_metric(labels: Mapping[str, str]) -> str:
-    return "health_probe_requests" if HEALTH_ROUTES.fullmatch(labels["route"]) else "http_requests"
+    return "health_probe_requests" if labels["route"] in PROBE_ROUTES else "http_requests"
 
 
 def _label(name: str) -> tuple[str, Callable[[Mapping[str, str]], str]]:
