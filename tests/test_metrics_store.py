@@ -213,11 +213,12 @@ def test_a_flush_blocked_by_a_lock_times_out_and_retries_later(
     metrics_env, app_env, own_sql, log_lines
 ):
     app_env(METRICS_FLUSH_TIMEOUT_MS="200")  # a new container with that setting
+    store.outbox().shard = 0  # it writes the totals themselves: it waits for their locks
     counter = m.WEBHOOK_FAILURES.labels(source="stripe")
     counter.inc()
     assert flush() is True
     own_sql("BEGIN")
-    own_sql("SELECT * FROM metric_values WHERE shard = :s FOR UPDATE", s=store.outbox().shard)
+    own_sql("SELECT * FROM metric_values WHERE shard = 0 FOR UPDATE")
     counter.inc(10)
     assert flush() is False  # statement_timeout: the server rolled it back
     own_sql("ROLLBACK")
@@ -299,7 +300,54 @@ def test_concurrent_recording_from_threads_is_not_lost(metrics_env):
     assert value(scrape_samples(), "webhook_failures_total", source="threads") == 8000
 
 
-def test_idle_shard_rows_fold_into_shard_zero_and_no_sum_changes(metrics_env, own_sql):
+RECORDED = ["webhook_failures_total", "tool_calls_total", MS, "retention_missing_index"]
+
+
+def _rows_by_shard(own_sql: Callable[..., list[list[Any]]]) -> dict[str, dict[int, int]]:
+    """Value rows of the families the tests record (not the scrapes' own), by kind and shard."""
+    rows = own_sql(
+        "SELECT s.kind, v.shard, count(*) FROM metric_values v"
+        " JOIN metric_series s ON s.id = v.series_id WHERE s.family = ANY(:f)"
+        " GROUP BY 1, 2 ORDER BY 1, 2",
+        f=RECORDED,
+    )
+    out: dict[str, dict[int, int]] = {"c": {}, "g": {}}
+    for kind, shard, n in rows:
+        out[kind][shard] = n
+    return out
+
+
+def _hold_totals(own_sql: Callable[..., list[list[Any]]], family: str) -> int:
+    """Another transaction holds the total rows of `family` (call ROLLBACK to release)."""
+    own_sql("BEGIN")
+    return len(
+        own_sql(
+            "SELECT v.series_id FROM metric_values v JOIN metric_series s ON s.id = v.series_id "
+            "WHERE v.shard = 0 AND s.family = :f FOR UPDATE OF v",
+            f=family,
+        )
+    )
+
+
+def test_counters_fold_into_one_total_row_per_series_as_containers_flush(metrics_env, own_sql):
+    from ops.metrics import reset
+
+    for shard in (3, 7, 11, 0):
+        reset()
+        store.outbox().shard = shard
+        m.WEBHOOK_FAILURES.labels(source="stripe").inc(shard + 1)
+        m.TOOL_CALL_DURATION.labels(tool="search").observe(100)
+        m.RETENTION_MISSING_INDEX.labels(table="events").set(1)
+        assert flush() is True
+    rows = _rows_by_shard(own_sql)
+    assert set(rows["c"]) == {0}  # no collisions, no spill rows: one row per counter series
+    assert set(rows["g"]) == {3, 7, 11, 0}  # gauges: a row per shard, the newest wins
+    samples = scrape_samples()
+    assert value(samples, "webhook_failures_total", source="stripe") == 4 + 8 + 12 + 1
+    assert value(samples, f"{MS}_count", tool="search") == 4
+
+
+def test_a_flush_finding_a_total_held_spills_and_compaction_folds_it(metrics_env, own_sql):
     from ops.db import get_db
     from ops.metrics import reset
 
@@ -307,38 +355,48 @@ def test_idle_shard_rows_fold_into_shard_zero_and_no_sum_changes(metrics_env, ow
         reset()
         store.outbox().shard = shard
 
-    for shard in (3, 7, 11):
-        container_on(shard)
-        m.WEBHOOK_FAILURES.labels(source="stripe").inc(shard)
-        m.TOOL_CALL_DURATION.labels(tool="search").observe(shard * 100)
-        m.RETENTION_MISSING_INDEX.labels(table="events").set(1)
-        assert flush() is True
-    before = scrape_samples()
-    # The containers of shards 3 and 7 are gone; 11 is still flushing.
-    own_sql("UPDATE metric_values SET updated_at = now() - interval '1 hour' WHERE shard IN (3, 7)")
-    own_sql("BEGIN")  # a flush of shard 7 in progress on one of its rows: left alone
-    locked = own_sql(
-        "SELECT v.series_id FROM metric_values v JOIN metric_series s ON s.id = v.series_id "
-        "WHERE v.shard = 7 AND s.part = 'sum' FOR UPDATE OF v"
-    )
-    totals.compact(get_db())
+    container_on(3)
+    m.WEBHOOK_FAILURES.labels(source="stripe").inc(1)
+    m.TOOL_CALLS.labels(tool="search", status="ok").inc(1)
+    assert flush() is True
+    assert _hold_totals(own_sql, "webhook_failures_total") == 1
+    container_on(5)  # neither waits for the held total nor fails: the delta spills
+    m.WEBHOOK_FAILURES.labels(source="stripe").inc(10)
+    m.TOOL_CALLS.labels(tool="search", status="ok").inc(10)
+    assert flush() is True
     own_sql("ROLLBACK")
+    assert _rows_by_shard(own_sql)["c"] == {0: 2, 5: 1}  # only the held series spilled
+    assert _hold_totals(own_sql, "tool_calls_total") == 1
+    container_on(9)
+    m.TOOL_CALLS.labels(tool="search", status="ok").inc(100)
+    assert flush() is True
+    own_sql("ROLLBACK")
+    before = scrape_samples()
+    assert value(before, "webhook_failures_total", source="stripe") == 11
+    assert value(before, "tool_calls_total", tool="search", status="ok") == 111
 
-    shards = own_sql(
-        "SELECT s.kind, v.shard, count(*) FROM metric_values v"
-        " JOIN metric_series s ON s.id = v.series_id GROUP BY 1, 2 ORDER BY 1, 2"
-    )
-    counters = {shard: n for kind, shard, n in shards if kind == "c"}
-    gauges = {shard for kind, shard, _ in shards if kind == "g"}
-    assert 3 not in counters and counters[7] == 1  # folded; the locked row was left
-    assert counters[0] == 4  # webhook, the 500 and 1000 buckets, shard 3's sum: a row each
-    assert gauges == {3, 7, 11}  # gauges are never folded: the newest reading must win
-    assert len(locked) == 1
+    own_sql("UPDATE metric_values SET updated_at = now() - interval '2 minutes' WHERE shard <> 0")
+    totals.compact(get_db())  # not yet idle for the compaction's threshold: nothing moves
+    assert _rows_by_shard(own_sql)["c"] == {0: 2, 5: 1, 9: 1}
+    _hold_totals(own_sql, "tool_calls_total")  # a total being written is left for next time
+    totals.compact(get_db(), idle_s=60)
+    own_sql("ROLLBACK")
+    assert _rows_by_shard(own_sql)["c"] == {0: 2, 9: 1}
+    totals.compact(get_db(), idle_s=60)
+    assert _rows_by_shard(own_sql)["c"] == {0: 2}
     after = scrape_samples()
-    recorded = [k for k in before if k[0].startswith(("webhook_", MS, "retention_missing_index"))]
+    recorded = [k for k in before if k[0].startswith(("webhook_", "tool_calls_"))]
     assert {k: after[k] for k in recorded} == {k: before[k] for k in recorded}
 
-    container_on(3)  # a container comes back on a folded shard
-    m.WEBHOOK_FAILURES.labels(source="stripe").inc(100)
+
+def test_compaction_gives_a_spilled_series_its_missing_total(metrics_env, own_sql):
+    from ops.db import get_db
+
+    store.outbox().shard = 6
+    m.WEBHOOK_FAILURES.labels(source="stripe").inc(7)
     assert flush() is True
-    assert value(scrape_samples(), "webhook_failures_total", source="stripe") == 3 + 7 + 11 + 100
+    # As a store from before migration 005 has it: the count in a shard row, no total.
+    own_sql("UPDATE metric_values SET shard = 6, updated_at = now() - interval '1 hour'")
+    totals.compact(get_db(), idle_s=60)
+    assert _rows_by_shard(own_sql)["c"] == {0: 1}
+    assert value(scrape_samples(), "webhook_failures_total", source="stripe") == 7

@@ -1,4 +1,8 @@
-"""Reading the totals for /metrics, and folding idle shard rows to keep that cheap.
+"""Reading the totals for /metrics, and folding idle spill rows to keep that cheap.
+
+A counter lives in one total row per series (shard 0), plus spill rows where
+flushes collided on the total (migrations/005_metrics_totals.sql), so a scrape
+sums about one row per series; the compaction folds spill rows once they are idle.
 
 The sums over shards come back as one packed "id value id value ..." string
 (pg8000 parses rows in Python: one row is far cheaper than thousands), the
@@ -21,7 +25,7 @@ from collections.abc import Iterable
 
 from ops.db import Database
 
-COMPACT_IDLE_S = 300  # a shard row untouched this long belongs to no live container
+COMPACT_IDLE_S = 300  # a spill row untouched this long is folded into its total
 COMPACT_EVERY_S = 60.0
 COMPACT_TIMEOUT_MS = 2000
 
@@ -40,29 +44,44 @@ UNION ALL
 SELECT 'now', extract(epoch FROM now())::text, 0
 """
 
-# Folds counter rows that no live container writes (untouched for COMPACT_IDLE_S)
-# into shard 0, in one statement: every snapshot sees the same sums before and
-# after. Rows being written are skipped (SKIP LOCKED), and shard 0's rows are
-# locked in series id order, as flushes lock theirs, so it cannot deadlock with
-# them. Without it every series would in time have a row in every shard, and a
-# scrape would sum shards x series rows.
+# Folds idle spill rows (a counter's rows outside shard 0, written when a flush
+# found the series' total row held by another: migrations/005) into the totals,
+# in one transaction: every snapshot sees the same sums before and after. It never
+# waits on a row lock: rows being written, and totals being written, are skipped
+# (SKIP LOCKED) until next time, so it cannot deadlock with flushes, which wait
+# only for their own shard's rows. The first statement creates missing totals;
+# like a flush, it waits only on another transaction's insert of the same row.
 COMPACT_SQL = """
 SET LOCAL statement_timeout = {timeout_ms};
+INSERT INTO metric_values (series_id, shard, value, updated_at)
+SELECT DISTINCT v.series_id, 0, 0::float8, now() FROM metric_values AS v
+JOIN metric_series AS s ON s.id = v.series_id AND s.kind = 'c'
+WHERE v.shard <> 0 AND v.updated_at < now() - make_interval(secs => {idle_s})
+  AND NOT EXISTS (SELECT 1 FROM metric_values AS t WHERE t.series_id = v.series_id AND t.shard = 0)
+ORDER BY 1
+ON CONFLICT (series_id, shard) DO NOTHING;
 WITH idle AS (
     SELECT v.series_id, v.shard FROM metric_values AS v
     JOIN metric_series AS s ON s.id = v.series_id AND s.kind = 'c'
     WHERE v.shard <> 0 AND v.updated_at < now() - make_interval(secs => {idle_s})
     FOR UPDATE OF v SKIP LOCKED
+), free AS (
+    SELECT t.series_id FROM metric_values AS t
+    WHERE t.shard = 0 AND t.series_id IN (SELECT series_id FROM idle)
+    FOR UPDATE SKIP LOCKED
 ), moved AS (
     DELETE FROM metric_values AS v USING idle
     WHERE v.series_id = idle.series_id AND v.shard = idle.shard
+      AND idle.series_id IN (SELECT series_id FROM free)
     RETURNING v.series_id, v.value, v.updated_at
 )
-INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
-SELECT series_id, 0, sum(value), max(updated_at) FROM moved
-GROUP BY series_id ORDER BY series_id
-ON CONFLICT (series_id, shard) DO UPDATE
-    SET value = v.value + EXCLUDED.value, updated_at = greatest(v.updated_at, EXCLUDED.updated_at)
+UPDATE metric_values AS t
+SET value = t.value + m.value, updated_at = greatest(t.updated_at, m.updated_at)
+FROM (
+    SELECT series_id, sum(value) AS value, max(updated_at) AS updated_at
+    FROM moved GROUP BY series_id
+) AS m
+WHERE t.shard = 0 AND t.series_id = m.series_id
 """
 
 # family -> [(rendered labels, {part: value})], label sets sorted
@@ -155,7 +174,7 @@ def read_totals(db: Database, hold_s: float = 0.0) -> Totals:
 
 
 def compact(db: Database, idle_s: int = COMPACT_IDLE_S) -> None:
-    """Fold idle shard rows into shard 0: a write, but no sum changes."""
+    """Fold idle spill rows into the totals (shard 0): a write, but no sum changes."""
     db.run(COMPACT_SQL.format(timeout_ms=COMPACT_TIMEOUT_MS, idle_s=int(idle_s)))
 
 
