@@ -229,6 +229,14 @@ def _fresh_container(env: dict[str, str]) -> None:
     settings.cache_clear()
     db.reset()
     metrics.reset()
+    try:  # the shutdown flush and deadline watch, installed again for this process
+        from ops.metrics import lifecycle
+    except ImportError:  # before the flush policy existed: nothing to install
+        return
+    lifecycle._installed = False  # the manager's watchdog thread did not survive the fork
+    lifecycle._watchdog = None
+    lifecycle._previous.clear()
+    lifecycle.install()
 
 
 def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) -> None:
