@@ -143,12 +143,14 @@ def run(quick: bool) -> str:
         f"### Cold start ({plan.cold_rounds} rounds of fresh processes, variants alternating)",
         "",
         "*spawn→ready*: spawn to handler imported (SDK import and init included when on); "
-        "*on ÷ off*: median of the per-round ratios (IQR); then one invocation (the "
-        "function's own route or scheduled event), after which peak RSS is read.",
+        "*on - off*, *on ÷ off*: medians of the per-round differences and ratios (IQR); "
+        "*import*: the handler's import alone, timed inside the process; then one "
+        "invocation (the function's own route or scheduled event), after which peak RSS "
+        "is read.",
         "",
-        "| function | off: spawn→ready ms | on: spawn→ready ms | on - off ms | on ÷ off (IQR) "
-        "| RSS off / on MB | modules off / on | status |",
-        "|---|---|---|---|---|---|---|---|",
+        "| function | off: spawn→ready ms | on: spawn→ready ms | on - off ms (IQR) | "
+        "on ÷ off (IQR) | import off / on ms | RSS off / on MB | modules off / on | status |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for off, on in pairs:
         a, b = cold.get(off.key, []), cold.get(on.key, [])
@@ -157,10 +159,12 @@ def run(quick: bool) -> str:
             lines.append(f"| {off.label} | error: {why} |||||||")
             continue
         ratios = [y.wall_ms / x.wall_ms for x, y in zip(a, b, strict=False)]
+        deltas = [y.wall_ms - x.wall_ms for x, y in zip(a, b, strict=False)]
         lines.append(
             f"| {off.key.removesuffix('-off')} | {_med(a, 'wall_ms'):.1f} | "
-            f"{_med(b, 'wall_ms'):.1f} | +{_med(b, 'wall_ms') - _med(a, 'wall_ms'):.1f} | "
+            f"{_med(b, 'wall_ms'):.1f} | +{statistics.median(deltas):.1f} ({iqr(deltas)}) | "
             f"{statistics.median(ratios):.2f}x ({iqr(ratios)}) | "
+            f"{_med(a, 'import_ms'):.1f} / {_med(b, 'import_ms'):.1f} | "
             f"{_med(a, 'rss_mb'):.1f} / {_med(b, 'rss_mb'):.1f} | "
             f"{_med(a, 'modules'):.0f} / {_med(b, 'modules'):.0f} | "
             f"{a[0].status} / {b[0].status} |"

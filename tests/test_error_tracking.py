@@ -10,6 +10,7 @@ the invocation returned.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from ops.config import ConfigError, load
+from ops.error_tracking import FLUSH_TIMEOUT_S
 from ops.event_scrubber import FILTERED, EventScrubber
 from tools import LAYER_DIR, ROOT
 from tools.apigw import proxy_event
@@ -53,7 +55,7 @@ class Context:
     log_stream_name = "test"
     def __init__(self):
         self.aws_request_id = str(uuid.uuid4())
-        self._deadline = time.monotonic() + 10
+        self._deadline = time.monotonic() + spec.get("timeout_s", 10)
     def get_remaining_time_in_millis(self):
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
@@ -88,7 +90,7 @@ from app import lambda_handler
 results = []
 for event in spec["events"]:
     ctx = Context()
-    outcome = {"aws_request_id": ctx.aws_request_id}
+    outcome = {"aws_request_id": ctx.aws_request_id, "started_at": time.monotonic()}
     if spec.get("lambda_runtime"):
         client = bootstrap.LambdaRuntimeClient()
         # Looked up at call time, as the runtime's loop does: the patched one when Sentry is on.
@@ -110,6 +112,7 @@ os._exit(0)
 
 BOOM_APP = """
 import os
+import time
 
 from ops.api import Api, json_response
 
@@ -118,6 +121,12 @@ app = Api()
 
 @app.get("/ok")
 def ok(req):
+    return json_response(200, {"status": "ok"})
+
+
+@app.get("/slow")
+def slow(req):
+    time.sleep(1.5)
     return json_response(200, {"status": "ok"})
 
 
@@ -154,6 +163,7 @@ def invoke(
     *,
     dsn_secret: str | None = None,
     lambda_runtime: bool = False,
+    timeout_s: float = 10,
 ) -> tuple[list[dict[str, Any]], str]:
     proc = subprocess.run(
         [sys.executable, "-I", "-c", CHILD],
@@ -164,6 +174,7 @@ def invoke(
                 "events": events,
                 "dsn_secret": dsn_secret,
                 "lambda_runtime": lambda_runtime,
+                "timeout_s": timeout_s,
             }
         ),
         capture_output=True,
@@ -298,6 +309,45 @@ def test_a_failed_retention_run_is_reported_once_and_still_raises(
     assert event["release"] == f"realestate-backend@{VERSION}"
     assert event["environment"] == "staging"
     assert_no_secrets(ingest.raw(), database_url)
+
+
+def test_in_lambda_an_invocation_near_its_timeout_is_reported(
+    ingest: SentryIngest, boom_dir: Path, database_url: str
+) -> None:
+    """The runtime kills a timed-out invocation: only the SDK's timeout warning, 1.5 s
+    before the deadline, can tell Sentry. Here the deadline is 2 s and the route takes 1.5 s."""
+    slow = proxy_event(method="GET", path="/slow", resource="/slow")
+    results, output = invoke(
+        boom_dir,
+        [slow],
+        {"SENTRY_DSN": ingest.dsn, "DATABASE_URL": database_url},
+        lambda_runtime=True,
+        timeout_s=2,
+    )
+    assert results[0]["status"] == 200, output[-3000:]
+    (event,) = ingest.events()
+    assert exception_types(event) == ["ServerlessTimeoutWarning"]
+    assert event["tags"]["function_name"] == FUNCTION_NAME
+    assert ingest.event_received_at()[0] < results[0]["returned_at"]
+
+
+def test_an_unresponsive_ingest_delays_a_failure_by_the_flush_budget_at_most(
+    boom_dir: Path, database_url: str
+) -> None:
+    """Sentry down or slow: the 500 still goes out, after FLUSH_TIMEOUT_S, and the log says
+    the report was not confirmed. (A socket that listens but never answers.)"""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        dsn = f"http://key@127.0.0.1:{silent.getsockname()[1]}/1"
+        results, output = invoke(
+            boom_dir, [failing_request()], {"SENTRY_DSN": dsn, "DATABASE_URL": database_url}
+        )
+    (result,) = results
+    assert result["status"] == 500
+    assert result["returned_at"] - result["started_at"] < FLUSH_TIMEOUT_S + 1.5
+    warnings = [json.loads(x) for x in output.splitlines() if '"flush_timeout"' in x]
+    assert len(warnings) == 1 and warnings[0]["level"] == "WARNING", output[-3000:]
 
 
 def test_the_dsn_can_come_from_secrets_manager(
