@@ -48,6 +48,12 @@ def test_detailed_ok_and_degraded_with_optional_http_dependency(
     assert body["status"] == "degraded"
     assert body["checks"]["database"]["status"] == "up"
     assert body["checks"]["moltbot"]["status"] == "down"
+    assert body["checks"]["moltbot"]["reason"] == "refused"
+    assert "error" not in body["checks"]["moltbot"]  # no token configured: no details
+
+    app_env(METRICS_AUTH_TOKEN="t0k")  # behind a token, the details are there
+    status, _, body = health_api("/health/detailed", headers={"Authorization": "Bearer t0k"})
+    assert status == 503
     assert body["checks"]["moltbot"]["error"]
 
 
@@ -119,7 +125,7 @@ def test_refused_connection_is_503_fast(health_api, app_env, closed_port):
     assert body["checks"]["database"]["status"] == "down"
 
 
-def test_hung_database_turns_into_503_within_budget(health_api, app_env, blackhole):
+def test_hung_database_turns_into_503_within_budget(health_api, app_env, blackhole, log_lines):
     app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{blackhole}/app")
     app_env(HEALTH_DB_TIMEOUT_S="0.5")
     app_env(DB_CONNECT_TIMEOUT_S="30")  # the check's budget must win
@@ -127,7 +133,9 @@ def test_hung_database_turns_into_503_within_budget(health_api, app_env, blackho
     status, _, body = health_api("/health/ready")
     elapsed = time.monotonic() - started
     assert status == 503
-    assert "timed out" in body["checks"]["database"]["error"]
+    assert body["checks"]["database"]["reason"] == "timeout"
+    (failed,) = [x for x in log_lines() if x.get("type") == "health_check"]
+    assert "timed out" in failed["error"] and failed["reason"] == "timeout"
     # Functional bound, not a benchmark: far below the 30 s socket timeout and API Gateway's 29 s.
     assert elapsed < 10
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from unittest.mock import ANY
 
 import pytest
 
@@ -89,7 +90,9 @@ def test_malformed_secret_is_a_clear_503(secrets_client, health_api, app_env, lo
     app_env(DB_SECRET_ARN=arn)
     status, _, body = health_api("/health/ready")
     assert status == 503
-    assert "is not JSON" in body["checks"]["database"]["error"]
+    assert body["checks"]["database"] == {"status": "down", "reason": "error", "latencyMs": ANY}
+    (failed,) = [x for x in log_lines() if x.get("type") == "health_check"]
+    assert "is not JSON" in failed["error"]  # the cause, in the log
     assert "not json" not in json.dumps(log_lines())  # the secret's content is never logged
 
 

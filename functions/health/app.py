@@ -50,7 +50,7 @@ def ready(_: Request) -> Response:
     return json_response(200 if is_ready else 503, body)
 
 
-def _health_json(results: list[CheckResult], healthy: bool) -> dict[str, object]:
+def _health_json(results: list[CheckResult], healthy: bool, details: bool) -> dict[str, object]:
     """draft-inadarei-api-health-check: pass|warn|fail, checks keyed component:measurement."""
     cfg = settings()
     critical_down = any(not r.ok and r.critical for r in results)
@@ -63,7 +63,7 @@ def _health_json(results: list[CheckResult], healthy: bool) -> dict[str, object]
                 "observedUnit": "ms",
                 "status": "pass" if r.ok else "fail",
                 "time": _now(),
-                **({"output": r.error} if r.error else {}),
+                **({} if r.ok else {"output": r.error if details and r.error else r.reason}),
             }
         ]
         for r in results
@@ -83,15 +83,18 @@ def detailed(req: Request) -> Response:
     results = run_checks(configured_checks())
     healthy = all(r.ok for r in results)
     status = 200 if healthy else 503
-    if HEALTH_JSON in (req.header("accept") or ""):
-        return json_response(status, _health_json(results, healthy), content_type=HEALTH_JSON)
     cfg = settings()
+    # The driver's message names hosts and users: only for callers who presented the token.
+    details = cfg.auth_configured
+    if HEALTH_JSON in (req.header("accept") or ""):
+        body = _health_json(results, healthy, details)
+        return json_response(status, body, content_type=HEALTH_JSON)
     body = {
         "status": "ok" if healthy else "degraded",
         "service": cfg.service,
         "version": cfg.version,
         "timestamp": _now(),
-        "checks": {r.name: r.as_json() for r in results},
+        "checks": {r.name: r.as_json(details=details) for r in results},
     }
     return json_response(status, body)
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ops import error_tracking
-from ops.log import log_request, logger
+from ops.log import bounded, log_request, logger
 
 UNMATCHED_ROUTE = "unmatched"  # metric label for unknown paths: bounded cardinality
+MAX_PATH_CHARS = 8192  # longer is 414, as API Gateway answers a request line beyond its limit
 
 
 class MalformedEvent(ValueError):
@@ -65,13 +66,14 @@ def parse_event(event: Any) -> Request:
     body = event.get("body")
     if body is not None and not isinstance(body, str):
         raise MalformedEvent("body must be a string")
+    request_id = context.get("requestId")
     return Request(
         method=method.upper(),
         path=path,
         headers={str(k).lower(): str(v) for k, v in headers.items() if v is not None},
         query={str(k): str(v) for k, v in query.items() if v is not None},
         body=body,
-        request_id=context.get("requestId"),
+        request_id=bounded(request_id) if isinstance(request_id, str) and request_id else None,
         raw=event,
     )
 
@@ -148,20 +150,27 @@ class Api:
     def _route_of(self, req: Request) -> str:
         # API Gateway sends the matched template as `resource`; the local gateway does too.
         resource = req.raw.get("resource")
-        route = resource if resource in self._routes else req.path
-        return route if route in self._routes else UNMATCHED_ROUTE
+        if isinstance(resource, str) and resource in self._routes:
+            return resource
+        return req.path if req.path in self._routes else UNMATCHED_ROUTE
 
     def _dispatch(self, req: Request, route: str) -> tuple[str, Response]:
         methods = self._routes.get(route)
         if methods is None:
-            return UNMATCHED_ROUTE, error_response(404, "not_found", f"no route for {req.path}")
+            if len(req.path) > MAX_PATH_CHARS:
+                return UNMATCHED_ROUTE, error_response(
+                    414, "uri_too_long", f"the path is longer than {MAX_PATH_CHARS} characters"
+                )
+            return UNMATCHED_ROUTE, error_response(
+                404, "not_found", f"no route for {bounded(req.path)}"
+            )
         target = methods.get(req.method)
         if target is None:
             allowed = ", ".join(sorted(methods))
             return route, error_response(
                 405,
                 "method_not_allowed",
-                f"{req.method} is not allowed on {route}; allowed: {allowed}",
+                f"{bounded(req.method)} is not allowed on {route}; allowed: {allowed}",
                 headers={"Allow": allowed},
             )
         if target.auth:

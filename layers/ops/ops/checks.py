@@ -5,6 +5,11 @@ budget. A database that accepts and never answers therefore becomes a failed
 check (and a 503, or `database_up 0` on /metrics) on time, and its connection is
 dropped so that the next invocation starts fresh instead of queueing behind the
 hung read.
+
+A failed check says why in a fixed vocabulary (`reason`: timeout, refused,
+auth_failed, error), which is all an unauthenticated caller sees. The
+driver's message (target, SQLSTATE, file, line) goes to the log, and to
+`/health/detailed` when that route is behind a token.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ops.config import settings
-from ops.db import get_db
+from ops.db import get_db, sqlstate
 from ops.log import logger
 from ops.metrics import catalogue as m
+
+TIMEOUT, REFUSED, AUTH_FAILED, ERROR = "timeout", "refused", "auth_failed", "error"
 
 
 @dataclass(frozen=True)
@@ -27,17 +34,35 @@ class CheckResult:
     ok: bool
     latency_ms: float
     critical: bool
-    error: str | None = None
+    error: str | None = None  # details: logs and authenticated callers only
     component_type: str = "component"
+    reason: str | None = None  # the fixed vocabulary, when not ok
 
-    def as_json(self) -> dict[str, object]:
-        body: dict[str, object] = {
-            "status": "up" if self.ok else "down",
-            "latencyMs": round(self.latency_ms, 3),
-        }
-        if self.error:
+    def as_json(self, *, details: bool = False) -> dict[str, object]:
+        body: dict[str, object] = {"status": "up" if self.ok else "down"}
+        if not self.ok:
+            body["reason"] = self.reason or ERROR
+        body["latencyMs"] = round(self.latency_ms, 3)
+        if details and self.error:
             body["error"] = self.error
         return body
+
+
+def failure_reason(exc: BaseException) -> str:
+    """timeout, refused, auth_failed or error, from the exception and what caused it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError):
+            return TIMEOUT
+        if isinstance(current, ConnectionRefusedError):
+            return REFUSED
+        # SQLSTATE class 28: invalid authorization; HTTP 401/403 from a dependency.
+        if sqlstate(current).startswith("28") or getattr(current, "code", None) in (401, 403):
+            return AUTH_FAILED
+        current = current.__cause__ or current.__context__
+    return ERROR
 
 
 @dataclass(frozen=True)
@@ -93,6 +118,7 @@ class _Running:
                 check.critical,
                 f"timed out after {check.budget_s:g}s",
                 check.component_type,
+                TIMEOUT,
             )
         assert run.finished_at is not None
         error = None if run.exc is None else (str(run.exc) or type(run.exc).__name__)
@@ -103,6 +129,7 @@ class _Running:
             check.critical,
             error,
             check.component_type,
+            None if run.exc is None else failure_reason(run.exc),
         )
 
 
@@ -124,6 +151,7 @@ def run_checks(checks: list[Check]) -> list[CheckResult]:
                     "type": "health_check",
                     "check": result.name,
                     "status": "down",
+                    "reason": result.reason,
                     "latencyMs": round(result.latency_ms, 3),
                     "error": result.error,
                 },

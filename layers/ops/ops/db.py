@@ -32,6 +32,11 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or did not answer in time."""
 
 
+class DatabaseMisconfigured(DatabaseUnavailable):
+    """DATABASE_URL or the database secret cannot be used. To callers it is an unreachable
+    database (503, never 500); the message says what is wrong and never quotes the value."""
+
+
 @dataclass(frozen=True)
 class ConnectParams:
     user: str
@@ -49,21 +54,39 @@ class ConnectParams:
         return f"{self.user}@{where}/{self.database}"
 
 
+_BAD_PORT = "DATABASE_URL has a port that is not a number from 1 to 65535"
+
+
 def parse_database_url(url: str) -> ConnectParams:
-    """`postgresql://user:pass@host:port/db`, or `...@/db?host=/socket/dir` for a Unix socket."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ValueError("DATABASE_URL must start with postgresql://")
+    """`postgresql://user:pass@host:port/db`, or `...@/db?host=/socket/dir` for a Unix socket.
+
+    The user info ends at the last '@': a password with an unescaped '/', '?', '#' or '@'
+    still parses, and no part of it can end up in the host, database or an error message.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("postgres", "postgresql"):
+        raise DatabaseMisconfigured("DATABASE_URL must start with postgresql:// or postgres://")
+    userinfo, _, location = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    try:
+        parts = urlsplit("postgresql://" + location)  # no credentials left in what is parsed
+    except ValueError:  # an unclosed IPv6 bracket, say; its message would quote the host
+        raise DatabaseMisconfigured("DATABASE_URL has a malformed host") from None
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    port = parts.port or int(query.get("port", 5432))
+    try:
+        port = parts.port or int(query.get("port", "5432"))
+    except ValueError:
+        raise DatabaseMisconfigured(_BAD_PORT) from None
+    if not 0 < port < 65536:
+        raise DatabaseMisconfigured(_BAD_PORT)
     host = query.get("host") or parts.hostname
     unix_sock = None
     if host and host.startswith("/"):
         unix_sock, host = f"{host}/.s.PGSQL.{port}", None
     database = unquote(parts.path.lstrip("/")) or "postgres"
     return ConnectParams(
-        user=unquote(parts.username or "postgres"),
-        password=unquote(parts.password) if parts.password else None,
+        user=unquote(user) or "postgres",
+        password=unquote(password) if password else None,
         host=host or ("localhost" if unix_sock is None else None),
         port=port,
         unix_sock=unix_sock,
@@ -74,17 +97,29 @@ def parse_database_url(url: str) -> ConnectParams:
 
 def params_from_secret(secret: dict[str, Any], cfg: Settings) -> ConnectParams:
     """The RDS-managed secret's JSON (host, port, username, password, dbname)."""
-    try:
-        return ConnectParams(
-            user=secret["username"],
-            password=secret["password"],
-            host=cfg.db_host_override or secret["host"],
-            port=int(secret.get("port", 5432)),
-            database=secret.get("dbname") or secret.get("database") or "postgres",
-            ssl_mode=cfg.db_ssl_mode or "require",
-        )
-    except KeyError as exc:
-        raise ValueError(f"database secret lacks the {exc.args[0]!r} field") from None
+    for name in ("username", "password", "host"):
+        if name == "host" and cfg.db_host_override:
+            continue
+        if name not in secret:
+            raise DatabaseMisconfigured(f"database secret lacks the {name!r} field")
+        if not isinstance(secret[name], str) or not secret[name]:
+            raise DatabaseMisconfigured(f"database secret's {name!r} field is not a string")
+    database = secret.get("dbname") or secret.get("database") or "postgres"
+    if not isinstance(database, str):
+        raise DatabaseMisconfigured("database secret's 'dbname' field is not a string")
+    port = secret.get("port", 5432)
+    if isinstance(port, bool) or not isinstance(port, (int, str)) or not str(port).isdigit():
+        raise DatabaseMisconfigured("database secret's 'port' is not a number from 1 to 65535")
+    if not 0 < int(port) < 65536:
+        raise DatabaseMisconfigured("database secret's 'port' is not a number from 1 to 65535")
+    return ConnectParams(
+        user=secret["username"],
+        password=secret["password"],
+        host=cfg.db_host_override or secret["host"],
+        port=int(port),
+        database=database,
+        ssl_mode=cfg.db_ssl_mode or "require",
+    )
 
 
 def resolve_params(cfg: Settings, *, force_fetch: bool = False) -> ConnectParams:
@@ -96,7 +131,15 @@ def resolve_params(cfg: Settings, *, force_fetch: bool = False) -> ConnectParams
     if cfg.db_secret_arn:
         from ops.secretstore import get_secret_json
 
-        return params_from_secret(get_secret_json(cfg.db_secret_arn, force_fetch=force_fetch), cfg)
+        try:
+            secret = get_secret_json(cfg.db_secret_arn, force_fetch=force_fetch)
+        except ValueError as exc:  # not JSON, not an object: says so without the content
+            raise DatabaseMisconfigured(str(exc)) from None
+        except Exception as exc:  # Secrets Manager unreachable, secret missing, no permission
+            raise DatabaseUnavailable(
+                f"cannot read the database secret ({type(exc).__name__})"
+            ) from None
+        return params_from_secret(secret, cfg)
     raise DatabaseUnavailable("no database configured: set DATABASE_URL or DB_SECRET_ARN")
 
 
@@ -131,13 +174,16 @@ def is_stale_error(exc: BaseException) -> bool:
     return False
 
 
-def _is_auth_failure(exc: BaseException | None) -> bool:
-    return (
-        isinstance(exc, DatabaseError)
-        and bool(exc.args)
-        and isinstance(exc.args[0], dict)
-        and exc.args[0].get("C") == _AUTH_FAILED
-    )
+def sqlstate(exc: BaseException | None) -> str:
+    """The server's SQLSTATE for a pg8000 DatabaseError; "" for anything else."""
+    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
+        return str(exc.args[0].get("C", ""))
+    return ""
+
+
+def is_auth_failure(exc: BaseException | None) -> bool:
+    """The server refused the password (perhaps rotated since it was read)."""
+    return sqlstate(exc) == _AUTH_FAILED
 
 
 def open_connection(
@@ -163,7 +209,7 @@ def open_connection(
             application_name=app,
             startup_params={"statement_timeout": str(statement_timeout)},
         )
-    except (DatabaseError, InterfaceError, OSError) as exc:
+    except Exception as exc:  # any failure to open one (refused, DNS, TLS, a bad host name)
         reason = connect_failure_reason(exc, timeout_s or cfg.db_connect_timeout_s)
         raise DatabaseUnavailable(f"cannot connect to {params.target}: {reason}") from exc
 
@@ -228,7 +274,7 @@ class Database:
             return open_connection(params, cfg, timeout_s=timeout_s, app=self._application_name)
         except DatabaseUnavailable as exc:
             # A rotated secret: fetch it again once, bypassing the cache.
-            if not (cfg.db_secret_arn and _is_auth_failure(exc.__cause__)):
+            if not (cfg.db_secret_arn and is_auth_failure(exc.__cause__)):
                 raise
         params = resolve_params(cfg, force_fetch=True)
         return open_connection(params, cfg, timeout_s=timeout_s, app=self._application_name)

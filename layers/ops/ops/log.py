@@ -8,12 +8,34 @@ field, which the Logs Insights queries filter on: `request`, `job`,
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
 from ops.config import settings
+
+ECHO_LIMIT = 256  # characters of a caller's value (path, method) echoed in a log or response
+
+
+def bounded(value: str, limit: int = ECHO_LIMIT) -> str:
+    """A caller's value, safe to echo: at most `limit` characters, lone surrogates escaped."""
+    if len(value) > limit:
+        value = value[:limit] + f"…({len(value)} chars)"
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _to_json(log: dict[str, Any]) -> str:
+    """Powertools' serializer, except that a line that cannot be UTF-8 encoded (a lone
+    surrogate from a request) is written escaped instead of being lost to a logging error."""
+    text = json.dumps(log, separators=(",", ":"), default=str, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(log, separators=(",", ":"), default=str)
+    return text
+
 
 # Every function imports this module first: a bad setting fails the container here, at start.
 _cfg = settings()
@@ -36,6 +58,7 @@ logger = Logger(
         datefmt="%Y-%m-%dT%H:%M:%S.%FZ",  # %F: Powertools' milliseconds directive
         utc=True,
         log_record_order=["level", "timestamp", "message"],
+        json_serializer=_to_json,
     ),
 )
 
@@ -54,8 +77,8 @@ def log_request(
         "request",
         extra={
             "type": "request",
-            "method": method,
-            "url": url,
+            "method": bounded(method),
+            "url": bounded(url),
             "route": route,  # the template: group by this, not by url (cardinality)
             "statusCode": status,
             "duration": round(duration_ms, 3),
