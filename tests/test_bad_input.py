@@ -100,7 +100,7 @@ def test_echoed_values_are_truncated(strict_log):
         {"requestContext": {"requestId": "r" * 10_000}},
         {"requestContext": None, "headers": None, "queryStringParameters": None},
         {"body": "\ud800" * 10, "isBase64Encoded": "maybe"},
-        {"multiValueHeaders": "junk", "pathParameters": [1], "stageVariables": 7},
+        {"multiValueHeaders": "junk", "pathParameters": {"id": 5}, "stageVariables": 7},
     ],
 )
 @pytest.mark.parametrize("function", ["health", "metrics"])
@@ -112,7 +112,17 @@ def test_odd_but_well_formed_events_are_never_500(strict_log, function, changes)
     assert len(json.dumps(line)) < 1500
 
 
-@pytest.mark.parametrize("event_", [None, [], "x", 5, {"httpMethod": ["GET"], "path": "/"}])
+@pytest.mark.parametrize(
+    "event_",
+    [
+        None,
+        [],
+        "x",
+        5,
+        {"httpMethod": ["GET"], "path": "/"},
+        {"httpMethod": "GET", "path": "/health", "pathParameters": [1]},
+    ],
+)
 @pytest.mark.parametrize("function", ["health", "metrics"])
 def test_malformed_events_write_their_request_line(strict_log, function, event_):
     status, body = invoke(function, event_)

@@ -35,6 +35,7 @@ class Request:
     body: str | None
     request_id: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    params: dict[str, str] = field(default_factory=dict)  # pathParameters of a `{id}` route
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -57,12 +58,16 @@ def parse_event(event: Any) -> Request:
     headers = event.get("headers") or {}
     query = event.get("queryStringParameters") or {}
     context = event.get("requestContext") or {}
+    params = event.get("pathParameters") or {}
     if (
         not isinstance(headers, dict)
         or not isinstance(query, dict)
         or not isinstance(context, dict)
+        or not isinstance(params, dict)
     ):
-        raise MalformedEvent("headers, queryStringParameters and requestContext must be objects")
+        raise MalformedEvent(
+            "headers, queryStringParameters, pathParameters and requestContext must be objects"
+        )
     body = event.get("body")
     if body is not None and not isinstance(body, str):
         raise MalformedEvent("body must be a string")
@@ -72,6 +77,7 @@ def parse_event(event: Any) -> Request:
         path=path,
         headers={str(k).lower(): str(v) for k, v in headers.items() if v is not None},
         query={str(k): str(v) for k, v in query.items() if v is not None},
+        params={str(k): str(v) for k, v in params.items() if v is not None},
         body=body,
         request_id=bounded(request_id) if isinstance(request_id, str) and request_id else None,
         raw=event,

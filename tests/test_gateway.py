@@ -1,0 +1,217 @@
+"""The local gateway at its edges, as API Gateway behaves: `{param}` and `{proxy+}` routes
+with pathParameters, bounded bodies read with a timeout, JSON for every malformed request."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tools.apigw import match_template, resolve
+from tools.gateway import MAX_BODY_BYTES, Gateway, make_server
+from tools.pgcluster import free_port
+
+TEMPLATES = [
+    "/health",
+    "/listings/{id}",
+    "/listings/new",
+    "/listings/{id}/photos/{photo}",
+    "/files/{proxy+}",
+    "/{proxy+}",
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/health", ("/health", {})),
+        ("/listings/42", ("/listings/{id}", {"id": "42"})),
+        ("/listings/new", ("/listings/new", {})),  # a literal beats a parameter
+        ("/listings/a%20b", ("/listings/{id}", {"id": "a b"})),
+        ("/listings/7/photos/9", ("/listings/{id}/photos/{photo}", {"id": "7", "photo": "9"})),
+        ("/files/a/b/c.txt", ("/files/{proxy+}", {"proxy": "a/b/c.txt"})),
+        ("/files", ("/{proxy+}", {"proxy": "files"})),  # {proxy+} needs one segment or more
+        ("/other/path", ("/{proxy+}", {"proxy": "other/path"})),
+        ("/", None),
+    ],
+)
+def test_templates_resolve_as_api_gateway_does(path, expected):
+    assert resolve(TEMPLATES, path) == expected
+
+
+def test_no_template_no_match():
+    assert resolve(["/health"], "/healthz") is None
+    assert match_template("/listings/{id}", "/listings") is None
+    assert match_template("/listings/{id}", "/listings/1/2") is None
+
+
+ECHO = """
+import json
+
+def lambda_handler(event, context):
+    keys = ("resource", "path", "pathParameters", "httpMethod", "body")
+    return {"statusCode": 200, "headers": {"Content-Type": "application/json"},
+            "body": json.dumps({k: event.get(k) for k in keys})}
+"""
+
+TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  EchoFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      CodeUri: {code}
+      Handler: app.lambda_handler
+      Timeout: 5
+      Events:
+        Listing: {{Type: Api, Properties: {{Path: "/listings/{{id}}", Method: get}}}}
+        NewListing: {{Type: Api, Properties: {{Path: /listings/new, Method: get}}}}
+        Files: {{Type: Api, Properties: {{Path: "/files/{{proxy+}}", Method: any}}}}
+"""
+
+
+def request(port: int, raw: bytes, read_timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """Send `raw` as is, return the response (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        sock.sendall(raw)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return resp.status, dict(resp.getheaders()), resp.read()
+
+
+@pytest.fixture
+def echo_gateway(tmp_path: Path) -> Iterator[int]:
+    code = tmp_path / "echo"
+    code.mkdir()
+    (code / "app.py").write_text(textwrap.dedent(ECHO))
+    template = tmp_path / "template.yaml"
+    template.write_text(TEMPLATE.format(code=code))
+    yield from serve(Gateway(template=template))
+
+
+def serve(gateway: Gateway, **kwargs: float) -> Iterator[int]:
+    port = free_port()
+    server = make_server(gateway, port=port, **kwargs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()
+        gateway.close()
+
+
+@pytest.fixture
+def gateway() -> Iterator[int]:
+    """The real template's gateway, with a short read timeout."""
+    yield from serve(Gateway(), read_timeout_s=0.5)
+
+
+def get(port: int, path: str, method: str = "GET", body: bytes = b"") -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(method, path, body=body or None)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, json.loads(data)
+
+
+def test_template_routes_reach_the_function_with_path_parameters(echo_gateway):
+    status, body = get(echo_gateway, "/listings/42")
+    assert status == 200
+    assert body["resource"] == "/listings/{id}" and body["pathParameters"] == {"id": "42"}
+    assert body["path"] == "/listings/42"
+    _, body = get(echo_gateway, "/listings/new")
+    assert body["resource"] == "/listings/new" and body["pathParameters"] is None
+    _, body = get(echo_gateway, "/files/a/b.txt", method="PUT", body=b"data")
+    assert body["resource"] == "/files/{proxy+}" and body["pathParameters"] == {"proxy": "a/b.txt"}
+    assert body["httpMethod"] == "PUT" and body["body"] == "data"
+    status, body = get(echo_gateway, "/listings")
+    assert status == 404 and body["error"] == "not_found"
+
+
+def json_error(result: tuple[int, dict[str, str], bytes], status: int) -> dict:
+    got, headers, data = result
+    assert got == status, data
+    assert headers["Content-Type"] == "application/json"
+    return json.loads(data)
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1.5", "1, 1", ""])
+def test_a_malformed_content_length_is_400_json(gateway, length):
+    raw = f"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+    body = json_error(request(gateway, raw), 400)
+    assert "Content-Length" in body["message"]
+
+
+def test_two_content_lengths_are_400_json(gateway):
+    raw = b"POST /health HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+    json_error(request(gateway, raw), 400)
+
+
+def test_a_short_body_is_400_after_the_read_timeout_not_a_hang(gateway):
+    started = time.monotonic()
+    raw = b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc"
+    body = json_error(request(gateway, raw), 400)
+    assert "not received within 0.5s" in body["message"]
+    assert time.monotonic() - started < 10  # the 0.5 s read timeout, with a generous margin
+
+
+def test_a_body_beyond_the_limit_is_413_json(gateway):
+    raw = f"POST /health HTTP/1.1\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+    json_error(request(gateway, raw), 413)
+
+
+def test_a_chunked_body_is_read_and_a_malformed_one_is_400(gateway):
+    ok = b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    assert json_error(request(gateway, ok), 405)["error"] == "method_not_allowed"
+    bad = b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+    json_error(request(gateway, bad), 400)
+    huge = f"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{MAX_BODY_BYTES + 1:x}\r\n"
+    json_error(request(gateway, huge.encode()), 413)
+
+
+@pytest.mark.parametrize("method", ["BREW", "PROPFIND", "TRACE", "CONNECT", "X" * 300])
+def test_an_unknown_method_is_501_json(gateway, method):
+    body = json_error(request(gateway, f"{method} /health HTTP/1.1\r\n\r\n".encode()), 501)
+    assert len(body["message"]) <= 256
+
+
+@pytest.mark.parametrize("length", [9_000, 70_000])
+def test_a_long_url_is_414_json(gateway, length):
+    raw = f"GET /{'a' * length} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    body = json_error(request(gateway, raw), 414)
+    assert len(body["message"]) <= 256
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"garbage\r\n\r\n",
+        b"GET /health HTTP/9.9\r\n\r\n",
+        b"GET /health HTTP/1.1 extra\r\n\r\n",
+        b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(150)) + b"\r\n",
+        b"GET /health HTTP/1.1\r\nX-Long: " + b"y" * 70_000 + b"\r\n\r\n",
+    ],
+)
+def test_a_malformed_request_is_answered_with_json(gateway, raw):
+    status, headers, data = request(gateway, raw)
+    assert 400 <= status < 500 or status == 505
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(data)["message"]
+
+
+def test_the_gateway_keeps_serving_after_malformed_requests(gateway):
+    for raw in (b"garbage\r\n\r\n", b"POST /health HTTP/1.1\r\nContent-Length: abc\r\n\r\n"):
+        request(gateway, raw)
+    status, body = get(gateway, "/health/live")
+    assert status == 200 and body["status"] == "ok"
