@@ -171,3 +171,36 @@ def test_no_generated_event_is_a_500(function, container):
 def test_every_api_function_is_covered():
     assert set(ROUTES) == {"health", "metrics"}
     assert {p for _, p in ROUTES["health"]} >= {"/health", "/health/ready", "/health/detailed"}
+
+
+scheduled_events = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"source": st.sampled_from(["scheduler", "aws.events", "x"])},
+        optional={
+            "scheduleArn": json_values,
+            "scheduledTime": st.one_of(json_values, st.just("2026-01-01T03:00:00Z")),
+            "id": json_values,
+            "runId": st.one_of(json_values, st.just("r" * 5000)),
+            "dryRun": json_values,
+            "tables": json_values,
+            "attemptNumber": json_values,
+            "requestPayload": json_values,
+            "responseContext": json_values,
+        },
+    ),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None)
+@given(scheduled_events)
+def test_the_retention_event_is_a_run_or_one_clear_bounded_error(event):
+    """The scheduled function's input: a run identity, or EventError (no TypeError, no
+    unbounded echo of what was sent)."""
+    from tests.retention_helpers import module
+
+    run_identity = module("run_identity")
+    try:
+        run_identity.identify(event, "req-1")
+    except run_identity.EventError as exc:
+        assert len(str(exc)) < 600

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ops.log import bounded
+
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _UNSUBSTITUTED = "<aws.scheduler."
 
@@ -49,7 +51,8 @@ def _required_str(event: dict[str, Any], name: str, shape: str) -> str:
         raise EventError(f"{shape} event lacks {name!r}")
     if _UNSUBSTITUTED in value:
         raise EventError(
-            f"{shape} event has an unsubstituted {name!r} ({value}); check the schedule's Input"
+            f"{shape} event has an unsubstituted {name!r} ({bounded(value)});"
+            " check the schedule's Input"
         )
     return value.strip()
 
@@ -59,9 +62,9 @@ def _utc_iso(value: str, name: str) -> str:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise EventError(f"{name} is not an ISO 8601 timestamp: {value!r}") from None
+        raise EventError(f"{name} is not an ISO 8601 timestamp: {bounded(repr(value))}") from None
     if parsed.tzinfo is None:
-        raise EventError(f"{name} has no time zone: {value!r}")
+        raise EventError(f"{name} has no time zone: {bounded(repr(value))}")
     return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -87,7 +90,7 @@ def identify(event: Any, request_id: str) -> RunIdentity:
         raise EventError(f"the event must be a JSON object, got {type(event).__name__}")
     dry_run = event.get("dryRun", False)
     if not isinstance(dry_run, bool):
-        raise EventError(f"dryRun must be true or false, got {dry_run!r}")
+        raise EventError(f"dryRun must be true or false, got {bounded(repr(dry_run))}")
 
     attempt = execution = None
     if event.get("source") == "scheduler":
@@ -103,7 +106,7 @@ def identify(event: Any, request_id: str) -> RunIdentity:
         if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id):
             raise EventError(
                 "runId must be 1-128 characters of letters, digits and ._:@/- "
-                f"(starting with a letter or digit), got {run_id!r}"
+                f"(starting with a letter or digit), got {bounded(repr(run_id))}"
             )
         key, trigger = f"manual:{run_id}", "manual"
     else:

@@ -26,7 +26,7 @@ def bounded(value: str, limit: int = ECHO_LIMIT) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _to_json(log: dict[str, Any]) -> str:
+def _to_json(log: Any) -> str:
     """Powertools' serializer, except that a line that cannot be UTF-8 encoded (a lone
     surrogate from a request) is written escaped instead of being lost to a logging error."""
     text = json.dumps(log, separators=(",", ":"), default=str, ensure_ascii=False)
