@@ -214,11 +214,11 @@ def _timed_database_calls() -> Iterator[list[float]]:
     real_tx, real_run = Database.transaction, Database.run
 
     @contextlib.contextmanager
-    def transaction(self: Database) -> Iterator[Any]:
+    def transaction(self: Database, **timeouts: Any) -> Iterator[Any]:
         started = time.perf_counter()
         depth["n"] += 1
         try:
-            with real_tx(self) as conn:
+            with real_tx(self, **timeouts) as conn:
                 yield conn
         finally:
             depth["n"] -= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
@@ -161,3 +162,26 @@ def retention_slate(db_env: str, sql: SQL, monkeypatch: pytest.MonkeyPatch) -> I
         "expires_at = '-infinity'"
     )
     yield
+
+
+@pytest.fixture(name="daily_partitions")
+def daily_partitions_fixture(sql: SQL) -> Iterator[Any]:
+    """retention_daily: one partition per day from D-35 to D+1 (D = today's midnight).
+
+    Import `daily_partitions_fixture` to use `daily_partitions` in a test module."""
+    sql("DROP TABLE IF EXISTS retention_daily")
+    sql(
+        "CREATE TABLE retention_daily (id bigint GENERATED ALWAYS AS IDENTITY, "
+        "received_at timestamptz NOT NULL, PRIMARY KEY (id, received_at)) "
+        "PARTITION BY RANGE (received_at)"
+    )
+    sql("CREATE INDEX ON retention_daily (received_at)")
+    d = sql("SELECT date_trunc('day', now())")[0][0]
+    for n in range(-35, 2):
+        lo, hi = d + timedelta(days=n), d + timedelta(days=n + 1)
+        sql(
+            f"CREATE TABLE retention_daily_{n + 35:02d} PARTITION OF retention_daily "
+            f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+        )
+    yield d
+    sql("DROP TABLE IF EXISTS retention_daily")

@@ -192,9 +192,10 @@ def test_job_settings_defaults_and_consistency(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     cfg = settings.job_settings()
     assert (cfg.deadline_margin_ms, cfg.statement_timeout_ms) == (30_000, 10_000)
-    monkeypatch.setenv("RETENTION_DEADLINE_MARGIN_MS", "5000")
-    with pytest.raises(ValueError, match="must exceed RETENTION_STATEMENT_TIMEOUT_MS"):
+    monkeypatch.setenv("RETENTION_LEASE_TTL_MS", "5000")
+    with pytest.raises(ValueError, match="RETENTION_LEASE_TTL_MS must exceed"):
         settings.job_settings()
+    monkeypatch.delenv("RETENTION_LEASE_TTL_MS")
     monkeypatch.setenv("RETENTION_DEADLINE_MARGIN_MS", "-1")
     with pytest.raises(ValueError, match="positive whole number"):
         settings.job_settings()

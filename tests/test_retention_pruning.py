@@ -263,7 +263,7 @@ def test_partition_that_cannot_be_locked_is_left_for_the_next_run(
 
         assert pruner.run() is False
 
-        assert pruner.skipped == ["public.retention_part_old"]
+        assert pruner.skips.partitions == ["public.retention_part_old"]
         assert [s.partition for s in steps.steps if s.partition] == ["public.retention_part_tree_a"]
         assert not any(s.done for s in steps.steps)
         vacuum.run("COMMIT")
@@ -273,3 +273,74 @@ def test_partition_that_cannot_be_locked_is_left_for_the_next_run(
         vacuum.close()
     assert count(sql, "retention_part") == 0
     assert count(sql, "pg_class", "relname = 'retention_part_old'") == 0
+
+
+def _spy_windows(monkeypatch) -> dict[str, int]:
+    """Counts window batches, and those rolled back for holding more than the batch size."""
+    seen = {"windows": 0, "overfull": 0}
+    real = pruning._window_batch
+
+    def spy(*args, **kwargs):
+        seen["windows"] += 1
+        try:
+            return real(*args, **kwargs)
+        except pruning.WindowOverfull:
+            seen["overfull"] += 1
+            raise
+
+    monkeypatch.setattr(pruning, "_window_batch", spy)
+    return seen
+
+
+def test_window_batches_never_exceed_the_batch_size_through_bursts_and_gaps(sql, monkeypatch):
+    cutoff = sql("SELECT date_trunc('second', now()) - interval '30 days'")[0][0]
+    old = cutoff - timedelta(days=10)
+    rows = [
+        # steady: one a minute; then a burst: 2,500 rows in 10 s; a 3-day gap; steady again
+        *(old + timedelta(minutes=i) for i in range(3000)),
+        *(old + timedelta(days=3, microseconds=4000 * i) for i in range(2500)),
+        *(old + timedelta(days=6, minutes=i) for i in range(1500)),
+    ]
+    sql(
+        "INSERT INTO inbound_events (source, event_type, received_at) "
+        "SELECT 't', 'expired', unnest(CAST(:ts AS timestamptz[]))",
+        ts=rows,
+    )
+    for label, offset in (("at the cutoff", 0), ("1 s inside", 1)):
+        sql(INSERTS["inbound_events"][2], label=label, ts=cutoff + timedelta(seconds=offset))
+    sql(INSERTS["inbound_events"][2], label="1 us past", ts=cutoff - timedelta(microseconds=1))
+    windows = _spy_windows(monkeypatch)
+    steps = Steps()
+
+    assert _prune("inbound_events", "received_at", cutoff, batch_size=1000, recorder=steps)
+
+    assert _labels(sql, "inbound_events") == {"at the cutoff", "1 s inside"}
+    sizes = [s.rows for s in steps.steps]
+    assert sum(sizes) == len(rows) + 1 and max(sizes) <= 1000
+    assert windows["windows"] > 0 and windows["overfull"] > 0  # the burst was redone exactly
+
+
+def test_window_batches_on_a_timestamp_without_time_zone_column(sql, monkeypatch):
+    sql("DROP TABLE IF EXISTS retention_naive")
+    sql("CREATE TABLE retention_naive (id int PRIMARY KEY, at timestamp NOT NULL)")
+    sql("CREATE INDEX ON retention_naive (at)")
+    sql(
+        "INSERT INTO retention_naive SELECT g, localtimestamp - make_interval(mins => g * 20) "
+        "FROM generate_series(1, 6000) g"
+    )
+    windows = _spy_windows(monkeypatch)
+    try:
+        db, target = _target("retention_naive", "at", 1000)
+        assert target.column_type == "timestamp without time zone"
+        cutoff = sql("SELECT now() - interval '30 days'")[0][0]
+        steps = Steps()
+        assert pruning.TablePruner(db, target, cutoff, LIMITS, lambda: True, steps).run()
+        db.close()
+        kept = sql(
+            "SELECT count(*), min(at) >= localtimestamp - interval '30 days' FROM retention_naive"
+        )
+        assert kept == [[sum(1 for g in range(1, 6001) if g * 20 < 30 * 24 * 60), True]]
+        assert sum(s.rows for s in steps.steps) == 6000 - kept[0][0]
+        assert max(s.rows for s in steps.steps) <= 1000 and windows["windows"] > 0
+    finally:
+        sql("DROP TABLE retention_naive")

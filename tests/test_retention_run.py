@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from tests.retention_helpers import (
     EVENTS,
     audit_entries,
     count,
+    daily_partitions_fixture,  # noqa: F401
     event,
     lines,
     policies,
@@ -29,6 +31,7 @@ from tools import ROOT
 pytestmark = pytest.mark.usefixtures("retention_slate")
 
 PAYLOAD_KEYS = {
+    "deleted",
     "rowsDeleted",
     "cutoff",
     "batches",
@@ -76,6 +79,8 @@ def test_scheduled_run_prunes_each_table_and_audits_it_once(sql, log_lines, monk
             batches,
             [],
         )
+        # The seed's own field, which auditors query as payload->>'deleted'.
+        assert entry["deleted"] == deleted
         assert (entry["completed"], entry["dryRun"], entry["runId"]) == (True, False, run_id)
         assert isinstance(entry["durationMs"], int) and entry["durationMs"] >= 0
         # The cutoff comes from the database clock during the run.
@@ -88,7 +93,8 @@ def test_scheduled_run_prunes_each_table_and_audits_it_once(sql, log_lines, monk
     per_table = {x["table"]: x for x in lines(log_lines, type="retention")}
     assert set(per_table) == {"inbound_events", "chat_sessions"}
     line = per_table["inbound_events"]
-    assert {k: line[k] for k in ("rowsDeleted", "batches", "completed", "dryRun")} == {
+    assert {k: line[k] for k in ("deleted", "rowsDeleted", "batches", "completed", "dryRun")} == {
+        "deleted": 7,
         "rowsDeleted": 7,
         "batches": 3,
         "completed": True,
@@ -260,27 +266,6 @@ def test_missing_index_is_warned_before_the_run_and_pruning_still_works(
     assert value(scrape_samples(), "retention_missing_index", table="retention_noindex") == 1
 
 
-@pytest.fixture
-def daily_partitions(sql):
-    """retention_daily: one partition per day from D-35 to D+1 (D = today's midnight)."""
-    sql("DROP TABLE IF EXISTS retention_daily")
-    sql(
-        "CREATE TABLE retention_daily (id bigint GENERATED ALWAYS AS IDENTITY, "
-        "received_at timestamptz NOT NULL, PRIMARY KEY (id, received_at)) "
-        "PARTITION BY RANGE (received_at)"
-    )
-    sql("CREATE INDEX ON retention_daily (received_at)")
-    d = sql("SELECT date_trunc('day', now())")[0][0]
-    for n in range(-35, 2):
-        lo, hi = d + timedelta(days=n), d + timedelta(days=n + 1)
-        sql(
-            f"CREATE TABLE retention_daily_{n + 35:02d} PARTITION OF retention_daily "
-            f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
-        )
-    yield d
-    sql("DROP TABLE IF EXISTS retention_daily")
-
-
 def test_partitioned_table_drops_old_partitions_and_audits_them(
     sql, log_lines, monkeypatch, daily_partitions
 ):
@@ -307,6 +292,8 @@ def test_partitioned_table_drops_old_partitions_and_audits_them(
     boundary = daily_partitions + timedelta(days=len(expected_drops) - 35)
     assert entry["rowsDeleted"] == sum(1 for s in stamps if boundary <= s < cutoff)
     assert entry["partitionRowsEstimate"] == sum(1 for s in stamps if s < boundary)
+    assert entry["deleted"] == entry["rowsDeleted"] + entry["partitionRowsEstimate"]
+    assert entry["deleted"] == sum(1 for s in stamps if s < cutoff)
     assert entry["completed"] is True
     assert sql("SELECT min(received_at) >= :c FROM retention_daily", c=cutoff) == [[True]]
     assert count(sql, "retention_daily") == sum(1 for s in stamps if s >= cutoff)
@@ -317,3 +304,24 @@ def test_partitioned_table_drops_old_partitions_and_audits_them(
     (line,) = lines(log_lines, type="retention", table="retention_daily")
     assert line["partitionsDropped"] == len(expected_drops)
     assert line["droppedPartitions"] == expected_drops
+
+
+def test_the_runbooks_audit_query_shows_what_each_entry_deleted(sql, database_url):
+    """The debugging checklist's audit query, run as written, reads the seed's `deleted`."""
+    from ops.db import connect_url
+
+    runbook = (ROOT / "infra" / "monitoring" / "README.md").read_text()
+    (query,) = re.findall(r"`(SELECT [^`]*FROM audit_logs[^`]*)`", runbook)
+    assert "payload->>'deleted'" in query
+    seed(sql)
+    result = run(event("retention-scheduler.json"))
+
+    conn = connect_url(database_url, timeout_s=10)
+    try:
+        rows = conn.run(query)
+        names = [c["name"] for c in conn.columns]
+    finally:
+        conn.close()
+    shown = [dict(zip(names, r, strict=True)) for r in rows]
+    mine = {r["entity"]: r["deleted"] for r in shown if r["run_id"] == result["runId"]}
+    assert mine == {"inbound_events": "7", "chat_sessions": "4"}

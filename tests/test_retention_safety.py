@@ -187,8 +187,8 @@ def test_run_skips_and_says_so_when_a_live_run_holds_the_lease(sql, log_lines):
         "UPDATE retention_lease SET holder = 'other-invocation', run_key = 'manual:other', "
         "acquired_at = now(), expires_at = now() + interval '1 hour'"
     )
-    # 300 ms of budget beyond the margin: it waits that long, then gives up.
-    result = run({}, FakeContext(remaining_ms=MARGIN_MS + 300))
+    # 400 ms left: a 100 ms margin (a quarter), so it waits 300 ms, then gives up.
+    result = run({}, FakeContext(remaining_ms=400))
 
     assert (result["status"], result["reason"], result["heldBy"]) == (
         "skipped",
@@ -245,7 +245,7 @@ def test_deadline_mid_table_stops_cleanly_and_the_next_run_completes(
 
 def test_redelivered_stopped_run_resumes_with_its_own_cutoff_exact_to_the_second(sql):
     # No time at all: the run opens, fixes its cutoffs and stops before deleting anything.
-    first = run(event("retention-scheduler.json"), FakeContext(remaining_ms=MARGIN_MS))
+    first = run(event("retention-scheduler.json"), FakeContext(remaining_ms=0))
     assert first["status"] == "stopped"
     cutoffs = dict(
         sql(
@@ -293,11 +293,11 @@ class CrashingDatabase(Database):
         self.crash_at, self.transactions = crash_at, 0
 
     @contextmanager
-    def transaction(self) -> Iterator[pg8000.native.Connection]:
+    def transaction(self, **timeouts: int | None) -> Iterator[pg8000.native.Connection]:
         self.transactions += 1
         if self.transactions == self.crash_at:
             raise Crash(f"crashed before transaction {self.transactions}")
-        with super().transaction() as conn:
+        with super().transaction(**timeouts) as conn:
             yield conn
 
 

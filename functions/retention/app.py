@@ -11,7 +11,6 @@ from typing import Any
 
 from retention_job import run_retention
 
-from ops.db import get_db
 from ops.error_tracking import report_failures
 from ops.log import logger
 from ops.metrics import flush
@@ -21,6 +20,6 @@ from ops.metrics import flush
 @report_failures("retention")  # a failed run reaches Sentry when a DSN is configured
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:
-        return run_retention(event, context, get_db())
+        return run_retention(event, context)  # on a connection of its own, sized for batches
     finally:
         flush()  # not an ops.api.Api function: the flush is ours to call; it never raises

@@ -1,45 +1,68 @@
 """Deleting what one policy says is expired, in transactions short enough for live traffic.
 
-Every unit of work is its own transaction with `SET LOCAL lock_timeout` and
-`statement_timeout`, and carries the run's bookkeeping (lease renewal as a fence,
-progress, and on the last unit the audit entry) through a StepRecorder, so that
-what was deleted and what is recorded never disagree, whatever happens between
-two units.
+Every unit of work is its own transaction with `lock_timeout` and `statement_timeout`
+(SET LOCAL, sent with BEGIN), and carries the run's bookkeeping (lease renewal as
+a fence, progress, and on the last unit the audit entry) through a StepRecorder,
+so that what was deleted and what is recorded never disagree, whatever happens
+between two units: a batch that fails or is cancelled rolls back with its record.
 
 Row by row, oldest first, keyset-paginated on the column's index so that no batch
-rescans the index entries earlier batches left dead. Each batch finds the
-(n+1)-th oldest expired row (an index-only probe) and deletes the n rows below it:
+rescans the index entries earlier batches left dead. Two batch forms:
 
-    SELECT col FROM ONLY t WHERE col < :cutoff AND col >= :frontier
-     ORDER BY col OFFSET n LIMIT 1                              -- -> :upper
-    DELETE FROM ONLY t WHERE col < :cutoff AND col >= :frontier AND col < :upper
+- exact: find the (n+1)-th oldest expired row (an index-only probe) and delete
+  the n rows below it. The probe costs about as much as the DELETE (it walks the
+  same n index entries), so with batches of WINDOW_MIN_SIZE rows or more (where
+  it costs more than a round trip) it is used only where it is needed: the
+  first two batches of a relation, after an empty window, and after a window
+  batch that overran.
 
-The DELETE re-checks every row against the cutoff itself, visits each row once
-and returns nothing, which makes it about twice as fast as deleting by a list of
-ctids. The ctid form (`DELETE ... WHERE ctid = ANY(ARRAY(SELECT ctid ... LIMIT n))
-AND col < :cutoff`) remains for what a range cannot do: more than n rows with one
-timestamp, a table without an index on the column (unordered: a sequential scan
-that stops at the limit beats a full sort per batch), and stepping around locked
-rows. No row locks are taken up front (FOR UPDATE would write every row twice and
-double the WAL); a batch that meets a locked row (lock_timeout, deadlock) is
-retried with FOR UPDATE SKIP LOCKED, and one cancelled by statement_timeout is
-retried at half the size. Batches aim at `batch_target_ms` (50 ms) each: the
-policy's batchSize is the most rows a batch takes, and a slower batch (cold pages,
-a busy server) makes the next one smaller.
+      SELECT col FROM ONLY t WHERE col < :cutoff AND col >= :frontier
+       ORDER BY col OFFSET n LIMIT 1                              -- -> :upper
+      DELETE FROM ONLY t WHERE col < :cutoff AND col >= :frontier AND col < :upper
 
-Partitions wholly older than the cutoff are detached and dropped in one
-transaction (so a crash leaves either the partition or nothing, never a detached
-orphan; DETACH ... CONCURRENTLY cannot run inside a transaction, and is refused
-when a DEFAULT partition exists), holding ACCESS EXCLUSIVE on the parent for about
-a millisecond; the boundary partition is pruned row by row.
+- window: delete the time window that the last batch's density says holds
+  0.8 n rows, in one statement (`... AND col < :frontier + 0.8 n * time_per_row`).
+  A window that holds more than n rows (the data got denser) is rolled back and
+  redone as an exact batch, so no batch deletes more than n rows; one that holds
+  far more (a burst) is cancelled sooner by a statement timeout of 1.5x the batch
+  time target, so a density jump costs one short rolled-back transaction, never a
+  long one. An empty window (a gap in the data) goes on as an exact batch in the
+  same transaction.
+
+The DELETEs re-check every row against the cutoff, visit each row once and return
+nothing, which makes them about twice as fast as deleting by a list of ctids. The
+ctid form (`DELETE ... WHERE ctid = ANY(ARRAY(SELECT ctid ... LIMIT n)) AND col <
+:cutoff`) remains for what a range cannot do: more than n rows with one timestamp,
+a table without an index on the column (unordered: a sequential scan that stops at
+the limit beats a full sort per batch), and stepping around locked rows. No row
+locks are taken up front (FOR UPDATE would write every row twice and double the
+WAL); a batch that meets a locked row (lock_timeout, deadlock) is retried with FOR
+UPDATE SKIP LOCKED, and a relation still locked after that (someone holds a table
+lock) is left for the next run, never failing this one; a waiting ROW EXCLUSIVE
+request queues no reader or writer behind it. A batch cancelled by its
+statement_timeout is retried at half the size, down to a floor of MIN_BATCH_SIZE
+rows; only a batch cancelled at the floor fails the run. Batches aim at
+`batch_target_ms` (50 ms) each: the policy's batchSize is the most rows a batch
+deletes, and a slower batch (cold pages, a busy server) makes the next one smaller.
+
+Partitions wholly older than the cutoff are detached and dropped in one transaction
+(so a crash leaves either the partition or nothing, never a detached orphan; DETACH
+... CONCURRENTLY cannot run inside a transaction, and is refused when a DEFAULT
+partition exists). The partition's own locks are taken first, so that waiting for a
+reader of that partition queues nothing on the parent; then DETACH holds ACCESS
+EXCLUSIVE on the parent for about a millisecond, waiting at most lock_timeout for
+it (every writer of the parent queues behind that wait). A lock not had in time
+leaves the partition for the next run, and one not had on the parent leaves every
+remaining partition of that parent too, so writers wait out one lock_timeout, not
+one per partition. The boundary partition is pruned row by row.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import pg8000.native
@@ -48,15 +71,25 @@ from pg8000.exceptions import DatabaseError
 from policy_catalog import Relation, Target
 
 from ops.db import Database
+from ops.log import logger
 
 LOCK_CONFLICTS = ("55P03", "40P01")  # lock_not_available, deadlock_detected
 QUERY_CANCELED = "57014"  # statement_timeout
-MAX_RETRIES = 3
+MAX_LOCK_RETRIES = 3
 RETRY_BACKOFF_S = 0.1
-MIN_BATCH_SIZE = 100
+MIN_BATCH_SIZE = 100  # the floor of halving a cancelled batch (or the policy's batchSize)
 # Waiting this long for an old partition's SHARE UPDATE EXCLUSIVE lock stalls no query
 # and outlasts deadlock_timeout (1 s), after which an autovacuum in the way is cancelled.
 PARTITION_LOCK_TIMEOUT_MS = 2_000
+# A window batch may take this many times the batch time target before it is cancelled
+# and redone exactly (a burst of rows in its window).
+WINDOW_OVERRUN = 1.5
+# A window aims at this share of the batch size, so that ordinary ups and downs of the
+# data's density stay under the size (a window over it is rolled back and redone).
+WINDOW_FILL = 0.8
+OVERFULL = "overfull"  # what adapt() is told when a window held more than the batch size
+# Below this batchSize the probe costs less than a round trip: every batch is exact.
+WINDOW_MIN_SIZE = 1_000
 
 T = TypeVar("T")
 
@@ -66,6 +99,10 @@ class Limits:
     lock_timeout_ms: int
     statement_timeout_ms: int
     batch_target_ms: int = 50  # how long one batch's transaction should take
+
+    @property
+    def window_timeout_ms(self) -> int:
+        return max(1, min(self.statement_timeout_ms, int(self.batch_target_ms * WINDOW_OVERRUN)))
 
 
 def next_batch_size(size: int, elapsed_ms: float, target_ms: float, maximum: int) -> int:
@@ -91,6 +128,17 @@ class Step:
     done: bool = False  # nothing older than the cutoff is left in the table
 
 
+@dataclass
+class Skips:
+    """What a lock kept this invocation from: left for the next run, never failing this one."""
+
+    partitions: list[str] = field(default_factory=list)  # not dropped
+    relations: list[str] = field(default_factory=list)  # not pruned row by row
+
+    def __bool__(self) -> bool:
+        return bool(self.partitions or self.relations)
+
+
 class StepRecorder(Protocol):
     def fence(self, conn: pg8000.native.Connection) -> None:
         """Raise unless this run may still work (before taking locks others would queue on)."""
@@ -110,23 +158,16 @@ class NoRecorder:
         pass
 
 
+class WindowOverfull(Exception):
+    """A window batch found more rows than the batch size: roll it back, redo it exactly."""
+
+
 def sqlstate(exc: BaseException) -> str | None:
+    if isinstance(exc, WindowOverfull):
+        return OVERFULL
     if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
         return str(exc.args[0].get("C") or "") or None
     return None
-
-
-def set_local_timeouts(
-    conn: pg8000.native.Connection, lock_timeout_ms: int, statement_timeout_ms: int
-) -> None:
-    """Transaction-scoped (SET LOCAL), so nothing leaks to the pooled connection.
-
-    Integers only, in one simple-protocol round trip (no parameters to bind).
-    """
-    conn.run(
-        f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}; "
-        f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}"
-    )
 
 
 @dataclass
@@ -134,8 +175,25 @@ class Batches:
     """Where row-by-row pruning of one relation stands between its batches."""
 
     size: int
+    floor: int  # a batch cancelled at this size fails the run
     frontier: Any = None  # every expired row below it is gone (ordered mode)
     skip_locked: bool = False  # a batch met a locked row: step around such rows from now on
+    row_span: timedelta | None = None  # time per row the last batch measured: window mode
+    windows: bool = False  # window batches allowed (an index on the column, big batches)
+
+    @property
+    def windowed(self) -> bool:
+        return self.windows and self.row_span is not None and not self.skip_locked
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one batch did, applied to `Batches` once its transaction has committed."""
+
+    rows: int
+    done: bool  # nothing expired is left in the relation
+    frontier: Any
+    row_span: timedelta | None = None  # None: the next batch is an exact one
 
 
 def _keyset(column: str, cutoff: datetime, b: Batches, ordered: bool) -> tuple[str, dict[str, Any]]:
@@ -155,7 +213,7 @@ def _ctid_batch(
     b: Batches,
     ordered: bool,
     keyset: tuple[str, dict[str, Any]],
-) -> tuple[int, bool, Any]:
+) -> Batch:
     frontier, params = keyset
     order = f" ORDER BY {column}" if ordered else ""
     lock = " FOR UPDATE SKIP LOCKED" if b.skip_locked else ""
@@ -167,7 +225,35 @@ def _ctid_batch(
         n=b.size,
         **params,
     )[0]
-    return int(rows), rows < b.size, newest if ordered and newest is not None else b.frontier
+    return Batch(int(rows), rows < b.size, newest if ordered and newest is not None else b.frontier)
+
+
+def _span(lower: Any, upper: Any, rows: int) -> timedelta | None:
+    """Time per row over [lower, upper), when that is a measurable, positive duration."""
+    if not (rows and isinstance(lower, datetime) and isinstance(upper, datetime)):
+        return None
+    if (lower.tzinfo is None) != (upper.tzinfo is None) or upper <= lower:
+        return None
+    return (upper - lower) / rows
+
+
+def _window_batch(
+    conn: pg8000.native.Connection, relation: str, column: str, cutoff: Any, b: Batches
+) -> Batch:
+    """Delete [frontier, frontier + WINDOW_FILL * size rows' worth of time); `cutoff` in
+    the column's type. Raises WindowOverfull (rolling the batch back) above `b.size` rows."""
+    assert b.row_span is not None
+    upper = b.frontier + b.row_span * max(1, int(b.size * WINDOW_FILL))
+    last = upper >= cutoff
+    conn.run(
+        f"DELETE FROM ONLY {relation} WHERE {column} >= :frontier AND {column} < :upper",
+        frontier=b.frontier,
+        upper=cutoff if last else upper,
+    )
+    rows = int(conn.row_count)
+    if rows > b.size:
+        raise WindowOverfull(f"{rows} rows in a window meant for {b.size}")
+    return Batch(rows, last, upper, None if last else _span(b.frontier, upper, rows))
 
 
 def delete_batch(
@@ -177,11 +263,20 @@ def delete_batch(
     cutoff: datetime,
     b: Batches,
     ordered: bool,
-) -> tuple[int, bool, Any]:
-    """Delete about `b.size` of the oldest expired rows: (rows, nothing left, new frontier).
+    column_cutoff: Any = None,
+) -> Batch:
+    """Delete about `b.size` of the oldest expired rows.
 
-    The caller moves `b.frontier` once the transaction has committed.
+    `column_cutoff` is the cutoff as a value of the column's own type (naive for a
+    `timestamp` column), which window batches compare their bounds with. The caller
+    applies the result to `b` once the transaction has committed.
     """
+    if ordered and b.windowed and column_cutoff is not None:
+        window = _window_batch(conn, relation, column, column_cutoff, b)
+        if window.rows or window.done:
+            return window
+        # An empty window (a gap in the data): on from its end, exactly, in this transaction.
+        b = replace(b, frontier=window.frontier, row_span=None)
     keyset = _keyset(column, cutoff, b, ordered)
     if not ordered or b.skip_locked:
         return _ctid_batch(conn, relation, column, b, ordered, keyset)
@@ -194,15 +289,16 @@ def delete_batch(
     )
     if not probe:  # b.size or fewer left: the last batch
         conn.run(f"DELETE FROM ONLY {relation} WHERE {column} < :cutoff{after}", **params)
-        return int(conn.row_count), True, b.frontier
+        return Batch(int(conn.row_count), True, b.frontier)
     upper = probe[0][0]
     conn.run(
         f"DELETE FROM ONLY {relation} WHERE {column} < :cutoff{after} AND {column} < :upper",
         upper=upper,
         **params,
     )
-    if conn.row_count:
-        return int(conn.row_count), False, upper
+    rows = int(conn.row_count)
+    if rows:
+        return Batch(rows, False, upper, _span(b.frontier, upper, rows))
     # b.size rows or more share one timestamp: a range cannot split them, a LIMIT can.
     return _ctid_batch(conn, relation, column, b, ordered, keyset)
 
@@ -228,6 +324,19 @@ def survey(conn: pg8000.native.Connection, target: Target, cutoff: datetime) -> 
     return Survey(int(count), oldest, [d.partition.display for d in drops])
 
 
+def _locked(relation: str, table: str, lock: str) -> None:
+    logger.warning(
+        f"{relation} is locked by another session; left for the next run",
+        extra={
+            "type": "retention_warning",
+            "warning": "locked",
+            "table": table,
+            "relation": relation,
+            "lock": lock,
+        },
+    )
+
+
 class TablePruner:
     """Prunes one table down to `cutoff` until done or `keep_going()` says stop.
 
@@ -244,7 +353,7 @@ class TablePruner:
         limits: Limits,
         keep_going: Callable[[], bool],
         recorder: StepRecorder | None = None,
-        skipped: list[str] | None = None,
+        skips: Skips | None = None,
     ) -> None:
         self.db = db
         self.target = target
@@ -252,16 +361,17 @@ class TablePruner:
         self.limits = limits
         self.keep_going = keep_going
         self.recorder = recorder or NoRecorder()
-        # Partitions whose lock could not be had (an anti-wraparound autovacuum is not
-        # cancelled for us): left for the next run rather than failing this one.
-        self.skipped = skipped if skipped is not None else []
+        # What locks kept us from (a long reader, an anti-wraparound autovacuum, DDL):
+        # left for the next run rather than failing this one or queueing writers.
+        self.skips = skips if skips is not None else Skips()
+        self._locked_parents: set[int] = set()
 
     def run(self) -> bool:
         if not self.keep_going():
             return False
         units: list[Callable[[bool], bool]] = []
         if self.target.partitioned:
-            with self.db.transaction() as conn:
+            with self.db.transaction(statement_timeout_ms=self.limits.statement_timeout_ms) as conn:
                 plan = plan_partitions(conn, self.target, self.cutoff)
             units += [lambda last, d=d: self._drop(d, last) for d in plan.drops]
             units += [lambda last, r=r: self._prune_rows(r, last) for r in plan.row_by_row]
@@ -269,34 +379,59 @@ class TablePruner:
             units.append(lambda last: self._prune_rows(self.target.relation, last))
         # Each unit returns False when it stopped for the deadline; all() stops there too.
         finished = all(unit(index == len(units) - 1) for index, unit in enumerate(units))
-        return finished and not self.skipped
+        return finished and not self.skips
 
     # -- units ------------------------------------------------------------------
-    def _prune_rows(self, relation: Relation, last_unit: bool) -> bool:
-        b = Batches(size=self.target.policy.batch_size)
+    def _column_cutoff(self) -> Any:
+        """The cutoff as the column's own type compares it (naive for `timestamp`)."""
+        if self.target.column_type == "timestamp with time zone":
+            return self.cutoff
+        return self.db.run("SELECT CAST(CAST(:c AS timestamptz) AS timestamp)", c=self.cutoff)[0][0]
 
-        def batch(conn: pg8000.native.Connection) -> tuple[bool, bool, Any]:
-            rows, unit_done, frontier = delete_batch(
-                conn, relation.sql, self.target.column_sql, self.cutoff, b, self.target.indexed
+    def _prune_rows(self, relation: Relation, last_unit: bool) -> bool:
+        size = self.target.policy.batch_size
+        ordered = self.target.indexed
+        windows = ordered and size >= WINDOW_MIN_SIZE
+        b = Batches(size=size, floor=min(MIN_BATCH_SIZE, size), windows=windows)
+        column_cutoff = self._column_cutoff() if windows else None
+
+        def batch(conn: pg8000.native.Connection) -> tuple[Batch, bool]:
+            done = delete_batch(
+                conn, relation.sql, self.target.column_sql, self.cutoff, b, ordered, column_cutoff
             )
-            final = self._book(conn, Step(rows=rows, batches=1), unit_done and last_unit)
-            return unit_done, final, frontier
+            final = self._book(conn, Step(rows=done.rows, batches=1), done.done and last_unit)
+            return done, final
 
         def adapt(code: str | None) -> bool:
             if code in LOCK_CONFLICTS:
                 b.skip_locked = True
                 return True
-            if code == QUERY_CANCELED and b.size > MIN_BATCH_SIZE:
-                b.size = max(MIN_BATCH_SIZE, b.size // 2)
+            if code in (QUERY_CANCELED, OVERFULL) and b.windowed:  # denser: redo exactly
+                b.row_span = None
+                return True
+            if code == QUERY_CANCELED and b.size > b.floor:
+                b.size = max(b.floor, b.size // 2)
                 return True
             return False
 
+        def timeout() -> int:
+            return self.limits.window_timeout_ms if b.windowed else self.limits.statement_timeout_ms
+
         while True:
             started = time.monotonic()
-            outcome = self._transact(batch, adapt)
+            try:
+                outcome = self._transact(batch, adapt, timeout)
+            except DatabaseError as exc:
+                if sqlstate(exc) not in LOCK_CONFLICTS:
+                    raise
+                # Locked even stepping around locked rows: a table lock (DDL, LOCK TABLE).
+                self.skips.relations.append(relation.display)
+                _locked(relation.display, self.target.table, "table")
+                return True  # go on with the other units
             if outcome is None:
                 return False
-            unit_done, final, b.frontier = outcome
+            done, final = outcome
+            b.frontier, b.row_span = done.frontier, done.row_span
             b.size = next_batch_size(
                 b.size,
                 (time.monotonic() - started) * 1000,
@@ -304,22 +439,31 @@ class TablePruner:
                 self.target.policy.batch_size,
             )
             if final:
-                return unit_done and last_unit
-            if unit_done:
+                return done.done and last_unit
+            if done.done:
                 return True
 
     def _drop(self, drop: PartitionDrop, last_unit: bool) -> bool:
         part, parent = drop.partition.sql, drop.parent.sql
+        if drop.parent.oid in self._locked_parents:  # would queue writers again: next run
+            self.skips.partitions.append(drop.partition.display)
+            return True
+        waiting_for = ["partition"]
+        lock_ms = int(self.limits.lock_timeout_ms)
+        # Below the statement timeout, so that a lock not had is a lock timeout.
+        vacuum_lock_ms = min(PARTITION_LOCK_TIMEOUT_MS, self.limits.statement_timeout_ms // 2)
 
         def work(conn: pg8000.native.Connection) -> bool:
             self.recorder.fence(conn)  # no lock on the parent unless this run may still work
             # First keep autovacuum off the partition without blocking anyone: SHARE UPDATE
             # EXCLUSIVE lets reads and writes through, and waiting longer than
-            # deadlock_timeout (1 s) for it gets a running autovacuum cancelled. Otherwise
-            # DETACH would wait for autovacuum while already holding the parent.
+            # deadlock_timeout (1 s) for it gets a running autovacuum cancelled. Then the
+            # partition itself: waiting for its readers queues nobody on the parent.
             conn.run(
-                f"SET LOCAL lock_timeout = {PARTITION_LOCK_TIMEOUT_MS}; "
-                f"LOCK TABLE {part} IN SHARE UPDATE EXCLUSIVE MODE"
+                f"SET LOCAL lock_timeout = {max(1, vacuum_lock_ms)}; "
+                f"LOCK TABLE {part} IN SHARE UPDATE EXCLUSIVE MODE; "
+                f"SET LOCAL lock_timeout = {lock_ms}; "
+                f"LOCK TABLE {part} IN ACCESS EXCLUSIVE MODE"
             )
             # The planner's row count, not count(*): scanning a partition only to drop it would
             # make a drop cost as much as reading the data. Exact after VACUUM/ANALYZE.
@@ -330,20 +474,21 @@ class TablePruner:
                 oid=drop.partition.oid,
             )
             # ACCESS EXCLUSIVE on the parent queues every query behind it while it waits:
-            # the short lock_timeout again for that.
-            conn.run(
-                f"SET LOCAL lock_timeout = {int(self.limits.lock_timeout_ms)}; "
-                f"ALTER TABLE {parent} DETACH PARTITION {part}; DROP TABLE {part}"
-            )
+            # lock_timeout bounds that wait.
+            waiting_for[0] = "parent"
+            conn.run(f"ALTER TABLE {parent} DETACH PARTITION {part}; DROP TABLE {part}")
             step = Step(rows=0, partition=drop.partition.display, partition_rows=int(estimate))
             return self._book(conn, step, last_unit)
 
         try:
-            outcome = self._transact(work, lambda code: code in LOCK_CONFLICTS)
+            outcome = self._transact(work, lambda code: False)  # a lock not had: next run
         except DatabaseError as exc:
-            if sqlstate(exc) not in LOCK_CONFLICTS:
+            if sqlstate(exc) not in (*LOCK_CONFLICTS, QUERY_CANCELED):
                 raise
-            self.skipped.append(drop.partition.display)
+            self.skips.partitions.append(drop.partition.display)
+            if waiting_for[0] == "parent":
+                self._locked_parents.add(drop.parent.oid)
+            _locked(drop.partition.display, self.target.table, waiting_for[0])
             return True  # go on with the other partitions
         if outcome is None:
             return False
@@ -352,7 +497,7 @@ class TablePruner:
     # -- plumbing ---------------------------------------------------------------
     def _book(self, conn: pg8000.native.Connection, step: Step, last: bool) -> bool:
         """Record the step; returns whether it is this invocation's last for the table."""
-        table_done = last and not self.skipped
+        table_done = last and not self.skips
         final = table_done or not self.keep_going()
         self.recorder.record(conn, replace(step, final=final, done=table_done))
         return final
@@ -361,20 +506,26 @@ class TablePruner:
         self,
         work: Callable[[pg8000.native.Connection], T],
         adapt: Callable[[str | None], bool],
+        statement_timeout_ms: Callable[[], int] | None = None,
     ) -> T | None:
-        """Run `work` in its own transaction, retrying transient conflicts; None if out of time."""
-        attempt = 0
+        """Run `work` in its own transaction, retrying what `adapt` adapted to (lock
+        conflicts at most MAX_LOCK_RETRIES times, with backoff); None if out of time."""
+        conflicts = 0
         while True:
+            timeout = statement_timeout_ms() if statement_timeout_ms else None
             try:
-                with self.db.transaction() as conn:
-                    set_local_timeouts(
-                        conn, self.limits.lock_timeout_ms, self.limits.statement_timeout_ms
-                    )
+                with self.db.transaction(
+                    statement_timeout_ms=timeout or self.limits.statement_timeout_ms,
+                    lock_timeout_ms=self.limits.lock_timeout_ms,
+                ) as conn:
                     return work(conn)
-            except DatabaseError as exc:
-                if attempt >= MAX_RETRIES or not adapt(sqlstate(exc)):
+            except (DatabaseError, WindowOverfull) as exc:
+                code = sqlstate(exc)
+                conflict = code in LOCK_CONFLICTS
+                if (conflict and conflicts >= MAX_LOCK_RETRIES) or not adapt(code):
                     raise
-            attempt += 1
-            time.sleep(RETRY_BACKOFF_S * 2**attempt)
+            if conflict:
+                conflicts += 1
+                time.sleep(RETRY_BACKOFF_S * 2**conflicts)
             if not self.keep_going():
                 return None

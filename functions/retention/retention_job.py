@@ -6,6 +6,14 @@ left unaudited -> prune (or survey, for a dry run) each table until done or the
 deadline -> release the lease. Every table gets one audit entry per invocation
 that worked on it; failures audit what was done and re-raise so that Scheduler's
 retries and the dead-letter queue see them.
+
+Time: the run stops starting work a margin before the Lambda deadline. The margin
+is a quarter of the time the invocation has when it starts, at most
+RETENTION_DEADLINE_MARGIN_MS (30 s, reached with 2 minutes): 900 s leave 870 s of
+work, 60 s leave 45 s, 30 s leave 22.5 s. Each statement of a batch may take a
+third of the margin at most (and RETENTION_STATEMENT_TIMEOUT_MS), so that a batch
+started just before the margin (two slow statements at worst) and the audit entry
+after it still end before the deadline; lock waits get half that at most.
 """
 
 from __future__ import annotations
@@ -19,31 +27,65 @@ import pg8000.native
 import retention_metrics
 from pg8000.exceptions import DatabaseError
 from policy_catalog import Target, resolve_targets, select_policies
-from pruning import LOCK_CONFLICTS, Limits, Step, TablePruner, set_local_timeouts, sqlstate, survey
+from pruning import LOCK_CONFLICTS, Limits, Skips, Step, TablePruner, sqlstate, survey
 from retention_settings import JobSettings, job_settings
 from run_identity import RunIdentity, identify
 from run_ledger import RunLedger, Start, TableState, iso
 
+from ops.config import settings
 from ops.db import Database
 from ops.log import logger
 from ops.retention_policies import load_policies
 
 LEASE_POLL_S = 0.5
 ERROR_TEXT_LIMIT = 500
+MARGIN_SHARE = 4  # the margin is this fraction (1/4) of the time left at the start
 
 
 class Budget:
-    """Time left before the safety margin ahead of the Lambda deadline."""
+    """Time left before the safety margin ahead of the Lambda deadline.
 
-    def __init__(self, context: Any, margin_ms: int) -> None:
+    The margin is fixed at the first look: a quarter of the time left then, at most
+    `cap_ms`, so that short invocations (a 30 s function, a manual invoke) make progress.
+    """
+
+    def __init__(self, context: Any, cap_ms: int) -> None:
         self.context = context
-        self.margin_ms = margin_ms
+        self.cap_ms = cap_ms
+        self.margin_ms: int | None = None
 
     def remaining_ms(self) -> int:
-        return int(self.context.get_remaining_time_in_millis()) - self.margin_ms
+        left = int(self.context.get_remaining_time_in_millis())
+        if self.margin_ms is None:
+            self.margin_ms = min(self.cap_ms, left // MARGIN_SHARE)
+        return left - self.margin_ms
 
     def has_time(self) -> bool:
         return self.remaining_ms() > 0
+
+
+def run_limits(cfg: JobSettings, margin_ms: int) -> Limits:
+    """Timeouts that fit the margin: a batch started just before it (two statements at
+    their timeout) and the audit entry after it (one) end before the deadline."""
+    statement = max(2, min(cfg.statement_timeout_ms, margin_ms // 3))
+    return Limits(
+        lock_timeout_ms=max(1, min(cfg.lock_timeout_ms, statement // 2)),
+        statement_timeout_ms=statement,
+        batch_target_ms=min(cfg.batch_target_ms, statement),
+    )
+
+
+def job_database(cfg: JobSettings) -> Database:
+    """The run's own connection, its timeouts sized for batches (the container's handle
+    keeps the short ones of health checks and metric flushes): the server cancels a slow
+    statement at RETENTION_STATEMENT_TIMEOUT_MS, a clean error the run adapts to, before
+    the socket (DB_CONNECT_TIMEOUT_S later) gives up on the connection."""
+    base = settings()
+    return Database(
+        application_name=f"{base.service}-retention",
+        socket_timeout_s=cfg.statement_timeout_ms / 1000 + base.db_connect_timeout_s,
+        statement_timeout_ms=cfg.statement_timeout_ms,
+    )
 
 
 def describe_error(exc: BaseException) -> str:
@@ -86,6 +128,7 @@ def _table_log(table: str, payload: dict[str, Any]) -> None:
 
 _TABLE_LOG_KEYS = (
     "runId",
+    "deleted",
     "rowsDeleted",
     "batches",
     "partitionsDropped",
@@ -97,6 +140,7 @@ _TABLE_LOG_KEYS = (
 _TABLE_LOG_OPTIONAL = (
     "partitionRowsEstimate",
     "partitionsSkipped",
+    "relationsSkipped",
     "stoppedBy",
     "wouldDelete",
     "oldest",
@@ -129,9 +173,15 @@ class RetentionRun:
         self.identity = identity
         self.cfg = cfg
         self.budget = Budget(context, cfg.deadline_margin_ms)
-        self.limits = Limits(cfg.lock_timeout_ms, cfg.statement_timeout_ms, cfg.batch_target_ms)
         self.ledger = RunLedger(db, identity, cfg.lease_ttl_ms, cfg.lock_timeout_ms)
         self.payloads: dict[str, dict[str, Any]] = {}
+
+    @property
+    def limits(self) -> Limits:
+        """The run's timeouts, once the first look at the deadline has fixed the margin."""
+        if self.budget.margin_ms is None:
+            self.budget.remaining_ms()
+        return run_limits(self.cfg, self.budget.margin_ms or 0)
 
     # -- the invocation --------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
@@ -231,14 +281,15 @@ class RetentionRun:
             return
         began = time.monotonic()
 
-        skipped: list[str] = []  # partitions the pruner could not lock
+        skips = Skips()  # what the pruner could not lock: left for the next run
 
         def details(done: bool) -> dict[str, Any]:
-            stopped_by = "partitions_locked" if skipped and self.budget.has_time() else "deadline"
+            stopped_by = "locked" if skips and self.budget.has_time() else "deadline"
             return {
                 "durationMs": round((time.monotonic() - began) * 1000),
                 "stoppedBy": None if done else stopped_by,
-                **({"partitionsSkipped": list(skipped)} if skipped else {}),
+                **({"partitionsSkipped": list(skips.partitions)} if skips.partitions else {}),
+                **({"relationsSkipped": list(skips.relations)} if skips.relations else {}),
             }
 
         if not self.budget.has_time():
@@ -248,7 +299,7 @@ class RetentionRun:
         else:
             recorder = _TableRecorder(self.ledger, target.table, details)
             pruner = TablePruner(
-                self.db, target, state.cutoff, self.limits, self.budget.has_time, recorder, skipped
+                self.db, target, state.cutoff, self.limits, self.budget.has_time, recorder, skips
             )
             done = pruner.run()
             # No unit committed (nothing to delete, or out of time before the first): audit alone.
@@ -258,9 +309,12 @@ class RetentionRun:
     def _survey(
         self, target: Target, cutoff: datetime, details: Callable[[bool], dict[str, Any]]
     ) -> dict[str, Any]:
-        timeout_ms = max(self.cfg.statement_timeout_ms, self.budget.remaining_ms())
-        with self.db.transaction() as conn:
-            set_local_timeouts(conn, self.cfg.lock_timeout_ms, timeout_ms)
+        # Counting may take longer than a batch: the time left, which the socket outwaits.
+        limits = self.limits
+        timeout_ms = max(limits.statement_timeout_ms, self.budget.remaining_ms())
+        with self.db.transaction(
+            statement_timeout_ms=timeout_ms, lock_timeout_ms=limits.lock_timeout_ms
+        ) as conn:
             self.ledger.fence(conn, ttl_ms=timeout_ms + self.cfg.lease_ttl_ms)
             found = survey(conn, target, cutoff)
             return self.ledger.audit(
@@ -278,8 +332,10 @@ class RetentionRun:
     def _audit_alone(
         self, table: str, completed: bool, details: dict[str, Any], run_key: str | None = None
     ) -> dict[str, Any]:
-        with self.db.transaction() as conn:
-            set_local_timeouts(conn, self.cfg.lock_timeout_ms, self.cfg.statement_timeout_ms)
+        limits = self.limits
+        with self.db.transaction(
+            statement_timeout_ms=limits.statement_timeout_ms, lock_timeout_ms=limits.lock_timeout_ms
+        ) as conn:
             self.ledger.fence(conn)
             return self.ledger.audit(conn, table, completed, details, run_key=run_key)
 
@@ -322,6 +378,7 @@ class RetentionRun:
     def _already_completed(self, state: TableState) -> dict[str, Any]:
         return {
             "runId": self.ledger.run_key,
+            "deleted": 0,
             "rowsDeleted": 0,
             "batches": 0,
             "partitionsDropped": [],
@@ -342,10 +399,14 @@ class RetentionRun:
         }
 
 
-def run_retention(event: Any, context: Any, db: Database) -> dict[str, Any]:
-    """The retention invocation behind the handler. Raises on failure (after logging it)."""
+def run_retention(event: Any, context: Any, db: Database | None = None) -> dict[str, Any]:
+    """The retention invocation behind the handler. Raises on failure (after logging it).
+
+    Without `db`, the run opens its own connection (`job_database`) and closes it after.
+    """
     began = time.monotonic()
     identity: RunIdentity | None = None
+    own: Database | None = None
     try:
         identity = identify(event, getattr(context, "aws_request_id", "") or "local")
         _job_log(
@@ -357,7 +418,10 @@ def run_retention(event: Any, context: Any, db: Database) -> dict[str, Any]:
             attemptNumber=identity.attempt_number,
             executionId=identity.execution_id,
         )
-        result = RetentionRun(db, identity, job_settings(), context).execute()
+        cfg = job_settings()
+        if db is None:
+            db = own = job_database(cfg)
+        result = RetentionRun(db, identity, cfg, context).execute()
     except Exception as exc:
         retention_metrics.run_finished(succeeded=False, seconds=time.monotonic() - began)
         _job_log(
@@ -369,6 +433,9 @@ def run_retention(event: Any, context: Any, db: Database) -> dict[str, Any]:
             durationMs=round((time.monotonic() - began) * 1000),
         )
         raise
+    finally:
+        if own is not None:
+            own.close()
     if result["status"] != "skipped":
         retention_metrics.run_finished(succeeded=True, seconds=time.monotonic() - began)
     return result

@@ -2,8 +2,9 @@
 ops.retention_policies).
 
 RETENTION_LOCK_TIMEOUT_MS       500     lock_timeout of every batch and partition drop
-RETENTION_STATEMENT_TIMEOUT_MS  10000   statement_timeout of every batch
-RETENTION_DEADLINE_MARGIN_MS    30000   stop starting work this long before the Lambda deadline
+RETENTION_STATEMENT_TIMEOUT_MS  10000   statement_timeout of every batch statement (at most)
+RETENTION_DEADLINE_MARGIN_MS    30000   stop starting work a quarter of the invocation's
+                                        time before the Lambda deadline, at most this long
 RETENTION_LEASE_TTL_MS          60000   how long a crashed run blocks the next one
 RETENTION_BATCH_TARGET_MS       50      how long one batch's transaction should take
 """

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import pg8000.native
-from pruning import Step, set_local_timeouts
+from pruning import Step
 from run_identity import RunIdentity
 
 from ops.db import Database
@@ -75,8 +75,9 @@ class RunLedger:
     # -- start / finish ----------------------------------------------------------
     def try_start(self, max_age_days: dict[str, int]) -> Start:
         """Take the lease and open (or resume) the run, fixing each table's cutoff once."""
-        with self.db.transaction() as conn:
-            set_local_timeouts(conn, self.lock_timeout_ms, self.lock_timeout_ms + 5_000)
+        with self.db.transaction(
+            statement_timeout_ms=self.lock_timeout_ms + 5_000, lock_timeout_ms=self.lock_timeout_ms
+        ) as conn:
             ((held_by, held_key, held_until, live),) = conn.run(
                 "SELECT holder, run_key, expires_at, expires_at > clock_timestamp() "
                 "FROM retention_lease WHERE singleton FOR UPDATE"
@@ -128,8 +129,9 @@ class RunLedger:
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Close this attempt and release the lease, unless the lease was lost meanwhile."""
-        with self.db.transaction() as conn:
-            set_local_timeouts(conn, self.lock_timeout_ms, self.lock_timeout_ms + 5_000)
+        with self.db.transaction(
+            statement_timeout_ms=self.lock_timeout_ms + 5_000, lock_timeout_ms=self.lock_timeout_ms
+        ) as conn:
             if not self._holds(conn):
                 return
             conn.run(
@@ -210,16 +212,21 @@ class RunLedger:
             t=table,
         )
         p = dict(zip((c["name"] for c in conn.columns), row, strict=True))
+        rows = int(p["rows_deleted"] - p["audited_rows"])
+        partition_rows = int(sum(p["partition_rows"][p["audited_partitions"] :]))
         payload: dict[str, Any] = {
+            # The seed's field: every row this entry removed (row by row, exact, and in
+            # dropped partitions, by the statistics), as `payload->>'deleted'` queries expect.
+            "deleted": rows + partition_rows,
             "runId": run_key,
             "trigger": p["trigger"],
             "attempt": p["attempts"],
             "dryRun": p["dry_run"],
             "cutoff": iso(p["cutoff"]),
-            "rowsDeleted": int(p["rows_deleted"] - p["audited_rows"]),
+            "rowsDeleted": rows,
             "batches": int(p["batches"] - p["audited_batches"]),
             "partitionsDropped": list(p["partitions_dropped"][p["audited_partitions"] :]),
-            "partitionRowsEstimate": int(sum(p["partition_rows"][p["audited_partitions"] :])),
+            "partitionRowsEstimate": partition_rows,
             "completed": completed,
             **details,
         }

@@ -3,7 +3,12 @@
 Connection parameters come from `DATABASE_URL` (local, tests) or from the
 RDS-managed secret named by `DB_SECRET_ARN` (AWS), with `DB_HOST` pointing at an
 RDS Proxy endpoint when set. Every connection carries a socket timeout (a hung
-server raises instead of hanging) and a server-side `statement_timeout`.
+server raises instead of hanging) and a server-side `statement_timeout`, per use:
+the container's handle (health, metrics) keeps the short defaults, a batch job
+opens its own `Database` with timeouts sized for its batches, and a transaction
+may set its own, with the socket timeout kept above its statement timeout so that
+the server cancels a slow statement (a clean error) before the client gives up on
+the connection.
 """
 
 from __future__ import annotations
@@ -256,9 +261,19 @@ class Database:
     """Lazily opened, reused connection. Not shared across threads concurrently:
     a Lambda container serves one invocation at a time."""
 
-    def __init__(self, cfg: Settings | None = None, application_name: str = "ops") -> None:
+    def __init__(
+        self,
+        cfg: Settings | None = None,
+        application_name: str = "ops",
+        *,
+        socket_timeout_s: float | None = None,
+        statement_timeout_ms: int | None = None,
+    ) -> None:
         self._cfg = cfg
         self._application_name = application_name
+        # None: the settings' DB_CONNECT_TIMEOUT_S / DB_STATEMENT_TIMEOUT_MS.
+        self._socket_timeout_s = socket_timeout_s
+        self._statement_timeout_ms = statement_timeout_ms
         self._conn: pg8000.native.Connection | None = None
         self._lock = threading.RLock()  # run() may be called inside transaction()
         self._discards = 0  # a run() whose connection another thread dropped must not retry
@@ -270,14 +285,19 @@ class Database:
     def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         cfg = self.cfg
         params = resolve_params(cfg)
+        options = {
+            "timeout_s": timeout_s or self._socket_timeout_s,
+            "statement_timeout_ms": self._statement_timeout_ms,
+            "app": self._application_name,
+        }
         try:
-            return open_connection(params, cfg, timeout_s=timeout_s, app=self._application_name)
+            return open_connection(params, cfg, **options)
         except DatabaseUnavailable as exc:
             # A rotated secret: fetch it again once, bypassing the cache.
             if not (cfg.db_secret_arn and is_auth_failure(exc.__cause__)):
                 raise
         params = resolve_params(cfg, force_fetch=True)
-        return open_connection(params, cfg, timeout_s=timeout_s, app=self._application_name)
+        return open_connection(params, cfg, **options)
 
     def connection(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         if self._conn is None:
@@ -323,22 +343,33 @@ class Database:
                 raise
 
     @contextmanager
-    def transaction(self) -> Iterator[pg8000.native.Connection]:
+    def transaction(
+        self, *, statement_timeout_ms: int | None = None, lock_timeout_ms: int | None = None
+    ) -> Iterator[pg8000.native.Connection]:
         """BEGIN ... COMMIT on the shared connection; ROLLBACK (or discard) on error.
 
-        No retry here: a transaction that failed midway is the caller's decision.
+        The timeouts apply to this transaction only (SET LOCAL, sent with BEGIN in one
+        round trip); while it runs, the socket waits at least `DB_CONNECT_TIMEOUT_S`
+        longer than its statement timeout. No retry here: a transaction that failed
+        midway is the caller's decision.
         """
+        begin = "BEGIN"
+        if lock_timeout_ms is not None:
+            begin += f"; SET LOCAL lock_timeout = {int(lock_timeout_ms)}"
+        if statement_timeout_ms is not None:
+            begin += f"; SET LOCAL statement_timeout = {int(statement_timeout_ms)}"
         with self._lock:
             reused = self._conn is not None
             try:
                 conn = self.connection()
-                conn.run("BEGIN")
+                conn.run(begin)
             except Exception as exc:
                 if not (reused and is_stale_error(exc)):
                     raise
                 self.discard()  # the kept connection was stale: one fresh attempt
                 conn = self.connection()
-                conn.run("BEGIN")
+                conn.run(begin)
+            restore = self._outwait(conn, statement_timeout_ms)
             try:
                 yield conn
                 conn.run("COMMIT")
@@ -351,6 +382,22 @@ class Database:
                     except Exception:
                         self.discard()
                 raise
+            finally:
+                if restore is not None and self._conn is conn:
+                    with suppress(Exception):
+                        conn._usock.settimeout(restore)
+
+    def _outwait(self, conn: pg8000.native.Connection, statement_timeout_ms: int | None) -> Any:
+        """Raise the socket timeout above a statement timeout longer than the connection's;
+        returns the timeout to restore afterwards (None: nothing changed)."""
+        if statement_timeout_ms is None:
+            return None
+        needed = statement_timeout_ms / 1000 + self.cfg.db_connect_timeout_s
+        current = conn._usock.gettimeout()
+        if current is None or current >= needed:
+            return None
+        conn._usock.settimeout(needed)
+        return current
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
