@@ -1,4 +1,4 @@
-"""Retention function vs the naive single DELETE, under a live writer (issue 4).
+"""Retention function vs the naive single DELETE, under a live writer (issues 4 and 10).
 
 One throwaway PostgreSQL (tools.pgcluster) in a temporary folder. Two template
 databases are built once: `inbound_events` as a plain table with its received_at
@@ -14,7 +14,10 @@ prune. Measured: wall time, rows/s, the longest transaction (naive: the DELETE
 itself; function: every transaction and autocommit statement it issues, timed
 around the client call, so an upper bound), WAL bytes (pg_current_wal_insert_lsn
 difference over the prune, the writer's few KB/s included), and the writer's
-throughput and p50/p99 latency in each window.
+throughput and p50/p99 latency in each window. Where the function's time goes: every
+statement it sends is timed around the client call and filed under its phase (BEGIN
+with its SET LOCALs, window DELETE, exact probe, exact DELETE, progress record,
+COMMIT, the rest: lease, catalog, audit entries, metrics flush).
 
     python -m benchmarks retention            # 5,000,000 rows
     python -m benchmarks retention --quick    # 200,000 rows, about a minute
@@ -53,10 +56,10 @@ POLICIES = json.dumps(
 )
 NAIVE_SQL = "DELETE FROM inbound_events WHERE received_at < now() - interval '30 days'"
 
-# Targets (issue 4).
+# Targets (issue 4, tightened by issue 10: every repetition within 1.5x).
 MAX_TRANSACTION_MS = 100.0
-MAX_WALL_VS_NAIVE = 2.0
-MIN_WRITER_RATE = 0.90
+MAX_WALL_VS_NAIVE = 1.5
+MIN_WRITER_RATE = 0.99  # the writer's paced rate, within its own pacing jitter
 MIN_PARTITIONED_SPEEDUP = 3.0
 MAX_PARTITIONED_WAL_SHARE = 1 / 20
 
@@ -251,6 +254,41 @@ def _naive(url: str) -> dict[str, Any]:
         conn.close()
 
 
+PHASES = (
+    ("BEGIN + SET LOCAL", lambda q: q.startswith("BEGIN")),
+    ("window DELETE", lambda q: q.startswith("DELETE") and ":upper" in q and ":cutoff" not in q),
+    ("exact probe", lambda q: q.startswith("SELECT") and "OFFSET :skip" in q),
+    ("exact DELETE", lambda q: q.startswith(("DELETE", "WITH gone"))),
+    ("progress record", lambda q: q.startswith("WITH lease")),
+    ("COMMIT", lambda q: q.startswith("COMMIT")),
+)
+OTHER_PHASE = "other (lease, catalog, audit, metrics flush)"
+
+
+@contextlib.contextmanager
+def _timed_phases() -> Iterator[dict[str, list[float]]]:
+    """Client-side time of every statement the function sends, by phase (ms)."""
+    import pg8000.native
+
+    phases: dict[str, list[float]] = {}
+    real = pg8000.native.Connection.run
+
+    def run(self: Any, sql: str, stream: Any = None, **params: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return real(self, sql, stream=stream, **params)
+        finally:
+            q = sql.lstrip()
+            name = next((n for n, match in PHASES if match(q)), OTHER_PHASE)
+            phases.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+
+    pg8000.native.Connection.run = run  # type: ignore[method-assign]
+    try:
+        yield phases
+    finally:
+        pg8000.native.Connection.run = real  # type: ignore[method-assign]
+
+
 def _function(url: str) -> dict[str, Any]:
     from ops import db as ops_db
     from ops.config import settings
@@ -259,7 +297,7 @@ def _function(url: str) -> dict[str, Any]:
     os.environ.update(DATABASE_URL=url, RETENTION_POLICIES=POLICIES)
     settings.cache_clear()
     ops_db.reset()
-    with _timed_database_calls() as durations:
+    with _timed_database_calls() as durations, _timed_phases() as phases:
         result = _handler()({"runId": f"bench-{time.time_ns()}"}, LambdaContext("bench", 900))
     ops_db.reset()
     tables = {t["table"]: t for t in result["tables"]}
@@ -270,6 +308,7 @@ def _function(url: str) -> dict[str, Any]:
         "tx": durations,
         "partitions": len(events["partitionsDropped"]),
         "batches": events["batches"],
+        "phases": phases,
     }
 
 
@@ -349,7 +388,7 @@ def _measure(cluster: Any, scenario: str, method: str, baseline_s: float) -> Pru
         tx_p99_ms=tx[min(len(tx) - 1, int(len(tx) * 0.99))],
         partitions_dropped=int(outcome.get("partitions", 0)),
         writer_wal_bytes=int(writer_wal_rate * (ended - started)),
-        extra={"batches": outcome.get("batches")},
+        extra={"batches": outcome.get("batches"), "phases": outcome.get("phases")},
     )
 
 
@@ -386,6 +425,33 @@ def _paired(
     return statistics.median(ratio(naive, function) for naive, function in pairs)
 
 
+def _phase_table(function: Prune, naive: Prune) -> list[str]:
+    """Where the function's time went in its median plain-table run."""
+    phases: dict[str, list[float]] = function.extra.get("phases") or {}
+    total = sum(sum(v) for v in phases.values())
+    order = [name for name, _ in PHASES] + [OTHER_PHASE]
+    rows = [
+        f"| {name} | {len(phases[name]):,} | {sum(phases[name]):.0f} | "
+        f"{statistics.mean(phases[name]):.2f} | {sum(phases[name]) / naive.wall_s / 10:.0f}% |"
+        for name in order
+        if name in phases
+    ]
+    outside = function.wall_s * 1000 - total
+    return [
+        "### Where the function's time goes (plain table, its median run)",
+        "",
+        "Every statement timed around its client call (so round trips and the client's own "
+        "work are in it), by phase; *share of naive*: that phase's total over the naive "
+        f"DELETE's wall time ({naive.wall_s:.2f} s) of the same repetition set's median run.",
+        "",
+        "| phase | statements | total ms | mean ms | share of naive |",
+        "|---|---|---|---|---|",
+        *rows,
+        f"| between statements (Python: batch sizing, logs, handler) | | {outside:.0f} | | "
+        f"{outside / naive.wall_s / 10:.0f}% |",
+    ]
+
+
 def _report(
     rows: int, all_runs: dict[tuple[str, str], list[Prune]], quick: bool, setup_s: float
 ) -> str:
@@ -398,6 +464,8 @@ def _report(
     plain_n, plain_f = runs["plain", "naive"], runs["plain", "function"]
     part_n, part_f = runs["partitioned", "naive"], runs["partitioned", "function"]
     wall_ratio = _paired(all_runs, "plain", lambda n, f: f.wall_s / n.wall_s)
+    pairs = zip(all_runs["plain", "naive"], all_runs["plain", "function"], strict=True)
+    ratios = [f.wall_s / n.wall_s for n, f in pairs]
     speedup = _paired(all_runs, "partitioned", lambda n, f: n.wall_s / f.wall_s)
     wal_share = _paired(all_runs, "partitioned", lambda n, f: f.wal_bytes / n.wal_bytes)
     # Worst cases over every run of the function, not just the median ones.
@@ -440,8 +508,11 @@ def _report(
         f"| longest transaction (function, any run) | {longest:.1f} ms | "
         f"≤ {MAX_TRANSACTION_MS:.0f} ms | "
         f"{_verdict(longest <= MAX_TRANSACTION_MS)} |",
-        f"| wall time vs naive (plain table) | {wall_ratio:.2f}x | ≤ {MAX_WALL_VS_NAIVE:.0f}x | "
-        f"{_verdict(wall_ratio <= MAX_WALL_VS_NAIVE)} |",
+        f"| wall time vs naive (plain table), median | {wall_ratio:.2f}x | "
+        f"≤ {MAX_WALL_VS_NAIVE:.1f}x | {_verdict(wall_ratio <= MAX_WALL_VS_NAIVE)} |",
+        f"| wall time vs naive (plain table), every repetition | "
+        f"{', '.join(f'{r:.2f}x' for r in ratios)} | ≤ {MAX_WALL_VS_NAIVE:.1f}x | "
+        f"{_verdict(max(ratios) <= MAX_WALL_VS_NAIVE)} |",
         f"| writer keeps its undisturbed rate (function, worst run) | {worst_writer:.0%} | "
         f"≥ {MIN_WRITER_RATE:.0%} | {_verdict(worst_writer >= MIN_WRITER_RATE)} |",
         f"| partitioned: faster than naive | {speedup:.1f}x | ≥ {MIN_PARTITIONED_SPEEDUP:.0f}x | "
@@ -463,6 +534,8 @@ def _report(
         f"(baseline rate x prune time, included above): plain "
         f"{_mb(plain_n.writer_wal_bytes)} / {_mb(plain_f.writer_wal_bytes)}, partitioned "
         f"{_mb(part_n.writer_wal_bytes)} / {_mb(part_f.writer_wal_bytes)} (naive / function).",
+        "",
+        *_phase_table(plain_f, plain_n),
         "",
         "Reproduce: `python -m benchmarks retention` (full size) or "
         "`python -m benchmarks retention --quick`.",

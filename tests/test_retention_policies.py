@@ -16,8 +16,8 @@ run_identity = module("run_identity")
 def test_defaults_without_configuration(monkeypatch):
     monkeypatch.delenv("RETENTION_POLICIES", raising=False)
     assert load_policies() == [
-        Policy("inbound_events", "received_at", 30, 10_000),
-        Policy("chat_sessions", "updated_at", 90, 10_000),
+        Policy("inbound_events", "received_at", 30, 25_000),
+        Policy("chat_sessions", "updated_at", 90, 25_000),
     ]
     assert list(DEFAULT_POLICIES) == load_policies()
 
@@ -38,7 +38,7 @@ def test_policies_from_the_environment(monkeypatch):
         ),
     )
     assert load_policies() == [
-        Policy("inbound_events", "received_at", 7, 10_000),
+        Policy("inbound_events", "received_at", 7, 25_000),
         Policy("archive.chat_sessions", "updated_at", 365, 200),
     ]
 

@@ -42,8 +42,10 @@ lock) is left for the next run, never failing this one; a waiting ROW EXCLUSIVE
 request queues no reader or writer behind it. A batch cancelled by its
 statement_timeout is retried at half the size, down to a floor of MIN_BATCH_SIZE
 rows; only a batch cancelled at the floor fails the run. Batches aim at
-`batch_target_ms` (50 ms) each: the policy's batchSize is the most rows a batch
-deletes, and a slower batch (cold pages, a busy server) makes the next one smaller.
+`batch_target_ms` (50 ms) each: the first takes START_BATCH_SIZE rows, the next
+ones double while under half the target, up to the policy's batchSize (the most
+rows a batch deletes), and a slower batch (cold pages, a busy server) makes the
+next one smaller.
 
 Partitions wholly older than the cutoff are detached and dropped in one transaction
 (so a crash leaves either the partition or nothing, never a detached orphan; DETACH
@@ -90,6 +92,9 @@ WINDOW_FILL = 0.8
 OVERFULL = "overfull"  # what adapt() is told when a window held more than the batch size
 # Below this batchSize the probe costs less than a round trip: every batch is exact.
 WINDOW_MIN_SIZE = 1_000
+# A relation's first batch takes at most this many rows; batches double from there while
+# they take under half their time target (cold pages make the first ones the slowest).
+START_BATCH_SIZE = 1_000
 
 T = TypeVar("T")
 
@@ -392,7 +397,9 @@ class TablePruner:
         size = self.target.policy.batch_size
         ordered = self.target.indexed
         windows = ordered and size >= WINDOW_MIN_SIZE
-        b = Batches(size=size, floor=min(MIN_BATCH_SIZE, size), windows=windows)
+        b = Batches(
+            size=min(size, START_BATCH_SIZE), floor=min(MIN_BATCH_SIZE, size), windows=windows
+        )
         column_cutoff = self._column_cutoff() if windows else None
 
         def batch(conn: pg8000.native.Connection) -> tuple[Batch, bool]:
