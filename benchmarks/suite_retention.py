@@ -254,9 +254,9 @@ def _naive(url: str) -> dict[str, Any]:
         conn.close()
 
 
-PHASES = (
+PHASES = (  # matched on the statement as sent (prepared ones have $n placeholders)
     ("BEGIN + SET LOCAL", lambda q: q.startswith("BEGIN")),
-    ("window DELETE", lambda q: q.startswith("DELETE") and ":upper" in q and ":cutoff" not in q),
+    ("window DELETE", lambda q: q.startswith("DELETE") and "cutoff" not in q),
     ("exact probe", lambda q: q.startswith("SELECT") and "OFFSET :skip" in q),
     ("exact DELETE", lambda q: q.startswith(("DELETE", "WITH gone"))),
     ("progress record", lambda q: q.startswith("WITH lease")),
@@ -271,22 +271,27 @@ def _timed_phases() -> Iterator[dict[str, list[float]]]:
     import pg8000.native
 
     phases: dict[str, list[float]] = {}
-    real = pg8000.native.Connection.run
+    plain, prepared = pg8000.native.Connection.run, pg8000.native.PreparedStatement.run
 
-    def run(self: Any, sql: str, stream: Any = None, **params: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return real(self, sql, stream=stream, **params)
-        finally:
-            q = sql.lstrip()
-            name = next((n for n, match in PHASES if match(q)), OTHER_PHASE)
-            phases.setdefault(name, []).append((time.perf_counter() - started) * 1000)
+    def timed(real: Any, sql: Callable[[Any, tuple[Any, ...]], str]) -> Any:
+        def run(self: Any, *args: Any, **params: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return real(self, *args, **params)
+            finally:
+                q = sql(self, args).lstrip()
+                name = next((n for n, match in PHASES if match(q)), OTHER_PHASE)
+                phases.setdefault(name, []).append((time.perf_counter() - started) * 1000)
 
-    pg8000.native.Connection.run = run  # type: ignore[method-assign]
+        return run
+
+    pg8000.native.Connection.run = timed(plain, lambda _, args: args[0])  # type: ignore[method-assign]
+    pg8000.native.PreparedStatement.run = timed(prepared, lambda ps, _: ps.statement)  # type: ignore[method-assign]
     try:
         yield phases
     finally:
-        pg8000.native.Connection.run = real  # type: ignore[method-assign]
+        pg8000.native.Connection.run = plain  # type: ignore[method-assign]
+        pg8000.native.PreparedStatement.run = prepared  # type: ignore[method-assign]
 
 
 def _function(url: str) -> dict[str, Any]:

@@ -71,6 +71,7 @@ import pg8000.native
 from partition_plan import PartitionDrop, plan_partitions
 from pg8000.exceptions import DatabaseError
 from policy_catalog import Relation, Target
+from prepared import Prepared
 
 from ops.db import Database
 from ops.log import logger
@@ -243,19 +244,24 @@ def _span(lower: Any, upper: Any, rows: int) -> timedelta | None:
 
 
 def _window_batch(
-    conn: pg8000.native.Connection, relation: str, column: str, cutoff: Any, b: Batches
+    conn: pg8000.native.Connection,
+    relation: str,
+    column: str,
+    cutoff: Any,
+    b: Batches,
+    prepared: Prepared,
 ) -> Batch:
     """Delete [frontier, frontier + WINDOW_FILL * size rows' worth of time); `cutoff` in
     the column's type. Raises WindowOverfull (rolling the batch back) above `b.size` rows."""
     assert b.row_span is not None
     upper = b.frontier + b.row_span * max(1, int(b.size * WINDOW_FILL))
     last = upper >= cutoff
-    conn.run(
+    _, rows = prepared.execute(
+        conn,
         f"DELETE FROM ONLY {relation} WHERE {column} >= :frontier AND {column} < :upper",
         frontier=b.frontier,
         upper=cutoff if last else upper,
     )
-    rows = int(conn.row_count)
     if rows > b.size:
         raise WindowOverfull(f"{rows} rows in a window meant for {b.size}")
     return Batch(rows, last, upper, None if last else _span(b.frontier, upper, rows))
@@ -269,15 +275,17 @@ def delete_batch(
     b: Batches,
     ordered: bool,
     column_cutoff: Any = None,
+    prepared: Prepared | None = None,
 ) -> Batch:
     """Delete about `b.size` of the oldest expired rows.
 
     `column_cutoff` is the cutoff as a value of the column's own type (naive for a
-    `timestamp` column), which window batches compare their bounds with. The caller
-    applies the result to `b` once the transaction has committed.
+    `timestamp` column), which window batches compare their bounds with; `prepared`
+    holds their statement. The caller applies the result to `b` once the transaction
+    has committed.
     """
-    if ordered and b.windowed and column_cutoff is not None:
-        window = _window_batch(conn, relation, column, column_cutoff, b)
+    if ordered and b.windowed and column_cutoff is not None and prepared is not None:
+        window = _window_batch(conn, relation, column, column_cutoff, b, prepared)
         if window.rows or window.done:
             return window
         # An empty window (a gap in the data): on from its end, exactly, in this transaction.
@@ -370,6 +378,7 @@ class TablePruner:
         # left for the next run rather than failing this one or queueing writers.
         self.skips = skips if skips is not None else Skips()
         self._locked_parents: set[int] = set()
+        self._prepared = Prepared()
 
     def run(self) -> bool:
         if not self.keep_going():
@@ -404,7 +413,14 @@ class TablePruner:
 
         def batch(conn: pg8000.native.Connection) -> tuple[Batch, bool]:
             done = delete_batch(
-                conn, relation.sql, self.target.column_sql, self.cutoff, b, ordered, column_cutoff
+                conn,
+                relation.sql,
+                self.target.column_sql,
+                self.cutoff,
+                b,
+                ordered,
+                column_cutoff,
+                self._prepared,
             )
             final = self._book(conn, Step(rows=done.rows, batches=1), done.done and last_unit)
             return done, final
@@ -415,6 +431,8 @@ class TablePruner:
                 return True
             if code in (QUERY_CANCELED, OVERFULL) and b.windowed:  # denser: redo exactly
                 b.row_span = None
+                if code == QUERY_CANCELED:  # and smaller: it ran 1.5x over its time target
+                    b.size = max(b.floor, b.size // 2)
                 return True
             if code == QUERY_CANCELED and b.size > b.floor:
                 b.size = max(b.floor, b.size // 2)

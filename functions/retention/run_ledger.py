@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import pg8000.native
+from prepared import Prepared
 from pruning import Step
 from run_identity import RunIdentity
 
@@ -67,6 +68,7 @@ class RunLedger:
         self.holder = uuid.uuid4().hex  # per attempt: a retry must not inherit a dead lease
         self.lease_ttl_ms = lease_ttl_ms
         self.lock_timeout_ms = lock_timeout_ms
+        self._prepared = Prepared()  # the progress record is sent once per batch
 
     @property
     def run_key(self) -> str:
@@ -167,7 +169,8 @@ class RunLedger:
 
     def record(self, conn: pg8000.native.Connection, table: str, step: Step) -> None:
         """Progress in the work's transaction, fenced by the lease renewal (one round trip)."""
-        booked = conn.run(
+        booked = self._prepared.run(
+            conn,
             "WITH lease AS ("
             "  UPDATE retention_lease "
             "  SET expires_at = clock_timestamp() + make_interval(secs => :ttl / 1000.0) "
