@@ -10,9 +10,11 @@ it receives. Processes, layout and interpreter are the health suite's (`.venv-be
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from benchmarks.suite_health import (
     FULL,
@@ -27,9 +29,9 @@ from benchmarks.suite_health import (
     build_variants,
     database,
     iqr,
-    measure_cold,
     pct,
     rotated,
+    spawn_cold,
 )
 from tools import LAYER_DIR
 from tools.apigw import proxy_event
@@ -77,6 +79,29 @@ def _pair(v: Variant, ingest: SentryIngest) -> tuple[Variant, Variant]:
     return off, on
 
 
+def measure_cold(
+    python: Path, variants: list[Variant], rounds: int
+) -> tuple[dict[str, list[ColdSample]], dict[str, list[float]], dict[str, str]]:
+    """The health suite's cold processes (variants alternating, a discarded warm-up round),
+    plus each process's CPU time (user + system, from RUSAGE_CHILDREN): on a loaded machine
+    wall time includes waiting for a CPU, CPU time does not."""
+    samples: dict[str, list[ColdSample]] = {v.key: [] for v in variants}
+    cpu_ms: dict[str, list[float]] = {v.key: [] for v in variants}
+    errors: dict[str, str] = {}
+    for r in range(rounds + 1):
+        for v in rotated(variants, r):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            sample = spawn_cold(python, v)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if isinstance(sample, str):
+                errors[v.key] = sample
+            elif r > 0:
+                samples[v.key].append(sample)
+                used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+                cpu_ms[v.key].append(used * 1000.0)
+    return samples, cpu_ms, errors
+
+
 def _med(samples: list[ColdSample], attr: str) -> float:
     return statistics.median(getattr(s, attr) for s in samples) if samples else float("nan")
 
@@ -92,7 +117,7 @@ def run(quick: bool) -> str:
         base = {v.key: v for v in build_variants(url)[0]}
         pairs = [_pair(base[name], ingest) for name in FUNCTIONS if name in base]
         cold_variants = [v for pair in pairs for v in pair]
-        cold, errors = measure_cold(python, cold_variants, plan.cold_rounds)
+        cold, cpu, errors = measure_cold(python, cold_variants, plan.cold_rounds)
         cold_events = len(ingest.events())
 
         # Warm: a successful route and a failing one, off and on, batches interleaved.
@@ -144,26 +169,33 @@ def run(quick: bool) -> str:
         "",
         "*spawn→ready*: spawn to handler imported (SDK import and init included when on); "
         "*on - off*, *on ÷ off*: medians of the per-round differences and ratios (IQR); "
+        "*CPU*: the process's user + system time, start to exit (one invocation included; "
+        "unlike wall time, not inflated by waiting for a CPU on a loaded machine); "
         "*import*: the handler's import alone, timed inside the process; then one "
         "invocation (the function's own route or scheduled event), after which peak RSS "
         "is read.",
         "",
         "| function | off: spawn→ready ms | on: spawn→ready ms | on - off ms (IQR) | "
-        "on ÷ off (IQR) | import off / on ms | RSS off / on MB | modules off / on | status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "on ÷ off (IQR) | CPU ms off / on | CPU on ÷ off (IQR) | import off / on ms "
+        "| RSS off / on MB | modules off / on | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for off, on in pairs:
         a, b = cold.get(off.key, []), cold.get(on.key, [])
         if not a or not b:
             why = errors.get(off.key) or errors.get(on.key)
-            lines.append(f"| {off.label} | error: {why} |||||||")
+            lines.append(f"| {off.label} | error: {why} |||||||||")
             continue
         ratios = [y.wall_ms / x.wall_ms for x, y in zip(a, b, strict=False)]
         deltas = [y.wall_ms - x.wall_ms for x, y in zip(a, b, strict=False)]
+        ca, cb = cpu[off.key], cpu[on.key]
+        cpu_ratios = [y / x for x, y in zip(ca, cb, strict=False) if x > 0]
         lines.append(
             f"| {off.key.removesuffix('-off')} | {_med(a, 'wall_ms'):.1f} | "
             f"{_med(b, 'wall_ms'):.1f} | +{statistics.median(deltas):.1f} ({iqr(deltas)}) | "
             f"{statistics.median(ratios):.2f}x ({iqr(ratios)}) | "
+            f"{statistics.median(ca):.0f} / {statistics.median(cb):.0f} | "
+            f"{statistics.median(cpu_ratios):.2f}x ({iqr(cpu_ratios)}) | "
             f"{_med(a, 'import_ms'):.1f} / {_med(b, 'import_ms'):.1f} | "
             f"{_med(a, 'rss_mb'):.1f} / {_med(b, 'rss_mb'):.1f} | "
             f"{_med(a, 'modules'):.0f} / {_med(b, 'modules'):.0f} | "
