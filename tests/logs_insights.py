@@ -9,8 +9,8 @@ half-evaluated.
 Supported: `#` comments; `fields a, b`; `filter` with `=`, `!=`, `<`, `<=`, `>`,
 `>=`, `like "text"` / `like /regex/`, `in [...]`, `not`, `and`, `or`, parentheses,
 `ispresent(f)`; `stats` with count(*), count(f), count_distinct(f), sum, avg, min,
-max, pct(f, n), each optionally `as alias`, grouped `by` fields or `bin(<n><unit>)`
-(optionally aliased); `sort f asc|desc`; `limit n`.
+max, pct(f, n), latest(f), earliest(f), each optionally `as alias`, grouped `by`
+fields or `bin(<n><unit>)` (optionally aliased); `sort f asc|desc`; `limit n`.
 
 Semantics modelled on Logs Insights: nested JSON keys are flattened with dots,
 JSON booleans read as 1/0, a comparison with a missing field is false, `like`
@@ -252,6 +252,9 @@ _AGGREGATES: dict[str, Callable[..., Any]] = {
     "avg": lambda vals, _events: sum(vals) / len(vals) if vals else None,
     "min": lambda vals, _events: min(vals) if vals else None,
     "max": lambda vals, _events: max(vals) if vals else None,
+    # The field's value in the group's last (first) event by @timestamp that has it.
+    "latest": lambda _vals, events: events[-1] if events else None,
+    "earliest": lambda _vals, events: events[0] if events else None,
 }
 _NUMERIC = {"sum", "avg", "min", "max", "pct"}
 
@@ -271,6 +274,10 @@ class _Aggregate:
             values = [v for v in (_number(v) for v in values) if v is not None]
         if self.func == "pct":
             return _pct(values, float(self.arg or 0)) if values else None
+        if self.func in ("latest", "earliest"):
+            having = [e for e in events if e.get(self.field) is not None]
+            having.sort(key=lambda e: e.get("@timestamp") or 0)
+            return _AGGREGATES[self.func](values, [e[self.field] for e in having])
         return _AGGREGATES[self.func](values, events)
 
 

@@ -308,12 +308,18 @@ def test_errors_by_function_counts_handler_errors(api_story: Recorder) -> None:
     assert by_type == {
         (health, "error"): 2,  # the forced 500 and the malformed event
         # With the database down neither call can flush; /metrics still answers (200,
-        # database_up 0: its failed check is a health_check warning, not an error).
+        # database_up 0) and logs its failed check, as /health/detailed and /health do.
         (metrics, "metrics_flush"): 1,
         (health, "metrics_flush"): 1,
+        (metrics, "health_check"): 1,
+        (health, "health_check"): 2,
     }
     messages = {r["message"] for r in rows if r["type"] == "error"}
     assert messages == {"unhandled error", "malformed event"}
+    # The outage's rows say why: the newest error text of each.
+    for r in rows:
+        if r["type"] in ("health_check", "metrics_flush"):
+            assert "connection refused" in r["last_error"], r
 
 
 def test_cold_starts_count_one_per_new_container(api_story: Recorder) -> None:
@@ -358,7 +364,7 @@ def test_request_story_finds_a_retention_run_by_lambda_request_id(retention_stor
     [
         'parse @message "* *" as a, b',
         "filter strlen(message) > 3",
-        "stats latest(x) by y",
+        "stats stddev(x) by y",
         "sort duration",
         "display a, b",
         "filter a ~ 1",
@@ -369,6 +375,16 @@ def test_request_story_finds_a_retention_run_by_lambda_request_id(retention_stor
 def test_interpreter_rejects_unsupported_syntax(query: str) -> None:
     with pytest.raises(Unsupported):
         Query(query).run([{"a": 1}])
+
+
+def test_latest_is_the_newest_value_of_the_group() -> None:
+    events = [
+        event({"t": "a", "error": "old"}, log_group="g", timestamp_ms=1),
+        event({"t": "a"}, log_group="g", timestamp_ms=3),  # no error field: not a candidate
+        event({"t": "a", "error": "new"}, log_group="g", timestamp_ms=2),
+    ]
+    rows = Query("stats latest(error) as e, earliest(error) as f by t").run(events)
+    assert rows == [{"t": "a", "e": "new", "f": "old"}]
 
 
 def test_interpreter_semantics_match_logs_insights() -> None:
