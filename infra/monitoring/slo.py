@@ -153,12 +153,9 @@ def rules() -> dict[str, object]:
                 {"record": record_name(window), "expr": slo.error_ratio(window), "labels": labels}
             )
     alerts = [_alert(slo, severity) for slo in SLOS for severity in ALERTS]
-    return {
-        "groups": [
-            {"name": "realestate-backend-slo-recording", "rules": recording},
-            {"name": "realestate-backend-slo-alerts", "rules": alerts},
-        ]
-    }
+    # One group: its rules run in order, so the alerts read this evaluation's ratios
+    # (across groups, which Prometheus evaluates independently, they could lag one).
+    return {"groups": [{"name": "realestate-backend-slo", "rules": recording + alerts}]}
 
 
 HEADER = """\
