@@ -7,8 +7,8 @@ temporary folder, migrations applied):
   (`Api(instrument=False)`) and with them (the HTTP counter and histogram recorded,
   then the flush: one round trip, plus the EMF line); interleaved, p50/p99 of each
   and of the difference. Also the flush alone.
-* Render cost: the metrics function's handler for 2,400 samples (200 label sets x
-  a counter and an 8-bucket histogram) against `prometheus_client.generate_latest`
+* Render cost: the metrics function's handler for 2,400 samples (label sets of a
+  counter and an http_request_duration_ms histogram) against `prometheus_client.generate_latest`
   on an in-memory registry holding the same series (`_created` samples disabled, so
   both print 2,400 samples). Worst case: 16 containers in 16 shards wrote every
   series; beyond it, every series collided in every shard (spill rows everywhere).
@@ -44,7 +44,17 @@ from tools.migrate import apply_url
 from tools.pgcluster import PgCluster
 from tools.runtime import LambdaContext, load_handler
 
-LABEL_SETS = 200
+SAMPLES = 2400
+
+
+def _label_sets() -> int:
+    """A label set: a counter sample and a histogram's buckets, +Inf, _count and _sum."""
+    from ops.metrics.catalogue import HTTP_BUCKETS_MS
+
+    return SAMPLES // (1 + len(HTTP_BUCKETS_MS) + 3)
+
+
+LABEL_SETS = _label_sets()
 PROCESSES = 8
 TARGET_FLUSH_P50_MS = 0.5
 TARGET_FLUSH_P99_MS = 1.0
@@ -386,6 +396,7 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     fixed = sum(p[2] for p in points) / n - per_row * mean_rows
     stats["per_krow_ratio"], stats["fixed_ratio"] = per_row * 1000, fixed
     rows_at_half = (0.5 - fixed) / per_row if per_row > 0 else float("inf")
+    series = min(p[0] for p in points)  # the store with one row per series
     table = "\n".join(
         [
             f"Medians of {plan.render_rounds} interleaved rounds; ms. *handler*: the whole "
@@ -398,11 +409,11 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
             *rows,
             "",
             "Scrape cost as a function of the stored rows (least squares over the rows above; "
-            f"{LABEL_SETS * 11 + 5:,} series, i.e. 2,400 samples): handler ≈ "
+            f"{series:,} series, i.e. 2,400 samples): handler ≈ "
             f"{fixed:.2f}x + {per_row * 1000:.3f}x per 1,000 value rows (x: generate_latest "
             f"for 2,400 samples; {per_row_ms * 1000:.3f} ms per 1,000 rows here). Value rows "
             "= series x live shards, so for S series and L live shards: handler ≈ "
-            f"S x ({fixed / (LABEL_SETS * 11 + 5):.5f} + L x {per_row:.6f}) generate_latest-"
+            f"S x ({fixed / series:.5f} + L x {per_row:.6f}) generate_latest-"
             f"units of 2,400 samples; the 0.5x line is crossed at about {rows_at_half:,.0f} "
             "value rows.",
         ]
