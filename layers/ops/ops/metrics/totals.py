@@ -49,14 +49,15 @@ SELECT 'now', extract(epoch FROM now())::text, 0
 # in one transaction: every snapshot sees the same sums before and after. It never
 # waits on a row lock: rows being written, and totals being written, are skipped
 # (SKIP LOCKED) until next time, so it cannot deadlock with flushes, which wait
-# only for their own shard's rows. The first statement creates missing totals;
-# like a flush, it waits only on another transaction's insert of the same row.
+# only for their own shard's rows. The first statement creates the totals that
+# spilled series lack (so that their next flushes find one); like a flush, it waits
+# only on another transaction's insert of the same row.
 COMPACT_SQL = """
 SET LOCAL statement_timeout = {timeout_ms};
 INSERT INTO metric_values (series_id, shard, value, updated_at)
 SELECT DISTINCT v.series_id, 0, 0::float8, now() FROM metric_values AS v
 JOIN metric_series AS s ON s.id = v.series_id AND s.kind = 'c'
-WHERE v.shard <> 0 AND v.updated_at < now() - make_interval(secs => {idle_s})
+WHERE v.shard <> 0
   AND NOT EXISTS (SELECT 1 FROM metric_values AS t WHERE t.series_id = v.series_id AND t.shard = 0)
 ORDER BY 1
 ON CONFLICT (series_id, shard) DO NOTHING;
