@@ -1,0 +1,233 @@
+"""What an operator sees during and after a database outage, measured with a real Prometheus.
+
+    .venv/bin/python -m tools.outage_story --outage-s 120     # a 2-minute outage
+    .venv/bin/python -m tools.outage_story --outage-s 600     # a 10-minute outage
+
+A PostgreSQL cluster of its own, the local gateway with the shipped defaults
+(METRICS_NEW_SERIES_HOLD_S 60, METRICS_DEFERRED_FLUSH_S 30), and Prometheus
+(Debian's `prometheus`) loading the shipped alerts.yml and recording-rules.yml
+unchanged, scraping every --scrape-s seconds. Probe traffic runs throughout:
+/health/live (answers 200 through the outage: its counts are held by the health
+"container") and /health (503 during the outage: a 503 series that did not exist
+before). The database is stopped after --before-s, started again after
+--outage-s, and Prometheus is watched for --after-s more. Prints the timeline and
+what rate()/increase() over the rules' 5-minute window showed, against the
+calls actually made. Loopback only, free ports; takes before + outage + after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tools import ROOT
+from tools.gateway import Gateway, make_server
+from tools.migrate import apply_url
+from tools.pgcluster import PgCluster, free_port
+
+TOKEN = "outage-story"
+LIVE = 'http_requests_total{route="/health/live",status="200"}'
+DOWN = 'http_requests_total{route="/health",status="503"}'
+
+
+def _get(url: str, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+class Prom:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return json.loads(resp.read())["data"]["result"]  # type: ignore[no-any-return]
+        except OSError:
+            return []
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return sum(float(r["value"][1]) for r in result) if result else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--outage-s", type=float, default=120)
+    parser.add_argument("--before-s", type=float, default=120)
+    parser.add_argument("--after-s", type=float, default=420)
+    parser.add_argument("--scrape-s", type=int, default=15)
+    parser.add_argument("--probe-interval-s", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    prometheus_bin = shutil.which("prometheus")
+    if not prometheus_bin:
+        sys.exit("prometheus not found: apt-get install prometheus")
+
+    work = Path(tempfile.mkdtemp(prefix="outage-story-"))
+    cluster = PgCluster(work / "pg")
+    cluster.init()
+    cluster.start()
+    cluster.wait_ready()
+    url = cluster.create_database("story")
+    apply_url(url)
+    gateway = Gateway(env={"DATABASE_URL": url, "METRICS_AUTH_TOKEN": TOKEN})
+    server = make_server(gateway, port=free_port())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    interval = f"{args.scrape_s}s"
+    monitoring = ROOT / "infra" / "monitoring"
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": [str(monitoring / "alerts.yml"), str(monitoring / "recording-rules.yml")],
+        "scrape_configs": [
+            {
+                "job_name": "realestate-backend",
+                "scrape_timeout": f"{min(10, args.scrape_s)}s",
+                "authorization": {"type": "Bearer", "credentials": TOKEN},
+                "static_configs": [{"targets": [base.removeprefix("http://")]}],
+            }
+        ],
+    }
+    (work / "prometheus.yml").write_text(json.dumps(config))
+    prom_port = free_port()
+    log = (work / "prometheus.log").open("w")
+    prometheus = subprocess.Popen(
+        [
+            prometheus_bin,
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    prom = Prom(f"http://127.0.0.1:{prom_port}")
+    time.sleep(1)
+    if prometheus.poll() is not None:
+        sys.exit((work / "prometheus.log").read_text()[-2000:])
+
+    sent: Counter[tuple[str, int]] = Counter()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            for path in ("/health/live", "/health"):
+                sent[(path, _get(base + path))] += 1
+            stop.wait(args.probe_interval_s)
+
+    threading.Thread(target=traffic, daemon=True).start()
+    started = time.monotonic()
+    t_stop = args.before_s
+    t_start = t_stop + args.outage_s
+    t_end = t_start + args.after_s
+    events: list[str] = []
+    rows: list[dict[str, Any]] = []
+    firing_seen: dict[str, float] = {}
+    resolved_at: dict[str, float] = {}
+    live_at_stop = live_at_start = 0
+    phase = "before"
+    try:
+        while (now := time.monotonic() - started) < t_end:
+            if phase == "before" and now >= t_stop:
+                live_at_stop = sent[("/health/live", 200)]
+                cluster.stop()
+                phase = "outage"
+                events.append(f"{now:6.0f}s  database stopped")
+            elif phase == "outage" and now >= t_start:
+                live_at_start = sent[("/health/live", 200)]
+                cluster.start()
+                cluster.wait_ready()
+                phase = "after"
+                events.append(f"{now:6.0f}s  database started")
+            firing = {
+                r["metric"]["alertname"]
+                for r in prom.query('ALERTS{alertstate="firing"}')
+                if r["metric"].get("job", "realestate-backend") == "realestate-backend"
+            }
+            for name in firing - set(firing_seen):
+                firing_seen[name] = now
+                events.append(f"{now:6.0f}s  {name} firing")
+            for name in set(firing_seen) - firing - set(resolved_at):
+                resolved_at[name] = now
+                events.append(f"{now:6.0f}s  {name} resolved")
+            rows.append(
+                {
+                    "t": now,
+                    "phase": phase,
+                    "up": prom.value('up{job="realestate-backend"}'),
+                    "database_up": prom.value("database_up"),
+                    "live": prom.value(LIVE),
+                    "live_inc5m": prom.value(f"increase({LIVE}[5m])"),
+                    "down": prom.value(DOWN),
+                    "down_inc5m": prom.value(f"increase({DOWN}[5m])"),
+                    "ratio": prom.value("job:http_requests_5xx:ratio_rate5m"),
+                }
+            )
+            time.sleep(5)
+        stop.set()
+        time.sleep(1)
+        span = f"{int(t_end) + 60}s"
+        totals = {
+            "live_total": prom.value(LIVE),
+            "down_total": prom.value(DOWN),
+            "live_increase_whole_run": prom.value(f"increase({LIVE}[{span}])"),
+            "down_increase_whole_run": prom.value(f"increase({DOWN}[{span}])"),
+            "max_live_inc5m_after": max(
+                (r["live_inc5m"] or 0 for r in rows if r["phase"] == "after"), default=0
+            ),
+            "max_down_inc5m_after": max(
+                (r["down_inc5m"] or 0 for r in rows if r["phase"] == "after"), default=0
+            ),
+            "min_up": min((r["up"] for r in rows if r["up"] is not None), default=None),
+        }
+    finally:
+        stop.set()
+        prometheus.terminate()
+        prometheus.wait(30)
+        log.close()
+        server.shutdown()
+        gateway.close()
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"outage {args.outage_s:g}s, scrape/eval every {interval}, shipped rules and defaults")
+    print("\n".join(events))
+    print(f"calls made: {dict(sorted((f'{p} {s}', n) for (p, s), n in sent.items()))}")
+    print(f"/health/live 200s during the outage: {live_at_start - live_at_stop}")
+    print(json.dumps(totals, indent=1))
+    print("  t phase   up db  live  inc5m(live)  503s  inc5m(503)  5xx-ratio")
+    for r in rows[::3]:
+        print(
+            f"{r['t']:4.0f} {r['phase']:7} {_f(r['up'])} {_f(r['database_up'])} {_f(r['live'])}"
+            f" {_f(r['live_inc5m'])} {_f(r['down'])} {_f(r['down_inc5m'])} {_f(r['ratio'])}"
+        )
+    return 0
+
+
+def _f(value: float | None) -> str:
+    return "    -" if value is None else f"{value:5.0f}" if value >= 1 else f"{value:5.2f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
