@@ -150,6 +150,8 @@ def test_a_password_with_unescaped_characters_never_leaks(
         ('{"host": "h", "password": "pw"}', "lacks the 'username' field"),
         ('{"username": "u", "password": "pw", "host": "h", "port": "x"}', "'port'"),
         ('{"username": "u", "password": "pw", "host": "h", "port": 70000}', "'port'"),
+        ('{"username": "u", "password": "pw", "host": "h", "port": "\u00b2"}', "'port'"),
+        ('{"username": "u", "password": "pw", "host": "h", "port": true}', "'port'"),
         ('{"username": 5, "password": "pw", "host": "h"}', "'username' field is not a string"),
         ('{"username": "u", "password": null, "host": "h"}', "'password' field is not a string"),
         ('{"username": "u", "password": "pw", "host": "h", "dbname": 5}', "'dbname'"),

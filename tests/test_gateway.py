@@ -146,9 +146,9 @@ def json_error(result: tuple[int, dict[str, str], bytes], status: int) -> dict:
     return json.loads(data)
 
 
-@pytest.mark.parametrize("length", ["abc", "-1", "1.5", "1, 1", ""])
+@pytest.mark.parametrize("length", ["abc", "-1", "1.5", "1, 1", "", "+1", "\u00b2", "0x10"])
 def test_a_malformed_content_length_is_400_json(gateway, length):
-    raw = f"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
+    raw = f"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode("latin-1")
     body = json_error(request(gateway, raw), 400)
     assert "Content-Length" in body["message"]
 

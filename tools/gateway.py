@@ -168,7 +168,7 @@ class _BadRequest(Exception):
 def _content_length(value: str | None) -> int:
     if value is None:
         return 0
-    if not value.strip().isdigit():  # "abc", "-1", "1, 2", "1e3": not a length
+    if not re.fullmatch(r"[0-9]+", value.strip()):  # "abc", "-1", "1, 2", "²": not a length
         raise _BadRequest(400, "Content-Length must be a non-negative whole number")
     length = int(value)
     if length > MAX_BODY_BYTES:

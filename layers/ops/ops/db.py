@@ -13,6 +13,7 @@ the connection.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -113,15 +114,15 @@ def params_from_secret(secret: dict[str, Any], cfg: Settings) -> ConnectParams:
     if not isinstance(database, str):
         raise DatabaseMisconfigured("database secret's 'dbname' field is not a string")
     port = secret.get("port", 5432)
-    if isinstance(port, bool) or not isinstance(port, (int, str)) or not str(port).isdigit():
-        raise DatabaseMisconfigured("database secret's 'port' is not a number from 1 to 65535")
-    if not 0 < int(port) < 65536:
+    # ASCII digits only: str.isdigit() accepts '²', which int() then refuses.
+    digits = str(port) if isinstance(port, (int, str)) and not isinstance(port, bool) else ""
+    if not re.fullmatch(r"[0-9]{1,5}", digits) or not 0 < int(digits) < 65536:
         raise DatabaseMisconfigured("database secret's 'port' is not a number from 1 to 65535")
     return ConnectParams(
         user=secret["username"],
         password=secret["password"],
         host=cfg.db_host_override or secret["host"],
-        port=int(port),
+        port=int(digits),
         database=database,
         ssl_mode=cfg.db_ssl_mode or "require",
     )
