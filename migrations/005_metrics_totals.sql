@@ -10,9 +10,8 @@
 -- totals once they are idle. A scrape reads about one row per series plus the
 -- spills of the last minutes.
 --
--- No deadlock: a flush first creates missing total rows for series new to it (in
--- series id order, waiting only on another transaction's insert of the same row),
--- then locks the
+-- No deadlock: a flush first creates missing total rows (in series id order, and
+-- waiting only on another transaction's insert of the same row), then locks the
 -- free totals without waiting (SKIP LOCKED), and only then waits, for its own
 -- shard's rows, in series id order. Compaction never waits on a row lock (both
 -- sides SKIP LOCKED). A container whose shard is 0 writes the totals directly,
@@ -41,6 +40,7 @@ DECLARE
     v_ids      integer[];
     v_values   float8[];
     v_ats      float8[];
+    v_totalled integer[];
 BEGIN
     -- A crash may lose the last few hundred milliseconds of flushes; in exchange
     -- row locks are not held across a WAL fsync, which is what bounds throughput.
@@ -78,91 +78,63 @@ BEGIN
 
     -- Series are looked up one by one (LATERAL ... LIMIT 1 is an index probe; a join
     -- would be planned for json_to_recordset's guess of 100 rows: a scan of every
-    -- series on every flush).
-    IF p_counters IS NOT NULL AND p_shard = 0 THEN
-        -- A container of shard 0 writes the totals themselves, waiting for their locks
-        -- in series id order, as every flush did before this migration.
-        WITH batch AS (
+    -- series on every flush), once, into arrays sorted by series id.
+    IF p_counters IS NOT NULL THEN
+        SELECT count(*),
+               array_agg(s.id ORDER BY s.id) FILTER (WHERE s.id IS NOT NULL),
+               array_agg(b.value ORDER BY s.id) FILTER (WHERE s.id IS NOT NULL),
+               array_agg(b.at ORDER BY s.id) FILTER (WHERE s.id IS NOT NULL)
+        INTO v_expected, v_ids, v_values, v_ats
+        FROM (
             SELECT family, labels, part, sum(value) AS value, max(at) AS at
             FROM json_to_recordset(p_counters)
                 AS r(seq bigint, family text, labels text, part text, value float8, at float8)
             WHERE seq > v_prev
             GROUP BY family, labels, part
-        ), written AS (
-            INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
-            SELECT s.id, 0, b.value, to_timestamp(b.at)
-            FROM batch AS b
-            CROSS JOIN LATERAL (
-                SELECT id FROM metric_series
-                WHERE family = b.family AND labels = b.labels AND part = b.part AND kind = 'c'
-                LIMIT 1) AS s
-            ORDER BY s.id
-            ON CONFLICT (series_id, shard) DO UPDATE
-                SET value = v.value + EXCLUDED.value,
-                    updated_at = greatest(v.updated_at, EXCLUDED.updated_at)
-            RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM written)
-        INTO v_expected, v_written;
-    ELSIF p_counters IS NOT NULL THEN
-        IF p_new_series THEN  -- a series new to this container may be new to the store
-            INSERT INTO metric_values (series_id, shard, value, updated_at)
-            SELECT s.id, 0, 0, now()
-            FROM json_to_recordset(p_counters)
-                AS r(seq bigint, family text, labels text, part text)
-            CROSS JOIN LATERAL (
-                SELECT id FROM metric_series
-                WHERE family = r.family AND labels = r.labels AND part = r.part AND kind = 'c'
-                LIMIT 1) AS s
-            WHERE r.seq > v_prev AND NOT EXISTS (
-                SELECT 1 FROM metric_values AS v WHERE v.series_id = s.id AND v.shard = 0)
-            GROUP BY s.id
-            ORDER BY s.id
-            ON CONFLICT (series_id, shard) DO NOTHING;
-        END IF;
-        -- The totals no other flush holds take their deltas at once; the rest come
-        -- back as arrays for this container's shard (written in series id order).
-        WITH batch AS (
-            SELECT s.id, b.value, b.at
-            FROM (
-                SELECT family, labels, part, sum(value) AS value, max(at) AS at
-                FROM json_to_recordset(p_counters)
-                    AS r(seq bigint, family text, labels text, part text, value float8, at float8)
-                WHERE seq > v_prev
-                GROUP BY family, labels, part
-            ) AS b
-            LEFT JOIN LATERAL (
-                SELECT id FROM metric_series
-                WHERE family = b.family AND labels = b.labels AND part = b.part AND kind = 'c'
-                LIMIT 1) AS s ON true
-        ), free AS (
-            SELECT v.series_id FROM metric_values AS v
-            WHERE v.shard = 0 AND v.series_id IN (SELECT id FROM batch)
-            ORDER BY v.series_id
-            FOR UPDATE SKIP LOCKED
-        ), totalled AS (
-            UPDATE metric_values AS v
-            SET value = v.value + b.value, updated_at = greatest(v.updated_at, to_timestamp(b.at))
-            FROM batch AS b
-            WHERE v.shard = 0 AND v.series_id = b.id AND v.series_id IN (SELECT series_id FROM free)
-            RETURNING v.series_id
-        )
-        SELECT count(*), count(b.id),
-               array_agg(b.id) FILTER (WHERE b.id IS NOT NULL AND t.series_id IS NULL),
-               array_agg(b.value) FILTER (WHERE b.id IS NOT NULL AND t.series_id IS NULL),
-               array_agg(b.at) FILTER (WHERE b.id IS NOT NULL AND t.series_id IS NULL)
-        INTO v_expected, v_written, v_ids, v_values, v_ats
-        FROM batch AS b LEFT JOIN totalled AS t ON t.series_id = b.id;
+        ) AS b
+        LEFT JOIN LATERAL (
+            SELECT id FROM metric_series
+            WHERE family = b.family AND labels = b.labels AND part = b.part AND kind = 'c'
+            LIMIT 1) AS s ON true;
+        v_written := coalesce(cardinality(v_ids), 0);
 
-        IF v_ids IS NOT NULL THEN  -- held by another flush: this container's shard
-            INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
-            SELECT u.id, p_shard, u.value, to_timestamp(u.at)
-            FROM unnest(v_ids, v_values, v_ats) AS u(id, value, at)
+        IF v_written > 0 AND p_shard <> 0 THEN
+            -- A series' first flush creates its total row.
+            INSERT INTO metric_values (series_id, shard, value, updated_at)
+            SELECT u.id, 0, 0, to_timestamp(u.at)
+            FROM unnest(v_ids, v_ats) AS u(id, at)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM metric_values AS v WHERE v.series_id = u.id AND v.shard = 0)
             ORDER BY u.id
-            ON CONFLICT (series_id, shard) DO UPDATE
-                SET value = v.value + EXCLUDED.value,
-                    updated_at = greatest(v.updated_at, EXCLUDED.updated_at);
+            ON CONFLICT (series_id, shard) DO NOTHING;
+
+            -- The totals no other flush holds take the deltas...
+            WITH free AS (
+                SELECT v.series_id FROM metric_values AS v
+                WHERE v.shard = 0 AND v.series_id = ANY (v_ids)
+                ORDER BY v.series_id
+                FOR UPDATE SKIP LOCKED
+            ), totalled AS (
+                UPDATE metric_values AS v
+                SET value = v.value + u.value,
+                    updated_at = greatest(v.updated_at, to_timestamp(u.at))
+                FROM unnest(v_ids, v_values, v_ats) AS u(id, value, at)
+                WHERE v.shard = 0 AND v.series_id = u.id
+                  AND v.series_id IN (SELECT series_id FROM free)
+                RETURNING v.series_id
+            )
+            SELECT array_agg(series_id) INTO v_totalled FROM totalled;
         END IF;
+
+        -- ...the others go to this container's shard (all of them when it is shard 0).
+        INSERT INTO metric_values AS v (series_id, shard, value, updated_at)
+        SELECT u.id, p_shard, u.value, to_timestamp(u.at)
+        FROM unnest(v_ids, v_values, v_ats) AS u(id, value, at)
+        WHERE v_totalled IS NULL OR u.id <> ALL (v_totalled)
+        ORDER BY u.id
+        ON CONFLICT (series_id, shard) DO UPDATE
+            SET value = v.value + EXCLUDED.value,
+                updated_at = greatest(v.updated_at, EXCLUDED.updated_at);
     END IF;
 
     IF p_gauges IS NOT NULL THEN  -- the newest reading wins, whichever container sent it
