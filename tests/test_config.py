@@ -27,8 +27,8 @@ def test_unset_or_blank_gives_the_defaults():
     blank = {spec.env: "  " for spec in specs() if not spec.blank_is_set}
     assert load(blank) == Settings()
     cfg = load({})
-    assert (cfg.metrics_deferred_flush_s, cfg.metrics_shards, cfg.health_db_budget_s) == (
-        30.0,
+    assert (cfg.metrics_flush_interval_s, cfg.metrics_shards, cfg.health_db_budget_s) == (
+        0.0,
         16,
         2.0,
     )
@@ -39,14 +39,14 @@ def test_values_within_bounds_are_used():
     cfg = load(
         {
             "METRICS_SHARDS": " 42 ",
-            "METRICS_DEFERRED_FLUSH_S": "0.5",
+            "METRICS_FLUSH_INTERVAL_S": "0.5",
             "LOG_LEVEL": "debug",
             "DB_SSL_MODE": "Verify-Full",
             "MOLTBOT_GATEWAY_URL": "http://gw.internal:8080/",
             "POWERTOOLS_LOG_LEVEL": "warning",
         }
     )
-    assert cfg.metrics_shards == 42 and cfg.metrics_deferred_flush_s == 0.5
+    assert cfg.metrics_shards == 42 and cfg.metrics_flush_interval_s == 0.5
     assert cfg.db_ssl_mode == "verify-full"
     assert cfg.moltbot_gateway_url == "http://gw.internal:8080"
     assert cfg.effective_log_level == "WARNING"
@@ -83,9 +83,9 @@ def test_anything_else_is_one_clear_error(raw, kwargs, message):
 
 def test_every_bad_variable_is_named_in_one_message():
     with pytest.raises(ConfigError) as caught:
-        load({"METRICS_DEFERRED_FLUSH_S": "abc", "HEALTH_DB_TIMEOUT_S": "inf", "LOG_LEVEL": "x"})
+        load({"METRICS_FLUSH_INTERVAL_S": "abc", "HEALTH_DB_TIMEOUT_S": "inf", "LOG_LEVEL": "x"})
     text = str(caught.value)
-    assert "METRICS_DEFERRED_FLUSH_S must be a number from 0 to 3600, got 'abc'" in text
+    assert "METRICS_FLUSH_INTERVAL_S must be a number from 0 to 3600, got 'abc'" in text
     assert "HEALTH_DB_TIMEOUT_S must be a number from 0.01 to 28, got 'inf'" in text
     assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'x'" in text
     assert caught.value.__cause__ is None and caught.value.__context__ is None
@@ -119,8 +119,8 @@ def test_settings_are_read_once_per_container(monkeypatch):
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("METRICS_DEFERRED_FLUSH_S", "abc"),
-        ("METRICS_DEFERRED_FLUSH_S", "inf"),
+        ("METRICS_FLUSH_INTERVAL_S", "abc"),
+        ("METRICS_FLUSH_INTERVAL_S", "inf"),
         ("HEALTH_DB_TIMEOUT_S", "nan"),
         ("METRICS_SHARDS", "0"),
     ],

@@ -83,6 +83,9 @@ def _invoke(spec: Any, event: Any) -> int:
                 database_hint() if isinstance(exc, DatabaseUnavailable) else hint,
             ) from None
         finally:
+            from ops.metrics.lifecycle import flush_at_shutdown
+
+            flush_at_shutdown()  # while the local database is still up
             sys.stdout = real_stdout
     print(json.dumps(result, indent=2, default=str))
     if unmigrated:

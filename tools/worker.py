@@ -25,8 +25,12 @@ def main() -> int:
     sys.stdout = sys.stderr
 
     import tools  # noqa: F401 - puts the layer on sys.path
+    from ops.metrics import install_shutdown_flush
     from tools.runtime import LambdaContext, load_handler
 
+    # A long-lived process, unlike a frozen Lambda container: idle deltas flush on a
+    # timer; SIGTERM and the end of stdin (the gateway stopping) flush what is left.
+    install_shutdown_flush(idle_flush=True)
     handler = load_handler(code_dir, handler_name)
     for line in sys.stdin:
         request = json.loads(line)

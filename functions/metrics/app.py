@@ -43,7 +43,7 @@ class _StoreUnreachable(Exception):
     """The database did not answer the store's reads (down, hung, restarting)."""
 
 
-@app.get("/metrics", auth=True)
+@app.get("/metrics", auth=True, defer_flush=True)  # never waits on its own flush
 def metrics(req: Request) -> Response:
     started = time.perf_counter()
     budget_s = settings().metrics_scrape_budget_s

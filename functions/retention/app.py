@@ -13,7 +13,9 @@ from retention_job import run_retention
 
 from ops.error_tracking import report_failures
 from ops.log import logger
-from ops.metrics import flush
+from ops.metrics import flush, install_shutdown_flush
+
+install_shutdown_flush()  # at init: Lambda accepts the extension registration only then
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -122,6 +122,7 @@ class Api:
 
     def __init__(self, *, instrument: bool = True) -> None:
         self._routes: dict[str, dict[str, _Route]] = {}
+        self.before_invocation: list[Callable[[Any], None]] = []  # called with the context
         self.response_hooks: list[ResponseHook] = []
         self.after_invocation: list[Callable[[], None]] = []
         self.error_hooks: list[ErrorHook] = []
@@ -135,8 +136,8 @@ class Api:
     def route(
         self, method: str, path: str, *, auth: bool = False, defer_flush: bool = False
     ) -> Callable[[Handler], Handler]:
-        """`defer_flush`: a probe route that should not write to the database on every call;
-        its recordings ride with the container's next flush (ops.metrics.flush_if_due)."""
+        """`defer_flush`: a route that must never wait on the database for the metrics
+        flush (liveness, /metrics): when one is due it goes in the background."""
 
         def register(handler: Handler) -> Handler:
             self._routes.setdefault(path, {})[method.upper()] = _Route(handler, auth, defer_flush)
@@ -189,6 +190,8 @@ class Api:
 
     def _invoke(self, event: Any, context: Any) -> Response:
         started = time.perf_counter()
+        for before in self.before_invocation:
+            self._safely(before, context)
         req: Request | None = None
         route = UNMATCHED_ROUTE
         try:

@@ -252,10 +252,11 @@ class Settings:
         low=10,
         high=60_000,
     )
-    metrics_deferred_flush_s: float = number(
-        "METRICS_DEFERRED_FLUSH_S",
-        30.0,
-        "the most a probe route lets its deltas wait",
+    metrics_flush_interval_s: float = number(
+        "METRICS_FLUSH_INTERVAL_S",
+        0.0,
+        "flush a container's metric deltas once the oldest is this old (checked at the end of"
+        " each invocation; also at shutdown and before the deadline); 0: every invocation",
         low=0,
         high=3600,
     )
@@ -276,6 +277,12 @@ class Settings:
         " scrape interval (0: off)",
         low=0,
         high=3600,
+    )
+    lambda_runtime_api: str | None = text(
+        "AWS_LAMBDA_RUNTIME_API",
+        None,
+        "set by Lambda: where the shutdown-flush extension registers (SIGTERM then reaches"
+        " the function)",
     )
     active_session_window_minutes: int = whole(
         "ACTIVE_SESSION_WINDOW_MINUTES",

@@ -6,8 +6,10 @@ Record with the catalogue's families, anywhere in any function:
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     m.TOOL_CALL_DURATION.labels(tool="search").observe(elapsed_ms)
 
-API functions (`ops.api.Api`) record every response and flush after each
-invocation on their own. Other functions call `flush()` at the end of theirs:
+API functions (`ops.api.Api`) record every response and flush by the policy
+(METRICS_FLUSH_INTERVAL_S; ops.metrics.flusher) on their own, and at shutdown.
+Other functions call `install_shutdown_flush()` at init and `flush()` at the end
+of each invocation:
 
     from ops.metrics import flush
     flush()  # never raises; False when the deltas were kept for the next flush
@@ -27,19 +29,18 @@ def function_name() -> str:
 
 
 def flush() -> bool:
-    """Send the deltas to PostgreSQL and the recordings to CloudWatch (EMF)."""
+    """Send the deltas to PostgreSQL and the recordings to CloudWatch (EMF), now."""
     from ops.metrics.flusher import flush as flush_now
 
     return flush_now()
 
 
-def flush_if_due() -> bool | None:
-    """Flush only if the last flush is older than METRICS_DEFERRED_FLUSH_S (default 30);
-    None when skipped. For probe routes: their deltas go with the container's next flush,
-    and at least every 30 seconds."""
-    from ops.metrics.flusher import flush_if_due as flush_when_due
+def install_shutdown_flush(*, idle_flush: bool = False) -> None:
+    """At init (module level) in functions not built on ops.api.Api: flush what is
+    pending at shutdown and before the invocation deadline (ops.metrics.lifecycle)."""
+    from ops.metrics.lifecycle import install
 
-    return flush_when_due()
+    install(idle_flush=idle_flush)
 
 
 def reset() -> None:

@@ -155,6 +155,15 @@ METRICS_FLUSH_FAILURES = Counter(
     ("function",),
     emf=Emf("metrics_flush_failures", "Count"),
 )
+METRICS_DELTAS_DROPPED = Counter(
+    "metrics_deltas_dropped_total",
+    "Series deltas a container gave up on (maybe never stored): outbox_full, when a silent "
+    "database left more unconfirmed batches than the bound; shutdown, when a container "
+    "ended before they were stored.",
+    ("function", "reason"),
+    allowed={"reason": ("outbox_full", "shutdown")},
+    emf=Emf("metrics_deltas_dropped", "Count", dimension=_label("reason")),
+)
 ERRORS = Counter(
     "errors_total",
     "Errors by function and kind (unhandled_exception, malformed_event, ...).",

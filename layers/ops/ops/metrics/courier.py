@@ -1,58 +1,47 @@
-"""A helper thread that runs one job at a time, so that the caller can stop waiting.
+"""A helper thread that runs flush jobs one at a time, so that callers can stop waiting.
 
 The flush uses it to bound what it adds to an invocation: a database that hangs
 (or a health check stuck on the shared connection) keeps the courier busy, not
-the invocation. A job the caller stopped waiting for still finishes; until it
-does, the courier reports itself busy and takes no other job, so nothing queues.
+the invocation. A job the caller stopped waiting for still finishes and settles
+its own outcome; routes that must never wait (liveness) hand a job over and return.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
-from queue import Empty, SimpleQueue
+from queue import SimpleQueue
 from typing import Protocol
 
 
 class Job(Protocol):
-    finished: bool  # set by run(), whatever happens
-
-    def run(self) -> None: ...
+    def run(self) -> None: ...  # must not raise
 
 
 class Courier:
     def __init__(self, name: str) -> None:
         self._name = name
         self._jobs: SimpleQueue[Job] = SimpleQueue()
-        self._done: SimpleQueue[Job] = SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._abandoned: Job | None = None
+        self._lock = threading.Lock()
 
-    @property
-    def busy(self) -> bool:
-        return self._abandoned is not None and not self._abandoned.finished
+    def start(self) -> bool:
+        """Start the thread now (shutdown may come when no new thread can start)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # interpreter shutdown: no new threads
+                    return False
+                self._thread = thread
+            return True
 
-    def run(self, job: Job, wait_s: float, meanwhile: Callable[[], None]) -> bool:
-        """Hand the job over, call `meanwhile`; True when the job finished within `wait_s`."""
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-            self._thread.start()
-        deadline = time.monotonic() + wait_s
-        self._jobs.put(job)
-        time.sleep(0)  # let the courier take the GIL and start (send its query)...
-        meanwhile()  # ...so that this overlaps the wait for the server
-        try:
-            while self._done.get(timeout=max(0.0, deadline - time.monotonic())) is not job:
-                pass  # the late answer of a job given up on earlier
-        except Empty:
-            self._abandoned = job
-            return False
-        self._abandoned = None
-        return True
+    def submit(self, job: Job) -> None:
+        if self.start():
+            self._jobs.put(job)
+        else:
+            job.run()  # no thread to hand it to: bounded by the connection's own timeouts
 
     def _serve(self) -> None:
         while True:
-            job = self._jobs.get()
-            job.run()
-            self._done.put(job)
+            self._jobs.get().run()

@@ -1,22 +1,43 @@
-"""End of an invocation: deltas to PostgreSQL, recordings to CloudWatch (EMF).
+"""The flush policy: when deltas go to PostgreSQL, and recordings to CloudWatch (EMF).
 
-The EMF lines are printed while the flush query is in flight, so they cost the
-invocation next to nothing. A failed flush never fails the invocation: its
-deltas stay pending and go with the next flush; the failure is counted
-(`metrics_flush_failures_total`, stored with that next flush, and
-`metrics_flush_failures` in EMF at once, which needs no database) and logged
-as `type=metrics_flush`.
+* EMF lines go out at the end of every invocation, whatever the database flush does
+  (CloudWatch's copy needs no database).
+* Deltas are due once the oldest pending one is METRICS_FLUSH_INTERVAL_S old
+  (0: every invocation), checked at the end of each invocation.
+* An invocation makes at most one flush round trip. A database health check carries
+  the due deltas in its own round trip (`probe_database`: no extra write per probe);
+  the invocation's own recordings then wait for the next flush. Otherwise the flush
+  runs at the end of the invocation: waited for (at most 2 x METRICS_FLUSH_TIMEOUT_MS),
+  except on routes that must never wait on the database (`background=True`:
+  liveness, /metrics), which hand it to the courier thread and return.
+* Before the invocation's deadline, at shutdown and, in a long-lived local process,
+  when it idles: ops.metrics.lifecycle.
+
+A failed flush never fails the invocation: its deltas stay pending. Its outcome is
+settled by the flush job itself (also when nobody waited for it): failures are
+counted (`metrics_flush_failures_total`, stored with a later flush, and in EMF at
+once) and logged as `type=metrics_flush`; unconfirmed batches dropped past the
+outbox's bound are counted (`metrics_deltas_dropped_total`) and logged as dropped.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 from ops.config import settings
+from ops.db import DatabaseUnavailable, get_db
 from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.metrics import emf, function_name, recorder, store
+
+_last_attempt = float("-inf")  # monotonic time of the last flush started
+_probed = False  # this invocation's database check carried (or could carry) the flush
+
+
+def reset() -> None:
+    global _last_attempt, _probed
+    _last_attempt = float("-inf")
+    _probed = False
 
 
 def _emit() -> None:
@@ -31,30 +52,77 @@ def _store_configured() -> bool:
     return bool(cfg.database_url or cfg.db_secret_arn)
 
 
-_last_flush = time.monotonic()  # a new container counts as just flushed
+def pending_since() -> float | None:
+    """Monotonic time of the oldest delta not yet known to be stored (None: nothing)."""
+    box = store.current()
+    times = [t for t in (recorder.pending_since(), box.oldest() if box else None) if t is not None]
+    return min(times, default=None)
 
 
-def reset() -> None:
-    global _last_flush
-    _last_flush = time.monotonic()
+def interval_s() -> float:
+    return settings().metrics_flush_interval_s
 
 
-def flush_if_due() -> bool | None:
-    """Flush when the last one is older than METRICS_DEFERRED_FLUSH_S; None when skipped.
+def due(now: float | None = None) -> bool:
+    """Pending deltas older than the interval, and no flush started within it."""
+    since = pending_since()
+    if since is None:
+        return False
+    now = time.monotonic() if now is None else now
+    interval = interval_s()
+    return now - since >= interval and now - _last_attempt >= interval
 
-    Bounds what a deferring route can leave behind in a container that Lambda
-    reaps without another invocation: at most that many seconds of its recordings.
+
+def report(result: store.FlushResult) -> None:
+    """The settled outcome of a flush job (on the courier thread): count and log failures."""
+    if result.dropped_batches:
+        m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="outbox_full").inc(
+            result.dropped_series
+        )
+        logger.error(
+            "metrics flush: unconfirmed deltas dropped (outbox full); their counts may be lost",
+            extra={
+                "type": "metrics_flush",
+                "status": "dropped",
+                "droppedBatches": result.dropped_batches,
+                "droppedSeries": result.dropped_series,
+                "pendingSeries": result.pending_series,
+                "error": result.error,
+            },
+        )
+    if result.stored:
+        return
+    m.METRICS_FLUSH_FAILURES.labels(function=function_name()).inc()
+    logger.warning(
+        "metrics flush failed; deltas kept for the next flush",
+        extra={
+            "type": "metrics_flush",
+            "status": "failed",
+            "outcome": result.outcome,
+            "error": result.error,
+            "pendingSeries": result.pending_series,
+        },
+    )
+
+
+def _push(wait_s: float | None, meanwhile: object = None) -> store.FlushResult:
+    global _last_attempt
+    _last_attempt = time.monotonic()
+    return store.push(
+        recorder.take_deltas(),
+        time.time(),
+        wait_s=wait_s,
+        meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
+        report=report,
+    )
+
+
+def flush(*, background: bool = False) -> bool:
+    """Send what is pending now, and the EMF lines. Never raises.
+
+    True when stored (or no database is configured); `background` hands the flush to
+    the courier thread without waiting and returns False.
     """
-    max_age = settings().metrics_deferred_flush_s
-    if time.monotonic() - _last_flush < max_age:
-        return None
-    return flush()
-
-
-def flush() -> bool:
-    """Send what was recorded since the last flush. Never raises; True when stored."""
-    global _last_flush
-    _last_flush = time.monotonic()
     emitted = False
 
     def emit_once() -> None:
@@ -63,37 +131,96 @@ def flush() -> bool:
             emitted = True
             _emit()
 
+    stored = False
     try:
-        stored = _flush_deltas(emit_once)
+        if not _store_configured():
+            recorder.take_deltas()  # no database: the Prometheus side is off, EMF still goes out
+            stored = True
+        else:
+            stored = _push(0.0 if background else None, emit_once).stored
     except Exception as exc:  # a bug here must not fail the invocation
         logger.warning("metrics flush failed", extra={"type": "metrics_flush", "error": repr(exc)})
-        stored = False
     emit_once()
-    if not stored:
+    if not stored and not background:
         _emit()  # the failure just counted
     return stored
 
 
-def _flush_deltas(meanwhile: Callable[[], None]) -> bool:
-    deltas = recorder.take_deltas()
+def end_invocation(*, background: bool = False) -> None:
+    """The policy at the end of an invocation: EMF always; the deltas when due, unless
+    this invocation's database check already made the round trip."""
+    global _probed
+    probed, _probed = _probed, False
+    if probed or not due():
+        _emit()
+        return
+    flush(background=background)
+
+
+def hand_over() -> None:
+    """Send what is pending without waiting (a deadline is near; an idle local process)."""
+    if _store_configured() and pending_since() is not None:
+        _push(0.0)
+
+
+def probe_database(budget_s: float) -> None:
+    """The database health check's round trip, carrying the due deltas with it.
+
+    Raises when the database did not answer. A server that answers with an error
+    (a statement timeout on a locked metrics row, say) is up: the check passes and
+    the deltas stay pending.
+    """
+    global _probed
+    _probed = True
+    if _store_configured() and due():
+        result = _push(budget_s)
+        if result.answered or result.outcome == store.FlushOutcome.STORED:
+            return
+        if result.outcome != store.FlushOutcome.BUSY:
+            raise DatabaseUnavailable(result.error or result.outcome)
+    get_db().run("SELECT 1", timeout_s=budget_s)
+
+
+def flush_before_exit(budget_s: float) -> bool:
+    """Everything pending, within `budget_s` (shutdown, deadline). True when stored.
+
+    Waits for a running flush first (its batches may settle as stored), then sends the
+    rest. What cannot be stored in time is logged and counted as lost (EMF carries the
+    count to CloudWatch: the database may be what is down).
+    """
+    deadline = time.monotonic() + budget_s
+    _emit()
     if not _store_configured():
-        return True  # no database: the Prometheus side is off, EMF still goes out
-    started = time.perf_counter()
-    result = store.push(deltas, time.time(), meanwhile)
-    if result.outcome == store.FlushOutcome.STORED:
+        recorder.take_deltas()
         return True
-    m.METRICS_FLUSH_FAILURES.labels(function=function_name()).inc()
-    log = logger.error if result.dropped_series else logger.warning
-    log(
-        "metrics flush failed; deltas kept for the next flush",
+    box = store.outbox()
+    box.add(recorder.take_deltas())
+    error: str | None = None
+    while box.batches:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            error = f"not stored within {round(budget_s * 1000)} ms"
+            break
+        if box.in_flight is not None:
+            box.wait_idle(left)
+            continue
+        result = _push(left)
+        if not result.stored:
+            error = result.error or result.outcome
+            if result.outcome != store.FlushOutcome.PENDING:
+                break
+    if not box.batches:
+        return True
+    lost = box.pending_series
+    m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="shutdown").inc(lost)
+    logger.error(
+        "metrics deltas not stored before the container ended: lost",
         extra={
             "type": "metrics_flush",
-            "status": "failed",
-            "outcome": result.outcome,
-            "error": result.error,
-            "pendingSeries": result.pending_series,
-            "droppedSeries": result.dropped_series,
-            "duration": round((time.perf_counter() - started) * 1000.0, 3),
+            "status": "lost",
+            "lostSeries": lost,
+            "error": error,
         },
     )
+    _emit()
     return False

@@ -1,5 +1,5 @@
-"""HTTP instrumentation for `ops.api.Api`: every response recorded, then one flush
-(or, on routes that must not touch the database, a flush only when one is due).
+"""HTTP instrumentation for `ops.api.Api`: every response recorded, then the flush
+policy (ops.metrics.flusher), the deadline watch and the shutdown flush (lifecycle).
 
 `Api` installs this itself, so every API function is instrumented: 2xx to 5xx,
 404 for unknown paths (route "unmatched"), 405, 400 for malformed events and
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ops.metrics import catalogue as m
-from ops.metrics import flush, flush_if_due, function_name
+from ops.metrics import function_name, lifecycle
 
 if TYPE_CHECKING:
     from ops.api import Api, Request
@@ -31,18 +31,22 @@ def record_response(req: Request | None, route: str, status: int, duration_ms: f
 
 
 def instrument(app: Api) -> None:
-    deferred = False
+    """Record every response; flush by the policy (ops.metrics.flusher) after each
+    invocation, in the background on routes declared with `defer_flush`."""
+    lifecycle.install()  # at init: Lambda accepts extension registrations only then
+    background = False
 
     def on_response(req: Request | None, route: str, status: int, duration_ms: float) -> None:
-        nonlocal deferred
+        nonlocal background
         record_response(req, route, status, duration_ms)
-        deferred = req is not None and app.defers_flush(req.method, route)
+        background = req is not None and app.defers_flush(req.method, route)
 
     def after_invocation() -> None:
-        if deferred:
-            flush_if_due()
-        else:
-            flush()
+        lifecycle.end_invocation()
+        from ops.metrics import flusher  # the database driver loads on the first flush
 
+        flusher.end_invocation(background=background)
+
+    app.before_invocation.append(lifecycle.begin_invocation)
     app.response_hooks.append(on_response)
     app.after_invocation.append(after_invocation)

@@ -97,11 +97,14 @@ class _Recordings:
         self.lock = threading.Lock()
         self.sums: dict[SeriesKey, float] = {}
         self.gauges: dict[SeriesKey, tuple[float, float]] = {}  # value, when (newest wins)
+        self.since: float | None = None  # monotonic time of the oldest delta not yet taken
         # Counters and gauges: one summed value per flush; histograms: every observation.
         self.emf: dict[EmfKey, list[float]] = {}
 
     def add(self, key: SeriesKey, amount: float, emf: EmfKey | None) -> None:
         with self.lock:
+            if self.since is None:
+                self.since = time.monotonic()
             self.sums[key] = self.sums.get(key, 0.0) + amount
             if emf is not None:
                 self._emf_add(emf, amount)
@@ -109,6 +112,8 @@ class _Recordings:
     def observe(self, keys: tuple[SeriesKey, SeriesKey], value: float, emf: EmfKey | None) -> None:
         bucket, total = keys
         with self.lock:
+            if self.since is None:
+                self.since = time.monotonic()
             sums = self.sums
             sums[bucket] = sums.get(bucket, 0.0) + 1.0
             sums[total] = sums.get(total, 0.0) + value
@@ -117,6 +122,8 @@ class _Recordings:
 
     def set(self, key: SeriesKey, value: float, emf: EmfKey | None, emf_value: float) -> None:
         with self.lock:
+            if self.since is None:
+                self.since = time.monotonic()
             self.gauges[key] = (value, time.time())
             if emf is not None:
                 self._emf_add(emf, emf_value)
@@ -132,13 +139,17 @@ class _Recordings:
 class Deltas:
     """What a container recorded between two flushes."""
 
-    __slots__ = ("gauges", "sums")
+    __slots__ = ("gauges", "since", "sums")
 
     def __init__(
-        self, sums: dict[SeriesKey, float], gauges: dict[SeriesKey, tuple[float, float]]
+        self,
+        sums: dict[SeriesKey, float],
+        gauges: dict[SeriesKey, tuple[float, float]],
+        since: float | None = None,
     ) -> None:
         self.sums = sums
         self.gauges = gauges
+        self.since = since  # monotonic time of the oldest delta in here
 
     def __bool__(self) -> bool:
         return bool(self.sums or self.gauges)
@@ -151,9 +162,14 @@ def take_deltas() -> Deltas:
     """Hand over the series deltas recorded so far and start afresh."""
     r = _recordings
     with r.lock:
-        deltas = Deltas(r.sums, r.gauges)
-        r.sums, r.gauges = {}, {}
+        deltas = Deltas(r.sums, r.gauges, r.since)
+        r.sums, r.gauges, r.since = {}, {}, None
     return deltas
+
+
+def pending_since() -> float | None:
+    """Monotonic time of the oldest delta recorded and not yet handed to the store."""
+    return _recordings.since
 
 
 def take_emf() -> dict[EmfKey, list[float]]:

@@ -4,19 +4,23 @@ Flush protocol (one round trip, exactly once):
 
 * Deltas go into numbered batches. A flush sends every batch not yet known to be
   stored in one simple-protocol query, `SET LOCAL statement_timeout = ...;
-  SELECT metrics_flush(...)` (migrations/002_metrics.sql), which adds them to
+  SELECT metrics_flush(...)` (migrations/004_metrics_housekeeping.sql), which adds them to
   this container's shard rows and advances the container's cursor to the
   highest batch number, in one transaction.
 * If the server answered with an error, or nothing was sent, nothing was stored:
   the batches stay open and later deltas merge into them. If the outcome is
-  unknown (the query went out, then the connection broke or no reply came in
-  time), the batches are sealed and resent unchanged, with their numbers; the
-  server skips those it already stored. Nothing is counted twice.
-* The query runs on a helper thread (ops.metrics.courier) that the invocation
-  waits on for at most 2 x METRICS_FLUSH_TIMEOUT_MS, so that neither a hung
-  database nor a health check stuck on the shared connection can hold an
-  invocation hostage. While a flush is stuck, later flushes keep their deltas
-  instead of queueing. The server side has the same bound (statement_timeout).
+  unknown (the query went out, then the connection broke or timed out), the
+  batches are sealed and resent unchanged, with their numbers; the server skips
+  those it already stored. Nothing is counted twice. Past MAX_SEALED_BATCHES
+  the oldest sealed batch is dropped, and the result says so (the flusher
+  counts and logs it as dropped).
+* The query runs on a helper thread (ops.metrics.courier). The caller waits for
+  at most 2 x METRICS_FLUSH_TIMEOUT_MS (or its own budget, or not at all), so
+  that neither a hung database nor a health check stuck on the shared
+  connection can hold an invocation hostage; the job settles its outcome in the
+  outbox whenever it ends. While one is running, later flushes keep their
+  deltas instead of queueing. The server side has the same bound
+  (statement_timeout).
 
 The values travel as JSON literals in the query text: the simple protocol is one
 round trip (pg8000's parameterised path takes three) and leaves no prepared
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import json
 import random
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,9 +63,11 @@ def config() -> StoreConfig:
 @dataclass
 class Batch:
     seq: int
+    since: float  # monotonic time of the oldest delta in it
     sums: dict[SeriesKey, float] = field(default_factory=dict)
     gauges: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
     sealed: bool = False  # sent with an unknown outcome: must be resent unchanged
+    sending: bool = False  # in the running job: later deltas go to a new batch
 
     def merge(self, deltas: Deltas) -> None:
         sums, gauges = self.sums, self.gauges
@@ -113,14 +121,24 @@ class FlushOutcome:
     REJECTED = "rejected"  # an error reply, or nothing was sent: nothing stored
     UNKNOWN = "unknown"  # sent, then no reply: maybe stored
     BUSY = "busy"  # the previous flush is still running: nothing sent
+    PENDING = "pending"  # still running when the caller stopped waiting; it settles itself
 
 
 @dataclass(frozen=True)
 class FlushResult:
     outcome: str
     error: str | None = None
-    dropped_series: int = 0
+    answered: bool = False  # the server replied (it is up), whether or not it stored
     pending_series: int = 0
+    dropped_batches: int = 0  # unconfirmed batches discarded past MAX_SEALED_BATCHES
+    dropped_series: int = 0
+
+    @property
+    def stored(self) -> bool:
+        return self.outcome == FlushOutcome.STORED
+
+
+Report = Callable[[FlushResult], None]
 
 
 class _NotSent(Exception):
@@ -134,17 +152,44 @@ def _error_fields(exc: BaseException) -> dict[str, Any]:
     return {}
 
 
-class _Job:
-    """One flush on the courier thread; retried once when a stored series has gone."""
+def _classify(exc: BaseException | None) -> tuple[str, str | None, bool]:
+    """(outcome, error, whether the server answered)."""
+    if exc is None:
+        return FlushOutcome.STORED, None, True
+    if isinstance(exc, _NotSent):
+        return FlushOutcome.REJECTED, str(exc), False
+    if isinstance(exc, DatabaseError) and not is_stale_error(exc):
+        # An error reply (statement timeout, missing migration, ...): rolled back.
+        info = _error_fields(exc)
+        return FlushOutcome.REJECTED, f"{info.get('C', '')} {info.get('M', exc)}".strip(), True
+    return FlushOutcome.UNKNOWN, str(exc) or type(exc).__name__, False
 
-    def __init__(self, db: Database, sql: Callable[[bool], str], new_series: bool) -> None:
+
+class _Job:
+    """One flush on the courier thread; retried once when a stored series has gone.
+    Settles its own outcome in the outbox when it ends, whether or not anyone waits."""
+
+    def __init__(
+        self, box: Outbox, db: Database, batches: list[Batch], now: float, report: Report | None
+    ) -> None:
+        self.box = box
         self.db = db
-        self.sql = sql
-        self.new_series = new_series
-        self.error: BaseException | None = None
-        self.finished = False
+        self.batches = batches
+        self.now = now
+        self.report = report
+        self.timeout_ms = config().flush_timeout_ms
+        self.believed_known = not any(k not in box.known for b in batches for k in b.series_keys())
+        self.new_series = not self.believed_known
+        self.done = threading.Event()
+        self.result = FlushResult(FlushOutcome.PENDING)
+
+    def sql(self, new_series: bool) -> str:
+        return flush_sql(
+            self.box.container, self.box.shard, self.batches, self.timeout_ms, self.now, new_series
+        )
 
     def run(self) -> None:
+        error: BaseException | None = None
         try:
             try:
                 # Connecting first tells "could not connect" (nothing sent) apart
@@ -160,26 +205,33 @@ class _Job:
                 self.new_series = True  # the first call stored nothing
                 self.db.run(self.sql(True))
         except BaseException as exc:
-            self.error = exc
+            error = exc
+        try:
+            self.result = self.box.settle(self, error)
+            if self.report is not None and self.box is _outbox:  # not a reset container's
+                self.report(self.result)
+        except BaseException:  # never kill the courier thread
+            pass
         finally:
-            self.finished = True
+            self.done.set()
 
-
-def _classify(job: _Job) -> tuple[str, str | None]:
-    exc = job.error
-    if exc is None:
-        return FlushOutcome.STORED, None
-    if isinstance(exc, _NotSent):
-        return FlushOutcome.REJECTED, str(exc)
-    if isinstance(exc, DatabaseError) and not is_stale_error(exc):
-        # An error reply (statement timeout, missing migration, ...): rolled back.
-        info = _error_fields(exc)
-        return FlushOutcome.REJECTED, f"{info.get('C', '')} {info.get('M', exc)}".strip()
-    return FlushOutcome.UNKNOWN, str(exc) or type(exc).__name__
+    def wait(self, timeout_s: float) -> FlushResult:
+        if self.done.wait(max(0.0, timeout_s)):
+            return self.result
+        return FlushResult(
+            FlushOutcome.PENDING,
+            f"no reply within {round(timeout_s * 1000)} ms",
+            pending_series=self.box.pending_series,
+        )
 
 
 class Outbox:
-    """This container's identity, shard, and the batches not yet known to be stored."""
+    """This container's identity, shard, and the batches not yet known to be stored.
+
+    Shared by the invocation, the courier (which settles each flush's outcome) and
+    the lifecycle thread (deadline, idle and shutdown flushes): one lock, never held
+    across I/O.
+    """
 
     def __init__(self, shards: int) -> None:
         self.container = uuid.uuid4().hex
@@ -188,54 +240,82 @@ class Outbox:
         self.next_seq = 1
         self.known: set[SeriesKey] = set()  # series this container has stored
         self.courier = Courier("metrics-flush")
+        self.in_flight: _Job | None = None
+        self.lock = threading.Lock()
 
     def add(self, deltas: Deltas) -> None:
         if not deltas:
             return
-        if not self.batches or self.batches[-1].sealed:
-            self.batches.append(Batch(self.next_seq))
-            self.next_seq += 1
-        self.batches[-1].merge(deltas)
+        since = deltas.since if deltas.since is not None else time.monotonic()
+        with self.lock:
+            last = self.batches[-1] if self.batches else None
+            if last is None or last.sealed or last.sending:
+                last = Batch(self.next_seq, since)
+                self.next_seq += 1
+                self.batches.append(last)
+            last.merge(deltas)
+            last.since = min(last.since, since)
 
     @property
     def pending_series(self) -> int:
         return sum(b.series for b in self.batches)
 
-    def send(self, db: Database, now: float, meanwhile: Callable[[], None]) -> FlushResult:
-        """Try to store every pending batch; `meanwhile` is called once, whatever happens."""
-        if not self.batches or self.courier.busy:
-            meanwhile()
+    def oldest(self) -> float | None:
+        """Monotonic time of the oldest delta not yet known to be stored."""
+        batches = self.batches
+        return min((b.since for b in batches), default=None)
+
+    def start(self, db: Database, now: float, report: Report | None) -> _Job | FlushResult:
+        """Hand every pending batch to the courier in one job, unless one is running."""
+        with self.lock:
+            if self.in_flight is not None:
+                return FlushResult(
+                    FlushOutcome.BUSY,
+                    "the previous flush is still running",
+                    pending_series=self.pending_series,
+                )
             if not self.batches:
                 return FlushResult(FlushOutcome.STORED)
-            return FlushResult(
-                FlushOutcome.BUSY, "the previous flush is still running", 0, self.pending_series
-            )
-        batches = list(self.batches)
-        timeout_ms = config().flush_timeout_ms
-
-        def sql(new_series: bool) -> str:
-            return flush_sql(self.container, self.shard, batches, timeout_ms, now, new_series)
-
-        new_series = any(k not in self.known for b in batches for k in b.series_keys())
-        job = _Job(db, sql, new_series)
-        if self.courier.run(job, 2 * timeout_ms / 1000.0, meanwhile):
-            outcome, error = _classify(job)
-        else:
-            outcome, error = FlushOutcome.UNKNOWN, f"no reply within {2 * timeout_ms} ms"
-        if outcome == FlushOutcome.STORED:
+            batches = list(self.batches)
             for batch in batches:
-                self.known.update(batch.series_keys())
-            del self.batches[: len(batches)]
-            return FlushResult(outcome)
-        if job.new_series and not new_series:
-            self.known.clear()  # some series had gone: look them all up next time
-        dropped = 0
-        if outcome == FlushOutcome.UNKNOWN:
-            for batch in batches:
-                batch.sealed = True
-            while sum(b.sealed for b in self.batches) > MAX_SEALED_BATCHES:
-                dropped += self.batches.pop(0).series
-        return FlushResult(outcome, error, dropped, self.pending_series)
+                batch.sending = True
+            job = _Job(self, db, batches, now, report)
+            self.in_flight = job
+        self.courier.submit(job)
+        return job
+
+    def settle(self, job: _Job, error: BaseException | None) -> FlushResult:
+        outcome, message, answered = _classify(error)
+        dropped_batches = dropped_series = 0
+        with self.lock:
+            for batch in job.batches:
+                batch.sending = False
+            if outcome == FlushOutcome.STORED:
+                for batch in job.batches:
+                    self.known.update(batch.series_keys())
+                sent = {id(b) for b in job.batches}
+                self.batches = [b for b in self.batches if id(b) not in sent]
+            else:
+                if job.new_series and job.believed_known:
+                    self.known.clear()  # some series had gone: look them all up next time
+                if outcome == FlushOutcome.UNKNOWN:
+                    for batch in job.batches:
+                        batch.sealed = True
+                    # Bounded memory through a long silent outage: the oldest unconfirmed
+                    # batches go (they may or may not have been stored).
+                    while sum(b.sealed for b in self.batches) > MAX_SEALED_BATCHES:
+                        dropped = next(b for b in self.batches if b.sealed)
+                        self.batches.remove(dropped)
+                        dropped_batches += 1
+                        dropped_series += dropped.series
+            self.in_flight = None
+            pending = self.pending_series
+        return FlushResult(outcome, message, answered, pending, dropped_batches, dropped_series)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait for the running flush, if any, to settle; False when it did not in time."""
+        job = self.in_flight
+        return job is None or job.done.wait(max(0.0, timeout_s))
 
 
 _outbox: Outbox | None = None
@@ -248,15 +328,45 @@ def outbox() -> Outbox:
     return _outbox
 
 
+def current() -> Outbox | None:
+    """The outbox if this container has one (nothing was ever flushed otherwise)."""
+    return _outbox
+
+
 def reset() -> None:
     """A new container: new identity and shard, nothing pending (tests)."""
     global _outbox
     _outbox = None
 
 
-def push(deltas: Deltas, now: float, meanwhile: Callable[[], None] = lambda: None) -> FlushResult:
-    """Add the deltas to what is pending and try to store all of it. `meanwhile` runs
-    while the query is in flight (or at once when nothing is sent)."""
+def push(
+    deltas: Deltas,
+    now: float,
+    *,
+    wait_s: float | None = None,
+    meanwhile: Callable[[], None] = lambda: None,
+    report: Report | None = None,
+) -> FlushResult:
+    """Add the deltas to what is pending and send all of it in one job.
+
+    Waits for the outcome at most `wait_s` (default 2 x METRICS_FLUSH_TIMEOUT_MS; 0 hands
+    the job over and returns PENDING). `meanwhile` runs while the query is in flight (or
+    at once when nothing is sent); `report` is called with the outcome when the job ends.
+    """
     box = outbox()
     box.add(deltas)
-    return box.send(get_db(), now, meanwhile)
+    if wait_s is None:
+        wait_s = 2 * config().flush_timeout_ms / 1000.0
+    deadline = time.monotonic() + wait_s
+    db = get_db()
+    started = box.start(db, now, report)
+    busy = isinstance(started, FlushResult) and started.outcome == FlushOutcome.BUSY
+    # A flush handed over earlier (liveness, a deadline) is running: let it settle.
+    if busy and wait_s > 0 and box.wait_idle(wait_s):
+        started = box.start(db, now, report)
+    if isinstance(started, FlushResult):
+        meanwhile()
+        return started
+    time.sleep(0)  # let the courier take the GIL and send its query...
+    meanwhile()  # ...so that this overlaps the wait for the server
+    return started.wait(deadline - time.monotonic())

@@ -28,6 +28,8 @@ from ops.db import Database
 COMPACT_IDLE_S = 300  # a spill row untouched this long is folded into its total
 COMPACT_EVERY_S = 60.0
 COMPACT_TIMEOUT_MS = 2000
+PRUNE_BATCH = 10_000  # stale cursor rows deleted per statement (migrations/004)
+PRUNE_BUDGET_S = 0.2  # per compaction: more batches while there is time
 
 VALUES_SQL = """
 SELECT 'sum', string_agg(series_id::text || ' ' || value::text, ' '),
@@ -175,8 +177,23 @@ def read_totals(db: Database, hold_s: float = 0.0) -> Totals:
 
 
 def compact(db: Database, idle_s: int = COMPACT_IDLE_S) -> None:
-    """Fold idle spill rows into the totals (shard 0): a write, but no sum changes."""
+    """Fold idle spill rows into the totals (shard 0): a write, but no sum changes; then
+    delete stale flush cursors in bounded batches (housekeeping kept off the flush path)."""
     db.run(COMPACT_SQL.format(timeout_ms=COMPACT_TIMEOUT_MS, idle_s=int(idle_s)))
+    prune_cursors(db)
+
+
+def prune_cursors(db: Database, budget_s: float = PRUNE_BUDGET_S) -> int:
+    """Delete cursors of containers gone for a day, PRUNE_BATCH rows per statement."""
+    started, deleted = time.monotonic(), 0
+    while True:
+        ((count,),) = db.run(
+            f"SET LOCAL statement_timeout = {COMPACT_TIMEOUT_MS}; "
+            f"SELECT metrics_prune_cursors({PRUNE_BATCH})"
+        )
+        deleted += count
+        if count < PRUNE_BATCH or time.monotonic() - started >= budget_s:
+            return deleted
 
 
 def compact_if_due(db: Database) -> None:
