@@ -69,7 +69,7 @@ def test_readme_request_line_is_what_invoke_prints(database_url):
 
 def test_runbook_database_down_lines_are_what_invoke_prints(closed_port):
     documented = doc_examples("infra/monitoring/README.md", '"type":"health_check"')
-    assert [d["type"] for d in documented] == ["health_check", "request"]
+    assert [d["type"] for d in documented] == ["health_check", "request", "metrics_flush"]
     command = f"DATABASE_URL={UNREACHABLE.format(port=1)} make invoke"
     runbook = (ROOT / "infra/monitoring/README.md").read_text()
     assert command in runbook, "the runbook names the command that prints its example"

@@ -73,8 +73,9 @@ def due(now: float | None = None) -> bool:
     return now - since >= interval and now - _last_attempt >= interval
 
 
-def report(result: store.FlushResult) -> None:
-    """The settled outcome of a flush job (on the courier thread): count and log failures."""
+def report(result: store.FlushResult, *, failures: bool = True) -> None:
+    """The settled outcome of a flush job (on the courier thread): count and log what was
+    dropped, and failures (not at shutdown: there the loss is reported once, as lost)."""
     if result.dropped_batches:
         m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="outbox_full").inc(
             result.dropped_series
@@ -90,7 +91,7 @@ def report(result: store.FlushResult) -> None:
                 "error": result.error,
             },
         )
-    if result.stored:
+    if result.stored or not failures:
         return
     m.METRICS_FLUSH_FAILURES.labels(function=function_name()).inc()
     logger.warning(
@@ -105,7 +106,9 @@ def report(result: store.FlushResult) -> None:
     )
 
 
-def _push(wait_s: float | None, meanwhile: object = None) -> store.FlushResult:
+def _push(
+    wait_s: float | None, meanwhile: object = None, on_result: store.Report = report
+) -> store.FlushResult:
     global _last_attempt
     _last_attempt = time.monotonic()
     return store.push(
@@ -113,8 +116,12 @@ def _push(wait_s: float | None, meanwhile: object = None) -> store.FlushResult:
         time.time(),
         wait_s=wait_s,
         meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
-        report=report,
+        report=on_result,
     )
+
+
+def _report_dropped_only(result: store.FlushResult) -> None:
+    report(result, failures=False)
 
 
 def flush(*, background: bool = False) -> bool:
@@ -204,17 +211,19 @@ def flush_before_exit(budget_s: float) -> bool:
         if box.in_flight is not None:
             box.wait_idle(left)
             continue
-        result = _push(left)
+        result = _push(left, on_result=_report_dropped_only)
         if not result.stored:
             error = result.error or result.outcome
             if result.outcome != store.FlushOutcome.PENDING:
                 break
     if not box.batches:
         return True
-    lost = box.pending_series
+    with box.lock:  # given up on: reported once, here, and never sent later
+        lost = box.pending_series
+        box.batches = [b for b in box.batches if b.sending]
     m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="shutdown").inc(lost)
     logger.error(
-        "metrics deltas not stored before the container ended: lost",
+        "metrics deltas not confirmed stored before the container ended: lost",
         extra={
             "type": "metrics_flush",
             "status": "lost",
@@ -222,5 +231,6 @@ def flush_before_exit(budget_s: float) -> bool:
             "error": error,
         },
     )
-    _emit()
+    _emit()  # the count reaches CloudWatch; the database is what just failed
+    recorder.take_deltas()
     return False
