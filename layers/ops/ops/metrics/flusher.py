@@ -183,8 +183,10 @@ def probe_database(budget_s: float) -> None:
         result = _push(budget_s)
         if result.answered or result.outcome == store.FlushOutcome.STORED:
             return
+        if result.outcome == store.FlushOutcome.PENDING:  # no reply within the budget
+            raise DatabaseUnavailable(result.error) from TimeoutError(result.error)
         if result.outcome != store.FlushOutcome.BUSY:
-            raise DatabaseUnavailable(result.error or result.outcome)
+            raise DatabaseUnavailable(result.error or result.outcome) from result.exception
     get_db().run("SELECT 1", timeout_s=budget_s)
 
 

@@ -132,6 +132,7 @@ class FlushResult:
     pending_series: int = 0
     dropped_batches: int = 0  # unconfirmed batches discarded past MAX_SEALED_BATCHES
     dropped_series: int = 0
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def stored(self) -> bool:
@@ -310,7 +311,9 @@ class Outbox:
                         dropped_series += dropped.series
             self.in_flight = None
             pending = self.pending_series
-        return FlushResult(outcome, message, answered, pending, dropped_batches, dropped_series)
+        return FlushResult(
+            outcome, message, answered, pending, dropped_batches, dropped_series, error
+        )
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait for the running flush, if any, to settle; False when it did not in time."""
