@@ -11,10 +11,13 @@ Skipped when POWERTOOLS_METRICS_NAMESPACE is not set (local runs without it).
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from aws_lambda_powertools.metrics import EphemeralMetrics
 
 from ops.config import settings
+from ops.log import logger
 from ops.metrics.recorder import EmfKey
 
 # One Powertools emitter per (namespace, service, dimension, value): dimensions are a
@@ -43,13 +46,22 @@ def emit(recorded: dict[EmfKey, list[float]]) -> int:
     for (name, unit, dim_name, dim_value), values in recorded.items():
         groups[(dim_name, dim_value)].append((name, unit, values))
     service = cfg.service
-    for (dim_name, dim_value), metrics in sorted(groups.items()):
-        line = _emitter(namespace, service, dim_name, dim_value)
-        for name, unit, values in metrics:
-            for value in values:
-                line.add_metric(name=name, unit=unit, value=value)
-        line.flush_metrics()
+    # Under the log handler's lock: a log line written from another thread (a flush
+    # settling on the courier) must not land inside an EMF line, which CloudWatch
+    # would then not parse.
+    with _output_lock():
+        for (dim_name, dim_value), metrics in sorted(groups.items()):
+            line = _emitter(namespace, service, dim_name, dim_value)
+            for name, unit, values in metrics:
+                for value in values:
+                    line.add_metric(name=name, unit=unit, value=value)
+            line.flush_metrics()
     return len(groups)
+
+
+def _output_lock() -> AbstractContextManager[Any]:
+    handler = logger.registered_handler
+    return handler.lock if handler.lock is not None else nullcontext()
 
 
 def reset() -> None:
