@@ -53,7 +53,7 @@ invoke: $(STAMP)  ## make invoke FN=RetentionFunction EVENT=events/retention-sch
 migrate: $(STAMP)  ## migrations on DATABASE_URL, else DB_SECRET_ARN, else make run's database
 	@$(PY) -m tools.migrate
 
-test: $(STAMP)  ## every test: unit, database, template, build, promtool
+test: $(STAMP) $(SAM_STAMP)  ## every test: unit, database, template, build, promtool (SAM CLI installed first, visibly)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -236,3 +236,35 @@ def test_user_mistakes_are_two_lines_and_exit_2(tmp_path):
         out = run_tool("tools.serve", "--port", str(port), env={"LOCAL_DATA_DIR": str(data)})
     assert_clear_failure(out, f"cannot listen on 127.0.0.1:{port}", "PORT=")
     assert not postgres_running_on(data / "pgdata")
+
+
+@pytest.fixture(scope="module")
+def local_data() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ops-local-"))
+
+
+def _function_for(event: Path) -> str:
+    name = event.stem
+    if name.startswith("retention"):
+        return "RetentionFunction"
+    return "MetricsFunction" if name.startswith("metrics") else "HealthFunction"
+
+
+@pytest.mark.parametrize("event", sorted((ROOT / "events").glob("*.json")), ids=lambda p: p.name)
+def test_every_sample_event_invokes_without_database_url(event: Path, local_data: Path):
+    """`make invoke` with each file of events/, as a new user would, on the embedded database."""
+    out = run_tool(
+        "tools.invoke",
+        _function_for(event),
+        "--event",
+        str(event.relative_to(ROOT)),
+        env={"LOCAL_DATA_DIR": str(local_data), "METRICS_AUTH_TOKEN": "local-dev-token"},
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    if "statusCode" in result:
+        assert result["statusCode"] == 200, result  # the events carry the sample token
+    else:
+        assert result["status"] == "completed", result
+    assert all(line.startswith("{") for line in out.stderr.splitlines()), out.stderr
+    assert not postgres_running_on(local_data / "pgdata")

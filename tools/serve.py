@@ -13,7 +13,7 @@ import sys
 
 from tools.cli import ToolError, ignore_further_interrupts, run
 from tools.gateway import Gateway, make_server
-from tools.localdb import local_database
+from tools.localdb import local_database, port_is_free
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,8 @@ def serve(port: int, *, demo: bool) -> int:
     from ops.db import parse_database_url
     from tools.migrate import apply_url
 
+    if not port_is_free(port):  # say so before starting the database, not after
+        raise _port_taken(port, "Address already in use")
     with local_database() as (url, cluster):
         applied = apply_url(url)
         target = parse_database_url(url).target
@@ -44,10 +46,7 @@ def serve(port: int, *, demo: bool) -> int:
         try:
             server = make_server(gateway, port=port)
         except OSError as exc:
-            raise ToolError(
-                f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}",
-                "Another `make run`? Stop it, or pick another port: make run PORT=3001",
-            ) from None
+            raise _port_taken(port, exc.strerror or str(exc)) from None
         print(f"gateway: http://127.0.0.1:{port}", flush=True)
         for path, methods in sorted(gateway.routes.items()):
             print(f"  {','.join(sorted(methods))} {path}", flush=True)
@@ -60,6 +59,13 @@ def serve(port: int, *, demo: bool) -> int:
             server.server_close()
             gateway.close()
     return 0
+
+
+def _port_taken(port: int, why: str) -> ToolError:
+    return ToolError(
+        f"cannot listen on 127.0.0.1:{port}: {why}",
+        "Another `make run`? Stop it, or pick another port: make run PORT=3001",
+    )
 
 
 def _load_demo(url: str) -> None:
