@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -184,3 +185,49 @@ def test_aws_commands_exist_with_these_options(command: str, tmp_path: Path) -> 
         assert "Could not connect to the endpoint URL" in out.stderr, (command, out.stderr)
     else:
         assert out.returncode == 0, (command, out.stderr[-500:])
+
+
+def test_regenerating_the_slo_rules_and_dashboard_changes_nothing(tmp_path: Path) -> None:
+    """The runbook's regenerate-then-test commands, as written, in a fresh clone."""
+    promtool = require_binary("promtool")
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True, timeout=120)
+    (repo / ".venv").symlink_to(Path(sys.prefix))
+    commands = [c for c in block_commands(RUNBOOK) if "infra/monitoring/slo" in c]
+    commands += [c for c in block_commands(RUNBOOK) if "grafana_dashboard.py" in c]
+    assert len(commands) == 3, commands
+    for command in commands:
+        out = sh(command.replace("promtool", promtool, 1), repo)
+        assert out.returncode == 0, (command, out.stdout[-1000:], out.stderr[-1000:])
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--", "infra"], cwd=repo, capture_output=True, text=True
+    )
+    assert status.stdout == "", "regenerating changed committed files:\n" + status.stdout
+
+
+def test_every_runbook_command_is_exercised_somewhere() -> None:
+    """A command added to the runbook is run by a test (or says why it cannot be here)."""
+    here = {
+        ".venv/bin/python infra/monitoring/slo.py > infra/monitoring/slo.rules.yml",
+        ".venv/bin/python infra/monitoring/grafana_dashboard.py > "
+        "infra/monitoring/grafana-dashboard.json",
+        "promtool test rules infra/monitoring/slo.test.yml",
+        "git log --oneline -10",
+        "git worktree add ../rollback <good-commit>",
+        "cp samconfig.toml ../rollback/ && cd ../rollback",
+        "promtool check config prometheus.yml",
+    }
+    elsewhere = {
+        "make build": "tests/test_readme_commands.py (the README's make build)",
+        "amtool ": "tests/test_alert_routing.py runs amtool on alertmanager.yml",
+        "DATABASE_URL=postgresql://app@127.0.0.1:1/app make invoke": "tests/test_log_examples.py",
+    }
+    host_setup = ("install -d ", "printf %s ", "chmod ")  # writes /etc on the Alertmanager host
+    for command in block_commands(RUNBOOK):
+        if command in here or command.startswith(("curl -s ", "aws ", ".venv-sam/bin/sam ")):
+            continue  # curl and aws: the tests above; sam deploy needs an account
+        if any(command.startswith(prefix) for prefix in elsewhere):
+            continue
+        if command.startswith(host_setup) and "/etc/alertmanager/" in command:
+            continue
+        raise AssertionError(f"runbook command not exercised by a test: {command}")

@@ -1,6 +1,6 @@
 """Source of grafana-dashboard.json (importable as is; the datasource is an import input).
 
-    python infra/monitoring/grafana_dashboard.py > infra/monitoring/grafana-dashboard.json
+    .venv/bin/python infra/monitoring/grafana_dashboard.py > infra/monitoring/grafana-dashboard.json
 
 The panels are declared here rather than edited in 1,000 lines of JSON;
 tests/test_monitoring.py checks that the committed JSON is this file's output
