@@ -76,7 +76,10 @@ def stop_quietly(cluster: PgCluster) -> None:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen there now. SO_REUSEADDR as the gateway and PostgreSQL
+    set it: connections of a stopped server lingering in TIME_WAIT do not hold the port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
