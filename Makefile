@@ -15,7 +15,7 @@ PIP_INSTALL = -m pip install --progress-bar on --root-user-action=ignore --disab
 
 $(STAMP): requirements-dev.txt layers/ops/requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
-	@echo "==> first run: installing the dev tools into $(VENV) (about 380 MB from PyPI; README: First run)"
+	@echo "==> first run: installing the dev tools into $(VENV) (about 450 MB from PyPI; README: First run)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) $(PIP_INSTALL) --quiet --upgrade pip
 	$(PY) $(PIP_INSTALL) -r requirements-dev.txt
@@ -56,9 +56,12 @@ migrate: $(STAMP)  ## migrations on DATABASE_URL, else DB_SECRET_ARN, else make 
 test: $(STAMP) $(SAM_STAMP)  ## every test: unit, database, template, build, promtool (SAM CLI installed first, visibly)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+# mypy checks each function on its own: every function has a module named `app`.
+lint: $(STAMP)  ## ruff, and mypy --strict on the layer and every function
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy layers/ops/ops
+	@for fn in functions/*/; do echo "$(VENV)/bin/mypy $$fn"; $(VENV)/bin/mypy $$fn || exit 1; done
 
 build: $(SAM_STAMP)  ## sam build: arm64/python3.13 artifacts in .aws-sam/build (no Docker)
 	$(SAM) build $(SAM_BUILD_ARGS)
@@ -71,4 +74,4 @@ bench: $(STAMP)  ## benchmarks; results go to benchmarks/README.md
 	$(PY) -m benchmarks $(SUITES)
 
 clean:
-	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache

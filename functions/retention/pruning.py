@@ -65,6 +65,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import pg8000.native
@@ -387,10 +388,10 @@ class TablePruner:
         if self.target.partitioned:
             with self.db.transaction(statement_timeout_ms=self.limits.statement_timeout_ms) as conn:
                 plan = plan_partitions(conn, self.target, self.cutoff)
-            units += [lambda last, d=d: self._drop(d, last) for d in plan.drops]
-            units += [lambda last, r=r: self._prune_rows(r, last) for r in plan.row_by_row]
+            units += [partial(self._drop, d) for d in plan.drops]
+            units += [partial(self._prune_rows, r) for r in plan.row_by_row]
         else:
-            units.append(lambda last: self._prune_rows(self.target.relation, last))
+            units.append(partial(self._prune_rows, self.target.relation))
         # Each unit returns False when it stopped for the deadline; all() stops there too.
         finished = all(unit(index == len(units) - 1) for index, unit in enumerate(units))
         return finished and not self.skips

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -286,19 +287,20 @@ class Database:
     def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         cfg = self.cfg
         params = resolve_params(cfg)
-        options = {
-            "timeout_s": timeout_s or self._socket_timeout_s,
-            "statement_timeout_ms": self._statement_timeout_ms,
-            "app": self._application_name,
-        }
+        connect = partial(
+            open_connection,
+            timeout_s=timeout_s or self._socket_timeout_s,
+            statement_timeout_ms=self._statement_timeout_ms,
+            app=self._application_name,
+        )
         try:
-            return open_connection(params, cfg, **options)
+            return connect(params, cfg)
         except DatabaseUnavailable as exc:
             # A rotated secret: fetch it again once, bypassing the cache.
             if not (cfg.db_secret_arn and is_auth_failure(exc.__cause__)):
                 raise
         params = resolve_params(cfg, force_fetch=True)
-        return open_connection(params, cfg, **options)
+        return connect(params, cfg)
 
     def connection(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         if self._conn is None:
@@ -327,7 +329,8 @@ class Database:
             reused = self._conn is not None
             discards = self._discards
             try:
-                return self.connection(timeout_s=timeout_s).run(sql, **params)
+                rows: list[list[Any]] = self.connection(timeout_s=timeout_s).run(sql, **params)
+                return rows
             except Exception as exc:
                 if not is_stale_error(exc):
                     raise
@@ -336,7 +339,8 @@ class Database:
                 if abandoned or not reused:
                     raise DatabaseUnavailable(str(exc)) from exc
             try:
-                return self.connection(timeout_s=timeout_s).run(sql, **params)
+                rows = self.connection(timeout_s=timeout_s).run(sql, **params)
+                return rows
             except Exception as exc:
                 if is_stale_error(exc):
                     self.discard()
@@ -384,7 +388,8 @@ class Database:
                         self.discard()
                 raise
             finally:
-                if restore is not None and self._conn is conn:
+                still_ours = self._conn is conn  # not discarded meanwhile
+                if restore is not None and still_ours:
                     with suppress(Exception):
                         conn._usock.settimeout(restore)
 

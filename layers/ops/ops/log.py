@@ -9,12 +9,15 @@ field, which the Logs Insights queries filter on: `request`, `job`,
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 
 from ops.config import settings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.logging.types import LogRecord
 
 ECHO_LIMIT = 256  # characters of a caller's value (path, method) echoed in a log or response
 
@@ -47,7 +50,7 @@ class _Formatter(LambdaPowertoolsFormatter):
     pipelines already parse, instead of Powertools' `timestamp` in Python's
     `2026-01-29 12:00:00,000+0000`."""
 
-    def serialize(self, log: dict[str, Any]) -> str:
+    def serialize(self, log: LogRecord) -> str:
         return super().serialize({("time" if k == "timestamp" else k): v for k, v in log.items()})
 
 

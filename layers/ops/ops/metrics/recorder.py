@@ -77,7 +77,8 @@ class Emf:
         self.unit = unit
         self.dimension = dimension
         self.value = value
-        self.names, self.name_of = name_of if name_of else ((name,), None)
+        self.names: tuple[str, ...] = name_of[0] if name_of else (name,)
+        self.name_of: Callable[[Mapping[str, str]], str] | None = name_of[1] if name_of else None
 
     def key(self, labels: Mapping[str, str]) -> EmfKey:
         if self.name_of is not None:

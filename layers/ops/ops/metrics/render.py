@@ -126,8 +126,8 @@ def render(
             _histogram(out, family, rows)
             continue
         for labels, parts in rows:
-            value = fmt(parts.get("", 0.0))
-            out.append(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}")
+            text = fmt(parts.get("", 0.0))
+            out.append(f"{name}{{{labels}}} {text}" if labels else f"{name} {text}")
     if openmetrics:
         out.append("# EOF")
     out.append("")
