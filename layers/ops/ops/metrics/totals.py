@@ -191,7 +191,7 @@ def prune_cursors(db: Database, budget_s: float = PRUNE_BUDGET_S) -> int:
             f"SET LOCAL statement_timeout = {COMPACT_TIMEOUT_MS}; "
             f"SELECT metrics_prune_cursors({PRUNE_BATCH})"
         )
-        deleted += count
+        deleted += int(count)
         if count < PRUNE_BATCH or time.monotonic() - started >= budget_s:
             return deleted
 
