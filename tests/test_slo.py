@@ -104,6 +104,22 @@ def test_every_window_is_recorded_for_every_slo() -> None:
         assert ("slo:error_budget:ratio", s.name) in recorded
 
 
+def test_alerts_share_a_group_with_the_ratios_they_read() -> None:
+    """Rules of one group run in order: an alert never reads the previous evaluation's
+    ratio. Only the budget period, which no alert reads, has a group (and interval) apart."""
+    groups = yaml.safe_load((MONITORING / "slo.rules.yml").read_text())["groups"]
+    for group in groups:
+        recorded = {r["record"] for r in group["rules"] if "record" in r}
+        for rule in group["rules"]:
+            if "alert" in rule:
+                read = set(re.findall(r"slo:sli_error:ratio_rate\w+", rule["expr"]))
+                assert read <= recorded, (rule["alert"], read - recorded)
+    (budget,) = [g for g in groups if not any("alert" in r for r in g["rules"])]
+    assert budget["interval"] == slo().BUDGET_INTERVAL
+    budget_ratio = f"slo:sli_error:ratio_rate{slo().BUDGET_PERIOD}"
+    assert {r["record"] for r in budget["rules"]} == {budget_ratio}
+
+
 def test_burn_tiers_are_the_workbooks() -> None:
     """burn rate x long window / budget period = share of the budget spent in that window."""
     module = slo()
