@@ -16,10 +16,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -27,6 +25,7 @@ import pytest
 from tests.test_metrics_support import metrics_database, truncate_metrics
 from tools import ROOT
 from tools.apigw import proxy_event
+from tools.extensions_api import RuntimeApiStandIn
 from tools.runtime import functions
 
 PROBES = ("/health/live", "/health", "/health/ready")
@@ -139,50 +138,6 @@ def serve_probes(container: Container, seconds: float) -> int:
     return served
 
 
-class RuntimeApiStandIn:
-    """Lambda's Runtime API on loopback, as far as an internal extension sees it."""
-
-    def __init__(self) -> None:
-        self.registrations: list[tuple[dict[str, str], Any]] = []
-        self.next_calls: list[dict[str, str]] = []
-        stop = self.stop = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path != "/2020-01-01/extension/register":
-                    self.send_error(404)
-                    return
-                outer.registrations.append((dict(self.headers), json.loads(body)))
-                self.send_response(200)
-                self.send_header("Lambda-Extension-Identifier", "ext-0001")
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def do_GET(self) -> None:
-                if self.path != "/2020-01-01/extension/event/next":
-                    self.send_error(404)
-                    return
-                outer.next_calls.append(dict(self.headers))
-                stop.wait(30)  # no events were asked for: none ever comes
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("ending", ["exit", "sigterm", "sigterm_on_lambda"])
 def test_a_probe_only_container_stores_every_request_when_it_ends(
     shutdown_url, own_sql, containers, ending
@@ -214,16 +169,25 @@ def test_a_probe_only_container_stores_every_request_when_it_ends(
     assert served > 50
 
 
-def test_sigterm_chains_to_the_previous_handler(shutdown_url, own_sql, tmp_path):
-    """A handler installed before ours still runs after the flush."""
+@pytest.mark.parametrize(
+    ("signame", "previous"), [("SIGTERM", "custom"), ("SIGINT", "custom"), ("SIGINT", "default")]
+)
+def test_a_signal_flushes_then_the_previous_handler_runs(
+    shutdown_url, own_sql, tmp_path, signame, previous
+):
+    """A handler installed before ours still runs after the flush; Python's own SIGINT
+    handler (KeyboardInterrupt) too."""
     marker = tmp_path / "previous-ran"
+    install = f"signal.signal(signal.{signame}, previous)"
+    if previous == "default":  # as in a terminal (a background job inherits SIGINT ignored)
+        install = "signal.signal(signal.SIGINT, signal.default_int_handler)"
     code = f"""
 import signal, sys, time
 import tools
 def previous(signum, frame):
     open({str(marker)!r}, "w").write("yes")
     sys.exit(3)
-signal.signal(signal.SIGTERM, previous)
+{install}
 from tests.conftest import call_api, function_handler
 health = function_handler("health")
 for _ in range(7):
@@ -249,12 +213,16 @@ time.sleep(30)
         assert proc.stdout is not None
         while proc.stdout.readline().strip() != "ready":
             assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 3
+        assert stored_probe_requests(own_sql) == 0
+        proc.send_signal(getattr(signal, signame))
+        code_ = proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert marker.read_text() == "yes"
+    if previous == "custom":
+        assert code_ == 3 and marker.read_text() == "yes"
+    else:
+        assert code_ != 0 and not marker.exists()  # KeyboardInterrupt ended it
     assert stored_probe_requests(own_sql) == 7
 
 
