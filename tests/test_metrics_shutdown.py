@@ -248,7 +248,11 @@ def test_a_hung_database_never_holds_a_health_route_past_its_budget(containers, 
         status, elapsed = container.invoke(path)
         assert status == 503
         checked.setdefault(path, []).append(elapsed)
-    assert max(live) < 0.05, sorted(live)[-5:]
+    # Waiting on the database would cost this call at least the flush wait (1 s): no call
+    # comes near. Liveness answers in well under 50 ms; the slowest call is allowed more
+    # only for the scheduler of a shared 2-core machine (seen at load average 14).
+    assert max(live) < 0.3, sorted(live)[-5:]
+    assert sorted(live)[int(len(live) * 0.9)] < 0.05, sorted(live)[-5:]
     for path, times in checked.items():
         assert max(times) < budget_s + 0.5, (path, times)
 
