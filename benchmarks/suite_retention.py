@@ -59,7 +59,9 @@ NAIVE_SQL = "DELETE FROM inbound_events WHERE received_at < now() - interval '30
 # Targets (issue 4, tightened by issue 10: every repetition within 1.5x).
 MAX_TRANSACTION_MS = 100.0
 MAX_WALL_VS_NAIVE = 1.5
-MIN_WRITER_RATE = 0.99  # the writer's paced rate, within its own pacing jitter
+# The writer keeps 100% of its rate: at most one write short of its baseline pace over the
+# prune (a window boundary can cut one; a 0.2 s prune holds only 40 writes at 200/s).
+MAX_WRITES_LOST = 1.0
 MIN_PARTITIONED_SPEEDUP = 3.0
 MAX_PARTITIONED_WAL_SHARE = 1 / 20
 
@@ -201,6 +203,11 @@ class Prune:
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def writes_lost(self) -> float:
+        """Writes short of the writer's baseline pace over the prune."""
+        return (self.baseline.ops_per_s - self.during.ops_per_s) * self.wall_s
 
     @property
     def writer_share(self) -> float:
@@ -478,10 +485,11 @@ def _report(
         p for (_, method), prunes in all_runs.items() if method == "function" for p in prunes
     ]
     worst_writer = min(p.writer_share for p in function_runs)
+    worst_lost = max(p.writes_lost for p in function_runs)
     longest = max(p.longest_tx_ms for p in function_runs)
     size = f"{rows:,} rows" + (" (`--quick`)" if quick else "")
     lines = [
-        "## Retention: batched function vs naive single DELETE (issue 4)",
+        "## Retention: batched function vs naive single DELETE (issues 4 and 10)",
         "",
         f"`inbound_events` with {size} spread evenly over {DAYS} days (half older than the "
         f"30-day policy), its `received_at` index, and {SESSIONS:,} `chat_sessions`; a writer "
@@ -518,8 +526,9 @@ def _report(
         f"| wall time vs naive (plain table), every repetition | "
         f"{', '.join(f'{r:.2f}x' for r in ratios)} | ≤ {MAX_WALL_VS_NAIVE:.1f}x | "
         f"{_verdict(max(ratios) <= MAX_WALL_VS_NAIVE)} |",
-        f"| writer keeps its undisturbed rate (function, worst run) | {worst_writer:.0%} | "
-        f"≥ {MIN_WRITER_RATE:.0%} | {_verdict(worst_writer >= MIN_WRITER_RATE)} |",
+        f"| writer keeps 100% of its rate (function, worst run: writes short of its "
+        f"baseline pace over the prune; rate) | {worst_lost:.1f} ({worst_writer:.0%}) | "
+        f"≤ {MAX_WRITES_LOST:.0f} write | {_verdict(worst_lost <= MAX_WRITES_LOST)} |",
         f"| partitioned: faster than naive | {speedup:.1f}x | ≥ {MIN_PARTITIONED_SPEEDUP:.0f}x | "
         f"{_verdict(speedup >= MIN_PARTITIONED_SPEEDUP)} |",
         f"| partitioned: WAL vs naive | 1/{1 / wal_share:.0f} ({wal_share:.3f}) | ≤ 1/20 | "
