@@ -27,7 +27,7 @@ from tests.retention_helpers import (
 pytestmark = pytest.mark.usefixtures("retention_slate")
 
 LOCK_TIMEOUT_S = int(FAST_SETTINGS["RETENTION_LOCK_TIMEOUT_MS"]) / 1000
-MARGIN_S = 0.5  # scheduling noise on a shared machine, on top of the lock_timeout budget
+MARGIN_S = 1.0  # scheduling noise on a shared machine, on top of the lock_timeout budget
 
 
 @contextmanager
