@@ -344,3 +344,48 @@ def test_window_batches_on_a_timestamp_without_time_zone_column(sql, monkeypatch
         assert max(s.rows for s in steps.steps) <= 1000 and windows["windows"] > 0
     finally:
         sql("DROP TABLE retention_naive")
+
+
+def test_a_window_batch_over_its_time_guard_is_redone_exactly_and_smaller(sql, monkeypatch):
+    """A window that runs 1.5x over the batch time target (here one slow row) is cancelled,
+    rolled back and redone as a smaller exact batch; every row is counted once."""
+    sql("DROP TABLE IF EXISTS retention_guard")
+    sql("CREATE TABLE retention_guard (id int PRIMARY KEY, at timestamptz NOT NULL)")
+    sql("CREATE INDEX ON retention_guard (at)")
+    sql(
+        "CREATE FUNCTION retention_guard_slow() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN IF OLD.id = 2500 THEN PERFORM pg_sleep(0.2); END IF; RETURN OLD; END $$"
+    )
+    sql(
+        "CREATE TRIGGER retention_guard_slow BEFORE DELETE ON retention_guard "
+        "FOR EACH ROW EXECUTE FUNCTION retention_guard_slow()"
+    )
+    sql(
+        "INSERT INTO retention_guard SELECT g, "
+        "now() - interval '40 days' + make_interval(mins => g) FROM generate_series(1, 4000) g"
+    )
+    windows = _spy_windows(monkeypatch)
+    cancelled = []
+    real = pruning.delete_batch
+
+    def spy(conn, relation, column, cutoff, b, *args):
+        try:
+            return real(conn, relation, column, cutoff, b, *args)
+        except Exception as exc:
+            cancelled.append((pruning.sqlstate(exc), b.windowed, b.size))
+            raise
+
+    monkeypatch.setattr(pruning, "delete_batch", spy)
+    try:
+        db, target = _target("retention_guard", "at", 1000)
+        cutoff = sql("SELECT now() - interval '30 days'")[0][0]
+        steps = Steps()
+        assert pruning.TablePruner(db, target, cutoff, LIMITS, lambda: True, steps).run()
+        db.close()
+        assert count(sql, "retention_guard") == 0
+        assert sum(s.rows for s in steps.steps) == 4000
+        assert windows["windows"] > 0
+        assert (pruning.QUERY_CANCELED, True) in [(code, w) for code, w, _ in cancelled]
+    finally:
+        sql("DROP TABLE retention_guard")
+        sql("DROP FUNCTION retention_guard_slow()")
