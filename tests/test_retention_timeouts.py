@@ -172,6 +172,8 @@ def test_the_margin_is_a_quarter_of_the_time_at_start_up_to_30_s(
     assert budget.remaining_ms() == remaining_ms - margin_ms
     limits = retention_job.run_limits(cfg, budget.margin_ms)
     assert (limits.statement_timeout_ms, limits.lock_timeout_ms) == (statement_ms, 500)
+    # With no time left at all, the closing audit entry still gets a second to commit.
+    assert retention_job.run_limits(cfg, 0).statement_timeout_ms == 1_000
 
 
 @pytest.mark.parametrize("remaining_ms", [30_000, 60_000, 900_000])

@@ -11,9 +11,10 @@ Time: the run stops starting work a margin before the Lambda deadline. The margi
 is a quarter of the time the invocation has when it starts, at most
 RETENTION_DEADLINE_MARGIN_MS (30 s, reached with 2 minutes): 900 s leave 870 s of
 work, 60 s leave 45 s, 30 s leave 22.5 s. Each statement of a batch may take a
-third of the margin at most (and RETENTION_STATEMENT_TIMEOUT_MS), so that a batch
-started just before the margin (two slow statements at worst) and the audit entry
-after it still end before the deadline; lock waits get half that at most.
+third of the margin at most (and RETENTION_STATEMENT_TIMEOUT_MS; never less than
+1 s), so that a batch started just before the margin (two slow statements at
+worst) and the audit entry after it still end before the deadline; lock waits get
+half that at most.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from ops.retention_policies import load_policies
 LEASE_POLL_S = 0.5
 ERROR_TEXT_LIMIT = 500
 MARGIN_SHARE = 4  # the margin is this fraction (1/4) of the time left at the start
+# A statement may always take this long (or the configured timeout, if shorter): with
+# almost no time left, the closing audit entry must still be able to commit.
+MIN_STATEMENT_TIMEOUT_MS = 1_000
 
 
 class Budget:
@@ -67,7 +71,7 @@ class Budget:
 def run_limits(cfg: JobSettings, margin_ms: int) -> Limits:
     """Timeouts that fit the margin: a batch started just before it (two statements at
     their timeout) and the audit entry after it (one) end before the deadline."""
-    statement = max(2, min(cfg.statement_timeout_ms, margin_ms // 3))
+    statement = min(cfg.statement_timeout_ms, max(MIN_STATEMENT_TIMEOUT_MS, margin_ms // 3))
     return Limits(
         lock_timeout_ms=max(1, min(cfg.lock_timeout_ms, statement // 2)),
         statement_timeout_ms=statement,

@@ -307,7 +307,7 @@ class Settings:
         "RETENTION_STATEMENT_TIMEOUT_MS",
         10_000,
         "`statement_timeout` of each batch statement, at most (a third of the deadline margin"
-        " when that is shorter); the run's own connection waits this plus"
+        " when that is shorter, but not under 1 s); the run's own connection waits this plus"
         " `DB_CONNECT_TIMEOUT_S` on its socket",
         high=3_600_000,
     )
