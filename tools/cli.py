@@ -36,7 +36,12 @@ def database_hint() -> str:
             "Check AWS credentials, AWS_REGION and the secret, and that this machine "
             "reaches the database (inside the VPC or through a tunnel)."
         )
-    return "The embedded database's log is .local/pgdata/server.log; `rm -rf .local` starts afresh."
+    from tools.localdb import local_dir
+
+    folder = local_dir()
+    return (
+        f"The embedded database's log: {folder}/pgdata/server.log; `rm -rf {folder}` starts afresh."
+    )
 
 
 def _stop_once_on_signals() -> None:

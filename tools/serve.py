@@ -18,10 +18,21 @@ from tools.localdb import local_database, port_is_free
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 3000)))
+    parser.add_argument("--port", type=_port, default=os.environ.get("PORT", "3000"))
     parser.add_argument("--no-demo", action="store_true", help="do not load demo rows")
     args = parser.parse_args(argv)
     return run("run", lambda: serve(args.port, demo=not args.no_demo))
+
+
+def _port(text: str) -> int:
+    """--port, or PORT: argparse reports a bad one in its two lines, exit 2."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"PORT/--port must be 1..65535, got {text!r}")
+    return port
 
 
 def serve(port: int, *, demo: bool) -> int:
