@@ -15,7 +15,7 @@ PIP_INSTALL = -m pip install --progress-bar on --root-user-action=ignore --disab
 
 $(STAMP): requirements-dev.txt layers/ops/requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required") if sys.version_info < (3, 11) else None'
-	@echo "==> first run: installing the dev tools into $(VENV) (about 450 MB from PyPI; README: First run)"
+	@echo "==> first run: installing the dev tools into $(VENV) (~90 MB of wheels from PyPI, ~450 MB on disk; README: first run)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) $(PIP_INSTALL) --quiet --upgrade pip
 	$(PY) $(PIP_INSTALL) -r requirements-dev.txt
@@ -35,7 +35,7 @@ export LAMBDA_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin
 	/usr/local/bin/python3.13 /usr/bin/python3.13))
 
 $(SAM_STAMP): requirements-sam.txt
-	@echo "==> installing the SAM CLI into $(SAM_VENV) (about 340 MB from PyPI, once; README: First run)"
+	@echo "==> installing the SAM CLI into $(SAM_VENV), once (~60 MB of wheels from PyPI, ~340 MB on disk)"
 	$(PYTHON) -m venv $(SAM_VENV)
 	$(SAM_VENV)/bin/python $(PIP_INSTALL) --quiet --upgrade pip
 	$(SAM_VENV)/bin/python $(PIP_INSTALL) -r requirements-sam.txt
