@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -114,8 +115,8 @@ F_DEATH = 10  # planned: 1 SIGTERM, 2 SIGKILL
 F_LATE = 11  # invocations that started more than 100 ms behind their arrival
 F_RING = 16
 F_HIST = F_RING + 2 * RING  # histograms: invocation, after-invocation hooks, flushes
-SLOT = F_HIST + 4 * HIST
-HIST_INVOKE, HIST_HOOKS, HIST_FLUSH, HIST_FIRST = 0, 1, 2, 3
+SLOT = F_HIST + 5 * HIST
+HIST_INVOKE, HIST_HOOKS, HIST_FLUSH, HIST_FIRST, HIST_SHUTDOWN = 0, 1, 2, 3, 4
 # container states (written by the manager)
 ALIVE, TERMINATING, TERMINATED, KILLED, KILLED_LATE = 1, 2, 3, 4, 5
 
@@ -266,9 +267,15 @@ def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) 
         nonlocal pushed
         started = time.perf_counter()
         result = original_push(*args, **kwargs)
-        # A container's first flush also opens its connection (SCRAM): kept apart.
-        board.hist_add(slot, HIST_FLUSH if pushed else HIST_FIRST, time.perf_counter() - started)
-        pushed = True
+        # Kept apart: a container's first flush, which also opens its connection (SCRAM),
+        # and the shutdown flush (off the main thread; every container of a phase ends
+        # at once, so these queue on the two CPUs).
+        if threading.current_thread() is not threading.main_thread():
+            which = HIST_SHUTDOWN
+        else:
+            which = HIST_FLUSH if pushed else HIST_FIRST
+            pushed = True
+        board.hist_add(slot, which, time.perf_counter() - started)
         field = (
             F_FLUSHES if getattr(result, "outcome", "") == store.FlushOutcome.STORED else F_FAILED
         )
@@ -657,7 +664,8 @@ def run_phase(url: str, probe: Probe, interval: float, plan: Plan, workdir: Path
         "late": sum(board.get(s, F_LATE) for s in range(used)),
         "max_lag_ms": max((board.get(s, F_LAG) for s in range(used)), default=0) / 1000,
         "hist": {
-            w: board.hist(range(used), w) for w in (HIST_INVOKE, HIST_HOOKS, HIST_FLUSH, HIST_FIRST)
+            w: board.hist(range(used), w)
+            for w in (HIST_INVOKE, HIST_HOOKS, HIST_FLUSH, HIST_FIRST, HIST_SHUTDOWN)
         },
         "scrapes": scrapes,
         "rows": _sql(
@@ -724,6 +732,7 @@ def _fmt_phase(x: dict[str, Any]) -> dict[str, str]:
         "wal_tx": f"{x['wal'] / x['xids']:,.0f}" if x["xids"] else "-",
         "flush": _pcts(hist[HIST_FLUSH]),
         "first": _pcts(hist[HIST_FIRST]),
+        "shutdown": _pcts(hist[HIST_SHUTDOWN]),
         "hooks": _pcts(hist[HIST_HOOKS]),
         "invoke": _pcts(hist[HIST_INVOKE]),
         "scrape": f"{statistics.median(scr):.1f} / {max(scr):.1f}" if scr else "-",
@@ -807,17 +816,20 @@ def report(
         "transaction; *WAL* per 1,000 invocations and per write transaction; latencies in ms, "
         "p50 / p99 (log-bucketed, ±9%): *hooks*: what the metrics add at the end of an "
         "invocation (EMF line, flush when due), *flush*: each flush that went to the store "
-        "(*first*: a container's first, which also opens its connection), *scrape*: median / "
-        "max, with the value rows it summed.",
+        "(*first*: a container's first, which also opens its connection; *shutdown*: on "
+        "SIGTERM, all containers of a phase at once at its end), *scrape*: median / max, with "
+        "the value rows it summed.",
         "",
         "| interval | inv/s | tx/s | tx per 1,000 inv | commits per 1,000 inv | PG CPU "
         "| PG CPU ms per 1,000 inv / per tx | WAL KiB per 1,000 inv / bytes per tx "
-        "| hooks | flush | first flush | invocation | scrape ms | value rows at scrapes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| hooks | flush | first flush | shutdown flush | invocation | scrape ms "
+        "| value rows at scrapes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(
             f"| {r['interval']} | {r['ips']} | {r['tx_s']} | **{r['tx_k']}** | {r['commits_k']} "
             f"| {r['cpu']} | {r['cpu_k']} / {r['cpu_tx']} | {r['wal_k']} / {r['wal_tx']} "
-            f"| {r['hooks']} | {r['flush']} | {r['first']} | {r['invoke']} | {r['scrape']} "
+            f"| {r['hooks']} | {r['flush']} | {r['first']} | {r['shutdown']} | {r['invoke']} "
+            f"| {r['scrape']} "
             f"| {r['rows']} |"
             for r in rows
         ),
