@@ -132,6 +132,9 @@ def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Test")
     # New counter series are exposed at their value at once; tests of the hold set it.
     monkeypatch.setenv("METRICS_NEW_SERIES_HOLD_S", "0")
+    # Counts reach the store with the invocation that recorded them; tests of the flush
+    # interval (default 1 s) set it.
+    monkeypatch.setenv("METRICS_FLUSH_INTERVAL_S", "0")
     _reset_runtime()
     yield
     _reset_runtime()

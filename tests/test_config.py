@@ -28,7 +28,7 @@ def test_unset_or_blank_gives_the_defaults():
     assert load(blank) == Settings()
     cfg = load({})
     assert (cfg.metrics_flush_interval_s, cfg.metrics_shards, cfg.health_db_budget_s) == (
-        0.0,
+        1.0,
         16,
         2.0,
     )

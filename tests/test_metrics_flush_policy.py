@@ -122,17 +122,34 @@ def test_interval_zero_stores_every_invocation(metrics_env, own_sql):
 def test_with_an_interval_deltas_wait_until_the_oldest_is_that_old(metrics_env, own_sql, app_env):
     app_env(METRICS_FLUSH_INTERVAL_S="0.5")
     handler = api_with_work_route()
+    assert call_api(handler, "/work")[0] == 200  # a new container's first call: at once
+    assert stored_requests(own_sql, "/work") == 1
     assert call_api(handler, "/work")[0] == 200
+    time.sleep(0.3)
     assert call_api(handler, "/work")[0] == 200
-    assert stored_requests(own_sql, "/work") == 0  # pending: the oldest is younger than 0.5 s
-    time.sleep(0.6)
-    assert call_api(handler, "/work")[0] == 200  # the oldest is now due: all three go
-    assert stored_requests(own_sql, "/work") == 3
+    assert stored_requests(own_sql, "/work") == 1  # pending: the oldest is younger than 0.5 s
+    time.sleep(0.3)
+    assert call_api(handler, "/work")[0] == 200  # the oldest is now due: all of them go
+    assert stored_requests(own_sql, "/work") == 4
+
+
+def test_with_an_interval_a_call_after_a_quiet_spell_is_stored_at_once(
+    metrics_env, own_sql, app_env
+):
+    app_env(METRICS_FLUSH_INTERVAL_S="0.5")
+    handler = api_with_work_route()
+    for _ in range(3):  # a busy spell: the first call (a new container's) goes at once
+        assert call_api(handler, "/work")[0] == 200
+    assert stored_requests(own_sql, "/work") == 1
+    time.sleep(0.6)  # quiet: a frozen Lambda container would hold the two for minutes...
+    assert call_api(handler, "/work")[0] == 200  # ...so the next call sends them with its own
+    assert stored_requests(own_sql, "/work") == 4
 
 
 def test_a_flush_goes_out_before_the_deadline(metrics_env, own_sql, app_env):
     app_env(METRICS_FLUSH_TIMEOUT_MS="100", METRICS_FLUSH_INTERVAL_S="3600")  # margin 0.2 s
     handler = api_with_work_route()
+    assert call_api(handler, "/work")[0] == 200  # a new container's first call: stored at once
     event_context = LambdaContext("work", 0.6)
     from tools.apigw import proxy_event
 
@@ -145,14 +162,14 @@ def test_a_flush_goes_out_before_the_deadline(metrics_env, own_sql, app_env):
         "ON s.id = v.series_id WHERE s.family = 'tool_calls_total'"
     )
     deadline = time.monotonic() + 5
-    while rows[0][0] != 1 and time.monotonic() < deadline:
+    while rows[0][0] != 2 and time.monotonic() < deadline:
         time.sleep(0.05)
         rows = own_sql(
             "SELECT coalesce(sum(v.value), 0) FROM metric_values v JOIN metric_series s "
             "ON s.id = v.series_id WHERE s.family = 'tool_calls_total'"
         )
-    assert rows[0][0] == 1
-    assert stored_requests(own_sql, "/work") == 0  # recorded after the deadline flush
+    assert rows[0][0] == 2
+    assert stored_requests(own_sql, "/work") == 1  # the second: recorded after the deadline flush
 
 
 def emf_lines(out: str) -> list[dict[str, Any]]:

@@ -254,9 +254,10 @@ class Settings:
     )
     metrics_flush_interval_s: float = number(
         "METRICS_FLUSH_INTERVAL_S",
-        0.0,
-        "flush a container's metric deltas once the oldest is this old (checked at the end of"
-        " each invocation; also at shutdown and before the deadline); 0: every invocation",
+        1.0,
+        "flush a container's metric deltas once the oldest is this old, or at once after a"
+        " quiet spell this long (checked at the end of each invocation; also at shutdown and"
+        " before the deadline); 0: every invocation",
         low=0,
         high=3600,
     )

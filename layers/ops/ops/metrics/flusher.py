@@ -3,7 +3,9 @@
 * EMF lines go out at the end of every invocation, whatever the database flush does
   (CloudWatch's copy needs no database).
 * Deltas are due once the oldest pending one is METRICS_FLUSH_INTERVAL_S old
-  (0: every invocation), checked at the end of each invocation.
+  (0: every invocation), checked at the end of each invocation; and at once when the
+  invocation follows a quiet spell of that long (a sparse container's counts would
+  otherwise wait for its next invocation, minutes away; its writes are few anyway).
 * An invocation makes at most one flush round trip. A database health check carries
   the due deltas in its own round trip (`probe_database`: no extra write per probe);
   the invocation's own recordings then wait for the next flush. Otherwise the flush
@@ -31,12 +33,14 @@ from ops.metrics import catalogue as m
 from ops.metrics import emf, function_name, recorder, store
 
 _last_attempt = float("-inf")  # monotonic time of the last flush started
+_last_end = float("-inf")  # monotonic time the previous invocation ended
 _probed = False  # this invocation's database check carried (or could carry) the flush
 
 
 def reset() -> None:
-    global _last_attempt, _probed
+    global _last_attempt, _last_end, _probed
     _last_attempt = float("-inf")
+    _last_end = float("-inf")
     _probed = False
 
 
@@ -64,12 +68,15 @@ def interval_s() -> float:
 
 
 def due(now: float | None = None) -> bool:
-    """Pending deltas older than the interval, and no flush started within it."""
+    """Pending deltas older than the interval, and no flush started within it; or any
+    pending deltas when the previous invocation ended at least the interval ago."""
     since = pending_since()
     if since is None:
         return False
     now = time.monotonic() if now is None else now
     interval = interval_s()
+    if now - _last_end >= interval:
+        return True
     return now - since >= interval and now - _last_attempt >= interval
 
 
@@ -156,12 +163,15 @@ def flush(*, background: bool = False) -> bool:
 def end_invocation(*, background: bool = False) -> None:
     """The policy at the end of an invocation: EMF always; the deltas when due, unless
     this invocation's database check already made the round trip."""
-    global _probed
+    global _probed, _last_end
     probed, _probed = _probed, False
-    if probed or not due():
-        _emit()
-        return
-    flush(background=background)
+    try:
+        if probed or not due():
+            _emit()
+            return
+        flush(background=background)
+    finally:
+        _last_end = time.monotonic()
 
 
 def hand_over() -> None:
