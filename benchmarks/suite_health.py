@@ -953,6 +953,9 @@ def run(quick: bool) -> str:
     live_h = pct(warm.ms[("health", "/health/live")], 50)
     h_h = pct(warm.ms[("health", "/health")], 50)
     h_c = pct(warm.ms[("c", "/health")], 50)
+    d_h = pct(warm.ms[("health", "/health/detailed")], 50)
+    d_c = pct(warm.ms[("c", "/health/detailed")], 50)
+    detailed_codes = warm.codes.get(("health", "/health/detailed"), Counter())
     fn_keys = [k for k in code_dirs if cold.get(k)]
     mems = {k: _med(cold[k], "rss_mb") for k in fn_keys}
     worst = max(mems, key=lambda k: mems[k], default="")
@@ -992,6 +995,8 @@ def run(quick: bool) -> str:
         f"({live_h:.3f} vs {live_a:.3f}) | +0.300 ms | {verdict(live_h - live_a <= 0.3)} |",
         f"| `/health` p50 ≤ 0.6x (c) | {h_h / h_c:.2f}x ({h_h:.3f} vs {h_c:.3f} ms) | 0.6x | "
         f"{verdict(h_h / h_c <= 0.6 and db_ok)} |",
+        f"| `/health/detailed` p50 ≤ 0.6x (c) | {d_h / d_c:.2f}x ({d_h:.3f} vs {d_c:.3f} ms) "
+        f"| 0.6x | {verdict(d_h / d_c <= 0.6 and set(detailed_codes) == {'200'})} |",
         f"| every function's peak memory well under 128 MB | {worst_mem:.1f} MB ({worst}, "
         f"the largest; {len(fn_keys)}/{len(code_dirs)} functions measured) | "
         f"{MEMORY_LIMIT_MB:.0f} MB | {verdict(mem_ok)} |",

@@ -142,7 +142,8 @@ def serve_probes(container: Container, seconds: float) -> int:
 def test_a_probe_only_container_stores_every_request_when_it_ends(
     shutdown_url, own_sql, containers, ending
 ):
-    # An interval longer than the run: nothing is due before the end, so what is
+    # An interval longer than the run: after the first call (a new container's, after a
+    # quiet spell: stored at once) nothing is due before the end, so the rest of what is
     # stored is what the shutdown flush stored.
     env = {"DATABASE_URL": shutdown_url, "METRICS_FLUSH_INTERVAL_S": "600"}
     runtime_api = RuntimeApiStandIn() if ending == "sigterm_on_lambda" else None
@@ -151,7 +152,7 @@ def test_a_probe_only_container_stores_every_request_when_it_ends(
     try:
         container = containers(env)
         served = serve_probes(container, SERVE_S)
-        assert stored_probe_requests(own_sql) == 0  # all pending
+        assert stored_probe_requests(own_sql) <= 1  # all but the first pending
         if ending == "exit":
             assert container.exit_normally() == 0
         else:
