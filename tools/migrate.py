@@ -17,6 +17,7 @@ from pathlib import Path
 import pg8000.native
 from pg8000.exceptions import DatabaseError
 
+from ops.sql import error_fields
 from tools.cli import ToolError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -76,7 +77,7 @@ def apply(conn: pg8000.native.Connection, directory: Path = MIGRATIONS_DIR) -> l
 
 
 def _server_message(exc: DatabaseError) -> str:
-    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    fields = error_fields(exc)
     return f"{fields.get('M', exc)} ({fields.get('C', '?')})" if fields else str(exc)
 
 

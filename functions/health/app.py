@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from ops.api import Api, Request, Response, json_response
 from ops.checks import CheckResult, configured_checks, database_check, run_checks
 from ops.config import settings
+from ops.timestamps import utc_now
 
 HEALTH_JSON = "application/health+json"
 
 app = Api()
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # Health routes never wait on the database for the metrics flush: the database check
@@ -33,7 +28,8 @@ def health(_: Request) -> Response:
 def live(_: Request) -> Response:
     cfg = settings()
     return json_response(
-        200, {"status": "ok", "service": cfg.service, "version": cfg.version, "timestamp": _now()}
+        200,
+        {"status": "ok", "service": cfg.service, "version": cfg.version, "timestamp": utc_now()},
     )
 
 
@@ -43,7 +39,7 @@ def ready(_: Request) -> Response:
     is_ready = all(r.ok for r in results)
     body = {
         "status": "ready" if is_ready else "not_ready",
-        "timestamp": _now(),
+        "timestamp": utc_now(),
         "checks": {r.name: r.as_json() for r in results},
     }
     return json_response(200 if is_ready else 503, body)
@@ -61,7 +57,7 @@ def _health_json(results: list[CheckResult], healthy: bool, details: bool) -> di
                 "observedValue": round(r.latency_ms, 3),
                 "observedUnit": "ms",
                 "status": "pass" if r.ok else "fail",
-                "time": _now(),
+                "time": utc_now(),
                 **({} if r.ok else {"output": r.error if details and r.error else r.reason}),
             }
         ]
@@ -92,7 +88,7 @@ def detailed(req: Request) -> Response:
         "status": "ok" if healthy else "degraded",
         "service": cfg.service,
         "version": cfg.version,
-        "timestamp": _now(),
+        "timestamp": utc_now(),
         "checks": {r.name: r.as_json(details=details) for r in results},
     }
     return json_response(status, body)

@@ -19,14 +19,14 @@ from ops.db import Database
 from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.metrics.recorder import LiveGauge
-from ops.metrics.store import sql_literal
 from ops.retention_policies import Policy, PolicyError, load_policies
+from ops.sql import quote_ident, quote_literal
 
 CONNECTION_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
 
 # Three readings in one simple-protocol statement (one round trip; pg8000's
 # parameterised path takes three). Values are interpolated as literals: the window
-# is an int, the names pass through sql_literal.
+# is an int, the names pass through quote_literal.
 LIVE_SQL = """
 SELECT 'sessions', '', count(*)::float8 FROM chat_sessions
 WHERE updated_at >= now() - make_interval(mins => {window})
@@ -54,7 +54,7 @@ WHERE NOT a.attisdropped
 
 
 def _text_array(values: list[str]) -> str:
-    return f"ARRAY[{', '.join(sql_literal(v) for v in values)}]::text[]"
+    return f"ARRAY[{', '.join(quote_literal(v) for v in values)}]::text[]"
 
 
 def window_minutes() -> int:
@@ -62,7 +62,8 @@ def window_minutes() -> int:
 
 
 def _ident(name: str) -> str:
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+    """A policy's `schema.table` or column, each part quoted."""
+    return ".".join(quote_ident(part) for part in name.split("."))
 
 
 def _oldest_ages(db: Database, policies: list[Policy]) -> dict[str, float]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ops.db import Database
 from ops.retention_policies import AUDIT_TABLE, Policy, PolicyError
+from ops.sql import quote_ident
 
 TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone")
 
@@ -41,10 +42,6 @@ SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text,
          ON a.attrelid = c.oid AND a.attname = :column AND a.attnum > 0 AND NOT a.attisdropped
  WHERE c.oid = to_regclass(:table)
 """
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)

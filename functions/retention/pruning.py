@@ -76,6 +76,7 @@ from prepared import Prepared
 
 from ops.db import Database
 from ops.log import logger
+from ops.sql import set_local_timeouts, sqlstate
 
 LOCK_CONFLICTS = ("55P03", "40P01")  # lock_not_available, deadlock_detected
 QUERY_CANCELED = "57014"  # statement_timeout
@@ -169,12 +170,9 @@ class WindowOverfull(Exception):
     """A window batch found more rows than the batch size: roll it back, redo it exactly."""
 
 
-def sqlstate(exc: BaseException) -> str | None:
-    if isinstance(exc, WindowOverfull):
-        return OVERFULL
-    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
-        return str(exc.args[0].get("C") or "") or None
-    return None
+def _failure_code(exc: BaseException) -> str | None:
+    """What adapt() is told: the SQLSTATE, OVERFULL, or None for anything else."""
+    return OVERFULL if isinstance(exc, WindowOverfull) else sqlstate(exc) or None
 
 
 @dataclass
@@ -486,9 +484,9 @@ class TablePruner:
             # deadlock_timeout (1 s) for it gets a running autovacuum cancelled. Then the
             # partition itself: waiting for its readers queues nobody on the parent.
             conn.run(
-                f"SET LOCAL lock_timeout = {max(1, vacuum_lock_ms)}; "
+                f"{set_local_timeouts(lock_timeout_ms=max(1, vacuum_lock_ms))}; "
                 f"LOCK TABLE {part} IN SHARE UPDATE EXCLUSIVE MODE; "
-                f"SET LOCAL lock_timeout = {lock_ms}; "
+                f"{set_local_timeouts(lock_timeout_ms=lock_ms)}; "
                 f"LOCK TABLE {part} IN ACCESS EXCLUSIVE MODE"
             )
             # The planner's row count, not count(*): scanning a partition only to drop it would
@@ -546,7 +544,7 @@ class TablePruner:
                 ) as conn:
                     return work(conn)
             except (DatabaseError, WindowOverfull) as exc:
-                code = sqlstate(exc)
+                code = _failure_code(exc)
                 conflict = code in LOCK_CONFLICTS
                 if (conflict and conflicts >= MAX_LOCK_RETRIES) or not adapt(code):
                     raise

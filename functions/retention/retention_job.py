@@ -28,15 +28,17 @@ import pg8000.native
 import retention_metrics
 from pg8000.exceptions import DatabaseError
 from policy_catalog import Target, resolve_targets, select_policies
-from pruning import LOCK_CONFLICTS, Limits, Skips, Step, TablePruner, sqlstate, survey
+from pruning import LOCK_CONFLICTS, Limits, Skips, Step, TablePruner, survey
 from retention_settings import JobSettings, job_settings
 from run_identity import RunIdentity, identify
-from run_ledger import RunLedger, Start, TableState, iso
+from run_ledger import RunLedger, Start, TableState
 
 from ops.config import settings
 from ops.db import Database
 from ops.log import logger
 from ops.retention_policies import load_policies
+from ops.sql import error_fields, sqlstate
+from ops.timestamps import utc_iso
 
 LEASE_POLL_S = 0.5
 ERROR_TEXT_LIMIT = 500
@@ -94,8 +96,7 @@ def job_database(cfg: JobSettings) -> Database:
 
 def describe_error(exc: BaseException) -> str:
     """One line, no parameters or connection details (pg8000 errors are dicts)."""
-    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
-        fields = exc.args[0]
+    if fields := error_fields(exc):
         text = f"{fields.get('C', '')}: {fields.get('M', '')}"
     else:
         text = f"{type(exc).__name__}: {exc}"
@@ -256,7 +257,7 @@ class RetentionRun:
                     "another retention run holds the lease; waiting",
                     runId=self.ledger.run_key,
                     heldBy=start.held_by,
-                    heldUntil=iso(start.held_until),
+                    heldUntil=utc_iso(start.held_until),
                     waitS=round(wait_s, 1),
                 )
             time.sleep(max(0.01, min(LEASE_POLL_S, wait_until - time.monotonic())))
@@ -274,7 +275,7 @@ class RetentionRun:
             runId=self.ledger.run_key,
             reason=reason,
             heldBy=start.held_by,
-            heldUntil=iso(start.held_until),
+            heldUntil=utc_iso(start.held_until),
         )
         return {**self._response("skipped"), "reason": reason, "heldBy": start.held_by}
 
@@ -328,7 +329,7 @@ class RetentionRun:
                 {
                     **details(True),
                     "wouldDelete": found.expired_rows,
-                    "oldest": iso(found.oldest),
+                    "oldest": utc_iso(found.oldest),
                     "wouldDropPartitions": found.partitions,
                 },
             )
@@ -386,7 +387,7 @@ class RetentionRun:
             "rowsDeleted": 0,
             "batches": 0,
             "partitionsDropped": [],
-            "cutoff": iso(state.cutoff),
+            "cutoff": utc_iso(state.cutoff),
             "completed": True,
             "dryRun": self.identity.dry_run,
             "durationMs": 0,

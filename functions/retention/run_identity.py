@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ops.log import bounded
+from ops.timestamps import utc_iso
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _UNSUBSTITUTED = "<aws.scheduler."
@@ -65,7 +66,7 @@ def _utc_iso(value: str, name: str) -> str:
         raise EventError(f"{name} is not an ISO 8601 timestamp: {bounded(repr(value))}") from None
     if parsed.tzinfo is None:
         raise EventError(f"{name} has no time zone: {bounded(repr(value))}")
-    return parsed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return utc_iso(parsed)
 
 
 def _tables(event: dict[str, Any]) -> tuple[str, ...] | None:

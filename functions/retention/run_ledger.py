@@ -28,6 +28,7 @@ from pruning import Step
 from run_identity import RunIdentity
 
 from ops.db import Database
+from ops.timestamps import utc_iso
 
 ACTOR_TYPE = "system"
 ACTOR_ID = "retention-job"
@@ -53,10 +54,6 @@ class Start:
     tables: dict[str, TableState] = field(default_factory=dict)
     held_by: str | None = None  # busy: the run key holding the lease
     held_until: datetime | None = None
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
 class RunLedger:
@@ -225,7 +222,7 @@ class RunLedger:
             "trigger": p["trigger"],
             "attempt": p["attempts"],
             "dryRun": p["dry_run"],
-            "cutoff": iso(p["cutoff"]),
+            "cutoff": utc_iso(p["cutoff"]),
             "rowsDeleted": rows,
             "batches": int(p["batches"] - p["audited_batches"]),
             "partitionsDropped": list(p["partitions_dropped"][p["audited_partitions"] :]),

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ops.config import settings
-from ops.db import get_db, sqlstate
+from ops.db import get_db
 from ops.log import logger
 from ops.metrics import catalogue as m
+from ops.sql import sqlstate
 
 TIMEOUT, REFUSED, AUTH_FAILED, ERROR = "timeout", "refused", "auth_failed", "error"
 

@@ -24,9 +24,10 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pg8000.native
-from pg8000.exceptions import DatabaseError, InterfaceError
+from pg8000.exceptions import InterfaceError
 
 from ops.config import Settings, settings
+from ops.sql import error_fields, set_local_timeouts, sqlstate
 
 # SQLSTATEs after which the connection is unusable but a fresh one may work:
 # admin/crash shutdown, cannot-connect-now, and the whole connection-exception class.
@@ -175,17 +176,8 @@ def is_stale_error(exc: BaseException) -> bool:
     """True when the connection itself is broken (so a new one may succeed)."""
     if isinstance(exc, (InterfaceError, OSError)):
         return True
-    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
-        code = str(exc.args[0].get("C", ""))
-        return code in _STALE_CODES or code.startswith(_STALE_CLASS)
-    return False
-
-
-def sqlstate(exc: BaseException | None) -> str:
-    """The server's SQLSTATE for a pg8000 DatabaseError; "" for anything else."""
-    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
-        return str(exc.args[0].get("C", ""))
-    return ""
+    code = sqlstate(exc)
+    return code in _STALE_CODES or code.startswith(_STALE_CLASS)
 
 
 def is_auth_failure(exc: BaseException | None) -> bool:
@@ -236,8 +228,7 @@ def connect_failure_reason(exc: BaseException, timeout_s: float) -> str:
             return f"timed out after {timeout_s:g} s (the server did not answer)"
         if isinstance(err, socket.gaierror):
             return f"unknown host ({err.strerror or err})"
-        if isinstance(err, DatabaseError) and err.args and isinstance(err.args[0], dict):
-            fields = err.args[0]
+        if fields := error_fields(err):
             return f"{fields.get('M', 'server error')} ({fields.get('C', '?')})"
     return str(exc)
 
@@ -358,11 +349,10 @@ class Database:
         longer than its statement timeout. No retry here: a transaction that failed
         midway is the caller's decision.
         """
-        begin = "BEGIN"
-        if lock_timeout_ms is not None:
-            begin += f"; SET LOCAL lock_timeout = {int(lock_timeout_ms)}"
-        if statement_timeout_ms is not None:
-            begin += f"; SET LOCAL statement_timeout = {int(statement_timeout_ms)}"
+        timeouts = set_local_timeouts(
+            lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+        )
+        begin = f"BEGIN; {timeouts}" if timeouts else "BEGIN"
         with self._lock:
             reused = self._conn is not None
             try:

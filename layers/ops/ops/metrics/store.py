@@ -44,6 +44,7 @@ from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.metrics.courier import Courier
 from ops.metrics.recorder import Deltas, SeriesKey
+from ops.sql import error_fields, quote_literal, set_local_timeouts, sqlstate
 
 MAX_SEALED_BATCHES = 64  # beyond this, the oldest unknown-outcome batch is dropped
 MISSING_SERIES = "MF001"  # metrics_flush(): a series the caller believed stored is gone
@@ -91,16 +92,11 @@ def _row(seq: int, key: SeriesKey, value: float, at: float) -> dict[str, Any]:
     return {"seq": seq, "family": family, "labels": labels, "part": part, "value": value, "at": at}
 
 
-def sql_literal(text: str) -> str:
-    """An E'' string literal: correct whatever standard_conforming_strings says."""
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
 def _json_arg(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "NULL"
     payload = json.dumps(rows, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return f"{sql_literal(payload)}::json"
+    return f"{quote_literal(payload)}::json"
 
 
 def flush_sql(
@@ -110,8 +106,8 @@ def flush_sql(
     counters = [_row(b.seq, k, v, now) for b in batches for k, v in b.sums.items()]
     gauges = [_row(b.seq, k, v, at) for b in batches for k, (v, at) in b.gauges.items()]
     return (
-        f"SET LOCAL statement_timeout = {int(timeout_ms)}; "
-        f"SELECT metrics_flush({sql_literal(container)}, {int(shard)}, {int(batches[-1].seq)}, "
+        f"{set_local_timeouts(statement_timeout_ms=timeout_ms)}; "
+        f"SELECT metrics_flush({quote_literal(container)}, {int(shard)}, {int(batches[-1].seq)}, "
         f"{_json_arg(counters)}, {_json_arg(gauges)}, {'true' if new_series else 'false'})"
     )
 
@@ -146,13 +142,6 @@ class _NotSent(Exception):
     """The flush failed before anything reached the server."""
 
 
-def _error_fields(exc: BaseException) -> dict[str, Any]:
-    """The server's error fields (C: SQLSTATE, M: message), when it sent an error."""
-    if isinstance(exc, DatabaseError) and exc.args and isinstance(exc.args[0], dict):
-        return exc.args[0]
-    return {}
-
-
 def _classify(exc: BaseException | None) -> tuple[str, str | None, bool]:
     """(outcome, error, whether the server answered)."""
     if exc is None:
@@ -161,7 +150,7 @@ def _classify(exc: BaseException | None) -> tuple[str, str | None, bool]:
         return FlushOutcome.REJECTED, str(exc), False
     if isinstance(exc, DatabaseError) and not is_stale_error(exc):
         # An error reply (statement timeout, missing migration, ...): rolled back.
-        info = _error_fields(exc)
+        info = error_fields(exc)
         return FlushOutcome.REJECTED, f"{info.get('C', '')} {info.get('M', exc)}".strip(), True
     return FlushOutcome.UNKNOWN, str(exc) or type(exc).__name__, False
 
@@ -201,7 +190,7 @@ class _Job:
             try:
                 self.db.run(self.sql(self.new_series))
             except DatabaseError as exc:
-                if self.new_series or _error_fields(exc).get("C") != MISSING_SERIES:
+                if self.new_series or sqlstate(exc) != MISSING_SERIES:
                     raise
                 self.new_series = True  # the first call stored nothing
                 self.db.run(self.sql(True))

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable
 
 from ops.db import Database
+from ops.sql import set_local_timeouts
 
 COMPACT_IDLE_S = 300  # a spill row untouched this long is folded into its total
 COMPACT_EVERY_S = 60.0
@@ -55,7 +56,7 @@ SELECT 'now', extract(epoch FROM now())::text, 0
 # spilled series lack (so that their next flushes find one); like a flush, it waits
 # only on another transaction's insert of the same row.
 COMPACT_SQL = """
-SET LOCAL statement_timeout = {timeout_ms};
+{timeouts};
 INSERT INTO metric_values (series_id, shard, value, updated_at)
 SELECT DISTINCT v.series_id, 0, 0::float8, now() FROM metric_values AS v
 JOIN metric_series AS s ON s.id = v.series_id AND s.kind = 'c'
@@ -179,7 +180,11 @@ def read_totals(db: Database, hold_s: float = 0.0) -> Totals:
 def compact(db: Database, idle_s: int = COMPACT_IDLE_S) -> None:
     """Fold idle spill rows into the totals (shard 0): a write, but no sum changes; then
     delete stale flush cursors in bounded batches (housekeeping kept off the flush path)."""
-    db.run(COMPACT_SQL.format(timeout_ms=COMPACT_TIMEOUT_MS, idle_s=int(idle_s)))
+    db.run(
+        COMPACT_SQL.format(
+            timeouts=set_local_timeouts(statement_timeout_ms=COMPACT_TIMEOUT_MS), idle_s=int(idle_s)
+        )
+    )
     prune_cursors(db)
 
 
@@ -188,7 +193,7 @@ def prune_cursors(db: Database, budget_s: float = PRUNE_BUDGET_S) -> int:
     started, deleted = time.monotonic(), 0
     while True:
         ((count,),) = db.run(
-            f"SET LOCAL statement_timeout = {COMPACT_TIMEOUT_MS}; "
+            f"{set_local_timeouts(statement_timeout_ms=COMPACT_TIMEOUT_MS)}; "
             f"SELECT metrics_prune_cursors({PRUNE_BATCH})"
         )
         deleted += int(count)
