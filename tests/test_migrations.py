@@ -75,3 +75,34 @@ def test_audit_log_cannot_be_truncated(sql, audit_row):
     with pytest.raises(DatabaseError, match="append-only"):
         sql("TRUNCATE audit_logs")
     assert sql("SELECT count(*) FROM audit_logs WHERE id = :id", id=audit_row) == [[1]]
+
+
+def test_make_migrate_reads_the_database_secret_as_the_readme_shows(
+    database_url, secrets_client, app_env, capsys
+):
+    """`DB_SECRET_ARN=… make migrate`: the deploy step, against a moto Secrets Manager."""
+    import json as _json
+
+    from ops.db import parse_database_url
+    from tools.cli import run
+    from tools.migrate import main
+
+    target = parse_database_url(database_url)
+    secret = {
+        "username": target.user,
+        "password": target.password,
+        "host": target.host,
+        "port": target.port,
+        "dbname": target.database,
+    }
+    arn = secrets_client.create_secret(Name="rds-db", SecretString=_json.dumps(secret))["ARN"]
+    app_env(DB_SECRET_ARN=arn, DB_SSL_MODE="disable", AWS_REGION="eu-west-1")
+    assert run("migrate", main) == 0
+    out = capsys.readouterr()
+    assert f"none pending) on {target.target}" in out.out and out.err == ""
+
+    app_env(DB_SECRET_ARN=arn.replace("rds-db", "gone"))
+    assert run("migrate", main) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "database secret" in err[0] and "AWS credentials" in err[1], err
+    assert target.password not in "\n".join(err)
