@@ -264,4 +264,10 @@ def test_readme_build_and_validate(clone: Path) -> None:
         out = sh(clone, command, env, timeout=600)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert (clone / ".aws-sam" / "build" / "template.yaml").exists()
-    assert (clone / ".venv-sam" / "bin" / "sam").exists()  # what the deploy lines call
+    # The deploy lines need an account; the CLI they call is there and knows their options.
+    deploys = [c for c in block_commands(README) if c.startswith(".venv-sam/bin/sam deploy")]
+    assert deploys
+    help_text = sh(clone, ".venv-sam/bin/sam deploy --help", env).stdout
+    for command in deploys:
+        for option in command.split()[2:]:
+            assert option in help_text, (command, option)
