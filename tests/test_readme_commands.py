@@ -182,6 +182,7 @@ def test_readme_commands_from_a_fresh_clone(clone: Path, database_url: str) -> N
 
     lint = sh(clone, "make lint", env)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert not re.search(r"(?i)warning|traceback", lint.stdout + lint.stderr)
 
     # The tour, with the token the README exports (the sample events' token).
     assert f"export METRICS_AUTH_TOKEN={TOKEN}" in commands
@@ -263,6 +264,7 @@ def test_readme_build_and_validate(clone: Path) -> None:
         assert command in block_commands(README)
         out = sh(clone, command, env, timeout=600)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert not re.search(r"(?i)warning|traceback", out.stdout + out.stderr), command
     assert (clone / ".aws-sam" / "build" / "template.yaml").exists()
     # The deploy lines need an account; the CLI they call is there and knows their options.
     deploys = [c for c in block_commands(README) if c.startswith(".venv-sam/bin/sam deploy")]
