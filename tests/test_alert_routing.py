@@ -1,14 +1,16 @@
 """Alert routing: infra/monitoring/alertmanager.yml, checked by amtool for every alert the
 rule files define, and a real Prometheus delivering through a real Alertmanager to
-loopback stand-ins for PagerDuty and Slack."""
+loopback stand-ins for PagerDuty, Slack and an SMTP server."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
 import signal
+import socketserver
 import subprocess
 import tempfile
 import threading
@@ -241,6 +243,54 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
+class _Smtp(socketserver.StreamRequestHandler):
+    """Just enough SMTP for Alertmanager: EHLO with AUTH PLAIN, one message per session."""
+
+    def handle(self) -> None:
+        server: Any = self.server
+        mail: dict[str, Any] = {"auth": None, "data": []}
+        self._reply("220 loopback ESMTP")
+        in_data = False
+        while line := self.rfile.readline():
+            text = line.decode().rstrip("\r\n")
+            if in_data:
+                if text == ".":
+                    in_data = False
+                    server.mails.append(mail)
+                    self._reply("250 queued")
+                else:
+                    mail["data"].append(text)
+                continue
+            verb = text.split(" ")[0].upper()
+            if verb == "EHLO":
+                self.wfile.write(b"250-loopback\r\n250 AUTH PLAIN\r\n")
+            elif verb == "AUTH":  # AUTH PLAIN <base64(authzid NUL user NUL password)>
+                mail["auth"] = base64.b64decode(text.split(" ")[2]).split(b"\0")
+                self._reply("235 authenticated")
+            elif verb == "DATA":
+                in_data = True
+                self._reply("354 go ahead")
+            elif verb == "QUIT":
+                self._reply("221 bye")
+                return
+            else:
+                self._reply("250 ok")
+
+    def _reply(self, line: str) -> None:
+        self.wfile.write(line.encode() + b"\r\n")
+
+
+@pytest.fixture
+def smtp() -> Iterator[socketserver.ThreadingTCPServer]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Smtp)
+    server.daemon_threads = True
+    server.mails = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture
 def sink() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
@@ -269,20 +319,23 @@ def _wait_for(what: str, probe: Any, seconds: float = 60) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _local_alertmanager_config(work: Path, sink_url: str, routing_key: str) -> Path:
-    """The committed config with its secret files and endpoints pointed at loopback, and
-    its waits shortened; routes, receivers and inhibit rules stay as committed."""
+def _local_alertmanager_config(
+    work: Path, sink_url: str, smtp_port: int, routing_key: str, smtp_password: str
+) -> Path:
+    """The committed config with its secret files and endpoints pointed at loopback (SMTP
+    without TLS there), and its waits shortened; routes, receivers and inhibit rules stay
+    as committed."""
     config = _yaml(ALERTMANAGER_CONFIG)
     secrets = work / "secrets"
     secrets.mkdir()
     (secrets / "routing-key").write_text(routing_key)
     (secrets / "slack-url").write_text(f"{sink_url}/slack")
-    (secrets / "smtp-password").write_text("not-used")
-    closed = free_port()
+    (secrets / "smtp-password").write_text(smtp_password)
     config["global"].update(
         pagerduty_url=f"{sink_url}/pagerduty",
-        smtp_smarthost=f"127.0.0.1:{closed}",
+        smtp_smarthost=f"127.0.0.1:{smtp_port}",
         smtp_auth_password_file=str(secrets / "smtp-password"),
+        smtp_require_tls=False,
     )
     config["route"].update(group_wait="1s", group_interval="1s")
     for receiver in config["receivers"]:
@@ -328,16 +381,21 @@ def _local_prometheus_config(work: Path, alertmanager: str) -> Path:
 
 
 @pytest.mark.slow
-def test_prometheus_pages_through_alertmanager(sink: ThreadingHTTPServer) -> None:
+def test_prometheus_pages_through_alertmanager(
+    sink: ThreadingHTTPServer, smtp: socketserver.ThreadingTCPServer
+) -> None:
     """DatabaseDown pages PagerDuty with the key from the file, the dependency warning goes
-    to Slack, and the flush-failure warning that follows from the outage is inhibited by it."""
+    to Slack, and the flush-failure warning that follows from the outage is inhibited by it.
+    An alert without a known severity is e-mailed, logging in with the password file."""
     alertmanager_bin = require_binary("prometheus-alertmanager", "alertmanager")
     prometheus_bin = require_binary("prometheus")
     work = Path(tempfile.mkdtemp(prefix="alertmanager-"))
-    routing_key = "routing-key-from-the-secret-file"
+    routing_key, smtp_password = "routing-key-from-the-secret-file", "smtp-password-from-its-file"
     sink_url = f"http://127.0.0.1:{sink.server_address[1]}"
     am_port, prom_port = free_port(), free_port()
-    am_config = _local_alertmanager_config(work, sink_url, routing_key)
+    am_config = _local_alertmanager_config(
+        work, sink_url, smtp.server_address[1], routing_key, smtp_password
+    )
     prom_config = _local_prometheus_config(work, f"127.0.0.1:{am_port}")
     # The cause first; its symptom once the cause is in Alertmanager (as in an outage,
     # where the flush warning follows DatabaseDown by minutes): inhibition acts on
@@ -397,6 +455,15 @@ def test_prometheus_pages_through_alertmanager(sink: ThreadingHTTPServer) -> Non
             return paths if {"/pagerduty", "/slack"} <= set(paths) else {}
 
         paths = _wait_for("a page and a chat message", delivered)
+        unrouted = {"alertname": "Unrouted", "service": SERVICE, "severity": "info"}
+        post = urllib.request.Request(
+            api,
+            data=json.dumps([{"labels": unrouted, "annotations": {"summary": "x"}}]).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(post, timeout=5).close()
+        mails: list[dict[str, Any]] = smtp.mails  # type: ignore[attr-defined]
+        _wait_for("an e-mail", lambda: list(mails))
         time.sleep(2)  # group_interval 1s: anything else due would have arrived by now
         paths = delivered()
     finally:
@@ -420,6 +487,12 @@ def test_prometheus_pages_through_alertmanager(sink: ThreadingHTTPServer) -> Non
         assert "DatabaseDown" in paged and "MetricsFlushFailing" not in paged
         chats = " ".join(json.dumps(m) for m in paths["/slack"])
         assert "DependencyDown" in chats and "MetricsFlushFailing" not in chats
+        (mail,) = mails
+        config = _yaml(ALERTMANAGER_CONFIG)
+        user = config["global"]["smtp_auth_username"]
+        assert mail["auth"] == [b"", user.encode(), smtp_password.encode()]
+        body = "\n".join(mail["data"])
+        assert "Unrouted" in body and "DatabaseDown" not in body
     finally:
         if not os.environ.get("KEEP"):
             shutil.rmtree(work, ignore_errors=True)
