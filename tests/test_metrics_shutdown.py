@@ -258,6 +258,24 @@ def test_a_hung_database_never_holds_a_health_route_past_its_budget(containers, 
         assert max(times) < budget_s + 0.5, (path, times)
 
 
+def test_a_hung_database_never_holds_a_scrape_past_its_budget(containers, blackhole):
+    scrape_budget_s = 1.5
+    metrics = containers(
+        {
+            "DATABASE_URL": f"postgresql://app:pw@127.0.0.1:{blackhole}/app",
+            "HEALTH_DB_TIMEOUT_S": "1",
+            "METRICS_SCRAPE_BUDGET_S": str(scrape_budget_s),
+            "METRICS_FLUSH_INTERVAL_S": "0.3",  # its own pending deltas fall due each time
+        },
+        function="MetricsFunction",
+    )
+    for _ in range(6):
+        status, elapsed = metrics.invoke("/metrics")
+        assert status == 200  # database_up 0, measured at the scrape
+        assert elapsed < scrape_budget_s + 0.5, elapsed
+        time.sleep(0.35)
+
+
 @pytest.mark.parametrize("path", PROBES)
 def test_a_probe_only_container_prints_emf_on_every_invocation_with_the_database_down(
     containers, closed_port, path
