@@ -4,7 +4,7 @@
     .venv/bin/python -m tools.outage_story --outage-s 600     # a 10-minute outage
 
 A PostgreSQL cluster of its own, the local gateway with the shipped defaults
-(METRICS_NEW_SERIES_HOLD_S 60, METRICS_DEFERRED_FLUSH_S 30), and Prometheus
+(METRICS_NEW_SERIES_HOLD_S 60, METRICS_FLUSH_INTERVAL_S 0), and Prometheus
 (Debian's `prometheus`) loading the shipped alerts.yml and recording-rules.yml
 unchanged, scraping every --scrape-s seconds. Probe traffic runs throughout:
 /health/live (answers 200 through the outage: its counts are held by the health
