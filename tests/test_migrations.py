@@ -42,6 +42,22 @@ def test_changed_migration_is_refused(database_url, tmp_path):
         conn.close()
 
 
+def test_a_failing_migration_names_its_file_and_what_the_server_said(database_url, tmp_path, sql):
+    from ops.db import connect_url
+
+    for f in migration_files():
+        (tmp_path / f.name).write_text(f.read_text())
+    (tmp_path / "999_broken.sql").write_text("CREATE TABLE half_done (id int); SELEC 1;")
+    conn = connect_url(database_url)
+    try:
+        with pytest.raises(MigrationError, match=r"999_broken.sql failed: .*syntax.*\(42601\)"):
+            apply(conn, tmp_path)
+    finally:
+        conn.close()
+    # One transaction per file: nothing of it stayed.
+    assert sql("SELECT to_regclass('half_done') IS NULL")[0][0]
+
+
 def test_retention_indexes_exist(sql):
     rows = sql(
         "SELECT indexname FROM pg_indexes WHERE tablename IN ('inbound_events', 'chat_sessions')"

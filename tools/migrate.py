@@ -17,7 +17,7 @@ from pathlib import Path
 import pg8000.native
 from pg8000.exceptions import DatabaseError
 
-from ops.sql import error_fields
+from ops.sql import server_message
 from tools.cli import ToolError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -60,7 +60,7 @@ def apply(conn: pg8000.native.Connection, directory: Path = MIGRATIONS_DIR) -> l
                 conn.run(sql)
             except DatabaseError as exc:
                 raise MigrationError(
-                    f"{path.name} failed: {_server_message(exc)}",
+                    f"{path.name} failed: {server_message(exc) or exc}",
                     "Nothing of it was applied (one transaction per file); fix the file.",
                 ) from exc
             conn.run(
@@ -74,11 +74,6 @@ def apply(conn: pg8000.native.Connection, directory: Path = MIGRATIONS_DIR) -> l
             conn.run("ROLLBACK")
             raise
     return applied_now
-
-
-def _server_message(exc: DatabaseError) -> str:
-    fields = error_fields(exc)
-    return f"{fields.get('M', exc)} ({fields.get('C', '?')})" if fields else str(exc)
 
 
 def apply_url(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:

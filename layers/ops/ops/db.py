@@ -27,7 +27,7 @@ import pg8000.native
 from pg8000.exceptions import InterfaceError
 
 from ops.config import Settings, settings
-from ops.sql import error_fields, set_local_timeouts, sqlstate
+from ops.sql import server_message, set_local_timeouts, sqlstate
 
 # SQLSTATEs after which the connection is unusable but a fresh one may work:
 # admin/crash shutdown, cannot-connect-now, and the whole connection-exception class.
@@ -228,8 +228,8 @@ def connect_failure_reason(exc: BaseException, timeout_s: float) -> str:
             return f"timed out after {timeout_s:g} s (the server did not answer)"
         if isinstance(err, socket.gaierror):
             return f"unknown host ({err.strerror or err})"
-        if fields := error_fields(err):
-            return f"{fields.get('M', 'server error')} ({fields.get('C', '?')})"
+        if said := server_message(err):
+            return said
     return str(exc)
 
 

@@ -24,6 +24,12 @@ def error_fields(exc: BaseException | None) -> Mapping[str, Any]:
     return {}
 
 
+def server_message(exc: BaseException | None) -> str:
+    """What the server said, as `message (SQLSTATE)`; "" when it was not the server."""
+    fields = error_fields(exc)
+    return f"{fields.get('M', 'server error')} ({fields.get('C', '?')})" if fields else ""
+
+
 def sqlstate(exc: BaseException | None) -> str:
     """The server's SQLSTATE for a pg8000 DatabaseError; "" for anything else."""
     return str(error_fields(exc).get("C", ""))
