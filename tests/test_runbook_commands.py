@@ -40,11 +40,14 @@ def runbook_block(prefix: str) -> list[str]:
     return found
 
 
-def sh(command: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+def sh(
+    command: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", "-c", command],
         cwd=cwd,
         input=stdin,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -78,6 +81,14 @@ def test_endpoint_curls_against_the_local_gateway(stage: str, tmp_path: Path) ->
     assert outputs["/health"] == '{"status":"ok","db":"connected"}'
     assert '"checks"' in outputs["/health/detailed"] and "401" not in outputs["/health/detailed"]
     assert outputs["/metrics | head"].startswith("# HELP")
+
+    # The debugging checklist's curls, with API set to the stage as it says.
+    checklist = [c for c in inline_commands(RUNBOOK, "curl") if "$API/" in c]
+    assert len(checklist) >= 4, checklist
+    for command in checklist:
+        out = sh(command, tmp_path, env={"API": stage})
+        assert out.returncode == 0 and out.stdout, (command, out.stderr)
+        assert '"unauthorized"' not in out.stdout and "401" not in out.stdout[:20], command
 
 
 @pytest.mark.parametrize("secret", [TOKEN, f'{{"token": "{TOKEN}"}}'])
