@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,9 +64,28 @@ def postgres_running_on(datadir: Path) -> bool:
     return PgCluster(datadir, port=0).running
 
 
-def test_run_with_embedded_database_then_ctrl_c_leaves_nothing_running(monkeypatch):
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+def _data_folder() -> Iterator[Path]:
+    """A LOCAL_DATA_DIR of its own (an embedded database is ~40 MB: removed after)."""
     data = Path(tempfile.mkdtemp(prefix="ops-local-"))
+    yield data
+    if postgres_running_on(data / "pgdata"):
+        PgCluster(data / "pgdata", port=0).stop("immediate")
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    yield from _data_folder()
+
+
+@pytest.fixture(scope="module")
+def local_data() -> Iterator[Path]:
+    yield from _data_folder()
+
+
+def test_run_with_embedded_database_then_ctrl_c_leaves_nothing_running(monkeypatch, data_dir):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    data = data_dir
     port = free_port()
     proc = start_serve({"LOCAL_DATA_DIR": str(data), "METRICS_AUTH_TOKEN": "tok"}, port)
     try:
@@ -163,8 +184,8 @@ def assert_clear_failure(out: subprocess.CompletedProcess, *needles: str) -> Non
         assert needle in out.stderr, out.stderr
 
 
-def test_invoke_and_migrate_without_database_url_use_make_runs_database():
-    data = Path(tempfile.mkdtemp(prefix="ops-local-"))
+def test_invoke_and_migrate_without_database_url_use_make_runs_database(data_dir):
+    data = data_dir
     env = {"LOCAL_DATA_DIR": str(data)}
     migrate = run_tool("tools.migrate", env=env)
     assert migrate.returncode == 0, migrate.stderr
@@ -214,7 +235,7 @@ def test_a_hung_database_says_timed_out_not_refused(blackhole):
     assert "refused" not in str(err.value)
 
 
-def test_user_mistakes_are_two_lines_and_exit_2(tmp_path):
+def test_user_mistakes_are_two_lines_and_exit_2(tmp_path, data_dir):
     assert_clear_failure(
         run_tool("tools.invoke", "HealthFunction", "--event", "events/nope.json", env={}),
         "no event file events/nope.json",
@@ -232,15 +253,10 @@ def test_user_mistakes_are_two_lines_and_exit_2(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        data = Path(tempfile.mkdtemp(prefix="ops-local-"))
+        data = data_dir
         out = run_tool("tools.serve", "--port", str(port), env={"LOCAL_DATA_DIR": str(data)})
     assert_clear_failure(out, f"cannot listen on 127.0.0.1:{port}", "PORT=")
     assert not postgres_running_on(data / "pgdata")
-
-
-@pytest.fixture(scope="module")
-def local_data() -> Path:
-    return Path(tempfile.mkdtemp(prefix="ops-local-"))
 
 
 def _function_for(event: Path) -> str:
