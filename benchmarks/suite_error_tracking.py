@@ -39,9 +39,9 @@ from tools.sentry_ingest import SentryIngest, sentry_ingest
 
 HERE = WORK.parent / "error_tracking"
 # An API function of the bundle's shape with a route that raises: the router's 500 path.
-FAILING_APP = """from ops.api import Api
+FAILING_APP = """from ops.service import service_api
 
-app = Api()
+app = service_api()
 
 
 @app.get("/fail")

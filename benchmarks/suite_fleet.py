@@ -202,9 +202,10 @@ def hist_pct(counts: list[int], p: float) -> float:
 
 
 def _fleet_api() -> Any:
-    from ops.api import Api, Request, Response, json_response
+    from ops.api import Request, Response, json_response
+    from ops.service import service_api
 
-    app = Api()
+    app = service_api()
     rng = random.Random()
 
     def handle(req: Request) -> Response:

@@ -114,9 +114,10 @@ BOOM_APP = """
 import os
 import time
 
-from ops.api import Api, json_response
+from ops.api import json_response
+from ops.service import service_api
 
-app = Api()
+app = service_api()
 
 
 @app.get("/ok")

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from ops.api import Api, Request, Response, json_response
+from ops.api import Request, Response, json_response
 from ops.metrics import catalogue as m
 from ops.metrics import flush, store
+from ops.service import service_api
 from tests.conftest import call_api, function_handler
 from tests.test_metrics_support import metrics_database, scrape_samples, truncate_metrics, value
 from tools.runtime import LambdaContext
@@ -99,7 +100,7 @@ def test_liveness_never_waits_on_a_hung_database(app_env, blackhole):
 
 def api_with_work_route() -> Callable[..., Any]:
     """An API function with an ordinary route (one that waits for its flush)."""
-    app = Api()
+    app = service_api()
 
     @app.get("/work")
     def work(req: Request) -> Response:

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from ops.api import Api, Request, Response, json_response
+from ops.api import Request, Response, json_response
 from ops.checks import CheckResult, configured_checks, database_check, run_checks
 from ops.config import settings
+from ops.service import service_api
 from ops.timestamps import utc_now
 
 HEALTH_JSON = "application/health+json"
 
-app = Api()
+app = service_api()
 
 
 # Health routes never wait on the database for the metrics flush: the database check
 # carries the due deltas in its own round trip (no extra write per probe), and where
 # there is no check (liveness, a 401) the flush goes in the background. Each route
 # therefore answers within its check budget whatever the database does.
-@app.get("/health", defer_flush=True)
+@app.get("/health", latency_critical=True)
 def health(_: Request) -> Response:
     (db,) = run_checks([database_check()])
     if db.ok:
@@ -24,7 +25,7 @@ def health(_: Request) -> Response:
     return json_response(503, {"status": "error", "db": "disconnected"})
 
 
-@app.get("/health/live", defer_flush=True)
+@app.get("/health/live", latency_critical=True)
 def live(_: Request) -> Response:
     cfg = settings()
     return json_response(
@@ -33,7 +34,7 @@ def live(_: Request) -> Response:
     )
 
 
-@app.get("/health/ready", defer_flush=True)
+@app.get("/health/ready", latency_critical=True)
 def ready(_: Request) -> Response:
     results = run_checks([c for c in configured_checks() if c.critical])
     is_ready = all(r.ok for r in results)
@@ -73,7 +74,7 @@ def _health_json(results: list[CheckResult], healthy: bool, details: bool) -> di
     }
 
 
-@app.get("/health/detailed", auth=True, defer_flush=True)
+@app.get("/health/detailed", auth=True, latency_critical=True)
 def detailed(req: Request) -> Response:
     results = run_checks(configured_checks())
     healthy = all(r.ok for r in results)

@@ -21,7 +21,7 @@ from typing import Any
 from live_gauges import collect
 from pg8000.exceptions import Error as PgError
 
-from ops.api import Api, Request, Response, error_response, response
+from ops.api import Request, Response, error_response, response
 from ops.checks import Bounded, CheckResult, configured_checks, run_checks
 from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
@@ -35,15 +35,16 @@ from ops.metrics.render import (
     wants_openmetrics,
 )
 from ops.metrics.totals import Totals, compact_if_due, read_totals
+from ops.service import service_api
 
-app = Api()
+app = service_api()
 
 
 class _StoreUnreachable(Exception):
     """The database did not answer the store's reads (down, hung, restarting)."""
 
 
-@app.get("/metrics", auth=True, defer_flush=True)  # never waits on its own flush
+@app.get("/metrics", auth=True, latency_critical=True)  # never waits on its own flush
 def metrics(req: Request) -> Response:
     started = time.perf_counter()
     budget_s = settings().metrics_scrape_budget_s

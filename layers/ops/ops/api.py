@@ -2,9 +2,12 @@
 
 Deliberately not Powertools' REST resolver: importing it costs ~110 ms of cold
 start, more than everything else a health check needs. This module does the
-few things our routes need: route by template, 404/405/400 as JSON, bearer
-auth, one request log line per call, and response hooks (metrics) that never
-fail the request.
+few things our routes need: route by template, 404/405/400 as JSON, one
+request log line per call, and hooks that never fail the request.
+
+The router knows nothing of what its hooks do: ops.service wires in the bearer
+token check (`authorize`, for routes registered with `auth=True`), the metrics
+and error tracking. It imports no other part of the layer than the log.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ops import error_tracking
 from ops.log import bounded, log_request, logger
 
 UNMATCHED_ROUTE = "unmatched"  # metric label for unknown paths: bounded cardinality
@@ -45,6 +47,7 @@ Response = dict[str, Any]
 Handler = Callable[[Request], Response]
 ResponseHook = Callable[[Request | None, str, int, float], None]
 ErrorHook = Callable[[Request | None, str, Exception], None]  # a handler raised (the 500s)
+Authorizer = Callable[[Request], Response | None]  # None: the request may proceed
 
 
 def parse_event(event: Any) -> Request:
@@ -110,49 +113,56 @@ def error_response(
     return json_response(status, {"error": error, "message": message}, headers=headers)
 
 
+def no_authorizer(req: Request) -> Response:
+    """Until an authorizer is installed, protected routes stay closed (fail closed)."""
+    return error_response(
+        503, "auth_misconfigured", "no authorizer is installed; protected routes stay closed"
+    )
+
+
 @dataclass
 class _Route:
     handler: Handler
     auth: bool
-    defer_flush: bool
+    latency_critical: bool
 
 
 class Api:
-    """Routes keyed by the API Gateway resource template (`/health/ready`)."""
+    """Routes keyed by the API Gateway resource template (`/health/ready`), and hooks:
+    before the invocation (with the context), after each response (request, route,
+    status, milliseconds), when a handler raised, and after the invocation."""
 
-    def __init__(self, *, instrument: bool = True) -> None:
+    def __init__(self) -> None:
         self._routes: dict[str, dict[str, _Route]] = {}
+        self.authorize: Authorizer = no_authorizer  # for routes registered with auth=True
         self.before_invocation: list[Callable[[Any], None]] = []  # called with the context
         self.response_hooks: list[ResponseHook] = []
         self.after_invocation: list[Callable[[], None]] = []
         self.error_hooks: list[ErrorHook] = []
         self.lambda_handler = logger.inject_lambda_context(self._invoke, clear_state=True)
-        if instrument:  # http_requests_total etc. for every response, then the metrics flush
-            from ops.metrics.http import instrument as record_metrics
-
-            record_metrics(self)
-        error_tracking.instrument(self)  # reports the 500s when a Sentry DSN is configured
 
     def route(
-        self, method: str, path: str, *, auth: bool = False, defer_flush: bool = False
+        self, method: str, path: str, *, auth: bool = False, latency_critical: bool = False
     ) -> Callable[[Handler], Handler]:
-        """`defer_flush`: a route that must never wait on the database for the metrics
-        flush (liveness, /metrics): when one is due it goes in the background."""
+        """`auth`: the request must pass `authorize`. `latency_critical`: callers probe the
+        route with tight timeouts (liveness, /metrics), so hooks must never make it wait on
+        a dependency after the handler (the metrics flush goes in the background)."""
 
         def register(handler: Handler) -> Handler:
-            self._routes.setdefault(path, {})[method.upper()] = _Route(handler, auth, defer_flush)
+            route = _Route(handler, auth, latency_critical)
+            self._routes.setdefault(path, {})[method.upper()] = route
             return handler
 
         return register
 
     def get(
-        self, path: str, *, auth: bool = False, defer_flush: bool = False
+        self, path: str, *, auth: bool = False, latency_critical: bool = False
     ) -> Callable[[Handler], Handler]:
-        return self.route("GET", path, auth=auth, defer_flush=defer_flush)
+        return self.route("GET", path, auth=auth, latency_critical=latency_critical)
 
-    def defers_flush(self, method: str, route: str) -> bool:
+    def is_latency_critical(self, method: str, route: str) -> bool:
         target = self._routes.get(route, {}).get(method)
-        return target is not None and target.defer_flush
+        return target is not None and target.latency_critical
 
     def _route_of(self, req: Request) -> str:
         # API Gateway sends the matched template as `resource`; the local gateway does too.
@@ -181,9 +191,7 @@ class Api:
                 headers={"Allow": allowed},
             )
         if target.auth:
-            from ops.auth import unauthorized_response
-
-            denied = unauthorized_response(req)
+            denied = self.authorize(req)
             if denied is not None:
                 return route, denied
         return route, target.handler(req)

@@ -1,9 +1,9 @@
 """HTTP instrumentation for `ops.api.Api`: every response recorded, then the flush
 policy (ops.metrics.flusher), the deadline watch and the shutdown flush (lifecycle).
 
-`Api` installs this itself, so every API function is instrumented: 2xx to 5xx,
-404 for unknown paths (route "unmatched"), 405, 400 for malformed events and
-500 for handler exceptions alike. `route` is always the route template.
+ops.service installs this on every API function's `Api`, so every response is
+counted: 2xx to 5xx, 404 for unknown paths (route "unmatched"), 405, 400 for
+malformed events and 500 for handler exceptions alike. `route` is always the route template.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ def record_response(req: Request | None, route: str, status: int, duration_ms: f
 
 def instrument(app: Api) -> None:
     """Record every response; flush by the policy (ops.metrics.flusher) after each
-    invocation, in the background on routes declared with `defer_flush`."""
+    invocation, in the background on latency-critical routes."""
     lifecycle.install()  # at init: Lambda accepts extension registrations only then
     background = False
 
     def on_response(req: Request | None, route: str, status: int, duration_ms: float) -> None:
         nonlocal background
         record_response(req, route, status, duration_ms)
-        background = req is not None and app.defers_flush(req.method, route)
+        background = req is not None and app.is_latency_critical(req.method, route)
 
     def after_invocation() -> None:
         lifecycle.end_invocation()

@@ -1,0 +1,27 @@
+"""The `Api` every API function starts from: the router with the layer's hooks wired in.
+
+    from ops.service import service_api
+    app = service_api()
+
+* bearer token for routes registered with `auth=True` (ops.auth);
+* HTTP metrics for every response, the flush policy, the deadline and shutdown
+  flushes (ops.metrics.http);
+* the router's 500s reported to Sentry when a DSN is configured (ops.error_tracking).
+
+The router (ops.api) stays ignorant of all three; they depend on it, never the reverse.
+"""
+
+from __future__ import annotations
+
+from ops import error_tracking
+from ops.api import Api
+from ops.auth import unauthorized_response
+from ops.metrics.http import instrument as record_metrics
+
+
+def service_api() -> Api:
+    app = Api()
+    app.authorize = unauthorized_response
+    record_metrics(app)  # http_requests_total etc. for every response, then the metrics flush
+    error_tracking.instrument(app)  # reports the 500s when a Sentry DSN is configured
+    return app
