@@ -95,3 +95,21 @@ def test_no_password_in_any_log_line(health_api, monkeypatch, log_lines, closed_
     assert "health check failed" in text  # the failures were logged...
     assert secret not in text  # ...without the password
     assert "app@127.0.0.1" in text  # but with a target an operator can use
+
+
+def test_a_protected_route_stays_closed_until_an_authorizer_is_installed():
+    """The router knows no token: a bare Api fails closed on auth routes (ops.service
+    installs the bearer check), and open routes answer as usual."""
+    from ops.api import Api, json_response
+
+    app = Api()
+    app.get("/secret", auth=True)(lambda req: json_response(200, {"secret": True}))
+    app.get("/open")(lambda req: json_response(200, {"open": True}))
+    event = {"httpMethod": "GET", "path": "/secret", "resource": "/secret", "headers": {}}
+    closed = app.lambda_handler(event, LambdaContext("bare", 3))
+    assert closed["statusCode"] == 503
+    assert json.loads(closed["body"])["error"] == "auth_misconfigured"
+    opened = app.lambda_handler(
+        {**event, "path": "/open", "resource": "/open"}, LambdaContext("bare", 3)
+    )
+    assert opened["statusCode"] == 200
