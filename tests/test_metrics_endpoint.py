@@ -5,15 +5,9 @@ instrumentation, gauges read at scrape time, and a real Prometheus scraping it."
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import threading
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +16,7 @@ from ops.metrics import catalogue as m
 from ops.metrics import flush, totals
 from tests.binaries import require_binary
 from tests.conftest import call_api, function_handler
+from tests.prometheus import get, local_gateway, prometheus
 from tests.test_metrics_support import (
     TOKEN,
     metrics_database,
@@ -31,8 +26,6 @@ from tests.test_metrics_support import (
     truncate_metrics,
     value,
 )
-from tools.gateway import Gateway, make_server
-from tools.pgcluster import free_port
 from tools.runtime import LambdaContext
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -405,79 +398,31 @@ def test_a_bad_session_window_is_a_clear_error(metrics_env, app_env):
 # -- a real Prometheus ------------------------------------------------------------------
 
 
-def _query(prometheus: str, promql: str) -> list[dict[str, Any]]:
-    url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())["data"]["result"]
-
-
 @pytest.mark.slow
 def test_prometheus_scrapes_the_local_gateway(metrics_env):
-    prometheus_bin = require_binary("prometheus")
-    gateway = Gateway(env={"DATABASE_URL": metrics_env, "METRICS_AUTH_TOKEN": TOKEN})
-    server = make_server(gateway, port=free_port())
-    port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    work = Path(tempfile.mkdtemp(prefix="prometheus-"))
-    prom_port = free_port()
-    jobs = [("bundle", TOKEN), ("bundle-wrong-token", "not-the-token")]
-    config = {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-        "scrape_configs": [
+    env = {"DATABASE_URL": metrics_env, "METRICS_AUTH_TOKEN": TOKEN}
+    with local_gateway(env) as base:
+        jobs = [
             {
                 "job_name": job,
                 "metrics_path": "/metrics",
                 "authorization": {"type": "Bearer", "credentials": token},
-                "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                "static_configs": [{"targets": [base.removeprefix("http://")]}],
             }
-            for job, token in jobs
-        ],
-    }
-    (work / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    log = (work / "prometheus.log").open("w")
-    prometheus = subprocess.Popen(
-        [
-            prometheus_bin,
-            f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{prom_port}"
-    try:
-        for _ in range(3):
-            detailed = urllib.request.Request(
-                f"http://127.0.0.1:{port}/health/detailed",
-                headers={"Authorization": f"Bearer {TOKEN}"},
-            )
-            with urllib.request.urlopen(detailed, timeout=10) as r:
-                assert r.status == 200
-        found: dict[str, Any] = {}
-        deadline = time.monotonic() + 90  # a bound on the run, not a performance assertion
-        while time.monotonic() < deadline:
-            try:
-                found = {
-                    "up": {s["metric"]["job"]: s["value"][1] for s in _query(api, "up")},
-                    "live": _query(
-                        api,
-                        'http_requests_total{job="bundle",route="/health/detailed",status="200"}',
-                    ),
-                }
-            except OSError:
-                found = {}
-            if found.get("live") and len(found["up"]) == 2:
-                break
-            time.sleep(0.5)
-        assert found.get("up") == {"bundle": "1", "bundle-wrong-token": "0"}, found
-        ((sample,),) = [found["live"]]
-        assert sample["value"][1] == "3"
-        assert sample["metric"]["method"] == "GET"
-    finally:
-        prometheus.terminate()
-        prometheus.wait(30)
-        log.close()
-        server.shutdown()
-        gateway.close()
-        shutil.rmtree(work, ignore_errors=True)
+            for job, token in (("bundle", TOKEN), ("bundle-wrong-token", "not-the-token"))
+        ]
+        with prometheus(jobs) as prom:
+            for _ in range(3):
+                assert get(f"{base}/health/detailed", TOKEN)[0] == 200
+            detailed = 'http_requests_total{job="bundle",route="/health/detailed",status="200"}'
+
+            def scraped() -> dict[str, Any] | None:
+                up = {s["metric"]["job"]: s["value"][1] for s in prom.query("up")}
+                found = prom.query(detailed)
+                return {"up": up, "live": found} if found and len(up) == 2 else None
+
+            found = prom.wait_for("both jobs scraped, /health/detailed counted", scraped, 90)
+    assert found["up"] == {"bundle": "1", "bundle-wrong-token": "0"}, found
+    ((sample,),) = [found["live"]]
+    assert sample["value"][1] == "3"
+    assert sample["metric"]["method"] == "GET"
