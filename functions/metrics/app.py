@@ -6,7 +6,7 @@ header asks for it. Bearer-token protected when a token is configured.
 The store lives in the database it watches, so a scrape must stay useful when
 that database is down: every scrape runs the configured checks (the database,
 optional dependencies) within their budgets and exposes `database_up`,
-`health_check_status` and `health_check_latency_ms` from them. When the database
+`health_check_status` and `health_check_latency_seconds` from them. When the database
 is unreachable or does not answer within METRICS_SCRAPE_BUDGET_S, the answer is
 still 200 with those, and no stored family has a sample (never a partial or
 made-up total). A database that answers with an error (say, a missing migration)
