@@ -371,3 +371,12 @@ def test_error_tracking_is_off_unless_a_dsn_secret_is_given() -> None:
     ]
     assert len(reads) == 1 and reads[0]["Fn::If"][0] == "HasSentry"
     assert reads[0]["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+
+
+def test_the_flush_interval_parameter_defaults_to_the_settings_default() -> None:
+    from ops.config import Settings
+
+    param = TEMPLATE["Parameters"]["MetricsFlushIntervalSeconds"]
+    assert float(param["Default"]) == Settings().metrics_flush_interval_s
+    env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["METRICS_FLUSH_INTERVAL_S"] == {"Ref": "MetricsFlushIntervalSeconds"}
