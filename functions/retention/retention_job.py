@@ -31,7 +31,7 @@ from policy_catalog import Target, resolve_targets, select_policies
 from pruning import LOCK_CONFLICTS, Limits, Skips, Step, TablePruner, survey
 from retention_settings import JobSettings, job_settings
 from run_identity import RunIdentity, identify
-from run_ledger import RunLedger, Start, TableState
+from run_ledger import RunLedger, Start, Started, TableState
 
 from ops.config import settings
 from ops.db import Database
@@ -193,7 +193,7 @@ class RetentionRun:
         targets = resolve_targets(self.db, select_policies(load_policies(), self.identity.tables))
         self._warn_missing_indexes(targets)
         start = self._acquire(targets)
-        if start.outcome != "started":
+        if start.outcome != Started.STARTED:
             return self._skipped(start)
         started = time.monotonic()
         try:
@@ -247,8 +247,8 @@ class RetentionRun:
             except DatabaseError as exc:
                 if sqlstate(exc) not in LOCK_CONFLICTS:
                     raise
-                start = Start("busy")  # the holder is mid-transaction on the lease row
-            if start.outcome != "busy" or time.monotonic() >= wait_until:
+                start = Start(Started.BUSY)  # the holder is mid-transaction on the lease row
+            if start.outcome != Started.BUSY or time.monotonic() >= wait_until:
                 return start
             if not announced:
                 announced = True
@@ -263,7 +263,7 @@ class RetentionRun:
             time.sleep(max(0.01, min(LEASE_POLL_S, wait_until - time.monotonic())))
 
     def _skipped(self, start: Start) -> dict[str, Any]:
-        if start.outcome == "duplicate":
+        if start.outcome == Started.DUPLICATE:
             reason, message = "duplicate", "this run already completed; nothing to do"
         elif start.held_by == self.ledger.run_key:
             reason, message = "in_progress", "this run is in progress in another invocation"

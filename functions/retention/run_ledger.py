@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import pg8000.native
@@ -47,9 +48,17 @@ class TableState:
     completed: bool
 
 
+class Started(StrEnum):
+    """What trying to start a run found."""
+
+    STARTED = "started"  # this invocation holds the lease and works
+    DUPLICATE = "duplicate"  # the run already completed: nothing to do
+    BUSY = "busy"  # another run holds the lease
+
+
 @dataclass(frozen=True)
 class Start:
-    outcome: str  # started | duplicate | busy
+    outcome: Started
     attempt: int = 0
     tables: dict[str, TableState] = field(default_factory=dict)
     held_by: str | None = None  # busy: the run key holding the lease
@@ -83,9 +92,9 @@ class RunLedger:
             )
             run = conn.run("SELECT status FROM retention_runs WHERE run_key = :k", k=self.run_key)
             if run and run[0][0] == "completed":
-                return Start("duplicate")
+                return Start(Started.DUPLICATE)
             if live and held_by != self.holder:
-                return Start("busy", held_by=held_key, held_until=held_until)
+                return Start(Started.BUSY, held_by=held_key, held_until=held_until)
             conn.run(
                 "UPDATE retention_lease SET holder = :h, run_key = :k, "
                 "acquired_at = clock_timestamp(), "
@@ -124,7 +133,7 @@ class RunLedger:
                 names=list(max_age_days),
             )
         tables = {r[0]: TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
-        return Start("started", attempt=int(attempt), tables=tables)
+        return Start(Started.STARTED, attempt=int(attempt), tables=tables)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """Close this attempt and release the lease, unless the lease was lost meanwhile."""

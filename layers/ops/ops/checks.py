@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from ops.config import settings
@@ -26,7 +27,14 @@ from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.sql import sqlstate
 
-TIMEOUT, REFUSED, AUTH_FAILED, ERROR = "timeout", "refused", "auth_failed", "error"
+
+class Reason(StrEnum):
+    """Why a check failed, in the fixed vocabulary every caller may see."""
+
+    TIMEOUT = "timeout"
+    REFUSED = "refused"
+    AUTH_FAILED = "auth_failed"
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -37,33 +45,33 @@ class CheckResult:
     critical: bool
     error: str | None = None  # details: logs and authenticated callers only
     component_type: str = "component"
-    reason: str | None = None  # the fixed vocabulary, when not ok
+    reason: Reason | None = None  # when not ok
 
     def as_json(self, *, details: bool = False) -> dict[str, object]:
         body: dict[str, object] = {"status": "up" if self.ok else "down"}
         if not self.ok:
-            body["reason"] = self.reason or ERROR
+            body["reason"] = self.reason or Reason.ERROR
         body["latencyMs"] = round(self.latency_ms, 3)
         if details and self.error:
             body["error"] = self.error
         return body
 
 
-def failure_reason(exc: BaseException) -> str:
+def failure_reason(exc: BaseException) -> Reason:
     """timeout, refused, auth_failed or error, from the exception and what caused it."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, TimeoutError):
-            return TIMEOUT
+            return Reason.TIMEOUT
         if isinstance(current, ConnectionRefusedError):
-            return REFUSED
+            return Reason.REFUSED
         # SQLSTATE class 28: invalid authorization; HTTP 401/403 from a dependency.
         if sqlstate(current).startswith("28") or getattr(current, "code", None) in (401, 403):
-            return AUTH_FAILED
+            return Reason.AUTH_FAILED
         current = current.__cause__ or current.__context__
-    return ERROR
+    return Reason.ERROR
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ class _Running:
                 check.critical,
                 f"timed out after {check.budget_s:g}s",
                 check.component_type,
-                TIMEOUT,
+                Reason.TIMEOUT,
             )
         assert run.finished_at is not None
         error = None if run.exc is None else (str(run.exc) or type(run.exc).__name__)

@@ -20,15 +20,27 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 MAX_LABEL_VALUE_LENGTH = 128
 
-# (family, rendered labels, part): part is "" for a counter or gauge value, "sum",
-# or a histogram bucket's upper bound as rendered in `le` ("10.0", "+Inf").
-SeriesKey = tuple[str, str, str]
-# (EMF metric name, unit, extra dimension name, its value): "" when there is none.
-EmfKey = tuple[str, str, str, str]
+
+class SeriesKey(NamedTuple):
+    """One stored series (a row of metric_series)."""
+
+    family: str
+    labels: str  # rendered as in the exposition: `method="GET",route="/health"`
+    part: str  # "" for a counter or gauge value, "sum", or a bucket's `le` ("10.0", "+Inf")
+
+
+class EmfKey(NamedTuple):
+    """One CloudWatch metric of a flush's EMF lines."""
+
+    name: str
+    unit: str
+    dimension: str  # the extra dimension's name, "" when there is none
+    value: str  # its value, "" when there is none
+
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
@@ -86,9 +98,9 @@ class Emf:
         else:
             name = self.name.format(**labels) if "{" in self.name else self.name
         if self.dimension is None:
-            return (name, self.unit, "", "")
+            return EmfKey(name, self.unit, "", "")
         dim_name, derive = self.dimension
-        return (name, self.unit, dim_name, derive(labels))
+        return EmfKey(name, self.unit, dim_name, derive(labels))
 
 
 class _Recordings:
@@ -327,7 +339,7 @@ class CounterChild:
 
     def __init__(self, family: str, labels: str, emf: EmfKey | None) -> None:
         self._family = family
-        self._key: SeriesKey = (family, labels, "")
+        self._key = SeriesKey(family, labels, "")
         self._emf = emf
 
     def inc(self, amount: float = 1.0) -> None:
@@ -379,9 +391,11 @@ class HistogramChild:
     def __init__(self, family: Histogram, labels: str, emf: EmfKey | None) -> None:
         self._family = family.name
         self._bounds = family.bounds
-        total: SeriesKey = (family.name, labels, "sum")
+        total = SeriesKey(family.name, labels, "sum")
         # One (bucket, sum) key pair per bucket: observe() does no string work.
-        self._keys = tuple(((family.name, labels, part), total) for part in family.bucket_parts)
+        self._keys = tuple(
+            (SeriesKey(family.name, labels, part), total) for part in family.bucket_parts
+        )
         self._emf = emf
         self._scale = 1000.0 if family.unit == "ms" else 1.0
 
@@ -428,7 +442,7 @@ class GaugeChild:
         emf_value: Callable[[float], float] | None,
     ) -> None:
         self._family = family
-        self._key: SeriesKey = (family, labels, "")
+        self._key = SeriesKey(family, labels, "")
         self._emf = emf
         self._emf_value = emf_value
 

@@ -15,15 +15,16 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ops.metrics.recorder import COUNTER, GAUGE, REGISTRY, Family, Histogram
+
+if TYPE_CHECKING:
+    from ops.metrics.totals import Totals  # read from PostgreSQL by ops.metrics.totals
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
-# family -> [(rendered labels, {part: value})], as ops.metrics.totals.read_totals returns
-Totals = Mapping[str, Sequence[tuple[str, Mapping[str, float]]]]
 # family -> [(rendered labels, value)] for the gauges computed at scrape time
 Live = Mapping[str, Sequence[tuple[str, float]]]
 

@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from pg8000.exceptions import DatabaseError
@@ -112,7 +113,7 @@ def flush_sql(
     )
 
 
-class FlushOutcome:
+class FlushOutcome(StrEnum):
     STORED = "stored"
     REJECTED = "rejected"  # an error reply, or nothing was sent: nothing stored
     UNKNOWN = "unknown"  # sent, then no reply: maybe stored
@@ -122,7 +123,7 @@ class FlushOutcome:
 
 @dataclass(frozen=True)
 class FlushResult:
-    outcome: str
+    outcome: FlushOutcome
     error: str | None = None
     answered: bool = False  # the server replied (it is up), whether or not it stored
     pending_series: int = 0
@@ -142,7 +143,7 @@ class _NotSent(Exception):
     """The flush failed before anything reached the server."""
 
 
-def _classify(exc: BaseException | None) -> tuple[str, str | None, bool]:
+def _classify(exc: BaseException | None) -> tuple[FlushOutcome, str | None, bool]:
     """(outcome, error, whether the server answered)."""
     if exc is None:
         return FlushOutcome.STORED, None, True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from ops.db import Database
 from ops.sql import set_local_timeouts
@@ -88,8 +89,15 @@ FROM (
 WHERE t.shard = 0 AND t.series_id = m.series_id
 """
 
-# family -> [(rendered labels, {part: value})], label sets sorted
-Totals = dict[str, list[tuple[str, dict[str, float]]]]
+
+class TotalRow(NamedTuple):
+    """A label set's stored values, read back for the exposition."""
+
+    labels: str  # rendered, as in SeriesKey
+    values: dict[str, float]  # part (as in SeriesKey) -> its total
+
+
+Totals = dict[str, list[TotalRow]]  # family -> its label sets, sorted
 # family -> [(rendered labels, [(part, series id)])], label sets sorted
 Layout = dict[str, list[tuple[str, list[tuple[str, int]]]]]
 
@@ -165,13 +173,13 @@ def read_totals(db: Database, hold_s: float = 0.0) -> Totals:
     born = _names.born
     totals: Totals = {}
     for family, sets in _names.layout().items():
-        present = []
+        present: list[TotalRow] = []
         for labels, parts in sets:
             read = {part: values[i] for part, i in parts if i in values}
             if read:
                 if born.get((family, labels), held_after) > held_after:
                     read = dict.fromkeys(read, 0.0)
-                present.append((labels, read))
+                present.append(TotalRow(labels, read))
         if present:
             totals[family] = present
     return totals
