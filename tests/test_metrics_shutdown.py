@@ -214,7 +214,9 @@ time.sleep(30)
         assert proc.stdout is not None
         while proc.stdout.readline().strip() != "ready":
             assert proc.poll() is None
-        assert stored_probe_requests(own_sql) == 0
+        # A new container's first call (after a quiet spell) is stored at once, on the
+        # courier thread: it may or may not have landed yet. The rest are pending.
+        assert stored_probe_requests(own_sql) <= 1
         proc.send_signal(getattr(signal, signame))
         code_ = proc.wait(10)
     finally:
