@@ -149,7 +149,9 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     from ops.metrics import flush
 
     _reset_store(url)
-    _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="Bench")
+    _new_container(
+        DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="Bench", METRICS_FLUSH_INTERVAL_S="0"
+    )
     plain, instrumented = _bench_api(False), _bench_api(True)
     event = proxy_event(method="GET", path="/bench", resource="/bench")
     ctx = LambdaContext("bench", 10)
@@ -188,7 +190,8 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     }
     table = "\n".join(
         [
-            f"{plan.invocations} invocations per variant, interleaved; ms.",
+            f"{plan.invocations} invocations per variant, interleaved, with "
+            "`METRICS_FLUSH_INTERVAL_S=0` (a flush every invocation: the costliest setting); ms.",
             "",
             "| invocation | p50 | p99 |",
             "|---|---|---|",
@@ -212,7 +215,7 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
             f"Median of the per-pair differences: {stats['pairwise_p50']:.3f} ms. The "
             "reference rows (interleaved with a plain `flush()`, "
             f"{pct(parts['flush'], 50):.3f} ms p50 there) show what the helper thread "
-            "and the two EMF lines (Powertools) cost.",
+            "and the EMF lines cost.",
         ]
     )
     return table, stats
@@ -221,12 +224,8 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
 class _Inline:
     """Runs the flush on the calling thread: no bound on its time (reference only)."""
 
-    busy = False
-
-    def run(self, job: Any, wait_s: float, meanwhile: Callable[[], None]) -> bool:
-        job.run()
-        meanwhile()
-        return True
+    def submit(self, job: Any) -> None:
+        job.run()  # settles the job's outcome in the outbox, as on the courier thread
 
 
 def _flush_breakdown(rounds: int) -> dict[str, list[float]]:
@@ -605,9 +604,11 @@ def run(quick: bool) -> str:
         [
             "| target | measured | limit | result |",
             "|---|---|---|---|",
-            f"| p50 added to an invocation by metrics (loopback DB) | {f['added_p50']:.3f} ms "
+            f"| p50 added to an invocation by metrics, interval 0 (loopback DB) "
+            f"| {f['added_p50']:.3f} ms "
             f"| {TARGET_FLUSH_P50_MS} ms | {_verdict(f['added_p50'] <= TARGET_FLUSH_P50_MS)} |",
-            f"| p99 added to an invocation by metrics (loopback DB) | {f['added_p99']:.3f} ms "
+            f"| p99 added to an invocation by metrics, interval 0 (loopback DB) "
+            f"| {f['added_p99']:.3f} ms "
             f"| {TARGET_FLUSH_P99_MS} ms | {_verdict(f['added_p99'] <= TARGET_FLUSH_P99_MS)} |",
             *(
                 f"| `/metrics` for 2,400 samples vs generate_latest, {what} | {r[key]:.2f}x "

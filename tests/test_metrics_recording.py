@@ -322,6 +322,22 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
     assert emf_lines(capsys.readouterr().out) == []  # emitted once, then forgotten
 
 
+def test_emf_lines_keep_to_100_values_per_metric(capsys):
+    for i in range(250):
+        m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(float(i))
+    m.TOOL_CALLS.labels(tool="search", status="ok").inc()
+    assert flush() is True
+    lines = [line for line in emf_lines(capsys.readouterr().out) if "status_class" not in line]
+    durations = [line.get("http_request_duration_ms") for line in lines]
+    assert [len(d) for d in durations if d] == [100, 100, 50]
+    assert [v for d in durations if d for v in d] == [float(i) for i in range(250)]
+    assert sum(line.get("tool_calls", [0.0])[0] for line in lines) == 1.0
+    for line in lines:  # each line declares exactly the metrics it carries
+        (directive,) = line["_aws"]["CloudWatchMetrics"]
+        declared = {d["Name"] for d in directive["Metrics"]}
+        assert declared == {k for k in line if k not in ("_aws", "service")}
+
+
 def test_no_namespace_no_emf(capsys, monkeypatch):
     monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE")
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
