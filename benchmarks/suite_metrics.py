@@ -414,8 +414,13 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
             f"for 2,400 samples; {per_row_ms * 1000:.3f} ms per 1,000 rows here). Value rows "
             "= series x live shards, so for S series and L live shards: handler ≈ "
             f"S x ({fixed / series:.5f} + L x {per_row:.6f}) generate_latest-"
-            f"units of 2,400 samples; the 0.5x line is crossed at about {rows_at_half:,.0f} "
-            "value rows.",
+            "units of 2,400 samples; "
+            + (
+                f"the 0.5x line is crossed at about {rows_at_half:,.0f} value rows."
+                if rows_at_half > 0
+                else f"the fixed part alone ({fixed:.2f}x: the checks, the reads' round trips "
+                "and helper threads, the render) is over 0.5x in this run."
+            ),
         ]
     )
     return table, stats
