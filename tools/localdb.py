@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ops.config import settings
 from tools import ROOT
 from tools.cli import ToolError
 from tools.pgcluster import PgCluster
 
 
 def local_dir() -> Path:
-    return Path(os.environ.get("LOCAL_DATA_DIR") or ROOT / ".local")
+    return Path(settings().local_data_dir or ROOT / ".local")
 
 
 def embedded_cluster(datadir: Path | None = None) -> PgCluster:

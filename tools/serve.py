@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from ops.config import settings
 from tools.cli import ToolError, ignore_further_interrupts, run
 from tools.gateway import Gateway, make_server
 from tools.localdb import local_database, port_is_free
@@ -18,7 +19,7 @@ from tools.localdb import local_database, port_is_free
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--port", type=_port, default=os.environ.get("PORT", "3000"))
+    parser.add_argument("--port", type=_port, default=str(settings().local_port))
     parser.add_argument("--no-demo", action="store_true", help="do not load demo rows")
     args = parser.parse_args(argv)
     return run("run", lambda: serve(args.port, demo=not args.no_demo))

