@@ -11,20 +11,24 @@ import io
 import json
 import os
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
+import pg8000.native
 import pytest
 
 import tools  # noqa: F401 - puts the ops layer on sys.path
-from tools import ROOT
-from tools.apigw import proxy_event
+from tests.support.db import SQL, runner
+from tests.support.runtime import (
+    FunctionInvoker,
+    call_api,
+    function_handler,
+    new_cluster,
+    reset_runtime,
+)
 from tools.migrate import apply_url
 from tools.pgcluster import PgCluster
-from tools.runtime import LambdaContext, load_handler
 
 DB_FIXTURES = {"database_url", "pg_cluster", "db_env", "sql"}
 
@@ -33,11 +37,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if DB_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)
-
-
-def new_cluster() -> PgCluster:
-    """A fresh cluster in its own temporary folder (kept out of the project tree)."""
-    return PgCluster(Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data")
 
 
 @pytest.fixture(scope="session")
@@ -58,25 +57,27 @@ def database_url(pg_cluster: PgCluster) -> str:
 
 
 @pytest.fixture
-def sql(database_url: str) -> Iterator[Callable[..., list[list[Any]]]]:
-    """Run SQL on the test database through a connection of the test's own."""
-    import pg8000.native
-
+def pg_connect() -> Iterator[Callable[..., pg8000.native.Connection]]:
+    """The one factory of a test's own connections: `pg_connect(url, timeout_s=10)`;
+    each is closed when the test ends."""
     from ops.db import connect_url
 
-    conn: pg8000.native.Connection = connect_url(database_url, timeout_s=10)
-    yield lambda query, **params: conn.run(query, **params)
-    conn.close()
+    opened: list[pg8000.native.Connection] = []
+
+    def connect(url: str, *, timeout_s: float = 10) -> pg8000.native.Connection:
+        conn: pg8000.native.Connection = connect_url(url, timeout_s=timeout_s)
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        conn.close()
 
 
-def _reset_runtime() -> None:
-    from ops import auth, db, metrics
-    from ops.config import settings
-
-    settings.cache_clear()
-    auth.reset()
-    db.reset()
-    metrics.reset()
+@pytest.fixture
+def sql(database_url: str, pg_connect: Callable[..., pg8000.native.Connection]) -> SQL:
+    """Run SQL on the test database through a connection of the test's own."""
+    return runner(pg_connect(database_url))
 
 
 class SettingsMonkeyPatch(pytest.MonkeyPatch):
@@ -135,9 +136,9 @@ def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # Counts reach the store with the invocation that recorded them; tests of the flush
     # interval (default 1 s) set it.
     monkeypatch.setenv("METRICS_FLUSH_INTERVAL_S", "0")
-    _reset_runtime()
+    reset_runtime()
     yield
-    _reset_runtime()
+    reset_runtime()
 
 
 @pytest.fixture
@@ -147,7 +148,7 @@ def app_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     def configure(**variables: str) -> None:
         for name, value in variables.items():
             monkeypatch.setenv(name, value)
-        _reset_runtime()
+        reset_runtime()
 
     return configure
 
@@ -156,7 +157,7 @@ def app_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 def db_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point the handlers at the test database, as DATABASE_URL does locally."""
     monkeypatch.setenv("DATABASE_URL", database_url)
-    _reset_runtime()
+    reset_runtime()
     return database_url
 
 
@@ -169,29 +170,6 @@ def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
     previous = logger.registered_handler.setStream(buf)
     yield lambda: [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
     logger.registered_handler.setStream(previous)
-
-
-FunctionInvoker = Callable[..., tuple[int, dict[str, str], Any]]
-
-
-def function_handler(name: str) -> Callable[..., Any]:
-    return load_handler(ROOT / "functions" / name)
-
-
-def call_api(
-    handler: Callable[..., Any],
-    path: str,
-    method: str = "GET",
-    headers: dict[str, str] | None = None,
-    resource: str | None = None,
-    timeout_s: float = 10,
-) -> tuple[int, dict[str, str], Any]:
-    event = proxy_event(method=method, path=path, resource=resource or path, headers=headers)
-    resp = handler(event, LambdaContext("test-function", timeout_s))
-    body = resp["body"]
-    ctype = resp["headers"].get("Content-Type", "")
-    parsed = json.loads(body) if "json" in ctype else body
-    return resp["statusCode"], resp["headers"], parsed
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
     .venv/bin/python infra/monitoring/grafana_dashboard.py > infra/monitoring/grafana-dashboard.json
 
 The panels are declared here rather than edited in 1,000 lines of JSON;
-tests/test_monitoring.py checks that the committed JSON is this file's output
+tests/monitoring/test_monitoring.py checks that the committed JSON is this file's output
 and validates every panel's PromQL with promtool. Expensive expressions read the
 series recorded by recording-rules.yml.
 """

@@ -4,7 +4,7 @@ multi-window, multi-burn-rate alerts of the Google SRE workbook (chapter 5).
     .venv/bin/python infra/monitoring/slo.py > infra/monitoring/slo.rules.yml
 
 The objectives and the latency threshold are set here and nowhere else:
-tests/test_slo.py checks that the committed rules are this file's output and that
+tests/monitoring/test_slo.py checks that the committed rules are this file's output and that
 the CloudWatch alarms in template.yaml use the same objective and burn rates.
 Health probes and /metrics scrapes are left out through the catalogue's
 PROBE_ROUTES, the list the CloudWatch mirror uses too (probes go to

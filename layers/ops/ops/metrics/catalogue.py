@@ -36,7 +36,7 @@ def _status_class(labels: Mapping[str, str]) -> str:
 # checkers and Prometheus call on a schedule. Their 503s are the health signal, not API
 # errors, and their traffic says nothing about what users get: the API's error rate and
 # the SLOs leave them out, in CloudWatch as their own EMF metric (below) and in PromQL
-# with the matcher infra/monitoring/slo.py writes from this list (tests/test_slo.py).
+# with the matcher infra/monitoring/slo.py writes from this list (tests/monitoring/test_slo.py).
 PROBE_ROUTES = ("/health", "/health/live", "/health/ready", "/health/detailed", "/metrics")
 
 

@@ -1,0 +1,275 @@
+"""Every local command of README.md, run as written from a fresh clone, without DATABASE_URL.
+
+The clone is a `git clone` of this checkout (committed files only, as a new user gets
+them). Its `.venv` and `.venv-sam` are folders of links to the venvs running this test,
+stamped fresh, so `make` finds them installed instead of spending minutes on pip (the
+install itself is what .ci/run measures from a real fresh clone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.doc_commands import block_commands
+from tools import ROOT
+from tools.pgcluster import PgCluster, free_port
+
+pytestmark = pytest.mark.slow
+
+README = ROOT / "README.md"
+TOKEN = "local-dev-token"  # what the README exports and the sample events carry
+
+# Commands shown for AWS (they need an account) or run elsewhere, and why.
+NOT_RUN_HERE = {
+    "make test": "this suite itself; CI runs it from a fresh clone (.ci/run)",
+    "make bench": "minutes of benchmarks in a venv of their own; results in benchmarks/README.md",
+}
+
+
+def needs_aws(command: str) -> bool:
+    return (
+        command.startswith(("aws ", ".venv-sam/bin/sam deploy", "AWS_REGION="))
+        or "$HealthUrl" in command
+        or "$MetricsUrl" in command
+        or "user:pass@" in command  # the deployed database, reached through a tunnel
+    )
+
+
+def _link_venv(source: Path, target: Path) -> None:
+    """A venv folder whose entries link to `source`'s, with a fresh install stamp."""
+    target.mkdir()
+    for entry in source.iterdir():
+        if entry.name != ".installed":
+            (target / entry.name).symlink_to(entry.resolve())
+    (target / ".installed").touch()
+
+
+@pytest.fixture(scope="module")
+def clone() -> Iterator[Path]:
+    work = Path(tempfile.mkdtemp(prefix="readme-clone-"))
+    repo = work / "repo"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True, timeout=120)
+    _link_venv(Path(sys.prefix), repo / ".venv")
+    sam_venv = (ROOT / ".venv-sam").resolve()
+    if (sam_venv / "bin" / "sam").exists():
+        _link_venv(sam_venv, repo / ".venv-sam")
+    yield repo
+    datadir = repo / ".local" / "pgdata"
+    if PgCluster(datadir, port=0).running:
+        PgCluster(datadir, port=0).stop("immediate")
+    subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """A new user's shell: no database, token or data folder configured."""
+    drop = ("DATABASE_URL", "DB_SECRET_ARN", "METRICS_AUTH_TOKEN", "LOCAL_DATA_DIR", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("MAKE")}
+    return {**env, **extra}
+
+
+def sh(repo: Path, command: str, env: dict[str, str], timeout: float = 300):
+    return subprocess.run(
+        ["bash", "-c", command],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_quiet(stderr: str) -> None:
+    """Nothing on stderr but the functions' JSON log lines: no warning, no traceback."""
+    stray = [line for line in stderr.splitlines() if line.strip() and not line.startswith("{")]
+    assert stray == [], stray
+
+
+def embedded_running(repo: Path) -> bool:
+    return PgCluster(repo / ".local" / "pgdata", port=0).running
+
+
+def start_run(repo: Path, command: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["bash", "-c", command],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+
+
+def wait_up(proc: subprocess.Popen, port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=5):
+                return
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.2)
+    raise AssertionError("make run did not come up")
+
+
+def stop_run(proc: subprocess.Popen, sig: int) -> str:
+    os.killpg(proc.pid, sig)
+    output, _ = proc.communicate(timeout=60)
+    assert "stopping" in output, output
+    lines = [line for line in output.splitlines() if not line.startswith("{")]
+    noise = [
+        line
+        for line in lines
+        if re.search(r"Traceback|KeyboardInterrupt|Warning|make: \*\*\*|Error", line)
+    ]
+    assert noise == [], noise
+    return output
+
+
+def test_every_readme_command_is_run_here_or_needs_aws() -> None:
+    """A command added to the README must be added to this test (or need AWS)."""
+    handled = {
+        "make run",
+        "make invoke FN=RetentionFunction EVENT=events/retention-dry-run.json",
+        "make migrate",
+        "make lint",
+        "make build",
+        "make validate",
+        "export METRICS_AUTH_TOKEN=local-dev-token",
+        "DATABASE_URL=postgresql://app:secret@127.0.0.1:5432/app make run",
+        ".venv/bin/python -m tools.sentry_ingest",
+    }
+    for command in block_commands(README):
+        if command in NOT_RUN_HERE or needs_aws(command) or command in handled:
+            continue
+        if command.startswith("curl -s localhost:3000/"):
+            continue  # the tour, below
+        if command.startswith("SENTRY_DSN=http://… "):
+            continue  # with the DSN sentry_ingest printed, below
+        raise AssertionError(f"README command not exercised by this test: {command}")
+
+
+def test_readme_commands_from_a_fresh_clone(clone: Path, database_url: str) -> None:
+    port = free_port()
+    env = clean_env(PORT=str(port))
+    commands = block_commands(README)
+
+    # Without `make run`: migrate and invoke start the embedded database and stop it after.
+    migrate = sh(clone, "make migrate", env)
+    assert migrate.returncode == 0, migrate.stderr
+    assert "(embedded)" in migrate.stdout
+    assert_quiet(migrate.stderr)
+    invoke_cmd = "make invoke FN=RetentionFunction EVENT=events/retention-dry-run.json"
+    assert invoke_cmd in commands
+    invoke = sh(clone, invoke_cmd, env)
+    assert invoke.returncode == 0, invoke.stderr
+    assert json.loads(invoke.stdout)["dryRun"] is True
+    assert_quiet(invoke.stderr)
+    assert not embedded_running(clone), "migrate/invoke left the database they started"
+
+    lint = sh(clone, "make lint", env)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert not re.search(r"(?i)warning|traceback", lint.stdout + lint.stderr)
+
+    # The tour, with the token the README exports (the sample events' token).
+    assert f"export METRICS_AUTH_TOKEN={TOKEN}" in commands
+    tour_env = {**env, "METRICS_AUTH_TOKEN": TOKEN}
+    run = start_run(clone, "make run", tour_env)
+    try:
+        wait_up(run, port)
+        tour = [c for c in commands if c.startswith("curl -s localhost:3000/")]
+        assert len(tour) >= 6
+        for command in tour:
+            local = command.replace("localhost:3000", f"127.0.0.1:{port}")
+            out = sh(clone, f"{local} -w '\\n%{{http_code}}'", tour_env)
+            body, _, status = out.stdout.rpartition("\n")
+            assert out.returncode == 0 and status == "200", (command, out.stdout, out.stderr)
+            assert body, command
+        # Without the token the protected routes say 401, as in AWS.
+        denied = sh(
+            clone, f"curl -s -o /dev/null -w '%{{http_code}}' 127.0.0.1:{port}/metrics", env
+        )
+        assert denied.stdout == "401"
+        # With `make run` up, invoke and migrate use its database and leave it running.
+        again = sh(clone, invoke_cmd, env)
+        assert again.returncode == 0, again.stderr
+        assert sh(clone, "make migrate", env).returncode == 0
+        assert embedded_running(clone)
+    finally:
+        stop_run(run, signal.SIGTERM)  # what `kill -- -PGID` or a supervisor sends
+    assert not embedded_running(clone), "make run left its database running"
+
+    # Ctrl-C in the terminal: SIGINT to the foreground process group.
+    run = start_run(clone, "make run", env)
+    try:
+        wait_up(run, port)
+    finally:
+        stop_run(run, signal.SIGINT)
+    assert not embedded_running(clone)
+
+    # Your own database: the README's command with this test's server in it.
+    own = next(c for c in commands if c.startswith("DATABASE_URL=") and c.endswith("make run"))
+    url = own.split()[0].split("=", 1)[1]
+    run = start_run(clone, own.replace(url, database_url), env)
+    try:
+        wait_up(run, port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as resp:
+            assert json.loads(resp.read()) == {"status": "ok", "db": "connected"}
+    finally:
+        output = stop_run(run, signal.SIGTERM)
+    assert "DATABASE_URL" in output and not embedded_running(clone)
+
+
+def test_readme_sentry_stand_in_commands(clone: Path) -> None:
+    commands = block_commands(README)
+    assert ".venv/bin/python -m tools.sentry_ingest" in commands
+    ingest = start_run(clone, ".venv/bin/python -m tools.sentry_ingest", clean_env())
+    try:
+        assert ingest.stdout is not None
+        dsn = ""
+        deadline = time.monotonic() + 60
+        while not dsn and time.monotonic() < deadline:
+            match = re.search(r"SENTRY_DSN=(\S+)", ingest.stdout.readline())
+            dsn = match.group(1) if match else ""
+        assert dsn, "sentry_ingest printed no DSN"
+        failing = next(c for c in commands if c.startswith("SENTRY_DSN=http://… "))
+        out = sh(clone, failing.replace("http://…", dsn, 1), clean_env())
+        # The run fails on purpose: two lines from invoke, exit 2, and the event is sent.
+        assert out.returncode == 2, out.stderr
+        own_lines = [line for line in out.stderr.splitlines() if not line.startswith("{")]
+        assert len(own_lines) <= 3 and "RetentionFunction failed" in own_lines[0], own_lines
+    finally:
+        os.killpg(ingest.pid, signal.SIGTERM)
+        ingest.communicate(timeout=30)
+
+
+def test_readme_build_and_validate(clone: Path) -> None:
+    if not (clone / ".venv-sam").exists():
+        pytest.skip("no .venv-sam to link (test_build.py creates it with `make sam-cli`)")
+    env = clean_env()
+    for command in ("make validate", "make build"):
+        assert command in block_commands(README)
+        out = sh(clone, command, env, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert not re.search(r"(?i)warning|traceback", out.stdout + out.stderr), command
+    assert (clone / ".aws-sam" / "build" / "template.yaml").exists()
+    # The deploy lines need an account; the CLI they call is there and knows their options.
+    deploys = [c for c in block_commands(README) if c.startswith(".venv-sam/bin/sam deploy")]
+    assert deploys
+    help_text = sh(clone, ".venv-sam/bin/sam deploy --help", env).stdout
+    for command in deploys:
+        for option in command.split()[2:]:
+            assert option in help_text, (command, option)

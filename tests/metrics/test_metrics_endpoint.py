@@ -1,0 +1,425 @@
+"""GET /metrics: authentication, 503 with the database down, content negotiation,
+exposition validity (prometheus_client's parsers, promtool), HTTP and health-check
+instrumentation, gauges read at scrape time, and a real Prometheus scraping it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ops.metrics import catalogue as m
+from ops.metrics import flush, totals
+from tests.support.binaries import require_binary
+from tests.support.db import SQL, runner
+from tests.support.metrics import (
+    TOKEN,
+    metrics_database,
+    parse,
+    scrape,
+    scrape_samples,
+    truncate_metrics,
+    value,
+)
+from tests.support.prometheus import get, local_gateway, prometheus
+from tests.support.runtime import call_api, function_handler
+from tools.runtime import LambdaContext
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+DAY = 86400.0
+
+
+@pytest.fixture(scope="module")
+def endpoint_url(pg_cluster) -> str:
+    return metrics_database(pg_cluster, "metrics_endpoint")
+
+
+@pytest.fixture
+def own_sql(endpoint_url, pg_connect) -> SQL:
+    return runner(pg_connect(endpoint_url))
+
+
+@pytest.fixture
+def metrics_env(endpoint_url, own_sql, app_env) -> str:
+    truncate_metrics(own_sql)
+    app_env(DATABASE_URL=endpoint_url)
+    return endpoint_url
+
+
+# -- authentication and availability ---------------------------------------------------
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", f"Basic {TOKEN}", "Bearer"])
+def test_a_missing_or_wrong_token_is_401(metrics_env, app_env, authorization):
+    app_env(METRICS_AUTH_TOKEN=TOKEN)
+    status, headers, body = scrape({"Authorization": authorization} if authorization else {})
+    assert status == 401
+    assert body["error"] == "unauthorized"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_the_right_token_gets_the_exposition(metrics_env, app_env):
+    app_env(METRICS_AUTH_TOKEN=TOKEN)
+    status, headers, body = scrape({"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200
+    assert headers["Content-Type"] == TEXT
+    assert "# TYPE http_requests_total counter" in body
+
+
+STORED_FAMILIES = ("http_requests_total", "retention_run_duration_seconds", "webhook_failures")
+
+
+def _request_line(log_lines: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
+    (line,) = [x for x in log_lines() if x.get("type") == "request" and x["url"] == "/metrics"]
+    return line
+
+
+@pytest.mark.parametrize("where", ["refused", "hung"])
+def test_database_down_is_200_with_what_the_scrape_can_measure(
+    app_env, closed_port, blackhole, log_lines, where
+):
+    port = closed_port if where == "refused" else blackhole
+    app_env(
+        DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{port}/app",
+        HEALTH_DB_TIMEOUT_S="0.5",
+        MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{closed_port}",
+    )
+    status, headers, body = scrape()
+    assert status == 200 and headers["Content-Type"] == TEXT
+    samples = parse(body)
+    assert value(samples, "database_up") == 0
+    assert value(samples, "health_check_status", check="database") == 0
+    assert value(samples, "health_check_status", check="moltbot") == 0  # measured all the same
+    latency = value(samples, "health_check_latency_seconds", check="database")
+    assert 0 <= latency <= 0.5 + 0.25
+    # No stored family has a sample: not a partial exposition, not a made-up zero
+    # (an unlabelled counter at 0 and back would read as a reset).
+    assert not [k for k in samples if k[0].startswith(STORED_FAMILIES)]
+    assert "# TYPE http_requests_total counter" in body
+    # The handler's own time (flush excluded) stays within the check's budget.
+    assert _request_line(log_lines)["duration"] < 500 + 250
+
+
+def test_a_database_that_hangs_mid_scrape_costs_the_scrape_budget_only(
+    metrics_env, app_env, monkeypatch, log_lines
+):
+    function_handler("metrics")
+    import live_gauges
+
+    app_env(METRICS_SCRAPE_BUDGET_S="1", HEALTH_DB_TIMEOUT_S="0.5")
+    live_sql = live_gauges.LIVE_SQL
+    monkeypatch.setattr(live_gauges, "LIVE_SQL", "SELECT 'sessions', '', 0::float8, pg_sleep(30)")
+    status, _, body = scrape()
+    assert status == 200
+    samples = parse(body)
+    assert value(samples, "database_up") == 0  # the check passed; the store did not answer
+    assert value(samples, "health_check_status", check="database") == 1
+    assert _request_line(log_lines)["duration"] < 1000 + 500
+    (failed,) = [x for x in log_lines() if x.get("type") == "metrics_scrape"]
+    assert "scrape budget" in failed["error"]
+    # (Not monkeypatch.undo(): that would also unset DATABASE_URL.)
+    monkeypatch.setattr(live_gauges, "LIVE_SQL", live_sql)
+    assert value(scrape_samples(), "database_up") == 1  # the next scrape connects afresh
+
+
+def test_a_failing_query_is_503(metrics_env, monkeypatch):
+    function_handler("metrics")  # puts functions/metrics on sys.path, as Lambda's /var/task
+    import live_gauges
+
+    monkeypatch.setattr(live_gauges, "LIVE_SQL", "SELECT * FROM no_such_table")
+    status, _, body = scrape()
+    assert status == 503 and body["error"] == "metrics_unavailable"
+
+
+# -- the exposition ---------------------------------------------------------------------
+
+
+def _record_one_of_everything() -> None:
+    m.HTTP_REQUESTS.labels(method="GET", route="/listings/{id}", status="200").inc(3)
+    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/listings/{id}").observe(42)
+    m.WEBHOOK_FAILURES.labels(source='weird "source"\\').inc()
+    m.TOOL_CALLS.labels(tool="search", status="error").inc()
+    m.TOOL_CALL_DURATION.labels(tool="search").observe(1500)
+    m.PAIRING_FAILURES.labels(channel="whatsapp").inc()
+    m.DB_QUERY_DURATION.labels(operation="listing_by_id").observe(3.2)
+    m.HEALTH_CHECK_FAILURES.labels(check="database").inc()
+    m.HEALTH_CHECK_DURATION.labels(check="database").observe(2.5)
+    m.METRICS_FLUSH_FAILURES.labels(function="webhooks").inc()
+    m.ERRORS.labels(function="webhooks", kind="unhandled_exception").inc()
+    m.RETENTION_ROWS_DELETED.labels(table="inbound_events").inc(1000)
+    m.RETENTION_RUN_DURATION.observe(12.5)
+    m.RETENTION_RUNS.labels(status="succeeded").inc()
+    assert flush() is True
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(metrics_env):
+    _record_one_of_everything()
+    prometheus_accept = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+        "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    status, headers, body = scrape({"Accept": prometheus_accept})
+    assert status == 200 and headers["Content-Type"] == OPENMETRICS
+    assert body.endswith("# EOF\n")
+    assert "# TYPE webhook_failures counter\n" in body
+    om = parse(body, openmetrics=True)
+    status, headers, body = scrape({"Accept": "text/plain;version=0.0.4"})
+    assert status == 200 and headers["Content-Type"] == TEXT
+    assert "# EOF" not in body
+    text = parse(body)
+    for samples in (om, text):
+        assert value(samples, "webhook_failures_total", source='weird "source"\\') == 1
+        assert value(samples, "tool_call_duration_ms_bucket", tool="search", le="1000.0") == 0
+        assert value(samples, "tool_call_duration_ms_bucket", tool="search", le="2000.0") == 1
+        assert value(samples, "retention_runs_total", status="succeeded") == 1
+        assert value(samples, "retention_run_duration_seconds_sum") == 12.5
+
+
+def test_promtool_accepts_the_exposition(metrics_env):
+    promtool = require_binary("promtool")
+    _record_one_of_everything()
+    _, _, body = scrape()
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    # promtool's style lint objects to `_ms`; those names are the catalogue's contract
+    # (what dashboards and alerts already query). Anything else is a real problem.
+    contract = {
+        f"{f} metric names should not contain abbreviated units"
+        for f in (
+            "http_request_duration_ms",
+            "tool_call_duration_ms",
+            "db_query_duration_ms",
+            "health_check_duration_ms",
+        )
+    }
+    assert proc.returncode in (0, 3), proc.stderr  # 3: lint findings only; 1 would be a parse error
+    assert set(problems) <= contract, problems
+
+
+# -- instrumentation --------------------------------------------------------------------
+
+
+def test_every_response_is_recorded_errors_included(metrics_env, monkeypatch):
+    import sys
+
+    health = function_handler("health")
+    call_api(health, "/health/live")
+    call_api(health, "/no/such/path", resource="/{proxy+}")
+    call_api(health, "/health", method="POST")
+
+    def boom() -> None:
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(sys.modules["health__app"], "configured_checks", boom)
+    call_api(health, "/health/ready")
+    assert health({"not": "an API Gateway event"}, LambdaContext("health", 5))["statusCode"] == 400
+
+    samples = scrape_samples()
+    expected = {
+        ("GET", "/health/live", "200"),
+        ("GET", "unmatched", "404"),
+        ("POST", "/health", "405"),
+        ("GET", "/health/ready", "500"),
+        ("OTHER", "unmatched", "400"),
+    }
+    for method, route, status in expected:
+        assert value(samples, "http_requests_total", method=method, route=route, status=status) == 1
+        assert value(samples, "http_request_duration_ms_count", method=method, route=route) == 1
+    assert value(samples, "errors_total", function="local", kind="unhandled_exception") == 1
+    assert value(samples, "errors_total", function="local", kind="malformed_event") == 1
+    assert not any(dict(labels).get("route") == "/no/such/path" for _, labels in samples)
+
+
+def test_health_checks_record_failures_and_latency(metrics_env, app_env, closed_port):
+    app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{closed_port}")
+    status, _, _ = call_api(function_handler("health"), "/health/detailed")
+    assert status == 503  # the optional dependency is down
+    samples = scrape_samples()  # the scrape ran both checks too
+    assert value(samples, "health_check_failures_total", check="database") == 0
+    assert value(samples, "health_check_failures_total", check="moltbot") == 1
+    assert value(samples, "health_check_duration_ms_count", check="database") == 1
+    assert value(samples, "health_check_duration_ms_count", check="moltbot") == 1
+
+
+# -- measured at scrape time ------------------------------------------------------------
+
+
+def test_database_up_is_in_every_scrape(metrics_env):
+    for _ in range(3):
+        samples = scrape_samples()
+        assert value(samples, "database_up") == 1
+        assert value(samples, "health_check_status", check="database") == 1
+        assert value(samples, "health_check_latency_seconds", check="database") >= 0
+
+
+def test_dependency_status_is_current_and_goes_when_the_dependency_goes(metrics_env, app_env):
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Gateway(BaseHTTPRequestHandler):
+        healthy = False
+
+        def do_GET(self) -> None:
+            self.send_response(200 if Gateway.healthy else 503)
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{srv.server_port}")
+        assert value(scrape_samples(), "health_check_status", check="moltbot") == 0
+        Gateway.healthy = True  # fixed: the very next scrape says so
+        assert value(scrape_samples(), "health_check_status", check="moltbot") == 1
+        Gateway.healthy = False
+        assert value(scrape_samples(), "health_check_status", check="moltbot") == 0
+        app_env(MOLTBOT_GATEWAY_URL="")  # removed: no status at all, so no alert
+        samples = scrape_samples()
+        assert not [k for k in samples if ("check", "moltbot") in k[1] and "status" in k[0]]
+    finally:
+        srv.shutdown()
+
+
+def test_a_new_counter_series_is_exposed_at_zero_before_its_value(metrics_env, app_env, own_sql):
+    app_env(METRICS_NEW_SERIES_HOLD_S="60")
+    m.HTTP_REQUESTS.labels(method="GET", route="/listings", status="503").inc(7)
+    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/listings").observe(42)
+    m.RETENTION_MISSING_INDEX.labels(table="events").set(1)  # a gauge is its value at once
+    assert flush() is True
+    five_o_three = {"method": "GET", "route": "/listings", "status": "503"}
+    samples = scrape_samples()
+    assert value(samples, "http_requests_total", **five_o_three) == 0
+    assert value(samples, "http_request_duration_ms_count", method="GET", route="/listings") == 0
+    assert value(samples, "http_request_duration_ms_sum", method="GET", route="/listings") == 0
+    assert value(samples, "retention_missing_index", table="events") == 1
+    own_sql("UPDATE metric_series SET created_at = now() - interval '61 seconds'")
+    totals.reset()  # a metrics container that has not cached the series' birth yet
+    samples = scrape_samples()
+    assert value(samples, "http_requests_total", **five_o_three) == 7
+    assert value(samples, "http_request_duration_ms_count", method="GET", route="/listings") == 1
+    # A new bucket of a histogram Prometheus already has is a plain increase: not held.
+    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/listings").observe(4000)
+    assert flush() is True
+    samples = scrape_samples()
+    assert value(samples, "http_request_duration_ms_count", method="GET", route="/listings") == 2
+
+
+# -- gauges read at scrape time ---------------------------------------------------------
+
+
+def test_live_gauges(metrics_env, own_sql, app_env, log_lines):
+    own_sql("TRUNCATE chat_sessions")
+    own_sql(
+        "INSERT INTO chat_sessions (channel, user_ref, updated_at) SELECT 'wa', 'u' || a, now() - a"
+        " FROM unnest(ARRAY[interval '1 minute', '5 minutes', '20 minutes', '2 days']) AS a"
+    )
+    own_sql("CREATE TABLE IF NOT EXISTS gauge_events (at timestamptz NOT NULL, note text)")
+    own_sql("CREATE INDEX IF NOT EXISTS gauge_events_at ON gauge_events (at)")
+    own_sql("TRUNCATE gauge_events")
+    own_sql("INSERT INTO gauge_events (at) VALUES (now() - interval '20 days'), (now())")
+    own_sql(
+        "INSERT INTO audit_logs (occurred_at, actor_type, actor_id, action, entity, payload) VALUES"
+        " (now() - interval '2 days', 'system', 'retention-job', 'retention.prune', 'gauge_events',"
+        '  \'{"completed": true, "deleted": 5}\'),'
+        " (now() - interval '1 day', 'system', 'retention-job', 'retention.prune', 'gauge_events',"
+        '  \'{"completed": true, "dryRun": true}\'),'
+        " (now() - interval '1 hour', 'system', 'retention-job', 'retention.prune', 'gauge_events',"
+        "  '{\"completed\": false}'),"
+        " (now(), 'system', 'retention-job', 'retention.other', 'gauge_events',"
+        "  '{\"completed\": true}')"
+    )
+    ((last_success,),) = own_sql(
+        "SELECT extract(epoch FROM max(occurred_at))::float8 FROM audit_logs"
+        " WHERE entity = 'gauge_events' AND payload->>'deleted' = '5'"
+    )
+    policies = [
+        {"table": "gauge_events", "column": "at", "maxAgeDays": 10},
+        {"table": "chat_sessions", "column": "updated_at", "maxAgeDays": 90},
+        {"table": "no_such_table", "column": "at", "maxAgeDays": 10},
+        {"table": "gauge_events_copy", "column": "at", "maxAgeDays": 10},
+    ]
+    own_sql("CREATE TABLE IF NOT EXISTS gauge_events_copy (at timestamptz)")  # no index
+    app_env(RETENTION_POLICIES=json.dumps(policies))
+
+    samples = scrape_samples()
+    assert value(samples, "active_sessions") == 2  # within the default 15 minutes
+    age = value(samples, "retention_oldest_row_age_seconds", table="gauge_events")
+    assert 20 * DAY <= age < 20 * DAY + 600
+    lag = value(samples, "retention_lag_seconds", table="gauge_events")
+    assert lag == pytest.approx(age - 10 * DAY)
+    assert value(samples, "retention_lag_seconds", table="chat_sessions") == 0
+    assert value(samples, "retention_last_success_timestamp_seconds", table="gauge_events") == (
+        pytest.approx(last_success)
+    )
+    # No completed prune of chat_sessions yet: absent, not a made-up zero.
+    assert (
+        "retention_last_success_timestamp_seconds",
+        (("table", "chat_sessions"),),
+    ) not in samples
+    assert value(samples, "db_connections", state="active") >= 1
+    assert value(samples, "db_connections", state="idle in transaction") >= 0
+    for table in ("no_such_table", "gauge_events_copy"):
+        assert ("retention_lag_seconds", (("table", table),)) not in samples
+    (skipped,) = [line for line in log_lines() if line.get("type") == "metrics_scrape"]
+    assert skipped["tables"] == ["no_such_table", "gauge_events_copy"]
+
+    app_env(ACTIVE_SESSION_WINDOW_MINUTES="30")
+    assert value(scrape_samples(), "active_sessions") == 3
+
+
+def test_invalid_retention_policies_cost_only_the_retention_gauges(metrics_env, app_env, log_lines):
+    app_env(
+        RETENTION_POLICIES='[{"table": "audit_logs", "column": "occurred_at", "maxAgeDays": 1}]'
+    )
+    samples = scrape_samples()
+    assert "active_sessions" in {name for name, _ in samples}
+    assert not any(name.startswith("retention_lag") for name, _ in samples)
+    (error,) = [line for line in log_lines() if line.get("type") == "metrics_scrape"]
+    assert error["level"] == "ERROR" and "never pruned" in error["error"]
+
+
+def test_a_bad_session_window_is_a_clear_error(metrics_env, app_env):
+    app_env(ACTIVE_SESSION_WINDOW_MINUTES="fifteen")
+    status, _, body = scrape()
+    assert status == 500 and body["error"] == "internal_error"
+
+
+# -- a real Prometheus ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_the_local_gateway(metrics_env):
+    env = {"DATABASE_URL": metrics_env, "METRICS_AUTH_TOKEN": TOKEN}
+    with local_gateway(env) as base:
+        jobs = [
+            {
+                "job_name": job,
+                "metrics_path": "/metrics",
+                "authorization": {"type": "Bearer", "credentials": token},
+                "static_configs": [{"targets": [base.removeprefix("http://")]}],
+            }
+            for job, token in (("bundle", TOKEN), ("bundle-wrong-token", "not-the-token"))
+        ]
+        with prometheus(jobs) as prom:
+            for _ in range(3):
+                assert get(f"{base}/health/detailed", TOKEN)[0] == 200
+            detailed = 'http_requests_total{job="bundle",route="/health/detailed",status="200"}'
+
+            def scraped() -> dict[str, Any] | None:
+                up = {s["metric"]["job"]: s["value"][1] for s in prom.query("up")}
+                found = prom.query(detailed)
+                return {"up": up, "live": found} if found and len(up) == 2 else None
+
+            found = prom.wait_for("both jobs scraped, /health/detailed counted", scraped, 90)
+    assert found["up"] == {"bundle": "1", "bundle-wrong-token": "0"}, found
+    ((sample,),) = [found["live"]]
+    assert sample["value"][1] == "3"
+    assert sample["metric"]["method"] == "GET"
