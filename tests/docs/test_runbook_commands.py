@@ -231,7 +231,9 @@ def test_every_runbook_command_is_exercised_somewhere() -> None:
         "make build": "tests/docs/test_readme_commands.py (the README's make build)",
         "amtool ": "tests/monitoring/test_alert_routing.py runs amtool on alertmanager.yml",
         "promtool test rules infra/monitoring/slo.test.yml": "tests/monitoring/test_slo.py",
-        "DATABASE_URL=postgresql://app@127.0.0.1:1/app make invoke": "tests/monitoring/test_log_examples.py",
+        "DATABASE_URL=postgresql://app@127.0.0.1:1/app make invoke": (
+            "tests/monitoring/test_log_examples.py"
+        ),
     }
     host_setup = ("install -d ", "printf %s ", "chmod ")  # writes /etc on the Alertmanager host
     for command in block_commands(RUNBOOK):
