@@ -12,12 +12,9 @@ import pytest
 
 from ops.metrics import catalogue as m
 from ops.metrics import flush, recorder
-from ops.metrics.recorder import Counter, Emf, Gauge, Histogram, format_bound
-from ops.metrics.render import (
-    format_value,
-    render,
-    wants_openmetrics,
-)
+from ops.metrics.recorder import Counter, Emf, Gauge, Histogram
+from ops.metrics.render import render, wants_openmetrics
+from ops.metrics.text_format import format_bound, format_value
 from tests.support.metrics import parse, value
 from tools import ROOT
 
@@ -179,7 +176,7 @@ NASTY = 'a "quoted" \\ back\nslash'
 
 
 def _totals() -> dict:
-    from ops.metrics.recorder import format_labels
+    from ops.metrics.text_format import format_labels
 
     nasty = format_labels(("path",), (NASTY,))
     return {

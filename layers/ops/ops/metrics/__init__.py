@@ -6,8 +6,8 @@ Record with the catalogue's families, anywhere in any function:
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     m.TOOL_CALL_DURATION.labels(tool="search").observe(elapsed_ms)
 
-API functions (`ops.api.Api`) record every response and flush by the policy
-(METRICS_FLUSH_INTERVAL_S; ops.metrics.flusher) on their own, and at shutdown.
+API functions (`ops.service.service_api()`) record every response and flush by the
+policy (METRICS_FLUSH_INTERVAL_S; ops.metrics.flusher) on their own, and at shutdown.
 Other functions call `install_shutdown_flush()` at init and `flush()` at the end
 of each invocation:
 
@@ -16,16 +16,20 @@ of each invocation:
 
 Importing this package (and the catalogue) costs only the standard library;
 the store, the database driver and Powertools Metrics load on the first flush.
+
+Where a recorded value goes, and how it comes back (module by module):
+
+    record        catalogue (the families), recorder (counters, histograms, gauges)
+      -> pending deltas, per container        recorder.Deltas, keyed by SeriesKey
+      -> flush     flusher (when), courier (a thread to bound the wait),
+                   lifecycle (before the deadline, at shutdown), http (after each response);
+                   emf (the CloudWatch copy of the same recordings)
+      -> PostgreSQL   store (one round trip: SELECT metrics_flush(...), migrations/)
+      -> totals    totals (sums over shards, read at scrape time)
+      -> exposition   render (text 0.0.4 or OpenMetrics), text_format (every spelling)
 """
 
 from __future__ import annotations
-
-from ops.config import settings
-
-
-def function_name() -> str:
-    """The `function` label: the Lambda function's name (the local gateway sets it too)."""
-    return settings().function_name
 
 
 def flush() -> bool:

@@ -30,7 +30,8 @@ from ops.config import settings
 from ops.db import DatabaseUnavailable, get_db
 from ops.log import logger
 from ops.metrics import catalogue as m
-from ops.metrics import emf, function_name, recorder, store
+from ops.metrics import emf, recorder, store
+from ops.metrics.catalogue import function_name
 
 _last_attempt = float("-inf")  # monotonic time of the last flush started
 _last_end = float("-inf")  # monotonic time the previous invocation ended

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ops.metrics import catalogue as m
-from ops.metrics import function_name, lifecycle
+from ops.metrics import lifecycle
+from ops.metrics.catalogue import function_name
 
 if TYPE_CHECKING:
     from ops.api import Api, Request

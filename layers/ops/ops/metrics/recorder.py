@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from ops.metrics.text_format import format_bound, format_labels
+
 MAX_LABEL_VALUE_LENGTH = 128
 
 
@@ -43,27 +45,6 @@ class EmfKey(NamedTuple):
 
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
-
-
-def format_bound(bound: float) -> str:
-    """A bucket bound as Prometheus clients render `le` (Go's float formatting)."""
-    if bound == math.inf:
-        return "+Inf"
-    text = repr(float(bound))
-    dot = text.find(".")
-    if bound > 0 and dot > 6:  # Go switches to an exponent sooner than Python
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
-        return f"{mantissa}e+0{dot - 1}"
-    return text
-
-
-def escape_label_value(value: str) -> str:
-    # The same three escapes in the text format 0.0.4 and in OpenMetrics 1.0.0.
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def format_labels(names: Sequence[str], values: Sequence[str]) -> str:
-    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
 
 
 class Emf:

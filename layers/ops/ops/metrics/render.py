@@ -12,12 +12,12 @@ read as a reset, and rate() would count its whole value again.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ops.metrics.recorder import COUNTER, GAUGE, REGISTRY, Family, Histogram
+from ops.metrics.text_format import escape_help, format_value
 
 if TYPE_CHECKING:
     from ops.metrics.totals import Totals  # read from PostgreSQL by ops.metrics.totals
@@ -51,19 +51,6 @@ def wants_openmetrics(accept: str | None) -> bool:
         elif media in ("text/plain", "text/*", "*/*"):
             text = max(text, q)
     return openmetrics > 0 and openmetrics >= text
-
-
-def format_value(value: float) -> str:
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    if math.isfinite(value):
-        return repr(value)
-    return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-
-
-def _escape_help(text: str, openmetrics: bool) -> str:
-    text = text.replace("\\", r"\\").replace("\n", r"\n")
-    return text.replace('"', r"\"") if openmetrics else text
 
 
 def _bucket_counts(family: Histogram, parts: Mapping[str, float]) -> list[float]:
@@ -112,7 +99,7 @@ def render(
         name = family.name
         # OpenMetrics names a counter family without `_total`; its samples keep it.
         meta = name[: -len("_total")] if openmetrics and family.kind == COUNTER else name
-        out.append(f"# HELP {meta} {_escape_help(family.documentation, openmetrics)}")
+        out.append(f"# HELP {meta} {escape_help(family.documentation, openmetrics)}")
         out.append(f"# TYPE {meta} {family.kind}")
         if family.live:
             for labels, value in live.get(name, ()):
