@@ -65,7 +65,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import pg8000.native
@@ -382,17 +381,21 @@ class TablePruner:
     def run(self) -> bool:
         if not self.keep_going():
             return False
-        units: list[Callable[[bool], bool]] = []
-        if self.target.partitioned:
+        units: list[PartitionDrop | Relation] = [self.target.relation]
+        if self.target.partitioned:  # whole partitions first, then the rest row by row
             with self.db.transaction(statement_timeout_ms=self.limits.statement_timeout_ms) as conn:
                 plan = plan_partitions(conn, self.target, self.cutoff)
-            units += [partial(self._drop, d) for d in plan.drops]
-            units += [partial(self._prune_rows, r) for r in plan.row_by_row]
-        else:
-            units.append(partial(self._prune_rows, self.target.relation))
-        # Each unit returns False when it stopped for the deadline; all() stops there too.
-        finished = all(unit(index == len(units) - 1) for index, unit in enumerate(units))
-        return finished and not self.skips
+            units = [*plan.drops, *plan.row_by_row]
+        while units:
+            unit = units.pop(0)
+            last_unit = not units  # the table's last unit of work carries its audit entry
+            if isinstance(unit, PartitionDrop):
+                finished = self._drop(unit, last_unit)
+            else:
+                finished = self._prune_rows(unit, last_unit)
+            if not finished:  # stopped for the deadline
+                return False
+        return not self.skips
 
     # -- units ------------------------------------------------------------------
     def _column_cutoff(self) -> Any:
