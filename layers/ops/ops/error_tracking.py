@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ops.config import settings
+from ops.config import is_sentry_dsn, settings
 from ops.log import logger
 
 if TYPE_CHECKING:
@@ -104,8 +104,7 @@ def _start() -> bool:
 
 
 def _dsn_from_secret(arn: str) -> str | None:
-    from ops.config import is_sentry_dsn
-    from ops.secretstore import get_secret
+    from ops.secretstore import get_secret  # boto3: only when the DSN is a secret
 
     try:
         dsn = get_secret(arn).strip()
