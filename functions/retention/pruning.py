@@ -65,6 +65,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 import pg8000.native
@@ -123,6 +124,14 @@ def next_batch_size(size: int, elapsed_ms: float, target_ms: float, maximum: int
     return size
 
 
+class Ending(StrEnum):
+    """Where a step leaves its table in this invocation."""
+
+    MORE = "more"  # more steps follow
+    PAUSED = "paused"  # the invocation's last step on the table; rows are left (time, locks)
+    DONE = "done"  # the last step: nothing older than the cutoff is left
+
+
 @dataclass(frozen=True)
 class Step:
     """One committed unit of work on a table."""
@@ -131,8 +140,16 @@ class Step:
     batches: int = 0
     partition: str | None = None  # dropped whole
     partition_rows: int = 0  # its rows, as the planner's statistics count them
-    final: bool = False  # the last unit of this table in this invocation: carries the audit
-    done: bool = False  # nothing older than the cutoff is left in the table
+    ending: Ending = Ending.MORE
+
+    @property
+    def final(self) -> bool:
+        """The invocation's last step on the table: it carries the audit entry."""
+        return self.ending is not Ending.MORE
+
+    @property
+    def done(self) -> bool:
+        return self.ending is Ending.DONE
 
 
 @dataclass
@@ -524,10 +541,15 @@ class TablePruner:
     # -- plumbing ---------------------------------------------------------------
     def _book(self, conn: pg8000.native.Connection, step: Step, last: bool) -> bool:
         """Record the step; returns whether it is this invocation's last for the table."""
-        table_done = last and not self.skips
-        final = table_done or not self.keep_going()
-        self.recorder.record(conn, replace(step, final=final, done=table_done))
-        return final
+        if last and not self.skips:
+            ending = Ending.DONE
+        elif not self.keep_going():
+            ending = Ending.PAUSED
+        else:
+            ending = Ending.MORE
+        step = replace(step, ending=ending)
+        self.recorder.record(conn, step)
+        return step.final
 
     def _transact(
         self,
