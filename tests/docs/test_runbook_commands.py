@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import yaml
 
 from tests.support.binaries import require_binary
 from tests.support.doc_commands import block_commands, inline_commands
+from tests.support.prometheus import local_gateway
 from tools import ROOT
-from tools.gateway import Gateway, make_server
 from tools.pgcluster import free_port
 
 RUNBOOK = ROOT / "infra" / "monitoring" / "README.md"
@@ -57,16 +56,9 @@ def sh(
 @pytest.fixture
 def stage(database_url: str, tmp_path: Path) -> Iterator[str]:
     """The local gateway standing in for the API stage, with a token, and a `token` file."""
-    gateway = Gateway(env={"DATABASE_URL": database_url, "METRICS_AUTH_TOKEN": TOKEN})
-    server = make_server(gateway, port=free_port())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     (tmp_path / "token").write_text(TOKEN)
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        gateway.close()
+    with local_gateway({"DATABASE_URL": database_url, "METRICS_AUTH_TOKEN": TOKEN}) as url:
+        yield url
 
 
 def test_endpoint_curls_against_the_local_gateway(stage: str, tmp_path: Path) -> None:
