@@ -20,55 +20,42 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tools import ROOT
-from tools.gateway import Gateway, make_server
+from tools.localprom import Prometheus, get, local_gateway, prometheus
 from tools.migrate import apply_url
-from tools.pgcluster import PgCluster, free_port
+from tools.pgcluster import PgCluster
 
 TOKEN = "outage-story"
 LIVE = 'http_requests_total{route="/health/live",status="200"}'
 DOWN = 'http_requests_total{route="/health",status="503"}'
 
 
-def _get(url: str, token: str | None = None) -> int:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def _status(url: str) -> int:
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
-            r.read()
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        return get(url)[0]
     except OSError:
         return 0
 
 
-class Prom:
-    def __init__(self, url: str) -> None:
-        self.url = url
+def _query(prom: Prometheus, promql: str) -> list[dict[str, Any]]:
+    try:
+        return prom.query(promql)
+    except OSError:
+        return []
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return json.loads(resp.read())["data"]["result"]  # type: ignore[no-any-return]
-        except OSError:
-            return []
 
-    def value(self, promql: str) -> float | None:
-        result = self.query(promql)
-        return sum(float(r["value"][1]) for r in result) if result else None
+def _value(prom: Prometheus, promql: str) -> float | None:
+    result = _query(prom, promql)
+    return sum(float(r["value"][1]) for r in result) if result else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,50 +77,58 @@ def main(argv: list[str] | None = None) -> int:
     cluster.wait_ready()
     url = cluster.create_database("story")
     apply_url(url)
-    gateway = Gateway(env={"DATABASE_URL": url, "METRICS_AUTH_TOKEN": TOKEN})
-    server = make_server(gateway, port=free_port())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-
     interval = f"{args.scrape_s}s"
     monitoring = ROOT / "infra" / "monitoring"
-    config = {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": [str(monitoring / "alerts.yml"), str(monitoring / "recording-rules.yml")],
-        "scrape_configs": [
-            {
+    try:
+        with local_gateway({"DATABASE_URL": url, "METRICS_AUTH_TOKEN": TOKEN}) as base:
+            job = {
                 "job_name": "realestate-backend",
                 "scrape_timeout": f"{min(10, args.scrape_s)}s",
                 "authorization": {"type": "Bearer", "credentials": TOKEN},
                 "static_configs": [{"targets": [base.removeprefix("http://")]}],
             }
-        ],
-    }
-    (work / "prometheus.yml").write_text(json.dumps(config))
-    prom_port = free_port()
-    log = (work / "prometheus.log").open("w")
-    prometheus = subprocess.Popen(
-        [
-            prometheus_bin,
-            f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    prom = Prom(f"http://127.0.0.1:{prom_port}")
-    time.sleep(1)
-    if prometheus.poll() is not None:
-        sys.exit((work / "prometheus.log").read_text()[-2000:])
+            rule_files = [monitoring / "alerts.yml", monitoring / "recording-rules.yml"]
+            with prometheus(
+                prometheus_bin, [job], interval=interval, rule_files=rule_files
+            ) as prom:
+                story = _watch(args, cluster, base, prom)
+    finally:
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
 
-    sent: Counter[tuple[str, int]] = Counter()
+    print(f"outage {args.outage_s:g}s, scrape/eval every {interval}, shipped rules and defaults")
+    print("\n".join(story.events))
+    print(f"calls made: {dict(sorted((f'{p} {s}', n) for (p, s), n in story.sent.items()))}")
+    print(f"/health/live 200s during the outage: {story.live_during_outage}")
+    print(json.dumps(story.totals, indent=1))
+    print("  t phase   up db  live  inc5m(live)  503s  inc5m(503)  5xx-ratio")
+    for r in story.rows[::3]:
+        print(
+            f"{r['t']:4.0f} {r['phase']:7} {_f(r['up'])} {_f(r['database_up'])} {_f(r['live'])}"
+            f" {_f(r['live_inc5m'])} {_f(r['down'])} {_f(r['down_inc5m'])} {_f(r['ratio'])}"
+        )
+    return 0
+
+
+@dataclass
+class Story:
+    sent: Counter[tuple[str, int]] = field(default_factory=Counter)
+    events: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+    live_during_outage: int = 0
+
+
+def _watch(args: argparse.Namespace, cluster: PgCluster, base: str, prom: Prometheus) -> Story:
+    """Probe traffic throughout; the database stopped and started; Prometheus watched."""
+    story = Story()
+    sent, events, rows = story.sent, story.events, story.rows
     stop = threading.Event()
 
     def traffic() -> None:
         while not stop.is_set():
             for path in ("/health/live", "/health"):
-                sent[(path, _get(base + path))] += 1
+                sent[(path, _status(base + path))] += 1
             stop.wait(args.probe_interval_s)
 
     threading.Thread(target=traffic, daemon=True).start()
@@ -141,11 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     t_stop = args.before_s
     t_start = t_stop + args.outage_s
     t_end = t_start + args.after_s
-    events: list[str] = []
-    rows: list[dict[str, Any]] = []
     firing_seen: dict[str, float] = {}
     resolved_at: dict[str, float] = {}
-    live_at_stop = live_at_start = 0
+    live_at_stop = 0
     phase = "before"
     try:
         while (now := time.monotonic() - started) < t_end:
@@ -155,14 +148,14 @@ def main(argv: list[str] | None = None) -> int:
                 phase = "outage"
                 events.append(f"{now:6.0f}s  database stopped")
             elif phase == "outage" and now >= t_start:
-                live_at_start = sent[("/health/live", 200)]
+                story.live_during_outage = sent[("/health/live", 200)] - live_at_stop
                 cluster.start()
                 cluster.wait_ready()
                 phase = "after"
                 events.append(f"{now:6.0f}s  database started")
             firing = {
                 r["metric"]["alertname"]
-                for r in prom.query('ALERTS{alertstate="firing"}')
+                for r in _query(prom, 'ALERTS{alertstate="firing"}')
                 if r["metric"].get("job", "realestate-backend") == "realestate-backend"
             }
             for name in firing - set(firing_seen):
@@ -175,24 +168,24 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "t": now,
                     "phase": phase,
-                    "up": prom.value('up{job="realestate-backend"}'),
-                    "database_up": prom.value("database_up"),
-                    "live": prom.value(LIVE),
-                    "live_inc5m": prom.value(f"increase({LIVE}[5m])"),
-                    "down": prom.value(DOWN),
-                    "down_inc5m": prom.value(f"increase({DOWN}[5m])"),
-                    "ratio": prom.value("job:http_requests_5xx:ratio_rate5m"),
+                    "up": _value(prom, 'up{job="realestate-backend"}'),
+                    "database_up": _value(prom, "database_up"),
+                    "live": _value(prom, LIVE),
+                    "live_inc5m": _value(prom, f"increase({LIVE}[5m])"),
+                    "down": _value(prom, DOWN),
+                    "down_inc5m": _value(prom, f"increase({DOWN}[5m])"),
+                    "ratio": _value(prom, "job:http_requests_5xx:ratio_rate5m"),
                 }
             )
             time.sleep(5)
         stop.set()
         time.sleep(1)
         span = f"{int(t_end) + 60}s"
-        totals = {
-            "live_total": prom.value(LIVE),
-            "down_total": prom.value(DOWN),
-            "live_increase_whole_run": prom.value(f"increase({LIVE}[{span}])"),
-            "down_increase_whole_run": prom.value(f"increase({DOWN}[{span}])"),
+        story.totals = {
+            "live_total": _value(prom, LIVE),
+            "down_total": _value(prom, DOWN),
+            "live_increase_whole_run": _value(prom, f"increase({LIVE}[{span}])"),
+            "down_increase_whole_run": _value(prom, f"increase({DOWN}[{span}])"),
             "max_live_inc5m_after": max(
                 (r["live_inc5m"] or 0 for r in rows if r["phase"] == "after"), default=0
             ),
@@ -203,26 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     finally:
         stop.set()
-        prometheus.terminate()
-        prometheus.wait(30)
-        log.close()
-        server.shutdown()
-        gateway.close()
-        cluster.destroy()
-        shutil.rmtree(work, ignore_errors=True)
-
-    print(f"outage {args.outage_s:g}s, scrape/eval every {interval}, shipped rules and defaults")
-    print("\n".join(events))
-    print(f"calls made: {dict(sorted((f'{p} {s}', n) for (p, s), n in sent.items()))}")
-    print(f"/health/live 200s during the outage: {live_at_start - live_at_stop}")
-    print(json.dumps(totals, indent=1))
-    print("  t phase   up db  live  inc5m(live)  503s  inc5m(503)  5xx-ratio")
-    for r in rows[::3]:
-        print(
-            f"{r['t']:4.0f} {r['phase']:7} {_f(r['up'])} {_f(r['database_up'])} {_f(r['live'])}"
-            f" {_f(r['live_inc5m'])} {_f(r['down'])} {_f(r['down_inc5m'])} {_f(r['ratio'])}"
-        )
-    return 0
+    return story
 
 
 def _f(value: float | None) -> str:
