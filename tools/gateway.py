@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import re
 import select
 import subprocess
@@ -29,9 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tools import ROOT
 from tools.apigw import proxy_event, resolve
 from tools.runtime import FunctionSpec, functions, load_template
+from tools.worker import spawn
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 MAX_URL_CHARS = 8192  # longer request targets are 414, like API Gateway's
@@ -47,25 +46,7 @@ class Worker:
         self.proc: subprocess.Popen[str] | None = None
 
     def _start(self) -> subprocess.Popen[str]:
-        env = {**os.environ, **self.spec.environment, **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        env["AWS_LAMBDA_FUNCTION_NAME"] = self.spec.logical_id
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tools.worker",
-                str(self.spec.code_dir),
-                self.spec.handler,
-                self.spec.logical_id,
-                str(self.spec.memory_mb),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
+        return spawn(self.spec, {**self.env, "AWS_LAMBDA_FUNCTION_NAME": self.spec.logical_id})
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
         with self.lock:

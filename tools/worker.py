@@ -10,9 +10,45 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tools.runtime import FunctionSpec
+
+
+def spawn(
+    spec: FunctionSpec, env: Mapping[str, str], stderr: int | IO[Any] | None = None
+) -> subprocess.Popen[str]:
+    """A worker process for `spec`, with the function's environment from template.yaml
+    and `env` on top; text pipes for the protocol, `stderr` where the handler prints."""
+    from tools import ROOT
+
+    environment = {**os.environ, **spec.environment, **env}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), environment.get("PYTHONPATH")])
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools.worker",
+            str(spec.code_dir),
+            spec.handler,
+            spec.logical_id,
+            str(spec.memory_mb),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+    )
 
 
 def main() -> int:

@@ -28,6 +28,7 @@ from tools import ROOT
 from tools.apigw import proxy_event
 from tools.extensions_api import RuntimeApiStandIn
 from tools.runtime import functions
+from tools.worker import spawn
 
 PROBES = ("/health/live", "/health", "/health/ready")
 SERVE_S = 5.0
@@ -40,21 +41,14 @@ class Container:
         spec = functions()[function]
         self.timeout_s = spec.timeout_s
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.worker", str(spec.code_dir), spec.handler, function],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=ROOT,
-            env={
-                **os.environ,
-                **spec.environment,
-                "PYTHONPATH": str(ROOT),
+        self.proc = spawn(
+            spec,
+            {
                 "AWS_LAMBDA_FUNCTION_NAME": function,
                 "POWERTOOLS_METRICS_NAMESPACE": "Test",
                 **env,
             },
+            stderr=self.log,
         )
         self._read = 0
 
