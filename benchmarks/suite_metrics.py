@@ -327,7 +327,7 @@ def _count_samples(text: str, prefixes: tuple[str, ...]) -> int:
 
 def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     from ops.db import get_db
-    from ops.metrics import render as render_module
+    from ops.metrics import exposition
     from ops.metrics.totals import read_totals
 
     baseline = _client_registry()
@@ -376,7 +376,7 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
                 baseline()
                 client_ms.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
-                render_module.render(totals, {}, openmetrics=False)
+                exposition.render(totals, {}, openmetrics=False)
                 render_ms.append((time.perf_counter() - started) * 1000)
         h, c, r = (statistics.median(x) for x in (handler_ms, client_ms, render_ms))
         stats[key] = h / c
@@ -401,7 +401,7 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
         [
             f"Medians of {plan.render_rounds} interleaved rounds; ms. *handler*: the whole "
             "`/metrics` invocation (both reads, render, its own request's metrics and flush); "
-            "*render*: `ops.metrics.render.render` alone on the summed totals.",
+            "*render*: `ops.metrics.exposition.render` alone on the summed totals.",
             "",
             "| store | value rows | samples | handler | render "
             "| generate_latest | handler / generate_latest |",

@@ -27,7 +27,7 @@ from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.log import logger
 from ops.metrics import catalogue as m
-from ops.metrics.render import (
+from ops.metrics.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     Live,

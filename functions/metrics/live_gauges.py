@@ -18,7 +18,7 @@ from ops.config import settings
 from ops.db import Database
 from ops.log import logger
 from ops.metrics import catalogue as m
-from ops.metrics.recorder import LiveGauge
+from ops.metrics.families import LiveGauge
 from ops.retention_policies import Policy, PolicyError, load_policies
 from ops.sql import quote_ident, quote_literal
 

@@ -11,9 +11,10 @@ import sys
 import pytest
 
 from ops.metrics import catalogue as m
-from ops.metrics import flush, recorder
-from ops.metrics.recorder import Counter, Emf, Gauge, Histogram
-from ops.metrics.render import render, wants_openmetrics
+from ops.metrics import families, flush, pending
+from ops.metrics.emf import Emf
+from ops.metrics.exposition import render, wants_openmetrics
+from ops.metrics.families import Counter, Gauge, Histogram
 from ops.metrics.text_format import format_bound, format_value
 from tests.support.metrics import parse, value
 from tools import ROOT
@@ -57,7 +58,7 @@ def test_label_mistakes_raise_at_record_time(call, message):
 def test_bad_values_raise(call, message):
     with pytest.raises(ValueError, match=message):
         call()
-    assert not recorder.take_deltas()
+    assert not pending.take_deltas()
 
 
 def test_children_are_cached_and_int_values_accepted():
@@ -66,7 +67,7 @@ def test_children_are_cached_and_int_values_accepted():
     by_position = m.HTTP_REQUESTS.labels("GET", "/x", "200")
     by_position.inc()
     by_name.inc(2)
-    deltas = recorder.take_deltas()
+    deltas = pending.take_deltas()
     assert deltas.sums == {("http_requests_total", 'method="GET",route="/x",status="200"', ""): 3.0}
 
 
@@ -85,7 +86,7 @@ def test_histogram_buckets_are_upper_inclusive():
     child = m.TOOL_CALL_DURATION.labels(tool="search")
     for ms in (50.0, 50.000001, 5000.0, 5000.5, 0.0):
         child.observe(ms)
-    sums = recorder.take_deltas().sums
+    sums = pending.take_deltas().sums
     labels = 'tool="search"'
     assert sums == {
         ("tool_call_duration_ms", labels, "50.0"): 2.0,  # 0.0 and exactly 50.0
@@ -101,7 +102,7 @@ def test_http_duration_resolves_fast_routes_and_keeps_the_objective_bounds():
     child = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/health/live")
     for ms in (0.4, 2.0, 4.0, 7.0):
         child.observe(ms)
-    sums = recorder.take_deltas().sums
+    sums = pending.take_deltas().sums
     labels = 'method="GET",route="/health/live"'
     assert {le: n for (_, lab, le), n in sums.items() if lab == labels and le != "sum"} == {
         "1.0": 1.0,
@@ -118,7 +119,7 @@ def test_time_observes_in_the_family_unit():
         pass
     with m.RETENTION_RUN_DURATION.time():
         pass
-    sums = recorder.take_deltas().sums
+    sums = pending.take_deltas().sums
     # Both blocks took far less than the first bucket (50 ms, 1 s): one observation each.
     assert sums[("tool_call_duration_ms", 'tool="t"', "50.0")] == 1.0
     assert sums[("retention_run_duration_seconds", "", "1.0")] == 1.0
@@ -128,7 +129,7 @@ def test_gauge_keeps_the_last_value():
     missing = m.RETENTION_MISSING_INDEX.labels(table="events")
     missing.set(1)
     missing.set(0)
-    ((key, (reading, _)),) = recorder.take_deltas().gauges.items()
+    ((key, (reading, _)),) = pending.take_deltas().gauges.items()
     assert key == ("retention_missing_index", 'table="events"', "") and reading == 0.0
 
 
@@ -214,7 +215,7 @@ def test_openmetrics_names_counter_families_without_total():
 
 def test_every_catalogue_family_has_help_and_type_even_without_samples():
     text = render({}, {}, openmetrics=False)
-    for family in recorder.REGISTRY.values():
+    for family in families.REGISTRY.values():
         assert f"# HELP {family.name} " in text
         assert f"# TYPE {family.name} {family.kind}\n" in text
     samples = parse(text)
@@ -288,7 +289,7 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
     m.ERRORS.labels(function="f", kind="unhandled_exception").inc()  # not mirrored
 
     assert flush() is True  # no database configured: nothing to keep
-    assert not recorder.take_deltas()
+    assert not pending.take_deltas()
     lines = emf_lines(capsys.readouterr().out)
     by_dims = {}
     for line in lines:
@@ -403,14 +404,14 @@ def test_emf_lines_are_the_ones_powertools_metrics_prints(capsys, observations):
     """emf.py writes the lines itself (a quarter of Powertools' cost a line); they must
     stay exactly the lines Powertools Metrics would print for the same recordings."""
     from ops.config import settings
-    from ops.metrics import emf, recorder
+    from ops.metrics import emf, pending
 
     for i in range(observations):
         m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(float(i))
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="503").inc(2)
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     m.TOOL_CALL_DURATION.labels(tool="search").observe(12.5)
-    recorded = recorder.take_emf()
+    recorded = pending.take_emf()
     assert recorded
     capsys.readouterr()
     emf.emit(recorded)

@@ -237,7 +237,7 @@ def test_series_deleted_behind_a_container_are_recreated(metrics_env, own_sql):
 
 
 def test_gauges_keep_the_newest_reading_across_containers(metrics_env):
-    from ops.metrics import recorder, reset
+    from ops.metrics import pending, reset
 
     def new_container_on_another_shard() -> None:
         shard = store.outbox().shard
@@ -246,7 +246,7 @@ def test_gauges_keep_the_newest_reading_across_containers(metrics_env):
 
     status = m.RETENTION_MISSING_INDEX.labels(table="events")
     status.set(0)
-    late = recorder.take_deltas()  # read first, flushed last (a slow container)
+    late = pending.take_deltas()  # read first, flushed last (a slow container)
     new_container_on_another_shard()
     status.set(1)
     assert flush() is True

@@ -390,7 +390,7 @@ SCRAPE_LABELS = {"job", "instance"}
 
 def _registry() -> dict[str, Any]:
     from ops.metrics import catalogue  # noqa: F401 - defining the families fills the registry
-    from ops.metrics.recorder import REGISTRY
+    from ops.metrics.families import REGISTRY
 
     return REGISTRY
 

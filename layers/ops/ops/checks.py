@@ -169,7 +169,7 @@ def run_checks(checks: list[Check]) -> list[CheckResult]:
 
 
 def _probe_database(budget_s: float) -> None:
-    from ops.metrics.flusher import probe_database
+    from ops.metrics.flushing import probe_database
 
     probe_database(budget_s)  # SELECT 1, or the due metrics flush in the same round trip
 

@@ -7,7 +7,7 @@ Record with the catalogue's families, anywhere in any function:
     m.TOOL_CALL_DURATION.labels(tool="search").observe(elapsed_ms)
 
 API functions (`ops.service.service_api()`) record every response and flush by the
-policy (METRICS_FLUSH_INTERVAL_S; ops.metrics.flusher) on their own, and at shutdown.
+policy (METRICS_FLUSH_INTERVAL_S; ops.metrics.flushing) on their own, and at shutdown.
 Other functions call `install_shutdown_flush()` at init and `flush()` at the end
 of each invocation:
 
@@ -17,16 +17,27 @@ of each invocation:
 Importing this package (and the catalogue) costs only the standard library;
 the store, the database driver and Powertools Metrics load on the first flush.
 
-Where a recorded value goes, and how it comes back (module by module):
+Where a recorded value goes, and how it comes back. The modules are named for the
+steps, in order (`exposition` as prometheus_client names it; `flushing`, because
+`ops.metrics.flush` is the function below):
 
-    record        catalogue (the families), recorder (counters, histograms, gauges)
-      -> pending deltas, per container        recorder.Deltas, keyed by SeriesKey
-      -> flush     flusher (when), courier (a thread to bound the wait),
-                   lifecycle (before the deadline, at shutdown), http (after each response);
-                   emf (the CloudWatch copy of the same recordings)
-      -> PostgreSQL   store (one round trip: SELECT metrics_flush(...), migrations/)
-      -> totals    totals (sums over shards, read at scrape time)
-      -> exposition   render (text 0.0.4 or OpenMetrics), text_format (every spelling)
+    step           module      what it holds
+    write side, in every function:
+    record         families    Counter, Histogram, Gauge: what code records with
+                               (catalogue declares the product's families with them)
+    -> pending     pending     this container's deltas by SeriesKey, since the last flush
+    -> flush       flushing    when the deltas are due, and sending them; courier (a thread
+                               that bounds the wait), lifecycle (before the deadline, at
+                               shutdown), http (after each response of an ops.api.Api)
+    -> PostgreSQL  store       one round trip: SELECT metrics_flush(...) (migrations/)
+    read side, in the metrics function at scrape time:
+    -> totals      totals      the sums over shards, read from PostgreSQL
+    -> exposition  exposition  the text format 0.0.4 or OpenMetrics 1.0.0
+
+text_format spells label sets, bucket bounds and values for both sides (a series is
+stored under its label set as exposed). The CloudWatch copy takes the same way to
+the flush: pending holds the EMF values too (one lock per recording), and emf
+prints them as EMF lines (`Emf` and `EmfKey` there say how a family is mirrored).
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from __future__ import annotations
 
 def flush() -> bool:
     """Send the deltas to PostgreSQL and the recordings to CloudWatch (EMF), now."""
-    from ops.metrics.flusher import flush as flush_now
+    from ops.metrics.flushing import flush as flush_now
 
     return flush_now()
 
@@ -49,10 +60,10 @@ def install_shutdown_flush(*, idle_flush: bool = False) -> None:
 
 def reset() -> None:
     """Forget everything recorded and pending, as a new container would (tests)."""
-    from ops.metrics import emf, flusher, recorder, store, totals
+    from ops.metrics import emf, flushing, pending, store, totals
 
-    flusher.reset()
-    recorder.reset()
+    flushing.reset()
+    pending.reset()
     store.reset()
     totals.reset()
     emf.reset()

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ops.config import settings
-from ops.metrics.recorder import Counter, Emf, Gauge, Histogram, LiveGauge
+from ops.metrics.emf import Emf
+from ops.metrics.families import Counter, Gauge, Histogram, LiveGauge
 
 
 def function_name() -> str:

@@ -11,22 +11,72 @@ POWERTOOLS_METRICS_NAMESPACE is not set (local runs without it).
 The lines are the ones Powertools Metrics prints, written here directly: every
 invocation emits them, and Powertools' emitter (validation, its metric set
 objects) costs about 20 µs a line, four times this.
+
+A family says how it is mirrored (`Emf`, in ops.metrics.catalogue); each recording
+adds to the container's pending EMF values (ops.metrics.pending, under the deltas'
+lock) by its `EmfKey`; every flush takes them and prints them here. The catalogue
+imports this module for `Emf`: json and ops.log (Powertools) load at the first
+emission, so that importing the catalogue costs what it did before.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from ops.config import settings
-from ops.log import logger
-from ops.metrics.recorder import EmfKey
 
 MAX_PER_LINE = 100  # EMF: metrics in one line, and values of one metric
+
+
+class EmfKey(NamedTuple):
+    """One CloudWatch metric of a flush's EMF lines."""
+
+    name: str
+    unit: str
+    dimension: str  # the extra dimension's name, "" when there is none
+    value: str  # its value, "" when there is none
+
+
+class Emf:
+    """How a family is mirrored to CloudWatch (EMF). Dimensions must stay bounded.
+
+    `name` may use the family's labels (`retention_runs_{status}`) when those
+    label values are a closed set, or be chosen from the labels by `name_of`
+    (one of `names`); `dimension` derives one extra dimension from the labels;
+    `value` maps a gauge reading to the emitted value.
+    """
+
+    __slots__ = ("dimension", "name", "name_of", "names", "unit", "value")
+
+    def __init__(
+        self,
+        name: str,
+        unit: str,
+        dimension: tuple[str, Callable[[Mapping[str, str]], str]] | None = None,
+        value: Callable[[float], float] | None = None,
+        name_of: tuple[tuple[str, ...], Callable[[Mapping[str, str]], str]] | None = None,
+    ) -> None:
+        self.name = name
+        self.unit = unit
+        self.dimension = dimension
+        self.value = value
+        self.names: tuple[str, ...] = name_of[0] if name_of else (name,)
+        self.name_of: Callable[[Mapping[str, str]], str] | None = name_of[1] if name_of else None
+
+    def key(self, labels: Mapping[str, str]) -> EmfKey:
+        if self.name_of is not None:
+            name = self.name_of(labels)
+        else:
+            name = self.name.format(**labels) if "{" in self.name else self.name
+        if self.dimension is None:
+            return EmfKey(name, self.unit, "", "")
+        dim_name, derive = self.dimension
+        return EmfKey(name, self.unit, dim_name, derive(labels))
 
 
 def emit(recorded: dict[EmfKey, list[float]]) -> int:
@@ -83,6 +133,8 @@ def _line(
     metrics: dict[str, tuple[str, list[float]]],
     timestamp: int,
 ) -> str:
+    import json  # at the first emission (module docstring)
+
     body: dict[str, Any] = {
         "_aws": {
             "Timestamp": timestamp,
@@ -102,6 +154,8 @@ def _line(
 
 
 def _output_lock() -> AbstractContextManager[Any]:
+    from ops.log import logger  # at the first emission (module docstring)
+
     handler = logger.registered_handler
     return handler.lock if handler.lock is not None else nullcontext()
 

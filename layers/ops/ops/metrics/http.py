@@ -1,5 +1,5 @@
 """HTTP instrumentation for `ops.api.Api`: every response recorded, then the flush
-policy (ops.metrics.flusher), the deadline watch and the shutdown flush (lifecycle).
+policy (ops.metrics.flushing), the deadline watch and the shutdown flush (lifecycle).
 
 ops.service installs this on every API function's `Api`, so every response is
 counted: 2xx to 5xx, 404 for unknown paths (route "unmatched"), 405, 400 for
@@ -32,7 +32,7 @@ def record_response(req: Request | None, route: str, status: int, duration_ms: f
 
 
 def instrument(app: Api) -> None:
-    """Record every response; flush by the policy (ops.metrics.flusher) after each
+    """Record every response; flush by the policy (ops.metrics.flushing) after each
     invocation, in the background on latency-critical routes."""
     lifecycle.install()  # at init: Lambda accepts extension registrations only then
     background = False
@@ -44,9 +44,9 @@ def instrument(app: Api) -> None:
 
     def after_invocation() -> None:
         lifecycle.end_invocation()
-        from ops.metrics import flusher  # the database driver loads on the first flush
+        from ops.metrics import flushing  # the database driver loads on the first flush
 
-        flusher.end_invocation(background=background)
+        flushing.end_invocation(background=background)
 
     app.before_invocation.append(lifecycle.begin_invocation)
     app.response_hooks.append(on_response)

@@ -31,7 +31,7 @@ from typing import Any
 from ops.config import settings
 from ops.log import logger
 
-# The flusher and the store import the database driver and Powertools Metrics: they
+# ops.metrics.flushing and the store import the database driver and Powertools Metrics: they
 # load on first use, never at init (cold start).
 
 SHUTDOWN_BUDGET_S = 0.25
@@ -50,21 +50,21 @@ def deadline_margin_s() -> float:
 
 
 def _hand_over() -> None:
-    from ops.metrics import flusher
+    from ops.metrics import flushing
 
-    flusher.hand_over()
+    flushing.hand_over()
 
 
 def _pending_since() -> float | None:
-    from ops.metrics import flusher
+    from ops.metrics import flushing
 
-    return flusher.pending_since()
+    return flushing.pending_since()
 
 
 def _flush_before_exit(budget_s: float) -> bool:
-    from ops.metrics import flusher
+    from ops.metrics import flushing
 
-    return flusher.flush_before_exit(budget_s)
+    return flushing.flush_before_exit(budget_s)
 
 
 class _Shutdown:

@@ -12,8 +12,8 @@ Flush protocol (one round trip, exactly once):
   unknown (the query went out, then the connection broke or timed out), the
   batches are sealed and resent unchanged, with their numbers; the server skips
   those it already stored. Nothing is counted twice. Past MAX_SEALED_BATCHES
-  the oldest sealed batch is dropped, and the result says so (the flusher
-  counts and logs it as dropped).
+  the oldest sealed batch is dropped, and the result says so
+  (ops.metrics.flushing counts and logs it as dropped).
 * The query runs on a helper thread (ops.metrics.courier). The caller waits for
   at most 2 x METRICS_FLUSH_TIMEOUT_MS (or its own budget, or not at all), so
   that neither a hung database nor a health check stuck on the shared
@@ -44,7 +44,7 @@ from pg8000.exceptions import DatabaseError
 from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.metrics.courier import Courier
-from ops.metrics.recorder import Deltas, SeriesKey
+from ops.metrics.pending import Deltas, SeriesKey
 from ops.sql import error_fields, quote_literal, set_local_timeouts, sqlstate
 
 MAX_SEALED_BATCHES = 64  # beyond this, the oldest unknown-outcome batch is dropped

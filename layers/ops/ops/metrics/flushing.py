@@ -1,4 +1,4 @@
-"""The flush policy: when deltas go to PostgreSQL, and recordings to CloudWatch (EMF).
+"""The flush: when pending deltas go to PostgreSQL and EMF values to CloudWatch; sending them.
 
 * EMF lines go out at the end of every invocation, whatever the database flush does
   (CloudWatch's copy needs no database).
@@ -30,7 +30,7 @@ from ops.config import settings
 from ops.db import DatabaseUnavailable, get_db
 from ops.log import logger
 from ops.metrics import catalogue as m
-from ops.metrics import emf, recorder, store
+from ops.metrics import emf, pending, store
 from ops.metrics.catalogue import function_name
 
 _last_attempt = float("-inf")  # monotonic time of the last flush started
@@ -47,7 +47,7 @@ def reset() -> None:
 
 def _emit() -> None:
     try:
-        emf.emit(recorder.take_emf())
+        emf.emit(pending.take_emf())
     except Exception as exc:  # CloudWatch's copy must not fail the invocation either
         logger.warning("EMF emission failed", extra={"type": "metrics_flush", "error": repr(exc)})
 
@@ -60,7 +60,7 @@ def _store_configured() -> bool:
 def pending_since() -> float | None:
     """Monotonic time of the oldest delta not yet known to be stored (None: nothing)."""
     box = store.current()
-    times = [t for t in (recorder.pending_since(), box.oldest() if box else None) if t is not None]
+    times = [t for t in (pending.pending_since(), box.oldest() if box else None) if t is not None]
     return min(times, default=None)
 
 
@@ -120,7 +120,7 @@ def _push(
     global _last_attempt
     _last_attempt = time.monotonic()
     return store.push(
-        recorder.take_deltas(),
+        pending.take_deltas(),
         time.time(),
         wait_s=wait_s,
         meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
@@ -149,7 +149,7 @@ def flush(*, background: bool = False) -> bool:
     stored = False
     try:
         if not _store_configured():
-            recorder.take_deltas()  # no database: the Prometheus side is off, EMF still goes out
+            pending.take_deltas()  # no database: the Prometheus side is off, EMF still goes out
             stored = True
         else:
             stored = _push(0.0 if background else None, emit_once).stored
@@ -211,10 +211,10 @@ def flush_before_exit(budget_s: float) -> bool:
     deadline = time.monotonic() + budget_s
     _emit()
     if not _store_configured():
-        recorder.take_deltas()
+        pending.take_deltas()
         return True
     box = store.outbox()
-    box.add(recorder.take_deltas())
+    box.add(pending.take_deltas())
     error: str | None = None
     while box.batches:
         left = deadline - time.monotonic()
@@ -245,5 +245,5 @@ def flush_before_exit(budget_s: float) -> bool:
         },
     )
     _emit()  # the count reaches CloudWatch; the database is what just failed
-    recorder.take_deltas()
+    pending.take_deltas()
     return False

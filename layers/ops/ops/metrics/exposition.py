@@ -16,7 +16,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ops.metrics.recorder import COUNTER, GAUGE, REGISTRY, Family, Histogram
+from ops.metrics.families import COUNTER, GAUGE, REGISTRY, Family, Histogram
 from ops.metrics.text_format import escape_help, format_value
 
 if TYPE_CHECKING:

@@ -1,11 +1,8 @@
-"""Counters, histograms and gauges in the style of `prometheus_client`, recording deltas.
+"""Counters, histograms and gauges in the style of `prometheus_client`: what code records with.
 
-A Lambda container's totals are meaningless on their own (each scrape would land
-on a random container), so nothing here is ever rendered directly. Each family
-records what happened since the last flush, keyed by series; `take_deltas()`
-hands that to the store, which adds it to the totals in PostgreSQL. What is
-recorded for CloudWatch (EMF) is kept apart, because it is emitted on every
-flush whether or not the database took the deltas.
+The product's families are declared in ops.metrics.catalogue. A family's children
+add to this container's pending deltas (ops.metrics.pending), never to a total of
+their own: the totals live in PostgreSQL.
 
 Label values are validated when a child is first made, and children are cached,
 so the steady-state cost of `m.X.labels(a="b").inc()` is two dict lookups and a
@@ -15,169 +12,18 @@ lock. Pure standard library: every function imports this on its hot path.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
+from ops.metrics.emf import Emf, EmfKey
+from ops.metrics.pending import SeriesKey, recordings
 from ops.metrics.text_format import format_bound, format_labels
 
 MAX_LABEL_VALUE_LENGTH = 128
-
-
-class SeriesKey(NamedTuple):
-    """One stored series (a row of metric_series)."""
-
-    family: str
-    labels: str  # rendered as in the exposition: `method="GET",route="/health"`
-    part: str  # "" for a counter or gauge value, "sum", or a bucket's `le` ("10.0", "+Inf")
-
-
-class EmfKey(NamedTuple):
-    """One CloudWatch metric of a flush's EMF lines."""
-
-    name: str
-    unit: str
-    dimension: str  # the extra dimension's name, "" when there is none
-    value: str  # its value, "" when there is none
-
-
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
-
-
-class Emf:
-    """How a family is mirrored to CloudWatch (EMF). Dimensions must stay bounded.
-
-    `name` may use the family's labels (`retention_runs_{status}`) when those
-    label values are a closed set, or be chosen from the labels by `name_of`
-    (one of `names`); `dimension` derives one extra dimension from the labels;
-    `value` maps a gauge reading to the emitted value.
-    """
-
-    __slots__ = ("dimension", "name", "name_of", "names", "unit", "value")
-
-    def __init__(
-        self,
-        name: str,
-        unit: str,
-        dimension: tuple[str, Callable[[Mapping[str, str]], str]] | None = None,
-        value: Callable[[float], float] | None = None,
-        name_of: tuple[tuple[str, ...], Callable[[Mapping[str, str]], str]] | None = None,
-    ) -> None:
-        self.name = name
-        self.unit = unit
-        self.dimension = dimension
-        self.value = value
-        self.names: tuple[str, ...] = name_of[0] if name_of else (name,)
-        self.name_of: Callable[[Mapping[str, str]], str] | None = name_of[1] if name_of else None
-
-    def key(self, labels: Mapping[str, str]) -> EmfKey:
-        if self.name_of is not None:
-            name = self.name_of(labels)
-        else:
-            name = self.name.format(**labels) if "{" in self.name else self.name
-        if self.dimension is None:
-            return EmfKey(name, self.unit, "", "")
-        dim_name, derive = self.dimension
-        return EmfKey(name, self.unit, dim_name, derive(labels))
-
-
-class _Recordings:
-    """Everything recorded since the last flush (deltas) or EMF emission."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sums: dict[SeriesKey, float] = {}
-        self.gauges: dict[SeriesKey, tuple[float, float]] = {}  # value, when (newest wins)
-        self.since: float | None = None  # monotonic time of the oldest delta not yet taken
-        # Counters and gauges: one summed value per flush; histograms: every observation.
-        self.emf: dict[EmfKey, list[float]] = {}
-
-    def add(self, key: SeriesKey, amount: float, emf: EmfKey | None) -> None:
-        with self.lock:
-            if self.since is None:
-                self.since = time.monotonic()
-            self.sums[key] = self.sums.get(key, 0.0) + amount
-            if emf is not None:
-                self._emf_add(emf, amount)
-
-    def observe(self, keys: tuple[SeriesKey, SeriesKey], value: float, emf: EmfKey | None) -> None:
-        bucket, total = keys
-        with self.lock:
-            if self.since is None:
-                self.since = time.monotonic()
-            sums = self.sums
-            sums[bucket] = sums.get(bucket, 0.0) + 1.0
-            sums[total] = sums.get(total, 0.0) + value
-            if emf is not None:
-                self.emf.setdefault(emf, []).append(value)
-
-    def set(self, key: SeriesKey, value: float, emf: EmfKey | None, emf_value: float) -> None:
-        with self.lock:
-            if self.since is None:
-                self.since = time.monotonic()
-            self.gauges[key] = (value, time.time())
-            if emf is not None:
-                self._emf_add(emf, emf_value)
-
-    def _emf_add(self, emf: EmfKey, amount: float) -> None:
-        values = self.emf.get(emf)
-        if values is None:
-            self.emf[emf] = [amount]
-        else:
-            values[0] += amount
-
-
-class Deltas:
-    """What a container recorded between two flushes."""
-
-    __slots__ = ("gauges", "since", "sums")
-
-    def __init__(
-        self,
-        sums: dict[SeriesKey, float],
-        gauges: dict[SeriesKey, tuple[float, float]],
-        since: float | None = None,
-    ) -> None:
-        self.sums = sums
-        self.gauges = gauges
-        self.since = since  # monotonic time of the oldest delta in here
-
-    def __bool__(self) -> bool:
-        return bool(self.sums or self.gauges)
-
-
-_recordings = _Recordings()
-
-
-def take_deltas() -> Deltas:
-    """Hand over the series deltas recorded so far and start afresh."""
-    r = _recordings
-    with r.lock:
-        deltas = Deltas(r.sums, r.gauges, r.since)
-        r.sums, r.gauges, r.since = {}, {}, None
-    return deltas
-
-
-def pending_since() -> float | None:
-    """Monotonic time of the oldest delta recorded and not yet handed to the store."""
-    return _recordings.since
-
-
-def take_emf() -> dict[EmfKey, list[float]]:
-    r = _recordings
-    with r.lock:
-        emf, r.emf = r.emf, {}
-    return emf
-
-
-def reset() -> None:
-    """Forget everything recorded (a new container; tests)."""
-    global _recordings
-    _recordings = _Recordings()
-
 
 REGISTRY: dict[str, Family[Any]] = {}
 _MISSING = object()
@@ -327,7 +173,7 @@ class CounterChild:
         amount = _finite(self._family, amount)
         if amount < 0:
             raise ValueError(f"{self._family}: counters only go up (got {amount})")
-        _recordings.add(self._key, amount, self._emf)
+        recordings.add(self._key, amount, self._emf)
 
 
 class Histogram(Family["HistogramChild"]):
@@ -383,7 +229,7 @@ class HistogramChild:
     def observe(self, value: float) -> None:
         value = _finite(self._family, value)
         # Buckets are upper-inclusive (le): bisect_left puts a value equal to a bound in it.
-        _recordings.observe(self._keys[bisect_left(self._bounds, value)], value, self._emf)
+        recordings.observe(self._keys[bisect_left(self._bounds, value)], value, self._emf)
 
     @contextmanager
     def time(self) -> Iterator[None]:
@@ -430,7 +276,7 @@ class GaugeChild:
     def set(self, value: float) -> None:
         value = _finite(self._family, value)
         emf_value = self._emf_value(value) if self._emf_value else value
-        _recordings.set(self._key, value, self._emf, emf_value)
+        recordings.set(self._key, value, self._emf, emf_value)
 
 
 class LiveGauge(Family[str]):
