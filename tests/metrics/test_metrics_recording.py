@@ -158,6 +158,33 @@ def test_recording_imports_no_prometheus_client_or_boto3():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+def test_catalogue_import_costs_only_the_standard_library():
+    """What every function imports to record (the package docstring's promise): emf.py,
+    which the catalogue imports for `Emf`, leaves ops.log (Powertools) to its first line."""
+    code = (
+        "import sys, tools\n"
+        "before = set(sys.modules)\n"
+        "from ops.metrics import catalogue\n"
+        "loaded = {n.split('.')[0] for n in set(sys.modules) - before}\n"
+        "assert loaded <= set(sys.stdlib_module_names) | {'ops'}, sorted(loaded)\n"
+        "assert 'ops.log' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_no_metrics_module_shadows_the_package_functions():
+    """Importing a submodule sets the package attribute of its name: a module named
+    `flush` would replace `ops.metrics.flush()` once anything imported it."""
+    import pkgutil
+
+    import ops.metrics
+
+    public = {name for name in vars(ops.metrics) if callable(getattr(ops.metrics, name))}
+    modules = {info.name for info in pkgutil.iter_modules(ops.metrics.__path__)}
+    assert {"flush", "install_shutdown_flush", "reset"} <= public
+    assert not public & modules
+
+
 # -- rendering ----------------------------------------------------------------------------
 
 
