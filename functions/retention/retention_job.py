@@ -20,7 +20,6 @@ half that at most.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -28,10 +27,18 @@ import pg8000.native
 import retention_metrics
 from pg8000.exceptions import DatabaseError
 from policy_catalog import Target, resolve_targets, select_policies
-from pruning import LOCK_CONFLICTS, Limits, Skips, Step, TablePruner, survey
+from pruning import LOCK_CONFLICTS, Limits, Skips, Step, Survey, TablePruner, survey
 from retention_settings import JobSettings, job_settings
 from run_identity import RunIdentity, identify
-from run_ledger import RunLedger, Start, Started, TableState
+from run_ledger import RunLedger, RunStatus, Start, Started, TableState
+from table_outcome import (
+    Closing,
+    StopReason,
+    TableOutcome,
+    audit_payload,
+    log_fields,
+    response_entry,
+)
 
 from ops.config import settings
 from ops.db import Database
@@ -116,52 +123,33 @@ def _job_log(status: str, message: str, **fields: Any) -> None:
         logger.thread_safe_remove_keys(["name"])
 
 
-def _table_log(table: str, payload: dict[str, Any]) -> None:
-    """The per-table line; partitionsDropped is a count here (Logs Insights sums it)."""
-    logger.info(
-        f"retention {table}",
-        extra={
-            "type": "retention",
-            "table": table,
-            **{k: payload.get(k) for k in _TABLE_LOG_KEYS},
-            **{k: payload[k] for k in _TABLE_LOG_OPTIONAL if k in payload},
-            "partitionsDropped": len(payload.get("partitionsDropped") or ()),
-            "droppedPartitions": payload.get("partitionsDropped") or [],
-        },
-    )
-
-
-_TABLE_LOG_KEYS = (
-    "runId",
-    "deleted",
-    "rowsDeleted",
-    "batches",
-    "partitionsDropped",
-    "cutoff",
-    "completed",
-    "dryRun",
-    "durationMs",
-)
-_TABLE_LOG_OPTIONAL = (
-    "partitionRowsEstimate",
-    "partitionsSkipped",
-    "relationsSkipped",
-    "stoppedBy",
-    "wouldDelete",
-    "oldest",
-    "wouldDropPartitions",
-    "error",
-)
-
-
 class _TableRecorder:
     """Books one table's units of work; the final unit carries the audit entry."""
 
-    def __init__(self, ledger: RunLedger, table: str, details: Callable[[bool], dict[str, Any]]):
+    def __init__(self, ledger: RunLedger, table: str, budget: Budget) -> None:
         self.ledger = ledger
         self.table = table
-        self.details = details
-        self.payload: dict[str, Any] | None = None
+        self.budget = budget
+        self.began = time.monotonic()
+        self.skips = Skips()  # what the pruner could not lock: left for the next run
+        self.outcome: TableOutcome | None = None
+
+    def closing(self, done: bool, found: Survey | None = None) -> Closing:
+        """How this invocation leaves the table, as its audit entry is written."""
+        if done:
+            stopped_by = None
+        elif self.skips and self.budget.has_time():
+            stopped_by = StopReason.LOCKED
+        else:
+            stopped_by = StopReason.DEADLINE
+        return Closing(
+            completed=done,
+            duration_ms=round((time.monotonic() - self.began) * 1000),
+            stopped_by=stopped_by,
+            partitions_skipped=tuple(self.skips.partitions),
+            relations_skipped=tuple(self.skips.relations),
+            survey=found,
+        )
 
     def fence(self, conn: pg8000.native.Connection) -> None:
         self.ledger.fence(conn)
@@ -169,7 +157,7 @@ class _TableRecorder:
     def record(self, conn: pg8000.native.Connection, step: Step) -> None:
         self.ledger.record(conn, self.table, step)
         if step.final:
-            self.payload = self.ledger.audit(conn, self.table, step.done, self.details(step.done))
+            self.outcome = self.ledger.audit(conn, self.table, self.closing(step.done))
 
 
 class RetentionRun:
@@ -179,7 +167,7 @@ class RetentionRun:
         self.cfg = cfg
         self.budget = Budget(context, cfg.deadline_margin_ms)
         self.ledger = RunLedger(db, identity, cfg.lease_ttl_ms, cfg.lock_timeout_ms)
-        self.payloads: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[str, TableOutcome] = {}
 
     @property
     def limits(self) -> Limits:
@@ -199,15 +187,15 @@ class RetentionRun:
         try:
             self._audit_crashed_runs(targets)
             for target in targets:
-                self._table(target, start.tables[target.table])
+                self._table(target, start.tables[target.table], start.attempt)
         except Exception as exc:
             self._fail(targets, exc)
             raise
-        done = all(p["completed"] for p in self.payloads.values())
-        status = "completed" if done else "stopped"
+        done = all(o.completed for o in self.outcomes.values())
+        status = RunStatus.COMPLETED if done else RunStatus.STOPPED
         self.ledger.finish(status)
         seconds = time.monotonic() - started
-        retention_metrics.rows_deleted(self.payloads)
+        retention_metrics.rows_deleted(self.outcomes.values())
         _job_log(
             "completed",
             "retention run completed" if done else "retention run stopped at the deadline",
@@ -215,7 +203,7 @@ class RetentionRun:
             attempt=start.attempt,
             dryRun=self.identity.dry_run,
             allTablesCompleted=done,
-            rowsDeleted=sum(p["rowsDeleted"] for p in self.payloads.values()),
+            rowsDeleted=sum(o.rows_deleted for o in self.outcomes.values()),
             durationMs=round(seconds * 1000),
         )
         return self._response(status, attempt=start.attempt)
@@ -277,43 +265,34 @@ class RetentionRun:
             heldBy=start.held_by,
             heldUntil=utc_iso(start.held_until),
         )
-        return {**self._response("skipped"), "reason": reason, "heldBy": start.held_by}
+        return {**self._response(RunStatus.SKIPPED), "reason": reason, "heldBy": start.held_by}
 
     # -- per table ----------------------------------------------------------------------
-    def _table(self, target: Target, state: TableState) -> None:
+    def _table(self, target: Target, state: TableState, attempt: int) -> None:
         if state.completed:  # finished and audited by an earlier attempt of this run
-            self._done(target.table, self._already_completed(state))
+            self._done(self._already_completed(state, attempt))
             return
-        began = time.monotonic()
-
-        skips = Skips()  # what the pruner could not lock: left for the next run
-
-        def details(done: bool) -> dict[str, Any]:
-            stopped_by = "locked" if skips and self.budget.has_time() else "deadline"
-            return {
-                "durationMs": round((time.monotonic() - began) * 1000),
-                "stoppedBy": None if done else stopped_by,
-                **({"partitionsSkipped": list(skips.partitions)} if skips.partitions else {}),
-                **({"relationsSkipped": list(skips.relations)} if skips.relations else {}),
-            }
-
+        recorder = _TableRecorder(self.ledger, target.table, self.budget)
         if not self.budget.has_time():
-            payload = self._audit_alone(target.table, False, details(False))
+            outcome = self._audit_alone(target.table, recorder.closing(done=False))
         elif self.identity.dry_run:
-            payload = self._survey(target, state.cutoff, details)
+            outcome = self._survey(target, state.cutoff, recorder)
         else:
-            recorder = _TableRecorder(self.ledger, target.table, details)
             pruner = TablePruner(
-                self.db, target, state.cutoff, self.limits, self.budget.has_time, recorder, skips
+                self.db,
+                target,
+                state.cutoff,
+                self.limits,
+                self.budget.has_time,
+                recorder,
+                recorder.skips,
             )
             done = pruner.run()
             # No unit committed (nothing to delete, or out of time before the first): audit alone.
-            payload = recorder.payload or self._audit_alone(target.table, done, details(done))
-        self._done(target.table, payload)
+            outcome = recorder.outcome or self._audit_alone(target.table, recorder.closing(done))
+        self._done(outcome)
 
-    def _survey(
-        self, target: Target, cutoff: datetime, details: Callable[[bool], dict[str, Any]]
-    ) -> dict[str, Any]:
+    def _survey(self, target: Target, cutoff: datetime, recorder: _TableRecorder) -> TableOutcome:
         # Counting may take longer than a batch: the time left, which the socket outwaits.
         limits = self.limits
         timeout_ms = max(limits.statement_timeout_ms, self.budget.remaining_ms())
@@ -322,85 +301,84 @@ class RetentionRun:
         ) as conn:
             self.ledger.fence(conn, ttl_ms=timeout_ms + self.cfg.lease_ttl_ms)
             found = survey(conn, target, cutoff)
-            return self.ledger.audit(
-                conn,
-                target.table,
-                True,
-                {
-                    **details(True),
-                    "wouldDelete": found.expired_rows,
-                    "oldest": utc_iso(found.oldest),
-                    "wouldDropPartitions": found.partitions,
-                },
-            )
+            return self.ledger.audit(conn, target.table, recorder.closing(True, found))
 
     def _audit_alone(
-        self, table: str, completed: bool, details: dict[str, Any], run_key: str | None = None
-    ) -> dict[str, Any]:
+        self, table: str, closing: Closing, run_key: str | None = None
+    ) -> TableOutcome:
         limits = self.limits
         with self.db.transaction(
             statement_timeout_ms=limits.statement_timeout_ms, lock_timeout_ms=limits.lock_timeout_ms
         ) as conn:
             self.ledger.fence(conn)
-            return self.ledger.audit(conn, table, completed, details, run_key=run_key)
+            return self.ledger.audit(conn, table, closing, run_key=run_key)
 
     def _audit_crashed_runs(self, targets: list[Target]) -> None:
         """Deletes a crashed attempt committed but never audited: audit them now, once."""
         orphans = self.ledger.unaudited_elsewhere([t.table for t in targets])
         for run_key, table, completed in orphans:
-            payload = self._audit_alone(
-                table,
-                completed,
-                {"durationMs": None, "stoppedBy": "crash", "recoveredBy": self.ledger.run_key},
-                run_key=run_key,
+            closing = Closing(
+                completed=completed,
+                duration_ms=None,
+                stopped_by=StopReason.CRASH,
+                recovered_by=self.ledger.run_key,
             )
+            outcome = self._audit_alone(table, closing, run_key=run_key)
             logger.warning(
                 f"audited what run {run_key} deleted from {table} before it crashed",
-                extra={"type": "retention_warning", "warning": "recovered_audit", **payload},
+                extra={
+                    "type": "retention_warning",
+                    "warning": "recovered_audit",
+                    **audit_payload(outcome),
+                },
             )
 
-    def _done(self, table: str, payload: dict[str, Any]) -> None:
-        self.payloads[table] = payload
-        _table_log(table, payload)
+    def _done(self, outcome: TableOutcome) -> None:
+        self.outcomes[outcome.table] = outcome
+        logger.info(f"retention {outcome.table}", extra=log_fields(outcome))
 
     def _fail(self, targets: list[Target], exc: Exception) -> None:
         """Audit every table this invocation has not audited yet, then close the run as failed."""
         error = describe_error(exc)
+        closing = Closing(
+            completed=False, duration_ms=None, stopped_by=StopReason.ERROR, error=error
+        )
         try:
             for target in targets:
-                if target.table not in self.payloads:
-                    details = {"durationMs": None, "stoppedBy": "error", "error": error}
-                    self._done(target.table, self._audit_alone(target.table, False, details))
-            self.ledger.finish("failed", error)
+                if target.table not in self.outcomes:
+                    self._done(self._audit_alone(target.table, closing))
+            self.ledger.finish(RunStatus.FAILED, error)
         except Exception as audit_exc:  # database gone: the next run audits the remainder
             logger.error(
                 "could not audit the failed retention run; the next run will",
                 extra={"type": "retention_warning", "error": describe_error(audit_exc)},
             )
-        retention_metrics.rows_deleted(self.payloads)
+        retention_metrics.rows_deleted(self.outcomes.values())
 
     # -- output ---------------------------------------------------------------------------
-    def _already_completed(self, state: TableState) -> dict[str, Any]:
-        return {
-            "runId": self.ledger.run_key,
-            "deleted": 0,
-            "rowsDeleted": 0,
-            "batches": 0,
-            "partitionsDropped": [],
-            "cutoff": utc_iso(state.cutoff),
-            "completed": True,
-            "dryRun": self.identity.dry_run,
-            "durationMs": 0,
-            "alreadyCompleted": True,
-        }
+    def _already_completed(self, state: TableState, attempt: int) -> TableOutcome:
+        return TableOutcome(
+            table=state.table,
+            run_id=self.ledger.run_key,
+            trigger=self.identity.trigger,
+            attempt=attempt,
+            dry_run=self.identity.dry_run,
+            cutoff=state.cutoff,
+            rows_deleted=0,
+            batches=0,
+            partitions_dropped=(),
+            partition_rows_estimate=0,
+            closing=Closing(completed=True, duration_ms=0),
+            already_completed=True,
+        )
 
-    def _response(self, status: str, attempt: int | None = None) -> dict[str, Any]:
+    def _response(self, status: RunStatus, attempt: int | None = None) -> dict[str, Any]:
         return {
-            "status": status,
+            "status": status.value,
             "runId": self.ledger.run_key,
             "dryRun": self.identity.dry_run,
             "attempt": attempt,
-            "tables": [{"table": t, **p} for t, p in self.payloads.items()],
+            "tables": [response_entry(o) for o in self.outcomes.values()],
         }
 
 
@@ -441,6 +419,6 @@ def run_retention(event: Any, context: Any, db: Database | None = None) -> dict[
     finally:
         if own is not None:
             own.close()
-    if result["status"] != "skipped":
+    if result["status"] != RunStatus.SKIPPED:
         retention_metrics.run_finished(succeeded=True, seconds=time.monotonic() - began)
     return result

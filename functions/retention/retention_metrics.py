@@ -7,16 +7,17 @@ invocation sends them to the store and to CloudWatch; it never raises.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable
+
+from table_outcome import TableOutcome
 
 from ops.metrics import catalogue as m
 
 
-def rows_deleted(payloads: Mapping[str, Mapping[str, Any]]) -> None:
-    for table, payload in payloads.items():
-        if not payload.get("dryRun") and payload.get("rowsDeleted"):
-            m.RETENTION_ROWS_DELETED.labels(table=table).inc(payload["rowsDeleted"])
+def rows_deleted(outcomes: Iterable[TableOutcome]) -> None:
+    for o in outcomes:
+        if not o.dry_run and o.rows_deleted:
+            m.RETENTION_ROWS_DELETED.labels(table=o.table).inc(o.rows_deleted)
 
 
 def run_finished(*, succeeded: bool, seconds: float) -> None:

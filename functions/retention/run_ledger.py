@@ -21,15 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 import pg8000.native
 from prepared import Prepared
 from pruning import Step
 from run_identity import RunIdentity
+from table_outcome import Closing, TableOutcome, audit_payload
 
 from ops.db import Database
-from ops.timestamps import utc_iso
 
 ACTOR_TYPE = "system"
 ACTOR_ID = "retention-job"
@@ -54,6 +53,15 @@ class Started(StrEnum):
     STARTED = "started"  # this invocation holds the lease and works
     DUPLICATE = "duplicate"  # the run already completed: nothing to do
     BUSY = "busy"  # another run holds the lease
+
+
+class RunStatus(StrEnum):
+    """How an attempt ended (`retention_runs.status`, and the response's `status`)."""
+
+    COMPLETED = "completed"  # every table done: the run is never run again
+    STOPPED = "stopped"  # the deadline (or locks) left rows: the next delivery resumes it
+    FAILED = "failed"  # an error: Scheduler retries it
+    SKIPPED = "skipped"  # not started (a duplicate, or another run holds the lease)
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,7 @@ class RunLedger:
         tables = {r[0]: TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
         return Start(Started.STARTED, attempt=int(attempt), tables=tables)
 
-    def finish(self, status: str, error: str | None = None) -> None:
+    def finish(self, status: RunStatus, error: str | None = None) -> None:
         """Close this attempt and release the lease, unless the lease was lost meanwhile."""
         with self.db.transaction(
             statement_timeout_ms=self.lock_timeout_ms + 5_000, lock_timeout_ms=self.lock_timeout_ms
@@ -145,7 +153,7 @@ class RunLedger:
             conn.run(
                 "UPDATE retention_runs SET status = :s, finished_at = clock_timestamp(), "
                 "last_error = :e WHERE run_key = :k",
-                s=status,
+                s=status.value,
                 e=error,
                 k=self.run_key,
             )
@@ -205,11 +213,10 @@ class RunLedger:
         self,
         conn: pg8000.native.Connection,
         table: str,
-        completed: bool,
-        details: dict[str, Any],
+        closing: Closing,
         run_key: str | None = None,
-    ) -> dict[str, Any]:
-        """Write the audit entry for everything not yet audited; returns its payload."""
+    ) -> TableOutcome:
+        """Write the audit entry for everything not yet audited; returns its outcome."""
         run_key = run_key or self.run_key
         (row,) = conn.run(
             "SELECT r.trigger, r.attempts, r.dry_run, t.cutoff, t.rows_deleted, t.batches, "
@@ -221,24 +228,19 @@ class RunLedger:
             t=table,
         )
         p = dict(zip((c["name"] for c in conn.columns), row, strict=True))
-        rows = int(p["rows_deleted"] - p["audited_rows"])
-        partition_rows = int(sum(p["partition_rows"][p["audited_partitions"] :]))
-        payload: dict[str, Any] = {
-            # The seed's field: every row this entry removed (row by row, exact, and in
-            # dropped partitions, by the statistics), as `payload->>'deleted'` queries expect.
-            "deleted": rows + partition_rows,
-            "runId": run_key,
-            "trigger": p["trigger"],
-            "attempt": p["attempts"],
-            "dryRun": p["dry_run"],
-            "cutoff": utc_iso(p["cutoff"]),
-            "rowsDeleted": rows,
-            "batches": int(p["batches"] - p["audited_batches"]),
-            "partitionsDropped": list(p["partitions_dropped"][p["audited_partitions"] :]),
-            "partitionRowsEstimate": partition_rows,
-            "completed": completed,
-            **details,
-        }
+        outcome = TableOutcome(
+            table=table,
+            run_id=run_key,
+            trigger=p["trigger"],
+            attempt=p["attempts"],
+            dry_run=p["dry_run"],
+            cutoff=p["cutoff"],
+            rows_deleted=int(p["rows_deleted"] - p["audited_rows"]),
+            batches=int(p["batches"] - p["audited_batches"]),
+            partitions_dropped=tuple(p["partitions_dropped"][p["audited_partitions"] :]),
+            partition_rows_estimate=int(sum(p["partition_rows"][p["audited_partitions"] :])),
+            closing=closing,
+        )
         conn.run(
             "INSERT INTO audit_logs (actor_type, actor_id, action, entity, payload) "
             "VALUES (:actor_type, :actor_id, :action, :entity, CAST(:payload AS jsonb))",
@@ -246,18 +248,18 @@ class RunLedger:
             actor_id=ACTOR_ID,
             action=ACTION,
             entity=table,
-            payload=json.dumps(payload, default=str),
+            payload=json.dumps(audit_payload(outcome), default=str),
         )
         conn.run(
             "UPDATE retention_run_tables SET audited_rows = rows_deleted, "
             "audited_batches = batches, audited_partitions = cardinality(partitions_dropped), "
             "completed = completed OR :done, updated_at = now() "
             "WHERE run_key = :k AND table_name = :t",
-            done=completed,
+            done=closing.completed,
             k=run_key,
             t=table,
         )
-        return payload
+        return outcome
 
     def unaudited_elsewhere(self, tables: Sequence[str]) -> list[tuple[str, str, bool]]:
         """Progress that crashed runs left unaudited (run key, table, completed)."""
