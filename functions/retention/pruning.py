@@ -66,7 +66,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import pg8000.native
 from partition_plan import PartitionDrop, plan_partitions
@@ -92,14 +92,12 @@ WINDOW_OVERRUN = 1.5
 # A window aims at this share of the batch size, so that ordinary ups and downs of the
 # data's density stay under the size (a window over it is rolled back and redone).
 WINDOW_FILL = 0.8
-OVERFULL = "overfull"  # what adapt() is told when a window held more than the batch size
+OVERFULL = "overfull"  # a batch failure code: a window held more than the batch size
 # Below this batchSize the probe costs less than a round trip: every batch is exact.
 WINDOW_MIN_SIZE = 1_000
 # A relation's first batch takes at most this many rows; batches double from there while
 # they take under half their time target (cold pages make the first ones the slowest).
 START_BATCH_SIZE = 1_000
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -187,7 +185,7 @@ class WindowOverfull(Exception):
 
 
 def _failure_code(exc: BaseException) -> str | None:
-    """What adapt() is told: the SQLSTATE, OVERFULL, or None for anything else."""
+    """What `Batches.adapt` is told: the SQLSTATE, OVERFULL, or None for anything else."""
     return OVERFULL if isinstance(exc, WindowOverfull) else sqlstate(exc) or None
 
 
@@ -205,6 +203,21 @@ class Batches:
     @property
     def windowed(self) -> bool:
         return self.windows and self.row_span is not None and not self.skip_locked
+
+    def adapt(self, code: str | None) -> bool:
+        """Change course after a batch failed with `code`; False if nothing can get around it."""
+        if code in LOCK_CONFLICTS:
+            self.skip_locked = True
+            return True
+        if code in (QUERY_CANCELED, OVERFULL) and self.windowed:  # denser: redo exactly
+            self.row_span = None
+            if code == QUERY_CANCELED:  # and smaller: it ran 1.5x over its time target
+                self.size = max(self.floor, self.size // 2)
+            return True
+        if code == QUERY_CANCELED and self.size > self.floor:
+            self.size = max(self.floor, self.size // 2)
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -423,48 +436,15 @@ class TablePruner:
 
     def _prune_rows(self, relation: Relation, last_unit: bool) -> bool:
         size = self.target.policy.batch_size
-        ordered = self.target.indexed
-        windows = ordered and size >= WINDOW_MIN_SIZE
+        windows = self.target.indexed and size >= WINDOW_MIN_SIZE
         b = Batches(
             size=min(size, START_BATCH_SIZE), floor=min(MIN_BATCH_SIZE, size), windows=windows
         )
         column_cutoff = self._column_cutoff() if windows else None
-
-        def batch(conn: pg8000.native.Connection) -> tuple[Batch, bool]:
-            done = delete_batch(
-                conn,
-                relation.sql,
-                self.target.column_sql,
-                self.cutoff,
-                b,
-                ordered,
-                column_cutoff,
-                self._prepared,
-            )
-            final = self._book(conn, Step(rows=done.rows, batches=1), done.done and last_unit)
-            return done, final
-
-        def adapt(code: str | None) -> bool:
-            if code in LOCK_CONFLICTS:
-                b.skip_locked = True
-                return True
-            if code in (QUERY_CANCELED, OVERFULL) and b.windowed:  # denser: redo exactly
-                b.row_span = None
-                if code == QUERY_CANCELED:  # and smaller: it ran 1.5x over its time target
-                    b.size = max(b.floor, b.size // 2)
-                return True
-            if code == QUERY_CANCELED and b.size > b.floor:
-                b.size = max(b.floor, b.size // 2)
-                return True
-            return False
-
-        def timeout() -> int:
-            return self.limits.window_timeout_ms if b.windowed else self.limits.statement_timeout_ms
-
         while True:
             started = time.monotonic()
             try:
-                outcome = self._transact(batch, adapt, timeout)
+                committed = self._commit_batch(relation, b, column_cutoff, last_unit)
             except DatabaseError as exc:
                 if sqlstate(exc) not in LOCK_CONFLICTS:
                     raise
@@ -472,10 +452,10 @@ class TablePruner:
                 self.skips.relations.append(relation.display)
                 _locked(relation.display, self.target.table, "table")
                 return True  # go on with the other units
-            if outcome is None:
+            if committed is None:
                 return False
-            done, final = outcome
-            b.frontier, b.row_span = done.frontier, done.row_span
+            batch, final = committed
+            b.frontier, b.row_span = batch.frontier, batch.row_span
             b.size = next_batch_size(
                 b.size,
                 (time.monotonic() - started) * 1000,
@@ -483,60 +463,105 @@ class TablePruner:
                 self.target.policy.batch_size,
             )
             if final:
-                return done.done and last_unit
-            if done.done:
+                return batch.done and last_unit
+            if batch.done:
                 return True
 
+    def _commit_batch(
+        self, relation: Relation, b: Batches, column_cutoff: Any, last_unit: bool
+    ) -> tuple[Batch, bool] | None:
+        """One batch and its record in one transaction: what it did and whether it was the
+        invocation's last step on the table. A failed batch is retried as `b.adapt` says
+        (lock conflicts at most MAX_LOCK_RETRIES times, with backoff); None if out of time."""
+        conflicts = 0
+        while True:
+            timeout = (
+                self.limits.window_timeout_ms if b.windowed else self.limits.statement_timeout_ms
+            )
+            try:
+                with self.db.transaction(
+                    statement_timeout_ms=timeout, lock_timeout_ms=self.limits.lock_timeout_ms
+                ) as conn:
+                    batch = delete_batch(
+                        conn,
+                        relation.sql,
+                        self.target.column_sql,
+                        self.cutoff,
+                        b,
+                        self.target.indexed,
+                        column_cutoff,
+                        self._prepared,
+                    )
+                    step = Step(rows=batch.rows, batches=1)
+                    return batch, self._book(conn, step, batch.done and last_unit)
+            except (DatabaseError, WindowOverfull) as exc:
+                code = _failure_code(exc)
+                conflict = code in LOCK_CONFLICTS
+                if (conflict and conflicts >= MAX_LOCK_RETRIES) or not b.adapt(code):
+                    raise
+            if conflict:
+                conflicts += 1
+                time.sleep(RETRY_BACKOFF_S * 2**conflicts)
+            if not self.keep_going():
+                return None
+
     def _drop(self, drop: PartitionDrop, last_unit: bool) -> bool:
+        """Detach and drop one partition in one transaction; a lock not had in time leaves it
+        (and, if the parent's, every remaining partition of that parent) for the next run."""
         part, parent = drop.partition.sql, drop.parent.sql
         if drop.parent.oid in self._locked_parents:  # would queue writers again: next run
             self.skips.partitions.append(drop.partition.display)
             return True
-        waiting_for = ["partition"]
-        lock_ms = int(self.limits.lock_timeout_ms)
-        # Below the statement timeout, so that a lock not had is a lock timeout.
-        vacuum_lock_ms = min(PARTITION_LOCK_TIMEOUT_MS, self.limits.statement_timeout_ms // 2)
-
-        def work(conn: pg8000.native.Connection) -> bool:
-            self.recorder.fence(conn)  # no lock on the parent unless this run may still work
-            # First keep autovacuum off the partition without blocking anyone: SHARE UPDATE
-            # EXCLUSIVE lets reads and writes through, and waiting longer than
-            # deadlock_timeout (1 s) for it gets a running autovacuum cancelled. Then the
-            # partition itself: waiting for its readers queues nobody on the parent.
-            conn.run(
-                f"{set_local_timeouts(lock_timeout_ms=max(1, vacuum_lock_ms))}; "
-                f"LOCK TABLE {part} IN SHARE UPDATE EXCLUSIVE MODE; "
-                f"{set_local_timeouts(lock_timeout_ms=lock_ms)}; "
-                f"LOCK TABLE {part} IN ACCESS EXCLUSIVE MODE"
-            )
-            # The planner's row count, not count(*): scanning a partition only to drop it would
-            # make a drop cost as much as reading the data. Exact after VACUUM/ANALYZE.
-            ((estimate,),) = conn.run(
-                "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint "
-                "FROM pg_partition_tree(:oid) t JOIN pg_class c ON c.oid = t.relid "
-                "WHERE t.isleaf",
-                oid=drop.partition.oid,
-            )
-            # ACCESS EXCLUSIVE on the parent queues every query behind it while it waits:
-            # lock_timeout bounds that wait.
-            waiting_for[0] = "parent"
-            conn.run(f"ALTER TABLE {parent} DETACH PARTITION {part}; DROP TABLE {part}")
-            step = Step(rows=0, partition=drop.partition.display, partition_rows=int(estimate))
-            return self._book(conn, step, last_unit)
-
+        waiting_for = "partition"
         try:
-            outcome = self._transact(work, lambda code: False)  # a lock not had: next run
-        except DatabaseError as exc:
+            with self.db.transaction(
+                statement_timeout_ms=self.limits.statement_timeout_ms,
+                lock_timeout_ms=self.limits.lock_timeout_ms,
+            ) as conn:
+                self.recorder.fence(conn)  # no lock on the parent unless this run may still work
+                estimate = self._lock_partition(conn, drop)
+                # ACCESS EXCLUSIVE on the parent queues every query behind it while it waits:
+                # lock_timeout bounds that wait.
+                waiting_for = "parent"
+                conn.run(f"ALTER TABLE {parent} DETACH PARTITION {part}; DROP TABLE {part}")
+                step = Step(rows=0, partition=drop.partition.display, partition_rows=estimate)
+                final = self._book(conn, step, last_unit)
+        except DatabaseError as exc:  # not retried: a lock not had is for the next run
             if sqlstate(exc) not in (*LOCK_CONFLICTS, QUERY_CANCELED):
                 raise
             self.skips.partitions.append(drop.partition.display)
-            if waiting_for[0] == "parent":
+            if waiting_for == "parent":
                 self._locked_parents.add(drop.parent.oid)
-            _locked(drop.partition.display, self.target.table, waiting_for[0])
+            _locked(drop.partition.display, self.target.table, waiting_for)
             return True  # go on with the other partitions
-        if outcome is None:
-            return False
-        return last_unit or not outcome
+        return last_unit or not final
+
+    def _lock_partition(self, conn: pg8000.native.Connection, drop: PartitionDrop) -> int:
+        """Lock the partition, queuing nobody on the parent; returns its rows (estimated).
+
+        First keep autovacuum off it without blocking anyone: SHARE UPDATE EXCLUSIVE lets
+        reads and writes through, and waiting longer than deadlock_timeout (1 s) for it gets
+        a running autovacuum cancelled. Then the partition itself: waiting for its readers
+        queues nobody on the parent.
+        """
+        part = drop.partition.sql
+        # Below the statement timeout, so that a lock not had is a lock timeout.
+        vacuum_lock_ms = min(PARTITION_LOCK_TIMEOUT_MS, self.limits.statement_timeout_ms // 2)
+        conn.run(
+            f"{set_local_timeouts(lock_timeout_ms=max(1, vacuum_lock_ms))}; "
+            f"LOCK TABLE {part} IN SHARE UPDATE EXCLUSIVE MODE; "
+            f"{set_local_timeouts(lock_timeout_ms=int(self.limits.lock_timeout_ms))}; "
+            f"LOCK TABLE {part} IN ACCESS EXCLUSIVE MODE"
+        )
+        # The planner's row count, not count(*): scanning a partition only to drop it would
+        # make a drop cost as much as reading the data. Exact after VACUUM/ANALYZE.
+        ((estimate,),) = conn.run(
+            "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint "
+            "FROM pg_partition_tree(:oid) t JOIN pg_class c ON c.oid = t.relid "
+            "WHERE t.isleaf",
+            oid=drop.partition.oid,
+        )
+        return int(estimate)
 
     # -- plumbing ---------------------------------------------------------------
     def _book(self, conn: pg8000.native.Connection, step: Step, last: bool) -> bool:
@@ -550,31 +575,3 @@ class TablePruner:
         step = replace(step, ending=ending)
         self.recorder.record(conn, step)
         return step.final
-
-    def _transact(
-        self,
-        work: Callable[[pg8000.native.Connection], T],
-        adapt: Callable[[str | None], bool],
-        statement_timeout_ms: Callable[[], int] | None = None,
-    ) -> T | None:
-        """Run `work` in its own transaction, retrying what `adapt` adapted to (lock
-        conflicts at most MAX_LOCK_RETRIES times, with backoff); None if out of time."""
-        conflicts = 0
-        while True:
-            timeout = statement_timeout_ms() if statement_timeout_ms else None
-            try:
-                with self.db.transaction(
-                    statement_timeout_ms=timeout or self.limits.statement_timeout_ms,
-                    lock_timeout_ms=self.limits.lock_timeout_ms,
-                ) as conn:
-                    return work(conn)
-            except (DatabaseError, WindowOverfull) as exc:
-                code = _failure_code(exc)
-                conflict = code in LOCK_CONFLICTS
-                if (conflict and conflicts >= MAX_LOCK_RETRIES) or not adapt(code):
-                    raise
-            if conflict:
-                conflicts += 1
-                time.sleep(RETRY_BACKOFF_S * 2**conflicts)
-            if not self.keep_going():
-                return None
