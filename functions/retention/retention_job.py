@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 import pg8000.native
 import retention_metrics
@@ -110,7 +111,19 @@ def describe_error(exc: BaseException) -> str:
     return text[:ERROR_TEXT_LIMIT]
 
 
-def _job_log(status: str, message: str, **fields: Any) -> None:
+class SkipReason(StrEnum):
+    """Why an invocation did not start its run (the response's and the log's `reason`)."""
+
+    DUPLICATE = "duplicate"  # the run already completed
+    IN_PROGRESS = "in_progress"  # this run, held by another invocation of it
+    BUSY = "busy"  # another run holds the lease
+
+
+# The job log line's `status`: the run's lifecycle as Logs Insights queries filter it.
+JobLogStatus = Literal["started", "waiting", "skipped", "completed", "failed"]
+
+
+def _job_log(status: JobLogStatus, message: str, **fields: Any) -> None:
     # `name` is a reserved LogRecord attribute, so it cannot travel in `extra`.
     logger.thread_safe_append_keys(name="retention")
     try:
@@ -252,11 +265,12 @@ class RetentionRun:
 
     def _skipped(self, start: Start) -> dict[str, Any]:
         if start.outcome == Started.DUPLICATE:
-            reason, message = "duplicate", "this run already completed; nothing to do"
+            reason, message = SkipReason.DUPLICATE, "this run already completed; nothing to do"
         elif start.held_by == self.ledger.run_key:
-            reason, message = "in_progress", "this run is in progress in another invocation"
+            reason = SkipReason.IN_PROGRESS
+            message = "this run is in progress in another invocation"
         else:
-            reason, message = "busy", "another retention run holds the lease; skipped"
+            reason, message = SkipReason.BUSY, "another retention run holds the lease; skipped"
         _job_log(
             "skipped",
             message,
