@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from ops.log import bounded
@@ -36,10 +37,18 @@ class EventError(ValueError):
     """The event cannot be turned into a run."""
 
 
+class Trigger(StrEnum):
+    """What delivered the run's event (the audit entry's and the job log's `trigger`)."""
+
+    SCHEDULER = "scheduler"  # EventBridge Scheduler, the template's schedule
+    EVENTBRIDGE = "eventbridge"  # a classic EventBridge scheduled event
+    MANUAL = "manual"  # anything else: an operator, a re-driven failure record
+
+
 @dataclass(frozen=True)
 class RunIdentity:
     key: str
-    trigger: str  # scheduler | eventbridge | manual
+    trigger: Trigger
     dry_run: bool = False
     tables: tuple[str, ...] | None = None
     attempt_number: str | None = None
@@ -97,11 +106,11 @@ def identify(event: Any, request_id: str) -> RunIdentity:
     if event.get("source") == "scheduler":
         arn = _required_str(event, "scheduleArn", "Scheduler")
         when = _utc_iso(_required_str(event, "scheduledTime", "Scheduler"), "scheduledTime")
-        key, trigger = f"scheduler:{arn}@{when}", "scheduler"
+        key, trigger = f"scheduler:{arn}@{when}", Trigger.SCHEDULER
         attempt = str(event.get("attemptNumber") or "") or None
         execution = str(event.get("executionId") or "") or None
     elif event.get("source") == "aws.events" or event.get("detail-type") == "Scheduled Event":
-        key, trigger = f"event:{_required_str(event, 'id', 'EventBridge')}", "eventbridge"
+        key, trigger = f"event:{_required_str(event, 'id', 'EventBridge')}", Trigger.EVENTBRIDGE
     elif "runId" in event:
         run_id = event["runId"]
         if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id):
@@ -109,9 +118,9 @@ def identify(event: Any, request_id: str) -> RunIdentity:
                 "runId must be 1-128 characters of letters, digits and ._:@/- "
                 f"(starting with a letter or digit), got {bounded(repr(run_id))}"
             )
-        key, trigger = f"manual:{run_id}", "manual"
+        key, trigger = f"manual:{run_id}", Trigger.MANUAL
     else:
-        key, trigger = f"manual:{request_id}", "manual"
+        key, trigger = f"manual:{request_id}", Trigger.MANUAL
 
     return RunIdentity(
         key=f"dry-run:{key}" if dry_run else key,

@@ -25,7 +25,7 @@ from enum import StrEnum
 import pg8000.native
 from prepared import Prepared
 from pruning import Step
-from run_identity import RunIdentity
+from run_identity import RunIdentity, Trigger
 from table_outcome import Closing, TableOutcome, audit_payload
 
 from ops.db import Database
@@ -231,7 +231,7 @@ class RunLedger:
         outcome = TableOutcome(
             table=table,
             run_id=run_key,
-            trigger=p["trigger"],
+            trigger=Trigger(p["trigger"]),
             attempt=p["attempts"],
             dry_run=p["dry_run"],
             cutoff=p["cutoff"],

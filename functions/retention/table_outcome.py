@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from pruning import Survey
+from run_identity import Trigger
 
 from ops.timestamps import utc_iso
 
@@ -49,7 +50,7 @@ class TableOutcome:
 
     table: str
     run_id: str
-    trigger: str
+    trigger: Trigger
     attempt: int
     dry_run: bool
     cutoff: datetime

@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ops import __version__
@@ -36,12 +36,17 @@ class ConfigError(ValueError):
     """An environment variable has a value outside what its setting allows."""
 
 
+# How a value is parsed: free text, a secret (never printed), a whole number, a number,
+# one of `choices`, an http(s) URL, or a boolean flag.
+Kind = Literal["text", "secret", "whole", "number", "choice", "url", "flag"]
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one environment variable is read: its kind, range, default and meaning."""
 
     env: str
-    kind: str  # text | secret | whole | number | choice | url | flag
+    kind: Kind
     default: Any
     doc: str
     low: float | None = None
