@@ -22,7 +22,7 @@ from live_gauges import collect
 from pg8000.exceptions import Error as PgError
 
 from ops.api import Request, Response, error_response, response
-from ops.checks import Bounded, CheckResult, configured_checks, run_checks
+from ops.checks import CheckResult, FollowUp, configured_checks, run_checks
 from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.log import logger
@@ -46,14 +46,16 @@ class _StoreUnreachable(Exception):
 
 @app.get("/metrics", auth=True, latency_critical=True)  # never waits on its own flush
 def metrics(req: Request) -> Response:
-    started = time.perf_counter()
     budget_s = settings().metrics_scrape_budget_s
-    checks = run_checks(configured_checks())
+    db = get_db()
+    # The store read follows the database check on its worker: one hand-off, not two.
+    read = FollowUp(lambda: _read(db))
+    checks = run_checks(configured_checks(), then=read)
     totals: Totals | None = None
     live: dict[str, Any] = {}
-    if checks[0].ok:  # the database: read the store with what is left of the budget
+    if checks[0].ok:  # the database: the read had what is left of the scrape budget
         try:
-            totals, live = _read_store(budget_s - (time.perf_counter() - started))
+            totals, live = _read_store(read, db, budget_s)
         except _StoreUnreachable as exc:
             logger.warning(
                 "metrics store unreadable: database unreachable",
@@ -75,13 +77,11 @@ def metrics(req: Request) -> Response:
     return response(200, body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE)
 
 
-def _read_store(budget_s: float) -> tuple[Totals, dict[str, Any]]:
+def _read_store(read: FollowUp, db: Database, budget_s: float) -> tuple[Totals, dict[str, Any]]:
     """Totals and live gauges, or _StoreUnreachable once the budget is spent."""
-    db = get_db()
-    read = Bounded(lambda: _read(db), "metrics-read")
     if not read.wait(budget_s):
         db.discard()  # unblocks the reader; the next scrape connects afresh
-        raise _StoreUnreachable(f"no answer within the scrape budget ({max(budget_s, 0):.3g}s)")
+        raise _StoreUnreachable(f"no answer within the scrape budget ({budget_s:.3g}s)")
     exc = read.exc
     if exc is None:
         return read.value  # type: ignore[no-any-return]

@@ -1,10 +1,10 @@
 """Dependency checks, each bounded by its own time budget (health routes and /metrics).
 
-A check runs in a daemon thread that the request waits on for at most the
-budget. A database that accepts and never answers therefore becomes a failed
-check (and a 503, or `database_up 0` on /metrics) on time, and its connection is
-dropped so that the next invocation starts fresh instead of queueing behind the
-hung read.
+A check runs on a daemon worker thread (reused: ops.workers) that the request
+waits on for at most the budget. A database that accepts and never answers
+therefore becomes a failed check (and a 503, or `database_up 0` on /metrics) on
+time, and its connection is dropped so that the next invocation starts fresh
+instead of queueing behind the hung read.
 
 A failed check says why in a fixed vocabulary (`reason`: timeout, refused,
 auth_failed, error), which is all an unauthenticated caller sees. The
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from ops import workers
 from ops.config import settings
 from ops.db import get_db
 from ops.log import logger
@@ -85,16 +86,18 @@ class Check:
 
 
 class Bounded:
-    """`fn()` on a daemon thread that the caller waits on for at most a budget."""
+    """`fn()` on a pooled worker thread (ops.workers) that the caller waits on for at most
+    a budget; the worker is not the caller's to wait for beyond it."""
 
-    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+    def __init__(self, fn: Callable[[], Any]) -> None:
         self.value: Any = None
         self.exc: BaseException | None = None
         self.finished_at: float | None = None
-        self.started_at = time.perf_counter()
         self._fn = fn
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
+        self._done = threading.Lock()
+        self._done.acquire()  # released once fn has finished
+        self.started_at = time.perf_counter()
+        workers.submit(self._run, self._done.release)
 
     def _run(self) -> None:
         try:
@@ -105,19 +108,64 @@ class Bounded:
 
     def wait(self, budget_s: float) -> bool:
         """True when fn has finished within `budget_s` of its start."""
-        remaining = budget_s - (time.perf_counter() - self.started_at)
-        self.thread.join(max(remaining, 0.0))
+        if self.finished_at is None:
+            remaining = budget_s - (time.perf_counter() - self.started_at)
+            if self._done.acquire(timeout=max(remaining, 0.0)):
+                self._done.release()  # a later wait returns at once too
         return self.finished_at is not None
 
 
+class FollowUp:
+    """Work run on a check's worker right after the check passed, so that a caller who
+    needs both (the scrape: database check, then the store read) pays one hand-off to
+    a worker, not two. Not run when the check failed or was given up on."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.run: Bounded | None = None  # the check's task, once started
+
+    def wait(self, budget_s: float) -> bool:
+        """True when the check and this have finished within `budget_s` of the check's start."""
+        return self.run is not None and self.run.wait(budget_s)
+
+    @property
+    def value(self) -> Any:
+        return None if self.run is None else self.run.value
+
+    @property
+    def exc(self) -> BaseException | None:
+        return None if self.run is None else self.run.exc
+
+
 class _Running:
-    def __init__(self, check: Check) -> None:
+    def __init__(self, check: Check, then: FollowUp | None = None) -> None:
         self.check = check
-        self.run = Bounded(lambda: check.probe(check.budget_s), f"check-{check.name}")
+        self.then = then
+        self.probe_exc: BaseException | None = None
+        self.probed_at: float | None = None
+        self.given_up = False
+        self.run = Bounded(self._probe_then)
+        if then is not None:
+            then.run = self.run
+
+    def _probe_then(self) -> Any:
+        try:
+            self.check.probe(self.check.budget_s)
+        except BaseException as exc:
+            self.probe_exc = exc
+            return None
+        finally:
+            self.probed_at = time.perf_counter()
+        if self.then is None or self.given_up:
+            return None
+        return self.then.fn()
 
     def result(self) -> CheckResult:
         check, run = self.check, self.run
-        if not run.wait(check.budget_s):
+        run.wait(check.budget_s)  # at the end of the follow-up too, if the budget allows
+        probed_at = self.probed_at
+        if probed_at is None:
+            self.given_up = True
             if check.on_timeout is not None:
                 check.on_timeout()
             return CheckResult(
@@ -129,26 +177,27 @@ class _Running:
                 check.component_type,
                 Reason.TIMEOUT,
             )
-        assert run.finished_at is not None
-        error = None if run.exc is None else (str(run.exc) or type(run.exc).__name__)
+        exc = self.probe_exc
+        error = None if exc is None else (str(exc) or type(exc).__name__)
         return CheckResult(
             check.name,
             error is None,
-            (run.finished_at - run.started_at) * 1000.0,
+            (probed_at - run.started_at) * 1000.0,
             check.critical,
             error,
             check.component_type,
-            None if run.exc is None else failure_reason(run.exc),
+            None if exc is None else failure_reason(exc),
         )
 
 
-def run_checks(checks: list[Check]) -> list[CheckResult]:
+def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckResult]:
     """Run all checks concurrently; the slowest bounds the total, not the sum.
 
+    `then` runs on the first check's worker once that check has passed (see FollowUp).
     Each result is recorded (`health_check_failures_total`, also CloudWatch's
     `health_check_failures`, and `health_check_duration_ms`) and a failure logged.
     """
-    running = [_Running(check) for check in checks]
+    running = [_Running(check, then if i == 0 else None) for i, check in enumerate(checks)]
     results = [r.result() for r in running]
     for result in results:
         m.HEALTH_CHECK_FAILURES.labels(check=result.name).inc(0.0 if result.ok else 1.0)

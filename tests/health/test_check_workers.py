@@ -1,0 +1,143 @@
+"""Checks run on reused worker threads: none leaked, none queued behind a hung one; and
+the scrape's store read runs after the database check on the check's worker."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from ops import workers
+from ops.checks import Check, FollowUp, Reason, run_checks
+from tests.support.metrics import parse, scrape, value
+
+
+def _check(probe, budget_s: float = 5.0, name: str = "dep") -> Check:
+    return Check(name, probe, budget_s, critical=True, component_type="component")
+
+
+def _ok(_: float) -> None:
+    pass
+
+
+def test_threads_are_reused_not_started_per_check(db_env, health_api):
+    for _ in range(3):
+        assert health_api("/health")[0] == 200
+    before = threading.active_count()
+    for path in ("/health", "/health/ready", "/health/detailed") * 40:
+        assert health_api(path)[0] == 200
+    assert threading.active_count() == before
+    assert workers.idle() >= 1
+
+
+def test_one_idle_worker_runs_check_after_check(app_env):
+    app_env()
+    ran_on: list[threading.Thread] = []
+    for _ in range(20):
+        (result,) = run_checks([_check(lambda _: ran_on.append(threading.current_thread()))])
+        assert result.ok
+    assert len(set(ran_on)) == 1
+
+
+def test_many_concurrent_checks_leave_at_most_the_idle_workers(app_env):
+    app_env()
+    before = threading.active_count()
+    release = threading.Event()
+    results = run_checks([_check(lambda _: release.wait(), budget_s=0.05) for _ in range(10)])
+    assert [r.reason for r in results] == [Reason.TIMEOUT] * 10
+    release.set()
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before + workers.MAX_IDLE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() <= before + workers.MAX_IDLE
+
+
+def test_a_worker_stuck_on_a_hung_check_does_not_delay_the_next_check(app_env, log_lines):
+    app_env()
+    hung = threading.Event()
+    release = threading.Event()
+
+    def hangs(_: float) -> None:
+        hung.set()
+        release.wait()
+
+    try:
+        (first,) = run_checks([_check(hangs, budget_s=0.2, name="hung")])
+        assert first.reason == Reason.TIMEOUT and hung.is_set()
+        # Every idle worker is now taken in turn while the hung one still holds its own.
+        for _ in range(workers.MAX_IDLE + 2):
+            started = time.monotonic()
+            (second,) = run_checks([_check(_ok, budget_s=5.0, name="next")])
+            assert second.ok, second
+            assert time.monotonic() - started < 2.5  # far from the 5 s budget: not queued
+    finally:
+        release.set()
+
+
+def test_a_follow_up_runs_after_the_check_on_its_worker(app_env):
+    app_env()
+    seen: dict[str, object] = {}
+
+    def probe(_: float) -> None:
+        seen["probe"] = threading.current_thread()
+
+    def follow() -> str:
+        seen["follow"] = threading.current_thread()
+        return "read"
+
+    then = FollowUp(follow)
+    (result,) = run_checks([_check(probe)], then=then)
+    assert result.ok
+    assert then.wait(5.0) and then.value == "read" and then.exc is None
+    assert seen["probe"] is seen["follow"] is not threading.current_thread()
+
+
+@pytest.mark.parametrize("how", ["fails", "times out"])
+def test_a_follow_up_never_runs_after_a_failed_or_abandoned_check(app_env, how):
+    app_env()
+    ran = threading.Event()
+    release = threading.Event()
+
+    def probe(_: float) -> None:
+        if how == "fails":
+            raise ConnectionRefusedError("refused")
+        release.wait()
+
+    then = FollowUp(ran.set)
+    (result,) = run_checks([_check(probe, budget_s=0.1)], then=then)
+    assert not result.ok
+    assert result.reason == (Reason.REFUSED if how == "fails" else Reason.TIMEOUT)
+    release.set()  # the abandoned probe returns now: its follow-up must not start
+    assert then.wait(5.0)  # the worker's task (probe, then follow-up or not) has ended
+    assert not ran.is_set()
+
+
+def test_checks_work_in_a_forked_child(app_env):
+    app_env()
+    assert run_checks([_check(_ok)])[0].ok  # the parent has an idle worker now
+    pid = os.fork()
+    if pid == 0:  # the child has no threads but its own: a worker must be started afresh
+        code = 0 if run_checks([_check(_ok)])[0].ok else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_database_check_latency_is_the_probe_not_the_read(db_env, monkeypatch):
+    from tests.support.runtime import function_handler
+
+    function_handler("metrics")  # puts functions/metrics on sys.path, as Lambda's /var/task
+    import live_gauges
+
+    live_sql = live_gauges.LIVE_SQL
+    slow = f"SELECT live.* FROM ({live_sql}) AS live CROSS JOIN (SELECT pg_sleep(1)) AS slept"
+    monkeypatch.setattr(live_gauges, "LIVE_SQL", slow)
+    status, _, body = scrape()
+    assert status == 200
+    samples = parse(body)
+    assert value(samples, "database_up") == 1
+    assert value(samples, "health_check_status", check="database") == 1
+    # The read after it slept 1 s on the same worker; the check's latency is its own.
+    assert value(samples, "health_check_latency_seconds", check="database") < 1.0
