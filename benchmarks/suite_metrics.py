@@ -400,8 +400,9 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     table = "\n".join(
         [
             f"Medians of {plan.render_rounds} interleaved rounds; ms. *handler*: the whole "
-            "`/metrics` invocation (both reads, render, its own request's metrics and flush); "
-            "*render*: `ops.metrics.exposition.render` alone on the summed totals.",
+            "`/metrics` invocation (database check and store read, render, its own request's "
+            "metrics and flush); *render*: `ops.metrics.exposition.render` alone on the summed "
+            "totals.",
             "",
             "| store | value rows | samples | handler | render "
             "| generate_latest | handler / generate_latest |",
@@ -418,8 +419,8 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
             + (
                 f"the 0.5x line is crossed at about {rows_at_half:,.0f} value rows."
                 if rows_at_half > 0
-                else f"the fixed part alone ({fixed:.2f}x: the checks, the reads' round trips "
-                "and helper threads, the render) is over 0.5x in this run."
+                else f"the fixed part alone ({fixed:.2f}x: the checks, the round trips, the "
+                "hand-off to a worker thread, the render) is over 0.5x in this run."
             ),
         ]
     )
@@ -600,11 +601,13 @@ def _verdict(ok: bool) -> str:
 def run(quick: bool) -> str:
     plan = QUICK if quick else FULL
     _quiet_logger()
+    load_before, began = os.getloadavg()[0], time.monotonic()
     with _cluster() as url:
         flush_table, f = flush_cost(url, plan)
         render_table, r = render_cost(url, plan)
         contention_table, _ = contention(url, plan)
     import_table, i = import_cost(plan)
+    load_after, took = os.getloadavg()[0], time.monotonic() - began
     targets = "\n".join(
         [
             "| target | measured | limit | result |",
@@ -633,7 +636,8 @@ def run(quick: bool) -> str:
         [
             "## Cross-container metrics (issue 3)",
             "Throwaway PostgreSQL on 127.0.0.1 (fsync off), "
-            f"{'quick' if quick else 'full'} run, {os.cpu_count()} CPUs. "
+            f"{'quick' if quick else 'full'} run, {os.cpu_count()} CPUs; machine load (1-min "
+            f"average) {load_before:.2f} before, {load_after:.2f} after; suite time {took:.0f} s. "
             "Flush = one round trip (`SET LOCAL statement_timeout; SELECT metrics_flush(...)`) "
             "on a helper thread, plus one EMF line per dimension group.",
             "### Targets",
