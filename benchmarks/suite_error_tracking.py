@@ -24,6 +24,7 @@ from benchmarks.suite_health import (
     Variant,
     Worker,
     _code_under_test,
+    _med,
     _route_event,
     bench_python,
     build_variants,
@@ -100,10 +101,6 @@ def measure_cold(
                 used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
                 cpu_ms[v.key].append(used * 1000.0)
     return samples, cpu_ms, errors
-
-
-def _med(samples: list[ColdSample], attr: str) -> float:
-    return statistics.median(getattr(s, attr) for s in samples) if samples else float("nan")
 
 
 def run(quick: bool) -> str:

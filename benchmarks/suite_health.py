@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -462,6 +462,33 @@ def build_variants(url: str) -> tuple[list[Variant], dict[str, Path]]:
     return variants, code_dirs
 
 
+def nopyc_variants(by_key: dict[str, Variant], deps: Path, tasks: dict[str, Path]) -> list[Variant]:
+    """(b), (c) and health laid out by `nopyc_layout`, run with `-I -S -B`."""
+    flags = ("-I", "-S", "-B")
+    peer, health = str(tasks["peer"]), str(tasks["health"])
+    return [
+        replace(by_key["b"], paths=(str(deps),), flags=flags),
+        replace(by_key["c"], paths=(peer, str(deps)), flags=flags, cwd=peer),
+        replace(by_key["health"], paths=(health, str(deps)), flags=flags, cwd=health),
+    ]
+
+
+def peer_lifespan_off(c: Variant) -> Variant:
+    """(c'): the peer with `Mangum(app, lifespan="off")`, measured warm only."""
+    label = '(c\') same, `Mangum(app, lifespan="off")`'
+    return replace(c, key="c_off", label=label, env={**c.env, "PEER_MANGUM_LIFESPAN": "off"})
+
+
+def health_without_hooks(health: Variant) -> Variant:
+    """The health function with its after-invocation hooks removed after import (diagnostic)."""
+    return replace(
+        health,
+        key="health_nohooks",
+        label="health without its after-invocation hooks (diagnostic)",
+        env={**health.env, "BENCH_STRIP_AFTER_INVOCATION": "1"},
+    )
+
+
 def _cmd(python: Path, v: Variant, role: str, *extra: str) -> list[str]:
     paths = "\x1f".join(v.paths)
     return [str(python), *v.flags, *extra, "-c", CHILD_SRC, role, v.kind, v.handler, paths]
@@ -792,6 +819,71 @@ def measure_warm(
     return res
 
 
+@dataclass
+class ColdRun:
+    """Fresh processes of some variants: samples by variant key, and why any failed."""
+
+    variants: list[Variant]
+    samples: dict[str, list[ColdSample]]
+    errors: dict[str, str]
+
+    def of(self, key: str) -> list[ColdSample]:
+        return self.samples.get(key, [])
+
+
+@dataclass
+class WarmRun:
+    """Warm workers: the variants in the order they were started, and what they measured."""
+
+    variants: list[Variant]
+    no_hooks: str  # key of the health variant without its after-invocation hooks
+    result: WarmResult
+
+
+def cold_start(python: Path, plan: Plan, variants: list[Variant]) -> ColdRun:
+    """Every variant as a fresh process, with the .pyc the interpreter writes."""
+    _log(f"cold start: {plan.cold_rounds} rounds x {len(variants)} variants")
+    return ColdRun(variants, *measure_cold(python, variants, plan.cold_rounds))
+
+
+def cold_start_without_pyc(
+    python: Path, plan: Plan, by_key: dict[str, Variant], code_dirs: dict[str, Path]
+) -> ColdRun:
+    """(b), (c) and health from copies without any .pyc, as `sam build` ships them."""
+    _log("cold start without .pyc (as the layer is built)")
+    deps, tasks = nopyc_layout(python, {"health": code_dirs["health"], "peer": PEER_DIR})
+    variants = nopyc_variants(by_key, deps, tasks)
+    return ColdRun(variants, *measure_cold(python, variants, plan.nopyc_rounds))
+
+
+def import_costs(
+    python: Path, plan: Plan, by_key: dict[str, Variant]
+) -> tuple[ImportCosts | None, ImportCosts | None]:
+    """`-X importtime` of the health handler and of the peer's."""
+    _log("python -X importtime of the health handler")
+    return (
+        measure_importtime(python, by_key["health"], plan.importtime_runs),
+        measure_importtime(python, by_key["c"], plan.importtime_runs),
+    )
+
+
+def warm_latency(python: Path, plan: Plan, by_key: dict[str, Variant]) -> WarmRun:
+    """(a), (b), health, (c) and two diagnostic variants as warm containers, interleaved."""
+    _log(f"warm latency: {plan.warm_rounds} rounds x {plan.warm_batch} per route")
+    health, no_hooks = by_key["health"], health_without_hooks(by_key["health"])
+    c_off = peer_lifespan_off(by_key["c"])
+    variants = [by_key["a"], by_key["b"], health, no_hooks, by_key["c"], c_off]
+    result = measure_warm(
+        python,
+        variants,
+        plan,
+        WORK,
+        only={"b": ("/health",), no_hooks.key: ("/health/live", "/health")},
+        profile=("health", ("/health/live", "/health")),
+    )
+    return WarmRun(variants, no_hooks.key, result)
+
+
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
@@ -835,137 +927,19 @@ def _paired_ratio(a: list[ColdSample], b: list[ColdSample], attr: str = "wall_ms
 
 
 def _cold_rows(
-    variants: list[Variant],
-    samples: dict[str, list[ColdSample]],
-    errors: dict[str, str],
-    blank_cells: int,
-    row: Callable[[Variant, list[ColdSample]], str],
+    cold: ColdRun, blank_cells: int, row: Callable[[Variant, list[ColdSample]], str]
 ) -> list[str]:
     """One table row a variant; one left without samples shows why in its second cell."""
     return [
         row(v, s)
-        if (s := samples.get(v.key, []))
-        else f"| {v.label} | error: {errors.get(v.key, 'no samples')} |" + "|" * blank_cells
-        for v in variants
+        if (s := cold.of(v.key))
+        else f"| {v.label} | error: {cold.errors.get(v.key, 'no samples')} |" + "|" * blank_cells
+        for v in cold.variants
     ]
 
 
-def run(quick: bool) -> str:
-    plan = QUICK if quick else FULL
-    began = time.monotonic()
-    load_before = os.getloadavg()[0]
-    code_under_test = _code_under_test()  # before the run: others may commit meanwhile
-    python = bench_python()
-    WORK.mkdir(parents=True, exist_ok=True)
-    lines: list[str] = []
-    with database() as url:
-        variants, code_dirs = build_variants(url)
-        by_key = {v.key: v for v in variants}
-        health = by_key.get("health")
-        if health is None:
-            return "## Health function vs baselines\n\n`functions/health/app.py` not found."
-
-        _log(f"cold start: {plan.cold_rounds} rounds x {len(variants)} variants")
-        cold, cold_errors = measure_cold(python, variants, plan.cold_rounds)
-
-        _log("cold start without .pyc (as the layer is built)")
-        deps, tasks = nopyc_layout(python, {"health": code_dirs["health"], "peer": PEER_DIR})
-        nopyc_flags = ("-I", "-S", "-B")
-        nopyc = [
-            Variant(
-                "b",
-                by_key["b"].label,
-                "minimal",
-                paths=(str(deps),),
-                env=by_key["b"].env,
-                event=by_key["b"].event,
-                flags=nopyc_flags,
-            ),
-            Variant(
-                "c",
-                by_key["c"].label,
-                "module",
-                paths=(str(tasks["peer"]), str(deps)),
-                handler="app.handler",
-                env=by_key["c"].env,
-                event=by_key["c"].event,
-                flags=nopyc_flags,
-                cwd=str(tasks["peer"]),
-            ),
-            Variant(
-                "health",
-                health.label,
-                "module",
-                paths=(str(tasks["health"]), str(deps)),
-                handler=health.handler,
-                env=health.env,
-                event=health.event,
-                flags=nopyc_flags,
-                cwd=str(tasks["health"]),
-            ),
-        ]
-        cold_nopyc, nopyc_errors = measure_cold(python, nopyc, plan.nopyc_rounds)
-
-        _log("python -X importtime of the health handler")
-        costs = measure_importtime(python, health, plan.importtime_runs)
-        peer_costs = measure_importtime(python, by_key["c"], plan.importtime_runs)
-
-        _log(f"warm latency: {plan.warm_rounds} rounds x {plan.warm_batch} per route")
-        peer_off = Variant(
-            "c_off",
-            '(c\') same, `Mangum(app, lifespan="off")`',
-            "module",
-            paths=by_key["c"].paths,
-            handler="app.handler",
-            env={**by_key["c"].env, "PEER_MANGUM_LIFESPAN": "off"},
-            cwd=by_key["c"].cwd,
-        )
-        no_hooks = Variant(
-            "health_nohooks",
-            "health without its after-invocation hooks (diagnostic)",
-            "module",
-            paths=health.paths,
-            handler=health.handler,
-            env={**health.env, "BENCH_STRIP_AFTER_INVOCATION": "1"},
-            cwd=health.cwd,
-        )
-        warm_variants = [by_key["a"], by_key["b"], health, no_hooks, by_key["c"], peer_off]
-        warm = measure_warm(
-            python,
-            warm_variants,
-            plan,
-            WORK,
-            only={"b": ("/health",), no_hooks.key: ("/health/live", "/health")},
-            profile=("health", ("/health/live", "/health")),
-        )
-
-    elapsed = time.monotonic() - began
-    load_after = os.getloadavg()[0]
-
-    # ---------------------------------------------------------------- targets
-    hc, b, c = cold.get("health", []), cold.get("b", []), cold.get("c", [])
-    r_b = _med(hc, "wall_ms") / _med(b, "wall_ms") if hc and b else float("nan")
-    r_c = _med(hc, "wall_ms") / _med(c, "wall_ms") if hc and c else float("nan")
-    boto_import = sum(s.boto3_import for s in hc)
-    boto_invoke = sum(s.boto3_invoke for s in hc)
-    health_status = Counter(str(s.status) for s in hc)
-    live_a = pct(warm.ms[("a", "/health/live")], 50)
-    live_h = pct(warm.ms[("health", "/health/live")], 50)
-    h_h = pct(warm.ms[("health", "/health")], 50)
-    h_c = pct(warm.ms[("c", "/health")], 50)
-    d_h = pct(warm.ms[("health", "/health/detailed")], 50)
-    d_c = pct(warm.ms[("c", "/health/detailed")], 50)
-    detailed_codes = warm.codes.get(("health", "/health/detailed"), Counter())
-    fn_keys = [k for k in code_dirs if cold.get(k)]
-    mems = {k: _med(cold[k], "rss_mb") for k in fn_keys}
-    worst = max(mems, key=lambda k: mems[k], default="")
-    worst_mem = mems.get(worst, float("nan"))
-    health_codes = warm.codes.get(("health", "/health"), Counter())
-    db_ok = set(health_codes) == {"200"} and set(health_status) == {"200"}
-    no_boto3 = bool(hc) and boto_import == 0 and boto_invoke == 0 and not warm.boto3.get("health")
-    mem_ok = worst_mem <= MEMORY_LIMIT_MB and len(fn_keys) == len(code_dirs)
-
-    lines += [
+def intro(code_under_test: str) -> list[str]:
+    return [
         "## Health function vs baselines (issue 2)",
         "",
         "Code under test: " + code_under_test + ".",
@@ -981,6 +955,37 @@ def run(quick: bool) -> str:
         "`/var/task` and `/opt/python`. Database: a throwaway PostgreSQL on 127.0.0.1 "
         "(migrations applied), `DATABASE_URL` set, a bearer token configured.",
         "",
+    ]
+
+
+def _largest_memory(cold: ColdRun, code_dirs: dict[str, Path]) -> tuple[str, float, int]:
+    """(function, median peak RSS MB) of the function using the most, and how many were measured."""
+    mems = {k: _med(cold.of(k), "rss_mb") for k in code_dirs if cold.of(k)}
+    worst = max(mems, key=lambda k: mems[k], default="")
+    return worst, mems.get(worst, float("nan")), len(mems)
+
+
+def targets_table(cold: ColdRun, warm: WarmResult, code_dirs: dict[str, Path]) -> list[str]:
+    """The targets of issue 2, each a ratio or difference against a baseline of this run."""
+    hc, b, c = cold.of("health"), cold.of("b"), cold.of("c")
+    r_b = _med(hc, "wall_ms") / _med(b, "wall_ms") if hc and b else float("nan")
+    r_c = _med(hc, "wall_ms") / _med(c, "wall_ms") if hc and c else float("nan")
+    boto_import = sum(s.boto3_import for s in hc)
+    boto_invoke = sum(s.boto3_invoke for s in hc)
+    health_status = Counter(str(s.status) for s in hc)
+    live_a = pct(warm.ms[("a", "/health/live")], 50)
+    live_h = pct(warm.ms[("health", "/health/live")], 50)
+    h_h = pct(warm.ms[("health", "/health")], 50)
+    h_c = pct(warm.ms[("c", "/health")], 50)
+    d_h = pct(warm.ms[("health", "/health/detailed")], 50)
+    d_c = pct(warm.ms[("c", "/health/detailed")], 50)
+    detailed_codes = warm.codes.get(("health", "/health/detailed"), Counter())
+    worst, worst_mem, measured = _largest_memory(cold, code_dirs)
+    health_codes = warm.codes.get(("health", "/health"), Counter())
+    db_ok = set(health_codes) == {"200"} and set(health_status) == {"200"}
+    no_boto3 = bool(hc) and boto_import == 0 and boto_invoke == 0 and not warm.boto3.get("health")
+    mem_ok = worst_mem <= MEMORY_LIMIT_MB and measured == len(code_dirs)
+    lines = [
         "### Targets",
         "",
         "| target | measured | limit | result |",
@@ -998,7 +1003,7 @@ def run(quick: bool) -> str:
         f"| `/health/detailed` p50 ≤ 0.6x (c) | {d_h / d_c:.2f}x ({d_h:.3f} vs {d_c:.3f} ms) "
         f"| 0.6x | {verdict(d_h / d_c <= 0.6 and set(detailed_codes) == {'200'})} |",
         f"| every function's peak memory well under 128 MB | {worst_mem:.1f} MB ({worst}, "
-        f"the largest; {len(fn_keys)}/{len(code_dirs)} functions measured) | "
+        f"the largest; {measured}/{len(code_dirs)} functions measured) | "
         f"{MEMORY_LIMIT_MB:.0f} MB | {verdict(mem_ok)} |",
         "",
     ]
@@ -1008,9 +1013,26 @@ def run(quick: bool) -> str:
             f"warm: {dict(health_codes)}): the latency numbers are not a database check.",
             "",
         ]
+    return lines
 
-    # ---------------------------------------------------------------- cold table
-    lines += [
+
+def cold_table(plan: Plan, cold: ColdRun) -> list[str]:
+    b, c = cold.of("b"), cold.of("c")
+
+    def row(v: Variant, s: list[ColdSample]) -> str:
+        wall = [x.wall_ms for x in s]
+        vs_b = _paired_ratio(s, b)
+        boto = "yes" if any(x.boto3_import or x.boto3_invoke for x in s) else "no"
+        boto += f" / {max(x.botocore_modules for x in s)}"
+        statuses = ", ".join(sorted({str(x.status) for x in s}))
+        return (
+            f"| {v.label} | {statistics.median(wall):.1f} ({iqr(wall)}) | "
+            f"{_med(s, 'import_ms'):.1f} | {statistics.median(vs_b):.2f}x ({iqr(vs_b)}) | "
+            f"{_med(s, 'wall_ms') / _med(c, 'wall_ms'):.2f}x | {_med(s, 'rss_mb'):.1f} "
+            f"({_med(s, 'rss_import_mb'):.1f}) | {s[0].modules} | {boto} | {statuses} |"
+        )
+
+    return [
         "### Cold-start proxy and peak memory",
         "",
         f"Fresh processes (`python -I`), {plan.cold_rounds} rounds, all variants alternating "
@@ -1028,24 +1050,13 @@ def run(quick: bool) -> str:
         "| process | spawn→ready ms (IQR) | import ms | vs (b) (IQR) | vs (c) | "
         "peak RSS MB (after import) | modules | boto3 / botocore modules | status |",
         "|---|---|---|---|---|---|---|---|---|",
+        *_cold_rows(cold, 7, row),
     ]
 
-    def cold_row(v: Variant, s: list[ColdSample]) -> str:
-        wall = [x.wall_ms for x in s]
-        vs_b = _paired_ratio(s, b)
-        boto = "yes" if any(x.boto3_import or x.boto3_invoke for x in s) else "no"
-        boto += f" / {max(x.botocore_modules for x in s)}"
-        statuses = ", ".join(sorted({str(x.status) for x in s}))
-        return (
-            f"| {v.label} | {statistics.median(wall):.1f} ({iqr(wall)}) | "
-            f"{_med(s, 'import_ms'):.1f} | {statistics.median(vs_b):.2f}x ({iqr(vs_b)}) | "
-            f"{_med(s, 'wall_ms') / _med(c, 'wall_ms'):.2f}x | {_med(s, 'rss_mb'):.1f} "
-            f"({_med(s, 'rss_import_mb'):.1f}) | {s[0].modules} | {boto} | {statuses} |"
-        )
 
-    lines += _cold_rows(variants, cold, cold_errors, 7, cold_row)
-    hn, bn, cn = (cold_nopyc.get(k, []) for k in ("health", "b", "c"))
-    lines += [
+def nopyc_table(plan: Plan, cold: ColdRun, nopyc: ColdRun) -> list[str]:
+    hn, bn, cn = nopyc.of("health"), nopyc.of("b"), nopyc.of("c")
+    lines = [
         "",
         "Without `.pyc` (how Lambda would run a build that ships no bytecode: `/opt` and "
         "`/var/task` are read-only, so every cold start compiles every dependency and our "
@@ -1056,19 +1067,18 @@ def run(quick: bool) -> str:
         "",
         "| process | spawn→ready ms | import ms | vs (b) | vs (c) | peak RSS MB |",
         "|---|---|---|---|---|---|",
-    ]
-    lines += _cold_rows(
-        nopyc,
-        cold_nopyc,
-        nopyc_errors,
-        4,
-        lambda v, s: (
-            f"| {v.label} | {_med(s, 'wall_ms'):.1f} | {_med(s, 'import_ms'):.1f} | "
-            f"{_med(s, 'wall_ms') / _med(bn, 'wall_ms'):.2f}x | "
-            f"{_med(s, 'wall_ms') / _med(cn, 'wall_ms'):.2f}x | {_med(s, 'rss_mb'):.1f} |"
+        *_cold_rows(
+            nopyc,
+            4,
+            lambda v, s: (
+                f"| {v.label} | {_med(s, 'wall_ms'):.1f} | {_med(s, 'import_ms'):.1f} | "
+                f"{_med(s, 'wall_ms') / _med(bn, 'wall_ms'):.2f}x | "
+                f"{_med(s, 'wall_ms') / _med(cn, 'wall_ms'):.2f}x | {_med(s, 'rss_mb'):.1f} |"
+            ),
         ),
-    )
+    ]
     if hn and bn and cn:
+        hc, b, c = cold.of("health"), cold.of("b"), cold.of("c")
         lines += [
             "",
             f"With `.pyc` → without: health {_med(hc, 'wall_ms'):.0f} → "
@@ -1076,33 +1086,55 @@ def run(quick: bool) -> str:
             f"{_med(bn, 'wall_ms'):.0f} ms, (c) {_med(c, 'wall_ms'):.0f} → "
             f"{_med(cn, 'wall_ms'):.0f} ms.",
         ]
+    return lines
 
-    # ---------------------------------------------------------------- import costs
-    if costs is not None:
-        lines += [
-            "",
-            f"### What the health import costs (`python -X importtime`, median of "
-            f"{plan.importtime_runs} runs)",
-            "",
-            f"`import app` (health): {costs.total_ms:.1f} ms cumulative"
-            + (
-                f"; the peer's `import app`: {peer_costs.total_ms:.1f} ms."
-                if peer_costs is not None
-                else "."
-            ),
-            "",
-            "| imported by our code | module | cumulative ms |",
-            "|---|---|---|",
-            *(f"| `{p}` | `{m}` | {ms:.1f} |" for p, m, ms in costs.edges[:12]),
-            "",
-            "| package (self time summed over its modules) | kind | ms |",
-            "|---|---|---|",
-            *(f"| `{top}` | {kind} | {ms:.1f} |" for top, kind, ms in costs.by_package[:14]),
-        ]
 
-    # ---------------------------------------------------------------- warm table
+def import_table(plan: Plan, costs: ImportCosts | None, peer: ImportCosts | None) -> list[str]:
+    if costs is None:
+        return []
+    return [
+        "",
+        f"### What the health import costs (`python -X importtime`, median of "
+        f"{plan.importtime_runs} runs)",
+        "",
+        f"`import app` (health): {costs.total_ms:.1f} ms cumulative"
+        + (f"; the peer's `import app`: {peer.total_ms:.1f} ms." if peer is not None else "."),
+        "",
+        "| imported by our code | module | cumulative ms |",
+        "|---|---|---|",
+        *(f"| `{p}` | `{m}` | {ms:.1f} |" for p, m, ms in costs.edges[:12]),
+        "",
+        "| package (self time summed over its modules) | kind | ms |",
+        "|---|---|---|",
+        *(f"| `{top}` | {kind} | {ms:.1f} |" for top, kind, ms in costs.by_package[:14]),
+    ]
+
+
+def _warm_row(warm: WarmResult, route: str) -> str:
+    def cell(key: str) -> str:
+        xs = warm.ms.get((key, route), [])
+        return f"{pct(xs, 50):.3f} / {pct(xs, 99):.3f}" if xs else "-"
+
+    hb = warm.batch_p50[("health", route)]
+    ab = warm.batch_p50[("a", route)]
+    cb = warm.batch_p50[("c", route)]
+    d = [x - y for x, y in zip(hb, ab, strict=False)]
+    q = [x / y for x, y in zip(hb, cb, strict=False)]
+    hp = pct(warm.ms[("health", route)], 50)
+    codes_h = dict(warm.codes.get(("health", route), {}))
+    codes_c = dict(warm.codes.get(("c", route), {}))
+    return (
+        f"| `{route}` | {cell('a')} | {cell('b')} | {cell('health')} | {cell('c')} | "
+        f"{cell('c_off')} | "
+        f"+{hp - pct(warm.ms[('a', route)], 50):.3f} ({iqr(d)}) | "
+        f"{hp / pct(warm.ms[('c', route)], 50):.2f}x ({iqr(q)}) | {codes_h} {codes_c} |"
+    )
+
+
+def warm_table(plan: Plan, run: WarmRun) -> list[str]:
+    warm = run.result
     total = plan.warm_rounds * plan.warm_batch
-    lines += [
+    lines = [
         "",
         "### Warm latency (in-process invocations)",
         "",
@@ -1122,34 +1154,13 @@ def run(quick: bool) -> str:
         "| route | (a) p50 / p99 | (b) p50 / p99 | health p50 / p99 | (c) p50 / p99 | "
         "(c') p50 / p99 | health Δ/(a) p50 | health ÷(c) p50 | statuses (health, c) |",
         "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for route in HEALTH_ROUTES:
-
-        def cell(key: str, route: str = route) -> str:
-            xs = warm.ms.get((key, route), [])
-            return f"{pct(xs, 50):.3f} / {pct(xs, 99):.3f}" if xs else "-"
-
-        hb = warm.batch_p50[("health", route)]
-        ab = warm.batch_p50[("a", route)]
-        cb = warm.batch_p50[("c", route)]
-        d = [x - y for x, y in zip(hb, ab, strict=False)]
-        q = [x / y for x, y in zip(hb, cb, strict=False)]
-        hp = pct(warm.ms[("health", route)], 50)
-        codes_h = dict(warm.codes.get(("health", route), {}))
-        codes_c = dict(warm.codes.get(("c", route), {}))
-        lines.append(
-            f"| `{route}` | {cell('a')} | {cell('b')} | {cell('health')} | {cell('c')} | "
-            f"{cell('c_off')} | "
-            f"+{hp - pct(warm.ms[('a', route)], 50):.3f} ({iqr(d)}) | "
-            f"{hp / pct(warm.ms[('c', route)], 50):.2f}x ({iqr(q)}) | {codes_h} {codes_c} |"
-        )
-    lines += [
+        *(_warm_row(warm, route) for route in HEALTH_ROUTES),
         "",
         "Warm processes after all their invocations: "
         + ", ".join(
             f"{v.label} {warm.rss_mb[v.key]:.1f} MB peak RSS after "
             f"{warm.timed_invocations[v.key]} invocations"
-            for v in warm_variants
+            for v in run.variants
             if v.key in warm.rss_mb
         )
         + f". Health request log lines (`type=request`): {warm.log_lines.get('health', 0)} "
@@ -1163,25 +1174,34 @@ def run(quick: bool) -> str:
             "failed flushes, not only working ones (see `benchmarks/.work/health/health.log`).",
             "",
         ]
-    stripped = warm.stripped.get(no_hooks.key)
-    if stripped:
-        lines += [
-            f"What the health function's after-invocation hooks cost ({stripped} hook(s) of "
-            "`ops.api.Api.after_invocation`, i.e. the metrics flush: the same handler in "
-            "another warm process with those hooks removed after import, interleaved with "
-            "the others):",
-            "",
-            "| route | health p50 / p99 | without the hooks p50 / p99 | hooks' p50 cost |",
-            "|---|---|---|---|",
-        ]
-        for route in ("/health/live", "/health"):
-            with_h, without = warm.ms[("health", route)], warm.ms[(no_hooks.key, route)]
-            lines.append(
-                f"| `{route}` | {pct(with_h, 50):.3f} / {pct(with_h, 99):.3f} | "
-                f"{pct(without, 50):.3f} / {pct(without, 99):.3f} | "
-                f"+{pct(with_h, 50) - pct(without, 50):.3f} ms |"
-            )
-        lines.append("")
+    return lines
+
+
+def hooks_table(run: WarmRun) -> list[str]:
+    stripped = run.result.stripped.get(run.no_hooks)
+    if not stripped:
+        return []
+    lines = [
+        f"What the health function's after-invocation hooks cost ({stripped} hook(s) of "
+        "`ops.api.Api.after_invocation`, i.e. the metrics flush: the same handler in "
+        "another warm process with those hooks removed after import, interleaved with "
+        "the others):",
+        "",
+        "| route | health p50 / p99 | without the hooks p50 / p99 | hooks' p50 cost |",
+        "|---|---|---|---|",
+    ]
+    for route in ("/health/live", "/health"):
+        with_h, without = run.result.ms[("health", route)], run.result.ms[(run.no_hooks, route)]
+        lines.append(
+            f"| `{route}` | {pct(with_h, 50):.3f} / {pct(with_h, 99):.3f} | "
+            f"{pct(without, 50):.3f} / {pct(without, 99):.3f} | "
+            f"+{pct(with_h, 50) - pct(without, 50):.3f} ms |"
+        )
+    return [*lines, ""]
+
+
+def profile_tables(plan: Plan, warm: WarmResult) -> list[str]:
+    lines: list[str] = []
     for route, rows in warm.profiles.items():
         lines += [
             f"Where the health function's `{route}` time goes (cProfile of "
@@ -1199,16 +1219,49 @@ def run(quick: bool) -> str:
             ),
             "",
         ]
-    lines += [
+    return lines
+
+
+def method_notes(quick: bool, load: tuple[float, float], elapsed: float) -> list[str]:
+    return [
         "### Method notes",
         "",
         f"- Same interpreter for every process: `.venv-bench` ({sys.version.split()[0]} base), "
         "built from `benchmarks/requirements.txt`. No timing assertions anywhere; targets "
         "are ratios or differences against baselines measured in this run.",
-        f"- Machine load (1-min average) {load_before:.2f} before, {load_after:.2f} after; "
+        f"- Machine load (1-min average) {load[0]:.2f} before, {load[1]:.2f} after; "
         f"{os.cpu_count()} CPUs; suite time {elapsed:.0f} s"
         f"{' (--quick: fewer rounds, wider spread)' if quick else ''}.",
         "- Reproduce: `make bench SUITES=health` (or `.venv/bin/python -m benchmarks health "
         "[--quick]`).",
+    ]
+
+
+def run(quick: bool) -> str:
+    plan = QUICK if quick else FULL
+    began, load_before = time.monotonic(), os.getloadavg()[0]
+    code_under_test = _code_under_test()  # before the run: others may commit meanwhile
+    python = bench_python()
+    WORK.mkdir(parents=True, exist_ok=True)
+    with database() as url:
+        variants, code_dirs = build_variants(url)
+        by_key = {v.key: v for v in variants}
+        if "health" not in by_key:
+            return "## Health function vs baselines\n\n`functions/health/app.py` not found."
+        cold = cold_start(python, plan, variants)
+        nopyc = cold_start_without_pyc(python, plan, by_key, code_dirs)
+        costs, peer_costs = import_costs(python, plan, by_key)
+        warm = warm_latency(python, plan, by_key)
+    elapsed, load_after = time.monotonic() - began, os.getloadavg()[0]
+    lines = [
+        *intro(code_under_test),
+        *targets_table(cold, warm.result, code_dirs),
+        *cold_table(plan, cold),
+        *nopyc_table(plan, cold, nopyc),
+        *import_table(plan, costs, peer_costs),
+        *warm_table(plan, warm),
+        *hooks_table(warm),
+        *profile_tables(plan, warm.result),
+        *method_notes(quick, (load_before, load_after), elapsed),
     ]
     return "\n".join(lines)
