@@ -1207,8 +1207,8 @@ def profile_tables(plan: Plan, warm: WarmResult) -> list[str]:
             f"Where the health function's `{route}` time goes (cProfile of "
             f"{plan.warm_batch * 5} invocations in the warm process, per invocation; "
             "profiling inflates Python-level calls, so read shares, not absolute times; "
-            "the database check and the metrics flush run on helper threads: the request "
-            "thread's wait for them shows as `join`/`wait`, and rows of a helper thread "
+            "the database check and the metrics flush run on worker threads: the request "
+            "thread's wait for them shows as a lock's `acquire`, and rows of a worker thread "
             "may appear too):",
             "",
             "| function | calls | own ms | cumulative ms | share |",
