@@ -16,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from benchmarks.stats import iqr, pct
 from benchmarks.suite_health import (
     FULL,
     QUICK,
@@ -29,8 +30,6 @@ from benchmarks.suite_health import (
     bench_python,
     build_variants,
     database,
-    iqr,
-    pct,
     rotated,
     spawn_cold,
 )

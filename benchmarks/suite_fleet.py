@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stats import verdict
 from tools import ROOT
 
 RATE = 10.0  # invocations per second per container
@@ -704,10 +705,6 @@ def _cluster() -> Iterator[tuple[str, str, int]]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
-
-
 def _pcts(counts: list[int]) -> str:
     if not sum(counts):
         return "-"
@@ -798,12 +795,12 @@ def report(
         "| target | measured | limit | result |",
         "|---|---|---|---|",
         f"| write transactions per 1,000 invocations, interval 10 s, {RATE:g}/s per container "
-        f"| {ten:.2f} | 5 | {_verdict(ten <= 5)} |",
+        f"| {ten:.2f} | 5 | {verdict(ten <= 5)} |",
         "| counts lost by containers ended with SIGTERM (all intervals) "
-        f"| {sum(x['lost_term'] for x in phases)} | 0 | {_verdict(no_term_loss)} |",
+        f"| {sum(x['lost_term'] for x in phases)} | 0 | {verdict(no_term_loss)} |",
         "| stored = served - what SIGKILLed containers held (counted); `/metrics` = stored "
         f"| {'exact' if exact else 'MISMATCH'} in {len(phases)} phases | exact "
-        f"| {_verdict(exact)} |",
+        f"| {verdict(exact)} |",
         "",
         "A container flushes when its oldest pending delta is older than the interval, "
         "checked at the end of an invocation: at r invocations/s that is one write per "

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from benchmarks.stats import iqr, pct, verdict
 from tools import LAYER_DIR, ROOT
 from tools.apigw import proxy_event
 
@@ -626,28 +627,9 @@ class Worker:
 # --------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------
-def pct(values: Sequence[float], q: float) -> float:
-    """q-th percentile (0..100), linear interpolation."""
-    data = sorted(values)
-    if not data:
-        return float("nan")
-    k = (len(data) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (k - lo)
-
-
-def iqr(values: Sequence[float]) -> str:
-    return f"{pct(values, 25):.2f}-{pct(values, 75):.2f}"
-
-
 def rotated(items: Sequence[Any], k: int) -> list[Any]:
     k %= max(len(items), 1)
     return list(items[k:]) + list(items[:k])
-
-
-def verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
 
 
 # --------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stats import nearest_rank, verdict
 from tools import ROOT
 from tools.apigw import proxy_event
 from tools.migrate import apply_url
@@ -72,11 +73,6 @@ class Plan:
 
 QUICK = Plan(invocations=400, render_rounds=15, contention_invocations=150, import_runs=5)
 FULL = Plan(invocations=4000, render_rounds=60, contention_invocations=1500, import_runs=15)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 @contextlib.contextmanager
@@ -178,15 +174,15 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     parts = _flush_breakdown(plan.invocations // 2)
     added = [b - a for a, b in zip(timings["plain"], timings["metrics"], strict=True)]
     stats = {
-        "plain_p50": pct(timings["plain"], 50),
-        "plain_p99": pct(timings["plain"], 99),
-        "metrics_p50": pct(timings["metrics"], 50),
-        "metrics_p99": pct(timings["metrics"], 99),
-        "added_p50": pct(timings["metrics"], 50) - pct(timings["plain"], 50),
-        "added_p99": pct(timings["metrics"], 99) - pct(timings["plain"], 99),
-        "pairwise_p50": pct(added, 50),
-        "flush_p50": pct(timings["flush"], 50),
-        "flush_p99": pct(timings["flush"], 99),
+        "plain_p50": nearest_rank(timings["plain"], 50),
+        "plain_p99": nearest_rank(timings["plain"], 99),
+        "metrics_p50": nearest_rank(timings["metrics"], 50),
+        "metrics_p99": nearest_rank(timings["metrics"], 99),
+        "added_p50": nearest_rank(timings["metrics"], 50) - nearest_rank(timings["plain"], 50),
+        "added_p99": nearest_rank(timings["metrics"], 99) - nearest_rank(timings["plain"], 99),
+        "pairwise_p50": nearest_rank(added, 50),
+        "flush_p50": nearest_rank(timings["flush"], 50),
+        "flush_p99": nearest_rank(timings["flush"], 99),
     }
     table = "\n".join(
         [
@@ -204,8 +200,8 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
             f"| `flush()` alone (2 series deltas + EMF) | {stats['flush_p50']:.3f} "
             f"| {stats['flush_p99']:.3f} |",
             *(
-                f"| `flush()`, {what} (for reference) | {pct(parts[key], 50):.3f} "
-                f"| {pct(parts[key], 99):.3f} |"
+                f"| `flush()`, {what} (for reference) | {nearest_rank(parts[key], 50):.3f} "
+                f"| {nearest_rank(parts[key], 99):.3f} |"
                 for key, what in (
                     ("inline", "query run inline: no helper thread, no time bound"),
                     ("no_emf", "no EMF lines (no namespace)"),
@@ -214,7 +210,7 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
             "",
             f"Median of the per-pair differences: {stats['pairwise_p50']:.3f} ms. The "
             "reference rows (interleaved with a plain `flush()`, "
-            f"{pct(parts['flush'], 50):.3f} ms p50 there) show what the helper thread "
+            f"{nearest_rank(parts['flush'], 50):.3f} ms p50 there) show what the helper thread "
             "and the EMF lines cost.",
         ]
     )
@@ -505,9 +501,10 @@ def contention(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
         )[0][0]
         failures = sum(r["failures"] for r in results)
         stats[f"ips_{shards}"] = total / wall
-        stats[f"p99_{shards}"] = pct(flushes, 99)
+        stats[f"p99_{shards}"] = nearest_rank(flushes, 99)
         rows.append(
-            f"| {shards} | {total / wall:,.0f} | {pct(flushes, 50):.3f} | {pct(flushes, 99):.3f} "
+            f"| {shards} | {total / wall:,.0f} | {nearest_rank(flushes, 50):.3f} "
+            f"| {nearest_rank(flushes, 99):.3f} "
             f"| {failures} | {stored:,} of {total:,} |"
         )
     table = "\n".join(
@@ -596,10 +593,6 @@ def import_cost(plan: Plan) -> tuple[str, dict[str, float]]:
 # -- the suite ---------------------------------------------------------------------------
 
 
-def _verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
-
-
 def run(quick: bool) -> str:
     plan = QUICK if quick else FULL
     _quiet_logger()
@@ -616,22 +609,22 @@ def run(quick: bool) -> str:
             "|---|---|---|---|",
             f"| p50 added to an invocation by metrics, interval 0 (loopback DB) "
             f"| {f['added_p50']:.3f} ms "
-            f"| {TARGET_FLUSH_P50_MS} ms | {_verdict(f['added_p50'] <= TARGET_FLUSH_P50_MS)} |",
+            f"| {TARGET_FLUSH_P50_MS} ms | {verdict(f['added_p50'] <= TARGET_FLUSH_P50_MS)} |",
             f"| p99 added to an invocation by metrics, interval 0 (loopback DB) "
             f"| {f['added_p99']:.3f} ms "
-            f"| {TARGET_FLUSH_P99_MS} ms | {_verdict(f['added_p99'] <= TARGET_FLUSH_P99_MS)} |",
+            f"| {TARGET_FLUSH_P99_MS} ms | {verdict(f['added_p99'] <= TARGET_FLUSH_P99_MS)} |",
             *(
                 f"| `/metrics` for 2,400 samples vs generate_latest, {what} | {r[key]:.2f}x "
-                f"| {TARGET_RENDER_RATIO}x | {_verdict(r[key] <= TARGET_RENDER_RATIO)} |"
+                f"| {TARGET_RENDER_RATIO}x | {verdict(r[key] <= TARGET_RENDER_RATIO)} |"
                 for key, what in (
                     ("fleet16", "16 containers in 16 shards wrote every series (worst case)"),
                     ("one", "1 container"),
                 )
             ),
             f"| health cold import vs Logger + pg8000.native | {i['import_ratio']:.2f}x "
-            f"| {TARGET_IMPORT_RATIO}x | {_verdict(i['import_ratio'] <= TARGET_IMPORT_RATIO)} |",
+            f"| {TARGET_IMPORT_RATIO}x | {verdict(i['import_ratio'] <= TARGET_IMPORT_RATIO)} |",
             f"| prometheus_client/boto3 on the recording path | {int(i['forbidden'])} modules "
-            f"| 0 | {_verdict(i['forbidden'] == 0)} |",
+            f"| 0 | {verdict(i['forbidden'] == 0)} |",
         ]
     )
     return "\n\n".join(

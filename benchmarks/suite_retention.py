@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import tools  # noqa: F401 - puts the ops layer on sys.path (also in the writer process)
+from benchmarks.stats import verdict
 from ops.retention_policies import DEFAULT_BATCH_SIZE
 from tools import ROOT
 
@@ -451,10 +452,6 @@ def _row(p: Prune) -> str:
     )
 
 
-def _verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
-
-
 def _median(prunes: list[Prune]) -> Prune:
     return sorted(prunes, key=lambda p: p.wall_s)[len(prunes) // 2]
 
@@ -553,23 +550,23 @@ def _report(
         "|---|---|---|---|",
         f"| longest transaction (function, any run) | {longest:.1f} ms | "
         f"≤ {MAX_TRANSACTION_MS:.0f} ms | "
-        f"{_verdict(longest <= MAX_TRANSACTION_MS)} |",
+        f"{verdict(longest <= MAX_TRANSACTION_MS)} |",
         f"| wall time vs naive (plain table), median | {wall_ratio:.2f}x | "
-        f"≤ {MAX_WALL_VS_NAIVE:.1f}x | {_verdict(wall_ratio <= MAX_WALL_VS_NAIVE)} |",
+        f"≤ {MAX_WALL_VS_NAIVE:.1f}x | {verdict(wall_ratio <= MAX_WALL_VS_NAIVE)} |",
         f"| wall time vs naive (plain table), every repetition | "
         f"{', '.join(f'{r:.2f}x' for r in ratios)} | ≤ {MAX_WALL_VS_NAIVE:.1f}x | "
-        f"{_verdict(max(ratios) <= MAX_WALL_VS_NAIVE)} |",
+        f"{verdict(max(ratios) <= MAX_WALL_VS_NAIVE)} |",
         f"| (not a target) CPU vs naive (plain table), every repetition: cluster and client "
         f"CPU seconds, which waiting for a CPU does not inflate | "
         f"{', '.join(f'{r:.2f}x' for r in cpu_ratios)} (median "
         f"{statistics.median(cpu_ratios):.2f}x) | | |",
         f"| writer keeps 100% of its rate (function, worst run: writes short of its "
         f"baseline pace over the prune; rate) | {worst_lost:.1f} ({worst_writer:.0%}) | "
-        f"≤ {MAX_WRITES_LOST:.0f} write | {_verdict(worst_lost <= MAX_WRITES_LOST)} |",
+        f"≤ {MAX_WRITES_LOST:.0f} write | {verdict(worst_lost <= MAX_WRITES_LOST)} |",
         f"| partitioned: faster than naive | {speedup:.1f}x | ≥ {MIN_PARTITIONED_SPEEDUP:.0f}x | "
-        f"{_verdict(speedup >= MIN_PARTITIONED_SPEEDUP)} |",
+        f"{verdict(speedup >= MIN_PARTITIONED_SPEEDUP)} |",
         f"| partitioned: WAL vs naive | 1/{1 / wal_share:.0f} ({wal_share:.3f}) | ≤ 1/20 | "
-        f"{_verdict(wal_share <= MAX_PARTITIONED_WAL_SHARE)} |",
+        f"{verdict(wal_share <= MAX_PARTITIONED_WAL_SHARE)} |",
         "",
         "### Measurements",
         "",

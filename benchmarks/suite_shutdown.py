@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from benchmarks.stats import nearest_rank
 from benchmarks.suite_health import database
 from tools import LAYER_DIR
 from tools.apigw import proxy_event
@@ -194,11 +195,6 @@ def cold_sample(url: str, runtime_api: str | None) -> dict[str, float]:
     raise AssertionError(f"cold start failed: {out.stderr[-2000:]}")
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def run(quick: bool) -> str:
     plan = QUICK if quick else FULL
     load = os.getloadavg()[0]
@@ -255,10 +251,10 @@ def run(quick: bool) -> str:
         values = shutdown[variant]
         p50 = statistics.median(values)
         lines.append(
-            f"| {label} | {p50:.1f} | {_pct(values, 0.99):.1f} | {max(values):.1f} | "
+            f"| {label} | {p50:.1f} | {nearest_rank(values, 99):.1f} | {max(values):.1f} | "
             f"{p50 / base:.2f}x |"
         )
-    worst = max(_pct(shutdown[v], 0.99) for v in ("liveness", "probes"))
+    worst = max(nearest_rank(shutdown[v], 99) for v in ("liveness", "probes"))
     lines += [
         "",
         f"Target: well inside {TARGET_SHUTDOWN_MS:.0f} ms (Lambda's allowance for the runtime): "
@@ -279,7 +275,7 @@ def run(quick: bool) -> str:
     for key, label in (("without", "no registration"), ("with", "registration at init")):
         values = cold[key]
         lines.append(
-            f"| {label} | {statistics.median(values):.1f} | {_pct(values, 0.9):.1f} | "
+            f"| {label} | {statistics.median(values):.1f} | {nearest_rank(values, 90):.1f} | "
             f"{statistics.median(cold['cpu_' + key]):.1f} |"
         )
     added = statistics.median(cold["paired"])
