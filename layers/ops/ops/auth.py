@@ -25,7 +25,7 @@ _reported: set[str] = set()  # misconfigurations already logged by this containe
 
 
 def _token_from_secret(arn: str) -> str:
-    from ops.secretstore import get_secret
+    from ops.secretstore import get_secret  # boto3: only when the token is a secret
 
     try:
         raw = get_secret(arn).strip()

@@ -218,6 +218,7 @@ def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckR
 
 
 def _probe_database(budget_s: float) -> None:
+    # The flush path (the store, EMF) loads on the first probe, not at init (cold start).
     from ops.metrics.flushing import probe_database
 
     probe_database(budget_s)  # SELECT 1, or the due metrics flush in the same round trip

@@ -137,7 +137,7 @@ def resolve_params(cfg: Settings, *, force_fetch: bool = False) -> ConnectParams
             params = ConnectParams(**{**params.__dict__, "ssl_mode": cfg.db_ssl_mode})
         return params
     if cfg.db_secret_arn:
-        from ops.secretstore import get_secret_json
+        from ops.secretstore import get_secret_json  # boto3: only with a secret
 
         try:
             secret = get_secret_json(cfg.db_secret_arn, force_fetch=force_fetch)

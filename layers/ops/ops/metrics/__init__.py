@@ -42,6 +42,9 @@ prints them as EMF lines (`Emf` and `EmfKey` there say how a family is mirrored)
 
 from __future__ import annotations
 
+# The functions below import their modules when called, not here: importing the package
+# (every function does, at init) must cost only the standard library (cold start).
+
 
 def flush() -> bool:
     """Send the deltas to PostgreSQL and the recordings to CloudWatch (EMF), now."""
