@@ -24,8 +24,8 @@ from tests.support.runtime import (
     FunctionInvoker,
     call_api,
     function_handler,
-    new_cluster,
     reset_runtime,
+    running_cluster,
 )
 from tools.migrate import apply_url
 from tools.pgcluster import PgCluster
@@ -41,12 +41,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
-    cluster = new_cluster()
-    cluster.init()
-    cluster.start()
-    cluster.wait_ready()
-    yield cluster
-    cluster.destroy()
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support.runtime import new_cluster
+from tests.support.runtime import running_cluster
 
 
 def test_health_ok_when_database_answers(db_env, health_api):
@@ -141,11 +141,7 @@ def test_hung_database_turns_into_503_within_budget(health_api, app_env, blackho
 
 
 def test_database_stopped_then_restarted_between_invocations(health_api, app_env):
-    cluster = new_cluster()
-    cluster.init()
-    cluster.start()
-    cluster.wait_ready()
-    try:
+    with running_cluster() as cluster:
         app_env(DATABASE_URL=cluster.url())
         assert health_api("/health")[0] == 200
         from ops.db import get_db
@@ -167,8 +163,6 @@ def test_database_stopped_then_restarted_between_invocations(health_api, app_env
         cluster.wait_ready()
         assert health_api("/health")[0] == 200
         assert get_db().connection() is not kept
-    finally:
-        cluster.destroy()
 
 
 def test_connection_is_reused_across_invocations(db_env, health_api, sql):

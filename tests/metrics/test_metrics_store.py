@@ -22,7 +22,7 @@ from tests.support.metrics import (
     value,
     wait_containers,
 )
-from tests.support.runtime import new_cluster
+from tests.support.runtime import running_cluster
 
 MS = "tool_call_duration_ms"
 
@@ -137,11 +137,7 @@ def test_eight_containers_of_500_invocations_add_up_exactly(metrics_env, own_sql
 
 
 def test_a_failed_flush_loses_nothing_once_the_database_is_back(app_env, log_lines, capsys):
-    cluster = new_cluster()
-    cluster.init()
-    cluster.start()
-    cluster.wait_ready()
-    try:
+    with running_cluster() as cluster:
         url = metrics_database(cluster, "flaky")
         password = cluster.password
         app_env(DATABASE_URL=url)
@@ -163,8 +159,6 @@ def test_a_failed_flush_loses_nothing_once_the_database_is_back(app_env, log_lin
         search.observe(3000)
         assert flush() is True
         samples = scrape_samples()
-    finally:
-        cluster.destroy()
 
     assert value(samples, "webhook_failures_total", source="stripe") == 7
     assert value(samples, f"{MS}_count", tool="search") == 3

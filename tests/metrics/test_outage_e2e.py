@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.support.prometheus import Prometheus, get, local_gateway, prometheus
-from tests.support.runtime import new_cluster
+from tests.support.runtime import running_cluster
 from tools import ROOT
 from tools.migrate import apply_url
 from tools.pgcluster import PgCluster
@@ -38,12 +38,8 @@ def _rules_with_short_for() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
-    pg = new_cluster()  # its own: stopping it must not touch anyone else's database
-    pg.init()
-    pg.start()
-    pg.wait_ready()
-    yield pg
-    pg.destroy()
+    with running_cluster() as pg:  # its own: stopping it must not touch anyone else's database
+        yield pg
 
 
 @pytest.fixture(scope="module")

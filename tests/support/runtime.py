@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,18 @@ from tools.runtime import LambdaContext, load_handler
 FunctionInvoker = Callable[..., tuple[int, dict[str, str], Any]]
 
 
-def new_cluster() -> PgCluster:
-    """A fresh cluster in its own temporary folder (kept out of the project tree)."""
-    return PgCluster(Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data")
+@contextmanager
+def running_cluster() -> Iterator[PgCluster]:
+    """A fresh cluster in its own temporary folder (kept out of the project tree), started
+    and ready; destroyed (stopped, its folder removed) afterwards."""
+    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data")
+    cluster.init()
+    cluster.start()
+    cluster.wait_ready()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
 
 
 def reset_runtime() -> None:
