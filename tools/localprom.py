@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tools.gateway import Gateway, make_server
+from tools.loopback import serving
 from tools.pgcluster import free_port
 
 T = TypeVar("T")
@@ -26,13 +26,10 @@ T = TypeVar("T")
 def local_gateway(env: Mapping[str, str]) -> Iterator[str]:
     """The local API Gateway with the real handlers in worker processes; yields its base URL."""
     gateway = Gateway(env=dict(env))
-    server = make_server(gateway, port=free_port())
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        with serving(make_server(gateway, port=free_port())) as server:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
-        server.shutdown()
-        server.server_close()
         gateway.close()
 
 

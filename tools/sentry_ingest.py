@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tools.loopback import serving
+
 PUBLIC_KEY = "testpublickey"
 PROJECT = "1"
 
@@ -121,13 +123,8 @@ def sentry_ingest() -> Iterator[SentryIngest]:
             pass
 
     server.RequestHandlerClass = Handler
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield ingest
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tests.support.runtime import running_cluster
+from tools.loopback import serving
 
 
 def test_health_ok_when_database_answers(db_env, health_api):
@@ -59,7 +60,6 @@ def test_detailed_ok_and_degraded_with_optional_http_dependency(
 
 def test_detailed_http_dependency_up(db_env, health_api, app_env):
     from http.server import BaseHTTPRequestHandler, HTTPServer
-    from threading import Thread
 
     class Ok(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -69,15 +69,11 @@ def test_detailed_http_dependency_up(db_env, health_api, app_env):
         def log_message(self, *a):
             pass
 
-    srv = HTTPServer(("127.0.0.1", 0), Ok)
-    Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with serving(HTTPServer(("127.0.0.1", 0), Ok)) as srv:
         app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{srv.server_port}/")
         status, _, body = health_api("/health/detailed")
         assert status == 200
         assert body["checks"]["moltbot"]["status"] == "up"
-    finally:
-        srv.shutdown()
 
 
 def test_detailed_speaks_health_json(db_env, health_api):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from tests.support.metrics import (
 )
 from tests.support.prometheus import get, local_gateway, prometheus
 from tests.support.runtime import call_api, function_handler
+from tools.loopback import serving
 from tools.runtime import LambdaContext
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -272,9 +272,7 @@ def test_dependency_status_is_current_and_goes_when_the_dependency_goes(metrics_
         def log_message(self, *_: Any) -> None:
             pass
 
-    srv = HTTPServer(("127.0.0.1", 0), Gateway)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with serving(HTTPServer(("127.0.0.1", 0), Gateway)) as srv:
         app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{srv.server_port}")
         assert value(scrape_samples(), "health_check_status", check="moltbot") == 0
         Gateway.healthy = True  # fixed: the very next scrape says so
@@ -284,8 +282,6 @@ def test_dependency_status_is_current_and_goes_when_the_dependency_goes(metrics_
         app_env(MOLTBOT_GATEWAY_URL="")  # removed: no status at all, so no alert
         samples = scrape_samples()
         assert not [k for k in samples if ("check", "moltbot") in k[1] and "status" in k[0]]
-    finally:
-        srv.shutdown()
 
 
 def test_a_new_counter_series_is_exposed_at_zero_before_its_value(metrics_env, app_env, own_sql):

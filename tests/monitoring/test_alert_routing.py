@@ -13,7 +13,6 @@ import signal
 import socketserver
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import yaml
 from tests.support.binaries import require_binary
 from tests.support.monitoring import inhibited
 from tools import ROOT
+from tools.loopback import serving
 from tools.pgcluster import free_port
 
 MONITORING = ROOT / "infra" / "monitoring"
@@ -263,20 +263,16 @@ def smtp() -> Iterator[socketserver.ThreadingTCPServer]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Smtp)
     server.daemon_threads = True
     server.mails = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        yield server
 
 
 @pytest.fixture
 def sink() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     server.received = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(server):
+        yield server
 
 
 def _get_json(url: str) -> Any:

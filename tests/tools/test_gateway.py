@@ -7,7 +7,6 @@ import http.client
 import json
 import socket
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from tools.apigw import match_template, resolve
 from tools.gateway import MAX_BODY_BYTES, Gateway, make_server
+from tools.loopback import serving
 from tools.pgcluster import free_port
 
 TEMPLATES = [
@@ -99,14 +99,10 @@ def echo_gateway(tmp_path: Path) -> Iterator[int]:
 
 def serve(gateway: Gateway, **kwargs: float) -> Iterator[int]:
     port = free_port()
-    server = make_server(gateway, port=port, **kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield port
+        with serving(make_server(gateway, port=port, **kwargs)):
+            yield port
     finally:
-        server.shutdown()
-        server.server_close()
         gateway.close()
 
 
