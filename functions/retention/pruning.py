@@ -72,7 +72,6 @@ import pg8000.native
 from partition_plan import PartitionDrop, plan_partitions
 from pg8000.exceptions import DatabaseError
 from policy_catalog import Relation, Target
-from prepared import Prepared
 
 from ops.db import Database
 from ops.log import logger
@@ -277,19 +276,18 @@ def _window_batch(
     column: str,
     cutoff: Any,
     b: Batches,
-    prepared: Prepared,
 ) -> Batch:
     """Delete [frontier, frontier + WINDOW_FILL * size rows' worth of time); `cutoff` in
     the column's type. Raises WindowOverfull (rolling the batch back) above `b.size` rows."""
     assert b.row_span is not None
     upper = b.frontier + b.row_span * max(1, int(b.size * WINDOW_FILL))
     last = upper >= cutoff
-    _, rows = prepared.execute(
-        conn,
+    conn.run(
         f"DELETE FROM ONLY {relation} WHERE {column} >= :frontier AND {column} < :upper",
         frontier=b.frontier,
         upper=cutoff if last else upper,
     )
+    rows = int(conn.row_count)
     if rows > b.size:
         raise WindowOverfull(f"{rows} rows in a window meant for {b.size}")
     return Batch(rows, last, upper, None if last else _span(b.frontier, upper, rows))
@@ -303,17 +301,15 @@ def delete_batch(
     b: Batches,
     ordered: bool,
     column_cutoff: Any = None,
-    prepared: Prepared | None = None,
 ) -> Batch:
     """Delete about `b.size` of the oldest expired rows.
 
     `column_cutoff` is the cutoff as a value of the column's own type (naive for a
-    `timestamp` column), which window batches compare their bounds with; `prepared`
-    holds their statement. The caller applies the result to `b` once the transaction
-    has committed.
+    `timestamp` column), which window batches compare their bounds with. The caller
+    applies the result to `b` once the transaction has committed.
     """
-    if ordered and b.windowed and column_cutoff is not None and prepared is not None:
-        window = _window_batch(conn, relation, column, column_cutoff, b, prepared)
+    if ordered and b.windowed and column_cutoff is not None:
+        window = _window_batch(conn, relation, column, column_cutoff, b)
         if window.rows or window.done:
             return window
         # An empty window (a gap in the data): on from its end, exactly, in this transaction.
@@ -406,7 +402,6 @@ class TablePruner:
         # left for the next run rather than failing this one or queueing writers.
         self.skips = skips if skips is not None else Skips()
         self._locked_parents: set[int] = set()
-        self._prepared = Prepared()
 
     def run(self) -> bool:
         if not self.keep_going():
@@ -490,7 +485,6 @@ class TablePruner:
                         b,
                         self.target.indexed,
                         column_cutoff,
-                        self._prepared,
                     )
                     step = Step(rows=batch.rows, batches=1)
                     return batch, self._book(conn, step, batch.done and last_unit)

@@ -23,7 +23,6 @@ from datetime import datetime
 from enum import StrEnum
 
 import pg8000.native
-from prepared import Prepared
 from pruning import Step
 from run_identity import RunIdentity, Trigger
 from table_outcome import Closing, TableOutcome, audit_payload
@@ -82,7 +81,6 @@ class RunLedger:
         self.holder = uuid.uuid4().hex  # per attempt: a retry must not inherit a dead lease
         self.lease_ttl_ms = lease_ttl_ms
         self.lock_timeout_ms = lock_timeout_ms
-        self._prepared = Prepared()  # the progress record is sent once per batch
 
     @property
     def run_key(self) -> str:
@@ -183,8 +181,7 @@ class RunLedger:
 
     def record(self, conn: pg8000.native.Connection, table: str, step: Step) -> None:
         """Progress in the work's transaction, fenced by the lease renewal (one round trip)."""
-        booked = self._prepared.run(
-            conn,
+        booked = conn.run(
             "WITH lease AS ("
             "  UPDATE retention_lease "
             "  SET expires_at = clock_timestamp() + make_interval(secs => :ttl / 1000.0) "

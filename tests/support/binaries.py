@@ -1,5 +1,5 @@
-"""Locating the external binaries some tests need (Debian's `prometheus` and
-`prometheus-alertmanager` packages).
+"""Locating the external binaries some tests need (Debian's `prometheus`,
+`prometheus-alertmanager` and `pgbouncer` packages).
 
 Locally, a missing binary skips the test with the install command; in CI
 (`CI` set) it fails, because CI installs it and a skip there would hide a gap.
@@ -20,6 +20,7 @@ PACKAGES = {
     "amtool": "prometheus-alertmanager",
     "prometheus-alertmanager": "prometheus-alertmanager",
     "alertmanager": "prometheus-alertmanager",
+    "pgbouncer": "pgbouncer",
 }
 
 

@@ -3,7 +3,8 @@
 Connection parameters come from `DATABASE_URL` (local, tests) or from the
 RDS-managed secret named by `DB_SECRET_ARN` (AWS), with `DB_HOST` pointing at an
 RDS Proxy endpoint when set. Every connection carries a socket timeout (a hung
-server raises instead of hanging) and a server-side `statement_timeout`, per use:
+server raises instead of hanging) and every statement a server-side `statement_timeout`
+(SET LOCAL, so that nothing of it outlives the transaction on a pooled connection), per use:
 the container's handle (health, metrics) keeps the short defaults, a batch job
 opens its own `Database` with timeouts sized for its batches, and a transaction
 may set its own, with the socket timeout kept above its statement timeout so that
@@ -193,8 +194,16 @@ def open_connection(
     app: str = "ops",
     statement_timeout_ms: int | None = None,
 ) -> pg8000.native.Connection:
-    """A new connection with a socket timeout and a server-side statement_timeout."""
-    statement_timeout = statement_timeout_ms or cfg.db_statement_timeout_ms
+    """A new connection with a socket timeout.
+
+    No startup parameter but `application_name` unless `statement_timeout_ms` is given
+    (tools connecting straight to PostgreSQL): connection poolers in transaction mode
+    (PgBouncer, RDS Proxy) refuse or pin on others, so the container's connections
+    (`Database`) bound their statements with `SET LOCAL` instead, per transaction.
+    """
+    startup = (
+        {} if statement_timeout_ms is None else {"statement_timeout": str(statement_timeout_ms)}
+    )
     try:
         return pg8000.native.Connection(
             user=params.user,
@@ -206,7 +215,7 @@ def open_connection(
             ssl_context=_ssl_context(params.ssl_mode, cfg.db_ssl_root_cert),
             timeout=timeout_s or cfg.db_connect_timeout_s,
             application_name=app,
-            startup_params={"statement_timeout": str(statement_timeout)},
+            startup_params=startup,
         )
     except Exception as exc:  # any failure to open one (refused, DNS, TLS, a bad host name)
         reason = connect_failure_reason(exc, timeout_s or cfg.db_connect_timeout_s)
@@ -270,10 +279,16 @@ class Database:
         self._conn: pg8000.native.Connection | None = None
         self._lock = threading.RLock()  # run() may be called inside transaction()
         self._discards = 0  # a run() whose connection another thread dropped must not retry
+        self._in_transaction = False  # run() inside transaction(): its timeouts apply
 
     @property
     def cfg(self) -> Settings:
         return self._cfg or settings()
+
+    @property
+    def statement_timeout_ms(self) -> int:
+        """The server-side bound of every statement not given its own (SET LOCAL)."""
+        return self._statement_timeout_ms or self.cfg.db_statement_timeout_ms
 
     def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         cfg = self.cfg
@@ -281,7 +296,6 @@ class Database:
         connect = partial(
             open_connection,
             timeout_s=timeout_s or self._socket_timeout_s,
-            statement_timeout_ms=self._statement_timeout_ms,
             app=self._application_name,
         )
         try:
@@ -320,8 +334,7 @@ class Database:
             reused = self._conn is not None
             discards = self._discards
             try:
-                rows: list[list[Any]] = self.connection(timeout_s=timeout_s).run(sql, **params)
-                return rows
+                return self._bounded(self.connection(timeout_s=timeout_s), sql, params)
             except Exception as exc:
                 if not is_stale_error(exc):
                     raise
@@ -330,13 +343,40 @@ class Database:
                 if abandoned or not reused:
                     raise DatabaseUnavailable(str(exc)) from exc
             try:
-                rows = self.connection(timeout_s=timeout_s).run(sql, **params)
-                return rows
+                return self._bounded(self.connection(timeout_s=timeout_s), sql, params)
             except Exception as exc:
                 if is_stale_error(exc):
                     self.discard()
                     raise DatabaseUnavailable(str(exc)) from exc
                 raise
+
+    def _bounded(
+        self, conn: pg8000.native.Connection, sql: str, params: dict[str, Any]
+    ) -> list[list[Any]]:
+        """`sql` in a transaction of its own that carries the statement timeout (SET LOCAL:
+        nothing outlives it on a pooled server connection); inside transaction(), as is.
+
+        Without parameters that is one round trip (a multi-statement query is one implicit
+        transaction). pg8000 sends a parameterised statement in three messages, each ended
+        by a Sync: outside an explicit transaction a pooler in transaction mode may hand
+        each to another server connection, so those get BEGIN ... COMMIT around them.
+        """
+        if self._in_transaction:
+            rows: list[list[Any]] = conn.run(sql, **params)
+            return rows
+        bound = set_local_timeouts(statement_timeout_ms=self.statement_timeout_ms)
+        if not params:
+            rows = conn.run(f"{bound}; {sql}")
+            return rows
+        conn.run(f"BEGIN; {bound}")
+        try:
+            rows = conn.run(sql, **params)
+            conn.run("COMMIT")
+        except BaseException:
+            with suppress(Exception):
+                conn.run("ROLLBACK")
+            raise
+        return rows
 
     @contextmanager
     def transaction(
@@ -345,14 +385,15 @@ class Database:
         """BEGIN ... COMMIT on the shared connection; ROLLBACK (or discard) on error.
 
         The timeouts apply to this transaction only (SET LOCAL, sent with BEGIN in one
-        round trip); while it runs, the socket waits at least `DB_CONNECT_TIMEOUT_S`
-        longer than its statement timeout. No retry here: a transaction that failed
-        midway is the caller's decision.
+        round trip; the statement timeout defaults to the handle's); while it runs, the
+        socket waits at least `DB_CONNECT_TIMEOUT_S` longer than its statement timeout. No
+        retry here: a transaction that failed midway is the caller's decision.
         """
         timeouts = set_local_timeouts(
-            lock_timeout_ms=lock_timeout_ms, statement_timeout_ms=statement_timeout_ms
+            lock_timeout_ms=lock_timeout_ms,
+            statement_timeout_ms=statement_timeout_ms or self.statement_timeout_ms,
         )
-        begin = f"BEGIN; {timeouts}" if timeouts else "BEGIN"
+        begin = f"BEGIN; {timeouts}"
         with self._lock:
             reused = self._conn is not None
             try:
@@ -365,6 +406,7 @@ class Database:
                 conn = self.connection()
                 conn.run(begin)
             restore = self._outwait(conn, statement_timeout_ms)
+            self._in_transaction = True
             try:
                 yield conn
                 conn.run("COMMIT")
@@ -378,6 +420,7 @@ class Database:
                         self.discard()
                 raise
             finally:
+                self._in_transaction = False
                 still_ours = self._conn is conn  # not discarded meanwhile
                 if restore is not None and still_ours:
                     with suppress(Exception):
