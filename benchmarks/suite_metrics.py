@@ -8,11 +8,12 @@ temporary folder, migrations applied):
   histogram recorded, then the flush: one round trip, plus the EMF line); interleaved,
   p50/p99 of each and of the difference. Also the flush alone.
 * Render cost: the metrics function's handler for 2,400 samples (label sets of a
-  counter and an http_request_duration_ms histogram) against `prometheus_client.generate_latest`
-  on an in-memory registry holding the same series (`_created` samples disabled, so
-  both print 2,400 samples). Worst case: 16 containers in 16 shards wrote every
-  series; beyond it, every series collided in every shard (spill rows everywhere).
-  The cost is fitted as a function of the value rows (series x live shards).
+  counter and an http_request_duration_seconds histogram) against
+  `prometheus_client.generate_latest` on an in-memory registry holding the same series
+  (`_created` samples disabled, so both print 2,400 samples). Worst case: 16 containers
+  in 16 shards wrote every series; beyond it, every series collided in every shard
+  (spill rows everywhere). The cost is fitted as a function of the value rows (series x
+  live shards).
 * Contention: 8 processes, each invocation recording the same series and flushing,
   with 16 shards and with 1 (every container on the same rows).
 * Import cost: the health function's imports against Powertools Logger +
@@ -50,9 +51,9 @@ SAMPLES = 2400
 
 def _label_sets() -> int:
     """A label set: a counter sample and a histogram's buckets, +Inf, _count and _sum."""
-    from ops.metrics.catalogue import HTTP_BUCKETS_MS
+    from ops.metrics.catalogue import HTTP_BUCKETS
 
-    return SAMPLES // (1 + len(HTTP_BUCKETS_MS) + 3)
+    return SAMPLES // (1 + len(HTTP_BUCKETS) + 3)
 
 
 LABEL_SETS = _label_sets()
@@ -163,7 +164,7 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
                 handler(event, ctx)
                 timings[name].append((time.perf_counter() - started) * 1000)
             m.HTTP_REQUESTS.labels(method="GET", route="/bench", status="200").inc()
-            m.HTTP_REQUEST_DURATION.labels(method="GET", route="/bench").observe(1.0)
+            m.HTTP_REQUEST_DURATION.labels(method="GET", route="/bench").observe(0.001)
             started = time.perf_counter()
             ok = flush()
             timings["flush"].append((time.perf_counter() - started) * 1000)
@@ -241,7 +242,7 @@ def _flush_breakdown(rounds: int) -> dict[str, list[float]]:
             os.environ["POWERTOOLS_METRICS_NAMESPACE"] = "" if mode == "no_emf" else "Bench"
             settings.cache_clear()  # read once per container otherwise
             counter.inc()
-            histogram.observe(1.0)
+            histogram.observe(0.001)
             started = time.perf_counter()
             flush()
             timings[mode].append((time.perf_counter() - started) * 1000)
@@ -256,7 +257,7 @@ def _flush_breakdown(rounds: int) -> dict[str, list[float]]:
 # -- render cost -------------------------------------------------------------------------
 
 # Observations that land one in each of the eight buckets and one above them.
-HTTP_SAMPLE_MS = (5.0, 20.0, 70.0, 150.0, 300.0, 700.0, 1500.0, 3000.0, 9000.0)
+HTTP_SAMPLE_S = (0.005, 0.02, 0.07, 0.15, 0.3, 0.7, 1.5, 3.0, 9.0)
 
 
 def _fill_store(url: str, shards: int, collided: bool) -> None:
@@ -276,7 +277,7 @@ def _fill_store(url: str, shards: int, collided: bool) -> None:
         for i in range(LABEL_SETS):
             m.HTTP_REQUESTS.labels(method="GET", route=f"/r/{i}", status="200").inc(3)
             child = m.HTTP_REQUEST_DURATION.labels(method="GET", route=f"/r/{i}")
-            for value in HTTP_SAMPLE_MS:
+            for value in HTTP_SAMPLE_S:
                 child.observe(value)
         # A failed flush keeps its deltas pending; on a loaded machine the first flush of
         # 1,760 new series can overrun its statement timeout, so try again a few times.
@@ -301,15 +302,15 @@ def _client_registry() -> Callable[[], bytes]:
     registry = CollectorRegistry()
     counter = Counter("http_requests", "x", ("method", "route", "status"), registry=registry)
     histogram = Histogram(
-        "http_request_duration_ms",
+        "http_request_duration_seconds",
         "x",
         ("method", "route"),
-        buckets=m.HTTP_BUCKETS_MS,
+        buckets=m.HTTP_BUCKETS,
         registry=registry,
     )
     for i in range(LABEL_SETS):
         counter.labels("GET", f"/r/{i}", "200").inc(3)
-        for value in HTTP_SAMPLE_MS:
+        for value in HTTP_SAMPLE_S:
             histogram.labels("GET", f"/r/{i}").observe(value)
     return lambda: generate_latest(registry)
 
@@ -332,7 +333,7 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     handler = load_handler(ROOT / "functions" / "metrics")
     event = proxy_event(method="GET", path="/metrics", resource="/metrics")
     ctx = LambdaContext("metrics", 10)
-    prefixes = ("http_requests_total{", "http_request_duration_ms_")
+    prefixes = ("http_requests_total{", "http_request_duration_seconds_")
     rows = []
     stats: dict[str, float] = {}
     scenarios = (  # (name, label, containers/shards, collided)
@@ -449,7 +450,7 @@ def _worker(url: str, invocations: int, shards: int, start_at: float) -> None:
     with contextlib.redirect_stdout(io.StringIO()) as sink:
         for _ in range(invocations):
             counter.inc()
-            histogram.observe(42.0)
+            histogram.observe(0.042)
             started = time.perf_counter()
             failures += not flush()
             flushes.append((time.perf_counter() - started) * 1000)

@@ -4,7 +4,7 @@
 A real Prometheus loads TSDB blocks backfilled with `promtool tsdb create-blocks-from
 openmetrics`: some days of samples every 30 s (the scrape interval of prometheus.yml)
 for the API routes and the five probe routes (http_requests_total for 200 and 500,
-http_request_duration_ms_bucket le="200" and _count). It evaluates slo.rules.yml and
+http_request_duration_seconds_bucket le="0.2" and _count). It evaluates slo.rules.yml and
 recording-rules.yml every EVAL_S (the budget group keeps its own 5-minute interval);
 each group's `evaluationTime` is read from /api/v1/rules. The 30-day ratios read every
 sample there is, so with N days of data they cost what an N-day window does, and 30
@@ -45,10 +45,12 @@ def _openmetrics(path: Path, routes: list[str], days: float, end: float) -> int:
             for r in routes
             for s, share in (("200", 0.998), ("500", 0.002))
         ],
-        "http_request_duration_ms_bucket": [
-            (f'method="GET",route="{r}",le="200.0"', per_step * 0.95) for r in routes
+        "http_request_duration_seconds_bucket": [
+            (f'method="GET",route="{r}",le="0.2"', per_step * 0.95) for r in routes
         ],
-        "http_request_duration_ms_count": [(f'method="GET",route="{r}"', per_step) for r in routes],
+        "http_request_duration_seconds_count": [
+            (f'method="GET",route="{r}"', per_step) for r in routes
+        ],
     }
     lines = 0
     with path.open("w") as out:

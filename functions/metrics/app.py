@@ -97,9 +97,7 @@ def _read(db: Database) -> tuple[Totals, dict[str, Any]]:
     _compact(db)
     totals = read_totals(db, settings().metrics_new_series_hold_s)
     live = dict(collect(db))
-    m.DB_QUERY_DURATION.labels(operation="metrics_scrape").observe(
-        (time.perf_counter() - started) * 1000.0
-    )
+    m.DB_QUERY_DURATION.labels(operation="metrics_scrape").observe(time.perf_counter() - started)
     return totals, live
 
 
@@ -110,7 +108,7 @@ def _measured(checks: list[CheckResult], *, database_up: bool) -> Live:
             (m.HEALTH_CHECK_STATUS.labels(check=c.name), 1.0 if c.ok else 0.0) for c in checks
         ],
         m.HEALTH_CHECK_LATENCY.name: [
-            (m.HEALTH_CHECK_LATENCY.labels(check=c.name), round(c.latency_ms / 1000.0, 6))
+            (m.HEALTH_CHECK_LATENCY.labels(check=c.name), round(c.latency_seconds, 6))
             for c in checks
         ],
     }

@@ -21,7 +21,7 @@ import slo  # the SLO parameters, which the panel descriptions quote
 
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 ROUTE = 'route=~"$route"'
-LATENCY_BY_ROUTE = f"route_le:http_request_duration_ms_bucket:rate5m{{{ROUTE}}}"
+LATENCY_BY_ROUTE = f"route_le:http_request_duration_seconds_bucket:rate5m{{{ROUTE}}}"
 SELECTED = "route_method_status:http_requests:rate5m"
 
 
@@ -121,21 +121,24 @@ ROWS = [
             Panel(
                 "Request latency p50 / p95 / p99",
                 _quantiles("", LATENCY_BY_ROUTE, ("0.50", "0.95", "0.99")),
-                "ms",
+                "s",
                 "Objective: p95 under 500 ms per route (alert HighRequestLatency). Buckets"
-                " start at 1 ms (1, 2.5, 5, 10, 50, ...), so the health routes' ~1 ms reads"
-                " as such, not as the 9.5 ms a first bucket of 10 ms made of every fast route.",
+                " start at 1 ms (0.001, 0.0025, 0.005, 0.01, 0.05 s, ...), so the health"
+                " routes' ~1 ms reads as such, not as the 9.5 ms a first bucket of 10 ms made"
+                " of every fast route.",
             ),
             Panel(
                 "p95 latency by route",
                 _quantiles("route", LATENCY_BY_ROUTE, ("0.95",)),
-                "ms",
+                "s",
             ),
             Panel(
                 "Tool call latency p50 / p95",
-                _quantiles("tool", "tool_le:tool_call_duration_ms_bucket:rate5m", ("0.50", "0.95")),
-                "ms",
-                "Capped at 5000 ms, the highest bucket. Alert HighToolLatency.",
+                _quantiles(
+                    "tool", "tool_le:tool_call_duration_seconds_bucket:rate5m", ("0.50", "0.95")
+                ),
+                "s",
+                "Capped at 5 s, the highest bucket. Alert HighToolLatency.",
             ),
             Panel(
                 "Tool calls by status",
@@ -178,9 +181,9 @@ ROWS = [
             Panel(
                 "Database query latency p95",
                 _quantiles(
-                    "operation", "operation_le:db_query_duration_ms_bucket:rate5m", ("0.95",)
+                    "operation", "operation_le:db_query_duration_seconds_bucket:rate5m", ("0.95",)
                 ),
-                "ms",
+                "s",
             ),
             Panel(
                 "Health check status",
@@ -191,8 +194,8 @@ ROWS = [
             ),
             Panel(
                 "Health check latency p95",
-                _quantiles("check", "rate(health_check_duration_ms_bucket[5m])", ("0.95",)),
-                "ms",
+                _quantiles("check", "rate(health_check_duration_seconds_bucket[5m])", ("0.95",)),
+                "s",
             ),
         ],
     ),

@@ -21,13 +21,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "layers" / "ops"))
-from ops.metrics.catalogue import HTTP_BUCKETS_MS, PROBE_ROUTES
+from ops.metrics.catalogue import HTTP_BUCKETS, PROBE_ROUTES
+from ops.metrics.text_format import format_bound
 
 BUDGET_PERIOD = "30d"
 BUDGET_INTERVAL = "5m"  # how often the budget-period ratio is evaluated
 # The windows the burn-rate alerts read; the budget period is recorded for the dashboard.
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
-LATENCY_THRESHOLD_MS = 200  # seed 003: p95 under 200 ms
+LATENCY_THRESHOLD_S = 0.2  # seed 003: p95 under 200 ms
 
 # Every request of the API except health probes and scrapes (PROBE_ROUTES).
 NOT_A_PROBE = 'route!~"{}"'.format("|".join(re.escape(r) for r in PROBE_ROUTES))
@@ -55,7 +56,9 @@ class Slo:
         return f"({bad})\n/\n{total}\n"
 
 
-_LE = f'le=~"{LATENCY_THRESHOLD_MS}(\\\\.0)?"'  # "200" or Prometheus 3's "200.0"
+# Not a whole number, so one spelling in every client and in Prometheus 3 ("0.2"; a
+# whole bound would need both "1" and "1.0", as alerts.yml's HighToolLatency matches).
+_LE = f'le="{format_bound(LATENCY_THRESHOLD_S)}"'
 
 SLOS = (
     Slo(
@@ -70,12 +73,12 @@ SLOS = (
         name="latency",
         alert_prefix="Latency",
         objective=0.95,  # seed 003: p95 under 200 ms, i.e. 95% of requests within 200 ms
-        meaning=f"API requests answered within {LATENCY_THRESHOLD_MS} ms",
+        meaning=f"API requests answered within {LATENCY_THRESHOLD_S * 1000:g} ms",
         bad=(
-            f"sum(rate(http_request_duration_ms_count{{{NOT_A_PROBE}}}[{{w}}]))\n"
-            f"- sum(rate(http_request_duration_ms_bucket{{{NOT_A_PROBE},{_LE}}}[{{w}}]))"
+            f"sum(rate(http_request_duration_seconds_count{{{NOT_A_PROBE}}}[{{w}}]))\n"
+            f"- sum(rate(http_request_duration_seconds_bucket{{{NOT_A_PROBE},{_LE}}}[{{w}}]))"
         ),
-        total=f"sum(rate(http_request_duration_ms_count{{{NOT_A_PROBE}}}[{{w}}]))",
+        total=f"sum(rate(http_request_duration_seconds_count{{{NOT_A_PROBE}}}[{{w}}]))",
     ),
 )
 
@@ -206,7 +209,7 @@ def render() -> str:
     return HEADER.format(period=BUDGET_PERIOD, slos=slos) + "\n" + body
 
 
-assert LATENCY_THRESHOLD_MS in HTTP_BUCKETS_MS, "the latency threshold must be a bucket bound"
+assert LATENCY_THRESHOLD_S in HTTP_BUCKETS, "the latency threshold must be a bucket bound"
 
 if __name__ == "__main__":
     print(render(), end="")

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -77,51 +78,53 @@ def test_a_family_is_defined_once():
     with pytest.raises(ValueError, match="must end in _total"):
         Counter("things", "x", registry={})
     with pytest.raises(ValueError, match="increasing"):
-        Histogram("h_ms", "x", buckets=(5, 1), unit="ms", registry={})
+        Histogram("h_seconds", "x", buckets=(5, 1), registry={})
     with pytest.raises(ValueError, match="reserved"):
-        Histogram("h_ms", "x", ("le",), buckets=(1,), unit="ms", registry={})
+        Histogram("h_seconds", "x", ("le",), buckets=(1,), registry={})
 
 
 def test_histogram_buckets_are_upper_inclusive():
     child = m.TOOL_CALL_DURATION.labels(tool="search")
-    for ms in (50.0, 50.000001, 5000.0, 5000.5, 0.0):
-        child.observe(ms)
+    for seconds in (0.05, 0.050001, 5.0, 5.0005, 0.0):
+        child.observe(seconds)
     sums = pending.take_deltas().sums
     labels = 'tool="search"'
     assert sums == {
-        ("tool_call_duration_ms", labels, "50.0"): 2.0,  # 0.0 and exactly 50.0
-        ("tool_call_duration_ms", labels, "100.0"): 1.0,
-        ("tool_call_duration_ms", labels, "5000.0"): 1.0,
-        ("tool_call_duration_ms", labels, "+Inf"): 1.0,
-        ("tool_call_duration_ms", labels, "sum"): 50.0 + 50.000001 + 5000.0 + 5000.5,
+        ("tool_call_duration_seconds", labels, "0.05"): 2.0,  # 0.0 and exactly 0.05
+        ("tool_call_duration_seconds", labels, "0.1"): 1.0,
+        ("tool_call_duration_seconds", labels, "5.0"): 1.0,
+        ("tool_call_duration_seconds", labels, "+Inf"): 1.0,
+        ("tool_call_duration_seconds", labels, "sum"): pytest.approx(0.05 + 0.050001 + 5 + 5.0005),
     }
 
 
 def test_http_duration_resolves_fast_routes_and_keeps_the_objective_bounds():
     # Health routes answer in about 1 ms: they need bounds below the seed's first (10 ms).
     child = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/health/live")
-    for ms in (0.4, 2.0, 4.0, 7.0):
-        child.observe(ms)
+    for seconds in (0.0004, 0.002, 0.004, 0.007):
+        child.observe(seconds)
     sums = pending.take_deltas().sums
     labels = 'method="GET",route="/health/live"'
     assert {le: n for (_, lab, le), n in sums.items() if lab == labels and le != "sum"} == {
-        "1.0": 1.0,
-        "2.5": 1.0,
-        "5.0": 1.0,
-        "10.0": 1.0,
+        "0.001": 1.0,
+        "0.0025": 1.0,
+        "0.005": 1.0,
+        "0.01": 1.0,
     }
-    # The seed's bounds stay: dashboards, the 500 ms objective and the SLO rules read them.
-    assert {10, 50, 100, 200, 500, 1000, 2000, 5000} <= set(m.HTTP_BUCKETS_MS)
+    # The seed's bounds (10 ms to 5 s) stay: dashboards, the 500 ms objective and the SLO
+    # rules read them.
+    assert {0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5} <= set(m.HTTP_BUCKETS)
 
 
-def test_time_observes_in_the_family_unit():
+def test_time_observes_seconds():
     with m.TOOL_CALL_DURATION.labels(tool="t").time():
-        pass
+        time.sleep(0.06)
     with m.RETENTION_RUN_DURATION.time():
         pass
     sums = pending.take_deltas().sums
-    # Both blocks took far less than the first bucket (50 ms, 1 s): one observation each.
-    assert sums[("tool_call_duration_ms", 'tool="t"', "50.0")] == 1.0
+    # At least the 60 ms slept, in seconds (in ms it would read 60 or more).
+    assert 0.06 <= sums[("tool_call_duration_seconds", 'tool="t"', "sum")] < 30
+    # Far less than the first bucket (1 s): one observation there.
     assert sums[("retention_run_duration_seconds", "", "1.0")] == 1.0
 
 
@@ -194,7 +197,7 @@ def _families() -> tuple[Counter, Histogram, Gauge]:
         "t_requests_total", 'Requests "with" a \\ and\nnewline.', ("path",), registry=registry
     )
     hist = Histogram(
-        "t_duration_ms", "Duration.", ("path",), buckets=(10, 100), unit="ms", registry=registry
+        "t_duration_seconds", "Duration.", ("path",), buckets=(10, 100), registry=registry
     )
     gauge = Gauge("t_up", "Up.", ("path",), registry=registry)
     return counter, hist, gauge
@@ -210,7 +213,7 @@ def _totals() -> dict:
     return {
         "t_requests_total": [(nasty, {"": 3.0}), ('path="/b"', {"": 1.5})],
         # "50.0" is a bound the catalogue no longer has: it folds into le="100.0".
-        "t_duration_ms": [(nasty, {"10.0": 1.0, "50.0": 2.0, "+Inf": 1.0, "sum": 1234.5})],
+        "t_duration_seconds": [(nasty, {"10.0": 1.0, "50.0": 2.0, "+Inf": 1.0, "sum": 1234.5})],
         "t_up": [(nasty, {"": 1.0})],
     }
 
@@ -221,11 +224,11 @@ def test_render_parses_back_with_exact_values(openmetrics):
     samples = parse(text, openmetrics=openmetrics)
     assert value(samples, "t_requests_total", path=NASTY) == 3.0
     assert value(samples, "t_requests_total", path="/b") == 1.5
-    assert value(samples, "t_duration_ms_bucket", path=NASTY, le="10.0") == 1.0
-    assert value(samples, "t_duration_ms_bucket", path=NASTY, le="100.0") == 3.0
-    assert value(samples, "t_duration_ms_bucket", path=NASTY, le="+Inf") == 4.0
-    assert value(samples, "t_duration_ms_count", path=NASTY) == 4.0
-    assert value(samples, "t_duration_ms_sum", path=NASTY) == 1234.5
+    assert value(samples, "t_duration_seconds_bucket", path=NASTY, le="10.0") == 1.0
+    assert value(samples, "t_duration_seconds_bucket", path=NASTY, le="100.0") == 3.0
+    assert value(samples, "t_duration_seconds_bucket", path=NASTY, le="+Inf") == 4.0
+    assert value(samples, "t_duration_seconds_count", path=NASTY) == 4.0
+    assert value(samples, "t_duration_seconds_sum", path=NASTY) == 1234.5
     assert value(samples, "t_up", path=NASTY) == 1.0
     assert text.endswith("# EOF\n") == openmetrics
 
@@ -306,8 +309,8 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
     m.HTTP_REQUESTS.labels(method="GET", route="/b", status="201").inc()
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="503").inc()
     m.HTTP_REQUESTS.labels(method="GET", route="/health/ready", status="503").inc(2)  # a probe
-    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(12.5)
-    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/b").observe(40.0)
+    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(0.0125)
+    m.HTTP_REQUEST_DURATION.labels(method="GET", route="/b").observe(0.04)
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     m.HEALTH_CHECK_FAILURES.labels(check="database").inc()
     m.HEALTH_CHECK_FAILURES.labels(check="moltbot").inc(0)  # a check that passed
@@ -330,7 +333,7 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
         by_dims[extra] = {name: (units[name], line[name]) for name in units}
     assert by_dims == {
         (): {
-            "http_request_duration_ms": ("Milliseconds", [12.5, 40.0]),
+            "http_request_duration_seconds": ("Seconds", [0.0125, 0.04]),
             "tool_calls": ("Count", [1.0]),
             "retention_runs_failed": ("Count", [1.0]),
         },
@@ -353,7 +356,7 @@ def test_emf_lines_keep_to_100_values_per_metric(capsys):
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     assert flush() is True
     lines = [line for line in emf_lines(capsys.readouterr().out) if "status_class" not in line]
-    durations = [line.get("http_request_duration_ms") for line in lines]
+    durations = [line.get("http_request_duration_seconds") for line in lines]
     assert [len(d) for d in durations if d] == [100, 100, 50]
     assert [v for d in durations if d for v in d] == [float(i) for i in range(250)]
     assert sum(line.get("tool_calls", [0.0])[0] for line in lines) == 1.0
@@ -437,7 +440,7 @@ def test_emf_lines_are_the_ones_powertools_metrics_prints(capsys, observations):
         m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(float(i))
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="503").inc(2)
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
-    m.TOOL_CALL_DURATION.labels(tool="search").observe(12.5)
+    m.TOOL_CALL_DURATION.labels(tool="search").observe(0.0125)
     recorded = pending.take_emf()
     assert recorded
     capsys.readouterr()

@@ -24,7 +24,7 @@ from tests.support.metrics import (
 )
 from tests.support.runtime import running_cluster
 
-MS = "tool_call_duration_ms"
+MS = "tool_call_duration_seconds"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_two_containers_sum_exactly_and_buckets_merge(metrics_env):
         [
             {
                 "webhook_failures": {"stripe": 3},
-                "tool_call_ms": {"search": [10, 120, 700]},
+                "tool_call_seconds": {"search": [0.01, 0.12, 0.7]},
                 "flush": True,
             }
         ],
@@ -66,7 +66,7 @@ def test_two_containers_sum_exactly_and_buckets_merge(metrics_env):
         [
             {
                 "webhook_failures": {"stripe": 5, "twilio": 1},
-                "tool_call_ms": {"search": [40, 9000], "geo": [50]},
+                "tool_call_seconds": {"search": [0.04, 9.0], "geo": [0.05]},
                 "flush": True,
             }
         ],
@@ -78,20 +78,20 @@ def test_two_containers_sum_exactly_and_buckets_merge(metrics_env):
     assert value(second, "webhook_failures_total", source="twilio") == 1
     buckets = {
         le: value(second, f"{MS}_bucket", tool="search", le=le)
-        for le in ("50.0", "100.0", "200.0", "500.0", "1000.0", "5000.0", "+Inf")
+        for le in ("0.05", "0.1", "0.2", "0.5", "1.0", "5.0", "+Inf")
     }
     assert buckets == {
-        "50.0": 2,  # 10 and 40
-        "100.0": 2,
-        "200.0": 3,  # 120
-        "500.0": 3,
-        "1000.0": 4,  # 700
-        "5000.0": 4,
-        "+Inf": 5,  # 9000
+        "0.05": 2,  # 10 and 40 ms
+        "0.1": 2,
+        "0.2": 3,  # 120 ms
+        "0.5": 3,
+        "1.0": 4,  # 700 ms
+        "5.0": 4,
+        "+Inf": 5,  # 9 s
     }
     assert value(second, f"{MS}_count", tool="search") == 5
-    assert value(second, f"{MS}_sum", tool="search") == 10 + 120 + 700 + 40 + 9000
-    assert value(second, f"{MS}_bucket", tool="geo", le="50.0") == 1
+    assert value(second, f"{MS}_sum", tool="search") == pytest.approx(0.01 + 0.12 + 0.7 + 0.04 + 9)
+    assert value(second, f"{MS}_bucket", tool="geo", le="0.05") == 1
     for key, before in counters_and_buckets(first).items():
         assert second[key] >= before, key
     third = scrape_samples()  # a scrape changes nothing but its own request's metrics
@@ -125,8 +125,8 @@ def test_eight_containers_of_500_invocations_add_up_exactly(metrics_env, own_sql
     samples = scrape_samples()
     route = {"method": "GET", "route": "/health/detailed"}
     assert value(samples, "http_requests_total", status="200", **route) == 8 * 500
-    assert value(samples, "http_request_duration_ms_count", **route) == 8 * 500
-    assert value(samples, "http_request_duration_ms_bucket", le="+Inf", **route) == 8 * 500
+    assert value(samples, "http_request_duration_seconds_count", **route) == 8 * 500
+    assert value(samples, "http_request_duration_seconds_bucket", le="+Inf", **route) == 8 * 500
     for i in range(8):
         assert value(samples, "tool_calls_total", tool=f"p{i}", status="ok") == 500
     others = own_sql(  # eight containers flushed; this process's scrapes are the ninth
@@ -144,26 +144,26 @@ def test_a_failed_flush_loses_nothing_once_the_database_is_back(app_env, log_lin
         stripe = m.WEBHOOK_FAILURES.labels(source="stripe")
         search = m.TOOL_CALL_DURATION.labels(tool="search")
         stripe.inc()
-        search.observe(30)
+        search.observe(0.03)
         assert flush() is True
 
         cluster.stop()
         stripe.inc(2)
-        search.observe(300)
+        search.observe(0.3)
         assert flush() is False
         stripe.inc(4)
         assert flush() is False  # still down: merged with what is pending
 
         cluster.start()
         cluster.wait_ready()
-        search.observe(3000)
+        search.observe(3.0)
         assert flush() is True
         samples = scrape_samples()
 
     assert value(samples, "webhook_failures_total", source="stripe") == 7
     assert value(samples, f"{MS}_count", tool="search") == 3
-    assert value(samples, f"{MS}_sum", tool="search") == 3330
-    assert value(samples, f"{MS}_bucket", tool="search", le="500.0") == 2
+    assert value(samples, f"{MS}_sum", tool="search") == pytest.approx(3.33)
+    assert value(samples, f"{MS}_bucket", tool="search", le="0.5") == 2
     assert value(samples, "metrics_flush_failures_total", function="local") == 2
     failures = [line for line in log_lines() if line.get("type") == "metrics_flush"]
     assert len(failures) == 2
@@ -328,7 +328,7 @@ def test_counters_fold_into_one_total_row_per_series_as_containers_flush(metrics
         reset()
         store.outbox().shard = shard
         m.WEBHOOK_FAILURES.labels(source="stripe").inc(shard + 1)
-        m.TOOL_CALL_DURATION.labels(tool="search").observe(100)
+        m.TOOL_CALL_DURATION.labels(tool="search").observe(0.1)
         m.RETENTION_MISSING_INDEX.labels(table="events").set(1)
         assert flush() is True
     rows = _rows_by_shard(own_sql)

@@ -88,9 +88,9 @@ def container_main(spec_json: str) -> None:
     for source, times in spec.get("webhook_failures", {}).items():
         for _ in range(times):
             m.WEBHOOK_FAILURES.labels(source=source).inc()
-    for tool, observations in spec.get("tool_call_ms", {}).items():
-        for ms in observations:
-            m.TOOL_CALL_DURATION.labels(tool=tool).observe(ms)
+    for tool, observations in spec.get("tool_call_seconds", {}).items():
+        for seconds in observations:
+            m.TOOL_CALL_DURATION.labels(tool=tool).observe(seconds)
     if spec.get("flush"):
         assert flush(), "flush failed"
     invocations = spec.get("invocations", 0)

@@ -48,6 +48,11 @@ class CheckResult:
     component_type: str = "component"
     reason: Reason | None = None  # when not ok
 
+    @property
+    def latency_seconds(self) -> float:
+        """The latency in the metrics' base unit (the health bodies and logs keep ms)."""
+        return self.latency_ms / 1000.0
+
     def as_json(self, *, details: bool = False) -> dict[str, object]:
         body: dict[str, object] = {"status": "up" if self.ok else "down"}
         if not self.ok:
@@ -195,13 +200,13 @@ def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckR
 
     `then` runs on the first check's worker once that check has passed (see FollowUp).
     Each result is recorded (`health_check_failures_total`, also CloudWatch's
-    `health_check_failures`, and `health_check_duration_ms`) and a failure logged.
+    `health_check_failures`, and `health_check_duration_seconds`) and a failure logged.
     """
     running = [_Running(check, then if i == 0 else None) for i, check in enumerate(checks)]
     results = [r.result() for r in running]
     for result in results:
         m.HEALTH_CHECK_FAILURES.labels(check=result.name).inc(0.0 if result.ok else 1.0)
-        m.HEALTH_CHECK_DURATION.labels(check=result.name).observe(result.latency_ms)
+        m.HEALTH_CHECK_DURATION.labels(check=result.name).observe(result.latency_seconds)
         if not result.ok:
             logger.warning(
                 "health check failed",

@@ -4,7 +4,7 @@ Record with the catalogue's families, anywhere in any function:
 
     from ops.metrics import catalogue as m
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
-    m.TOOL_CALL_DURATION.labels(tool="search").observe(elapsed_ms)
+    m.TOOL_CALL_DURATION.labels(tool="search").observe(elapsed_seconds)
 
 API functions (`ops.service.service_api()`) record every response and flush by the
 policy (METRICS_FLUSH_INTERVAL_S; ops.metrics.flushing) on their own, and at shutdown.

@@ -6,7 +6,9 @@ not defined here is not rendered by /metrics, so add new ones here.
 
     from ops.metrics import catalogue as m
     m.WEBHOOK_FAILURES.labels(source="stripe").inc()
-    m.TOOL_CALL_DURATION.labels(tool="search").observe(123.0)
+    m.TOOL_CALL_DURATION.labels(tool="search").observe(0.123)  # seconds
+
+Durations are in seconds and sizes in bytes (Prometheus' base units).
 
 Label values must stay a small, closed set: `route` is the route template
 (`/listings/{id}`), never the raw path; never user ids, emails or free text.
@@ -26,14 +28,15 @@ def function_name() -> str:
     return settings().function_name
 
 
-# The seed's buckets plus 1, 2.5 and 5 ms: health routes answer in about 1 ms, and with
-# 10 ms as the first bound every fast route's p95 read as 9.5 ms. 200 and 500 stay
-# bounds: the latency objective and the SLO rules read them.
-HTTP_BUCKETS_MS = (1, 2.5, 5, 10, 50, 100, 200, 500, 1000, 2000, 5000)
-TOOL_CALL_BUCKETS_MS = (50, 100, 200, 500, 1000, 2000, 5000)
-DB_QUERY_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
-HEALTH_CHECK_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
-RETENTION_RUN_BUCKETS_S = (1, 5, 15, 60, 300, 900)
+# Bucket bounds in seconds. HTTP: the seed's buckets (10 ms to 5 s) plus 1, 2.5 and 5 ms:
+# health routes answer in about 1 ms, and with 10 ms as the first bound every fast
+# route's p95 read as 9.5 ms. 0.2 and 0.5 stay bounds: the latency objective and the
+# SLO rules read them.
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+TOOL_CALL_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+DB_QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+HEALTH_CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
+RETENTION_RUN_BUCKETS = (1, 5, 15, 60, 300, 900)
 
 
 def _status_class(labels: Mapping[str, str]) -> str:
@@ -70,12 +73,11 @@ HTTP_REQUESTS = Counter(
     ),
 )
 HTTP_REQUEST_DURATION = Histogram(
-    "http_request_duration_ms",
-    "HTTP request duration in milliseconds, by method and route template.",
+    "http_request_duration_seconds",
+    "HTTP request duration in seconds, by method and route template.",
     ("method", "route"),
-    buckets=HTTP_BUCKETS_MS,
-    unit="ms",
-    emf=Emf("http_request_duration_ms", "Milliseconds"),
+    buckets=HTTP_BUCKETS,
+    emf=Emf("http_request_duration_seconds", "Seconds"),
 )
 
 # -- Backend events (recorded by the backend's own functions)
@@ -92,12 +94,11 @@ TOOL_CALLS = Counter(
     emf=Emf("tool_calls", "Count"),
 )
 TOOL_CALL_DURATION = Histogram(
-    "tool_call_duration_ms",
-    "Moltbot tool call duration in milliseconds, by tool.",
+    "tool_call_duration_seconds",
+    "Moltbot tool call duration in seconds, by tool.",
     ("tool",),
-    buckets=TOOL_CALL_BUCKETS_MS,
-    unit="ms",
-    emf=Emf("tool_call_duration_ms", "Milliseconds"),
+    buckets=TOOL_CALL_BUCKETS,
+    emf=Emf("tool_call_duration_seconds", "Seconds"),
 )
 PAIRING_FAILURES = Counter(
     "pairing_failures_total",
@@ -112,11 +113,10 @@ ACTIVE_SESSIONS = LiveGauge(
 
 # -- Database
 DB_QUERY_DURATION = Histogram(
-    "db_query_duration_ms",
-    "Database statement duration in milliseconds, by operation.",
+    "db_query_duration_seconds",
+    "Database statement duration in seconds, by operation.",
     ("operation",),
-    buckets=DB_QUERY_BUCKETS_MS,
-    unit="ms",
+    buckets=DB_QUERY_BUCKETS,
 )
 DB_CONNECTIONS = LiveGauge(
     "db_connections",
@@ -149,11 +149,11 @@ HEALTH_CHECK_FAILURES = Counter(
     emf=Emf("health_check_failures", "Count", dimension=_label("check")),
 )
 HEALTH_CHECK_DURATION = Histogram(
-    "health_check_duration_ms",
-    "Health check latency in milliseconds, by check.",
+    "health_check_duration_seconds",
+    "Duration of every health check run in seconds, by check (health routes and scrapes"
+    " alike; health_check_latency_seconds is this scrape's own run).",
     ("check",),
-    buckets=HEALTH_CHECK_BUCKETS_MS,
-    unit="ms",
+    buckets=HEALTH_CHECK_BUCKETS,
 )
 
 # -- The bundle itself
@@ -188,8 +188,7 @@ RETENTION_ROWS_DELETED = Counter(
 RETENTION_RUN_DURATION = Histogram(
     "retention_run_duration_seconds",
     "Duration of retention runs in seconds.",
-    buckets=RETENTION_RUN_BUCKETS_S,
-    unit="s",
+    buckets=RETENTION_RUN_BUCKETS,
 )
 RETENTION_RUNS = Counter(
     "retention_runs_total",

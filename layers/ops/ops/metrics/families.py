@@ -186,21 +186,17 @@ class Histogram(Family["HistogramChild"]):
         labelnames: Sequence[str] = (),
         *,
         buckets: Sequence[float],
-        unit: str,
         **kwargs: Any,
     ) -> None:
         bounds = [float(b) for b in buckets]
         if not bounds or bounds != sorted(set(bounds)) or not all(map(math.isfinite, bounds)):
             raise ValueError(f"{name}: buckets must be finite, increasing and distinct")
-        if unit not in ("ms", "s"):
-            raise ValueError(f"{name}: unit must be 'ms' or 's'")
         if "le" in labelnames:
             raise ValueError(f"{name}: 'le' is reserved for buckets")
         super().__init__(name, documentation, labelnames, **kwargs)
         self.bounds = tuple(bounds)
         self.bucket_parts = (*(format_bound(b) for b in bounds), "+Inf")
         self.part_index = {part: i for i, part in enumerate(self.bucket_parts)}
-        self.unit = unit
 
     def _make_child(self, values: tuple[str, ...]) -> HistogramChild:
         return HistogramChild(self, format_labels(self.labelnames, values), self._emf_key(values))
@@ -213,7 +209,7 @@ class Histogram(Family["HistogramChild"]):
 
 
 class HistogramChild:
-    __slots__ = ("_bounds", "_emf", "_family", "_keys", "_scale")
+    __slots__ = ("_bounds", "_emf", "_family", "_keys")
 
     def __init__(self, family: Histogram, labels: str, emf: EmfKey | None) -> None:
         self._family = family.name
@@ -224,7 +220,6 @@ class HistogramChild:
             (SeriesKey(family.name, labels, part), total) for part in family.bucket_parts
         )
         self._emf = emf
-        self._scale = 1000.0 if family.unit == "ms" else 1.0
 
     def observe(self, value: float) -> None:
         value = _finite(self._family, value)
@@ -233,12 +228,12 @@ class HistogramChild:
 
     @contextmanager
     def time(self) -> Iterator[None]:
-        """Observe the duration of the `with` block, in the family's unit."""
+        """Observe the duration of the `with` block, in seconds (durations are in base units)."""
         started = time.perf_counter()
         try:
             yield
         finally:
-            self.observe((time.perf_counter() - started) * self._scale)
+            self.observe(time.perf_counter() - started)
 
 
 class Gauge(Family["GaugeChild"]):

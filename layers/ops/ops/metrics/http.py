@@ -24,7 +24,7 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 def record_response(req: Request | None, route: str, status: int, duration_ms: float) -> None:
     method = req.method if req is not None and req.method in KNOWN_METHODS else "OTHER"
     m.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-    m.HTTP_REQUEST_DURATION.labels(method=method, route=route).observe(duration_ms)
+    m.HTTP_REQUEST_DURATION.labels(method=method, route=route).observe(duration_ms / 1000.0)
     kind = "malformed_event" if req is None else "unhandled_exception" if status == 500 else None
     if kind is not None:
         # Api answers 500 only when a handler raised, and has no request when the event was bad.
