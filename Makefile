@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 export PYTHONPATH := $(CURDIR)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: run test invoke migrate lint build validate sam-cli bench clean
+.PHONY: help run test invoke migrate lint build bytecode-python validate sam-cli bench prom clean
+.DEFAULT_GOAL := help
 
 # pip shows what it fetches (a silent minute looks like a hang); no root or version nags.
 PIP_INSTALL = -m pip install --progress-bar on --root-user-action=ignore --disable-pip-version-check
@@ -28,11 +29,6 @@ SAM       := $(SAM_VENV)/bin/sam
 SAM_STAMP := $(SAM_VENV)/.installed
 # pip of the SAM venv installs the layer's wheels (for python3.13/arm64) during sam build.
 export BUILD_PYTHON := $(CURDIR)/$(SAM_VENV)/bin/python
-# A python3.13 (the runtime's version), if this machine has one, compiles the artifacts'
-# bytecode: /opt and /var/task are read-only on Lambda, so without .pyc every cold start
-# compiles every module again (~160 ms measured, benchmarks/README.md). Optional.
-export LAMBDA_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13 \
-	/usr/local/bin/python3.13 /usr/bin/python3.13))
 
 $(SAM_STAMP): requirements-sam.txt
 	@echo "==> installing the SAM CLI into $(SAM_VENV), once (~60 MB of wheels from PyPI, ~340 MB on disk)"
@@ -42,12 +38,15 @@ $(SAM_STAMP): requirements-sam.txt
 	@touch $(SAM_STAMP)
 	@echo "==> $(SAM_VENV) ready: call the SAM CLI as $(SAM)"
 
+help:  ## this list (every target and what it does)
+	@awk -F':.*## ' '/^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
 sam-cli: $(SAM_STAMP)  ## the SAM CLI in .venv-sam
 
 run: $(STAMP)  ## local gateway on 127.0.0.1:3000 (PORT=…) with the real handlers
 	@$(PY) -m tools.serve
 
-invoke: $(STAMP)  ## make invoke FN=RetentionFunction EVENT=events/retention-scheduler.json
+invoke: $(STAMP)  ## one function with an event, like sam local invoke: FN=HealthFunction EVENT=events/health.json
 	@$(PY) -m tools.invoke $(FN) $(if $(EVENT),--event $(EVENT))
 
 migrate: $(STAMP)  ## migrations on DATABASE_URL, else DB_SECRET_ARN, else make run's database
@@ -63,15 +62,19 @@ lint: $(STAMP)  ## ruff, and mypy --strict on the layer and every function
 	$(VENV)/bin/mypy layers/ops/ops
 	@for fn in functions/*/; do echo "$(VENV)/bin/mypy $$fn"; $(VENV)/bin/mypy $$fn || exit 1; done
 
-build: $(SAM_STAMP)  ## sam build: arm64/python3.13 artifacts in .aws-sam/build (no Docker)
+# The python3.13 check comes first: it fails in two lines, not after the SAM CLI install.
+build: bytecode-python $(SAM_STAMP)  ## sam build: arm64/python3.13 artifacts with bytecode in .aws-sam/build (no Docker)
 	$(SAM) build $(SAM_BUILD_ARGS)
+
+bytecode-python:  ## check for the python3.13 that compiles the build's bytecode (LAMBDA_PYTHON=…)
+	@sh tools/lambda_bytecode.sh check
 
 validate: $(SAM_STAMP) $(STAMP)  ## sam validate --lint and cfn-lint with the serverless rules
 	$(SAM) validate --lint
 	$(VENV)/bin/cfn-lint
 
-bench: $(STAMP)  ## benchmarks; results go to benchmarks/README.md
-	$(PY) -m benchmarks $(SUITES)
+bench: $(STAMP)  ## benchmarks (SUITES=…); results go to benchmarks/README.md
+	@$(PY) -m benchmarks $(SUITES)
 
-clean:
+clean:  ## remove both venvs and the build and tool caches (not .local, the local database)
 	rm -rf $(VENV) $(SAM_VENV) .aws-sam .pytest_cache .ruff_cache .mypy_cache

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import tools  # noqa: F401 - puts the ops layer on sys.path
+from tools.cli import run
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -44,12 +45,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     parser.add_argument("--no-record", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    for name in args.suites or suites():
+    unknown = sorted(set(args.suites) - set(suites()))
+    if unknown:
+        parser.error(f"no suite {', '.join(unknown)}; one of: {', '.join(suites())}")
+    return run("bench", lambda: _run_suites(args.suites or suites(), args.quick, args.no_record))
+
+
+def _run_suites(names: list[str], quick: bool, no_record: bool) -> int:
+    from ops.config import settings
+
+    settings()  # a bad setting is two lines before minutes of work, not a traceback in it
+    for name in names:
         module = importlib.import_module(f"benchmarks.suite_{name}")
         print(f"== {name}", flush=True)
-        section = module.run(args.quick)
+        section = module.run(quick)
         print(section, flush=True)
-        if not args.no_record:
+        if not no_record:
             record(name, section)
     return 0
 

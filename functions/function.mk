@@ -5,10 +5,8 @@
 # function ever need a dependency of its own, requirements.txt is resolved for the
 # Lambda runtime (python3.13, arm64), not for the building machine.
 BUILD_PYTHON ?= python3
-# See layers/ops/Makefile: bytecode for the runtime's Python when LAMBDA_PYTHON names one.
-compile_bytecode = if [ -n "$(LAMBDA_PYTHON)" ]; then \
-	"$(LAMBDA_PYTHON)" -m compileall -q -j0 --invalidation-mode unchecked-hash "$(1)"; \
-	else echo "LAMBDA_PYTHON unset: shipping without bytecode (slower cold starts)" >&2; true; fi
+# Bytecode for the runtime's Python, as in layers/ops/Makefile (the realpath is this file's).
+BYTECODE := $(dir $(realpath $(firstword $(MAKEFILE_LIST))))../tools/lambda_bytecode.sh
 
 build-%:
 	for f in *.py; do \
@@ -19,4 +17,4 @@ build-%:
 			--platform manylinux2014_aarch64 --python-version 3.13 --implementation cp \
 			--only-binary=:all: --target "$(ARTIFACTS_DIR)" -r requirements.txt; \
 	fi
-	@$(call compile_bytecode,$(ARTIFACTS_DIR))
+	@sh "$(BYTECODE)" compile "$(ARTIFACTS_DIR)"

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ops.config import settings
+from ops.config import Settings, settings
 from tools.cli import ToolError, ignore_further_interrupts, run
 from tools.gateway import Gateway, make_server
 from tools.localdb import local_database, port_is_free
@@ -19,10 +19,11 @@ from tools.localdb import local_database, port_is_free
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--port", type=_port, default=str(settings().local_port))
+    parser.add_argument("--port", type=_port, help="default: PORT, else 3000")
     parser.add_argument("--no-demo", action="store_true", help="do not load demo rows")
     args = parser.parse_args(argv)
-    return run("run", lambda: serve(args.port, demo=not args.no_demo))
+    # Settings are read inside `run`, so that a bad one (PORT=abc too) is its two lines.
+    return run("run", lambda: serve(args.port or settings().local_port, demo=not args.no_demo))
 
 
 def _port(text: str) -> int:
@@ -60,6 +61,7 @@ def serve(port: int, *, demo: bool) -> int:
         except OSError as exc:
             raise _port_taken(port, exc.strerror or str(exc)) from None
         print(f"gateway: http://127.0.0.1:{port}", flush=True)
+        print(f"  /metrics and /health/detailed: {protection(settings())}", flush=True)
         for path, methods in sorted(gateway.routes.items()):
             print(f"  {','.join(sorted(methods))} {path}", flush=True)
         try:
@@ -71,6 +73,17 @@ def serve(port: int, *, demo: bool) -> int:
             server.server_close()
             gateway.close()
     return 0
+
+
+def protection(cfg: Settings) -> str:
+    """Whether the token-protected routes are open, as the startup banner says it."""
+    if cfg.metrics_token is not None:
+        if not cfg.metrics_token.strip():
+            return "503 auth_misconfigured (METRICS_AUTH_TOKEN is blank)"
+        return "token-protected (METRICS_AUTH_TOKEN; curl -H 'Authorization: Bearer …')"
+    if cfg.metrics_token_secret_arn is not None:
+        return "token-protected (the secret METRICS_AUTH_TOKEN_SECRET_ARN)"
+    return "open, no token (set METRICS_AUTH_TOKEN to protect them, as in AWS)"
 
 
 def _port_taken(port: int, why: str) -> ToolError:

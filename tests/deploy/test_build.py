@@ -89,12 +89,12 @@ def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     made = _run(["make", "--no-print-directory", "sam-cli"], timeout=900, cwd=ROOT)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     out = tmp_path_factory.mktemp("sam") / "build"
-    env = {
-        **os.environ,
-        "SAM_CLI_TELEMETRY": "0",
-        "BUILD_PYTHON": str(SAM_VENV / "bin" / "python"),
-        "LAMBDA_PYTHON": _lambda_python() or "",
-    }
+    # A plain `sam build`, as a user types it: the Makefiles find the python3.13 for the
+    # bytecode themselves; a machine without one says "ship without" explicitly.
+    env = {k: v for k, v in os.environ.items() if k != "LAMBDA_PYTHON"}
+    env.update(SAM_CLI_TELEMETRY="0", BUILD_PYTHON=str(SAM_VENV / "bin" / "python"))
+    if not _lambda_python():
+        env["LAMBDA_PYTHON"] = "none"
     proc = _run(
         [str(SAM_VENV / "bin" / "sam"), "build", "--build-dir", str(out), "--no-cached"],
         timeout=900,
@@ -291,6 +291,34 @@ def test_bytecode_is_the_runtimes_only(sam_build: Build) -> None:
             path = sam_build.layer.parent / module
             assert (path.parent / "__pycache__" / f"{path.name}.cpython-313.pyc").is_file()
         assert (sam_build.dir / "HealthFunction" / "__pycache__" / "app.cpython-313.pyc").is_file()
+
+
+def _without_python313(tmp: Path) -> dict[str, str]:
+    """A machine with no python3.13: nowhere on PATH, no pyenv, no LAMBDA_PYTHON."""
+    for system in ("/usr/local/bin/python3.13", "/usr/bin/python3.13"):
+        if Path(system).exists():
+            pytest.skip(f"{system} exists: this machine cannot pretend to have no python3.13")
+    path = [
+        d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "python3.13").exists()
+    ]
+    drop = ("LAMBDA_PYTHON", "PYENV_ROOT", "PYENV_VERSION")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("MAKE")}
+    return {**env, "PATH": os.pathsep.join(path), "HOME": str(tmp)}
+
+
+@pytest.mark.parametrize("setting", [None, "/nonexistent/python3.13", sys.executable])
+def test_make_build_without_python313_fails_in_two_lines(tmp_path: Path, setting: str | None):
+    """No silent slow build: no python3.13 (or a LAMBDA_PYTHON that is none or not 3.13)
+    stops `make build` before the SAM CLI install, naming the fix; exit 2."""
+    env = _without_python313(tmp_path)
+    if setting is not None:
+        env["LAMBDA_PYTHON"] = setting
+    out = _run(["make", "--no-print-directory", "build"], timeout=60, cwd=ROOT, env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    own = [line for line in out.stderr.splitlines() if not line.startswith("make: ***")]
+    assert len(own) == 2 and out.stdout == "", out.stdout + out.stderr
+    assert "3.13" in own[0] and "Traceback" not in out.stderr
+    assert "pyenv install 3.13" in own[1] and "LAMBDA_PYTHON=" in own[1]
 
 
 def test_artifacts_target_arm64_python313(sam_build: Build) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -273,3 +274,71 @@ def test_readme_build_and_validate(clone: Path) -> None:
     for command in deploys:
         for option in command.split()[2:]:
             assert option in help_text, (command, option)
+
+
+# -- the error promise of every local command, from the fresh clone ---------------------
+
+
+def test_make_alone_lists_every_target_with_its_description(clone: Path) -> None:
+    makefile = (clone / "Makefile").read_text()
+    targets = re.findall(r"^([a-z][a-z-]*):(.*)$", makefile, re.M)
+    assert targets
+    undocumented = [name for name, rest in targets if "## " not in rest]
+    assert undocumented == [], "every target has a `## what it does` comment"
+    out = sh(clone, "make", clean_env())
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    for name, rest in targets:
+        description = rest.split("## ", 1)[1].strip()
+        assert re.search(rf"^  make {name} +{re.escape(description)}$", out.stdout, re.M), name
+
+
+def assert_two_lines_and_exit_2(out: subprocess.CompletedProcess, *needles: str) -> None:
+    """What failed and what to do, in at most two lines, exit 2: nothing else but the line
+    make adds (`make: *** [Makefile:N: run] Error 2`), no traceback, nothing on stdout."""
+    own = [line for line in out.stderr.splitlines() if not line.startswith("make: *** ")]
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert 1 <= len(own) <= 2 and out.stdout == "", out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in out.stderr, out.stderr
+
+
+BAD_SETTINGS = {
+    "METRICS_FLUSH_INTERVAL_S=abc": "METRICS_FLUSH_INTERVAL_S must be a number",
+    "PORT=abc": "PORT must be a positive whole number",
+    "PORT=70000": "PORT must be a positive whole number",
+}
+
+
+@pytest.mark.parametrize("setting", sorted(BAD_SETTINGS))
+@pytest.mark.parametrize(
+    "command", ["make run", "make migrate", "make invoke FN=HealthFunction", "make bench"]
+)
+def test_a_bad_setting_is_two_lines_and_exit_2(clone: Path, command: str, setting: str) -> None:
+    name, value = setting.split("=")
+    out = sh(clone, command, clean_env(**{name: value}), timeout=120)
+    assert_two_lines_and_exit_2(out, BAD_SETTINGS[setting], "Fix that setting")
+    assert not embedded_running(clone)
+
+
+def test_make_run_on_a_taken_port_is_two_lines_and_exit_2(clone: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = sh(clone, f"make run PORT={port}", clean_env())
+    assert_two_lines_and_exit_2(out, f"cannot listen on 127.0.0.1:{port}", "PORT=")
+    assert not embedded_running(clone)
+
+
+@pytest.mark.parametrize("command", ["make run", "make migrate", "make invoke FN=HealthFunction"])
+def test_an_unreachable_database_is_two_lines_and_exit_2(
+    clone: Path, command: str, closed_port: int
+) -> None:
+    url = f"postgresql://app:secret@127.0.0.1:{closed_port}/app"
+    out = sh(clone, command, clean_env(DATABASE_URL=url, PORT=str(free_port())), timeout=120)
+    if command.startswith("make invoke"):  # invoke runs the function anyway: its 503 is the point
+        assert out.returncode == 0 and json.loads(out.stdout)["statusCode"] == 503, out.stderr
+        assert "migrations not applied: connection refused" in out.stderr
+        return
+    assert_two_lines_and_exit_2(out, "connection refused", "DATABASE_URL")
