@@ -73,6 +73,10 @@ validate: $(SAM_STAMP) $(STAMP)  ## sam validate --lint and cfn-lint with the se
 	$(SAM) validate --lint
 	$(VENV)/bin/cfn-lint
 
+PROM_PORT ?= 9090
+prom: $(STAMP)  ## Prometheus (Debian's) on 127.0.0.1:9090 (PROM_PORT=…) scraping make run, alert rules loaded
+	@$(PY) -m tools.prom --port $(PROM_PORT)
+
 bench: $(STAMP)  ## benchmarks (SUITES=…); results go to benchmarks/README.md
 	@$(PY) -m benchmarks $(SUITES)
 

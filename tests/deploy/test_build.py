@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.sam_local import sam_local_environment
 from tools import ROOT
 from tools.runtime import functions, load_template
 from tools.sentry_ingest import sentry_ingest
@@ -448,3 +449,49 @@ def test_error_tracking_from_build_output(build_output: BuildOutput) -> None:
     assert '"message":"error tracking on"' in inv.output
     build_output.assert_only_lambda_paths(inv, "HealthFunction")
     assert not ingest.events()  # a successful invocation sends nothing
+
+
+# -- sam local, where Docker runs ----------------------------------------------------------
+
+FUNCTIONS_IN_TEMPLATE = functions(load_template())
+SAM_LOCAL_ENV = ROOT / "events" / "env.local.json"
+EVENT_OF = {
+    "HealthFunction": "health.json",
+    "MetricsFunction": "metrics.json",
+    "RetentionFunction": "retention-dry-run.json",
+}
+
+
+def test_sam_local_env_file_sets_what_the_template_declares(sam_build: Build) -> None:
+    """sam local silently ignores a variable the template does not declare: every one of
+    the shipped file's reaches every function, and DB_SECRET_ARN (the deploy's required
+    DbSecretArn, unresolved locally) is emptied."""
+    shipped = json.loads(SAM_LOCAL_ENV.read_text())["Parameters"]
+    envs = sam_local_environment(sam_build.dir / "template.yaml", SAM_LOCAL_ENV)
+    assert set(envs) == set(EVENT_OF) == set(FUNCTIONS_IN_TEMPLATE)
+    for fid, env in envs.items():
+        assert {k: env.get(k) for k in shipped} == shipped, fid
+        assert env["DATABASE_URL"].startswith("postgresql://") and env["DB_SECRET_ARN"] == ""
+    # Without the file: no database URL, and the secret's parameter is not a usable ARN.
+    bare = sam_local_environment(sam_build.dir / "template.yaml", None)
+    assert all(env["DATABASE_URL"] == "" for env in bare.values())
+
+
+def test_sam_local_environment_reaches_the_database(
+    sam_build: Build, runtime_dir: Path, database_url: str, tmp_path: Path
+) -> None:
+    """`sam local invoke FN -e events/… --env-vars events/env.local.json`, the container left
+    out: each built function runs with the environment SAM gives it (the file's
+    DATABASE_URL pointed at this test's database) and answers from the database."""
+    shipped = json.loads(SAM_LOCAL_ENV.read_text())["Parameters"]
+    env_file = tmp_path / "env.json"
+    env_file.write_text(json.dumps({"Parameters": {**shipped, "DATABASE_URL": database_url}}))
+    envs = sam_local_environment(sam_build.dir / "template.yaml", env_file)
+    for fid, event in EVENT_OF.items():
+        inv = _invoke(sam_build, runtime_dir, fid, event, envs[fid], tmp_path)
+        if fid == "RetentionFunction":
+            assert inv.result["status"] == "completed" and inv.result["dryRun"], inv.output
+        else:
+            assert inv.result["statusCode"] == 200, inv.output[-3000:]
+        if fid == "HealthFunction":
+            assert json.loads(inv.result["body"]) == {"status": "ok", "db": "connected"}

@@ -154,6 +154,10 @@ def test_functions_run_python313_on_arm64_with_tracing_and_the_layer() -> None:
     assert _ref(env["POWERTOOLS_SERVICE_NAME"]) == "ServiceName"
     assert _ref(env["POWERTOOLS_LOG_LEVEL"]) == _ref(env["LOG_LEVEL"]) == "LogLevel"
     assert _ref(env["DB_SECRET_ARN"]) == "DbSecretArn"
+    # Declared for sam local's --env-vars (events/env.local.json), empty in AWS; the secret
+    # stays required to deploy (no default: CloudFormation refuses a stack without it).
+    assert env["DATABASE_URL"] == ""
+    assert "Default" not in TEMPLATE["Parameters"]["DbSecretArn"]
     assert env["DB_HOST"]["Fn::If"][0] == "HasDbHostOverride"
     assert set(FUNCTIONS) >= set(SECRETS_READ)
     for fid, fn in FUNCTIONS.items():

@@ -8,9 +8,11 @@ install itself is what .ci/run measures from a real fresh clone).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,12 +20,14 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.binaries import require_binary
 from tests.support.doc_commands import block_commands
 from tools import ROOT
 from tools.pgcluster import PgCluster, free_port
@@ -38,6 +42,13 @@ NOT_RUN_HERE = {
     "make test": "this suite itself; CI runs it from a fresh clone (.ci/run)",
     "make bench": "minutes of benchmarks in a venv of their own; results in benchmarks/README.md",
 }
+
+
+def needs_docker(command: str) -> bool:
+    """`sam local` runs each function in a container: no Docker daemon here (README says so);
+    test_sam_local_commands checks their options, and tests/deploy/test_build.py what the
+    functions get from the env-vars file."""
+    return command.startswith(".venv-sam/bin/sam local ")
 
 
 def needs_aws(command: str) -> bool:
@@ -149,12 +160,16 @@ def test_every_readme_command_is_run_here_or_needs_aws() -> None:
         "make lint",
         "make build",
         "make validate",
+        "make prom",
+        "make",
         "export METRICS_AUTH_TOKEN=local-dev-token",
         "DATABASE_URL=postgresql://app:secret@127.0.0.1:5432/app make run",
         ".venv/bin/python -m tools.sentry_ingest",
     }
     for command in block_commands(README):
-        if command in NOT_RUN_HERE or needs_aws(command) or command in handled:
+        if command in NOT_RUN_HERE or needs_aws(command) or needs_docker(command):
+            continue
+        if command in handled:
             continue
         if command.startswith("curl -s localhost:3000/"):
             continue  # the tour, below
@@ -276,6 +291,28 @@ def test_readme_build_and_validate(clone: Path) -> None:
             assert option in help_text, (command, option)
 
 
+def test_sam_local_commands(clone: Path) -> None:
+    """The README's `sam local` lines (Docker: not run here) use options their subcommand
+    has, functions the template has, and files the clone has."""
+    if not (clone / ".venv-sam").exists():
+        pytest.skip("no .venv-sam to link (test_build.py creates it with `make sam-cli`)")
+    from tools.runtime import functions, load_template
+
+    names = set(functions(load_template(clone / "template.yaml")))
+    commands = [c for c in block_commands(README) if needs_docker(c)]
+    assert {c.split()[2] for c in commands} == {"invoke", "start-api"}
+    for command in commands:
+        words = command.split()
+        help_text = sh(clone, " ".join([*words[:3], "--help"]), clean_env()).stdout
+        for word, value in zip(words[3:], [*words[4:], ""], strict=True):
+            if word.startswith("-"):
+                assert re.search(rf"(^|[ ,]){re.escape(word)}[ ,]", help_text, re.M), word
+                if word in ("-e", "--event", "--env-vars"):
+                    assert (clone / value).is_file(), value
+            elif not value.startswith("-") and words[2] == "invoke" and word == words[3]:
+                assert word in names, word
+
+
 # -- the error promise of every local command, from the fresh clone ---------------------
 
 
@@ -345,3 +382,74 @@ def test_an_unreachable_database_is_two_lines_and_exit_2(
         assert "migrations not applied: cannot connect" in out.stderr
         return
     assert_two_lines_and_exit_2(out, "connection refused", "DATABASE_URL")
+
+
+# -- make prom: a local Prometheus with the shipped rules, scraping make run -------------
+
+
+def prom_query(port: int, promql: str) -> list[dict]:
+    query = urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{query}", timeout=5) as r:
+        return json.loads(r.read())["data"]["result"]
+
+
+def test_the_local_prometheus_config_passes_promtool_as_shipped(clone: Path) -> None:
+    promtool = require_binary("promtool")
+    out = subprocess.run(
+        [promtool, "check", "config", "infra/monitoring/prometheus.local.yml"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 3 rule files found" in out.stdout + out.stderr
+
+
+def test_make_prom_scrapes_make_run_with_the_shipped_rules(clone: Path) -> None:
+    """`make run` with a token, `make prom` beside it: Prometheus scrapes it (`up` 1, so the
+    token reached the scrape) and evaluates the shipped alert, recording and SLO rules."""
+    require_binary("prometheus")
+    port, prom_port = free_port(), free_port()
+    env = clean_env(PORT=str(port), METRICS_AUTH_TOKEN=TOKEN)
+    assert "make prom" in block_commands(README)
+    run = start_run(clone, "make run", env)
+    prom, prom_output = None, ""
+    try:
+        wait_up(run, port)
+        prom = start_run(clone, f"make prom PROM_PORT={prom_port}", env)
+        deadline = time.monotonic() + 120  # the first scrape comes within one 15 s interval
+        up: list[dict] = []
+        while not up and time.monotonic() < deadline:
+            assert prom.poll() is None, prom.communicate()[0]
+            with contextlib.suppress(OSError):
+                up = prom_query(prom_port, 'up{job="realestate-backend"} == 1')
+            time.sleep(0.5)
+        assert up, "Prometheus never scraped make run successfully"
+        with urllib.request.urlopen(f"http://127.0.0.1:{prom_port}/api/v1/rules", timeout=5) as r:
+            groups = json.loads(r.read())["data"]["groups"]
+        monitoring = clone / "infra" / "monitoring"
+        loaded = {Path(g["file"]) for g in groups}
+        assert loaded == {
+            monitoring / f for f in ("alerts.yml", "recording-rules.yml", "slo.rules.yml")
+        }
+        token_file = clone / ".local" / "prometheus" / "metrics-token"
+        assert token_file.read_text() == TOKEN and token_file.stat().st_mode & 0o077 == 0
+    finally:
+        if prom is not None:
+            prom_output = stop_run(prom, signal.SIGTERM)
+        stop_run(run, signal.SIGTERM)
+    assert f"http://127.0.0.1:{prom_port}/alerts" in prom_output
+    assert not embedded_running(clone)
+
+
+def test_make_prom_without_prometheus_says_how_to_install_it(clone: Path, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [shutil.which("make") or "make", "prom"],
+        cwd=clone,
+        env=clean_env(PATH=str(tmp_path)),  # nothing on PATH: no prometheus either
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert_two_lines_and_exit_2(out, "no `prometheus` on PATH", "apt-get install prometheus")
