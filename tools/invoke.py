@@ -1,6 +1,6 @@
 """Invoke one function with an event file, like `sam local invoke` without Docker.
 
-    python -m tools.invoke RetentionFunction --event events/retention-scheduler.json
+    python -m tools.invoke RetentionFunction --event events/retention-dry-run.json
     python -m tools.invoke HealthFunction --event events/health.json
 
 Uses DATABASE_URL when set, else the embedded database that `make run` uses (started

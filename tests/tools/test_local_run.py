@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -259,21 +260,68 @@ def test_user_mistakes_are_two_lines_and_exit_2(tmp_path, data_dir):
     assert not postgres_running_on(data / "pgdata")
 
 
-def _function_for(event: Path) -> str:
-    name = event.stem
-    if name.startswith("retention"):
-        return "RetentionFunction"
-    return "MetricsFunction" if name.startswith("metrics") else "HealthFunction"
+EVENTS = ROOT / "events"
+DEMO_TABLES = ("inbound_events", "chat_sessions")
 
 
-@pytest.mark.parametrize("event", sorted((ROOT / "events").glob("*.json")), ids=lambda p: p.name)
-def test_every_sample_event_invokes_without_database_url(event: Path, local_data: Path):
-    """`make invoke` with each file of events/, as a new user would, on the embedded database."""
+def event_table() -> dict[str, tuple[str, str]]:
+    """events/README.md's table: file -> (function, what it does)."""
+    text = (EVENTS / "README.md").read_text()
+    rows = re.findall(r"^\| `([\w.-]+\.json)` \| `(\w+)` \| (.+) \|$", text, re.M)
+    return {name: (function, what) for name, function, what in rows}
+
+
+def test_the_events_table_names_every_event_and_its_function() -> None:
+    from tools.runtime import functions
+
+    table = event_table()
+    events = {p.name for p in EVENTS.glob("*.json")} - {"env.local.json"}  # sam local's env
+    assert sorted(table) == sorted(events)
+    assert {function for function, _ in table.values()} == set(functions())
+
+
+def _row_counts(url: str) -> dict[str, int]:
+    from ops.db import connect_url
+
+    conn = connect_url(url, timeout_s=10)
+    try:
+        return {t: conn.run(f"SELECT count(*) FROM {t}")[0][0] for t in DEMO_TABLES}
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("name", sorted(event_table()))
+def test_the_events_said_to_delete_rows_are_the_ones_that_do(pg_cluster, name: str) -> None:
+    """On a database with `make run`'s demo rows, an event deletes some iff the table says
+    "deletes rows" (the demo has rows past their age on purpose)."""
+    from ops.db import connect_url
+    from tools.demo import load_demo
+    from tools.migrate import apply_url
+
+    url = pg_cluster.create_database("events_" + re.sub(r"\W", "_", name))
+    apply_url(url)
+    conn = connect_url(url, timeout_s=10)
+    try:
+        assert load_demo(conn)
+    finally:
+        conn.close()
+    before = _row_counts(url)
+    function, what = event_table()[name]
+    out = run_tool("tools.invoke", function, "--event", f"events/{name}", env={"DATABASE_URL": url})
+    assert out.returncode == 0, out.stderr
+    deleted = {t: before[t] - n for t, n in _row_counts(url).items()}
+    assert (sum(deleted.values()) > 0) == ("**deletes rows**" in what), (name, deleted)
+
+
+@pytest.mark.parametrize("name", sorted(event_table()))
+def test_every_sample_event_invokes_without_database_url(name: str, local_data: Path):
+    """`make invoke` with each file of events/, as a new user would, on the embedded database,
+    with the function events/README.md names."""
     out = run_tool(
         "tools.invoke",
-        _function_for(event),
+        event_table()[name][0],
         "--event",
-        str(event.relative_to(ROOT)),
+        f"events/{name}",
         env={"LOCAL_DATA_DIR": str(local_data), "METRICS_AUTH_TOKEN": "local-dev-token"},
     )
     assert out.returncode == 0, out.stderr
