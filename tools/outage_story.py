@@ -3,8 +3,8 @@
     .venv/bin/python -m tools.outage_story --outage-s 120     # a 2-minute outage
     .venv/bin/python -m tools.outage_story --outage-s 600     # a 10-minute outage
 
-A PostgreSQL cluster of its own, the local gateway with the shipped defaults
-(METRICS_NEW_SERIES_HOLD_S 60, METRICS_FLUSH_INTERVAL_S 0), and Prometheus
+A PostgreSQL cluster of its own, the local gateway with this shell's settings (the
+defaults of ops.config for those it does not set), and Prometheus
 (Debian's `prometheus`) loading the shipped alerts.yml and recording-rules.yml
 unchanged, scraping every --scrape-s seconds. Probe traffic runs throughout:
 /health/live (answers 200 through the outage: its counts are held by the health
@@ -96,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"outage {args.outage_s:g}s, scrape/eval every {interval}, shipped rules and defaults")
+    from ops.config import settings
+
+    cfg = settings()  # what the gateway's workers read too (they inherit this environment)
+    print(
+        f"outage {args.outage_s:g}s, scrape/eval every {interval}, shipped rules, "
+        f"METRICS_FLUSH_INTERVAL_S {cfg.metrics_flush_interval_s:g}, "
+        f"METRICS_NEW_SERIES_HOLD_S {cfg.metrics_new_series_hold_s:g}"
+    )
     print("\n".join(story.events))
     print(f"calls made: {dict(sorted((f'{p} {s}', n) for (p, s), n in story.sent.items()))}")
     print(f"/health/live 200s during the outage: {story.live_during_outage}")

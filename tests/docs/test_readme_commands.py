@@ -225,7 +225,8 @@ def test_readme_commands_from_a_fresh_clone(clone: Path, database_url: str) -> N
         assert sh(clone, "make migrate", env).returncode == 0
         assert embedded_running(clone)
     finally:
-        stop_run(run, signal.SIGTERM)  # what `kill -- -PGID` or a supervisor sends
+        output = stop_run(run, signal.SIGTERM)  # what `kill -- -PGID` or a supervisor sends
+    assert "/metrics and /health/detailed: token-protected (METRICS_AUTH_TOKEN" in output
     assert not embedded_running(clone), "make run left its database running"
 
     # Ctrl-C in the terminal: SIGINT to the foreground process group.
@@ -233,7 +234,8 @@ def test_readme_commands_from_a_fresh_clone(clone: Path, database_url: str) -> N
     try:
         wait_up(run, port)
     finally:
-        stop_run(run, signal.SIGINT)
+        output = stop_run(run, signal.SIGINT)
+    assert "/metrics and /health/detailed: open, no token" in output
     assert not embedded_running(clone)
 
     # Your own database: the README's command with this test's server in it.
