@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import ast
 import functools
-import glob
 import importlib.metadata
 import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.binaries import lambda_python
 from tests.support.sam_local import sam_local_environment
 from tools import ROOT
 from tools.runtime import functions, load_template
@@ -94,7 +93,7 @@ def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
     # bytecode themselves; a machine without one says "ship without" explicitly.
     env = {k: v for k, v in os.environ.items() if k != "LAMBDA_PYTHON"}
     env.update(SAM_CLI_TELEMETRY="0", BUILD_PYTHON=str(SAM_VENV / "bin" / "python"))
-    if not _lambda_python():
+    if not lambda_python():
         env["LAMBDA_PYTHON"] = "none"
     proc = _run(
         [str(SAM_VENV / "bin" / "sam"), "build", "--build-dir", str(out), "--no-cached"],
@@ -111,25 +110,7 @@ def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Build:
 def _runtime_python() -> str:
     """The Lambda runtime's Python (3.13) when this machine has one, else this interpreter:
     the layer's wheels are pure Python, so both must import them."""
-    return _lambda_python() or sys.executable
-
-
-@functools.cache
-def _lambda_python() -> str | None:
-    """A Python 3.13 on this machine, if any (it also compiles the artifacts' bytecode)."""
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates = [
-        shutil.which("python3.13"),
-        *sorted(glob.glob(str(pyenv / "versions" / "3.13*" / "bin" / "python3.13"))),
-    ]
-    check = "import sys; sys.exit(sys.version_info[:2] != (3, 13))"
-    for exe in filter(None, candidates):
-        try:
-            if _run([exe, "-I", "-S", "-c", check], timeout=30).returncode == 0:
-                return exe
-        except OSError:
-            continue
-    return None
+    return lambda_python() or sys.executable
 
 
 @pytest.fixture(scope="session")
@@ -287,7 +268,7 @@ def test_bytecode_is_the_runtimes_only(sam_build: Build) -> None:
     present when this machine has a 3.13 to compile with: it saves every cold start ~160 ms."""
     pycs = list(sam_build.dir.rglob("*.pyc"))
     assert all(p.name.endswith(".cpython-313.pyc") for p in pycs), pycs[:5]
-    if _lambda_python():
+    if lambda_python():
         for module in ("python/ops/db", "python/ops/api", "python/pg8000/native"):
             path = sam_build.layer.parent / module
             assert (path.parent / "__pycache__" / f"{path.name}.cpython-313.pyc").is_file()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.binaries import require_binary
+from tests.support.binaries import lambda_python, require_binary
 from tests.support.doc_commands import block_commands
 from tools import ROOT
 from tools.pgcluster import PgCluster, free_port
@@ -278,6 +278,10 @@ def test_readme_build_and_validate(clone: Path) -> None:
     if not (clone / ".venv-sam").exists():
         pytest.skip("no .venv-sam to link (test_build.py creates it with `make sam-cli`)")
     env = clean_env()
+    if lambda_python() is None:  # the README's promise: two lines saying how to get one
+        out = sh(clone, "make build", env)
+        assert out.returncode == 2 and "pyenv install 3.13" in out.stderr, out.stderr
+        env["LAMBDA_PYTHON"] = "none"  # the README's way to ship without, to go on here
     for command in ("make validate", "make build"):
         assert command in block_commands(README)
         out = sh(clone, command, env, timeout=600)

@@ -7,8 +7,12 @@ Locally, a missing binary skips the test with the install command; in CI
 
 from __future__ import annotations
 
+import functools
+import glob
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +39,25 @@ def require_binary(*names: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@functools.cache
+def lambda_python() -> str | None:
+    """A Python 3.13 on this machine, if any (the runtime's: it compiles the build's bytecode),
+    found where tools/lambda_bytecode.sh looks."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [
+        shutil.which("python3.13"),
+        *sorted(glob.glob(str(pyenv / "versions" / "3.13*" / "bin" / "python3.13"))),
+        "/usr/local/bin/python3.13",
+        "/usr/bin/python3.13",
+    ]
+    check = "import sys; sys.exit(sys.version_info[:2] != (3, 13))"
+    for exe in filter(None, candidates):
+        try:
+            run = subprocess.run([exe, "-I", "-S", "-c", check], capture_output=True, timeout=30)
+        except OSError:
+            continue
+        if run.returncode == 0:
+            return exe
+    return None
