@@ -443,10 +443,20 @@ def test_make_prom_scrapes_make_run_with_the_shipped_rules(clone: Path) -> None:
         assert token_file.read_text() == TOKEN and token_file.stat().st_mode & 0o077 == 0
     finally:
         if prom is not None:
-            prom_output = stop_run(prom, signal.SIGTERM)
+            prom_output = stop_run(prom, signal.SIGINT)  # Ctrl-C
         stop_run(run, signal.SIGTERM)
     assert f"http://127.0.0.1:{prom_port}/alerts" in prom_output
     assert not embedded_running(clone)
+
+
+def test_make_prom_on_a_taken_port_is_two_lines_and_exit_2(clone: Path) -> None:
+    require_binary("prometheus")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = sh(clone, f"make prom PROM_PORT={port}", clean_env())
+    assert_two_lines_and_exit_2(out, f"cannot listen on 127.0.0.1:{port}", "PROM_PORT=")
 
 
 def test_make_prom_without_prometheus_says_how_to_install_it(clone: Path, tmp_path: Path) -> None:
