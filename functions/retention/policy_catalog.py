@@ -1,7 +1,10 @@
 """Policies checked against the database catalog before anything is deleted.
 
 A policy passes only if its table exists as a plain or partitioned table, is not
-the audit log (nor a partition of it), its column is a timestamp, and deleting
+the audit log (nor a partition of it), its column is a `timestamptz` or a `timestamp`
+(any precision, or a domain over one; a `date` is refused: a day has no instant at
+which it is older than a cutoff, and reading it as its midnight would delete a day
+that is partly newer), and deleting
 from it cannot cascade into another table (a foreign key with ON DELETE CASCADE /
 SET NULL / SET DEFAULT would prune rows that no policy names). Every problem of
 every policy is reported at once. Names used in SQL afterwards come from the
@@ -18,11 +21,13 @@ from ops.db import Database
 from ops.retention_policies import AUDIT_TABLE, Policy, PolicyError
 from ops.sql import quote_ident
 
-TIMESTAMP_TYPES = ("timestamp with time zone", "timestamp without time zone")
+# The column's type as catalogued -> how every statement of the run types its parameters.
+SQL_TYPES = {"timestamp with time zone": "timestamptz", "timestamp without time zone": "timestamp"}
 
 _LOOKUP = """
 SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text,
        format_type(a.atttypid, a.atttypmod),
+       format_type(coalesce(nullif(t.typbasetype, 0), a.atttypid), NULL),
        EXISTS (SELECT 1 FROM pg_index i
                WHERE i.indrelid = c.oid AND i.indkey[0] = a.attnum
                  AND i.indisvalid AND i.indpred IS NULL),
@@ -40,6 +45,7 @@ SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text,
   JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_attribute a
          ON a.attrelid = c.oid AND a.attname = :column AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_type t ON t.oid = a.atttypid
  WHERE c.oid = to_regclass(:table)
 """
 
@@ -67,9 +73,14 @@ class Target:
 
     policy: Policy
     relation: Relation
-    column_type: str
+    column_type: str  # "timestamp with time zone" or "timestamp without time zone"
     partitioned: bool
     indexed: bool
+
+    @property
+    def sql_type(self) -> str:
+        """What the run casts its cutoff and bounds to: `timestamptz` or `timestamp`."""
+        return SQL_TYPES[self.column_type]
 
     @property
     def table(self) -> str:
@@ -98,15 +109,18 @@ def _check(policy: Policy, row: list[Any] | None) -> tuple[Target | None, str | 
     where = f"policy {policy.table}.{policy.column}"
     if row is None:
         return None, f"{where}: table {policy.table} does not exist"
-    oid, schema, name, relkind, column_type, indexed, is_audit, cascades = row
+    oid, schema, name, relkind, declared, column_type, indexed, is_audit, cascades = row
     if is_audit:
         return None, f"{where}: {schema}.{name} is the audit log, which is never pruned"
     if relkind not in ("r", "p"):
         return None, f"{where}: {schema}.{name} is not a table (relkind {relkind})"
     if column_type is None:
         return None, f"{where}: column {policy.column} does not exist"
-    if column_type not in TIMESTAMP_TYPES:
-        return None, f"{where}: column {policy.column} is {column_type}, not a timestamp"
+    if column_type not in SQL_TYPES:
+        return None, (
+            f"{where}: column {policy.column} of {schema}.{name} is {declared}; "
+            "retention needs timestamptz or timestamp"
+        )
     if cascades:
         return None, f"{where}: deleting would cascade into {cascades}, which no policy prunes"
     target = Target(

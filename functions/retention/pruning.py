@@ -6,6 +6,13 @@ a fence, progress, and on the last unit the audit entry) through a StepRecorder,
 so that what was deleted and what is recorded never disagree, whatever happens
 between two units: a batch that fails or is cancelled rolls back with its record.
 
+One cutoff per table and run (the run ledger's instant), typed in every statement as the
+column's own type (`CAST(:cutoff AS timestamptz)` or `... AS timestamp`; bounds and
+frontiers alike): an untyped parameter takes the column's type from PostgreSQL, and a
+`timestamp` one silently drops the offset of the instant it was given. For a `timestamp`
+column the cutoff is converted once, to its wall-clock time in the session's TimeZone
+(`column_cutoff`); a row exactly at the cutoff is kept (`col < cutoff`).
+
 Row by row, oldest first, keyset-paginated on the column's index so that no batch
 rescans the index entries earlier batches left dead. Two batch forms:
 
@@ -19,6 +26,7 @@ rescans the index entries earlier batches left dead. Two batch forms:
       SELECT col FROM ONLY t WHERE col < :cutoff AND col >= :frontier
        ORDER BY col OFFSET n LIMIT 1                              -- -> :upper
       DELETE FROM ONLY t WHERE col < :cutoff AND col >= :frontier AND col < :upper
+      (each parameter cast to the column's type, as everywhere below)
 
 - window: delete the time window that the last batch's density says holds
   0.8 n rows, in one statement (`... AND col < :frontier + 0.8 n * time_per_row`).
@@ -76,6 +84,7 @@ from policy_catalog import Relation, Target
 from ops.db import Database
 from ops.log import logger
 from ops.sql import set_local_timeouts, sqlstate
+from ops.timestamps import PgTimestamp
 
 LOCK_CONFLICTS = ("55P03", "40P01")  # lock_not_available, deadlock_detected
 QUERY_CANCELED = "57014"  # statement_timeout
@@ -229,14 +238,34 @@ class Batch:
     row_span: timedelta | None = None  # None: the next batch is an exact one
 
 
-def _keyset(column: str, cutoff: datetime, b: Batches, ordered: bool) -> tuple[str, dict[str, Any]]:
+# The session's wall-clock time of an instant: how a `timestamp` column is read.
+_WALL_CLOCK = "SELECT CAST(:c AS timestamptz) AT TIME ZONE current_setting('TimeZone')"
+
+
+def column_cutoff(
+    run: Callable[..., list[list[Any]]], target: Target, cutoff: PgTimestamp
+) -> PgTimestamp:
+    """The run's cutoff (an instant) as a value of the column's type, once per table and
+    invocation: itself for `timestamptz`; for `timestamp`, its wall-clock time in the
+    TimeZone of the run's session (`run`: a connection's or the database's `run`)."""
+    if target.sql_type == "timestamptz":
+        return cutoff
+    return run(_WALL_CLOCK, c=cutoff)[0][0]  # type: ignore[no-any-return]
+
+
+def _keyset(
+    column: str, cutoff: PgTimestamp, b: Batches, ordered: bool, sql_type: str
+) -> tuple[str, dict[str, Any]]:
     """The filter both batch forms add after `column < :cutoff`, and its parameters.
 
     Ordered mode resumes at the frontier, so no batch rescans what earlier ones deleted.
     """
     if not ordered or b.frontier is None:
         return "", {"cutoff": cutoff}
-    return f" AND {column} >= :frontier", {"cutoff": cutoff, "frontier": b.frontier}
+    return (
+        f" AND {column} >= CAST(:frontier AS {sql_type})",
+        {"cutoff": cutoff, "frontier": b.frontier},
+    )
 
 
 def _ctid_batch(
@@ -246,14 +275,16 @@ def _ctid_batch(
     b: Batches,
     ordered: bool,
     keyset: tuple[str, dict[str, Any]],
+    sql_type: str,
 ) -> Batch:
     frontier, params = keyset
     order = f" ORDER BY {column}" if ordered else ""
     lock = " FOR UPDATE SKIP LOCKED" if b.skip_locked else ""
+    expired = f"{column} < CAST(:cutoff AS {sql_type})"
     rows, newest = conn.run(
         f"WITH gone AS (DELETE FROM ONLY {relation} WHERE ctid = ANY(ARRAY("
-        f"SELECT ctid FROM ONLY {relation} WHERE {column} < :cutoff{frontier}{order} "
-        f"LIMIT :n{lock})) AND {column} < :cutoff RETURNING {column}) "
+        f"SELECT ctid FROM ONLY {relation} WHERE {expired}{frontier}{order} "
+        f"LIMIT :n{lock})) AND {expired} RETURNING {column}) "
         f"SELECT count(*), max({column}) FROM gone",
         n=b.size,
         **params,
@@ -274,16 +305,18 @@ def _window_batch(
     conn: pg8000.native.Connection,
     relation: str,
     column: str,
-    cutoff: Any,
+    cutoff: datetime,
     b: Batches,
+    sql_type: str,
 ) -> Batch:
-    """Delete [frontier, frontier + WINDOW_FILL * size rows' worth of time); `cutoff` in
-    the column's type. Raises WindowOverfull (rolling the batch back) above `b.size` rows."""
+    """Delete [frontier, frontier + WINDOW_FILL * size rows' worth of time).
+    Raises WindowOverfull (rolling the batch back) above `b.size` rows."""
     assert b.row_span is not None
     upper = b.frontier + b.row_span * max(1, int(b.size * WINDOW_FILL))
     last = upper >= cutoff
     conn.run(
-        f"DELETE FROM ONLY {relation} WHERE {column} >= :frontier AND {column} < :upper",
+        f"DELETE FROM ONLY {relation} WHERE {column} >= CAST(:frontier AS {sql_type}) "
+        f"AND {column} < CAST(:upper AS {sql_type})",
         frontier=b.frontier,
         upper=cutoff if last else upper,
     )
@@ -297,39 +330,39 @@ def delete_batch(
     conn: pg8000.native.Connection,
     relation: str,
     column: str,
-    cutoff: datetime,
+    cutoff: PgTimestamp,
     b: Batches,
     ordered: bool,
-    column_cutoff: Any = None,
+    sql_type: str = "timestamptz",
 ) -> Batch:
     """Delete about `b.size` of the oldest expired rows.
 
-    `column_cutoff` is the cutoff as a value of the column's own type (naive for a
-    `timestamp` column), which window batches compare their bounds with. The caller
-    applies the result to `b` once the transaction has committed.
+    `cutoff` is a value of the column's type (`column_cutoff`), `sql_type` that type.
+    The caller applies the result to `b` once the transaction has committed.
     """
-    if ordered and b.windowed and column_cutoff is not None:
-        window = _window_batch(conn, relation, column, column_cutoff, b)
+    if ordered and b.windowed and isinstance(cutoff, datetime):
+        window = _window_batch(conn, relation, column, cutoff, b, sql_type)
         if window.rows or window.done:
             return window
         # An empty window (a gap in the data): on from its end, exactly, in this transaction.
         b = replace(b, frontier=window.frontier, row_span=None)
-    keyset = _keyset(column, cutoff, b, ordered)
+    keyset = _keyset(column, cutoff, b, ordered, sql_type)
     if not ordered or b.skip_locked:
-        return _ctid_batch(conn, relation, column, b, ordered, keyset)
+        return _ctid_batch(conn, relation, column, b, ordered, keyset, sql_type)
     after, params = keyset
+    expired = f"{column} < CAST(:cutoff AS {sql_type}){after}"
     probe = conn.run(
-        f"SELECT {column} FROM ONLY {relation} WHERE {column} < :cutoff{after} "
+        f"SELECT {column} FROM ONLY {relation} WHERE {expired} "
         f"ORDER BY {column} OFFSET :skip LIMIT 1",
         skip=b.size,
         **params,
     )
     if not probe:  # b.size or fewer left: the last batch
-        conn.run(f"DELETE FROM ONLY {relation} WHERE {column} < :cutoff{after}", **params)
+        conn.run(f"DELETE FROM ONLY {relation} WHERE {expired}", **params)
         return Batch(int(conn.row_count), True, b.frontier)
     upper = probe[0][0]
     conn.run(
-        f"DELETE FROM ONLY {relation} WHERE {column} < :cutoff{after} AND {column} < :upper",
+        f"DELETE FROM ONLY {relation} WHERE {expired} AND {column} < CAST(:upper AS {sql_type})",
         upper=upper,
         **params,
     )
@@ -337,7 +370,7 @@ def delete_batch(
     if rows:
         return Batch(rows, False, upper, _span(b.frontier, upper, rows))
     # b.size rows or more share one timestamp: a range cannot split them, a LIMIT can.
-    return _ctid_batch(conn, relation, column, b, ordered, keyset)
+    return _ctid_batch(conn, relation, column, b, ordered, keyset, sql_type)
 
 
 @dataclass(frozen=True)
@@ -345,15 +378,18 @@ class Survey:
     """What a dry run reports for one table."""
 
     expired_rows: int
-    oldest: datetime | None
+    oldest: PgTimestamp | None  # the oldest value, expired or not; None: no row has one
     partitions: list[str]
 
 
-def survey(conn: pg8000.native.Connection, target: Target, cutoff: datetime) -> Survey:
+def survey(conn: pg8000.native.Connection, target: Target, cutoff: PgTimestamp) -> Survey:
+    """What a run would delete, counted by the statements' own filter; `cutoff` is the
+    run's instant."""
     rel = target.relation.sql if target.partitioned else f"ONLY {target.relation.sql}"
     col = target.column_sql
+    cutoff = column_cutoff(conn.run, target, cutoff)
     count, oldest = conn.run(
-        f"SELECT (SELECT count(*) FROM {rel} WHERE {col} < :cutoff), "
+        f"SELECT (SELECT count(*) FROM {rel} WHERE {col} < CAST(:cutoff AS {target.sql_type})), "
         f"(SELECT min({col}) FROM {rel})",
         cutoff=cutoff,
     )[0]
@@ -386,7 +422,7 @@ class TablePruner:
         self,
         db: Database,
         target: Target,
-        cutoff: datetime,
+        cutoff: PgTimestamp,
         limits: Limits,
         keep_going: Callable[[], bool],
         recorder: StepRecorder | None = None,
@@ -394,7 +430,8 @@ class TablePruner:
     ) -> None:
         self.db = db
         self.target = target
-        self.cutoff = cutoff
+        self.cutoff = cutoff  # the run's instant
+        self._cutoff: PgTimestamp = cutoff  # in the column's type, from `run` on
         self.limits = limits
         self.keep_going = keep_going
         self.recorder = recorder or NoRecorder()
@@ -406,10 +443,11 @@ class TablePruner:
     def run(self) -> bool:
         if not self.keep_going():
             return False
+        self._cutoff = column_cutoff(self.db.run, self.target, self.cutoff)
         units: list[PartitionDrop | Relation] = [self.target.relation]
         if self.target.partitioned:  # whole partitions first, then the rest row by row
             with self.db.transaction(statement_timeout_ms=self.limits.statement_timeout_ms) as conn:
-                plan = plan_partitions(conn, self.target, self.cutoff)
+                plan = plan_partitions(conn, self.target, self._cutoff)
             units = [*plan.drops, *plan.row_by_row]
         while units:
             unit = units.pop(0)
@@ -423,23 +461,19 @@ class TablePruner:
         return not self.skips
 
     # -- units ------------------------------------------------------------------
-    def _column_cutoff(self) -> Any:
-        """The cutoff as the column's own type compares it (naive for `timestamp`)."""
-        if self.target.column_type == "timestamp with time zone":
-            return self.cutoff
-        return self.db.run("SELECT CAST(CAST(:c AS timestamptz) AS timestamp)", c=self.cutoff)[0][0]
-
     def _prune_rows(self, relation: Relation, last_unit: bool) -> bool:
         size = self.target.policy.batch_size
-        windows = self.target.indexed and size >= WINDOW_MIN_SIZE
+        # Windows add time to the cutoff's value: not to a text one (a value no datetime holds).
+        windows = (
+            self.target.indexed and size >= WINDOW_MIN_SIZE and isinstance(self._cutoff, datetime)
+        )
         b = Batches(
             size=min(size, START_BATCH_SIZE), floor=min(MIN_BATCH_SIZE, size), windows=windows
         )
-        column_cutoff = self._column_cutoff() if windows else None
         while True:
             started = time.monotonic()
             try:
-                committed = self._commit_batch(relation, b, column_cutoff, last_unit)
+                committed = self._commit_batch(relation, b, last_unit)
             except DatabaseError as exc:
                 if sqlstate(exc) not in LOCK_CONFLICTS:
                     raise
@@ -463,7 +497,7 @@ class TablePruner:
                 return True
 
     def _commit_batch(
-        self, relation: Relation, b: Batches, column_cutoff: Any, last_unit: bool
+        self, relation: Relation, b: Batches, last_unit: bool
     ) -> tuple[Batch, bool] | None:
         """One batch and its record in one transaction: what it did and whether it was the
         invocation's last step on the table. A failed batch is retried as `b.adapt` says
@@ -481,10 +515,10 @@ class TablePruner:
                         conn,
                         relation.sql,
                         self.target.column_sql,
-                        self.cutoff,
+                        self._cutoff,
                         b,
                         self.target.indexed,
-                        column_cutoff,
+                        self.target.sql_type,
                     )
                     step = Step(rows=batch.rows, batches=1)
                     return batch, self._book(conn, step, batch.done and last_unit)

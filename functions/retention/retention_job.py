@@ -20,7 +20,6 @@ half that at most.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -46,7 +45,7 @@ from ops.db import Database
 from ops.log import logger
 from ops.retention_policies import load_policies
 from ops.sql import error_fields, sqlstate
-from ops.timestamps import utc_iso
+from ops.timestamps import PgTimestamp, read_timestamps_exactly, utc_iso
 
 LEASE_POLL_S = 0.5
 ERROR_TEXT_LIMIT = 500
@@ -89,13 +88,23 @@ def run_limits(cfg: JobSettings, margin_ms: int) -> Limits:
     )
 
 
+class JobDatabase(Database):
+    """The run's connection reads timestamps exactly (ops.timestamps): a value no datetime
+    holds (`-infinity`, a BC date) stays PostgreSQL's text, never a wrong datetime."""
+
+    def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
+        conn = super()._connect(timeout_s=timeout_s)
+        read_timestamps_exactly(conn)
+        return conn
+
+
 def job_database(cfg: JobSettings) -> Database:
     """The run's own connection, its timeouts sized for batches (the container's handle
     keeps the short ones of health checks and metric flushes): the server cancels a slow
     statement at RETENTION_STATEMENT_TIMEOUT_MS, a clean error the run adapts to, before
     the socket (DB_CONNECT_TIMEOUT_S later) gives up on the connection."""
     base = settings()
-    return Database(
+    return JobDatabase(
         application_name=f"{base.service}-retention",
         socket_timeout_s=cfg.statement_timeout_ms / 1000 + base.db_connect_timeout_s,
         statement_timeout_ms=cfg.statement_timeout_ms,
@@ -306,7 +315,9 @@ class RetentionRun:
             outcome = recorder.outcome or self._audit_alone(target.table, recorder.closing(done))
         self._done(outcome)
 
-    def _survey(self, target: Target, cutoff: datetime, recorder: _TableRecorder) -> TableOutcome:
+    def _survey(
+        self, target: Target, cutoff: PgTimestamp, recorder: _TableRecorder
+    ) -> TableOutcome:
         # Counting may take longer than a batch: the time left, which the socket outwaits.
         limits = self.limits
         timeout_ms = max(limits.statement_timeout_ms, self.budget.remaining_ms())

@@ -28,6 +28,7 @@ from run_identity import RunIdentity, Trigger
 from table_outcome import Closing, TableOutcome, audit_payload
 
 from ops.db import Database
+from ops.timestamps import PgTimestamp
 
 ACTOR_TYPE = "system"
 ACTOR_ID = "retention-job"
@@ -41,7 +42,7 @@ class LeaseLost(RuntimeError):
 @dataclass(frozen=True)
 class TableState:
     table: str
-    cutoff: datetime
+    cutoff: PgTimestamp  # the run's instant, from the database clock
     rows_deleted: int
     completed: bool
 

@@ -10,14 +10,13 @@ The keys are camelCase on the wire, as the queries and operators know them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from pruning import Survey
 from run_identity import Trigger
 
-from ops.timestamps import utc_iso
+from ops.timestamps import PgTimestamp, utc_iso
 
 
 class StopReason(StrEnum):
@@ -53,7 +52,7 @@ class TableOutcome:
     trigger: Trigger
     attempt: int
     dry_run: bool
-    cutoff: datetime
+    cutoff: PgTimestamp
     rows_deleted: int  # row by row, exact
     batches: int
     partitions_dropped: tuple[str, ...]

@@ -181,7 +181,10 @@ def odd_tables(sql):
     ("bad", "message"),
     [
         ({"table": "no_such_table", "column": "at", "maxAgeDays": 1}, "does not exist"),
-        ({"table": "chat_sessions", "column": "channel", "maxAgeDays": 1}, "is text, not a"),
+        (
+            {"table": "chat_sessions", "column": "channel", "maxAgeDays": 1},
+            "of public.chat_sessions is text;",
+        ),
         ({"table": "chat_sessions", "column": "no_such", "maxAgeDays": 1}, "column no_such does"),
         ({"table": "retention_view", "column": "received_at", "maxAgeDays": 1}, "not a table"),
         (
