@@ -238,8 +238,10 @@ class Batch:
     row_span: timedelta | None = None  # None: the next batch is an exact one
 
 
-# The session's wall-clock time of an instant: how a `timestamp` column is read.
-_WALL_CLOCK = "SELECT CAST(:c AS timestamptz) AT TIME ZONE current_setting('TimeZone')"
+# The session's wall-clock time of an instant: how a `timestamp` column is read. The cast
+# uses the session's zone itself (`AT TIME ZONE current_setting(...)` would parse its name
+# again, and not every value of the setting parses there).
+_WALL_CLOCK = "SELECT CAST(CAST(:c AS timestamptz) AS timestamp)"
 
 
 def column_cutoff(

@@ -90,10 +90,18 @@ def run_limits(cfg: JobSettings, margin_ms: int) -> Limits:
 
 class JobDatabase(Database):
     """The run's connection reads timestamps exactly (ops.timestamps): a value no datetime
-    holds (`-infinity`, a BC date) stays PostgreSQL's text, never a wrong datetime."""
+    holds (`-infinity`, a BC date) stays PostgreSQL's text, never a wrong datetime. It
+    prints them in ISO whatever DateStyle the database or role sets (the day/month order
+    is left alone): pg8000 guessed at other styles' text. (A SET pins the connection behind
+    RDS Proxy; this one is pinned anyway, by its prepared statements.)"""
 
     def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         conn = super()._connect(timeout_s=timeout_s)
+        try:
+            conn.run("SET DateStyle = ISO")
+        except BaseException:
+            conn.close()
+            raise
         read_timestamps_exactly(conn)
         return conn
 

@@ -203,6 +203,29 @@ def _iso(value: datetime) -> str:
 def test_exactly_the_rows_older_than_the_recorded_cutoff_go(
     sql, database_url, monkeypatch, zone, setting, dry_run
 ):
+    _prune_around_the_cutoff(sql, database_url, monkeypatch, zone, setting, dry_run)
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
+def test_the_databases_datestyle_changes_nothing(sql, database_url, monkeypatch, dry_run):
+    """Day before month, printed as `06.11.2026 12:14:21.5 CET`: the run reads ISO all the
+    same (pg8000 would have guessed the month)."""
+    database = sql("SELECT current_database()")[0][0]
+    sql(f"ALTER DATABASE {database} SET DateStyle = 'German, DMY'")
+    try:
+        _prune_around_the_cutoff(sql, database_url, monkeypatch, "Europe/Berlin", "role", dry_run)
+    finally:
+        sql(f"ALTER DATABASE {database} RESET DateStyle")
+
+
+def _prune_around_the_cutoff(
+    sql: SQL,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    zone: str,
+    setting: str,
+    dry_run: bool,
+) -> None:
     tables = _tables()
     for table in tables:
         _create(sql, table)
