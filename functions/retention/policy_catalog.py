@@ -3,10 +3,9 @@
 A policy passes only if its table exists as a plain or partitioned table, is not
 the audit log (nor a partition of it), its column is a `timestamptz` or a `timestamp`
 (any precision, or a domain over one; a `date` is refused: a day has no instant at
-which it is older than a cutoff, and reading it as its midnight would delete a day
-that is partly newer), and deleting
-from it cannot cascade into another table (a foreign key with ON DELETE CASCADE /
-SET NULL / SET DEFAULT would prune rows that no policy names). Every problem of
+which it is older than a cutoff, and read as its midnight a day partly newer would
+go), and deleting from it cannot cascade into another table (a foreign key with ON
+DELETE CASCADE / SET NULL / SET DEFAULT would prune rows that no policy names). Every problem of
 every policy is reported at once. Names used in SQL afterwards come from the
 catalog and are quoted.
 """

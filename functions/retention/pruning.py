@@ -252,7 +252,8 @@ def column_cutoff(
     TimeZone of the run's session (`run`: a connection's or the database's `run`)."""
     if target.sql_type == "timestamptz":
         return cutoff
-    return run(_WALL_CLOCK, c=cutoff)[0][0]  # type: ignore[no-any-return]
+    wall_clock: PgTimestamp = run(_WALL_CLOCK, c=cutoff)[0][0]
+    return wall_clock
 
 
 def _keyset(
@@ -335,7 +336,7 @@ def delete_batch(
     cutoff: PgTimestamp,
     b: Batches,
     ordered: bool,
-    sql_type: str = "timestamptz",
+    sql_type: str,
 ) -> Batch:
     """Delete about `b.size` of the oldest expired rows.
 
