@@ -2,11 +2,14 @@
 RFC 3339 in UTC with `Z` (`2026-01-29T12:00:00.000Z`), the form of the log lines' `time`
 key too (ops.log), so that operators compare like with like.
 
-And the one reading of a PostgreSQL timestamp: a `datetime` when Python's can hold the
-value exactly, else the server's own text (`-infinity`, `infinity`, a BC date, a year after
-9999, a year-1 value whose offset leaves Python's range). pg8000's own reader guesses with
-dateutil when its pattern fails, and reads `0044-03-15 12:00:00 BC` as the year 44 AD; text
-is never misread, and sent back as a parameter it casts to the very same value.
+And an exact reading of PostgreSQL timestamps, for connections that register it
+(`read_timestamps_exactly`; the retention run's does): a `datetime` when Python's can hold
+the value exactly, else the server's own text (`-infinity`, `infinity`, a BC date, a year
+after 9999, a year-1 value whose offset leaves Python's range, any DateStyle but ISO).
+pg8000's own reader guesses with dateutil when its pattern fails: it reads
+`0044-03-15 12:00:00 BC` as the year 44 AD, and `06.11.2026` (DateStyle German) as 11 June.
+Text is never misread, and sent back as a parameter (cast to the column's type) it is the
+very same value.
 """
 
 from __future__ import annotations
