@@ -21,6 +21,7 @@ import pytest
 
 from ops.db import Database
 from ops.retention_policies import Policy, PolicyError
+from ops.timestamps import read_timestamps_exactly
 from tests.support.db import SQL
 from tests.support.retention import FakeContext, audit_entries, module, run
 
@@ -411,3 +412,37 @@ def test_column_types_timestamps_of_any_precision_pass_and_others_are_named(sql)
         db.close()
         sql("DROP TABLE retention_types")
         sql("DROP DOMAIN retention_instant")
+
+
+# -- reading -------------------------------------------------------------------------------
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
+def test_every_timestamp_read_is_the_value_the_server_holds(database_url, pg_connect, zone):
+    """What the run's connection reads, sent back cast to the column's type, is the very
+    value; a value no datetime holds stays text (never a year AD for a BC date)."""
+    conn = pg_connect(database_url)
+    read_timestamps_exactly(conn)
+    conn.run(f"SET TimeZone = '{zone}'")
+    texts = [
+        "-infinity",
+        "infinity",
+        "0044-03-15 12:00:00 BC",
+        "0001-01-01 00:00:00",
+        "0001-01-01 00:00:00+05:30",
+        "2026-03-29 02:30:00.000001",
+        "2026-11-01 01:30:00-04",
+        "9999-12-31 23:59:59.999999",
+        "12000-01-01 00:00:00",
+    ]
+    for sql_type in TYPES.values():
+        for text in texts:
+            ((value,),) = conn.run(f"SELECT CAST(:t AS {sql_type})", t=text)
+            ((same,),) = conn.run(
+                f"SELECT CAST(:v AS {sql_type}) = CAST(:t AS {sql_type})", v=value, t=text
+            )
+            assert same, (sql_type, text, value)
+            if text.endswith(("infinity", " BC")) or text.startswith("12000"):
+                assert isinstance(value, str), (sql_type, text, value)
+            # At the range's edges an offset may carry a timestamptz out of it in UTC: text.
+            elif not (sql_type == "timestamptz" and text.startswith(("0001", "9999"))):
+                assert isinstance(value, datetime), (sql_type, text, value)
+                assert (value.tzinfo is None) == (sql_type == "timestamp"), (text, value)
