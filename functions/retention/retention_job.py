@@ -90,10 +90,16 @@ def run_limits(cfg: JobSettings, margin_ms: int) -> Limits:
 
 class JobDatabase(Database):
     """The run's connection reads timestamps exactly (ops.timestamps): a value no datetime
-    holds (`-infinity`, a BC date) stays PostgreSQL's text, never a wrong datetime. It
-    prints them in ISO whatever DateStyle the database or role sets (the day/month order
-    is left alone): pg8000 guessed at other styles' text. (A SET pins the connection behind
-    RDS Proxy; this one is pinned anyway, by its prepared statements.)"""
+    holds (`-infinity`, a BC date) stays PostgreSQL's text, never a wrong datetime.
+
+    It prints them in ISO, with numeric offsets, whatever DateStyle the database or role
+    sets (the day/month order is left alone): other styles print zone abbreviations, which
+    PostgreSQL reads back by its own table (15: `IST` as Israel's +02, not India's; 18 looks
+    in the session's zone first), so even text sent back unchanged moved the cutoff by
+    hours. Session state, on purpose: PgBouncer tracks DateStyle per client (it follows
+    the run from one server connection to the next and reaches no other client); RDS
+    Proxy pins a session that SETs, which costs one database connection per invocation.
+    """
 
     def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         conn = super()._connect(timeout_s=timeout_s)
