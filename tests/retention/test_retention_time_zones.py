@@ -22,14 +22,20 @@ import pytest
 from ops.db import Database
 from ops.retention_policies import Policy, PolicyError
 from ops.timestamps import read_timestamps_exactly
-from tests.support.db import SQL
-from tests.support.retention import FakeContext, audit_entries, module, run
+from tests.db.test_pooler import neighbours  # noqa: F401 - a fixture: two other clients
+from tests.support.binaries import require_binary
+from tests.support.db import SQL, runner
+from tests.support.metrics import metrics_database
+from tests.support.retention import FakeContext, audit_entries, clean_slate, module, run
+from tools.pgbouncer import PgBouncer
+from tools.pgcluster import PgCluster
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
 
 ZONES = ("UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata")
 TYPES = {"tz": "timestamptz", "naive": "timestamp"}
 ROLE = "retention_tz"
+POOLED = "retention_pooled"
 MAX_AGE_DAYS = 30
 us, minute, hour = timedelta(microseconds=1), timedelta(minutes=1), timedelta(hours=1)
 # Around the cutoff, in the column's own time (wall-clock time of the zone for `timestamp`).
@@ -222,6 +228,52 @@ def test_the_databases_datestyle_changes_nothing(sql, database_url, monkeypatch,
         _prune_around_the_cutoff(sql, monkeypatch, settings, zone, dry_run, "datestyle")
     finally:
         sql(f"ALTER DATABASE {database} RESET DateStyle")
+
+
+@pytest.fixture(scope="module")
+def bouncer(pg_cluster: PgCluster) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode on a database of this module's own."""
+    require_binary("pgbouncer")
+    metrics_database(pg_cluster, POOLED)
+    proxy = PgBouncer(pg_cluster, POOLED, pool_size=2)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.usefixtures("neighbours")
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
+def test_through_a_transaction_pooler_in_another_datestyle(
+    pg_cluster, bouncer, pg_connect, monkeypatch, dry_run
+):
+    """The run's transactions land on either of two server connections that two other
+    clients share: the TimeZone and the DateStyle it reads in follow it (PgBouncer tracks
+    both per client)."""
+    direct = runner(pg_connect(pg_cluster.url(POOLED)))
+    clean_slate(direct, monkeypatch)
+    zone = "Asia/Kolkata"
+
+    @contextmanager
+    def pooled() -> Iterator[None]:
+        direct(f"ALTER DATABASE {POOLED} SET TimeZone = '{zone}'")
+        direct(f"ALTER DATABASE {POOLED} SET DateStyle = 'German, DMY'")
+        bouncer.reconnect()  # server connections with the database's new settings
+        client = pg_connect(bouncer.url)
+        assert client.run("SHOW TimeZone") + client.run("SHOW DateStyle") == [
+            [zone],
+            ["German, DMY"],
+        ]
+        monkeypatch.setenv("DATABASE_URL", bouncer.url)
+        try:
+            yield
+        finally:
+            direct(f"ALTER DATABASE {POOLED} RESET TimeZone")
+            direct(f"ALTER DATABASE {POOLED} RESET DateStyle")
+            bouncer.reconnect()
+
+    _prune_around_the_cutoff(direct, monkeypatch, pooled(), zone, dry_run, "pooled")
 
 
 def _slug(zone: str) -> str:
