@@ -5,7 +5,9 @@ connects as), lets a first invocation record the run's cutoff (no time left: it 
 the run), lays rows around that cutoff, and resumes the run. The expected fate of every row
 is computed here, from the cutoff the run recorded: a `timestamp` column holds wall-clock
 times of the session's zone (zoneinfo converts the cutoff), and a row exactly at the cutoff
-is kept.
+is kept. The same under another DateStyle, directly and through PgBouncer in transaction
+mode. Then odd values (infinities, BC, NULL, far future), column types, and the reading of
+every timestamp the run's connection receives.
 """
 
 from __future__ import annotations
