@@ -16,6 +16,7 @@ import socket
 import subprocess
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 
@@ -49,8 +50,16 @@ def free_port() -> int:
 
 
 class PgCluster:
-    def __init__(self, datadir: Path, bindir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        datadir: Path,
+        bindir: Path | None = None,
+        port: int | None = None,
+        server_settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.datadir = Path(datadir).resolve()
+        # `-c name=value` at every start, after (so over) the defaults below.
+        self.server_settings = dict(server_settings or {})
         self.bindir = bindir or default_bindir()
         self.port = port or free_port()
         self._pwfile = self.datadir.parent / f".{self.datadir.name}.password"
@@ -131,7 +140,7 @@ class PgCluster:
             f"-h 127.0.0.1 -p {self.port} -k {self.datadir} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=100"
-        )
+        ) + "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
         self._cmd(
             "pg_ctl",
             "-D",

@@ -9,8 +9,13 @@ optional dependencies) within their budgets and exposes `database_up`,
 `health_check_status` and `health_check_latency_seconds` from them. When the database
 is unreachable or does not answer within METRICS_SCRAPE_BUDGET_S, the answer is
 still 200 with those, and no stored family has a sample (never a partial or
-made-up total). A database that answers with an error (say, a missing migration)
-is a 503: the exposition would be wrong, and Prometheus' `up` says so.
+made-up total). A database that answers the store's own reads with an error (say,
+a missing migration) is a 503: the exposition would be wrong, and Prometheus' `up`
+says so. A live gauge that fails (a bad value, a missing grant or table, a timeout)
+costs only its own family in that scrape (live_gauges.py): it is counted in
+`live_gauge_errors_total`, whose series is in that same scrape (at 0 when new, as
+every new counter series is first exposed; the increment itself is stored by the
+scrape's flush).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from live_gauges import collect
+from live_gauges import Collected, collect
 from pg8000.exceptions import Error as PgError
 
 from ops.api import Request, Response, error_response, response
@@ -34,10 +39,14 @@ from ops.metrics.exposition import (
     render,
     wants_openmetrics,
 )
-from ops.metrics.totals import Totals, compact_if_due, read_totals
+from ops.metrics.text_format import format_labels
+from ops.metrics.totals import TotalRow, Totals, compact_if_due, read_totals
 from ops.service import service_api
 
 app = service_api()
+
+
+LIVE_GAUGES_SHARE = 0.8  # of METRICS_SCRAPE_BUDGET_S, counted from the scrape's start
 
 
 class _StoreUnreachable(Exception):
@@ -47,9 +56,11 @@ class _StoreUnreachable(Exception):
 @app.get("/metrics", auth=True, latency_critical=True)  # never waits on its own flush
 def metrics(req: Request) -> Response:
     budget_s = settings().metrics_scrape_budget_s
+    # The live gauges end before the budget does, leaving time to hand the answer back.
+    gauges_deadline = time.monotonic() + budget_s * LIVE_GAUGES_SHARE
     db = get_db()
     # The store read follows the database check on its worker: one hand-off, not two.
-    read = FollowUp(lambda: _read(db))
+    read = FollowUp(lambda: _read(db, gauges_deadline))
     checks = run_checks(configured_checks(), then=read)
     totals: Totals | None = None
     live: dict[str, Any] = {}
@@ -92,13 +103,32 @@ def _read_store(read: FollowUp, db: Database, budget_s: float) -> tuple[Totals, 
     raise exc
 
 
-def _read(db: Database) -> tuple[Totals, dict[str, Any]]:
+def _read(db: Database, gauges_deadline: float) -> tuple[Totals, dict[str, Any]]:
     started = time.perf_counter()
     _compact(db)
     totals = read_totals(db, settings().metrics_new_series_hold_s)
-    live = dict(collect(db))
+    collected = collect(db, gauges_deadline)
+    _count_left_out(totals, collected)
     m.DB_QUERY_DURATION.labels(operation="metrics_scrape").observe(time.perf_counter() - started)
-    return totals, live
+    return totals, dict(collected.live)
+
+
+def _count_left_out(totals: Totals, collected: Collected) -> None:
+    """Count each live family left out, and show its error series in this scrape: the
+    stored total, or 0 for a series not stored yet (as a new counter series is first
+    exposed). The increments are stored by this scrape's flush, read by the next."""
+    family = m.LIVE_GAUGE_ERRORS
+    rows = totals.setdefault(family.name, [])
+    shown = {row.labels for row in rows}
+    for gauge, reason in collected.failed:
+        family.labels(gauge=gauge, reason=reason).inc()
+        labels = format_labels(family.labelnames, (gauge, reason))
+        if labels not in shown:
+            shown.add(labels)
+            rows.append(TotalRow(labels, {"": 0.0}))
+    rows.sort()
+    if not rows:
+        del totals[family.name]
 
 
 def _measured(checks: list[CheckResult], *, database_up: bool) -> Live:

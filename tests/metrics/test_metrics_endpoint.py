@@ -108,12 +108,11 @@ def test_database_down_is_200_with_what_the_scrape_can_measure(
 def test_a_database_that_hangs_mid_scrape_costs_the_scrape_budget_only(
     metrics_env, app_env, monkeypatch, log_lines
 ):
-    function_handler("metrics")
-    import live_gauges
-
     app_env(METRICS_SCRAPE_BUDGET_S="1", HEALTH_DB_TIMEOUT_S="0.5")
-    live_sql = live_gauges.LIVE_SQL
-    monkeypatch.setattr(live_gauges, "LIVE_SQL", "SELECT 'sessions', '', 0::float8, pg_sleep(30)")
+    values_sql = totals.VALUES_SQL
+    hung = values_sql.replace("now())::text, 0\n", "now())::text, 0 FROM pg_sleep(30)\n")
+    assert hung != values_sql
+    monkeypatch.setattr(totals, "VALUES_SQL", hung)
     status, _, body = scrape()
     assert status == 200
     samples = parse(body)
@@ -123,15 +122,12 @@ def test_a_database_that_hangs_mid_scrape_costs_the_scrape_budget_only(
     (failed,) = [x for x in log_lines() if x.get("type") == "metrics_scrape"]
     assert "scrape budget" in failed["error"]
     # (Not monkeypatch.undo(): that would also unset DATABASE_URL.)
-    monkeypatch.setattr(live_gauges, "LIVE_SQL", live_sql)
+    monkeypatch.setattr(totals, "VALUES_SQL", values_sql)
     assert value(scrape_samples(), "database_up") == 1  # the next scrape connects afresh
 
 
-def test_a_failing_query_is_503(metrics_env, monkeypatch):
-    function_handler("metrics")  # puts functions/metrics on sys.path, as Lambda's /var/task
-    import live_gauges
-
-    monkeypatch.setattr(live_gauges, "LIVE_SQL", "SELECT * FROM no_such_table")
+def test_a_failing_store_query_is_503(metrics_env, monkeypatch):
+    monkeypatch.setattr(totals, "VALUES_SQL", "SELECT * FROM no_such_table")
     status, _, body = scrape()
     assert status == 503 and body["error"] == "metrics_unavailable"
 
@@ -341,8 +337,27 @@ def test_live_gauges(metrics_env, own_sql, app_env, log_lines):
     assert value(samples, "db_connections", state="idle in transaction") >= 0
     for table in ("no_such_table", "gauge_events_copy"):
         assert ("retention_lag_seconds", (("table", table),)) not in samples
-    (skipped,) = [line for line in log_lines() if line.get("type") == "metrics_scrape"]
-    assert skipped["tables"] == ["no_such_table", "gauge_events_copy"]
+    skipped = [line for line in log_lines() if line.get("type") == "metrics_scrape"]
+    assert [(line["table"], line["reason"]) for line in skipped] == [
+        ("no_such_table", "missing"),
+        ("gauge_events_copy", "unsupported"),  # no index: min() would scan the table
+    ]
+    for reason in ("missing", "unsupported"):
+        errors = value(
+            samples,
+            "live_gauge_errors_total",
+            gauge="retention_oldest_row_age_seconds",
+            reason=reason,
+        )
+        assert errors == 0  # in this scrape already; a new series starts at 0
+
+    assert flush() is True  # what the scrape's own background flush does, waited for
+    samples = scrape_samples()
+    errors = value(
+        samples, "live_gauge_errors_total", gauge="retention_lag_seconds", reason="unsupported"
+    )
+    assert errors == 1  # the first scrape's, stored by its flush
+    assert len([x for x in log_lines() if x.get("type") == "metrics_scrape"]) == 2  # once
 
     app_env(ACTIVE_SESSION_WINDOW_MINUTES="30")
     assert value(scrape_samples(), "active_sessions") == 3

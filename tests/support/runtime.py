@@ -19,10 +19,13 @@ FunctionInvoker = Callable[..., tuple[int, dict[str, str], Any]]
 
 
 @contextmanager
-def running_cluster() -> Iterator[PgCluster]:
+def running_cluster(**server_settings: str) -> Iterator[PgCluster]:
     """A fresh cluster in its own temporary folder (kept out of the project tree), started
-    and ready; destroyed (stopped, its folder removed) afterwards."""
-    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data")
+    and ready, with these settings (`max_connections="20"`); destroyed (stopped, its
+    folder removed) afterwards."""
+    cluster = PgCluster(
+        Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data", server_settings=server_settings
+    )
     cluster.init()
     cluster.start()
     cluster.wait_ready()
@@ -33,6 +36,8 @@ def running_cluster() -> Iterator[PgCluster]:
 
 
 def reset_runtime() -> None:
+    import sys
+
     from ops import auth, db, metrics
     from ops.config import settings
 
@@ -40,6 +45,9 @@ def reset_runtime() -> None:
     auth.reset()
     db.reset()
     metrics.reset()
+    live_gauges = sys.modules.get("live_gauges")  # the metrics function's, once loaded
+    if live_gauges is not None:
+        live_gauges.forget_logged()
 
 
 def function_handler(name: str) -> Callable[..., Any]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 
 from ops.config import settings
 from ops.metrics.emf import Emf
-from ops.metrics.families import Counter, Gauge, Histogram, LiveGauge
+from ops.metrics.families import Counter, Gauge, Histogram, LiveCounter, LiveGauge
 
 
 def function_name() -> str:
@@ -216,4 +216,57 @@ RETENTION_LAG = LiveGauge(
     "retention_lag_seconds",
     "How far the oldest row of each policy table is past the policy's maximum age, in seconds.",
     ("table",),
+)
+
+# -- The database's own performance, read live at each scrape (functions/metrics/
+# live_gauges.py), named after postgres_exporter's where it has one. Base units.
+PG_MAX_CONNECTIONS = LiveGauge(
+    "pg_settings_max_connections",
+    "The server's max_connections setting (read at scrape).",
+)
+PG_CONNECTIONS_IN_USE = LiveGauge(
+    "pg_connections_in_use",
+    "Client connections to the whole server, every database, which count against"
+    " max_connections (pg_stat_activity, read at scrape).",
+)
+PG_XACT_COMMIT = LiveCounter(
+    "pg_stat_database_xact_commit_total",
+    "Transactions committed in this database since its statistics were last reset"
+    " (pg_stat_database, read at scrape).",
+)
+PG_XACT_ROLLBACK = LiveCounter(
+    "pg_stat_database_xact_rollback_total",
+    "Transactions rolled back in this database since its statistics were last reset"
+    " (pg_stat_database, read at scrape).",
+)
+PG_DEADLOCKS = LiveCounter(
+    "pg_stat_database_deadlocks_total",
+    "Deadlocks detected in this database since its statistics were last reset"
+    " (pg_stat_database, read at scrape).",
+)
+PG_OLDEST_TRANSACTION = LiveGauge(
+    "pg_oldest_transaction_age_seconds",
+    "Age of the oldest open transaction of a client connection to this database, in"
+    " seconds (0: none; pg_stat_activity, read at scrape; other roles' sessions need"
+    " pg_read_all_stats).",
+)
+PG_LONGEST_QUERY = LiveGauge(
+    "pg_longest_query_duration_seconds",
+    "How long the longest statement still running on this database has run, in seconds"
+    " (0: none; pg_stat_activity, read at scrape).",
+)
+PG_STATEMENTS_TOP_N = 10
+PG_STATEMENT_MEAN = LiveGauge(
+    "pg_stat_statements_mean_seconds",
+    f"Mean execution time of the {PG_STATEMENTS_TOP_N} slowest statements of this database"
+    " by mean, in seconds, by pg_stat_statements queryid (its text: the runbook's query;"
+    " absent without the extension).",
+    ("queryid",),
+)
+LIVE_GAUGE_ERRORS = Counter(
+    "live_gauge_errors_total",
+    "Scrapes that left a live gauge family out because reading it failed, by family and"
+    " reason (permission, bad_value, missing, unsupported, timeout, error).",
+    ("gauge", "reason"),
+    allowed={"reason": ("permission", "bad_value", "missing", "unsupported", "timeout", "error")},
 )

@@ -285,3 +285,18 @@ class LiveGauge(Family[str]):
 
     def _make_child(self, values: tuple[str, ...]) -> str:
         return format_labels(self.labelnames, values)
+
+
+class LiveCounter(LiveGauge):
+    """A counter the database keeps (pg_stat_database's commits, say), read at scrape time.
+
+    Exposed with TYPE counter: it only goes down when the server's statistics are reset
+    (pg_stat_reset, a crash), which Prometheus reads as a counter reset.
+    """
+
+    kind = COUNTER
+
+    def __init__(self, name: str, documentation: str, *args: Any, **kwargs: Any) -> None:
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name} must end in _total")
+        super().__init__(name, documentation, *args, **kwargs)
