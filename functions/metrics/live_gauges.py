@@ -10,7 +10,8 @@
   the server against `max_connections`, this database's commits, rollbacks and deadlocks
   (counters, from pg_stat_database), the age of its oldest open transaction and of its
   longest running statement, and, when pg_stat_statements is installed, the
-  PG_STATEMENTS_TOP_N statements with the highest mean time, by `queryid` only.
+  PG_STATEMENTS_TOP_N statements with the highest mean time (their mean, calls and total
+  time), by `queryid` only: never a query's text.
 
 Each reading degrades alone. The readings go out as two simple-protocol statements
 (UNION ALL, one round trip each; the second needs the first's catalog answers). When
@@ -128,7 +129,10 @@ def _first_readings(policies: list[Policy]) -> list[Reading]:
             (m.PG_XACT_COMMIT.name, m.PG_XACT_ROLLBACK.name, m.PG_DEADLOCKS.name),
             STAT_DATABASE_SQL,
         ),
-        Reading((m.PG_STATEMENT_MEAN.name,), STATEMENTS_PRESENT_SQL),
+        Reading(
+            (m.PG_STATEMENT_MEAN.name, m.PG_STATEMENT_CALLS.name, m.PG_STATEMENT_SECONDS.name),
+            STATEMENTS_PRESENT_SQL,
+        ),
     ]
     if policies:
         readings.append(
@@ -181,16 +185,22 @@ SELECT '.statements', quote_ident(n.nspname), (EXISTS (
 FROM pg_extension AS e JOIN pg_namespace AS n ON n.oid = e.extnamespace
 WHERE e.extname = 'pg_stat_statements'"""
 
-# One row per queryid (a statement run by several roles, or nested, has several entries):
-# its mean over all of them, in seconds. Never the query text.
+# One row per queryid (a statement run by several roles, or nested, has several entries),
+# for the top N by mean: mean, calls and total time, in seconds. Never the query text.
 STATEMENTS_TOP_SQL = """
-SELECT 'pg_stat_statements_mean_seconds', queryid::text,
-       (sum(total_exec_time) / sum(calls) / 1000)::float8
-FROM {schema}.pg_stat_statements
-WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND queryid IS NOT NULL
-GROUP BY queryid HAVING sum(calls) > 0
-ORDER BY 3 DESC LIMIT {top}"""
+SELECT r.k, t.queryid::text, r.v FROM (
+    SELECT queryid, sum(calls)::float8 AS calls, (sum(total_exec_time) / 1000)::float8 AS total
+    FROM {schema}.pg_stat_statements
+    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND queryid IS NOT NULL
+    GROUP BY queryid HAVING sum(calls) > 0
+    ORDER BY sum(total_exec_time) / sum(calls) DESC LIMIT {top}
+) AS t
+CROSS JOIN LATERAL (VALUES
+    ('pg_stat_statements_mean_seconds', t.total / t.calls),
+    ('pg_stat_statements_calls_total', t.calls),
+    ('pg_stat_statements_seconds_total', t.total)
+) AS r(k, v)"""
 
 LAST_SUCCESS_SQL = """
 SELECT 'retention_last_success_timestamp_seconds', p.tbl, extract(epoch FROM a.occurred_at)::float8
@@ -361,7 +371,7 @@ def collect(db: Database, deadline: float | None = None) -> Collected:
         if kind != ".statements":
             continue
         reading = Reading(
-            (m.PG_STATEMENT_MEAN.name,),
+            (m.PG_STATEMENT_MEAN.name, m.PG_STATEMENT_CALLS.name, m.PG_STATEMENT_SECONDS.name),
             STATEMENTS_TOP_SQL.format(schema=schema, top=m.PG_STATEMENTS_TOP_N),
         )
         if usable:

@@ -306,6 +306,91 @@ ROWS = [
             ),
         ],
     ),
+    # The database's own performance, read live by each scrape (functions/metrics/
+    # live_gauges.py); thresholds as in alerts.yml's realestate-backend-database group.
+    Row(
+        "Database server (read at each scrape)",
+        [
+            Panel(
+                "Database connections vs max_connections",
+                [("max(pg_connections_in_use / pg_settings_max_connections)", "in use")],
+                "percentunit",
+                "Client connections to the server (every database) over max_connections."
+                " Alert DatabaseConnectionsHigh: above 80% (warning), 95% (critical) for 2m.",
+                width=8,
+            ),
+            Panel(
+                "Commits and rollbacks",
+                [
+                    ("sum(rate(pg_stat_database_xact_commit_total[5m]))", "commits"),
+                    ("sum(rate(pg_stat_database_xact_rollback_total[5m]))", "rollbacks"),
+                ],
+                "ops",
+                "Transactions per second in this database (pg_stat_database).",
+                width=8,
+            ),
+            Panel(
+                "Rollback ratio",
+                [
+                    (
+                        "sum(rate(pg_stat_database_xact_rollback_total[5m])) / ("
+                        "sum(rate(pg_stat_database_xact_commit_total[5m]))"
+                        " + sum(rate(pg_stat_database_xact_rollback_total[5m])))",
+                        "rollbacks",
+                    )
+                ],
+                "percentunit",
+                "Share of transactions rolled back (the seeds name no threshold: no alert).",
+                width=8,
+            ),
+            Panel(
+                "Deadlocks",
+                [("sum(increase(pg_stat_database_deadlocks_total[1h]))", "per hour")],
+                "short",
+                "Deadlocks PostgreSQL detected and broke by cancelling one transaction.",
+                width=8,
+            ),
+            Panel(
+                "Oldest open transaction, longest running query",
+                [
+                    ("max(pg_oldest_transaction_age_seconds)", "oldest transaction"),
+                    ("max(pg_longest_query_duration_seconds)", "longest query"),
+                ],
+                "s",
+                "Alert LongRunningTransaction: oldest transaction above 5 min (warning),"
+                " 30 min (critical).",
+                width=8,
+            ),
+            Panel(
+                "Live gauges left out",
+                [
+                    (
+                        "sum by (gauge, reason) (increase(live_gauge_errors_total[15m]))",
+                        "{{gauge}} {{reason}}",
+                    )
+                ],
+                "short",
+                "Scrapes that could not read a live gauge (alert LiveGaugeFailing).",
+                width=8,
+            ),
+            Panel(
+                "Slowest statements by mean (5m)",
+                [
+                    (
+                        "topk(10, max by (queryid) (rate(pg_stat_statements_seconds_total[5m])"
+                        " / rate(pg_stat_statements_calls_total[5m])))",
+                        "{{queryid}}",
+                    ),
+                    ("max by (queryid) (pg_stat_statements_mean_seconds)", "{{queryid}} all-time"),
+                ],
+                "s",
+                "pg_stat_statements' statements with the highest mean, by queryid (the text:"
+                " runbook, SlowDatabaseQueries). Alert SlowDatabaseQueries: 5-minute mean"
+                " above 200 ms (warning), 500 ms (critical).",
+                width=24,
+            ),
+        ],
+    ),
 ]
 
 

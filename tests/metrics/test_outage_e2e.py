@@ -5,17 +5,19 @@ short `for:`; scrape and evaluation every second. Bounded: each wait has a deadl
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import yaml
 
-from tests.support.prometheus import Prometheus, get, local_gateway, prometheus
+from tests.support.prometheus import (
+    Prometheus,
+    get,
+    local_gateway,
+    prometheus,
+    shipped_alert_rules,
+)
 from tests.support.runtime import running_cluster
-from tools import ROOT
 from tools.migrate import apply_url
 from tools.pgcluster import PgCluster
 
@@ -24,16 +26,6 @@ JOB = "realestate-backend"
 HEALTH_503 = 'http_requests_total{route="/health",status="503"}'
 FIRING = 'ALERTS{alertname="DatabaseDown",alertstate="firing"}'
 DEFERRED_FLUSH_S = 2.0
-
-
-def _rules_with_short_for() -> dict[str, Any]:
-    """alerts.yml as shipped, every `for:` cut to 2 s (the test's clock runs in seconds)."""
-    rules = copy.deepcopy(yaml.safe_load((ROOT / "infra/monitoring/alerts.yml").read_text()))
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            if "for" in rule:
-                rule["for"] = "2s"
-    return rules
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +54,7 @@ def stack(cluster: PgCluster) -> Iterator[tuple[str, Prometheus]]:
     }
     with local_gateway(env) as base:
         job["static_configs"] = [{"targets": [base.removeprefix("http://")]}]
-        with prometheus([job], _rules_with_short_for()) as prom:
+        with prometheus([job], shipped_alert_rules()) as prom:
             yield base, prom
 
 

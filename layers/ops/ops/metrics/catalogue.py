@@ -263,6 +263,19 @@ PG_STATEMENT_MEAN = LiveGauge(
     " absent without the extension).",
     ("queryid",),
 )
+PG_STATEMENT_CALLS = LiveCounter(
+    "pg_stat_statements_calls_total",
+    "Calls of each statement in pg_stat_statements_mean_seconds, by queryid, since the"
+    " extension's statistics were last reset.",
+    ("queryid",),
+)
+PG_STATEMENT_SECONDS = LiveCounter(
+    "pg_stat_statements_seconds_total",
+    "Execution time of each statement in pg_stat_statements_mean_seconds, in seconds, by"
+    " queryid, since the extension's statistics were last reset (rate over calls: the"
+    " recent mean).",
+    ("queryid",),
+)
 LIVE_GAUGE_ERRORS = Counter(
     "live_gauge_errors_total",
     "Scrapes that left a live gauge family out because reading it failed, by family and"
