@@ -61,3 +61,14 @@ def lambda_python() -> str | None:
         if run.returncode == 0:
             return exe
     return None
+
+
+def require_pg_library(bindir: Path, library: str, package: str) -> None:
+    """A PostgreSQL server module (`pg_stat_statements`) shipped beside `bindir`'s server:
+    skipped locally without it, failed in CI (which installs `package`)."""
+    if (bindir.parent / "lib" / f"{library}.so").exists():
+        return
+    message = f"{bindir.parent / 'lib'} has no {library}.so; apt-get install {package}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
