@@ -25,10 +25,9 @@ from tests.support.runtime import (
     call_api,
     function_handler,
     reset_runtime,
-    running_cluster,
 )
 from tools.migrate import apply_url
-from tools.pgcluster import PgCluster
+from tools.pgcluster import PgCluster, running_cluster
 
 DB_FIXTURES = {"database_url", "pg_cluster", "db_env", "sql"}
 

@@ -14,9 +14,11 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -209,3 +211,20 @@ class PgCluster:
         self.stop("immediate")
         shutil.rmtree(self.datadir, ignore_errors=True)
         self._pwfile.unlink(missing_ok=True)
+
+
+@contextmanager
+def running_cluster(**server_settings: str) -> Iterator[PgCluster]:
+    """A fresh cluster in its own temporary folder (kept out of the project tree), started
+    and ready, with these settings (`max_connections="20"`); destroyed (stopped, its
+    folder removed) afterwards. Tests and benchmarks."""
+    folder = Path(tempfile.mkdtemp(prefix="ops-pg-"))
+    cluster = PgCluster(folder / "data", server_settings=server_settings)
+    cluster.init()
+    cluster.start()
+    cluster.wait_ready()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -16,12 +16,14 @@
 Each reading degrades alone. The readings go out as two simple-protocol statements
 (UNION ALL, one round trip each; the second needs the first's catalog answers). When
 one of them fails, its readings are retried one statement each (autocommit: a failure
-ends only its own statement), so a bad value, a missing grant or table, or a timeout
-costs that family's samples in that scrape, never the scrape: the family is left out,
-counted (`live_gauge_errors_total{gauge,reason}`) and its cause logged once per
-container. Causes the catalog can tell are found before they fail: a policy table or
-column that is missing, not a timestamp, not leading an index (min() would be a
-sequential scan) or not readable by the role costs no failed statement.
+ends only its own statement), and a reading that failed runs alone at the container's
+next scrape (a broken gauge costs one more round trip per scrape, not a failed batch and
+a retry of each). So a bad value, a missing grant or table, or a timeout costs that
+family's samples in that scrape, never the scrape: the family is left out, counted
+(`live_gauge_errors_total{gauge,reason}`) and its cause logged once per container.
+Causes the catalog can tell are found before they fail: a policy table or column that
+is missing, not a timestamp, not leading an index (min() would be a sequential scan) or
+not readable by the role costs no failed statement.
 
 Every statement carries statement and lock timeouts cut from what is left of the
 scrape's budget (and below the socket timeout), so a locked table or a slow view costs
@@ -279,13 +281,40 @@ def _reason(exc: BaseException) -> str:
     return _REASONS.get(code) or ("bad_value" if code.startswith("22") else "error")
 
 
+# Readings that failed at this container's last scrape run alone at the next: a broken
+# gauge then costs one more round trip per scrape, not a failed batch and a retry of each.
+_suspects: set[tuple[str, str]] = set()
+
+
+def _key(reading: Reading) -> tuple[str, str]:
+    return reading.families[0], reading.subject
+
+
 def _run(
     db: Database, readings: list[Reading], deadline: float
 ) -> tuple[list[list[Any]], list[Failure]]:
-    """All readings in one round trip; when that fails, each in its own statement."""
+    """The readings in one round trip (each alone when that fails), the suspects alone."""
+    suspects = [r for r in readings if _key(r) in _suspects]
+    batch = [r for r in readings if _key(r) not in _suspects]
+    rows, failures = _batched(db, batch, deadline, share=1.0 if len(readings) == 1 else 0.5)
+    more, late = _each(db, suspects, deadline)
+    rows += more
+    failures += late
+    failed = {_key(f.reading) for f in failures}
+    for reading in readings:
+        if _key(reading) in failed:
+            _suspects.add(_key(reading))
+        else:
+            _suspects.discard(_key(reading))
+    return rows, failures
+
+
+def _batched(
+    db: Database, readings: list[Reading], deadline: float, share: float
+) -> tuple[list[list[Any]], list[Failure]]:
     if not readings:
         return [], []
-    timeouts = _timeouts(deadline, _BATCH_SHARE if len(readings) > 1 else 1.0)
+    timeouts = _timeouts(deadline, share)
     if timeouts is not None:
         union = "\nUNION ALL\n".join(f"({r.sql})" for r in readings)
         try:
@@ -295,6 +324,12 @@ def _run(
                 raise
             if len(readings) == 1:
                 return [], [Failure(readings[0], _reason(exc), server_message(exc))]
+    return _each(db, readings, deadline)
+
+
+def _each(
+    db: Database, readings: list[Reading], deadline: float
+) -> tuple[list[list[Any]], list[Failure]]:
     rows: list[list[Any]] = []
     failures: list[Failure] = []
     for i, reading in enumerate(readings):
@@ -324,8 +359,9 @@ def _first_time(cause: tuple[str, ...]) -> bool:
 
 
 def forget_logged() -> None:
-    """As a new container (tests)."""
+    """As a new container (tests): nothing logged, no suspects."""
     _logged.clear()
+    _suspects.clear()
 
 
 def _log(failure: Failure) -> None:

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tests.support.runtime import running_cluster
 from tools.loopback import serving
+from tools.pgcluster import running_cluster
 
 
 def test_health_ok_when_database_answers(db_env, health_api):

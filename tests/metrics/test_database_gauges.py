@@ -28,8 +28,7 @@ from tests.support.metrics import (
     value,
 )
 from tests.support.prometheus import local_gateway, prometheus, shipped_alert_rules
-from tests.support.runtime import running_cluster
-from tools.pgcluster import PgCluster, default_bindir
+from tools.pgcluster import PgCluster, default_bindir, running_cluster
 
 MAX_CONNECTIONS = 20
 TOP_N = 10

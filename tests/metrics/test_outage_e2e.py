@@ -17,9 +17,8 @@ from tests.support.prometheus import (
     prometheus,
     shipped_alert_rules,
 )
-from tests.support.runtime import running_cluster
 from tools.migrate import apply_url
-from tools.pgcluster import PgCluster
+from tools.pgcluster import PgCluster, running_cluster
 
 TOKEN = "outage-e2e-token"
 JOB = "realestate-backend"

@@ -4,35 +4,14 @@ that makes the next invocation start like a new container."""
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from tools import ROOT
 from tools.apigw import proxy_event
-from tools.pgcluster import PgCluster
 from tools.runtime import LambdaContext, load_handler
 
 FunctionInvoker = Callable[..., tuple[int, dict[str, str], Any]]
-
-
-@contextmanager
-def running_cluster(**server_settings: str) -> Iterator[PgCluster]:
-    """A fresh cluster in its own temporary folder (kept out of the project tree), started
-    and ready, with these settings (`max_connections="20"`); destroyed (stopped, its
-    folder removed) afterwards."""
-    cluster = PgCluster(
-        Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data", server_settings=server_settings
-    )
-    cluster.init()
-    cluster.start()
-    cluster.wait_ready()
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 def reset_runtime() -> None:
