@@ -8,6 +8,7 @@ missing the tests skip locally and fail in CI (tests.support.binaries).
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ import pg8000.native
 import pytest
 
 from ops.db import connect_url
-from tests.support.binaries import require_pg_library
+from tests.support.binaries import require_binary, require_pg_library
 from tests.support.metrics import (
     TOKEN,
     Samples,
@@ -85,6 +86,16 @@ def test_slow_statements_appear_in_the_top_n_by_queryid_only(stats_env, pg_conne
     assert _series(samples, "pg_stat_statements_seconds_total")[queryid] >= 0.5
     assert "the_slow_one" not in body and "pg_sleep" not in body  # never the text
     assert "# TYPE pg_stat_statements_calls_total counter" in body
+    proc = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"],
+        input=body,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode in (0, 3), proc.stderr  # 3: lint findings only
+    findings = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in findings if "pg_" in line], findings  # base units, _total
 
 
 def test_a_held_transaction_and_a_running_query_raise_their_ages(stats_env, pg_connect):
