@@ -296,7 +296,8 @@ def _run(
     """The readings in one round trip (each alone when that fails), the suspects alone."""
     suspects = [r for r in readings if _key(r) in _suspects]
     batch = [r for r in readings if _key(r) not in _suspects]
-    rows, failures = _batched(db, batch, deadline, share=1.0 if len(readings) == 1 else 0.5)
+    share = 1.0 if len(readings) == 1 else _BATCH_SHARE
+    rows, failures = _batched(db, batch, deadline, share)
     more, late = _each(db, suspects, deadline)
     rows += more
     failures += late

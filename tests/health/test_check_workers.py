@@ -139,13 +139,14 @@ def test_the_database_check_latency_is_the_probe_not_the_read(db_env, monkeypatc
     function_handler("metrics")  # puts functions/metrics on sys.path, as Lambda's /var/task
     import live_gauges
 
-    live_sql = live_gauges.LIVE_SQL
+    live_sql = live_gauges.STAT_DATABASE_SQL
     slow = f"SELECT live.* FROM ({live_sql}) AS live CROSS JOIN (SELECT pg_sleep(1)) AS slept"
-    monkeypatch.setattr(live_gauges, "LIVE_SQL", slow)
+    monkeypatch.setattr(live_gauges, "STAT_DATABASE_SQL", slow)
     status, _, body = scrape()
     assert status == 200
     samples = parse(body)
     assert value(samples, "database_up") == 1
     assert value(samples, "health_check_status", check="database") == 1
+    assert value(samples, "pg_stat_database_deadlocks_total") >= 0  # slept, and was read
     # The read after it slept 1 s on the same worker; the check's latency is its own.
     assert value(samples, "health_check_latency_seconds", check="database") < 1.0
