@@ -13,7 +13,7 @@ made-up total). A database that answers the store's own reads with an error (say
 a missing migration) is a 503: the exposition would be wrong, and Prometheus' `up`
 says so. A live gauge that fails (a bad value, a missing grant or table, a timeout)
 costs only its own family in that scrape (live_gauges.py): it is counted in
-`live_gauge_errors_total`, whose series is in that same scrape (at 0 when new, as
+`live_metric_errors_total`, whose series is in that same scrape (at 0 when new, as
 every new counter series is first exposed; the increment itself is stored by the
 scrape's flush).
 """
@@ -117,18 +117,18 @@ def _count_left_out(totals: Totals, collected: Collected) -> None:
     """Count each live family left out, and show its error series in this scrape: the
     stored total, or 0 for a series not stored yet (as a new counter series is first
     exposed). The increments are stored by this scrape's flush, read by the next."""
-    family = m.LIVE_GAUGE_ERRORS
-    rows = totals.setdefault(family.name, [])
+    errors = m.LIVE_METRIC_ERRORS
+    rows = totals.setdefault(errors.name, [])
     shown = {row.labels for row in rows}
-    for gauge, reason in collected.failed:
-        family.labels(gauge=gauge, reason=reason).inc()
-        labels = format_labels(family.labelnames, (gauge, reason))
+    for family, reason in collected.failed:
+        errors.labels(family=family, reason=reason).inc()
+        labels = format_labels(errors.labelnames, (family, reason))
         if labels not in shown:
             shown.add(labels)
             rows.append(TotalRow(labels, {"": 0.0}))
     rows.sort()
     if not rows:
-        del totals[family.name]
+        del totals[errors.name]
 
 
 def _measured(checks: list[CheckResult], *, database_up: bool) -> Live:

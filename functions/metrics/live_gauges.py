@@ -20,7 +20,7 @@ ends only its own statement), and a reading that failed runs alone at the contai
 next scrape (a broken gauge costs one more round trip per scrape, not a failed batch and
 a retry of each). So a bad value, a missing grant or table, or a timeout costs that
 family's samples in that scrape, never the scrape: the family is left out, counted
-(`live_gauge_errors_total{gauge,reason}`) and its cause logged once per container.
+(`live_metric_errors_total{family,reason}`) and its cause logged once per container.
 Causes the catalog can tell are found before they fail: a policy table or column that
 is missing, not a timestamp, not leading an index (min() would be a sequential scan) or
 not readable by the role costs no failed statement.
@@ -54,7 +54,7 @@ from ops.sql import quote_ident, quote_literal, server_message, set_local_timeou
 
 CONNECTION_STATES = ("active", "idle", "idle in transaction", "idle in transaction (aborted)")
 
-# SQLSTATE -> reason (the closed set of live_gauge_errors_total's `reason`); class 22
+# SQLSTATE -> reason (the closed set of live_metric_errors_total's `reason`); class 22
 # (data exception) is bad_value, anything else `error`.
 _REASONS = {
     "42501": "permission",
@@ -370,7 +370,7 @@ def _log(failure: Failure) -> None:
     if not _first_time((reading.families[0], failure.reason, reading.subject)):
         return
     logger.warning(
-        "live gauges left out of the scrape; counted in live_gauge_errors_total at every"
+        "live gauges left out of the scrape; counted in live_metric_errors_total at every"
         " scrape, logged once per container and cause",
         extra={
             "type": "metrics_scrape",

@@ -365,12 +365,12 @@ ROWS = [
                 "Live gauges left out",
                 [
                     (
-                        "sum by (gauge, reason) (increase(live_gauge_errors_total[15m]))",
-                        "{{gauge}} {{reason}}",
+                        "sum by (family, reason) (increase(live_metric_errors_total[15m]))",
+                        "{{family}} {{reason}}",
                     )
                 ],
                 "short",
-                "Scrapes that could not read a live gauge (alert LiveGaugeFailing).",
+                "Scrapes that could not read a live gauge (alert LiveMetricFailing).",
                 width=8,
             ),
             Panel(

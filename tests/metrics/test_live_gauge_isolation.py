@@ -3,7 +3,7 @@
 Bad values (`-infinity`, a BC date that cannot be read in the role's time zone), a
 revoked SELECT (a role of the test's own, connecting as it), a missing policy table, a
 locked table and a slow reading: `/metrics` answers 200 with the stored counters and
-`database_up 1`, the failing family is absent and counted in `live_gauge_errors_total`,
+`database_up 1`, the failing family is absent and counted in `live_metric_errors_total`,
 and its cause is logged once across scrapes.
 """
 
@@ -78,7 +78,7 @@ def _scrape_twice() -> tuple[Samples, Samples]:
 
 
 def _errors(samples: Samples, gauge: str, reason: str) -> float:
-    return value(samples, "live_gauge_errors_total", gauge=gauge, reason=reason)
+    return value(samples, "live_metric_errors_total", family=gauge, reason=reason)
 
 
 def test_infinite_timestamps_are_ignored_by_the_oldest_row_age(
@@ -96,7 +96,7 @@ def test_infinite_timestamps_are_ignored_by_the_oldest_row_age(
     age = value(samples, "retention_oldest_row_age_seconds", table="inbound_events")
     assert 3 * DAY <= age < 3 * DAY + 600  # the oldest finite row's age
     assert value(samples, "retention_lag_seconds", table="inbound_events") == 0
-    assert "live_gauge_errors_total" not in _families(samples)
+    assert "live_metric_errors_total" not in _families(samples)
     assert _left_out(log_lines) == []
 
 

@@ -345,8 +345,8 @@ def test_live_gauges(metrics_env, own_sql, app_env, log_lines):
     for reason in ("missing", "unsupported"):
         errors = value(
             samples,
-            "live_gauge_errors_total",
-            gauge="retention_oldest_row_age_seconds",
+            "live_metric_errors_total",
+            family="retention_oldest_row_age_seconds",
             reason=reason,
         )
         assert errors == 0  # in this scrape already; a new series starts at 0
@@ -354,7 +354,7 @@ def test_live_gauges(metrics_env, own_sql, app_env, log_lines):
     assert flush() is True  # what the scrape's own background flush does, waited for
     samples = scrape_samples()
     errors = value(
-        samples, "live_gauge_errors_total", gauge="retention_lag_seconds", reason="unsupported"
+        samples, "live_metric_errors_total", family="retention_lag_seconds", reason="unsupported"
     )
     assert errors == 1  # the first scrape's, stored by its flush
     assert len([x for x in log_lines() if x.get("type") == "metrics_scrape"]) == 2  # once

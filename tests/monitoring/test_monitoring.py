@@ -41,7 +41,7 @@ PROMETHEUS_ONLY = {
     "DependencyDown": "optional dependencies differ per deployment",
     "SlowDatabaseQueries": "per-statement times (pg_stat_statements) are no RDS metric",
     "LongRunningTransaction": "transaction ages (pg_stat_activity) are no RDS metric",
-    "LiveGaugeFailing": "the live gauges and their error counter exist in Prometheus only",
+    "LiveMetricFailing": "the live gauges and their error counter exist in Prometheus only",
 }
 
 

@@ -276,10 +276,11 @@ PG_STATEMENT_SECONDS = LiveCounter(
     " recent mean).",
     ("queryid",),
 )
-LIVE_GAUGE_ERRORS = Counter(
-    "live_gauge_errors_total",
-    "Scrapes that left a live gauge family out because reading it failed, by family and"
-    " reason (permission, bad_value, missing, unsupported, timeout, error).",
-    ("gauge", "reason"),
+LIVE_METRIC_ERRORS = Counter(
+    "live_metric_errors_total",
+    "Live families (read at scrape time) a scrape left out because reading them failed, by"
+    " family and reason (permission, bad_value, missing, unsupported, timeout, error); the"
+    " retention families count once per table.",
+    ("family", "reason"),
     allowed={"reason": ("permission", "bad_value", "missing", "unsupported", "timeout", "error")},
 )
