@@ -191,6 +191,9 @@ def run(quick: bool) -> str:
             "the batched statement fails and each of its readings is retried in a statement "
             "of its own; from the next scrape on, the container runs that reading alone "
             "(one more round trip). The timings are that steady state: the cost of a scrape "
-            "while a gauge stays broken (its family left out and counted).",
+            "while a gauge stays broken (its family left out and counted). The handler also "
+            "stores what it counted: its increments of `live_metric_errors_total` are pending "
+            "deltas, so each scrape's database check carries a flush (a write) that the "
+            "other variants do not make.",
         ]
     )
