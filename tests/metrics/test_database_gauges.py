@@ -18,6 +18,7 @@ import pg8000.native
 import pytest
 
 from ops.db import connect_url
+from ops.metrics import catalogue as m
 from tests.support.binaries import require_binary, require_pg_library
 from tests.support.metrics import (
     TOKEN,
@@ -29,10 +30,11 @@ from tests.support.metrics import (
     value,
 )
 from tests.support.prometheus import local_gateway, prometheus, shipped_alert_rules
+from tools import ROOT
 from tools.pgcluster import PgCluster, default_bindir, running_cluster
 
 MAX_CONNECTIONS = 20
-TOP_N = 10
+TOP_N = m.PG_STATEMENTS_TOP_N
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +216,11 @@ def test_connections_near_max_connections_fire_the_warning_in_prometheus(stats_u
             assert prom.query(alert % "critical") == []
     assert fired[0]["metric"]["severity"] == "warning"
     assert len(held) > 0
+
+
+def test_the_docs_state_the_catalogues_top_n() -> None:
+    readme = (ROOT / "README.md").read_text()
+    runbook = (ROOT / "infra" / "monitoring" / "README.md").read_text()
+    assert f"installed, the {TOP_N} statements with the highest mean" in " ".join(readme.split())
+    assert f"mean execution time of the {TOP_N} statements" in runbook
+    assert f"`PG_STATEMENTS_TOP_N` ({TOP_N}) statements" in runbook
