@@ -374,6 +374,12 @@ class Settings:
         None,
         "`make run`/`invoke`/`migrate`: folder of the embedded database; unset: `.local/`",
     )
+    migrations_allow_unknown: bool = flag(
+        "MIGRATIONS_ALLOW_UNKNOWN",
+        False,
+        "`make migrate`/`run`: proceed when the database has applied migrations that are not"
+        " in `migrations/` (a newer version of the code applied them); unset: refuse",
+    )
     pg_bindir: str | None = text(
         "PG_BINDIR",
         None,
