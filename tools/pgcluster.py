@@ -49,8 +49,19 @@ def free_port() -> int:
 
 
 class PgCluster:
-    def __init__(self, datadir: Path, bindir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        datadir: Path,
+        bindir: Path | None = None,
+        port: int | None = None,
+        *,
+        durable: bool = False,
+    ) -> None:
+        """`durable`: PostgreSQL's own defaults for fsync, synchronous_commit and
+        full_page_writes (crash tests, commit-cost benchmarks); otherwise all three are
+        off: faster, and a crash may lose the last commits (even a migration's)."""
         self.datadir = Path(datadir).resolve()
+        self.durable = durable
         self.bindir = bindir or default_bindir()
         self.port = port or free_port()
         self._pwfile = self.datadir.parent / f".{self.datadir.name}.password"
@@ -127,11 +138,12 @@ class PgCluster:
             pw_tmp.unlink(missing_ok=True)
 
     def start(self) -> None:
-        opts = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.datadir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=100"
+        fast = (
+            ""
+            if self.durable
+            else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
         )
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.datadir} {fast}-c max_connections=100"
         self._cmd(
             "pg_ctl",
             "-D",

@@ -19,10 +19,10 @@ FunctionInvoker = Callable[..., tuple[int, dict[str, str], Any]]
 
 
 @contextmanager
-def running_cluster() -> Iterator[PgCluster]:
+def running_cluster(*, durable: bool = False) -> Iterator[PgCluster]:
     """A fresh cluster in its own temporary folder (kept out of the project tree), started
-    and ready; destroyed (stopped, its folder removed) afterwards."""
-    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data")
+    and ready; destroyed (stopped, its folder removed) afterwards. `durable`: see PgCluster."""
+    cluster = PgCluster(Path(tempfile.mkdtemp(prefix="ops-pg-")) / "data", durable=durable)
     cluster.init()
     cluster.start()
     cluster.wait_ready()
