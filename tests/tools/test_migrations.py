@@ -235,3 +235,13 @@ def test_a_file_numbered_below_an_applied_one_is_refused_by_name(empty_database,
     finally:
         conn.close()
     assert runner(connect_url(empty_database))("SELECT to_regclass('late_arrival')") == [[None]]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"), [("sslmode=bogus", "sslmode"), ("application_name=x", "application_name")]
+)
+def test_a_refused_database_url_option_is_two_lines_and_exit_2(query, named):
+    code, out, err = finish(start_migrate(f"postgresql://app:s3cret@127.0.0.1:1/app?{query}"))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and named in lines[0], (code, out, err)
+    assert "s3cret" not in err and "Traceback" not in err

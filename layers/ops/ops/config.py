@@ -175,7 +175,9 @@ class Settings:
     database_url: str | None = secret(
         "DATABASE_URL",
         "local and tests: `postgresql://user:pass@host:port/db` (or `…@/db?host=/socket/dir`;"
-        " `?sslmode=require`); malformed means 503 on the routes that need the database",
+        " `?sslmode=require`); options `host`, `port`, `user`, `password`, `dbname`, `sslmode`"
+        " (as `DB_SSL_MODE`), any other refused by name; malformed means 503 on the routes"
+        " that need the database",
     )
     db_secret_arn: str | None = text(
         "DB_SECRET_ARN",
