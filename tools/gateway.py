@@ -261,6 +261,23 @@ def make_server(
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
+        def handle(self) -> None:
+            """A client that went away before its answer (a timed-out probe, a closed tab)
+            is one JSON line, not socketserver's traceback in the log stream."""
+            try:
+                super().handle()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                self.close_connection = True
+                path = urlsplit(getattr(self, "path", "") or "").path
+                gone = {
+                    "type": "gateway",
+                    "event": "client_disconnected",
+                    "method": getattr(self, "command", None),
+                    "path": path if len(path) <= 256 else path[:256] + "…",
+                    "error": type(exc).__name__,
+                }
+                print(json.dumps(gone), file=sys.stderr, flush=True)
+
         def log_message(self, fmt: str, *args: Any) -> None:  # the handlers log each request
             pass
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 import textwrap
 import time
 from collections.abc import Iterator
@@ -262,3 +263,29 @@ def test_a_method_the_template_does_not_declare_is_answered_as_api_gateway_does(
     status, _, body = exchange(echo_gateway, "POST", "/listings/new")
     assert status == 404 and json.loads(body)["error"] == "not_found"
     assert exchange(echo_gateway, "HEAD", "/files/a.txt")[0] == 200  # declared: any
+
+
+# -- a client that goes away early ------------------------------------------------------
+
+
+def test_a_client_gone_before_the_answer_is_one_json_line_not_a_traceback(gateway, capfd):
+    assert get(gateway, "/health/live")[0] == 200  # the worker is warm
+    capfd.readouterr()
+    with socket.create_connection(("127.0.0.1", gateway), timeout=10) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Close with a reset at once: the gateway's answer meets a dead socket.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline, err = time.monotonic() + 20, ""
+    while time.monotonic() < deadline and "client_disconnected" not in err:
+        time.sleep(0.05)
+        err += capfd.readouterr().err
+    # The function's own JSON lines pass through; nothing else may (no traceback).
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), err
+    gateway_lines = [x for x in map(json.loads, lines) if x.get("type") == "gateway"]
+    assert len(gateway_lines) == 1, err
+    logged = gateway_lines[0]
+    assert logged["event"] == "client_disconnected", logged
+    assert logged["method"] == "GET" and logged["path"] == "/health/live", logged
+    assert logged["error"] in ("BrokenPipeError", "ConnectionResetError"), logged
+    assert get(gateway, "/health/live")[0] == 200  # and it keeps serving
