@@ -91,8 +91,9 @@ def _check_history(
     highest = max(numbered, default="")
     for late in (p.name for p in files if p.name not in applied and p.name < highest):
         raise MigrationError(
-            f"{late} is numbered below {highest}, which is already applied, and was not applied",
-            "Migrations apply in order: renumber it above the highest applied one.",
+            f"{late} was never applied, but {highest}, numbered above it, was:"
+            " migrations apply in order",
+            f"Give it a number above {highest} (applied files never change).",
         )
     return unknown
 
