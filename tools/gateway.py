@@ -5,7 +5,9 @@ a time, like Lambda. A handler that exceeds the function's Timeout is killed and
 the caller gets API Gateway's 504.
 
 At its edges it behaves like API Gateway: `{param}` and `{proxy+}` templates route
-as API Gateway routes them (with `pathParameters`), request bodies are bounded and
+as API Gateway routes them (with `pathParameters`), a method the template does not
+declare for a route (nor `any`) is the template's 404 for API Gateway's "Missing
+Authentication Token", as an unknown path is, request bodies are bounded and
 read with a timeout, and whatever is malformed (request line, Content-Length,
 method, a URL or body too long) gets a JSON 400/413/414/501, never a hang, an HTML
 page or a dropped connection.
@@ -101,16 +103,14 @@ class Gateway:
     ) -> tuple[int, dict[str, str], bytes]:
         parts = urlsplit(target)
         matched = resolve(self.routes, parts.path)
-        if matched is None:
+        methods = self.routes[matched[0]] if matched else {}
+        worker = methods.get(method) or methods.get("ANY")
+        if matched is None or worker is None:
+            # No such route, or a method the template does not declare for it: API Gateway's
+            # MISSING_AUTHENTICATION_TOKEN, which the template answers with this 404.
             shown = parts.path if len(parts.path) <= 256 else parts.path[:256] + "…"
             return _json(404, {"error": "not_found", "message": f"no route for {shown}"})
         resource, path_parameters = matched
-        methods = self.routes[resource]
-        worker = methods.get(method) or methods.get("ANY")
-        if worker is None:
-            # API Gateway would answer 403 here; the handler's JSON 405 is more useful,
-            # so hand the request to the route's function and let it say which methods work.
-            worker = next(iter(methods.values()))
         event = proxy_event(
             method=method,
             path=parts.path,
@@ -260,6 +260,23 @@ def make_server(
                 self._reply(code, headers, data)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+
+        def handle(self) -> None:
+            """A client that went away before its answer (a timed-out probe, a closed tab)
+            is one JSON line, not socketserver's traceback in the log stream."""
+            try:
+                super().handle()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                self.close_connection = True
+                path = urlsplit(getattr(self, "path", "") or "").path
+                gone = {
+                    "type": "gateway",
+                    "event": "client_disconnected",
+                    "method": getattr(self, "command", None),
+                    "path": path if len(path) <= 256 else path[:256] + "…",
+                    "error": type(exc).__name__,
+                }
+                print(json.dumps(gone), file=sys.stderr, flush=True)
 
         def log_message(self, fmt: str, *args: Any) -> None:  # the handlers log each request
             pass

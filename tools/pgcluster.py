@@ -58,8 +58,14 @@ class PgCluster:
         bindir: Path | None = None,
         port: int | None = None,
         server_settings: Mapping[str, str] | None = None,
+        *,
+        durable: bool = False,
     ) -> None:
+        """`durable`: PostgreSQL's own defaults for fsync, synchronous_commit and
+        full_page_writes (crash tests, commit-cost benchmarks); otherwise all three are
+        off: faster, and a crash may lose the last commits (even a migration's)."""
         self.datadir = Path(datadir).resolve()
+        self.durable = durable
         # `-c name=value` at every start, after (so over) the defaults below.
         self.server_settings = dict(server_settings or {})
         self.bindir = bindir or default_bindir()
@@ -138,10 +144,13 @@ class PgCluster:
             pw_tmp.unlink(missing_ok=True)
 
     def start(self) -> None:
+        fast = (
+            ""
+            if self.durable
+            else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        )
         opts = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.datadir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=100"
+            f"-h 127.0.0.1 -p {self.port} -k {self.datadir} {fast}-c max_connections=100"
         ) + "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
         self._cmd(
             "pg_ctl",
@@ -214,12 +223,12 @@ class PgCluster:
 
 
 @contextmanager
-def running_cluster(**server_settings: str) -> Iterator[PgCluster]:
+def running_cluster(*, durable: bool = False, **server_settings: str) -> Iterator[PgCluster]:
     """A fresh cluster in its own temporary folder (kept out of the project tree), started
     and ready, with these settings (`max_connections="20"`); destroyed (stopped, its
-    folder removed) afterwards. Tests and benchmarks."""
+    folder removed) afterwards. Tests and benchmarks. `durable`: see PgCluster."""
     folder = Path(tempfile.mkdtemp(prefix="ops-pg-"))
-    cluster = PgCluster(folder / "data", server_settings=server_settings)
+    cluster = PgCluster(folder / "data", server_settings=server_settings, durable=durable)
     cluster.init()
     cluster.start()
     cluster.wait_ready()

@@ -44,11 +44,11 @@ def serve(port: int, *, demo: bool) -> int:
     if not port_is_free(port):  # say so before starting the database, not after
         raise _port_taken(port, "Address already in use")
     with local_database() as (url, cluster):
-        applied = apply_url(url)
+        migrated = apply_url(url)
         target = parse_database_url(url).target
         print(
             f"database: {target} ({'embedded' if cluster else 'DATABASE_URL'}); "
-            f"migrations applied: {len(applied)}",
+            f"migrations {migrated.summary()}",
             flush=True,
         )
         if demo:

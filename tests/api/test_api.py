@@ -20,8 +20,27 @@ def test_unknown_route_is_404_json(db_env, health_api):
 def test_wrong_method_is_405_with_allow(db_env, health_api, method):
     status, headers, body = health_api("/health", method=method)
     assert status == 405
-    assert headers["Allow"] == "GET"
+    assert headers["Allow"] == "GET, HEAD, OPTIONS"
     assert body["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready"])
+def test_head_answers_the_gets_status_and_headers_with_an_empty_body(db_env, path):
+    """Load balancers and uptime checkers probe with HEAD."""
+    from tests.support.runtime import call_api
+
+    handler = function_handler("health")
+    got_status, got_headers, got_body = call_api(handler, path)
+    head_status, head_headers, head_body = call_api(handler, path, method="HEAD")
+    assert (head_status, head_headers, head_body) == (got_status, got_headers, "")
+    assert got_body  # the GET has one
+
+
+def test_options_says_which_methods_a_route_answers(db_env, health_api):
+    status, headers, body = health_api("/health/detailed", method="OPTIONS")
+    assert status == 204 and body == ""
+    assert headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert not any(name.lower().startswith("access-control-") for name in headers)
 
 
 @pytest.mark.parametrize(

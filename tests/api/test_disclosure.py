@@ -95,6 +95,9 @@ MALFORMED_URLS = [
     "mysql://app:pw@127.0.0.1/app",
     "not a url at all",
     "postgresql://app:pw@127.0.0.1/app?port=x",
+    "postgresql://app:pw@127.0.0.1/app?sslmode=bogus",
+    "postgresql://app:pw@127.0.0.1/app?connect_timeout=5",
+    "postgresql://app@127.0.0.1/app?pw",
     "postgresql://app:pw@[::1/app",
     "postgresql://app:pw@host\udcff/app",
 ]

@@ -384,3 +384,14 @@ def test_the_flush_interval_parameter_defaults_to_the_settings_default() -> None
     assert float(param["Default"]) == Settings().metrics_flush_interval_s
     env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     assert env["METRICS_FLUSH_INTERVAL_S"] == {"Ref": "MetricsFlushIntervalSeconds"}
+
+
+def test_every_api_route_reaches_its_function_for_head_and_options():
+    """API Gateway REST routes only the methods a route declares (the rest are its 403):
+    HEAD (load balancers, uptime checks) and OPTIONS must reach the router, which answers
+    them for every GET route; `any` also leaves the 405s, with `Allow`, to it."""
+    from tools.runtime import functions
+
+    routes = [route for spec in functions(TEMPLATE).values() for route in spec.routes]
+    assert routes
+    assert [r for r in routes if r.method != "ANY"] == []

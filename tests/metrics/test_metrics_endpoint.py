@@ -71,6 +71,20 @@ def test_the_right_token_gets_the_exposition(metrics_env, app_env):
     assert "# TYPE http_requests_total counter" in body
 
 
+def test_head_metrics_is_the_scrapes_status_and_headers_without_a_body(metrics_env, app_env):
+    app_env(METRICS_AUTH_TOKEN=TOKEN)
+    handler = function_handler("metrics")
+    status, headers, body = call_api(handler, "/metrics", method="HEAD")
+    assert status == 401 and body == "" and headers["WWW-Authenticate"].startswith("Bearer")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    status, headers, body = call_api(handler, "/metrics", method="HEAD", headers=auth)
+    assert (status, headers["Content-Type"], body) == (200, TEXT, "")
+    samples = parse(call_api(handler, "/metrics", headers=auth)[2])
+    for code in ("401", "200"):  # counted as HEAD, not OTHER
+        count = value(samples, "http_requests_total", method="HEAD", route="/metrics", status=code)
+        assert count == 1, code
+
+
 STORED_FAMILIES = ("http_requests_total", "retention_run_duration_seconds", "webhook_failures")
 
 

@@ -291,6 +291,22 @@ def test_values(number, text):
         ("text/plain;q=1, application/openmetrics-text;q=0.5", False),
         ("application/openmetrics-text;version=0.0.1", False),
         ("application/openmetrics-text;q=0", False),
+        # Quoted parameter values, whitespace and case (RFC 9110 media types)
+        ('application/openmetrics-text; version="1.0.0"', True),
+        ('Application/OpenMetrics-Text; Version="1.0.0"; Charset="UTF-8"', True),
+        ("APPLICATION/OPENMETRICS-TEXT;VERSION=1.0.0;Q=1", True),
+        ("application/openmetrics-text ;version=1.0.0 ; q=0.9 , text/plain ; q=0.5", True),
+        ('application/openmetrics-text; version="0.0.1"', False),
+        ('application/openmetrics-text; version="1.0.0"; Q=0', False),
+        (
+            'text/plain; version="0.0.4", application/openmetrics-text; version="1.0.0"; q=0.9',
+            False,
+        ),
+        # A quoted value may hold the separators: neither ends the parameter or the range.
+        ('application/openmetrics-text; x="a,b;c"; version="1.0.0"', True),
+        ('application/openmetrics-text; x="a\\"b,c"; version=1.0.0', True),
+        ('text/plain; x="q=1, application/openmetrics-text"', False),
+        ('application/openmetrics-text; q=0.5; x="a, */*;z="', True),
     ],
 )
 def test_content_negotiation(accept, openmetrics):

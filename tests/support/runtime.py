@@ -45,5 +45,5 @@ def call_api(
     resp = handler(event, LambdaContext("test-function", timeout_s))
     body = resp["body"]
     ctype = resp["headers"].get("Content-Type", "")
-    parsed = json.loads(body) if "json" in ctype else body
+    parsed = json.loads(body) if "json" in ctype and body else body  # HEAD: no body
     return resp["statusCode"], resp["headers"], parsed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 import textwrap
 import time
 from collections.abc import Iterator
@@ -211,3 +212,80 @@ def test_the_gateway_keeps_serving_after_malformed_requests(gateway):
         request(gateway, raw)
     status, body = get(gateway, "/health/live")
     assert status == 200 and body["status"] == "ok"
+
+
+# -- HEAD and OPTIONS: what the template declares reaches the function ------------------
+
+
+def exchange(port: int, method: str, path: str, headers: dict[str, str] | None = None):
+    """(status, headers, body) of one request; http.client reads no body for HEAD."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_gateway(database_url) -> Iterator[int]:
+    """The real template's gateway on the test database, /metrics behind a token."""
+    yield from serve(Gateway(env={"DATABASE_URL": database_url, "METRICS_AUTH_TOKEN": "t0ken"}))
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [("/health", {}), ("/health/live", {}), ("/metrics", {"Authorization": "Bearer t0ken"})],
+)
+def test_head_through_the_gateway_is_the_gets_status_and_headers_without_a_body(
+    db_gateway, path, headers
+):
+    got_status, got_headers, got_body = exchange(db_gateway, "GET", path, headers)
+    status, head_headers, body = exchange(db_gateway, "HEAD", path, headers)
+    assert got_status == 200 and got_body
+    assert (status, body) == (got_status, b"")
+    assert head_headers["Content-Type"] == got_headers["Content-Type"]
+    assert head_headers["Cache-Control"] == got_headers["Cache-Control"]
+    status, _, body = exchange(db_gateway, "HEAD", "/metrics")  # no token: 401, no body
+    assert (status, body) == (401, b"")
+
+
+def test_options_through_the_gateway_lists_the_methods(db_gateway):
+    status, headers, body = exchange(db_gateway, "OPTIONS", "/metrics")
+    assert (status, headers["Allow"], body) == (204, "GET, HEAD, OPTIONS", b"")
+
+
+def test_a_method_the_template_does_not_declare_is_answered_as_api_gateway_does(echo_gateway):
+    """API Gateway's "Missing Authentication Token", which the template maps to a 404 JSON
+    (GatewayResponses): what HEAD /health got in AWS before the routes declared `any`."""
+    assert exchange(echo_gateway, "HEAD", "/listings/new")[0] == 404  # declared: get only
+    status, _, body = exchange(echo_gateway, "POST", "/listings/new")
+    assert status == 404 and json.loads(body)["error"] == "not_found"
+    assert exchange(echo_gateway, "HEAD", "/files/a.txt")[0] == 200  # declared: any
+
+
+# -- a client that goes away early ------------------------------------------------------
+
+
+def test_a_client_gone_before_the_answer_is_one_json_line_not_a_traceback(gateway, capfd):
+    assert get(gateway, "/health/live")[0] == 200  # the worker is warm
+    capfd.readouterr()
+    with socket.create_connection(("127.0.0.1", gateway), timeout=10) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        # Close with a reset at once: the gateway's answer meets a dead socket.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline, err = time.monotonic() + 20, ""
+    while time.monotonic() < deadline and "client_disconnected" not in err:
+        time.sleep(0.05)
+        err += capfd.readouterr().err
+    # The function's own JSON lines pass through; nothing else may (no traceback).
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), err
+    gateway_lines = [x for x in map(json.loads, lines) if x.get("type") == "gateway"]
+    assert len(gateway_lines) == 1, err
+    logged = gateway_lines[0]
+    assert logged["event"] == "client_disconnected", logged
+    assert logged["method"] == "GET" and logged["path"] == "/health/live", logged
+    assert logged["error"] in ("BrokenPipeError", "ConnectionResetError"), logged
+    assert get(gateway, "/health/live")[0] == 200  # and it keeps serving

@@ -101,7 +101,7 @@ def test_run_with_embedded_database_then_ctrl_c_leaves_nothing_running(monkeypat
         status, _, body = http(port, "/no/such/route")
         assert status == 404 and json.loads(body)["error"] == "not_found"
         status, headers, _ = http(port, "/health", method="POST")
-        assert status == 405 and headers["Allow"] == "GET"
+        assert status == 405 and headers["Allow"] == "GET, HEAD, OPTIONS"
         assert postgres_running_on(data / "pgdata")
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

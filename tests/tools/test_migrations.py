@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+
 import pytest
 from pg8000.exceptions import DatabaseError
 
+from tests.support.db import runner
+from tools import ROOT
 from tools.migrate import MigrationError, apply, apply_url, migration_files
 
 
 def test_applying_twice_changes_nothing(database_url, sql):
     before = sql("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version")
     assert [r[0] for r in before] == [p.name for p in migration_files()]
-    assert apply_url(database_url) == []
+    assert apply_url(database_url).applied == []
     after = sql("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version")
     assert after == before
 
@@ -19,8 +27,8 @@ def test_applying_twice_changes_nothing(database_url, sql):
 def test_fresh_database_gets_every_table_and_index(pg_cluster, sql):
     url = pg_cluster.create_database("fresh_migrations")
     try:
-        assert apply_url(url) == [p.name for p in migration_files()]
-        assert apply_url(url) == []
+        assert apply_url(url).applied == [p.name for p in migration_files()]
+        assert apply_url(url).applied == []
     finally:
         sql('DROP DATABASE "fresh_migrations" WITH (FORCE)')
 
@@ -115,10 +123,127 @@ def test_make_migrate_reads_the_database_secret_as_the_readme_shows(
     app_env(DB_SECRET_ARN=arn, DB_SSL_MODE="disable", AWS_REGION="eu-west-1")
     assert run("migrate", main) == 0
     out = capsys.readouterr()
-    assert f"none pending) on {target.target}" in out.out and out.err == ""
+    assert f"on {target.target}: up to date" in out.out and out.err == ""
 
     app_env(DB_SECRET_ARN=arn.replace("rds-db", "gone"))
     assert run("migrate", main) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "database secret" in err[0] and "AWS credentials" in err[1], err
     assert target.password not in "\n".join(err)
+
+
+# -- concurrency, a database ahead of the code, files out of order ----------------------
+
+
+@pytest.fixture
+def new_database(pg_cluster, sql) -> Iterator[Callable[[], str]]:
+    """Databases of the test's own with nothing applied; dropped afterwards."""
+    names: list[str] = []
+
+    def create() -> str:
+        names.append(f"migrate_{uuid.uuid4().hex[:12]}")
+        return str(pg_cluster.create_database(names[-1]))
+
+    yield create
+    for name in names:
+        sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database(new_database) -> str:
+    return str(new_database())
+
+
+def start_migrate(url: str, **env: str) -> subprocess.Popen[str]:
+    """`python -m tools.migrate` as `make migrate` runs it, on DATABASE_URL."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DB_SECRET_ARN")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tools.migrate"],
+        cwd=ROOT,
+        env={**clean, "PYTHONPATH": str(ROOT), "DATABASE_URL": url, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_concurrent_migrators_on_an_empty_database_all_succeed_and_apply_each_file_once(
+    new_database, pg_connect, processes
+):
+    """Before the lock came first, two of them failed in about half the trials (23505)."""
+    for _ in range(3):
+        url = new_database()
+        results = [finish(p) for p in [start_migrate(url) for _ in range(processes)]]
+        for code, out, err in results:
+            assert code == 0 and err == "", (code, out, err)
+        rows = runner(pg_connect(url))(
+            "SELECT version, count(*) FROM schema_migrations GROUP BY version ORDER BY version"
+        )
+        assert rows == [[p.name, 1] for p in migration_files()]
+        # Each file was applied by exactly one of them; the others found it done.
+        said = " ".join(out for _, out, _ in results)
+        for path in migration_files():
+            assert said.count(path.name) == 1, said
+
+
+def test_a_second_run_says_up_to_date_not_zero_applied(empty_database):
+    code, first, _ = finish(start_migrate(empty_database))
+    assert code == 0 and migration_files()[-1].name in first, first
+    code, second, err = finish(start_migrate(empty_database))
+    count = len(migration_files())
+    assert code == 0 and err == "", err
+    assert f"up to date: {count} migrations applied earlier" in second, second
+    assert "0 applied" not in second
+
+
+def test_a_database_ahead_of_the_code_is_two_lines_and_exit_2(empty_database, pg_connect):
+    assert finish(start_migrate(empty_database))[0] == 0
+    runner(pg_connect(empty_database))(
+        "INSERT INTO schema_migrations (version, checksum) VALUES ('999_from_the_future.sql', 'x')"
+    )
+    code, out, err = finish(start_migrate(empty_database))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2, (code, out, err)
+    assert "999_from_the_future.sql" in lines[0] and "not in migrations/" in lines[0], lines
+    assert "MIGRATIONS_ALLOW_UNKNOWN" in lines[1], lines
+
+    code, out, err = finish(start_migrate(empty_database, MIGRATIONS_ALLOW_UNKNOWN="true"))
+    assert code == 0 and err == "", err
+    assert "up to date" in out and "999_from_the_future.sql" in out, out
+
+
+def test_a_file_numbered_below_an_applied_one_is_refused_by_name(empty_database, tmp_path, sql):
+    from ops.db import connect_url
+
+    files = migration_files()
+    for f in files:
+        (tmp_path / f.name).write_text(f.read_text())
+    conn = connect_url(empty_database)
+    try:
+        apply(conn, tmp_path)
+        late = f"{int(files[-1].name[:3]) - 1:03d}_late.sql"
+        assert late not in {f.name for f in files}
+        (tmp_path / late).write_text("CREATE TABLE late_arrival (id int);")
+        with pytest.raises(
+            MigrationError, match=rf"{late} was never applied, but {files[-1].name}"
+        ):
+            apply(conn, tmp_path)
+    finally:
+        conn.close()
+    assert runner(connect_url(empty_database))("SELECT to_regclass('late_arrival')") == [[None]]
+
+
+@pytest.mark.parametrize(
+    ("query", "named"), [("sslmode=bogus", "sslmode"), ("application_name=x", "application_name")]
+)
+def test_a_refused_database_url_option_is_two_lines_and_exit_2(query, named):
+    code, out, err = finish(start_migrate(f"postgresql://app:s3cret@127.0.0.1:1/app?{query}"))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and named in lines[0], (code, out, err)
+    assert "s3cret" not in err and "Traceback" not in err

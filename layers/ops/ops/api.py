@@ -2,8 +2,15 @@
 
 Deliberately not Powertools' REST resolver: importing it costs ~110 ms of cold
 start, more than everything else a health check needs. This module does the
-few things our routes need: route by template, 404/405/400 as JSON, one
-request log line per call, and hooks that never fail the request.
+few things our routes need: route by template, 404/405/400 as JSON, HEAD and
+OPTIONS on every route, one request log line per call, and hooks that never fail
+the request.
+
+HEAD runs the route's GET handler and answers its status and headers with an
+empty body; OPTIONS answers 204 with `Allow` (no CORS headers: no origin is
+allowed). API Gateway REST routes neither to a function by itself (a method not
+declared is its 403), so the template declares each route with `Method: any`
+and the 405s, with `Allow`, are ours.
 
 The router knows nothing of what its hooks do: ops.service wires in the bearer
 token check (`authorize`, for routes registered with `auth=True`), the metrics
@@ -127,6 +134,17 @@ class _Route:
     latency_critical: bool
 
 
+def _target(methods: dict[str, _Route], method: str) -> _Route | None:
+    """The route that answers `method`: its own, or GET's for HEAD."""
+    found = methods.get(method)
+    return methods.get("GET") if found is None and method == "HEAD" else found
+
+
+def _allowed(methods: dict[str, _Route]) -> list[str]:
+    extra = {"OPTIONS"} | ({"HEAD"} if "GET" in methods else set())
+    return sorted(set(methods) | extra)
+
+
 class Api:
     """Routes keyed by the API Gateway resource template (`/health/ready`), and hooks:
     before the invocation (with the context), after each response (request, route,
@@ -161,7 +179,7 @@ class Api:
         return self.route("GET", path, auth=auth, latency_critical=latency_critical)
 
     def is_latency_critical(self, method: str, route: str) -> bool:
-        target = self._routes.get(route, {}).get(method)
+        target = _target(self._routes.get(route, {}), method)
         return target is not None and target.latency_critical
 
     def _route_of(self, req: Request) -> str:
@@ -181,9 +199,12 @@ class Api:
             return UNMATCHED_ROUTE, error_response(
                 404, "not_found", f"no route for {bounded(req.path)}"
             )
-        target = methods.get(req.method)
+        target = _target(methods, req.method)
+        allowed = ", ".join(_allowed(methods))
+        if target is None and req.method == "OPTIONS":
+            headers = {"Allow": allowed, "Cache-Control": "no-store"}
+            return route, {"statusCode": 204, "headers": headers, "body": ""}
         if target is None:
-            allowed = ", ".join(sorted(methods))
             return route, error_response(
                 405,
                 "method_not_allowed",
@@ -218,6 +239,8 @@ class Api:
             resp = error_response(
                 500, "internal_error", f"request {getattr(req, 'request_id', None)} failed"
             )
+        if req is not None and req.method == "HEAD":  # any answer's status and headers only
+            resp = {**resp, "body": ""}
         duration_ms = (time.perf_counter() - started) * 1000.0
         status = int(resp["statusCode"])
         log_request(

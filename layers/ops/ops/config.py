@@ -175,7 +175,9 @@ class Settings:
     database_url: str | None = secret(
         "DATABASE_URL",
         "local and tests: `postgresql://user:pass@host:port/db` (or `…@/db?host=/socket/dir`;"
-        " `?sslmode=require`); malformed means 503 on the routes that need the database",
+        " `?sslmode=require`); options `host`, `port`, `user`, `password`, `dbname`, `sslmode`"
+        " (as `DB_SSL_MODE`), any other refused by name; malformed means 503 on the routes"
+        " that need the database",
     )
     db_secret_arn: str | None = text(
         "DB_SECRET_ARN",
@@ -373,6 +375,12 @@ class Settings:
         "LOCAL_DATA_DIR",
         None,
         "`make run`/`invoke`/`migrate`: folder of the embedded database; unset: `.local/`",
+    )
+    migrations_allow_unknown: bool = flag(
+        "MIGRATIONS_ALLOW_UNKNOWN",
+        False,
+        "`make migrate`/`run`: proceed when the database has applied migrations that are not"
+        " in `migrations/` (a newer version of the code applied them); unset: refuse",
     )
     pg_bindir: str | None = text(
         "PG_BINDIR",

@@ -22,12 +22,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pg8000.native
 from pg8000.exceptions import InterfaceError
 
-from ops.config import Settings, settings
+from ops.config import SSL_MODES, Settings, settings
 from ops.sql import server_message, set_local_timeouts, sqlstate
 
 # SQLSTATEs after which the connection is unusable but a fresh one may work:
@@ -64,10 +64,39 @@ class ConnectParams:
 
 
 _BAD_PORT = "DATABASE_URL has a port that is not a number from 1 to 65535"
+# The libpq query options DATABASE_URL honours; each wins over the URL's own part.
+URL_OPTIONS = ("host", "port", "user", "password", "dbname", "sslmode")
+# Options libpq knows that a setting (or the bundle) decides here: what to do instead.
+_URL_OPTIONS_ELSEWHERE = {
+    "application_name": "the application name is set per function",
+    "connect_timeout": "set DB_CONNECT_TIMEOUT_S",
+    "sslrootcert": "set DB_SSL_ROOT_CERT",
+}
+
+
+def _url_options(query: str) -> dict[str, str]:
+    """The query's options (libpq's: `+` is a plus, the last of a name wins), each known;
+    an option is refused by its name, which is quoted only if it looks like one."""
+    options: dict[str, str] = {}
+    honoured = ", ".join(URL_OPTIONS)
+    for pair in filter(None, query.split("&")):
+        raw_name, sep, value = pair.partition("=")
+        name = unquote(raw_name).lower()
+        if not sep or not re.fullmatch(r"[a-z_]{1,40}", name):
+            raise DatabaseMisconfigured(
+                f"DATABASE_URL has an option that is not a libpq option name (honoured: {honoured})"
+            )
+        if name not in URL_OPTIONS:
+            why = _URL_OPTIONS_ELSEWHERE.get(name, f"not supported (honoured: {honoured})")
+            raise DatabaseMisconfigured(f"DATABASE_URL option {name!r} is not used: {why}")
+        options[name] = unquote(value)
+    return options
 
 
 def parse_database_url(url: str) -> ConnectParams:
-    """`postgresql://user:pass@host:port/db`, or `...@/db?host=/socket/dir` for a Unix socket.
+    """`postgresql://user:pass@host:port/db?option=value`, libpq's URI form, where the options
+    `host` (a directory for a Unix socket), `port`, `user`, `password`, `dbname` and
+    `sslmode` win over the URL's parts; any other option is refused by name.
 
     The user info ends at the last '@': a password with an unescaped '/', '?', '#' or '@'
     still parses, and no part of it can end up in the host, database or an error message.
@@ -76,31 +105,43 @@ def parse_database_url(url: str) -> ConnectParams:
     if not sep or scheme.lower() not in ("postgres", "postgresql"):
         raise DatabaseMisconfigured("DATABASE_URL must start with postgresql:// or postgres://")
     userinfo, _, location = rest.rpartition("@")
-    user, _, password = userinfo.partition(":")
+    user, has_password, password = userinfo.partition(":")
     try:
         parts = urlsplit("postgresql://" + location)  # no credentials left in what is parsed
-    except ValueError:  # an unclosed IPv6 bracket, say; its message would quote the host
-        raise DatabaseMisconfigured("DATABASE_URL has a malformed host") from None
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        url_port = parts.port
+    except ValueError:  # an unclosed IPv6 bracket, a bad port; its message would quote the host
+        raise DatabaseMisconfigured("DATABASE_URL has a malformed host or port") from None
+    options = _url_options(parts.query)
+    if has_password and "password" in options:
+        raise DatabaseMisconfigured(
+            "DATABASE_URL has a password both before the '@' and in ?password=; keep one"
+        )
     try:
-        port = parts.port or int(query.get("port", "5432"))
+        port = int(options["port"]) if "port" in options else url_port or 5432
     except ValueError:
         raise DatabaseMisconfigured(_BAD_PORT) from None
     if not 0 < port < 65536:
         raise DatabaseMisconfigured(_BAD_PORT)
-    host = query.get("host") or parts.hostname
+    ssl_mode = options.get("sslmode", "disable").lower()
+    if ssl_mode not in SSL_MODES:  # as DB_SSL_MODE is checked (the value is not repeated)
+        raise DatabaseMisconfigured(f"DATABASE_URL's sslmode must be one of {', '.join(SSL_MODES)}")
+    host = options.get("host") or parts.hostname
     unix_sock = None
     if host and host.startswith("/"):
         unix_sock, host = f"{host}/.s.PGSQL.{port}", None
-    database = unquote(parts.path.lstrip("/")) or "postgres"
+    database = options.get("dbname") or unquote(parts.path.lstrip("/")) or "postgres"
+    if "password" in options:
+        secret: str | None = options["password"]
+    else:
+        secret = unquote(password) if password else None
     return ConnectParams(
-        user=unquote(user) or "postgres",
-        password=unquote(password) if password else None,
+        user=options.get("user") or unquote(user) or "postgres",
+        password=secret,
         host=host or ("localhost" if unix_sock is None else None),
         port=port,
         unix_sock=unix_sock,
         database=database,
-        ssl_mode=query.get("sslmode", "disable"),
+        ssl_mode=ssl_mode,
     )
 
 

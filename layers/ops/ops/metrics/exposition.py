@@ -12,6 +12,7 @@ read as a reset, and rate() would count its whole value again.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,22 +30,55 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 Live = Mapping[str, Sequence[tuple[str, float]]]
 
 
+def _split_unquoted(text: str, sep: str) -> list[str]:
+    """`text` split at `sep` outside double-quoted strings (which may escape with `\\`)."""
+    if '"' not in text:
+        return text.split(sep)
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])  # a quoted-pair stands for its character
+    return value
+
+
 def wants_openmetrics(accept: str | None) -> bool:
-    """True when the Accept header ranks OpenMetrics 1.0.0 at least as high as plain text."""
+    """True when the Accept header ranks OpenMetrics 1.0.0 at least as high as plain text.
+
+    Media types and parameter names in any case, whitespace around separators, and
+    parameter values quoted or not (`version="1.0.0"`), as RFC 9110 allows."""
     openmetrics = text = 0.0
-    for item in (accept or "").split(","):
-        media, *params = (p.strip() for p in item.split(";"))
+    for item in _split_unquoted(accept or "", ","):
+        media, *params = (p.strip() for p in _split_unquoted(item, ";"))
         q, version = 1.0, None
         for param in params:
             key, _, value = param.partition("=")
             key = key.strip().lower()
             if key == "q":
                 try:
-                    q = float(value)
+                    q = float(_unquote(value))
                 except ValueError:
                     q = 0.0
             elif key == "version":
-                version = value.strip()
+                version = _unquote(value)
         media = media.lower()
         if media == "application/openmetrics-text" and version in (None, "1.0.0"):
             openmetrics = max(openmetrics, q)
