@@ -4,9 +4,23 @@
   within SHUTDOWN_BUDGET_S, then the previous handler runs (or the process dies of
   the signal as it would have). Lambda sends SIGTERM to the function process only
   once an extension is registered, so on Lambda an internal extension with no
-  events is registered at init (a few hundred microseconds; its thread then waits
-  for an event that never comes). Lambda allows the runtime 300 ms (500 ms with an
-  internal extension) before SIGKILL.
+  events is registered at init (its thread then waits for an event that never
+  comes). Lambda allows the runtime 300 ms (500 ms with an internal extension)
+  before SIGKILL.
+* Whichever thread the runtime client polls on: awslambdaric waits for the next
+  invocation on the main thread, inside its C extension, unless AWS_EXECUTION_ENV
+  names a runtime it lists for thread polling (python3.12+ in 4.2.2). A Python signal
+  handler runs only when the main thread returns to Python, which it never does
+  there. So the signal is also taken through `signal.set_wakeup_fd`: CPython's C
+  handler writes the signal number to a pipe from whichever thread receives it,
+  and a watcher thread starts the flush at once. The Python handler, if the main
+  thread runs it, joins that flush and then runs the previous handler (or dies of
+  the signal). If it has not started once the flush is over (plus SIGNAL_GRACE_S),
+  the main thread is stuck in C: the watcher ends the process with status 0.
+  (Blocking the signal and `sigwait`ing for it instead would be inherited by every
+  child process, and a thread started before install would still die of it unflushed.)
+  A process whose wakeup fd another library holds (an asyncio loop's signal
+  handlers) keeps the Python handler only, and says so in the log.
 * Deadline: during an invocation, once less than 2 x METRICS_FLUSH_TIMEOUT_MS
   remains, pending deltas are handed to the courier, so a timeout loses nothing
   recorded before it.
@@ -22,8 +36,10 @@ import atexit
 import os
 import signal
 import socket
+import sys
 import threading
 import time
+from contextlib import suppress
 from queue import Empty, SimpleQueue
 from types import FrameType
 from typing import Any
@@ -35,6 +51,7 @@ from ops.log import logger
 # load on first use, never at init (cold start).
 
 SHUTDOWN_BUDGET_S = 0.25
+SIGNAL_GRACE_S = 0.05  # after the flush, for a main thread that can run Python to take over
 IDLE_MIN_S = 1.0
 EXTENSION_NAME = "ops-metrics-shutdown-flush"
 EXTENSION_API = "/2020-01-01/extension"
@@ -43,6 +60,10 @@ REGISTER_TIMEOUT_S = 0.5
 _installed = False
 _previous: dict[int, Any] = {}
 _watchdog: _Watchdog | None = None
+_signal_pipe: tuple[int, int] | None = None  # (read, write) of the wakeup fd; ours
+_handler_ran = threading.Event()  # the main thread reached _on_signal
+_running: _Shutdown | None = None  # the shutdown flush in progress: later callers join it
+_running_lock = threading.Lock()
 
 
 def deadline_margin_s() -> float:
@@ -164,17 +185,70 @@ def flush_at_shutdown() -> bool:
 
     The work runs on the watchdog thread: called from a signal handler, the main
     thread may hold a lock the flush needs, and then the wait simply times out.
+    A call while another caller's flush runs (the signal watcher and the Python
+    handler, for one signal) waits for that flush instead of starting a second.
     """
-    job = _Shutdown()
-    if _watchdog is not None and _watchdog.thread.is_alive():
-        _watchdog.inbox.put(("shutdown", job))
+    global _running
+    with _running_lock:
+        job, joined = (_running, True) if _running is not None else (_Shutdown(), False)
+        _running = job
+    try:
+        if joined:
+            pass
+        elif _watchdog is not None and _watchdog.thread.is_alive():
+            _watchdog.inbox.put(("shutdown", job))
+        else:
+            job.run()
         job.done.wait(SHUTDOWN_BUDGET_S + 0.05)
-    else:
-        job.run()
+    finally:
+        with _running_lock:
+            if _running is job and job.done.is_set():
+                _running = None
     return job.stored
 
 
+def _watch_signals(read_fd: int) -> None:
+    """The wakeup fd's reader: flush on SIGTERM/SIGINT even while the main thread is
+    inside C code, then end the process if the main thread cannot (see the docstring)."""
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signum in _previous:
+                _after_signal(signum)
+
+
+def _after_signal(signum: int) -> None:
+    started = time.monotonic()
+    stored = flush_at_shutdown()
+    if _handler_ran.wait(SIGNAL_GRACE_S):
+        _handler_ran.clear()  # a later signal (after a handled SIGINT) is watched afresh
+        return  # the main thread runs Python: it runs the previous handler too
+    logger.info(
+        "shutdown flush done; the main thread is inside C code (the runtime client's poll):"
+        " exiting",
+        extra={
+            "type": "metrics_flush",
+            "status": "exit",
+            "signal": signal.Signals(signum).name,
+            "stored": stored,
+            "durationMs": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _handler_ran.set()
     flush_at_shutdown()
     previous = _previous.get(signum)
     if callable(previous):
@@ -196,6 +270,38 @@ def _install_signal_handlers() -> None:
             continue  # an ignored signal stays ignored (gateway workers ignore Ctrl-C)
         _previous[signum] = current
         signal.signal(signum, _on_signal)
+    if _previous:
+        _install_signal_watcher()
+
+
+def _install_signal_watcher() -> None:
+    global _signal_pipe
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # the C handler must never block
+    try:
+        old = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:
+        old = None
+    ours = _signal_pipe is not None and old == _signal_pipe[1]  # a forked child's copy
+    if old is None or (old != -1 and not ours):
+        if old is not None:
+            signal.set_wakeup_fd(old)  # another library's (an asyncio loop): left to it
+        os.close(read_fd)
+        os.close(write_fd)
+        logger.warning(
+            "the signal wakeup fd is in use: the shutdown flush runs only when the main"
+            " thread can run Python (not while it waits inside C code)",
+            extra={"type": "metrics_flush"},
+        )
+        return
+    if ours and _signal_pipe is not None:
+        for fd in _signal_pipe:
+            with suppress(OSError):
+                os.close(fd)
+    _signal_pipe = (read_fd, write_fd)
+    threading.Thread(
+        target=_watch_signals, args=(read_fd,), name="metrics-signals", daemon=True
+    ).start()
 
 
 def _request(
