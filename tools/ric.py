@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,7 +50,8 @@ class RicFunction:
         polling: str = "thread",
         execution_env: str | None = "",
         register_status: int | None = 200,
-        stderr: int | IO[Any] | None = subprocess.DEVNULL,
+        capture: bool = True,
+        bootstrap: list[str] | None = None,
     ) -> None:
         spec = functions()[function]
         self.spec = spec
@@ -79,14 +81,20 @@ class RicFunction:
         if execution_env is not None:
             environment["AWS_EXECUTION_ENV"] = execution_env
         environment.update(env)
+        # The function's stdout and stderr (logs, EMF), for json_lines(); else discarded.
+        self.log: IO[str] | None = (
+            tempfile.TemporaryFile(mode="w+") if capture else None  # noqa: SIM115 - close()
+        )
+        output = self.log if self.log is not None else subprocess.DEVNULL
         self.started_at = time.monotonic()
+        # `bootstrap`: another command line in place of awslambdaric's (benchmark variants).
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "awslambdaric", spec.handler],
+            bootstrap or [sys.executable, "-m", "awslambdaric", spec.handler],
             cwd=spec.code_dir,
             env=environment,
             stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
+            stdout=output,
+            stderr=output,
         )
 
     def wait_init(self, timeout_s: float = 30.0) -> float:
@@ -117,6 +125,13 @@ class RicFunction:
         ctype = (reply.get("headers") or {}).get("Content-Type", "")
         return int(reply["statusCode"]), json.loads(body) if "json" in ctype else body
 
+    def json_lines(self) -> list[dict[str, Any]]:
+        """Every JSON line the function printed so far (Powertools logs, EMF)."""
+        if self.log is None:
+            return []
+        self.log.seek(0)
+        return [json.loads(line) for line in self.log if line.startswith("{")]
+
     def freeze(self) -> None:
         self.proc.send_signal(signal.SIGSTOP)
 
@@ -141,3 +156,5 @@ class RicFunction:
             self.proc.kill()
             self.proc.wait(10)
         self.api.close()
+        if self.log is not None:
+            self.log.close()

@@ -37,6 +37,7 @@ class Invocation:
     outcome: str | None = None  # "response" or "error"
     body: Any = None
     answered_at: float | None = None  # monotonic
+    answered_wall_ms: int = 0  # epoch milliseconds, to compare with deadline_ms
 
     def headers(self, function_name: str) -> dict[str, str]:
         return {
@@ -110,6 +111,7 @@ class RuntimeApiStandIn:
                         return
                     invocation.outcome, invocation.body = kind, body
                     invocation.answered_at = time.monotonic()
+                    invocation.answered_wall_ms = int(time.time() * 1000)
                     invocation.answered.set()
                     self._reply(202)
                 else:

@@ -26,8 +26,8 @@ from tests.support.db import SQL, runner
 from tests.support.metrics import metrics_database, truncate_metrics
 from tools import ROOT
 from tools.apigw import proxy_event
-from tools.extensions_api import RuntimeApiStandIn
 from tools.runtime import functions
+from tools.runtime_api import RuntimeApiStandIn
 from tools.worker import spawn
 
 PROBES = ("/health/live", "/health", "/health/ready")

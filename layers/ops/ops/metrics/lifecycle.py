@@ -35,17 +35,20 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from contextlib import suppress
 from queue import Empty, SimpleQueue
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ops import deadline
 from ops.config import settings
 from ops.log import logger
+
+if TYPE_CHECKING:
+    from http.client import HTTPConnection
 
 # ops.metrics.flushing and the store import the database driver and Powertools Metrics: they
 # load on first use, never at init (cold start).
@@ -165,14 +168,7 @@ def begin_invocation(context: Any) -> None:
     """Watch this invocation's deadline (from context.get_remaining_time_in_millis)."""
     if _watchdog is None:
         return
-    deadline = None
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(remaining):
-        try:
-            deadline = time.monotonic() + float(remaining()) / 1000.0
-        except (TypeError, ValueError):
-            deadline = None
-    _watchdog.inbox.put(("begin", deadline))
+    _watchdog.inbox.put(("begin", deadline.from_context(context)))
 
 
 def end_invocation() -> None:
@@ -220,7 +216,7 @@ def _watch_signals(read_fd: int) -> None:
         if not data:
             return
         for signum in data:
-            if signum in _previous:
+            if signal.getsignal(signum) is _on_signal:
                 _after_signal(signum)
 
 
@@ -270,7 +266,7 @@ def _install_signal_handlers() -> None:
             continue  # an ignored signal stays ignored (gateway workers ignore Ctrl-C)
         _previous[signum] = current
         signal.signal(signum, _on_signal)
-    if _previous:
+    if _previous and _signal_pipe is None:
         _install_signal_watcher()
 
 
@@ -282,8 +278,7 @@ def _install_signal_watcher() -> None:
         old = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     except ValueError:
         old = None
-    ours = _signal_pipe is not None and old == _signal_pipe[1]  # a forked child's copy
-    if old is None or (old != -1 and not ours):
+    if old != -1:
         if old is not None:
             signal.set_wakeup_fd(old)  # another library's (an asyncio loop): left to it
         os.close(read_fd)
@@ -294,75 +289,83 @@ def _install_signal_watcher() -> None:
             extra={"type": "metrics_flush"},
         )
         return
-    if ours and _signal_pipe is not None:
-        for fd in _signal_pipe:
-            with suppress(OSError):
-                os.close(fd)
     _signal_pipe = (read_fd, write_fd)
+    _start_signal_watcher(read_fd)
+
+
+def _start_signal_watcher(read_fd: int) -> None:
     threading.Thread(
         target=_watch_signals, args=(read_fd,), name="metrics-signals", daemon=True
     ).start()
 
 
-def _request(
-    api: str, method: str, path: str, headers: dict[str, str], body: bytes
-) -> socket.socket:
+def _signal_pipe_of_own_after_fork() -> None:
+    """A forked child shares the parent's pipe: its signals would wake the parent's
+    watcher. The wakeup fd's number is pointed at a new pipe that a new thread watches."""
+    global _signal_pipe, _running
+    _running = None
+    _handler_ran.clear()
+    if _signal_pipe is None:
+        return
+    old_read, write_fd = _signal_pipe
+    read_fd, new_write = os.pipe()
+    os.set_blocking(new_write, False)
+    os.dup2(new_write, write_fd, inheritable=False)  # the number the C handler writes to
+    os.close(new_write)
+    os.close(old_read)
+    _signal_pipe = (read_fd, write_fd)
+    _start_signal_watcher(read_fd)
+
+
+os.register_at_fork(after_in_child=_signal_pipe_of_own_after_fork)
+
+
+def _connection(api: str) -> HTTPConnection:
+    from http.client import HTTPConnection  # ~1 ms after awslambdaric's imports (README)
+
     host, _, port = api.rpartition(":")
-    sock = socket.create_connection((host or "127.0.0.1", int(port)), timeout=REGISTER_TIMEOUT_S)
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    sock.sendall(
-        f"{method} {path} HTTP/1.1\r\nHost: {api}\r\n{head}"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-        + body
-    )
-    return sock
-
-
-def _read_head(sock: socket.socket) -> tuple[int, dict[str, str]]:
-    data = b""
-    while b"\r\n\r\n" not in data and len(data) < 65536:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
+    return HTTPConnection(host or "127.0.0.1", int(port), timeout=REGISTER_TIMEOUT_S)
 
 
 def register_extension(api: str) -> str | None:
     """Register an internal extension with no events; returns its identifier.
 
-    Plain sockets (http.client costs ~14 ms of imports at cold start). Lambda ends
-    the Init phase only when every registered extension has asked for its next
-    event, so a daemon thread asks and then waits forever: no event is ever sent.
+    Lambda ends the Init phase only when every registered extension has asked for its
+    next event, so a daemon thread asks and then waits forever: no event is ever sent.
+    A Runtime API that does not answer costs init at most REGISTER_TIMEOUT_S.
     """
-    sock = _request(
-        api,
-        "POST",
-        f"{EXTENSION_API}/register",
-        {"Lambda-Extension-Name": EXTENSION_NAME, "Content-Type": "application/json"},
-        b'{"events":[]}',
-    )
-    with sock:
-        status, headers = _read_head(sock)
-    identifier = headers.get("lambda-extension-identifier")
+    conn = _connection(api)
+    try:
+        conn.request(
+            "POST",
+            f"{EXTENSION_API}/register",
+            body=b'{"events":[]}',
+            headers={"Lambda-Extension-Name": EXTENSION_NAME, "Content-Type": "application/json"},
+        )
+        reply = conn.getresponse()
+        reply.read()
+        status, identifier = reply.status, reply.getheader("Lambda-Extension-Identifier")
+    finally:
+        conn.close()
     if status != 200 or not identifier:
         raise OSError(f"extension registration answered HTTP {status}")
 
     def wait_forever() -> None:
+        waiting = _connection(api)
         try:
-            headers = {"Lambda-Extension-Identifier": identifier}
-            with _request(api, "GET", f"{EXTENSION_API}/event/next", headers, b"") as conn:
-                conn.settimeout(None)
-                while conn.recv(4096):
-                    pass
-        except OSError:
+            waiting.connect()
+            assert waiting.sock is not None
+            waiting.sock.settimeout(None)  # the event never comes: wait as long as we live
+            waiting.request(
+                "GET",
+                f"{EXTENSION_API}/event/next",
+                headers={"Lambda-Extension-Identifier": identifier},
+            )
+            waiting.getresponse().read()
+        except Exception:  # the Runtime API went away: nothing to wait for
             pass
+        finally:
+            waiting.close()
 
     threading.Thread(target=wait_forever, name="metrics-extension", daemon=True).start()
     return identifier
