@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,16 +141,25 @@ class RicFunction:
 
     def shutdown(self, kill_after_s: float = SHUTDOWN_KILL_S) -> Ending:
         """Lambda's shutdown: SIGTERM, then SIGKILL if the process still runs."""
+        # A blocking wait on its own thread sees the exit at once (Popen.wait(timeout)
+        # polls, up to 50 ms late).
+        exited = threading.Event()
+        ended_at: list[float] = []
+
+        def reap() -> None:
+            self.proc.wait()
+            ended_at.append(time.monotonic())
+            exited.set()
+
+        waiter = threading.Thread(target=reap, daemon=True)
         started = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
-        killed = False
-        try:
-            self.proc.wait(kill_after_s)
-        except subprocess.TimeoutExpired:
-            killed = True
+        waiter.start()
+        killed = not exited.wait(kill_after_s)
+        if killed:
             self.proc.kill()
-            self.proc.wait(10)
-        return Ending(self.proc.returncode, time.monotonic() - started, killed)
+        waiter.join(10)
+        return Ending(self.proc.returncode, ended_at[0] - started, killed)
 
     def close(self) -> None:
         if self.proc.poll() is None:

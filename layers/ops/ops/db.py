@@ -1,4 +1,6 @@
-"""One PostgreSQL connection per container: opened lazily, reused, reopened once when stale.
+"""PostgreSQL connections per container, opened lazily, reused, reopened once when stale:
+the container's (`get_db`: checks, handlers, the scrape's reads) and the metrics store's
+own (`store_db`: flushes), so that neither waits behind the other.
 
 Connection parameters come from `DATABASE_URL` (local, tests) or from the
 RDS-managed secret named by `DB_SECRET_ARN` (AWS), with `DB_HOST` pointing at an
