@@ -3,8 +3,8 @@
 A check runs on a daemon worker thread (reused: ops.workers) that the request
 waits on for at most the budget: its configured one, shrunk to end ANSWER_MARGIN_S
 before the invocation's deadline (ops.deadline), so that the answer, a 503 if need
-be, always leaves before Lambda times the invocation out. A database that accepts and never answers
-therefore becomes a failed check (and a 503, or `database_up 0` on /metrics) on
+be, always leaves before Lambda times the invocation out. A database that accepts
+and never answers therefore becomes a failed check (and a 503, or `database_up 0` on /metrics) on
 time, and its connection is dropped so that the next invocation starts fresh
 instead of queueing behind the hung read.
 
