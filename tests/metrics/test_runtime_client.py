@@ -21,9 +21,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.metrics.test_metrics_shutdown import stored_probe_requests
 from tests.support.db import SQL, runner
-from tests.support.metrics import metrics_database, truncate_metrics
+from tests.support.metrics import metrics_database, stored_probe_requests, truncate_metrics
 from tools.apigw import proxy_event
 from tools.ric import RicFunction
 from tools.tcp_proxy import DelayProxy

@@ -321,7 +321,7 @@ os.register_at_fork(after_in_child=_signal_pipe_of_own_after_fork)
 
 
 def _connection(api: str) -> HTTPConnection:
-    from http.client import HTTPConnection  # ~1 ms after awslambdaric's imports (README)
+    from http.client import HTTPConnection  # measured: benchmarks/README.md (shutdown)
 
     host, _, port = api.rpartition(":")
     return HTTPConnection(host or "127.0.0.1", int(port), timeout=REGISTER_TIMEOUT_S)
