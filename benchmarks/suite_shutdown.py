@@ -27,14 +27,14 @@ from pathlib import Path
 from benchmarks.stats import nearest_rank
 from benchmarks.suite_health import database
 from tools.apigw import proxy_event
-from tools.ric import RicFunction
+from tools.ric import POLLING, RicFunction
 
 TARGET_SHUTDOWN_P99_MS = 150.0
 TARGET_COLD_START_MS = 5.0
 VISIBLE_MS = 1.0  # less than this per cold start is no reason to keep hand-written HTTP
 KILL_S = 0.5
-POLLING = {"thread": "AWS_Lambda_python3.13", "main": "AWS_Lambda_python3.11"}
 INVOCATIONS = 30
+MODES = ("thread", "main")  # tools.ric.POLLING: "unset" polls as "main" does
 ROUNDS = {True: (6, 8), False: (30, 40)}  # quick / full: (shutdown rounds, cold rounds)
 
 
@@ -169,14 +169,14 @@ def run(quick: bool) -> str:
     shutdown_rounds, cold_rounds = ROUNDS[quick]
     load = os.getloadavg()
     started = time.monotonic()
-    shutdown: dict[str, list[float]] = {mode: [] for mode in POLLING}
+    shutdown: dict[str, list[float]] = {mode: [] for mode in MODES}
     killed = 0
     cold: dict[str, list[float]] = {variant: [] for variant in COLD_VARIANTS}
     register: dict[str, list[tuple[float, float]]] = {variant: [] for variant in COLD_VARIANTS}
     timing = Path(tempfile.mkdtemp(prefix="bench-shutdown-")) / "registration.json"
     with database() as url:
         for _ in range(shutdown_rounds):
-            for mode in POLLING:
+            for mode in MODES:
                 ms, was_killed = shutdown_sample(url, mode)
                 shutdown[mode].append(ms)
                 killed += was_killed

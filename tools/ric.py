@@ -5,8 +5,7 @@ Lambda's shutdown sequence (SIGTERM, SIGKILL 500 ms later) and freezes (SIGSTOP/
 
 awslambdaric waits for the next invocation on a background thread only for the runtimes
 listed in its LambdaConfigProvider (keyed on AWS_EXECUTION_ENV); otherwise on the main
-thread, inside its C extension. `polling` picks the mode: "thread" sets a listed
-AWS_EXECUTION_ENV, "main" an unlisted one (None as a container image without it).
+thread, inside its C extension: `execution_env` (POLLING) picks the mode.
 Used by the tests under tests/metrics and by benchmarks/suite_shutdown.
 """
 
@@ -30,7 +29,13 @@ from tools.runtime import functions
 from tools.runtime_api import RuntimeApiStandIn
 
 SHUTDOWN_KILL_S = 0.5  # Lambda's SIGKILL after SIGTERM with an internal extension registered
-EXECUTION_ENV = {"thread": "AWS_Lambda_python3.13", "main": "AWS_Lambda_python3.11"}
+# AWS_EXECUTION_ENV by the way awslambdaric 4.2.2 then polls: a runtime it lists for thread
+# polling, one it does not, and none (a container image): the main thread too.
+POLLING: dict[str, str | None] = {
+    "thread": "AWS_Lambda_python3.13",
+    "main": "AWS_Lambda_python3.11",
+    "unset": None,
+}
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,7 @@ class RicFunction:
         function: str,
         env: Mapping[str, str],
         *,
-        polling: str = "thread",
-        execution_env: str | None = "",
+        execution_env: str | None = POLLING["thread"],
         register_status: int | None = 200,
         capture: bool = True,
         bootstrap: list[str] | None = None,
@@ -77,8 +81,6 @@ class RicFunction:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        if execution_env == "":
-            execution_env = EXECUTION_ENV[polling]
         if execution_env is not None:
             environment["AWS_EXECUTION_ENV"] = execution_env
         environment.update(env)

@@ -24,13 +24,8 @@ import pytest
 from tests.support.db import SQL, runner
 from tests.support.metrics import metrics_database, stored_probe_requests, truncate_metrics
 from tools.apigw import proxy_event
-from tools.ric import RicFunction
+from tools.ric import POLLING, RicFunction
 from tools.tcp_proxy import DelayProxy
-
-# AWS_EXECUTION_ENV: one that awslambdaric polls on a thread for, one it polls on the
-# main thread for, and none (a container image).
-POLLING = {"thread": "AWS_Lambda_python3.13", "main": "AWS_Lambda_python3.11", "unset": None}
-KILL_S = 0.5
 
 
 @pytest.fixture(scope="module")
