@@ -284,9 +284,8 @@ def flush_before_exit(budget_s: float) -> bool:
         if series:
             m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason=reason).inc(series)
     logger.error(
-        "metrics deltas not confirmed stored before the container ended: "
-        f"{lost} series lost (never stored), {unconfirmed} unconfirmed (sent without a reply:"
-        " they may have been stored)",
+        "metrics deltas not confirmed stored before the container ended (lostSeries: never"
+        " stored; unconfirmedSeries: sent without a reply, maybe stored)",
         extra={
             "type": "metrics_flush",
             "status": "lost" if lost else "unconfirmed",
