@@ -1,53 +1,42 @@
-"""What the shutdown flush costs (issue 8): SIGTERM to flushed, and cold start with the
-Lambda extension registration against the same function without it.
+"""What the shutdown flush costs (issues 8 and 19), under the real runtime client
+(awslambdaric, tools.ric) against a loopback Runtime API + Extensions API stand-in.
 
-1. SIGTERM to exit, gateway-worker processes (tools.worker, the health function) on a
-   loopback PostgreSQL, METRICS_FLUSH_INTERVAL_S=600 so that everything served is still
-   pending when SIGTERM comes. The worker exits (dies of SIGTERM) right after the flush,
-   so SIGTERM-to-exit bounds SIGTERM-to-flushed; every sample's stored total is checked
-   against the requests served. Variants, interleaved:
-     liveness  only /health/live served: the flush also opens the first connection
-     probes    /health, /health/ready, /health/live: connected, several series pending
-     empty     probes served and flushed before SIGTERM: the signal path alone (baseline)
-2. Cold start: a fresh interpreter imports the health function and answers one
-   /health/live, with AWS_LAMBDA_RUNTIME_API pointing at a loopback stand-in (the
-   extension registers at import) and without it (no registration), interleaved.
+1. SIGTERM to exit of the health function that served 30 invocations (liveness and
+   checks), all but the first few still pending (`METRICS_FLUSH_INTERVAL_S=600`), on a
+   loopback PostgreSQL, in both ways awslambdaric polls: on a background thread
+   (AWS_EXECUTION_ENV python3.13) and on the main thread inside its C code (python3.11).
+   The process exits right after the flush, so SIGTERM-to-exit bounds SIGTERM-to-flushed;
+   every sample's stored total is checked against the requests it served.
+2. Cold start: process start to the first `/health/live` answer (init, the runtime's
+   first poll, one invocation), the extension registered with `http.client` (the code),
+   with the previous raw-socket client (kept here only as the comparison), and not
+   registered at all; variants interleaved, paired per round.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
+import shutil
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
 from benchmarks.stats import nearest_rank
 from benchmarks.suite_health import database
-from tools import LAYER_DIR
 from tools.apigw import proxy_event
-from tools.extensions_api import RuntimeApiStandIn
-from tools.runtime import functions
-from tools.worker import spawn
+from tools.ric import POLLING, RicFunction
 
-TARGET_SHUTDOWN_MS = 300.0  # Lambda allows the runtime 300 ms (500 with an internal extension)
+TARGET_SHUTDOWN_P99_MS = 150.0
 TARGET_COLD_START_MS = 5.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    shutdown_rounds: int
-    invocations: int
-    cold_rounds: int
-
-
-QUICK = Plan(shutdown_rounds=8, invocations=30, cold_rounds=8)
-FULL = Plan(shutdown_rounds=40, invocations=30, cold_rounds=30)
-
-PROBES = {"liveness": ("/health/live",), "probes": ("/health", "/health/ready", "/health/live")}
+# A saving under this share of a cold start is no reason to keep hand-written HTTP.
+VISIBLE_SHARE = 0.01
+KILL_S = 0.5
+INVOCATIONS = 30
+MODES = ("thread", "main")  # tools.ric.POLLING: "unset" polls as "main" does
+ROUNDS = {True: (6, 8), False: (30, 40)}  # quick / full: (shutdown rounds, cold rounds)
 
 
 def _stored_requests(url: str) -> int:
@@ -55,6 +44,7 @@ def _stored_requests(url: str) -> int:
 
     conn = connect_url(url, timeout_s=10)
     try:
+        conn.run("SET statement_timeout = 10000")
         ((total,),) = conn.run(
             "SELECT coalesce(sum(v.value), 0) FROM metric_values v JOIN metric_series s "
             "ON s.id = v.series_id WHERE s.family = 'http_requests_total'"
@@ -74,228 +64,219 @@ def _truncate(url: str) -> None:
         conn.close()
 
 
-def _worker(url: str, interval_s: str) -> subprocess.Popen[str]:
-    env = {
-        "DATABASE_URL": url,
-        "METRICS_FLUSH_INTERVAL_S": interval_s,
-        "POWERTOOLS_METRICS_NAMESPACE": "Bench",
-    }
-    return spawn(functions()["HealthFunction"], env, stderr=subprocess.DEVNULL)
-
-
-def _invoke(proc: subprocess.Popen[str], path: str) -> None:
-    assert proc.stdin is not None and proc.stdout is not None
-    event = proxy_event(method="GET", path=path, resource=path)
-    proc.stdin.write(json.dumps({"event": event, "timeout_s": 10}) + "\n")
-    proc.stdin.flush()
-    reply = json.loads(proc.stdout.readline())
-    assert reply["ok"], reply
-
-
-def shutdown_sample(url: str, variant: str, invocations: int) -> float:
-    """Milliseconds from SIGTERM to the worker's exit; checks the stored total."""
+def shutdown_sample(url: str, polling: str) -> tuple[float, bool, int]:
+    """(ms from SIGTERM to exit, killed, exit status); checks the stored total."""
     _truncate(url)
-    if variant == "empty":
-        proc = _worker(url, "0")
-        paths = PROBES["probes"]
-    else:
-        proc = _worker(url, "600")
-        paths = PROBES[variant]
+    env = {"DATABASE_URL": url, "METRICS_FLUSH_INTERVAL_S": "600"}
+    env["POWERTOOLS_METRICS_NAMESPACE"] = "Bench"
+    fn = RicFunction("HealthFunction", env, execution_env=POLLING[polling], capture=False)
     try:
-        for i in range(invocations):
-            _invoke(proc, paths[i % len(paths)])
-        if variant == "empty":  # let the idle flush store everything first
-            deadline = time.monotonic() + 10
-            while _stored_requests(url) < invocations and time.monotonic() < deadline:
-                time.sleep(0.05)
-        elif _stored_requests(url) > 1:  # a new container's first call is stored at once
-            raise AssertionError("deltas were stored before SIGTERM: the sample measures nothing")
-        started = time.perf_counter()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        fn.wait_init()
+        for i in range(INVOCATIONS):
+            status, _ = fn.get("/health" if i % 5 == 0 else "/health/live")
+            if status != 200:
+                raise AssertionError(f"{polling}: answered {status}")
+        ending = fn.shutdown(KILL_S)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+        fn.close()
     stored = _stored_requests(url)
-    if stored != invocations:
-        raise AssertionError(f"{variant}: stored {stored} of {invocations} requests served")
-    return elapsed_ms
+    if stored != INVOCATIONS:
+        raise AssertionError(f"{polling}: stored {stored} of {INVOCATIONS} requests served")
+    return ending.seconds * 1000.0, ending.killed, ending.returncode
 
 
-COLD_CHILD = r"""
-import sys, time
-t0 = time.perf_counter()
-layer, code_dir, event = sys.argv[1], sys.argv[2], sys.argv[3]
-sys.path[:0] = [code_dir, layer]
-import ops.metrics.lifecycle as lifecycle  # imported by app anyway; timed the same in both
-register, registration_ms, registration_cpu_ms = lifecycle.register_extension, [0.0], [0.0]
-def timed_register(api):
-    started, cpu = time.perf_counter(), time.thread_time()
-    try:
-        return register(api)
-    finally:
-        registration_ms[0] = (time.perf_counter() - started) * 1000
-        registration_cpu_ms[0] = (time.thread_time() - cpu) * 1000
-lifecycle.register_extension = timed_register
-import app
-t1 = time.perf_counter()
-class Context:
-    function_name = "HealthFunction"
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:local:000000000000:function:HealthFunction"
-    memory_limit_in_mb = 256
-    aws_request_id = "bench"
-    log_group_name = "/aws/lambda/HealthFunction"
-    log_stream_name = "bench"
-    def get_remaining_time_in_millis(self):
-        return 6000
-import json
-status = app.lambda_handler(json.loads(event), Context())["statusCode"]
-t2 = time.perf_counter()
-sample = {
-    "import_ms": (t1 - t0) * 1000,
-    "total_ms": (t2 - t0) * 1000,
-    "cpu_ms": time.process_time() * 1000,  # every thread of the process, from its start
-    "registration_ms": registration_ms[0],
-    "registration_cpu_ms": registration_cpu_ms[0],
-    "status": status,
-}
-sys.__stderr__.write("@@bench@@" + json.dumps(sample) + "\n")
+# The extension client before issue 19 (HTTP/1.1 written on a socket): the comparison only.
+RAW_REGISTER = r"""
+import socket, threading
+def raw_register(api):
+    host, _, port = api.rpartition(":")
+    def request(method, path, headers, body):
+        sock = socket.create_connection((host, int(port)), timeout=0.5)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {api}\r\n{head}Content-Length:"
+                     f" {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        return sock
+    sock = request("POST", "/2020-01-01/extension/register",
+                   {"Lambda-Extension-Name": lifecycle.EXTENSION_NAME}, b'{"events":[]}')
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    ident = dict(l.split(": ", 1) for l in lines[1:]).get("Lambda-Extension-Identifier")
+    def wait():
+        with request("GET", "/2020-01-01/extension/event/next",
+                     {"Lambda-Extension-Identifier": ident}, b"") as conn:
+            conn.settimeout(None)
+            while conn.recv(4096):
+                pass
+    threading.Thread(target=wait, daemon=True).start()
+    return ident
 """
+# The registration is timed in the function process (wall and this thread's CPU) and
+# written to the file named by argv[3]: the stand-in answering is in the wall time.
+BOOT = (
+    "import sys, time, json\n"
+    "import ops.metrics.lifecycle as lifecycle\n"  # the same imports in every variant
+    + RAW_REGISTER
+    + "variant, out = sys.argv[1], sys.argv[3]\n"
+    "register = {'none': lambda api: None, 'raw': raw_register}.get(variant,"
+    " lifecycle.register_extension)\n"
+    "def timed(api):\n"
+    "    wall, cpu = time.perf_counter(), time.thread_time()\n"
+    "    try:\n"
+    "        return register(api)\n"
+    "    finally:\n"
+    "        with open(out, 'w') as f:\n"
+    "            json.dump([(time.perf_counter() - wall) * 1000,"
+    " (time.thread_time() - cpu) * 1000], f)\n"
+    "lifecycle.register_extension = timed\n"
+    "from awslambdaric.__main__ import main\n"
+    "main([sys.argv[0], sys.argv[2]])\n"
+)
+COLD_VARIANTS = {
+    "none": "no extension registered",
+    "http.client": "registered with http.client (the code)",
+    "raw": "registered with raw sockets (the previous code)",
+}
 
 
-def cold_sample(url: str, runtime_api: str | None) -> dict[str, float]:
-    spec = functions()["HealthFunction"]
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "AWS_LAMBDA_RUNTIME_API"},
-        **spec.environment,
-        "DATABASE_URL": url,
-        "POWERTOOLS_METRICS_NAMESPACE": "Bench",
-        "AWS_LAMBDA_FUNCTION_NAME": "HealthFunction",
-    }
-    if runtime_api:
-        env["AWS_LAMBDA_RUNTIME_API"] = runtime_api
-    event = json.dumps(proxy_event(method="GET", path="/health/live", resource="/health/live"))
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", COLD_CHILD, str(LAYER_DIR), str(spec.code_dir), event],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd="/",
-        timeout=60,
-    )
-    for line in out.stderr.splitlines():
-        if line.startswith("@@bench@@"):
-            sample: dict[str, float] = json.loads(line.removeprefix("@@bench@@"))
-            if sample["status"] != 200:
-                raise AssertionError(f"cold start answered {sample['status']}")
-            return sample
-    raise AssertionError(f"cold start failed: {out.stderr[-2000:]}")
+def cold_sample(url: str, variant: str, timing: Path) -> tuple[float, float, float]:
+    """ms from the process start to the answer of its first `/health/live`; the
+    registration's wall and CPU ms in the function process."""
+    env = {"DATABASE_URL": url, "POWERTOOLS_METRICS_NAMESPACE": "Bench"}
+    boot = [sys.executable, "-c", BOOT, variant, "app.lambda_handler", str(timing)]
+    fn = RicFunction("HealthFunction", env, capture=False, bootstrap=boot)
+    try:
+        fn.wait_init()
+        event = proxy_event(method="GET", path="/health/live", resource="/health/live")
+        invocation = fn.api.submit(event, 6.0)
+        if not invocation.answered.wait(30) or invocation.outcome != "response":
+            raise AssertionError(f"{variant}: no answer")
+        registered = len(fn.api.registrations)
+        if registered != (0 if variant == "none" else 1):
+            raise AssertionError(f"{variant}: {registered} registrations")
+        assert invocation.answered_at is not None
+        wall, cpu = json.loads(timing.read_text())
+        return (invocation.answered_at - fn.started_at) * 1000.0, wall, cpu
+    finally:
+        fn.close()
 
 
 def run(quick: bool) -> str:
-    plan = QUICK if quick else FULL
-    load = os.getloadavg()[0]
-    shutdown: dict[str, list[float]] = {"liveness": [], "probes": [], "empty": []}
-    cold: dict[str, list[float]] = {
-        "with": [],
-        "without": [],
-        "paired": [],
-        "register": [],
-        "register_cpu": [],
-        "cpu_with": [],
-        "cpu_without": [],
-    }
-    stand_in = RuntimeApiStandIn()
-    try:
-        with database() as url:
-            for _ in range(plan.shutdown_rounds):
-                for variant in shutdown:
-                    shutdown[variant].append(shutdown_sample(url, variant, plan.invocations))
-            for _ in range(2):  # warm the page cache and bytecode for both variants
-                cold_sample(url, stand_in.address)
-                cold_sample(url, None)
-            for _ in range(plan.cold_rounds):
-                with_ = cold_sample(url, stand_in.address)
-                without = cold_sample(url, None)
-                cold["with"].append(with_["total_ms"])
-                cold["without"].append(without["total_ms"])
-                cold["paired"].append(with_["total_ms"] - without["total_ms"])
-                cold["register"].append(with_["registration_ms"])
-                cold["register_cpu"].append(with_["registration_cpu_ms"])
-                cold["cpu_with"].append(with_["cpu_ms"])
-                cold["cpu_without"].append(without["cpu_ms"])
-    finally:
-        stand_in.close()
-    registered = len(stand_in.registrations)
-    expected_registrations = plan.cold_rounds + 2
+    shutdown_rounds, cold_rounds = ROUNDS[quick]
+    load = os.getloadavg()
+    started = time.monotonic()
+    shutdown: dict[str, list[float]] = {mode: [] for mode in MODES}
+    killed = 0
+    exits: dict[str, dict[int, int]] = {mode: {} for mode in MODES}  # exit status -> samples
+    cold: dict[str, list[float]] = {variant: [] for variant in COLD_VARIANTS}
+    register: dict[str, list[tuple[float, float]]] = {variant: [] for variant in COLD_VARIANTS}
+    timing = Path(tempfile.mkdtemp(prefix="bench-shutdown-")) / "registration.json"
+    with database() as url:
+        for _ in range(shutdown_rounds):
+            for mode in MODES:
+                ms, was_killed, status = shutdown_sample(url, mode)
+                shutdown[mode].append(ms)
+                killed += was_killed
+                exits[mode][status] = exits[mode].get(status, 0) + 1
+        for variant in COLD_VARIANTS:  # warm the page cache and bytecode
+            cold_sample(url, variant, timing)
+        for i in range(cold_rounds):
+            order = list(COLD_VARIANTS)
+            for variant in order[i % 3 :] + order[: i % 3]:
+                total, wall, cpu = cold_sample(url, variant, timing)
+                cold[variant].append(total)
+                register[variant].append((wall, cpu))
+    shutil.rmtree(timing.parent, ignore_errors=True)
+    load_end = os.getloadavg()
     lines = [
-        "### Shutdown flush (issue 8)",
+        "### Shutdown flush under the real runtime client (issues 8 and 19)",
         "",
-        f"SIGTERM to exit of a gateway worker (the health function) that served "
-        f"{plan.invocations} invocations, all still pending (`METRICS_FLUSH_INTERVAL_S=600`),"
-        f" on a loopback PostgreSQL; {plan.shutdown_rounds} rounds, variants interleaved; "
-        "every sample's stored total equals the requests it served.",
+        f"SIGTERM to exit of the health function run by awslambdaric 4.2.2 against a loopback "
+        f"Runtime API stand-in (`tools.ric`), after {INVOCATIONS} invocations (one in five a "
+        "`/health` check), `METRICS_FLUSH_INTERVAL_S=600`, on a loopback PostgreSQL; "
+        f"{shutdown_rounds} fresh containers per mode, modes interleaved; every sample's stored "
+        f"total equals the requests it served; {killed} of {2 * shutdown_rounds} reached "
+        "Lambda's SIGKILL at +500 ms.",
         "",
-        "| variant | p50 ms | p99 ms | max ms | vs empty (p50) |",
+        "| runtime client polls on | p50 ms | p99 ms | max ms | ended by the main thread's"
+        " handler (SIGTERM) / by the watcher thread (0) |",
         "|---|---|---|---|---|",
     ]
-    base = statistics.median(shutdown["empty"])
-    for variant, label in (
-        ("liveness", "liveness only (the flush opens the first connection)"),
-        ("probes", "probes (connected; the checks' series pending too)"),
-        ("empty", "nothing pending (signal path alone, baseline)"),
+    for mode, label in (
+        ("thread", "a background thread (`AWS_Lambda_python3.12`+)"),
+        ("main", "the main thread (`python3.11` and older, unset)"),
     ):
-        values = shutdown[variant]
-        p50 = statistics.median(values)
+        values = shutdown[mode]
+        by_handler, by_watcher = exits[mode].get(-15, 0), exits[mode].get(0, 0)
         lines.append(
-            f"| {label} | {p50:.1f} | {nearest_rank(values, 99):.1f} | {max(values):.1f} | "
-            f"{p50 / base:.2f}x |"
+            f"| {label} | {statistics.median(values):.1f} | {nearest_rank(values, 99):.1f} | "
+            f"{max(values):.1f} | {by_handler} / {by_watcher} |"
         )
-    worst = max(nearest_rank(shutdown[v], 99) for v in ("liveness", "probes"))
+    worst = max(nearest_rank(v, 99) for v in shutdown.values())
     lines += [
         "",
-        f"Target: well inside {TARGET_SHUTDOWN_MS:.0f} ms (Lambda's allowance for the runtime): "
-        f"p99 {worst:.1f} ms, {'PASS' if worst < TARGET_SHUTDOWN_MS / 2 else 'FAIL'} "
-        "(pass: under half of it). The flush itself is bounded at 250 ms whatever the "
-        "database does.",
+        f"Target p99 ≤ {TARGET_SHUTDOWN_P99_MS:.0f} ms: {worst:.1f} ms, "
+        f"{'PASS' if worst <= TARGET_SHUTDOWN_P99_MS and not killed else 'FAIL'}. The watcher "
+        "thread flushes at once in both modes; when the main thread stays inside the client's "
+        "C code it waits `SIGNAL_GRACE_S` (50 ms) more for it, then ends the process (exit 0); "
+        "otherwise the main thread's handler ends it (death by SIGTERM). Which one did is "
+        "counted above.",
         "",
-        "### Cold start with the extension registration",
+        "### Cold start with the extension, under the real runtime client",
         "",
-        f"A fresh interpreter imports the health function and answers one `/health/live`; "
-        f"{plan.cold_rounds} rounds each, interleaved; with `AWS_LAMBDA_RUNTIME_API` set to a "
-        f"loopback stand-in ({registered} registrations received, {expected_registrations} "
-        "expected) and without it.",
+        f"Process start to the answer of its first `/health/live` (interpreter, awslambdaric, "
+        f"the function's import with the registration, the first poll, one invocation); "
+        f"{cold_rounds} rounds, variants in a rotated order each round, after one warm-up each.",
         "",
-        "| variant | wall p50 ms | wall p90 ms | CPU p50 ms (all threads) |",
-        "|---|---|---|---|",
+        "| variant | p50 ms | p90 ms | paired vs none, p50 ms | registration p50 ms: wall"
+        " / CPU (in the function) |",
+        "|---|---|---|---|---|",
     ]
-    for key, label in (("without", "no registration"), ("with", "registration at init")):
-        values = cold[key]
+    base = cold["none"]
+    for variant, label in COLD_VARIANTS.items():
+        values = cold[variant]
+        paired = statistics.median(v - b for v, b in zip(values, base, strict=True))
+        wall = statistics.median(w for w, _ in register[variant])
+        cpu = statistics.median(c for _, c in register[variant])
         lines.append(
             f"| {label} | {statistics.median(values):.1f} | {nearest_rank(values, 90):.1f} | "
-            f"{statistics.median(cold['cpu_' + key]):.1f} |"
+            f"{paired:+.1f} | {wall:.2f} / {cpu:.2f} |"
         )
-    added = statistics.median(cold["paired"])
-    register_ms = statistics.median(cold["register"])
-    register_cpu_ms = statistics.median(cold["register_cpu"])
-    ratio = statistics.median(cold["with"]) / statistics.median(cold["without"])
-    cpu_added = statistics.median(cold["cpu_with"]) - statistics.median(cold["cpu_without"])
-    verdict = "PASS" if register_ms <= TARGET_COLD_START_MS else "FAIL"
+    added = statistics.median(w for w, _ in register["http.client"])
+    added_cpu = statistics.median(c for _, c in register["http.client"])
+    paired = statistics.median(v - b for v, b in zip(cold["http.client"], base, strict=True))
+    raw_wall = statistics.median(w for w, _ in register["raw"])
+    raw_cpu = statistics.median(c for _, c in register["raw"])
+    saving = added_cpu - raw_cpu
+    visible = VISIBLE_SHARE * statistics.median(base)
+    raw_verdict = (
+        f"under {VISIBLE_SHARE:.0%} of a cold start ({visible:.1f} ms): no visible saving, so"
+        " the code uses http.client (issue 20)."
+        if saving < visible
+        else f"at least {VISIBLE_SHARE:.0%} of a cold start ({visible:.1f} ms): raw sockets"
+        " would be a visible saving (issue 20): revisit."
+    )
     lines += [
         "",
-        f"The registration call itself (POST register, the reply, starting the thread that"
-        f" waits for the next event): p50 {register_ms:.2f} ms wall, of which"
-        f" {register_cpu_ms:.2f} ms CPU in the function process (the rest is the stand-in,"
-        f" a Python server in the benchmark process, answering); max {max(cold['register']):.2f}"
-        f" ms; target at most +{TARGET_COLD_START_MS:.0f} ms: {verdict}"
-        f"{'' if registered == expected_registrations else ' (registrations missing!)'}."
-        f" Whole cold start, with vs without: {ratio:.3f}x of the wall p50s, paired"
-        f" difference p50 {added:+.1f} ms wall (the machine's noise: see the p90s),"
-        f" {cpu_added:+.1f} ms CPU. Load average at the start: {load:.1f} on"
-        f" {os.cpu_count()} CPUs.",
+        f"Target: the extension adds at most +{TARGET_COLD_START_MS:.0f} ms. Its registration "
+        f"costs the function process p50 {added_cpu:.2f} ms of CPU, "
+        f"{'PASS' if added_cpu <= TARGET_COLD_START_MS else 'FAIL'}; in wall time {added:.2f} "
+        "ms, which also holds the stand-in (a Python server in the loaded benchmark process) "
+        "reading and answering, where Lambda's Runtime API answers on its own host. The "
+        f"whole cold start, paired with no extension: {paired:+.1f} ms p50 (this machine's "
+        "noise: see the p90s).",
+        "",
+        f"http.client against the previous raw sockets: {saving:+.2f} ms CPU "
+        f"({added:.2f} against {raw_wall:.2f} ms wall) per cold start, {raw_verdict}",
+        "",
+        f"Load average (1/5/15 min): {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the start, "
+        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end, on "
+        f"{os.cpu_count()} CPUs shared with other work; {time.monotonic() - started:.0f} s.",
     ]
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from live_gauges import Collected, collect
 from pg8000.exceptions import Error as PgError
 
 from ops.api import Request, Response, error_response, response
-from ops.checks import CheckResult, FollowUp, configured_checks, run_checks
+from ops.checks import CheckResult, FollowUp, configured_checks, fitted_budget, run_checks
 from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.log import logger
@@ -55,7 +55,7 @@ class _StoreUnreachable(Exception):
 
 @app.get("/metrics", auth=True, latency_critical=True)  # never waits on its own flush
 def metrics(req: Request) -> Response:
-    budget_s = settings().metrics_scrape_budget_s
+    budget_s = fitted_budget(settings().metrics_scrape_budget_s)  # ends before the deadline
     # The live gauges end before the budget does, leaving time to hand the answer back.
     gauges_deadline = time.monotonic() + budget_s * LIVE_GAUGES_SHARE
     db = get_db()

@@ -217,7 +217,7 @@ def test_dropped_batches_are_counted_and_logged_as_dropped(
     assert flush() is True  # the database answers again: the count reaches the store too
     samples = scrape_samples()
     dropped_total = value(
-        samples, "metrics_deltas_dropped_total", function="local", reason="outbox_full"
+        samples, "metrics_deltas_dropped_total", function="local", reason="unconfirmed"
     )
     assert dropped_total == dropped_series
     assert value(samples, "webhook_failures_total", source="stripe") == 2  # the kept batches

@@ -6,6 +6,9 @@ is a local gateway worker (tools.worker), fed invocations on stdin as the gatewa
 * A database that accepts and never answers: every health route within its budget,
   /health/live fast on every call, including those where a deferred flush falls due.
 * The database down: EMF lines for every invocation, with the health-check failure.
+
+The same functions under the real Lambda runtime client: test_runtime_client.py (where
+the two disagree, that one is the user's ground).
 """
 
 from __future__ import annotations
@@ -18,16 +21,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from tests.support.db import SQL, runner
-from tests.support.metrics import metrics_database, truncate_metrics
+from tests.support.metrics import metrics_database, stored_probe_requests, truncate_metrics
 from tools import ROOT
 from tools.apigw import proxy_event
-from tools.extensions_api import RuntimeApiStandIn
 from tools.runtime import functions
+from tools.runtime_api import RuntimeApiStandIn
 from tools.worker import spawn
 
 PROBES = ("/health/live", "/health", "/health/ready")
@@ -111,14 +113,6 @@ def containers() -> Iterator[Callable[..., Container]]:
     yield start
     for container in started:
         container.close()
-
-
-def stored_probe_requests(sql: Callable[..., list[list[Any]]]) -> int:
-    ((total,),) = sql(
-        "SELECT coalesce(sum(v.value), 0) FROM metric_values v JOIN metric_series s "
-        "ON s.id = v.series_id WHERE s.family = 'http_requests_total'"
-    )
-    return int(total)
 
 
 def serve_probes(container: Container, seconds: float) -> int:

@@ -34,6 +34,15 @@ def truncate_metrics(sql: Callable[..., Any]) -> None:
     sql(f"TRUNCATE {METRIC_TABLES}")
 
 
+def stored_probe_requests(sql: Callable[..., list[list[Any]]]) -> int:
+    """http_requests_total as stored, summed over every series (what a container served)."""
+    ((total,),) = sql(
+        "SELECT coalesce(sum(v.value), 0) FROM metric_values v JOIN metric_series s "
+        "ON s.id = v.series_id WHERE s.family = 'http_requests_total'"
+    )
+    return int(total)
+
+
 def parse(body: str, *, openmetrics: bool = False) -> Samples:
     if openmetrics:
         from prometheus_client.openmetrics.parser import text_string_to_metric_families

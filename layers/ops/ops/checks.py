@@ -1,8 +1,10 @@
 """Dependency checks, each bounded by its own time budget (health routes and /metrics).
 
 A check runs on a daemon worker thread (reused: ops.workers) that the request
-waits on for at most the budget. A database that accepts and never answers
-therefore becomes a failed check (and a 503, or `database_up 0` on /metrics) on
+waits on for at most the budget: its configured one, shrunk to end ANSWER_MARGIN_S
+before the invocation's deadline (ops.deadline), so that the answer, a 503 if need
+be, always leaves before Lambda times the invocation out. A database that accepts
+and never answers therefore becomes a failed check (and a 503, or `database_up 0` on /metrics) on
 time, and its connection is dropped so that the next invocation starts fresh
 instead of queueing behind the hung read.
 
@@ -21,12 +23,24 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ops import workers
+from ops import deadline, workers
 from ops.config import settings
-from ops.db import get_db
 from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.sql import sqlstate
+
+# Time kept after the checks for the rest of the invocation: the response, its log line,
+# the metrics hooks (a background flush), and the runtime client posting it.
+ANSWER_MARGIN_S = 0.05
+MIN_BUDGET_S = 0.001
+
+
+def fitted_budget(budget_s: float) -> float:
+    """`budget_s`, or less: what is left of the invocation minus ANSWER_MARGIN_S."""
+    left = deadline.remaining_s()
+    if left is None:
+        return budget_s
+    return max(MIN_BUDGET_S, min(budget_s, left - ANSWER_MARGIN_S))
 
 
 class Reason(StrEnum):
@@ -145,6 +159,7 @@ class FollowUp:
 class _Running:
     def __init__(self, check: Check, then: FollowUp | None = None) -> None:
         self.check = check
+        self.budget_s = fitted_budget(check.budget_s)
         self.then = then
         self.probe_exc: BaseException | None = None
         self.probed_at: float | None = None
@@ -155,7 +170,7 @@ class _Running:
 
     def _probe_then(self) -> Any:
         try:
-            self.check.probe(self.check.budget_s)
+            self.check.probe(self.budget_s)
         except BaseException as exc:
             self.probe_exc = exc
             return None
@@ -167,7 +182,7 @@ class _Running:
 
     def result(self) -> CheckResult:
         check, run = self.check, self.run
-        run.wait(check.budget_s)  # at the end of the follow-up too, if the budget allows
+        run.wait(self.budget_s)  # at the end of the follow-up too, if the budget allows
         probed_at = self.probed_at
         if probed_at is None:
             self.given_up = True
@@ -178,7 +193,7 @@ class _Running:
                 False,
                 (time.perf_counter() - run.started_at) * 1000.0,
                 check.critical,
-                f"timed out after {check.budget_s:g}s",
+                f"timed out after {self.budget_s:.3g}s",
                 check.component_type,
                 Reason.TIMEOUT,
             )
@@ -229,6 +244,12 @@ def _probe_database(budget_s: float) -> None:
     probe_database(budget_s)  # SELECT 1, or the due metrics flush in the same round trip
 
 
+def _abandon_database_probe() -> None:
+    from ops.metrics.flushing import abandon_probe
+
+    abandon_probe()  # drop the connection the probe waits on
+
+
 def _probe_http(url: str) -> Callable[[float], None]:
     def probe(budget_s: float) -> None:
         import urllib.request  # only functions with an HTTP dependency pay for this import
@@ -247,7 +268,7 @@ def database_check() -> Check:
         settings().health_db_budget_s,
         critical=True,
         component_type="datastore",
-        on_timeout=get_db().discard,
+        on_timeout=_abandon_database_probe,
     )
 
 

@@ -215,14 +215,15 @@ class Settings:
     health_db_budget_s: float = number(
         "HEALTH_DB_TIMEOUT_S",
         2.0,
-        "time budget of the database health check",
+        "time budget of the database health check (less when the invocation's deadline is"
+        " nearer: it ends `ops.checks.ANSWER_MARGIN_S` before it)",
         low=0.01,
         high=API_GATEWAY_TIMEOUT_S - 1,
     )
     health_http_budget_s: float = number(
         "HEALTH_HTTP_TIMEOUT_S",
         2.0,
-        "time budget of each HTTP dependency check",
+        "time budget of each HTTP dependency check (less near the invocation's deadline, as above)",
         low=0.01,
         high=API_GATEWAY_TIMEOUT_S - 1,
     )

@@ -1,4 +1,6 @@
-"""One PostgreSQL connection per container: opened lazily, reused, reopened once when stale.
+"""PostgreSQL connections per container, opened lazily, reused, reopened once when stale:
+the container's (`get_db`: checks, handlers, the scrape's reads) and the metrics store's
+own (`store_db`: flushes), so that neither waits behind the other.
 
 Connection parameters come from `DATABASE_URL` (local, tests) or from the
 RDS-managed secret named by `DB_SECRET_ARN` (AWS), with `DB_HOST` pointing at an
@@ -15,6 +17,7 @@ the connection.
 from __future__ import annotations
 
 import re
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -300,6 +303,16 @@ def connect_url(
     )
 
 
+def _closed_by_peer(conn: pg8000.native.Connection) -> bool:
+    """An idle connection has nothing to read: readable means the server closed it (EOF)
+    or said why it is about to (an admin shutdown's FATAL). A select, no round trip."""
+    try:
+        readable, _, _ = select.select([conn._usock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class Database:
     """Lazily opened, reused connection. Not shared across threads concurrently:
     a Lambda container serves one invocation at a time."""
@@ -348,7 +361,14 @@ class Database:
         params = resolve_params(cfg, force_fetch=True)
         return connect(params, cfg)
 
-    def connection(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
+    def connection(
+        self, *, timeout_s: float | None = None, check_alive: bool = False
+    ) -> pg8000.native.Connection:
+        """The kept connection, opened if there is none. `check_alive` first drops a kept
+        connection the server has closed or is closing (see `_closed_by_peer`), so that a
+        caller knows a failure to connect means nothing was sent."""
+        if self._conn is not None and check_alive and _closed_by_peer(self._conn):
+            self.discard()
         if self._conn is None:
             self._conn = self._connect(timeout_s=timeout_s)
         return self._conn
@@ -487,19 +507,31 @@ class Database:
 
 
 _default: Database | None = None
+_store: Database | None = None
 
 
 def get_db() -> Database:
-    """The container's database handle."""
+    """The container's database handle: health checks, the scrape's reads, handlers."""
     global _default
     if _default is None:
         _default = Database(application_name=settings().service)
     return _default
 
 
+def store_db() -> Database:
+    """The metrics store's own handle (ops.metrics.store's flushes, on the courier thread):
+    a connection of its own (`application_name` `<service>-metrics`), so that a check or
+    handler never waits behind the container's own flush, nor a flush behind them."""
+    global _store
+    if _store is None:
+        _store = Database(application_name=f"{settings().service}-metrics")
+    return _store
+
+
 def reset() -> None:
-    """Forget the container's connection (tests; a new environment)."""
-    global _default
-    if _default is not None:
-        _default.close()
-    _default = None
+    """Forget the container's connections (tests; a new environment)."""
+    global _default, _store
+    for handle in (_default, _store):
+        if handle is not None:
+            handle.close()
+    _default = _store = None

@@ -3,6 +3,7 @@
     from ops.service import service_api
     app = service_api()
 
+* the invocation's deadline, which the checks fit their budgets to (ops.deadline);
 * bearer token for routes registered with `auth=True` (ops.auth);
 * HTTP metrics for every response, the flush policy, the deadline and shutdown
   flushes (ops.metrics.http);
@@ -13,7 +14,7 @@ The router (ops.api) stays ignorant of all three; they depend on it, never the r
 
 from __future__ import annotations
 
-from ops import error_tracking
+from ops import deadline, error_tracking
 from ops.api import Api
 from ops.auth import unauthorized_response
 from ops.metrics.http import instrument as record_metrics
@@ -21,6 +22,8 @@ from ops.metrics.http import instrument as record_metrics
 
 def service_api() -> Api:
     app = Api()
+    app.before_invocation.append(deadline.begin)  # checks fit their budgets to it
+    app.after_invocation.append(deadline.end)
     app.authorize = unauthorized_response
     record_metrics(app)  # http_requests_total etc. for every response, then the metrics flush
     error_tracking.instrument(app)  # reports the 500s when a Sentry DSN is configured

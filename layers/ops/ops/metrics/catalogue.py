@@ -165,11 +165,11 @@ METRICS_FLUSH_FAILURES = Counter(
 )
 METRICS_DELTAS_DROPPED = Counter(
     "metrics_deltas_dropped_total",
-    "Series deltas a container gave up on (maybe never stored): outbox_full, when a silent "
-    "database left more unconfirmed batches than the bound; shutdown, when a container "
-    "ended before they were stored.",
+    "Series deltas a container gave up on: unconfirmed, sent without a reply (they may "
+    "have been stored; past the outbox's bound, or at shutdown); lost, never stored (a "
+    "container ended before they could be).",
     ("function", "reason"),
-    allowed={"reason": ("outbox_full", "shutdown")},
+    allowed={"reason": ("unconfirmed", "lost")},
     emf=Emf("metrics_deltas_dropped", "Count", dimension=_label("reason")),
 )
 ERRORS = Counter(

@@ -1,9 +1,9 @@
 """A helper thread that runs flush jobs one at a time, so that callers can stop waiting.
 
 The flush uses it to bound what it adds to an invocation: a database that hangs
-(or a health check stuck on the shared connection) keeps the courier busy, not
-the invocation. A job the caller stopped waiting for still finishes and settles
-its own outcome; routes that must never wait (liveness) hand a job over and return.
+keeps the courier busy, not the invocation. A job the caller stopped waiting for
+still finishes and settles its own outcome; routes that must never wait (liveness)
+hand a job over and return.
 """
 
 from __future__ import annotations

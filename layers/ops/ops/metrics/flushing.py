@@ -19,7 +19,8 @@ A failed flush never fails the invocation: its deltas stay pending. Its outcome 
 settled by the flush job itself (also when nobody waited for it): failures are
 counted (`metrics_flush_failures_total`, stored with a later flush, and in EMF at
 once) and logged as `type=metrics_flush`; unconfirmed batches dropped past the
-outbox's bound are counted (`metrics_deltas_dropped_total`) and logged as dropped.
+outbox's bound are counted (`metrics_deltas_dropped_total{reason="unconfirmed"}`: sent
+without a reply, they may have been stored) and logged as dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import time
 
 from ops.config import settings
-from ops.db import DatabaseUnavailable, get_db
+from ops.db import Database, DatabaseUnavailable, get_db, store_db
 from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.metrics import emf, pending, store
@@ -36,6 +37,10 @@ from ops.metrics.catalogue import function_name
 _last_attempt = float("-inf")  # monotonic time of the last flush started
 _last_end = float("-inf")  # monotonic time the previous invocation ended
 _probed = False  # this invocation's database check carried (or could carry) the flush
+_probe_db: Database | None = None  # the connection the database check last waited on
+# A kept connection silent for this share of the shutdown budget (or twice its last reply
+# time, on a slow link) is given up for a fresh one.
+FRESH_AFTER = 0.4
 
 
 def reset() -> None:
@@ -85,11 +90,12 @@ def report(result: store.FlushResult, *, failures: bool = True) -> None:
     """The settled outcome of a flush job (on the courier thread): count and log what was
     dropped, and failures (not at shutdown: there the loss is reported once, as lost)."""
     if result.dropped_batches:
-        m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="outbox_full").inc(
+        m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="unconfirmed").inc(
             result.dropped_series
         )
         logger.error(
-            "metrics flush: unconfirmed deltas dropped (outbox full); their counts may be lost",
+            "metrics flush: unconfirmed deltas dropped (outbox full): sent without a reply,"
+            " they may or may not have been stored",
             extra={
                 "type": "metrics_flush",
                 "status": "dropped",
@@ -115,7 +121,11 @@ def report(result: store.FlushResult, *, failures: bool = True) -> None:
 
 
 def _push(
-    wait_s: float | None, meanwhile: object = None, on_result: store.Report = report
+    wait_s: float | None,
+    meanwhile: object = None,
+    on_result: store.Report = report,
+    *,
+    wait_busy: bool = True,
 ) -> store.FlushResult:
     global _last_attempt
     _last_attempt = time.monotonic()
@@ -125,6 +135,7 @@ def _push(
         wait_s=wait_s,
         meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
         report=on_result,
+        wait_busy=wait_busy,
     )
 
 
@@ -182,65 +193,104 @@ def hand_over() -> None:
 
 
 def probe_database(budget_s: float) -> None:
-    """The database health check's round trip, carrying the due deltas with it.
+    """The database health check's round trip, carrying the due deltas with it when the
+    store's connection is idle; otherwise `SELECT 1` on the checks' own connection, so
+    that a check never waits behind a flush. (The store's handle is the application
+    database's: were it another database, its round trip would say nothing of this one.)
 
     Raises when the database did not answer. A server that answers with an error
     (a statement timeout on a locked metrics row, say) is up: the check passes and
     the deltas stay pending.
     """
-    global _probed
+    global _probed, _probe_db
     _probed = True
-    if _store_configured() and due():
-        result = _push(budget_s)
+    box = store.current()
+    if _store_configured() and due() and (box is None or box.in_flight is None):
+        _probe_db = store_db()
+        result = _push(budget_s, wait_busy=False)
         if result.answered or result.outcome == store.FlushOutcome.STORED:
             return
         if result.outcome == store.FlushOutcome.PENDING:  # no reply within the budget
             raise DatabaseUnavailable(result.error) from TimeoutError(result.error)
-        if result.outcome != store.FlushOutcome.BUSY:
+        if result.outcome != store.FlushOutcome.BUSY:  # busy: started meanwhile, not waited for
             raise DatabaseUnavailable(result.error or result.outcome) from result.exception
-    get_db().run("SELECT 1", timeout_s=budget_s)
+    _probe_db = get_db()
+    _probe_db.run("SELECT 1", timeout_s=budget_s)
+
+
+def abandon_probe() -> None:
+    """The database check gave up: drop the connection it waits on, so that the next
+    invocation starts afresh instead of queueing behind the hung read."""
+    (_probe_db or get_db()).discard()
 
 
 def flush_before_exit(budget_s: float) -> bool:
     """Everything pending, within `budget_s` (shutdown, deadline). True when stored.
 
     Waits for a running flush first (its batches may settle as stored), then sends the
-    rest. What cannot be stored in time is logged and counted as lost (EMF carries the
-    count to CloudWatch: the database may be what is down).
+    rest. A kept connection that has not answered within FRESH_AFTER of the budget, or
+    twice the last flush's reply time if longer (an idle connection a NAT or proxy
+    dropped without a word), is dropped and the batches are sent once more on a fresh
+    one; the server skips batches it already stored. On a link too slow for that within
+    the budget, the kept connection is waited for.
+    What cannot be stored in time is logged and counted (EMF carries the count to
+    CloudWatch: the database may be what is down), apart by what is known of it:
+    `unconfirmed` (sent without a reply: may have been stored) or `lost` (never stored).
     """
-    deadline = time.monotonic() + budget_s
+    started = time.monotonic()
+    deadline = started + budget_s
     _emit()
     if not _store_configured():
         pending.take_deltas()
         return True
     box = store.outbox()
     box.add(pending.take_deltas())
+    fresh_at = started + max(budget_s * FRESH_AFTER, 2 * (box.reply_s or 0.0))
     error: str | None = None
+    fresh = fresh_at >= deadline  # the one fresh connection: tried, or out of reach
     while box.batches:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            error = f"not stored within {round(budget_s * 1000)} ms"
+        if time.monotonic() >= deadline:
+            error = error or f"not stored within {round(budget_s * 1000)} ms"
             break
-        if box.in_flight is not None:
-            box.wait_idle(left)
-            continue
-        result = _push(left, on_result=_report_dropped_only)
-        if not result.stored:
-            error = result.error or result.outcome
-            if result.outcome != store.FlushOutcome.PENDING:
+        job = box.start(store_db(), time.time(), _report_dropped_only)
+        if isinstance(job, store.FlushResult):  # busy: a flush handed over earlier runs
+            if box.in_flight is None:
+                continue
+            job = box.in_flight
+        if not job.done.wait(max(0.0, (deadline if fresh else fresh_at) - time.monotonic())):
+            if fresh:
+                error = f"no reply within {round(budget_s * 1000)} ms"
                 break
+            fresh = True
+            store_db().discard()  # wakes the job: it settles as unknown, the batches sealed
+            job.done.wait(max(0.0, deadline - time.monotonic()))
+            continue
+        if job.result.stored:
+            continue
+        error = job.result.error or job.result.outcome
+        if job.result.outcome == store.FlushOutcome.UNKNOWN and not fresh:
+            fresh = True  # the kept connection broke: resend once on a fresh one
+            continue
+        break
     if not box.batches:
         return True
     with box.lock:  # given up on: reported once, here, and never sent later
-        lost = box.pending_series
+        given_up = [b for b in box.batches if not b.sending]
+        # Sent without a reply (sealed, or in the job still running): maybe stored.
+        unconfirmed = sum(b.series for b in box.batches if b.sealed or b.sending)
+        lost = sum(b.series for b in given_up if not b.sealed)
         box.batches = [b for b in box.batches if b.sending]
-    m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="shutdown").inc(lost)
+    for reason, series in (("lost", lost), ("unconfirmed", unconfirmed)):
+        if series:
+            m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason=reason).inc(series)
     logger.error(
-        "metrics deltas not confirmed stored before the container ended: lost",
+        "metrics deltas not confirmed stored before the container ended (lostSeries: never"
+        " stored; unconfirmedSeries: sent without a reply, maybe stored)",
         extra={
             "type": "metrics_flush",
-            "status": "lost",
+            "status": "lost" if lost else "unconfirmed",
             "lostSeries": lost,
+            "unconfirmedSeries": unconfirmed,
             "error": error,
         },
     )

@@ -4,9 +4,23 @@
   within SHUTDOWN_BUDGET_S, then the previous handler runs (or the process dies of
   the signal as it would have). Lambda sends SIGTERM to the function process only
   once an extension is registered, so on Lambda an internal extension with no
-  events is registered at init (a few hundred microseconds; its thread then waits
-  for an event that never comes). Lambda allows the runtime 300 ms (500 ms with an
-  internal extension) before SIGKILL.
+  events is registered at init (its thread then waits for an event that never
+  comes). Lambda allows the runtime 300 ms (500 ms with an internal extension)
+  before SIGKILL.
+* Whichever thread the runtime client polls on: awslambdaric waits for the next
+  invocation on the main thread, inside its C extension, unless AWS_EXECUTION_ENV
+  names a runtime it lists for thread polling (python3.12+ in 4.2.2). A Python signal
+  handler runs only when the main thread returns to Python, which it never does
+  there. So the signal is also taken through `signal.set_wakeup_fd`: CPython's C
+  handler writes the signal number to a pipe from whichever thread receives it,
+  and a watcher thread starts the flush at once. The Python handler, if the main
+  thread runs it, joins that flush and then runs the previous handler (or dies of
+  the signal). If it has not started once the flush is over (plus SIGNAL_GRACE_S),
+  the main thread is stuck in C: the watcher ends the process with status 0.
+  (Blocking the signal and `sigwait`ing for it instead would be inherited by every
+  child process, and a thread started before install would still die of it unflushed.)
+  A process whose wakeup fd another library holds (an asyncio loop's signal
+  handlers) keeps the Python handler only, and says so in the log.
 * Deadline: during an invocation, once less than 2 x METRICS_FLUSH_TIMEOUT_MS
   remains, pending deltas are handed to the courier, so a timeout loses nothing
   recorded before it.
@@ -21,20 +35,26 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import socket
+import sys
 import threading
 import time
+from contextlib import suppress
 from queue import Empty, SimpleQueue
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ops import deadline
 from ops.config import settings
 from ops.log import logger
+
+if TYPE_CHECKING:
+    from http.client import HTTPConnection
 
 # ops.metrics.flushing and the store import the database driver and Powertools Metrics: they
 # load on first use, never at init (cold start).
 
 SHUTDOWN_BUDGET_S = 0.25
+SIGNAL_GRACE_S = 0.05  # after the flush, for a main thread that can run Python to take over
 IDLE_MIN_S = 1.0
 EXTENSION_NAME = "ops-metrics-shutdown-flush"
 EXTENSION_API = "/2020-01-01/extension"
@@ -43,6 +63,10 @@ REGISTER_TIMEOUT_S = 0.5
 _installed = False
 _previous: dict[int, Any] = {}
 _watchdog: _Watchdog | None = None
+_signal_pipe: tuple[int, int] | None = None  # (read, write) of the wakeup fd; ours
+_handler_ran = threading.Event()  # the main thread reached _on_signal
+_running: _Shutdown | None = None  # the shutdown flush in progress: later callers join it
+_running_lock = threading.Lock()
 
 
 def deadline_margin_s() -> float:
@@ -144,14 +168,7 @@ def begin_invocation(context: Any) -> None:
     """Watch this invocation's deadline (from context.get_remaining_time_in_millis)."""
     if _watchdog is None:
         return
-    deadline = None
-    remaining = getattr(context, "get_remaining_time_in_millis", None)
-    if callable(remaining):
-        try:
-            deadline = time.monotonic() + float(remaining()) / 1000.0
-        except (TypeError, ValueError):
-            deadline = None
-    _watchdog.inbox.put(("begin", deadline))
+    _watchdog.inbox.put(("begin", deadline.from_context(context)))
 
 
 def end_invocation() -> None:
@@ -164,17 +181,70 @@ def flush_at_shutdown() -> bool:
 
     The work runs on the watchdog thread: called from a signal handler, the main
     thread may hold a lock the flush needs, and then the wait simply times out.
+    A call while another caller's flush runs (the signal watcher and the Python
+    handler, for one signal) waits for that flush instead of starting a second.
     """
-    job = _Shutdown()
-    if _watchdog is not None and _watchdog.thread.is_alive():
-        _watchdog.inbox.put(("shutdown", job))
+    global _running
+    with _running_lock:
+        job, joined = (_running, True) if _running is not None else (_Shutdown(), False)
+        _running = job
+    try:
+        if joined:
+            pass
+        elif _watchdog is not None and _watchdog.thread.is_alive():
+            _watchdog.inbox.put(("shutdown", job))
+        else:
+            job.run()
         job.done.wait(SHUTDOWN_BUDGET_S + 0.05)
-    else:
-        job.run()
+    finally:
+        with _running_lock:
+            if _running is job and job.done.is_set():
+                _running = None
     return job.stored
 
 
+def _watch_signals(read_fd: int) -> None:
+    """The wakeup fd's reader: flush on SIGTERM/SIGINT even while the main thread is
+    inside C code, then end the process if the main thread cannot (see the docstring)."""
+    while True:
+        try:
+            data = os.read(read_fd, 64)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        for signum in data:
+            if signal.getsignal(signum) is _on_signal:
+                _after_signal(signum)
+
+
+def _after_signal(signum: int) -> None:
+    started = time.monotonic()
+    stored = flush_at_shutdown()
+    if _handler_ran.wait(SIGNAL_GRACE_S):
+        _handler_ran.clear()  # a later signal (after a handled SIGINT) is watched afresh
+        return  # the main thread runs Python: it runs the previous handler too
+    logger.info(
+        "shutdown flush done; the main thread is inside C code (the runtime client's poll):"
+        " exiting",
+        extra={
+            "type": "metrics_flush",
+            "status": "exit",
+            "signal": signal.Signals(signum).name,
+            "stored": stored,
+            "durationMs": round((time.monotonic() - started) * 1000, 1),
+        },
+    )
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(0)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _handler_ran.set()
     flush_at_shutdown()
     previous = _previous.get(signum)
     if callable(previous):
@@ -196,67 +266,106 @@ def _install_signal_handlers() -> None:
             continue  # an ignored signal stays ignored (gateway workers ignore Ctrl-C)
         _previous[signum] = current
         signal.signal(signum, _on_signal)
+    if _previous and _signal_pipe is None:
+        _install_signal_watcher()
 
 
-def _request(
-    api: str, method: str, path: str, headers: dict[str, str], body: bytes
-) -> socket.socket:
+def _install_signal_watcher() -> None:
+    global _signal_pipe
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # the C handler must never block
+    try:
+        old = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except ValueError:
+        old = None
+    if old != -1:
+        if old is not None:
+            signal.set_wakeup_fd(old)  # another library's (an asyncio loop): left to it
+        os.close(read_fd)
+        os.close(write_fd)
+        logger.warning(
+            "the signal wakeup fd is in use: the shutdown flush runs only when the main"
+            " thread can run Python (not while it waits inside C code)",
+            extra={"type": "metrics_flush"},
+        )
+        return
+    _signal_pipe = (read_fd, write_fd)
+    _start_signal_watcher(read_fd)
+
+
+def _start_signal_watcher(read_fd: int) -> None:
+    threading.Thread(
+        target=_watch_signals, args=(read_fd,), name="metrics-signals", daemon=True
+    ).start()
+
+
+def _signal_pipe_of_own_after_fork() -> None:
+    """A forked child shares the parent's pipe: its signals would wake the parent's
+    watcher. The wakeup fd's number is pointed at a new pipe that a new thread watches."""
+    global _signal_pipe, _running
+    _running = None
+    _handler_ran.clear()
+    if _signal_pipe is None:
+        return
+    old_read, write_fd = _signal_pipe
+    read_fd, new_write = os.pipe()
+    os.set_blocking(new_write, False)
+    os.dup2(new_write, write_fd, inheritable=False)  # the number the C handler writes to
+    os.close(new_write)
+    os.close(old_read)
+    _signal_pipe = (read_fd, write_fd)
+    _start_signal_watcher(read_fd)
+
+
+os.register_at_fork(after_in_child=_signal_pipe_of_own_after_fork)
+
+
+def _connection(api: str) -> HTTPConnection:
+    from http.client import HTTPConnection  # measured: benchmarks/README.md (shutdown)
+
     host, _, port = api.rpartition(":")
-    sock = socket.create_connection((host or "127.0.0.1", int(port)), timeout=REGISTER_TIMEOUT_S)
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    sock.sendall(
-        f"{method} {path} HTTP/1.1\r\nHost: {api}\r\n{head}"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-        + body
-    )
-    return sock
-
-
-def _read_head(sock: socket.socket) -> tuple[int, dict[str, str]]:
-    data = b""
-    while b"\r\n\r\n" not in data and len(data) < 65536:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
+    return HTTPConnection(host or "127.0.0.1", int(port), timeout=REGISTER_TIMEOUT_S)
 
 
 def register_extension(api: str) -> str | None:
     """Register an internal extension with no events; returns its identifier.
 
-    Plain sockets (http.client costs ~14 ms of imports at cold start). Lambda ends
-    the Init phase only when every registered extension has asked for its next
-    event, so a daemon thread asks and then waits forever: no event is ever sent.
+    Lambda ends the Init phase only when every registered extension has asked for its
+    next event, so a daemon thread asks and then waits forever: no event is ever sent.
+    A Runtime API that does not answer costs init at most REGISTER_TIMEOUT_S.
     """
-    sock = _request(
-        api,
-        "POST",
-        f"{EXTENSION_API}/register",
-        {"Lambda-Extension-Name": EXTENSION_NAME, "Content-Type": "application/json"},
-        b'{"events":[]}',
-    )
-    with sock:
-        status, headers = _read_head(sock)
-    identifier = headers.get("lambda-extension-identifier")
+    conn = _connection(api)
+    try:
+        conn.request(
+            "POST",
+            f"{EXTENSION_API}/register",
+            body=b'{"events":[]}',
+            headers={"Lambda-Extension-Name": EXTENSION_NAME, "Content-Type": "application/json"},
+        )
+        reply = conn.getresponse()
+        reply.read()
+        status, identifier = reply.status, reply.getheader("Lambda-Extension-Identifier")
+    finally:
+        conn.close()
     if status != 200 or not identifier:
         raise OSError(f"extension registration answered HTTP {status}")
 
     def wait_forever() -> None:
+        waiting = _connection(api)
         try:
-            headers = {"Lambda-Extension-Identifier": identifier}
-            with _request(api, "GET", f"{EXTENSION_API}/event/next", headers, b"") as conn:
-                conn.settimeout(None)
-                while conn.recv(4096):
-                    pass
-        except OSError:
+            waiting.connect()
+            assert waiting.sock is not None
+            waiting.sock.settimeout(None)  # the event never comes: wait as long as we live
+            waiting.request(
+                "GET",
+                f"{EXTENSION_API}/event/next",
+                headers={"Lambda-Extension-Identifier": identifier},
+            )
+            waiting.getresponse().read()
+        except Exception:  # the Runtime API went away: nothing to wait for
             pass
+        finally:
+            waiting.close()
 
     threading.Thread(target=wait_forever, name="metrics-extension", daemon=True).start()
     return identifier

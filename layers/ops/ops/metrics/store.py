@@ -14,13 +14,13 @@ Flush protocol (one round trip, exactly once):
   those it already stored. Nothing is counted twice. Past MAX_SEALED_BATCHES
   the oldest sealed batch is dropped, and the result says so
   (ops.metrics.flushing counts and logs it as dropped).
-* The query runs on a helper thread (ops.metrics.courier). The caller waits for
-  at most 2 x METRICS_FLUSH_TIMEOUT_MS (or its own budget, or not at all), so
-  that neither a hung database nor a health check stuck on the shared
-  connection can hold an invocation hostage; the job settles its outcome in the
-  outbox whenever it ends. While one is running, later flushes keep their
-  deltas instead of queueing. The server side has the same bound
-  (statement_timeout).
+* The query runs on a helper thread (ops.metrics.courier), on the store's own
+  connection (ops.db.store_db: checks and handlers never queue behind a flush).
+  The caller waits for at most 2 x METRICS_FLUSH_TIMEOUT_MS (or its own budget,
+  or not at all), so that a hung database cannot hold an invocation hostage; the
+  job settles its outcome in the outbox whenever it ends. While one is running,
+  later flushes keep their deltas instead of queueing. The server side has the
+  same bound (statement_timeout).
 
 The values travel as JSON literals in the query text: the simple protocol is one
 round trip (pg8000's parameterised path takes three) and leaves no prepared
@@ -42,7 +42,7 @@ from typing import Any
 from pg8000.exceptions import DatabaseError
 
 from ops.config import settings
-from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
+from ops.db import Database, DatabaseUnavailable, is_stale_error, store_db
 from ops.metrics.courier import Courier
 from ops.metrics.pending import Deltas, SeriesKey
 from ops.sql import error_fields, quote_literal, set_local_timeouts, sqlstate
@@ -172,6 +172,7 @@ class _Job:
         self.believed_known = not any(k not in box.known for b in batches for k in b.series_keys())
         self.new_series = not self.believed_known
         self.done = threading.Event()
+        self.started = time.monotonic()
         self.result = FlushResult(FlushOutcome.PENDING)
 
     def sql(self, new_series: bool) -> str:
@@ -181,11 +182,13 @@ class _Job:
 
     def run(self) -> None:
         error: BaseException | None = None
+        self.started = time.monotonic()
         try:
             try:
                 # Connecting first tells "could not connect" (nothing sent) apart
-                # from a failure after the query went out.
-                self.db.connection()
+                # from a failure after the query went out; a kept connection the
+                # server has closed is replaced first, so that this holds for it too.
+                self.db.connection(check_alive=True)
             except DatabaseUnavailable as exc:
                 raise _NotSent(str(exc)) from exc
             try:
@@ -232,6 +235,7 @@ class Outbox:
         self.known: set[SeriesKey] = set()  # series this container has stored
         self.courier = Courier("metrics-flush")
         self.in_flight: _Job | None = None
+        self.reply_s: float | None = None  # how long the last answered flush took
         self.lock = threading.Lock()
 
     def add(self, deltas: Deltas) -> None:
@@ -278,6 +282,8 @@ class Outbox:
     def settle(self, job: _Job, error: BaseException | None) -> FlushResult:
         outcome, message, answered = _classify(error)
         dropped_batches = dropped_series = 0
+        if answered:
+            self.reply_s = time.monotonic() - job.started
         with self.lock:
             for batch in job.batches:
                 batch.sending = False
@@ -339,23 +345,27 @@ def push(
     wait_s: float | None = None,
     meanwhile: Callable[[], None] = lambda: None,
     report: Report | None = None,
+    wait_busy: bool = True,
 ) -> FlushResult:
-    """Add the deltas to what is pending and send all of it in one job.
+    """Add the deltas to what is pending and send all of it in one job, on the store's
+    own connection (ops.db.store_db).
 
     Waits for the outcome at most `wait_s` (default 2 x METRICS_FLUSH_TIMEOUT_MS; 0 hands
     the job over and returns PENDING). `meanwhile` runs while the query is in flight (or
     at once when nothing is sent); `report` is called with the outcome when the job ends.
+    While a flush runs, the call waits for it first (within `wait_s`) unless `wait_busy`
+    is False: then it returns BUSY at once.
     """
     box = outbox()
     box.add(deltas)
     if wait_s is None:
         wait_s = 2 * config().flush_timeout_ms / 1000.0
     deadline = time.monotonic() + wait_s
-    db = get_db()
+    db = store_db()
     started = box.start(db, now, report)
     busy = isinstance(started, FlushResult) and started.outcome == FlushOutcome.BUSY
     # A flush handed over earlier (liveness, a deadline) is running: let it settle.
-    if busy and wait_s > 0 and box.wait_idle(wait_s):
+    if busy and wait_busy and wait_s > 0 and box.wait_idle(wait_s):
         started = box.start(db, now, report)
     if isinstance(started, FlushResult):
         meanwhile()
