@@ -36,6 +36,7 @@ from ops.metrics.exposition import (
 )
 from ops.metrics.totals import Totals, compact_if_due, read_totals
 from ops.service import service_api
+from ops.tracing import span
 
 app = service_api()
 
@@ -94,9 +95,10 @@ def _read_store(read: FollowUp, db: Database, budget_s: float) -> tuple[Totals, 
 
 def _read(db: Database) -> tuple[Totals, dict[str, Any]]:
     started = time.perf_counter()
-    _compact(db)
-    totals = read_totals(db, settings().metrics_new_series_hold_s)
-    live = dict(collect(db))
+    with span("metrics store read"):  # on the database check's worker, in the invocation
+        _compact(db)
+        totals = read_totals(db, settings().metrics_new_series_hold_s)
+        live = dict(collect(db))
     m.DB_QUERY_DURATION.labels(operation="metrics_scrape").observe(time.perf_counter() - started)
     return totals, live
 
