@@ -169,6 +169,32 @@ def test_health_detailed_spans_under_the_lambda_trace(receiver, database_url, cl
     assert_no_secrets(receiver, database_url)
 
 
+def test_a_hung_database_shows_as_a_timed_out_check_span(receiver, database_url):
+    """The check's span is recorded on the request thread when the check ends or is given
+    up on: a database that accepts and never answers is a `timeout`, spanning the budget."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        env = {
+            **traced_env(receiver, f"postgresql://app:pw-0123456789@127.0.0.1:{port}/app"),
+            "HEALTH_DB_TIMEOUT_S": "0.3",
+        }
+        results, output = run("health", [detailed()], env, [SAMPLED])
+    assert results[0]["status"] == 503, output[-3000:]
+    spans = receiver.spans()
+    root = invocation_of(spans, "GET /health/detailed")
+    (db,) = children(spans, root)["check database"]
+    assert db.attributes == {
+        "check": "database",
+        "outcome": "down",
+        "reason": "timeout",
+        "critical": True,
+    }
+    assert db.end_ns - db.start_ns >= 0.29e9  # given up on at its budget (0.3 s), not before
+    assert b"pw-0123456789" not in receiver.raw()
+
+
 def test_a_scrape_has_its_checks_store_read_and_flush(receiver, database_url):
     env = {**traced_env(receiver, database_url), "METRICS_FLUSH_INTERVAL_S": "0"}
     results, output = run("metrics", [scrape(), scrape()], env, [SAMPLED, SAMPLED])
