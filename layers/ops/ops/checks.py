@@ -208,7 +208,7 @@ def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckR
         tracing.record(
             f"check {result.name}",
             r.run.started_at,
-            r.run.started_at + result.latency_ms / 1000,
+            r.run.started_at + result.latency_seconds,
             check=result.name,
             outcome="up" if result.ok else "down",
             reason=result.reason,
