@@ -120,6 +120,10 @@ def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "MOLTBOT_GATEWAY_URL",
         "SENTRY_DSN",
         "SENTRY_DSN_SECRET_ARN",
+        "OTEL_TRACES_EXPORTER",  # a developer's ambient OpenTelemetry setup stays out
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_SDK_DISABLED",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")

@@ -42,6 +42,7 @@ from ops.metrics.exposition import (
 from ops.metrics.text_format import format_labels
 from ops.metrics.totals import TotalRow, Totals, compact_if_due, read_totals
 from ops.service import service_api
+from ops.tracing import span
 
 app = service_api()
 
@@ -105,10 +106,11 @@ def _read_store(read: FollowUp, db: Database, budget_s: float) -> tuple[Totals, 
 
 def _read(db: Database, gauges_deadline: float) -> tuple[Totals, dict[str, Any]]:
     started = time.perf_counter()
-    _compact(db)
-    totals = read_totals(db, settings().metrics_new_series_hold_s)
-    collected = collect(db, gauges_deadline)
-    _count_left_out(totals, collected)
+    with span("metrics store read"):  # on the database check's worker, in the invocation
+        _compact(db)
+        totals = read_totals(db, settings().metrics_new_series_hold_s)
+        collected = collect(db, gauges_deadline)
+        _count_left_out(totals, collected)
     m.DB_QUERY_DURATION.labels(operation="metrics_scrape").observe(time.perf_counter() - started)
     return totals, dict(collected.live)
 

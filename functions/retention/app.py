@@ -14,11 +14,13 @@ from retention_job import run_retention
 from ops.error_tracking import report_failures
 from ops.log import logger
 from ops.metrics import flush, install_shutdown_flush
+from ops.tracing import traced_invocation
 
 install_shutdown_flush()  # at init: Lambda accepts the extension registration only then
 
 
 @logger.inject_lambda_context(clear_state=True)
+@traced_invocation("retention run")  # one span with the batches inside, when tracing is on
 @report_failures("retention")  # a failed run reaches Sentry when a DSN is configured
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     try:

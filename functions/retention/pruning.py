@@ -85,6 +85,7 @@ from ops.db import Database
 from ops.log import logger
 from ops.sql import set_local_timeouts, sqlstate
 from ops.timestamps import PgTimestamp
+from ops.tracing import span
 
 LOCK_CONFLICTS = ("55P03", "40P01")  # lock_not_available, deadlock_detected
 QUERY_CANCELED = "57014"  # statement_timeout
@@ -510,10 +511,14 @@ class TablePruner:
             timeout = (
                 self.limits.window_timeout_ms if b.windowed else self.limits.statement_timeout_ms
             )
+            mode = "window" if b.windowed else "exact"
             try:
-                with self.db.transaction(
-                    statement_timeout_ms=timeout, lock_timeout_ms=self.limits.lock_timeout_ms
-                ) as conn:
+                with (
+                    span("retention batch", table=self.target.table, mode=mode) as traced,
+                    self.db.transaction(
+                        statement_timeout_ms=timeout, lock_timeout_ms=self.limits.lock_timeout_ms
+                    ) as conn,
+                ):
                     batch = delete_batch(
                         conn,
                         relation.sql,
@@ -524,6 +529,7 @@ class TablePruner:
                         self.target.sql_type,
                     )
                     step = Step(rows=batch.rows, batches=1)
+                    traced.set(rows=batch.rows)
                     return batch, self._book(conn, step, batch.done and last_unit)
             except (DatabaseError, WindowOverfull) as exc:
                 code = _failure_code(exc)
@@ -545,10 +551,13 @@ class TablePruner:
             return True
         waiting_for = "partition"
         try:
-            with self.db.transaction(
-                statement_timeout_ms=self.limits.statement_timeout_ms,
-                lock_timeout_ms=self.limits.lock_timeout_ms,
-            ) as conn:
+            with (
+                span("retention partition drop", table=self.target.table),
+                self.db.transaction(
+                    statement_timeout_ms=self.limits.statement_timeout_ms,
+                    lock_timeout_ms=self.limits.lock_timeout_ms,
+                ) as conn,
+            ):
                 self.recorder.fence(conn)  # no lock on the parent unless this run may still work
                 estimate = self._lock_partition(conn, drop)
                 # ACCESS EXCLUSIVE on the parent queues every query behind it while it waits:

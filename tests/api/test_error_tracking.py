@@ -2,17 +2,15 @@
 out as Lambda lays it out, and a loopback server standing in for Sentry's ingest
 receives what the SDK really sends.
 
-The child process ends with os._exit right after its last invocation, as a frozen
-Lambda container would: no atexit flush, so an event that arrives was sent before
-the invocation returned.
+The child process (tests.support.lambda_child) ends with os._exit right after its last
+invocation, as a frozen Lambda container would: no atexit flush, so an event that
+arrives was sent before the invocation returned.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,91 +22,15 @@ import pytest
 from ops.config import ConfigError, load
 from ops.error_tracking import FLUSH_TIMEOUT_S
 from ops.event_scrubber import FILTERED, EventScrubber
-from tools import LAYER_DIR, ROOT
+from tests.support.lambda_child import run_in_fresh_process
+from tools import ROOT
 from tools.apigw import proxy_event
 from tools.sentry_ingest import SentryIngest, sentry_ingest
 
-MARK = "@@invocations@@"
 TOKEN = "metrics-token-0123456789"
 VERSION = "9.9.9"
 FUNCTION_NAME = "bundle-test-fn"
 AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
-
-CHILD = r"""
-import json, os, sys, time, uuid
-spec = json.loads(sys.stdin.read())
-sys.path[:0] = [spec["code_dir"], spec["layer"]]  # /var/task, then /opt/python
-if spec.get("dsn_secret"):  # Secrets Manager (moto) holds the DSN, as in AWS
-    import boto3
-    from moto import mock_aws
-    mock_aws().start()
-    client = boto3.client("secretsmanager", region_name="eu-west-1")
-    arn = client.create_secret(Name="sentry-dsn", SecretString=spec["dsn_secret"])["ARN"]
-    os.environ["SENTRY_DSN_SECRET_ARN"] = arn
-
-class Context:
-    function_name = os.environ["AWS_LAMBDA_FUNCTION_NAME"]
-    function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:eu-west-1:000000000000:function:" + function_name
-    memory_limit_in_mb = 256
-    log_group_name = "/aws/lambda/" + function_name
-    log_stream_name = "test"
-    def __init__(self):
-        self.aws_request_id = str(uuid.uuid4())
-        self._deadline = time.monotonic() + spec.get("timeout_s", 10)
-    def get_remaining_time_in_millis(self):
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-if spec.get("lambda_runtime"):
-    # The runtime's `bootstrap` module as the SDK's AwsLambdaIntegration finds and patches
-    # it: each invocation goes through handle_event_request, which posts the result or
-    # the error back to the runtime API.
-    import types
-    bootstrap = types.ModuleType("bootstrap")
-
-    class LambdaRuntimeClient:
-        def post_init_error(self, error_response_data, error_type_override=None):
-            raise AssertionError("init failed")
-        def post_invocation_result(self, invoke_id, result_data, content_type="application/json"):
-            self.posted = {"status": result_data.get("statusCode", "returned")}
-        def post_invocation_error(self, invoke_id, error_response_data, xray_fault):
-            self.posted = {"raised": error_response_data}
-
-    def handle_event_request(lambda_runtime_client, request_handler, invoke_id, event, ctx):
-        try:
-            result = request_handler(event, ctx)
-        except Exception as exc:
-            lambda_runtime_client.post_invocation_error(invoke_id, type(exc).__name__, "")
-        else:
-            lambda_runtime_client.post_invocation_result(invoke_id, result)
-
-    bootstrap.LambdaRuntimeClient = LambdaRuntimeClient
-    bootstrap.handle_event_request = handle_event_request
-    sys.modules["bootstrap"] = bootstrap
-
-from app import lambda_handler
-results = []
-for event in spec["events"]:
-    ctx = Context()
-    outcome = {"aws_request_id": ctx.aws_request_id, "started_at": time.monotonic()}
-    if spec.get("lambda_runtime"):
-        client = bootstrap.LambdaRuntimeClient()
-        # Looked up at call time, as the runtime's loop does: the patched one when Sentry is on.
-        bootstrap.handle_event_request(client, lambda_handler, ctx.aws_request_id, event, ctx)
-        outcome.update(client.posted)
-    else:
-        try:
-            result = lambda_handler(event, ctx)
-            outcome["status"] = result.get("statusCode", "returned")
-        except Exception as exc:
-            outcome["raised"] = type(exc).__name__
-    outcome["returned_at"] = time.monotonic()
-    outcome["sentry_loaded"] = "sentry_sdk" in sys.modules
-    results.append(outcome)
-sys.stdout.write("MARK" + json.dumps(results) + "\n")
-sys.stdout.flush()
-os._exit(0)
-""".replace("MARK", MARK)
 
 BOOM_APP = """
 import os
@@ -166,39 +88,21 @@ def invoke(
     lambda_runtime: bool = False,
     timeout_s: float = 10,
 ) -> tuple[list[dict[str, Any]], str]:
-    proc = subprocess.run(
-        [sys.executable, "-I", "-c", CHILD],
-        input=json.dumps(
-            {
-                "code_dir": str(code_dir),
-                "layer": str(LAYER_DIR),
-                "events": events,
-                "dsn_secret": dsn_secret,
-                "lambda_runtime": lambda_runtime,
-                "timeout_s": timeout_s,
-            }
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=code_dir,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "AWS_LAMBDA_FUNCTION_NAME": FUNCTION_NAME,
-            "AWS_DEFAULT_REGION": "eu-west-1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
+    return run_in_fresh_process(
+        code_dir,
+        events,
+        {
             "POWERTOOLS_METRICS_NAMESPACE": "Test",
             "SERVICE_VERSION": VERSION,
             "ENVIRONMENT": "staging",
             "METRICS_AUTH_TOKEN": TOKEN,
             **env,
         },
+        function_name=FUNCTION_NAME,
+        dsn_secret=dsn_secret,
+        lambda_runtime=lambda_runtime,
+        timeout_s=timeout_s,
     )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and MARK in proc.stdout, output[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith(MARK))
-    return json.loads(line.removeprefix(MARK)), output
 
 
 def failing_request() -> dict[str, Any]:

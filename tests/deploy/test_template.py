@@ -37,6 +37,8 @@ SECRETS_READ = {
 STAR_RESOURCE_ACTIONS = {
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
+    "xray:PutSpans",  # X-Ray's OTLP endpoint (OtelTracing=xray); no resource-level permissions
+    "xray:PutSpansForIndexing",
     "ec2:CreateNetworkInterface",
     "ec2:DescribeNetworkInterfaces",
     "ec2:DescribeSubnets",
@@ -395,3 +397,42 @@ def test_every_api_route_reaches_its_function_for_head_and_options():
     routes = [route for spec in functions(TEMPLATE).values() for route in spec.routes]
     assert routes
     assert [r for r in routes if r.method != "ANY"] == []
+
+
+def test_tracing_is_off_unless_asked_for_and_then_goes_to_xrays_otlp_endpoint() -> None:
+    """OtelTracing=xray sets the two OTEL_* variables ops.config reads and grants PutSpans;
+    by default neither variable reaches a function (OpenTelemetry never loads)."""
+    from ops.tracing import xray_region
+
+    param = TEMPLATE["Parameters"]["OtelTracing"]
+    assert (param["Default"], param["AllowedValues"]) == ("off", ["off", "xray"])
+    assert TEMPLATE["Conditions"]["HasOtelTracing"] == {
+        "Fn::Equals": [{"Ref": "OtelTracing"}, "xray"]
+    }
+    env = GLOBAL_FN["Environment"]["Variables"]
+    assert sorted(k for k in env if k.startswith("OTEL_")) == [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_EXPORTER",
+    ]
+    condition, exporter, otherwise = env["OTEL_TRACES_EXPORTER"]["Fn::If"]
+    assert (condition, exporter, otherwise) == ("HasOtelTracing", "otlp", {"Ref": "AWS::NoValue"})
+    condition, endpoint, otherwise = env["OTEL_EXPORTER_OTLP_ENDPOINT"]["Fn::If"]
+    assert (condition, otherwise) == ("HasOtelTracing", {"Ref": "AWS::NoValue"})
+    # ops.tracing appends /v1/traces and signs what goes to this host.
+    url = endpoint["Fn::Sub"].replace("${AWS::Region}", "eu-west-1") + "/v1/traces"
+    assert xray_region(url) == "eu-west-1"
+    for fn in FUNCTIONS.values():  # no function overrides them
+        assert not any(
+            k.startswith("OTEL_")
+            for k in fn["Properties"].get("Environment", {}).get("Variables", {})
+        )
+    base = RESOURCES["FunctionBasePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    grants = [
+        s
+        for s in base
+        if isinstance(s, dict) and "Fn::If" in s and s["Fn::If"][0] == "HasOtelTracing"
+    ]
+    assert len(grants) == 1
+    statement = grants[0]["Fn::If"][1]
+    assert statement["Action"] == ["xray:PutSpans", "xray:PutSpansForIndexing"]
+    assert grants[0]["Fn::If"][2] == {"Ref": "AWS::NoValue"}

@@ -165,6 +165,7 @@ def test_every_readme_command_is_run_here_or_needs_aws() -> None:
         "export METRICS_AUTH_TOKEN=local-dev-token",
         "DATABASE_URL=postgresql://app:secret@127.0.0.1:5432/app make run",
         ".venv/bin/python -m tools.sentry_ingest",
+        ".venv/bin/python -m tools.otlp_receiver",
     }
     for command in block_commands(README):
         if command in NOT_RUN_HERE or needs_aws(command) or needs_docker(command):
@@ -175,6 +176,8 @@ def test_every_readme_command_is_run_here_or_needs_aws() -> None:
             continue  # the tour, below
         if command.startswith("SENTRY_DSN=http://… "):
             continue  # with the DSN sentry_ingest printed, below
+        if command.startswith("OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://… "):
+            continue  # with the endpoint otlp_receiver printed, below
         raise AssertionError(f"README command not exercised by this test: {command}")
 
 
@@ -272,6 +275,29 @@ def test_readme_sentry_stand_in_commands(clone: Path) -> None:
     finally:
         os.killpg(ingest.pid, signal.SIGTERM)
         ingest.communicate(timeout=30)
+
+
+def test_readme_trace_receiver_commands(clone: Path) -> None:
+    commands = block_commands(README)
+    assert ".venv/bin/python -m tools.otlp_receiver" in commands
+    receiver = start_run(clone, ".venv/bin/python -m tools.otlp_receiver", clean_env())
+    try:
+        assert receiver.stdout is not None
+        endpoint = ""
+        deadline = time.monotonic() + 60
+        while not endpoint and time.monotonic() < deadline:
+            match = re.search(r"OTEL_EXPORTER_OTLP_ENDPOINT=(\S+)", receiver.stdout.readline())
+            endpoint = match.group(1) if match else ""
+        assert endpoint, "otlp_receiver printed no endpoint"
+        traced = next(c for c in commands if c.startswith("OTEL_TRACES_EXPORTER=otlp "))
+        out = sh(clone, traced.replace("http://…", endpoint, 1), clean_env())
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["dryRun"] is True
+    finally:
+        os.killpg(receiver.pid, signal.SIGTERM)
+        printed, _ = receiver.communicate(timeout=30)
+    names = {json.loads(line)["name"] for line in printed.splitlines() if line.startswith("{")}
+    assert "retention run" in names, printed[-2000:]
 
 
 def test_readme_build_and_validate(clone: Path) -> None:

@@ -138,8 +138,23 @@ class Recorder:
         self._seen = len(lines)
         return Invocation(resp, context, latency_ms, filed)
 
-    def call(self, function: str, path: str, *, resource: str | None = None) -> ApiCall:
-        evt = proxy_event(method="GET", path=path, resource=resource or path, stage="prod")
+    def call(
+        self,
+        function: str,
+        path: str,
+        *,
+        resource: str | None = None,
+        headers: dict[str, str] | None = None,
+        source_ip: str = "127.0.0.1",
+    ) -> ApiCall:
+        evt = proxy_event(
+            method="GET",
+            path=path,
+            resource=resource or path,
+            stage="prod",
+            headers=headers,
+            source_ip=source_ip,
+        )
         inv = self.invoke(function, evt)
         line = access_line(self.access_format, evt, inv.response, inv.latency_ms)
         inv.events.append(self._file(line, "access"))
@@ -232,8 +247,41 @@ def test_every_saved_query_is_exercised_here() -> None:
         "retention-rows-by-table",
         "cold-starts-by-function",
         "errors-by-function",
+        "auth-failures-by-ip",
     }
     assert set(saved_queries()) == tested
+
+
+def test_auth_failures_by_ip_lists_refused_and_throttled_callers(
+    db_env, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real 401s from the handlers (a guesser, a caller without a token), a real 200 with the
+    token, and the 429s API Gateway answers itself when the stage throttles a caller."""
+    monkeypatch.setenv("METRICS_AUTH_TOKEN", "the-real-token")
+    guesser, scraper, flooder = "198.51.100.7", "192.0.2.10", "203.0.113.9"
+    for i in range(3):
+        bad = {"Authorization": f"Bearer guess-{i}", "User-Agent": "scanner/1.0"}
+        recorder.call("health", "/health/detailed", headers=bad, source_ip=guesser)
+    recorder.call(
+        "metrics", "/metrics", headers={"Authorization": "Bearer nope"}, source_ip=guesser
+    )
+    recorder.call("metrics", "/metrics", source_ip=scraper)  # no token at all
+    good = {"Authorization": "Bearer the-real-token"}
+    assert recorder.call("metrics", "/metrics", headers=good, source_ip=scraper).status == 200
+    assert [c.status for c in recorder.calls[:5]] == [401] * 5
+    throttled = proxy_event(method="GET", path="/health", resource="/health", source_ip=flooder)
+    gateway_429 = {"statusCode": 429, "body": '{"message":"Too Many Requests"}'}
+    for _ in range(2):
+        recorder._file(access_line(recorder.access_format, throttled, gateway_429, 0), "access")
+    rows = recorder.run("auth-failures-by-ip")
+    by_caller = {(r["ip"], r["status"]): (r["requests"], r["routes"]) for r in rows}
+    assert by_caller == {
+        (guesser, 401): (4, 2),  # /health/detailed and /metrics
+        (scraper, 401): (1, 1),  # its 200 is not listed
+        (flooder, 429): (2, 1),
+    }
+    assert [r["requests"] for r in rows] == [4, 2, 1]
+    assert rows[0]["user_agent"] == "-"  # its last request had no User-Agent
 
 
 def test_slowest_routes_groups_access_lines_by_route(api_story: Recorder) -> None:

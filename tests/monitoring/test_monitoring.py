@@ -509,7 +509,33 @@ def test_cloudwatch_dashboard_reads_catalogued_emf_metrics() -> None:
             if line and line[0] == "MetricsNamespace":
                 used.add(line[1])
             used.update(re.findall(r'MetricName=\\?"(\w+)\\?"', json.dumps(line)))
-    assert used and used <= set(emf), used - set(emf)
+    assert used and used <= set(emf) | set(_metric_filter_metrics()), used - set(emf)
+
+
+def _metric_filter_metrics() -> dict[str, dict[str, Any]]:
+    """Metrics the template's metric filters derive from log lines (not EMF), by name."""
+    return {
+        t["MetricName"]: t
+        for res in template_resources("AWS::Logs::MetricFilter").values()
+        for t in res["Properties"]["MetricTransformations"]
+    }
+
+
+def test_the_throttling_metric_counts_the_access_logs_429s() -> None:
+    """API Gateway answers 429 itself (no Lambda, no EMF): a filter on the access log counts
+    them, in the bundle's namespace, and the dashboard shows it."""
+    (throttled,) = [
+        res["Properties"]
+        for res in template_resources("AWS::Logs::MetricFilter").values()
+        if res["Properties"]["MetricTransformations"][0]["MetricName"] == "api_throttled_requests"
+    ]
+    assert throttled["LogGroupName"] == {"Ref": "ApiAccessLogGroup"}
+    assert throttled["FilterPattern"] == '{ $.type = "access" && $.status = 429 }'
+    (transform,) = throttled["MetricTransformations"]
+    assert transform["MetricNamespace"] == {"Ref": "MetricsNamespace"}
+    assert (transform["MetricValue"], transform["Unit"]) == ("1", "Count")
+    fmt = load_template()["Resources"]["Api"]["Properties"]["AccessLogSetting"]["Format"]
+    assert '"type":"access"' in fmt and '"status":$context.status,' in fmt  # a JSON number
 
 
 def test_cloudwatch_alarm_dimensions_match_the_emf_the_code_emits() -> None:

@@ -54,7 +54,7 @@ Response = dict[str, Any]
 Handler = Callable[[Request], Response]
 ResponseHook = Callable[[Request | None, str, int, float], None]
 ErrorHook = Callable[[Request | None, str, Exception], None]  # a handler raised (the 500s)
-Authorizer = Callable[[Request], Response | None]  # None: the request may proceed
+Authorizer = Callable[[Request, str], Response | None]  # (request, route); None: may proceed
 
 
 def parse_event(event: Any) -> Request:
@@ -120,7 +120,7 @@ def error_response(
     return json_response(status, {"error": error, "message": message}, headers=headers)
 
 
-def no_authorizer(req: Request) -> Response:
+def no_authorizer(req: Request, route: str) -> Response:
     """Until an authorizer is installed, protected routes stay closed (fail closed)."""
     return error_response(
         503, "auth_misconfigured", "no authorizer is installed; protected routes stay closed"
@@ -212,7 +212,7 @@ class Api:
                 headers={"Allow": allowed},
             )
         if target.auth:
-            denied = self.authorize(req)
+            denied = self.authorize(req, route)
             if denied is not None:
                 return route, denied
         return route, target.handler(req)

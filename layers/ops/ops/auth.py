@@ -5,6 +5,11 @@ The token is `METRICS_AUTH_TOKEN` locally, or the Secrets Manager secret named b
 field). No token source configured means the routes are open. A configured
 source that yields no usable token (blank, not a string, missing, unreadable)
 fails closed: 503 naming the misconfiguration, logged once per container.
+
+Every refusal is counted in `auth_failures_total{route, reason}` (the route template;
+reason `missing`: no credentials, `wrong`: not the valid bearer token, `misconfigured`:
+the 503 above), so that someone guessing the token shows as a burst (the
+AuthFailureBurst alert) rather than as one status among others.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 from ops.api import Request, Response, error_response
 from ops.config import settings
 from ops.log import logger
+from ops.metrics import catalogue as m
 
 
 class TokenMisconfigured(Exception):
@@ -83,18 +89,24 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def unauthorized_response(req: Request) -> Response | None:
+def unauthorized_response(req: Request, route: str) -> Response | None:
     """None when the request may proceed; a 401 (or 503 when misconfigured) otherwise."""
     try:
         token = expected_token()
     except TokenMisconfigured as exc:
+        m.AUTH_FAILURES.labels(route=route, reason="misconfigured").inc()
         return _misconfigured(str(exc))
     if token is None:
         return None
-    scheme, _, presented = (req.header("authorization") or "").partition(" ")
+    header = req.header("authorization") or ""
+    scheme, _, presented = header.partition(" ")
     # compare_digest on bytes: constant time whatever the presented value's length or content.
     if scheme.lower() == "bearer" and hmac.compare_digest(_utf8(presented.strip()), _utf8(token)):
         return None
+    # No credential at all, or `Bearer` with nothing after it; anything else is a wrong guess.
+    missing = not header.strip() or (scheme.lower() == "bearer" and not presented.strip())
+    reason = "missing" if missing else "wrong"
+    m.AUTH_FAILURES.labels(route=route, reason=reason).inc()
     return error_response(
         401,
         "unauthorized",

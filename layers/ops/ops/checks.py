@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ops import deadline, workers
+from ops import deadline, tracing, workers
 from ops.config import settings
 from ops.log import logger
 from ops.metrics import catalogue as m
@@ -112,7 +112,7 @@ class Bounded:
         self.value: Any = None
         self.exc: BaseException | None = None
         self.finished_at: float | None = None
-        self._fn = fn
+        self._fn = tracing.carried(fn)  # its spans (flush, store read) stay in the invocation
         self._done = threading.Lock()
         self._done.acquire()  # released once fn has finished
         self.started_at = time.perf_counter()
@@ -219,7 +219,16 @@ def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckR
     """
     running = [_Running(check, then if i == 0 else None) for i, check in enumerate(checks)]
     results = [r.result() for r in running]
-    for result in results:
+    for r, result in zip(running, results, strict=True):
+        tracing.record(
+            f"check {result.name}",
+            r.run.started_at,
+            r.run.started_at + result.latency_seconds,
+            check=result.name,
+            outcome="up" if result.ok else "down",
+            reason=result.reason,
+            critical=result.critical,
+        )
         m.HEALTH_CHECK_FAILURES.labels(check=result.name).inc(0.0 if result.ok else 1.0)
         m.HEALTH_CHECK_DURATION.labels(check=result.name).observe(result.latency_seconds)
         if not result.ok:

@@ -365,6 +365,30 @@ class Settings:
         high=1,
     )
 
+    # -- tracing (OpenTelemetry): off unless OTEL_TRACES_EXPORTER=otlp ----------------------
+    otel_traces_exporter: str = choice(
+        "OTEL_TRACES_EXPORTER",
+        "none",
+        ("otlp", "none"),
+        "`otlp` turns tracing on (spans over OTLP/HTTP; `ops.tracing`); unset or `none`: off,"
+        " and nothing of OpenTelemetry is imported (OpenTelemetry's own default is `otlp`)",
+    )
+    otel_exporter_endpoint: str | None = url(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "where spans go (`/v1/traces` is appended); unset: `http://localhost:4318` (a collector"
+        " beside the function). X-Ray's `https://xray.<region>.amazonaws.com` is signed with"
+        " SigV4",
+    )
+    otel_exporter_protocol: str = choice(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "http/protobuf",
+        ("http/protobuf",),
+        "the OTLP transport; only `http/protobuf` is shipped (no gRPC stack in the layer)",
+    )
+    otel_sdk_disabled: bool = flag(
+        "OTEL_SDK_DISABLED", False, "`true`: tracing off whatever OTEL_TRACES_EXPORTER says"
+    )
+
     # -- local tools (make run / invoke / migrate, tests); Lambda never sets these --------
     local_port: int = whole(
         "PORT",
@@ -402,6 +426,10 @@ class Settings:
     @property
     def error_tracking_configured(self) -> bool:
         return self.sentry_dsn is not None or self.sentry_dsn_secret_arn is not None
+
+    @property
+    def tracing_configured(self) -> bool:
+        return self.otel_traces_exporter == "otlp" and not self.otel_sdk_disabled
 
     @property
     def auth_configured(self) -> bool:
@@ -485,3 +513,10 @@ def load(environ: Any = None) -> Settings:
 @lru_cache(maxsize=1)
 def settings() -> Settings:
     return load()
+
+
+def lambda_trace_header() -> str | None:
+    """Lambda's X-Ray trace header for the current invocation (`_X_AMZN_TRACE_ID`,
+    `Root=1-…;Parent=…;Sampled=1`). Not a setting: Lambda sets it anew before each
+    invocation, so it is read at each call, never cached."""
+    return os.environ.get("_X_AMZN_TRACE_ID") or None

@@ -7,14 +7,15 @@
 * bearer token for routes registered with `auth=True` (ops.auth);
 * HTTP metrics for every response, the flush policy, the deadline and shutdown
   flushes (ops.metrics.http);
-* the router's 500s reported to Sentry when a DSN is configured (ops.error_tracking).
+* the router's 500s reported to Sentry when a DSN is configured (ops.error_tracking);
+* one OpenTelemetry span per invocation when tracing is on (ops.tracing).
 
-The router (ops.api) stays ignorant of all three; they depend on it, never the reverse.
+The router (ops.api) stays ignorant of all five; they depend on it, never the reverse.
 """
 
 from __future__ import annotations
 
-from ops import deadline, error_tracking
+from ops import deadline, error_tracking, tracing
 from ops.api import Api
 from ops.auth import unauthorized_response
 from ops.metrics.http import instrument as record_metrics
@@ -27,4 +28,5 @@ def service_api() -> Api:
     app.authorize = unauthorized_response
     record_metrics(app)  # http_requests_total etc. for every response, then the metrics flush
     error_tracking.instrument(app)  # reports the 500s when a Sentry DSN is configured
+    tracing.instrument(app)  # last: its span ends after the metrics flush (when tracing is on)
     return app

@@ -80,6 +80,16 @@ HTTP_REQUEST_DURATION = Histogram(
     emf=Emf("http_request_duration_seconds", "Seconds"),
 )
 
+# -- Security (recorded by ops.auth for every refused request to a protected route)
+AUTH_FAILURES = Counter(
+    "auth_failures_total",
+    "Requests to token-protected routes refused, by route template and reason: missing (no"
+    " credentials), wrong (not the valid bearer token), misconfigured (no usable token: 503).",
+    ("route", "reason"),
+    allowed={"reason": ("missing", "wrong", "misconfigured")},
+    emf=Emf("auth_failures", "Count", dimension=_label("reason")),
+)
+
 # -- Backend events (recorded by the backend's own functions)
 WEBHOOK_FAILURES = Counter(
     "webhook_failures_total",

@@ -33,6 +33,7 @@ from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.metrics import emf, pending, store
 from ops.metrics.catalogue import function_name
+from ops.tracing import span
 
 _last_attempt = float("-inf")  # monotonic time of the last flush started
 _last_end = float("-inf")  # monotonic time the previous invocation ended
@@ -129,14 +130,17 @@ def _push(
 ) -> store.FlushResult:
     global _last_attempt
     _last_attempt = time.monotonic()
-    return store.push(
-        pending.take_deltas(),
-        time.time(),
-        wait_s=wait_s,
-        meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
-        report=on_result,
-        wait_busy=wait_busy,
-    )
+    with span("metrics flush", waited=wait_s != 0.0) as traced:
+        result = store.push(
+            pending.take_deltas(),
+            time.time(),
+            wait_s=wait_s,
+            meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
+            report=on_result,
+            wait_busy=wait_busy,
+        )
+        traced.set(outcome=str(result.outcome))  # `pending`: handed over, not waited for
+        return result
 
 
 def _report_dropped_only(result: store.FlushResult) -> None:

@@ -1,0 +1,163 @@
+"""A loopback OTLP/HTTP receiver standing in for a collector or X-Ray's OTLP endpoint: it
+accepts `POST /v1/traces` (protobuf, as the SDK's exporter sends it), decodes each
+ExportTraceServiceRequest with opentelemetry-proto's classes and keeps the spans.
+
+Tests and the tracing benchmark use it; run on its own, it prints what the bundle sends:
+
+    .venv/bin/python -m tools.otlp_receiver   # prints OTEL_EXPORTER_OTLP_ENDPOINT=…, then spans
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tools.loopback import serving
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    name: str
+    trace_id: str  # 32 hex digits
+    span_id: str  # 16 hex digits
+    parent_span_id: str  # "" for a root
+    kind: int  # opentelemetry.proto's Span.SpanKind (2: SERVER)
+    attributes: dict[str, Any]
+    status_code: int  # 0 unset, 1 ok, 2 error
+    start_ns: int
+    end_ns: int
+    resource: dict[str, Any]
+    received_at: float  # time.monotonic(): one clock for every process on the machine
+
+
+@dataclass
+class Export:
+    headers: dict[str, str]
+    body: bytes  # everything the exporter sent, to search for secrets
+    spans: list[ReceivedSpan]
+
+
+def _value(any_value: Any) -> Any:
+    kind = any_value.WhichOneof("value")
+    return None if kind is None else getattr(any_value, kind)
+
+
+def _attributes(kvs: Any) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in kvs}
+
+
+def decode(body: bytes, received_at: float) -> list[ReceivedSpan]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    request = ExportTraceServiceRequest()
+    request.ParseFromString(body)
+    spans = []
+    for resource_spans in request.resource_spans:
+        resource = _attributes(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for s in scope_spans.spans:
+                spans.append(
+                    ReceivedSpan(
+                        name=s.name,
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_span_id=s.parent_span_id.hex(),
+                        kind=s.kind,
+                        attributes=_attributes(s.attributes),
+                        status_code=s.status.code,
+                        start_ns=s.start_time_unix_nano,
+                        end_ns=s.end_time_unix_nano,
+                        resource=resource,
+                        received_at=received_at,
+                    )
+                )
+    return spans
+
+
+@dataclass
+class OtlpReceiver:
+    port: int
+    exports: list[Export] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def endpoint(self) -> str:
+        """OTEL_EXPORTER_OTLP_ENDPOINT for it (the exporter appends /v1/traces)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def spans(self) -> list[ReceivedSpan]:
+        with self.lock:
+            return [s for e in self.exports for s in e.spans]
+
+    def raw(self) -> bytes:
+        with self.lock:
+            return b"\n".join(e.body for e in self.exports)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.exports.clear()
+
+    def wait_for(self, count: int, timeout_s: float = 5.0) -> list[ReceivedSpan]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.spans()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.spans()
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    receiver = OtlpReceiver(port=server.server_address[1])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            if self.path != "/v1/traces":
+                self.send_response(404)
+                self.end_headers()
+                return
+            spans = decode(body, time.monotonic())
+            with receiver.lock:
+                receiver.exports.append(Export(dict(self.headers), body, spans))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server.RequestHandlerClass = Handler
+    with serving(server):
+        yield receiver
+
+
+def main() -> None:
+    with otlp_receiver() as receiver:
+        print(f"OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT={receiver.endpoint}")
+        shown = 0
+        try:
+            while True:
+                spans = receiver.spans()
+                for s in spans[shown:]:
+                    shown_span = {k: v for k, v in vars(s).items() if k != "resource"}
+                    print(json.dumps(shown_span, default=str), flush=True)
+                shown = len(spans)
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
