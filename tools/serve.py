@@ -55,6 +55,10 @@ def serve(port: int, *, demo: bool) -> int:
             _load_demo(url)
 
         env = {"DATABASE_URL": url, "DB_SSL_MODE": os.environ.get("DB_SSL_MODE", "")}
+        if "METRICS_NEW_SERIES_HOLD_S" not in os.environ:
+            # Nothing scrapes the local gateway on a schedule: the tour shows a new series
+            # at once rather than at 0 for the hold meant for Prometheus (README, Metrics).
+            env["METRICS_NEW_SERIES_HOLD_S"] = "0"
         gateway = Gateway(env={k: v for k, v in env.items() if v})
         try:
             server = make_server(gateway, port=port)

@@ -34,7 +34,7 @@ from ops.metrics.exposition import (
     render,
     wants_openmetrics,
 )
-from ops.metrics.totals import Totals, compact_if_due, read_totals
+from ops.metrics.totals import Totals, compact_if_due, read_totals, stored_families
 from ops.service import service_api
 
 app = service_api()
@@ -73,7 +73,7 @@ def metrics(req: Request) -> Response:
             )
     live.update(_measured(checks, database_up=totals is not None))
     openmetrics = wants_openmetrics(req.header("accept"))
-    body = render(totals, live, openmetrics=openmetrics)
+    body = render(totals, live, openmetrics=openmetrics, stored=stored_families())
     return response(200, body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE)
 
 

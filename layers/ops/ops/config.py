@@ -29,7 +29,14 @@ DEFAULT_SERVICE = "realestate-backend"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 API_GATEWAY_TIMEOUT_S = 29.0  # a health budget must end before API Gateway gives up
+# The scrape interval infra/monitoring/prometheus.yml recommends (a test checks they agree):
+# the new-series hold's default is derived from it.
+SCRAPE_INTERVAL_S = 30.0
 MAX_SHOWN = 80  # a bad value is quoted in the error up to this many characters
+# Powertools' strtobool: what its own POWERTOOLS_* flags accept.
+FLAGS = dict.fromkeys(("1", "y", "yes", "t", "true", "on"), True) | dict.fromkeys(
+    ("0", "n", "no", "f", "false", "off"), False
+)
 
 
 class ConfigError(ValueError):
@@ -70,7 +77,7 @@ class Spec:
         if self.kind == "url":
             return "an http:// or https:// URL"
         if self.kind == "flag":
-            return "true or false"
+            return "true or false (or 1/0, yes/no, on/off, as Powertools reads them)"
         return "any text"
 
     def parse(self, raw: str) -> Any:
@@ -102,7 +109,7 @@ class Spec:
             if lowered.startswith(("http://", "https://")) and len(text) > len("https://"):
                 value = text.rstrip("/")
         elif self.kind == "flag":
-            value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+            value = FLAGS.get(text.lower())
         if value is None:
             raise ConfigError(f"{self.env} must be {self.allowed()}, got {self._shown(raw)}")
         return value
@@ -146,7 +153,7 @@ def url(env: str, doc: str) -> Any:
     return _field(Spec(env, "url", None, doc))
 
 
-def flag(env: str, default: bool, doc: str) -> Any:
+def flag(env: str, default: bool | None, doc: str) -> Any:
     return _field(Spec(env, "flag", default, doc))
 
 
@@ -162,9 +169,18 @@ class Settings:
         "version reported by `/health/live`; the Sentry release is `<service>@<version>`",
     )
     environment: str = text("ENVIRONMENT", "local", "deployment stage name (Sentry's environment)")
-    log_level: str = choice("LOG_LEVEL", "INFO", LOG_LEVELS, "log level")
-    powertools_log_level: str | None = choice(
-        "POWERTOOLS_LOG_LEVEL", None, LOG_LEVELS, "log level; overrides `LOG_LEVEL` when set"
+    log_level: str = choice(
+        "POWERTOOLS_LOG_LEVEL",
+        "INFO",
+        LOG_LEVELS,
+        "log level (Lambda's log-level control, `AWS_LAMBDA_LOG_LEVEL`, wins when lower, as"
+        " Powertools documents)",
+    )
+    powertools_dev: bool = flag(
+        "POWERTOOLS_DEV",
+        False,
+        "Powertools' development mode: as in Powertools Metrics, no EMF lines unless"
+        " `POWERTOOLS_METRICS_DISABLED` is false (log lines stay one JSON object a line)",
     )
     function_name: str = text(
         "AWS_LAMBDA_FUNCTION_NAME",
@@ -242,7 +258,15 @@ class Settings:
     )
     # -- metrics --------------------------------------------------------------------------
     metrics_namespace: str | None = text(
-        "POWERTOOLS_METRICS_NAMESPACE", None, "CloudWatch (EMF) namespace; unset: no EMF lines"
+        "POWERTOOLS_METRICS_NAMESPACE",
+        None,
+        "CloudWatch (EMF) namespace; unset: no EMF lines, and a warning once per container",
+    )
+    metrics_disabled: bool | None = flag(
+        "POWERTOOLS_METRICS_DISABLED",
+        None,
+        "true: no EMF lines (CloudWatch), as in Powertools; the Prometheus side counts as"
+        " before. Unset: false, unless `POWERTOOLS_DEV` is true",
     )
     metrics_shards: int = whole(
         "METRICS_SHARDS",
@@ -277,10 +301,11 @@ class Settings:
     )
     metrics_new_series_hold_s: float = number(
         "METRICS_NEW_SERIES_HOLD_S",
-        60.0,
+        2 * SCRAPE_INTERVAL_S,
         "a counter series younger than this is exposed at 0, so that Prometheus sees it at 0"
         " before its value and `rate()`/`increase()` count its first counts; at least the"
-        " scrape interval (0: off)",
+        " scrape interval, twice it by default (one failed scrape tolerated); 0: off"
+        " (`make run`'s default)",
         low=0,
         high=3600,
     )
@@ -387,8 +412,10 @@ class Settings:
             raise ConfigError("; ".join(problems))
 
     @property
-    def effective_log_level(self) -> str:
-        return self.powertools_log_level or self.log_level
+    def emf_enabled(self) -> bool:
+        """Powertools' rule: POWERTOOLS_METRICS_DISABLED, else off in POWERTOOLS_DEV mode."""
+        disabled = self.powertools_dev if self.metrics_disabled is None else self.metrics_disabled
+        return not disabled
 
     @property
     def error_tracking_configured(self) -> bool:

@@ -1,8 +1,9 @@
 """Every metric family the bundle exposes: names, labels, buckets, CloudWatch mirror.
 
 The catalogue is the contract with dashboards, alert rules and CloudWatch alarms:
-names and labels here are the ones operators already query. A family that is
-not defined here is not rendered by /metrics, so add new ones here.
+names and labels here are the ones operators already query, and reserved: a team
+declares its own families in its own code (`from ops.metrics import Counter`), never
+here, and cannot redeclare these (ops.metrics.families).
 
     from ops.metrics import catalogue as m
     m.WEBHOOK_FAILURES.labels(source="stripe").inc()
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 from ops.config import settings
 from ops.metrics.emf import Emf
-from ops.metrics.families import Counter, Gauge, Histogram, LiveGauge
+from ops.metrics.families import Counter, Gauge, Histogram, LiveGauge, reserve_catalogue
 
 
 def function_name() -> str:
@@ -167,9 +168,10 @@ METRICS_DELTAS_DROPPED = Counter(
     "metrics_deltas_dropped_total",
     "Series deltas a container gave up on (maybe never stored): outbox_full, when a silent "
     "database left more unconfirmed batches than the bound; shutdown, when a container "
-    "ended before they were stored.",
+    "ended before they were stored; family_conflict, when the store refused their family "
+    "(declared by another function with another shape).",
     ("function", "reason"),
-    allowed={"reason": ("outbox_full", "shutdown")},
+    allowed={"reason": ("outbox_full", "shutdown", "family_conflict")},
     emf=Emf("metrics_deltas_dropped", "Count", dimension=_label("reason")),
 )
 ERRORS = Counter(
@@ -217,3 +219,5 @@ RETENTION_LAG = LiveGauge(
     "How far the oldest row of each policy table is past the policy's maximum age, in seconds.",
     ("table",),
 )
+
+reserve_catalogue()  # every name above is the catalogue's: a team cannot redeclare it

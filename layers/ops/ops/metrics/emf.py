@@ -5,8 +5,13 @@ template's alarms use them. One line per distinct extra dimension (EMF puts a
 dimension's value at the top level of the line, so two values cannot share
 one), always with the `service` dimension. Counters go out as one summed value
 per flush, durations as every observation; a line holds at most 100 metrics and
-100 values per metric (EMF's limits), more go in further lines. Skipped when
-POWERTOOLS_METRICS_NAMESPACE is not set (local runs without it).
+100 values per metric (EMF's limits), more go in further lines.
+
+Powertools' settings, as Powertools Metrics reads them: POWERTOOLS_METRICS_DISABLED=true
+(or POWERTOOLS_DEV=true with it unset) turns the lines off; the Prometheus side counts
+as before. Without POWERTOOLS_METRICS_NAMESPACE there are no lines either, and the
+first recordings that go nowhere log a warning, once per container (Powertools raises
+at its flush instead; a missing namespace must not fail invocations).
 
 The lines are the ones Powertools Metrics prints, written here directly: every
 invocation emits them, and Powertools' emitter (validation, its metric set
@@ -79,11 +84,17 @@ class Emf:
         return EmfKey(name, self.unit, dim_name, derive(labels))
 
 
+_warned_no_namespace = False
+
+
 def emit(recorded: dict[EmfKey, list[float]]) -> int:
     """Print the EMF lines for `recorded`; returns how many dimension groups."""
     cfg = settings()
     namespace = cfg.metrics_namespace
-    if not recorded or not namespace:
+    if not recorded or not cfg.emf_enabled:
+        return 0
+    if not namespace:
+        _warn_no_namespace()
         return 0
     groups: dict[tuple[str, str], list[tuple[str, str, list[float]]]] = defaultdict(list)
     for (name, unit, dim_name, dim_value), values in recorded.items():
@@ -160,5 +171,21 @@ def _output_lock() -> AbstractContextManager[Any]:
     return handler.lock if handler.lock is not None else nullcontext()
 
 
+def _warn_no_namespace() -> None:
+    global _warned_no_namespace
+    if not _warned_no_namespace:
+        _warned_no_namespace = True
+        from ops.log import logger  # at the first emission (module docstring)
+
+        logger.warning(
+            "POWERTOOLS_METRICS_NAMESPACE is not set: no EMF lines, so CloudWatch gets no"
+            " metrics from this container (set it, or POWERTOOLS_METRICS_DISABLED=true to"
+            " turn EMF off on purpose); the Prometheus side is not affected",
+            extra={"type": "metrics_flush", "status": "emf_off"},
+        )
+
+
 def reset() -> None:
-    """Nothing is kept between lines (tests call it for a new container)."""
+    """A new container: the missing-namespace warning may be logged again (tests)."""
+    global _warned_no_namespace
+    _warned_no_namespace = False
