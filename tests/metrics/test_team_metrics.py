@@ -167,8 +167,10 @@ def test_the_store_keeps_one_shape_per_name_and_refuses_another_function_s(
     _container(app_env, team_url, "BillingFunction")
     theirs = families.Counter("t20_jobs_total", "Jobs, by kind.", ("kind",))
     invoices = families.Histogram("t20_invoice_seconds", "Invoicing.", buckets=(0.5, 2))
+    depth = families.Gauge("t20_queue_depth", "Invoices waiting.")
     theirs.labels(kind="x").inc()
     invoices.observe(1.0)
+    depth.set(7)
     assert flush()  # the rest is stored
     (refused,) = [line for line in log_lines() if line.get("status") == "refused"]
     assert refused["level"] == "ERROR" and refused["droppedSeries"] == 1
@@ -192,12 +194,14 @@ def test_the_store_keeps_one_shape_per_name_and_refuses_another_function_s(
     assert value(samples, "t20_invoice_seconds_bucket", le="0.5") == 0
     assert value(samples, "t20_invoice_seconds_bucket", le="2.0") == 1
     assert value(samples, "t20_invoice_seconds_sum") == 1.0
+    assert "# TYPE t20_queue_depth gauge\nt20_queue_depth 7\n" in body
     dropped = {"function": "BillingFunction", "reason": "family_conflict"}
     assert value(samples, "metrics_deltas_dropped_total", **dropped) == 2
 
     # A new deploy of the declaring function may change the shape: the newest wins, and
     # the warm metrics container (its caches kept) sees it at its next scrape.
-    assert [f.name for f in totals.stored_families()] == ["t20_invoice_seconds", "t20_jobs_total"]
+    stored = ["t20_invoice_seconds", "t20_jobs_total", "t20_queue_depth"]
+    assert [f.name for f in totals.stored_families()] == stored
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "OrdersFunction")
     settings.cache_clear()
     store.reset()  # another container's outbox; the metrics side's caches stay warm

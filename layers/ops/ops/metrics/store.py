@@ -50,6 +50,7 @@ from pg8000.exceptions import DatabaseError
 
 from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
+from ops.metrics import families
 from ops.metrics.courier import Courier
 from ops.metrics.pending import Deltas, SeriesKey
 from ops.sql import error_fields, quote_literal, set_local_timeouts, sqlstate
@@ -108,14 +109,12 @@ def _json_arg(rows: list[dict[str, Any]]) -> str:
     return f"{quote_literal(payload)}::json"
 
 
-def declarations(families: Iterable[str]) -> list[dict[str, Any]]:
-    """The shapes of the team families among `families` (the catalogue's are the metrics
+def declarations(names: Iterable[str]) -> list[dict[str, Any]]:
+    """The shapes of the team families among `names` (the catalogue's are the metrics
     function's own, and a function built on another layer version may differ)."""
-    from ops.metrics.families import REGISTRY
-
     declared = []
-    for name in sorted(families):
-        family = REGISTRY.get(name)
+    for name in sorted(names):
+        family = families.REGISTRY.get(name)
         if family is not None and family.team:
             kind, help_text, labels, buckets = family.shape()
             row = {"family": name, "kind": kind, "help": help_text, "labels": labels}
@@ -130,15 +129,16 @@ def flush_sql(
     timeout_ms: int,
     now: float,
     new_series: bool,
-    families: list[dict[str, Any]] | None = None,
+    shapes: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The one query of a flush; counters are stamped with the flush time."""
+    """The one query of a flush; counters are stamped with the flush time. `shapes`: the
+    team families to declare first (`declarations`), in the same transaction."""
     counters = [_row(b.seq, k, v, now) for b in batches for k, v in b.sums.items()]
     gauges = [_row(b.seq, k, v, at) for b in batches for k, (v, at) in b.gauges.items()]
     declare = (
         f"SELECT metrics_declare({quote_literal(settings().function_name)}, "
-        f"{_json_arg(families)}); "
-        if families
+        f"{_json_arg(shapes)}); "
+        if shapes
         else ""
     )
     return (
@@ -208,7 +208,8 @@ class _Job:
         self.timeout_ms = config().flush_timeout_ms
         self.believed_known = not any(k not in box.known for b in batches for k in b.series_keys())
         self.new_series = not self.believed_known
-        names = {k.family for b in batches for k in b.series_keys()} - box.declared - box.refused
+        names = {k.family for b in batches for k in b.series_keys()}
+        names -= box.declared | box.refused | (families.RESERVED or frozenset())
         self.families = declarations(names) if names else []
         self.refused: tuple[str, ...] = ()
         self.refused_series = 0
