@@ -6,6 +6,9 @@ that one declaration come the parsing, the error message and the README's settin
 table (`python -m tools.settings_doc` writes it; a test checks it). To add a setting,
 add a field; nothing else reads `os.environ`.
 
+Not pydantic-settings: importing pydantic would add a multiple of this module's cost
+to every function's cold start (measured: benchmarks/README.md, suite libraries).
+
 `settings()` reads the environment once per container and is cached (Lambda
 environments do not change inside a container). The first import of `ops.log`
 calls it, so a bad value fails the container at start with one `ConfigError`

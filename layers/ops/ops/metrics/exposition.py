@@ -1,8 +1,10 @@
 """Exposition: the Prometheus text format 0.0.4, or OpenMetrics 1.0.0 when asked for.
 
-Written by hand rather than through a prometheus_client registry: the totals
-arrive already summed and with their label sets rendered, so rendering is
-string joins (about a third of what `generate_latest` spends per sample).
+Written by hand rather than through a prometheus_client custom collector: the totals
+arrive already summed and with their label sets rendered, so rendering is string
+joins, a fraction of what `generate_latest` spends per sample, without
+prometheus_client's import in the metrics function's cold start (both measured:
+benchmarks/README.md, suite libraries).
 Every catalogue family gets `# HELP` and `# TYPE`, even before it has samples;
 histograms get every catalogue bucket, cumulative, then `_count` and `_sum`. The
 families teams declared in their own functions follow, as stored (`stored`: their

@@ -136,8 +136,7 @@ def flush_sql(
     counters = [_row(b.seq, k, v, now) for b in batches for k, v in b.sums.items()]
     gauges = [_row(b.seq, k, v, at) for b in batches for k, (v, at) in b.gauges.items()]
     declare = (
-        f"SELECT metrics_declare({quote_literal(settings().function_name)}, "
-        f"{_json_arg(shapes)}); "
+        f"SELECT metrics_declare({quote_literal(settings().function_name)}, {_json_arg(shapes)}); "
         if shapes
         else ""
     )
