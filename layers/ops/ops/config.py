@@ -269,7 +269,8 @@ class Settings:
         "POWERTOOLS_METRICS_DISABLED",
         None,
         "true: no EMF lines (CloudWatch), as in Powertools; the Prometheus side counts as"
-        " before. Unset: false, unless `POWERTOOLS_DEV` is true",
+        " before. Unset: false, unless `POWERTOOLS_DEV` is true (`make run` and `make invoke`"
+        " set it to true when no namespace is set)",
     )
     metrics_shards: int = whole(
         "METRICS_SHARDS",
