@@ -26,7 +26,7 @@ EVENT = {"httpMethod": "GET", "path": "/x", "resource": "/x", "headers": {}, "bo
 CONTEXT = "from tools.runtime import LambdaContext; ctx = LambdaContext('bench', 10)"
 EMF = "from ops.metrics.emf import EmfKey\n" + (
     "rec = {EmfKey('http_requests', 'Count', 'status_class', '2xx'): [3.0],"
-    " EmfKey('http_request_duration_ms', 'Milliseconds', '', ''): [1.5, 2.5, 4.0],"
+    " EmfKey('http_request_duration_seconds', 'Seconds', '', ''): [0.0015, 0.0025, 0.004],"
     " EmfKey('health_check_failures', 'Count', 'check', 'database'): [0.0]}"
 )
 # The hand-written EMF lines issue 20 replaced with Powertools (ops.metrics.emf.emit now):

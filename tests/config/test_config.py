@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,8 @@ import yaml
 
 from ops.config import SCRAPE_INTERVAL_S, ConfigError, Settings, Spec, load, settings, specs
 from tools import ROOT
+from tools.prom import duration_s, scrape_interval_s
+from tools.serve import worker_env
 from tools.settings_doc import README, rendered
 
 
@@ -212,21 +213,19 @@ def test_settings_doc_check_command(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _duration_s(text: str) -> float:
-    """A Prometheus duration of one unit (`30s`, `1m`)."""
-    match = re.fullmatch(r"(\d+)(ms|s|m|h)", text)
-    assert match, f"unexpected duration {text!r}"
-    return int(match[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match[2]]
-
-
-def test_the_new_series_hold_is_derived_from_the_recommended_scrape_interval():
+def test_the_new_series_hold_is_derived_from_the_recommended_scrape_interval(monkeypatch):
     """README: the hold's default is twice prometheus.yml's scrape interval (one failed
-    scrape still leaves one that sees a new series at 0)."""
-    conf = yaml.safe_load((ROOT / "infra/monitoring/prometheus.yml").read_text())
-    interval = _duration_s(conf["global"]["scrape_interval"])
-    assert interval == SCRAPE_INTERVAL_S
+    scrape still leaves one that sees a new series at 0); `make run` holds for `make prom`'s
+    interval unless the shell sets a hold."""
+    monitoring = ROOT / "infra" / "monitoring"
+    assert scrape_interval_s(monitoring / "prometheus.yml") == SCRAPE_INTERVAL_S
+    conf = yaml.safe_load((monitoring / "prometheus.yml").read_text())
     for job in conf["scrape_configs"]:
-        assert (
-            _duration_s(job.get("scrape_interval", conf["global"]["scrape_interval"])) <= interval
-        )
+        assert duration_s(job.get("scrape_interval", "0s")) <= SCRAPE_INTERVAL_S
     assert Settings().metrics_new_series_hold_s == 2 * SCRAPE_INTERVAL_S
+    local = scrape_interval_s()
+    assert 0 < local <= SCRAPE_INTERVAL_S
+    monkeypatch.delenv("METRICS_NEW_SERIES_HOLD_S")
+    assert worker_env("postgresql://x")["METRICS_NEW_SERIES_HOLD_S"] == f"{local:g}"
+    monkeypatch.setenv("METRICS_NEW_SERIES_HOLD_S", "5")
+    assert "METRICS_NEW_SERIES_HOLD_S" not in worker_env("postgresql://x")  # the shell's wins

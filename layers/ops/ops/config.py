@@ -308,8 +308,8 @@ class Settings:
         2 * SCRAPE_INTERVAL_S,
         "a counter series younger than this is exposed at 0, so that Prometheus sees it at 0"
         " before its value and `rate()`/`increase()` count its first counts; at least the"
-        " scrape interval, twice it by default (one failed scrape tolerated); 0: off"
-        " (`make run`'s default)",
+        " scrape interval, twice it by default (one failed scrape tolerated); 0: off."
+        " `make run`: `make prom`'s scrape interval unless set",
         low=0,
         high=3600,
     )
