@@ -278,12 +278,8 @@ def dashboard() -> list[str]:
         return json.dumps(board.build(), cls=JSONEncoder, indent=2)
 
     built, mine = json.loads(sdk()), ours.dashboard()
-    t = time.perf_counter()
-    sdk()
-    sdk_ms = (time.perf_counter() - t) * 1000
-    t = time.perf_counter()
-    ours.render()
-    our_ms = (time.perf_counter() - t) * 1000
+    us = _interleaved({"ours": ours.render, "lib": sdk}, 15, 5)
+    our_ms, sdk_ms = us["ours"] / 1000, us["lib"] / 1000
     missing = sorted(set(mine) - set(built))
     sdk_dir = Path(gd.__file__).parent.parent
     inputs = any("__inputs" in f.read_text() for f in sdk_dir.rglob("*.py"))
