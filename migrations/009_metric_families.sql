@@ -11,7 +11,9 @@
 -- deploy: the newest declaration wins), another function may declare the same name
 -- only with the same shape. A different one is refused (SQLSTATE MF002, the names in
 -- DETAIL, one per line); the caller drops that family's deltas, logs and counts it, and
--- flushes the rest.
+-- flushes the rest. The catalogue's families are reserved: the metrics function writes
+-- their shapes (metrics_reserve, declared_by '') at its first scrape, and a team's
+-- function built on another layer version cannot redeclare them with another shape.
 
 CREATE TABLE IF NOT EXISTS metric_families (
     family      text PRIMARY KEY,
@@ -19,7 +21,7 @@ CREATE TABLE IF NOT EXISTS metric_families (
     help        text NOT NULL,
     labels      text[] NOT NULL,
     buckets     float8[] NOT NULL,  -- a histogram's upper bounds (without +Inf), else empty
-    declared_by text NOT NULL,      -- the function (AWS_LAMBDA_FUNCTION_NAME) that declared it
+    declared_by text NOT NULL,      -- the function (AWS_LAMBDA_FUNCTION_NAME); '': the catalogue
     declared_at timestamptz NOT NULL DEFAULT now()
 );
 
@@ -54,7 +56,7 @@ BEGIN
            IS NOT DISTINCT FROM (f.kind, f.help, f.labels, f.buckets) THEN
             CONTINUE;
         END IF;
-        IF v_row.declared_by = p_function THEN  -- a new deploy of the same function
+        IF v_row.declared_by = p_function AND p_function <> '' THEN  -- a new deploy
             UPDATE metric_families
             SET kind = f.kind, help = f.help, labels = f.labels, buckets = f.buckets,
                 declared_at = now()
@@ -62,7 +64,8 @@ BEGIN
             v_changed := v_changed + 1;
         ELSE
             v_refused := v_refused || format('%s: declared by %s as %s%s%s; %s declares %s%s%s',
-                f.family, v_row.declared_by, v_row.kind, v_row.labels,
+                f.family, coalesce(nullif(v_row.declared_by, ''), 'the catalogue (reserved)'),
+                v_row.kind, v_row.labels,
                 CASE WHEN v_row.help = f.help THEN '' ELSE ' with another help text' END,
                 p_function, f.kind, f.labels,
                 CASE WHEN v_row.buckets = f.buckets THEN ''
@@ -77,4 +80,30 @@ BEGIN
     END IF;
     RETURN v_changed;
 END
+$$;
+
+-- The metrics function's catalogue, at its first scrape: the layer it runs is the
+-- authority on these names (a new layer version may change a shape, or take a name a
+-- team declared first: that team's flushes are refused from then on, loudly).
+CREATE OR REPLACE FUNCTION metrics_reserve(p_families json)
+RETURNS integer
+LANGUAGE sql
+AS $$
+    WITH reserved AS (
+        INSERT INTO metric_families AS m (family, kind, help, labels, buckets, declared_by)
+        SELECT r.family, r.kind, r.help,
+               ARRAY(SELECT json_array_elements_text(r.labels)),
+               ARRAY(SELECT json_array_elements_text(r.buckets)::float8), ''
+        FROM json_to_recordset(p_families)
+            AS r(family text, kind text, help text, labels json, buckets json)
+        ORDER BY r.family
+        ON CONFLICT (family) DO UPDATE
+            SET kind = EXCLUDED.kind, help = EXCLUDED.help, labels = EXCLUDED.labels,
+                buckets = EXCLUDED.buckets, declared_by = '', declared_at = now()
+            WHERE (m.kind, m.help, m.labels, m.buckets, m.declared_by)
+                  IS DISTINCT FROM (EXCLUDED.kind, EXCLUDED.help, EXCLUDED.labels,
+                                    EXCLUDED.buckets, '')
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM reserved
 $$;

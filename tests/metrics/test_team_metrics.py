@@ -215,6 +215,38 @@ def test_the_store_keeps_one_shape_per_name_and_refuses_another_function_s(
     assert "# HELP t20_jobs_total Jobs, by queue and region." in scrape()[2]
 
 
+def test_the_catalogue_s_names_are_reserved_across_functions(
+    app_env, monkeypatch, team_url, team_sql, team_registry, log_lines
+):
+    """A team function built on another layer version, whose catalogue lacks a name."""
+    _container(app_env, team_url, "MetricsFunction")
+    assert scrape()[0] == 200  # its first read reserves the catalogue's names
+    rows = team_sql(
+        "SELECT declared_by, kind, labels FROM metric_families"
+        " WHERE family IN ('webhook_failures_total', 'database_up') ORDER BY family"
+    )
+    assert rows == [["", "gauge", []], ["", "counter", ["source"]]]
+
+    _container(app_env, team_url, "OldLayerFunction")
+    del families.REGISTRY["webhook_failures_total"]
+    monkeypatch.setattr(families, "RESERVED", families.RESERVED - {"webhook_failures_total"})
+    mine = families.Counter("webhook_failures_total", "Mine.", ("kind",))
+    other = families.Counter("t20_refunds_total", "Refunds.")
+    mine.labels(kind="x").inc()
+    other.inc()
+    assert flush()
+    (refused,) = [line for line in log_lines() if line.get("status") == "refused"]
+    (reason,) = refused["families"]
+    assert reason.startswith(
+        "webhook_failures_total: declared by the catalogue (reserved) as counter{source}"
+    )
+    team_registry()
+    _container(app_env, team_url, "MetricsFunction")
+    samples = scrape_samples()
+    assert value(samples, "t20_refunds_total") == 1
+    assert not [k for k in samples if k[0] == "webhook_failures_total" and k[1]]
+
+
 # -- the README's team function, served by the local gateway --------------------------------
 
 

@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Generic, TypeVar
 
@@ -54,6 +54,18 @@ def _load_catalogue() -> None:
     """The catalogue's names are taken before a team's first declaration."""
     if RESERVED is None and "ops.metrics.catalogue" not in sys.modules:
         import ops.metrics.catalogue  # noqa: F401 - declares (and reserves) its families
+
+
+def shape_rows(declared: Iterable[Family[Any]]) -> list[dict[str, Any]]:
+    """Families' shapes as metrics_declare() and metrics_reserve() take them (migrations/009)."""
+    rows = []
+    for family in sorted(declared, key=lambda f: f.name):
+        kind, help_text, labels, buckets = family.shape()
+        rows.append(
+            {"family": family.name, "kind": kind, "help": help_text, "labels": labels}
+            | {"buckets": buckets}
+        )
+    return rows
 
 
 def describe(shape: Shape) -> str:

@@ -112,14 +112,8 @@ def _json_arg(rows: list[dict[str, Any]]) -> str:
 def declarations(names: Iterable[str]) -> list[dict[str, Any]]:
     """The shapes of the team families among `names` (the catalogue's are the metrics
     function's own, and a function built on another layer version may differ)."""
-    declared = []
-    for name in sorted(names):
-        family = families.REGISTRY.get(name)
-        if family is not None and family.team:
-            kind, help_text, labels, buckets = family.shape()
-            row = {"family": name, "kind": kind, "help": help_text, "labels": labels}
-            declared.append({**row, "buckets": buckets})
-    return declared
+    found = (families.REGISTRY.get(name) for name in names)
+    return families.shape_rows(f for f in found if f is not None and f.team)
 
 
 def flush_sql(

@@ -20,18 +20,29 @@ from every rate.
 The shapes of the families teams declared in their own functions (migrations/009:
 metric_families, written by their flushes) are cached per metrics container too,
 fetched again only when the table changed (its newest declaration and row count
-come back with the sums).
+come back with the sums). A metrics container's first read reserves the catalogue's
+names there (metrics_reserve), so that a team's flush cannot take one with another shape.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from ops.db import Database
-from ops.metrics.families import COUNTER, GAUGE, Counter, Family, Gauge, Histogram
-from ops.sql import set_local_timeouts
+from ops.metrics.families import (
+    COUNTER,
+    GAUGE,
+    REGISTRY,
+    Counter,
+    Family,
+    Gauge,
+    Histogram,
+    shape_rows,
+)
+from ops.sql import quote_literal, set_local_timeouts
 
 COMPACT_IDLE_S = 300  # a spill row untouched this long is folded into its total
 COMPACT_EVERY_S = 60.0
@@ -56,7 +67,11 @@ UNION ALL
 SELECT 'families', coalesce(max(extract(epoch FROM declared_at))::text, ''), count(*)
 FROM metric_families
 """
-FAMILIES_SQL = "SELECT family, kind, help, labels, buckets FROM metric_families ORDER BY family"
+# The teams' families (declared_by '' is the catalogue's: this process renders its own).
+FAMILIES_SQL = (
+    "SELECT family, kind, help, labels, buckets FROM metric_families"
+    " WHERE declared_by <> '' ORDER BY family"
+)
 
 # Folds idle spill rows (a counter's rows outside shard 0, written when a flush
 # found the series' total row held by another: migrations/005) into the totals,
@@ -154,8 +169,14 @@ class StoredFamilies:
     def __init__(self) -> None:
         self.version: tuple[str, int] | None = None
         self.families: list[Family[Any]] = []
+        self.reserved = False
 
     def refresh(self, db: Database, version: tuple[str, int]) -> None:
+        if not self.reserved:  # once per metrics container: the catalogue's names are taken
+            catalogue = shape_rows(f for f in REGISTRY.values() if not f.team)
+            payload = json.dumps(catalogue, separators=(",", ":"), ensure_ascii=False)
+            db.run(f"SELECT metrics_reserve({quote_literal(payload)}::json)")
+            self.reserved = True
         if version != self.version:
             self.families = [_family(*row) for row in db.run(FAMILIES_SQL)]
             self.version = version
