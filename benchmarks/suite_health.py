@@ -407,7 +407,6 @@ def _base_env(name: str, url: str) -> dict[str, str]:
         "POWERTOOLS_SERVICE_NAME": SERVICE,
         "POWERTOOLS_METRICS_NAMESPACE": "Bench",
         "POWERTOOLS_LOG_LEVEL": "INFO",
-        "LOG_LEVEL": "INFO",
         "DATABASE_URL": url,
         "METRICS_AUTH_TOKEN": TOKEN,
     }

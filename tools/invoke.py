@@ -54,11 +54,12 @@ def _invoke(spec: Any, event: Any) -> int:
     from ops.db import DatabaseUnavailable
     from tools.localdb import local_database
     from tools.migrate import apply_url
-    from tools.runtime import LambdaContext, load_handler
+    from tools.runtime import LambdaContext, load_handler, local_emf_default
 
     # The template's settings first, then the database: the handler reads them together.
     for key, value in spec.environment.items():
         os.environ.setdefault(key, value)
+    local_emf_default(os.environ)
     with local_database() as (url, _):
         os.environ["DATABASE_URL"] = url
         from ops.config import settings

@@ -23,9 +23,10 @@ T = TypeVar("T")
 
 
 @contextmanager
-def local_gateway(env: Mapping[str, str]) -> Iterator[str]:
-    """The local API Gateway with the real handlers in worker processes; yields its base URL."""
-    gateway = Gateway(env=dict(env))
+def local_gateway(env: Mapping[str, str], template: Path | None = None) -> Iterator[str]:
+    """The local API Gateway with the real handlers in worker processes (the functions of
+    `template`, default template.yaml); yields its base URL."""
+    gateway = Gateway(env=dict(env), template=template)
     try:
         with serving(make_server(gateway, port=free_port())) as server:
             yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -39,6 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     return run("prom", lambda: serve(args.port))
 
 
+def duration_s(text: str) -> float:
+    """A Prometheus duration of one unit (`15s`, `1m`), in seconds."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    number, unit = text.rstrip("mshd"), text[len(text.rstrip("mshd")) :]
+    if not number.isdigit() or unit not in units:
+        raise ValueError(f"not a one-unit Prometheus duration: {text!r}")
+    return int(number) * units[unit]
+
+
+def scrape_interval_s(path: Path = LOCAL_CONFIG) -> float:
+    """The global scrape interval of a Prometheus config (default: `make prom`'s)."""
+    return duration_s(yaml.safe_load(path.read_text())["global"]["scrape_interval"])
+
+
 def binary() -> str:
     path = shutil.which("prometheus")
     if path is None:

@@ -7,7 +7,7 @@ import importlib.util
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,14 @@ def functions(template: dict[str, Any] | None = None) -> dict[str, FunctionSpec]
             schedules=tuple(schedules),
         )
     return specs
+
+
+def local_emf_default(environ: MutableMapping[str, str]) -> None:
+    """Local runs have no CloudWatch and the template's namespace is a parameter (not
+    resolved here): EMF is off on purpose (POWERTOOLS_METRICS_DISABLED), rather than
+    warned about as a missing namespace, unless the shell sets either variable."""
+    if not environ.get("POWERTOOLS_METRICS_NAMESPACE"):
+        environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
 
 
 class LambdaContext:

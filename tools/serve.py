@@ -54,8 +54,7 @@ def serve(port: int, *, demo: bool) -> int:
         if demo:
             _load_demo(url)
 
-        env = {"DATABASE_URL": url, "DB_SSL_MODE": os.environ.get("DB_SSL_MODE", "")}
-        gateway = Gateway(env={k: v for k, v in env.items() if v})
+        gateway = Gateway(env=worker_env(url))
         try:
             server = make_server(gateway, port=port)
         except OSError as exc:
@@ -84,6 +83,18 @@ def protection(cfg: Settings) -> str:
     if cfg.metrics_token_secret_arn is not None:
         return "token-protected (the secret METRICS_AUTH_TOKEN_SECRET_ARN)"
     return "open, no token (set METRICS_AUTH_TOKEN to protect them, as in AWS)"
+
+
+def worker_env(url: str) -> dict[str, str]:
+    """What the gateway adds to its workers' environment (template.yaml's comes first)."""
+    env = {"DATABASE_URL": url, "DB_SSL_MODE": os.environ.get("DB_SSL_MODE", "")}
+    if "METRICS_NEW_SERIES_HOLD_S" not in os.environ:
+        # `make prom` scrapes this gateway every local scrape interval: a new series reads 0
+        # for that long (README, Metrics), not for the hold sized for the AWS stage's scrapes.
+        from tools.prom import scrape_interval_s
+
+        env["METRICS_NEW_SERIES_HOLD_S"] = f"{scrape_interval_s():g}"
+    return {k: v for k, v in env.items() if v}
 
 
 def _port_taken(port: int, why: str) -> ToolError:

@@ -27,8 +27,10 @@ def spawn(
     """A worker process for `spec`, with the function's environment from template.yaml
     and `env` on top; text pipes for the protocol, `stderr` where the handler prints."""
     from tools import ROOT
+    from tools.runtime import local_emf_default
 
     environment = {**os.environ, **spec.environment, **env}
+    local_emf_default(environment)
     environment["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(ROOT), environment.get("PYTHONPATH")])
     )

@@ -40,7 +40,7 @@ from ops.metrics.exposition import (
     wants_openmetrics,
 )
 from ops.metrics.text_format import format_labels
-from ops.metrics.totals import TotalRow, Totals, compact_if_due, read_totals
+from ops.metrics.totals import TotalRow, Totals, compact_if_due, read_totals, stored_families
 from ops.service import service_api
 from ops.tracing import span
 
@@ -85,7 +85,7 @@ def metrics(req: Request) -> Response:
             )
     live.update(_measured(checks, database_up=totals is not None))
     openmetrics = wants_openmetrics(req.header("accept"))
-    body = render(totals, live, openmetrics=openmetrics)
+    body = render(totals, live, openmetrics=openmetrics, stored=stored_families())
     return response(200, body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE)
 
 

@@ -2,7 +2,9 @@
 
     .venv/bin/python infra/monitoring/grafana_dashboard.py > infra/monitoring/grafana-dashboard.json
 
-The panels are declared here rather than edited in 1,000 lines of JSON;
+Not grafana-foundation-sdk: it cannot write `__inputs`/`__requires`, so the dashboard
+would no longer ask for its Prometheus datasource when imported (benchmarks/README.md,
+suite libraries). The panels are declared here rather than edited in 1,000 lines of JSON;
 tests/monitoring/test_monitoring.py checks that the committed JSON is this file's output
 and validates every panel's PromQL with promtool. Expensive expressions read the
 series recorded by recording-rules.yml.

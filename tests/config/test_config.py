@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ops.config import ConfigError, Settings, Spec, load, settings, specs
+from ops.config import SCRAPE_INTERVAL_S, ConfigError, Settings, Spec, load, settings, specs
 from tools import ROOT
+from tools.prom import duration_s, scrape_interval_s
+from tools.serve import worker_env
 from tools.settings_doc import README, rendered
 
 
@@ -32,7 +35,7 @@ def test_unset_or_blank_gives_the_defaults():
         16,
         2.0,
     )
-    assert cfg.service == "realestate-backend" and cfg.effective_log_level == "INFO"
+    assert cfg.service == "realestate-backend" and cfg.log_level == "INFO"
 
 
 def test_values_within_bounds_are_used():
@@ -40,7 +43,6 @@ def test_values_within_bounds_are_used():
         {
             "METRICS_SHARDS": " 42 ",
             "METRICS_FLUSH_INTERVAL_S": "0.5",
-            "LOG_LEVEL": "debug",
             "DB_SSL_MODE": "Verify-Full",
             "MOLTBOT_GATEWAY_URL": "http://gw.internal:8080/",
             "POWERTOOLS_LOG_LEVEL": "warning",
@@ -49,7 +51,7 @@ def test_values_within_bounds_are_used():
     assert cfg.metrics_shards == 42 and cfg.metrics_flush_interval_s == 0.5
     assert cfg.db_ssl_mode == "verify-full"
     assert cfg.moltbot_gateway_url == "http://gw.internal:8080"
-    assert cfg.effective_log_level == "WARNING"
+    assert cfg.log_level == "WARNING"
 
 
 @pytest.mark.parametrize(
@@ -68,7 +70,7 @@ def test_values_within_bounds_are_used():
         ("-inf", {"kind": "number", "low": 0, "high": 60}, "got '-inf'"),
         ("1e400", {"kind": "number", "low": 0, "high": 60}, "got '1e400'"),
         ("61", {"kind": "number", "low": 0, "high": 60}, "got '61'"),
-        ("maybe", {"kind": "flag"}, "KNOB must be true or false, got 'maybe'"),
+        ("maybe", {"kind": "flag"}, "KNOB must be true or false (or 1/0, yes/no, on/off"),
         ("ftp://x", {"kind": "url"}, "KNOB must be an http:// or https:// URL, got 'ftp://x'"),
         ("x" * 500, {}, "got '" + "x" * 80 + "…'"),
         ("\udcff1", {}, "got '\\udcff1'"),
@@ -83,11 +85,19 @@ def test_anything_else_is_one_clear_error(raw, kwargs, message):
 
 def test_every_bad_variable_is_named_in_one_message():
     with pytest.raises(ConfigError) as caught:
-        load({"METRICS_FLUSH_INTERVAL_S": "abc", "HEALTH_DB_TIMEOUT_S": "inf", "LOG_LEVEL": "x"})
+        load(
+            {
+                "METRICS_FLUSH_INTERVAL_S": "abc",
+                "HEALTH_DB_TIMEOUT_S": "inf",
+                "POWERTOOLS_LOG_LEVEL": "x",
+            }
+        )
     text = str(caught.value)
     assert "METRICS_FLUSH_INTERVAL_S must be a number from 0 to 3600, got 'abc'" in text
     assert "HEALTH_DB_TIMEOUT_S must be a number from 0.01 to 28, got 'inf'" in text
-    assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'x'" in text
+    assert "POWERTOOLS_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'x'" in (
+        text
+    )
     assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
@@ -201,3 +211,21 @@ def test_settings_doc_check_command(tmp_path: Path):
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_new_series_hold_is_derived_from_the_recommended_scrape_interval(monkeypatch):
+    """README: the hold's default is twice prometheus.yml's scrape interval (one failed
+    scrape still leaves one that sees a new series at 0); `make run` holds for `make prom`'s
+    interval unless the shell sets a hold."""
+    monitoring = ROOT / "infra" / "monitoring"
+    assert scrape_interval_s(monitoring / "prometheus.yml") == SCRAPE_INTERVAL_S
+    conf = yaml.safe_load((monitoring / "prometheus.yml").read_text())
+    for job in conf["scrape_configs"]:
+        assert duration_s(job.get("scrape_interval", "0s")) <= SCRAPE_INTERVAL_S
+    assert Settings().metrics_new_series_hold_s == 2 * SCRAPE_INTERVAL_S
+    local = scrape_interval_s()
+    assert 0 < local <= SCRAPE_INTERVAL_S
+    monkeypatch.delenv("METRICS_NEW_SERIES_HOLD_S")
+    assert worker_env("postgresql://x")["METRICS_NEW_SERIES_HOLD_S"] == f"{local:g}"
+    monkeypatch.setenv("METRICS_NEW_SERIES_HOLD_S", "5")
+    assert "METRICS_NEW_SERIES_HOLD_S" not in worker_env("postgresql://x")  # the shell's wins

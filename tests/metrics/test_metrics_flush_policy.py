@@ -7,7 +7,6 @@ test_metrics_shutdown.py."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,13 @@ from ops.metrics import catalogue as m
 from ops.metrics import flush, store
 from ops.service import service_api
 from tests.support.db import SQL, runner
-from tests.support.metrics import metrics_database, scrape_samples, truncate_metrics, value
+from tests.support.metrics import (
+    emf_lines,
+    metrics_database,
+    scrape_samples,
+    truncate_metrics,
+    value,
+)
 from tests.support.runtime import call_api, function_handler
 from tools.runtime import LambdaContext
 
@@ -169,10 +174,6 @@ def test_a_flush_goes_out_before_the_deadline(metrics_env, own_sql, app_env):
         )
     assert rows[0][0] == 2
     assert stored_requests(own_sql, "/work") == 1  # the second: recorded after the deadline flush
-
-
-def emf_lines(out: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
 
 
 @pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready"])

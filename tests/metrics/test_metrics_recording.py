@@ -17,7 +17,7 @@ from ops.metrics.emf import Emf
 from ops.metrics.exposition import render, wants_openmetrics
 from ops.metrics.families import Counter, Gauge, Histogram
 from ops.metrics.text_format import format_bound, format_value
-from tests.support.metrics import parse, value
+from tests.support.metrics import emf_lines, parse, value
 from tools import ROOT
 
 # -- labels -----------------------------------------------------------------------------
@@ -314,10 +314,6 @@ def test_content_negotiation(accept, openmetrics):
 
 
 # -- the CloudWatch mirror ----------------------------------------------------------------
-
-
-def emf_lines(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
 
 
 def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):

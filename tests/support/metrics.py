@@ -16,7 +16,7 @@ from tools import ROOT
 from tools.migrate import apply_url
 from tools.pgcluster import PgCluster
 
-METRIC_TABLES = "metric_values, metric_series, metric_flush_cursors"
+METRIC_TABLES = "metric_values, metric_series, metric_flush_cursors, metric_families"
 TOKEN = "metrics-test-token"
 
 # (sample name, sorted label pairs) -> value
@@ -55,6 +55,11 @@ def parse(body: str, *, openmetrics: bool = False) -> Samples:
             assert key not in samples, f"duplicate sample {key}"
             samples[key] = s.value
     return samples
+
+
+def emf_lines(out: str) -> list[dict[str, Any]]:
+    """The EMF documents among a function's output lines."""
+    return [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

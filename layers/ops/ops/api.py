@@ -1,10 +1,10 @@
 """A small router for API Gateway REST proxy events, shared by every API function.
 
-Deliberately not Powertools' REST resolver: importing it costs ~110 ms of cold
-start, more than everything else a health check needs. This module does the
-few things our routes need: route by template, 404/405/400 as JSON, HEAD and
-OPTIONS on every route, one request log line per call, and hooks that never fail
-the request.
+Deliberately not Powertools' REST resolver: it adds tens of milliseconds to every
+API function's cold start, and more per request than this module (measured against
+it: benchmarks/README.md, suite libraries). This module does the few things our
+routes need: route by template, 404/405/400 as JSON, HEAD and OPTIONS on every
+route, one request log line per call, and hooks that never fail the request.
 
 HEAD runs the route's GET handler and answers its status and headers with an
 empty body; OPTIONS answers 204 with `Allow` (no CORS headers: no origin is

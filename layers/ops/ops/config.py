@@ -6,6 +6,9 @@ that one declaration come the parsing, the error message and the README's settin
 table (`python -m tools.settings_doc` writes it; a test checks it). To add a setting,
 add a field; nothing else reads `os.environ`.
 
+Not pydantic-settings: importing pydantic would add a multiple of this module's cost
+to every function's cold start (measured: benchmarks/README.md, suite libraries).
+
 `settings()` reads the environment once per container and is cached (Lambda
 environments do not change inside a container). The first import of `ops.log`
 calls it, so a bad value fails the container at start with one `ConfigError`
@@ -29,7 +32,14 @@ DEFAULT_SERVICE = "realestate-backend"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 API_GATEWAY_TIMEOUT_S = 29.0  # a health budget must end before API Gateway gives up
+# The scrape interval infra/monitoring/prometheus.yml recommends (a test checks they agree):
+# the new-series hold's default is derived from it.
+SCRAPE_INTERVAL_S = 30.0
 MAX_SHOWN = 80  # a bad value is quoted in the error up to this many characters
+# Powertools' strtobool: what its own POWERTOOLS_* flags accept.
+FLAGS = dict.fromkeys(("1", "y", "yes", "t", "true", "on"), True) | dict.fromkeys(
+    ("0", "n", "no", "f", "false", "off"), False
+)
 
 
 class ConfigError(ValueError):
@@ -70,7 +80,7 @@ class Spec:
         if self.kind == "url":
             return "an http:// or https:// URL"
         if self.kind == "flag":
-            return "true or false"
+            return "true or false (or 1/0, yes/no, on/off, as Powertools reads them)"
         return "any text"
 
     def parse(self, raw: str) -> Any:
@@ -102,7 +112,7 @@ class Spec:
             if lowered.startswith(("http://", "https://")) and len(text) > len("https://"):
                 value = text.rstrip("/")
         elif self.kind == "flag":
-            value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+            value = FLAGS.get(text.lower())
         if value is None:
             raise ConfigError(f"{self.env} must be {self.allowed()}, got {self._shown(raw)}")
         return value
@@ -146,7 +156,7 @@ def url(env: str, doc: str) -> Any:
     return _field(Spec(env, "url", None, doc))
 
 
-def flag(env: str, default: bool, doc: str) -> Any:
+def flag(env: str, default: bool | None, doc: str) -> Any:
     return _field(Spec(env, "flag", default, doc))
 
 
@@ -162,9 +172,18 @@ class Settings:
         "version reported by `/health/live`; the Sentry release is `<service>@<version>`",
     )
     environment: str = text("ENVIRONMENT", "local", "deployment stage name (Sentry's environment)")
-    log_level: str = choice("LOG_LEVEL", "INFO", LOG_LEVELS, "log level")
-    powertools_log_level: str | None = choice(
-        "POWERTOOLS_LOG_LEVEL", None, LOG_LEVELS, "log level; overrides `LOG_LEVEL` when set"
+    log_level: str = choice(
+        "POWERTOOLS_LOG_LEVEL",
+        "INFO",
+        LOG_LEVELS,
+        "log level (Lambda's log-level control, `AWS_LAMBDA_LOG_LEVEL`, wins when lower, as"
+        " Powertools documents)",
+    )
+    powertools_dev: bool = flag(
+        "POWERTOOLS_DEV",
+        False,
+        "Powertools' development mode: as in Powertools Metrics, no EMF lines unless"
+        " `POWERTOOLS_METRICS_DISABLED` is false (log lines stay one JSON object a line)",
     )
     function_name: str = text(
         "AWS_LAMBDA_FUNCTION_NAME",
@@ -245,7 +264,16 @@ class Settings:
     )
     # -- metrics --------------------------------------------------------------------------
     metrics_namespace: str | None = text(
-        "POWERTOOLS_METRICS_NAMESPACE", None, "CloudWatch (EMF) namespace; unset: no EMF lines"
+        "POWERTOOLS_METRICS_NAMESPACE",
+        None,
+        "CloudWatch (EMF) namespace; unset: no EMF lines, and a warning once per container",
+    )
+    metrics_disabled: bool | None = flag(
+        "POWERTOOLS_METRICS_DISABLED",
+        None,
+        "true: no EMF lines (CloudWatch), as in Powertools; the Prometheus side counts as"
+        " before. Unset: false, unless `POWERTOOLS_DEV` is true (`make run` and `make invoke`"
+        " set it to true when no namespace is set)",
     )
     metrics_shards: int = whole(
         "METRICS_SHARDS",
@@ -280,10 +308,11 @@ class Settings:
     )
     metrics_new_series_hold_s: float = number(
         "METRICS_NEW_SERIES_HOLD_S",
-        60.0,
+        2 * SCRAPE_INTERVAL_S,
         "a counter series younger than this is exposed at 0, so that Prometheus sees it at 0"
         " before its value and `rate()`/`increase()` count its first counts; at least the"
-        " scrape interval (0: off)",
+        " scrape interval, twice it by default (one failed scrape tolerated); 0: off."
+        " `make run`: `make prom`'s scrape interval unless set",
         low=0,
         high=3600,
     )
@@ -420,8 +449,10 @@ class Settings:
             raise ConfigError("; ".join(problems))
 
     @property
-    def effective_log_level(self) -> str:
-        return self.powertools_log_level or self.log_level
+    def emf_enabled(self) -> bool:
+        """Powertools' rule: POWERTOOLS_METRICS_DISABLED, else off in POWERTOOLS_DEV mode."""
+        disabled = self.powertools_dev if self.metrics_disabled is None else self.metrics_disabled
+        return not disabled
 
     @property
     def error_tracking_configured(self) -> bool:

@@ -56,7 +56,7 @@ class _Formatter(LambdaPowertoolsFormatter):
 
 logger = Logger(
     service=_cfg.service,
-    level=_cfg.effective_log_level,
+    level=_cfg.log_level,
     logger_formatter=_Formatter(
         datefmt="%Y-%m-%dT%H:%M:%S.%FZ",  # %F: Powertools' milliseconds directive
         utc=True,

@@ -6,6 +6,11 @@ scheduler (profile in benchmarks/README.md). A worker that has finished its task
 waits for the next instead. A worker stuck on a hung dependency is simply not
 idle: the next task takes another idle worker, or a new one, never a place in a
 queue behind it. At most MAX_IDLE workers stay; the others end after their task.
+
+Not concurrent.futures: a ThreadPoolExecutor joins its workers at interpreter exit,
+so a check hung on a dependency would hold the end of the process (a Lambda shutdown,
+a `make run` Ctrl-C) for the whole hang; these are daemon threads (measured:
+benchmarks/README.md, suite libraries).
 """
 
 from __future__ import annotations

@@ -14,6 +14,13 @@ of each invocation:
     from ops.metrics import flush
     flush()  # never raises; False when the deltas were kept for the next flush
 
+A team declares its own families in its own function, with the same classes; the
+metrics function exposes them from what the flushes stored (name, type, help, labels,
+buckets), without importing the team's code:
+
+    from ops.metrics import Counter, Histogram
+    ORDERS = Counter("orders_total", "Orders placed, by outcome.", ("outcome",))
+
 Importing this package (and the catalogue) costs only the standard library;
 the store, the database driver and Powertools Metrics load on the first flush.
 
@@ -41,6 +48,28 @@ prints them as EMF lines (`Emf` and `EmfKey` there say how a family is mirrored)
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ops.metrics.emf import Emf
+    from ops.metrics.families import Counter, Gauge, Histogram
+
+__all__ = ["Counter", "Emf", "Gauge", "Histogram", "flush", "install_shutdown_flush", "reset"]
+
+
+def __getattr__(name: str) -> Any:
+    """`from ops.metrics import Counter` (Histogram, Gauge, Emf): loaded when first asked for."""
+    if name in ("Counter", "Gauge", "Histogram"):
+        from ops.metrics import families
+
+        return getattr(families, name)
+    if name == "Emf":
+        from ops.metrics.emf import Emf
+
+        return Emf
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The functions below import their modules when called, not here: importing the package
 # (every function does, at init) must cost only the standard library (cold start).

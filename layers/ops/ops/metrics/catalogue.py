@@ -1,8 +1,9 @@
 """Every metric family the bundle exposes: names, labels, buckets, CloudWatch mirror.
 
 The catalogue is the contract with dashboards, alert rules and CloudWatch alarms:
-names and labels here are the ones operators already query. A family that is
-not defined here is not rendered by /metrics, so add new ones here.
+names and labels here are the ones operators already query, and reserved: a team
+declares its own families in its own code (`from ops.metrics import Counter`), never
+here, and cannot redeclare these (ops.metrics.families).
 
     from ops.metrics import catalogue as m
     m.WEBHOOK_FAILURES.labels(source="stripe").inc()
@@ -20,7 +21,14 @@ from collections.abc import Callable, Mapping
 
 from ops.config import settings
 from ops.metrics.emf import Emf
-from ops.metrics.families import Counter, Gauge, Histogram, LiveCounter, LiveGauge
+from ops.metrics.families import (
+    Counter,
+    Gauge,
+    Histogram,
+    LiveCounter,
+    LiveGauge,
+    reserve_catalogue,
+)
 
 
 def function_name() -> str:
@@ -177,9 +185,10 @@ METRICS_DELTAS_DROPPED = Counter(
     "metrics_deltas_dropped_total",
     "Series deltas a container gave up on: unconfirmed, sent without a reply (they may "
     "have been stored; past the outbox's bound, or at shutdown); lost, never stored (a "
-    "container ended before they could be).",
+    "container ended before they could be); family_conflict, refused by the store because "
+    "another function declared their family with another shape.",
     ("function", "reason"),
-    allowed={"reason": ("unconfirmed", "lost")},
+    allowed={"reason": ("unconfirmed", "lost", "family_conflict")},
     emf=Emf("metrics_deltas_dropped", "Count", dimension=_label("reason")),
 )
 ERRORS = Counter(
@@ -294,3 +303,5 @@ LIVE_METRIC_ERRORS = Counter(
     ("family", "reason"),
     allowed={"reason": ("permission", "bad_value", "missing", "unsupported", "timeout", "error")},
 )
+
+reserve_catalogue()  # every name above is the catalogue's: a team cannot redeclare it

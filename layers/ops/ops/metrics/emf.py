@@ -1,36 +1,36 @@
 """The CloudWatch mirror: a flush's recordings as Embedded Metric Format lines on stdout.
 
 Lambda ships stdout to CloudWatch Logs, which extracts the metrics; the
-template's alarms use them. One line per distinct extra dimension (EMF puts a
-dimension's value at the top level of the line, so two values cannot share
-one), always with the `service` dimension. Counters go out as one summed value
-per flush, durations as every observation; a line holds at most 100 metrics and
-100 values per metric (EMF's limits), more go in further lines. Skipped when
-POWERTOOLS_METRICS_NAMESPACE is not set (local runs without it).
+template's alarms use them. Written by Powertools Metrics (`EphemeralMetrics`):
+one document per dimension set of a flush (EMF puts a dimension's value at the
+top level of the line, so two values cannot share one), always with the
+`service` dimension first. Counters go out as one summed value per flush,
+durations as every observation; Powertools starts a further line at 100
+metrics or 100 values of one metric (EMF's limits). Powertools costs tens of
+microseconds per flush more than the hand-written lines it replaced, invisible
+next to a flush (benchmarks/README.md, suite libraries).
 
-The lines are the ones Powertools Metrics prints, written here directly: every
-invocation emits them, and Powertools' emitter (validation, its metric set
-objects) costs about 20 µs a line, four times this.
+Powertools' settings, as Powertools Metrics reads them: POWERTOOLS_METRICS_DISABLED=true
+(or POWERTOOLS_DEV=true with it unset) turns the lines off; the Prometheus side counts
+as before. Without POWERTOOLS_METRICS_NAMESPACE there are no lines either, and the
+first recordings that go nowhere log a warning, once per container (Powertools raises
+at its flush instead; a missing namespace must not fail invocations).
 
 A family says how it is mirrored (`Emf`, in ops.metrics.catalogue); each recording
 adds to the container's pending EMF values (ops.metrics.pending, under the deltas'
 lock) by its `EmfKey`; every flush takes them and prints them here. The catalogue
-imports this module for `Emf`: json and ops.log (Powertools) load at the first
+imports this module for `Emf`: Powertools Metrics and ops.log load at the first
 emission, so that importing the catalogue costs what it did before.
 """
 
 from __future__ import annotations
 
-import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
 from ops.config import settings
-
-MAX_PER_LINE = 100  # EMF: metrics in one line, and values of one metric
 
 
 class EmfKey(NamedTuple):
@@ -79,78 +79,37 @@ class Emf:
         return EmfKey(name, self.unit, dim_name, derive(labels))
 
 
+_warned_no_namespace = False
+
+
 def emit(recorded: dict[EmfKey, list[float]]) -> int:
-    """Print the EMF lines for `recorded`; returns how many dimension groups."""
+    """Print the EMF lines for `recorded`; returns how many dimension sets (documents)."""
     cfg = settings()
     namespace = cfg.metrics_namespace
-    if not recorded or not namespace:
+    if not recorded or not cfg.emf_enabled:
         return 0
+    if not namespace:
+        _warn_no_namespace()
+        return 0
+    from aws_lambda_powertools.metrics import EphemeralMetrics  # at the first emission
+
     groups: dict[tuple[str, str], list[tuple[str, str, list[float]]]] = defaultdict(list)
     for (name, unit, dim_name, dim_value), values in recorded.items():
         groups[(dim_name, dim_value)].append((name, unit, values))
-    service = cfg.service
-    timestamp = int(time.time() * 1000)
-    lines: list[str] = []
-    for (dim_name, dim_value), metrics in sorted(groups.items()):
-        dimensions = {"service": service, **({dim_name: dim_value} if dim_name else {})}
-        lines.extend(_lines(namespace, dimensions, metrics, timestamp))
     # Under the log handler's lock: a log line written from another thread (a flush
     # settling on the courier) must not land inside an EMF line, which CloudWatch
     # would then not parse.
     with _output_lock():
-        sys.stdout.write("".join(line + "\n" for line in lines))
+        for (dim_name, dim_value), metrics in sorted(groups.items()):
+            document = EphemeralMetrics(namespace=namespace)
+            document.add_dimension("service", cfg.service)  # first, as the alarms were built
+            if dim_name:
+                document.add_dimension(dim_name, dim_value)
+            for name, unit, values in metrics:
+                for value in values:
+                    document.add_metric(name=name, unit=unit, value=value)
+            document.flush_metrics()
     return len(groups)
-
-
-def _lines(
-    namespace: str,
-    dimensions: dict[str, str],
-    metrics: list[tuple[str, str, list[float]]],
-    timestamp: int,
-) -> list[str]:
-    lines: list[str] = []
-    current: dict[str, tuple[str, list[float]]] = {}
-    for name, unit, values in metrics:
-        for value in values:
-            entry = current.get(name)
-            if entry is None:
-                if len(current) == MAX_PER_LINE:
-                    lines.append(_line(namespace, dimensions, current, timestamp))
-                    current = {}
-                entry = current[name] = (unit, [])
-            entry[1].append(value)
-            if len(entry[1]) == MAX_PER_LINE:
-                lines.append(_line(namespace, dimensions, current, timestamp))
-                current = {}
-    if current:
-        lines.append(_line(namespace, dimensions, current, timestamp))
-    return lines
-
-
-def _line(
-    namespace: str,
-    dimensions: dict[str, str],
-    metrics: dict[str, tuple[str, list[float]]],
-    timestamp: int,
-) -> str:
-    import json  # at the first emission (module docstring)
-
-    body: dict[str, Any] = {
-        "_aws": {
-            "Timestamp": timestamp,
-            "CloudWatchMetrics": [
-                {
-                    "Namespace": namespace,
-                    "Dimensions": [list(dimensions)],
-                    "Metrics": [{"Name": n, "Unit": unit} for n, (unit, _) in metrics.items()],
-                }
-            ],
-        },
-        **dimensions,
-    }
-    for name, (_, values) in metrics.items():
-        body[name] = values
-    return json.dumps(body, separators=(",", ":"))
 
 
 def _output_lock() -> AbstractContextManager[Any]:
@@ -160,5 +119,21 @@ def _output_lock() -> AbstractContextManager[Any]:
     return handler.lock if handler.lock is not None else nullcontext()
 
 
+def _warn_no_namespace() -> None:
+    global _warned_no_namespace
+    if not _warned_no_namespace:
+        _warned_no_namespace = True
+        from ops.log import logger  # at the first emission (module docstring)
+
+        logger.warning(
+            "POWERTOOLS_METRICS_NAMESPACE is not set: no EMF lines, so CloudWatch gets no"
+            " metrics from this container (set it, or POWERTOOLS_METRICS_DISABLED=true to"
+            " turn EMF off on purpose); the Prometheus side is not affected",
+            extra={"type": "metrics_flush", "status": "emf_off"},
+        )
+
+
 def reset() -> None:
-    """Nothing is kept between lines (tests call it for a new container)."""
+    """A new container: the missing-namespace warning may be logged again (tests)."""
+    global _warned_no_namespace
+    _warned_no_namespace = False

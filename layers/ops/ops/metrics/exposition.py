@@ -1,10 +1,14 @@
 """Exposition: the Prometheus text format 0.0.4, or OpenMetrics 1.0.0 when asked for.
 
-Written by hand rather than through a prometheus_client registry: the totals
-arrive already summed and with their label sets rendered, so rendering is
-string joins (about a third of what `generate_latest` spends per sample).
+Written by hand rather than through a prometheus_client custom collector: the totals
+arrive already summed and with their label sets rendered, so rendering is string
+joins, a fraction of what `generate_latest` spends per sample, without
+prometheus_client's import in the metrics function's cold start (both measured:
+benchmarks/README.md, suite libraries).
 Every catalogue family gets `# HELP` and `# TYPE`, even before it has samples;
-histograms get every catalogue bucket, cumulative, then `_count` and `_sum`.
+histograms get every catalogue bucket, cumulative, then `_count` and `_sum`. The
+families teams declared in their own functions follow, as stored (`stored`: their
+names, help, labels and buckets from ops.metrics.totals), after the catalogue's.
 When the store could not be read (`totals` None) the recorded families have no
 samples at all, never a made-up zero: a counter that went to 0 and back would
 read as a reset, and rate() would count its whole value again.
@@ -125,11 +129,15 @@ def render(
     *,
     openmetrics: bool,
     families: Iterable[Family[Any]] | None = None,
+    stored: Iterable[Family[Any]] = (),
 ) -> str:
-    """The whole exposition. `families` defaults to the catalogue, in its order."""
+    """The whole exposition. `families` defaults to the catalogue, in its order; then
+    the `stored` families this process does not declare itself."""
     out: list[str] = []
     fmt = format_value
-    for family in REGISTRY.values() if families is None else families:
+    own = REGISTRY if families is None else {f.name: f for f in families}
+    team = [f for f in stored if f.name not in own]
+    for family in (*own.values(), *team):
         name = family.name
         # OpenMetrics names a counter family without `_total`; its samples keep it.
         meta = name[: -len("_total")] if openmetrics and family.kind == COUNTER else name

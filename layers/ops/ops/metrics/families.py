@@ -1,8 +1,12 @@
 """Counters, histograms and gauges in the style of `prometheus_client`: what code records with.
 
-The product's families are declared in ops.metrics.catalogue. A family's children
-add to this container's pending deltas (ops.metrics.pending), never to a total of
-their own: the totals live in PostgreSQL.
+The product's families are declared in ops.metrics.catalogue; a team declares its own
+with the same classes in its own code (`from ops.metrics import Counter`). One name,
+one shape: a second declaration of a name fails here, naming the family (the
+catalogue's names are reserved, loaded before any team's); across functions the
+store refuses a name declared with another shape (ops.metrics.store). A family's
+children add to this container's pending deltas (ops.metrics.pending), never to a
+total of their own: the totals live in PostgreSQL.
 
 Label values are validated when a child is first made, and children are cached,
 so the steady-state cost of `m.X.labels(a="b").inc()` is two dict lookups and a
@@ -12,9 +16,11 @@ lock. Pure standard library: every function imports this on its hot path.
 from __future__ import annotations
 
 import math
+import re
+import sys
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Generic, TypeVar
 
@@ -26,13 +32,54 @@ MAX_LABEL_VALUE_LENGTH = 128
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
 REGISTRY: dict[str, Family[Any]] = {}
+# The catalogue's names, once it is loaded: REGISTRY's other families are a team's own,
+# declared to the store by their first flush (ops.metrics.store) and exposed from there.
+RESERVED: frozenset[str] | None = None
 _MISSING = object()
+_DEFAULT_EMF: Any = object()  # a team's family: mirrored under its own name (team_emf)
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 C = TypeVar("C")
+
+Shape = tuple[str, str, tuple[str, ...], tuple[float, ...]]  # kind, help, labels, buckets
+
+
+def reserve_catalogue() -> None:
+    """Called at the end of ops.metrics.catalogue: its names are reserved from now on."""
+    global RESERVED
+    RESERVED = frozenset(REGISTRY)
+
+
+def _load_catalogue() -> None:
+    """The catalogue's names are taken before a team's first declaration."""
+    if RESERVED is None and "ops.metrics.catalogue" not in sys.modules:
+        import ops.metrics.catalogue  # noqa: F401 - declares (and reserves) its families
+
+
+def shape_rows(declared: Iterable[Family[Any]]) -> list[dict[str, Any]]:
+    """Families' shapes as metrics_declare() and metrics_reserve() take them (migrations/009)."""
+    rows = []
+    for family in sorted(declared, key=lambda f: f.name):
+        kind, help_text, labels, buckets = family.shape()
+        rows.append(
+            {"family": family.name, "kind": kind, "help": help_text, "labels": labels}
+            | {"buckets": buckets}
+        )
+    return rows
+
+
+def describe(shape: Shape) -> str:
+    kind, _, labels, buckets = shape
+    return f"{kind} with labels {list(labels)}" + (
+        f" and buckets {list(buckets)}" if buckets else ""
+    )
 
 
 class Family(Generic[C]):
     kind: str = ""
     live = False  # computed at scrape time rather than recorded
+    bounds: tuple[float, ...] = ()  # a histogram's bucket bounds
+    team = False  # declared in a team's code, not the catalogue: its shape goes to the store
 
     def __init__(
         self,
@@ -41,22 +88,41 @@ class Family(Generic[C]):
         labelnames: Sequence[str] = (),
         *,
         allowed: Mapping[str, Sequence[str]] | None = None,
-        emf: Emf | None = None,
+        emf: Emf | None = _DEFAULT_EMF,
         registry: dict[str, Family[Any]] | None = REGISTRY,
     ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
         self.allowed = {k: frozenset(v) for k, v in (allowed or {}).items()}
-        self.emf = emf
         self._children: dict[tuple[Any, ...], C] = {}
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"metric family name {name!r} is not a Prometheus metric name")
+        if not isinstance(documentation, str) or not documentation.strip():
+            raise ValueError(f"{name}: the help text must be a non-empty string")
+        for label in self.labelnames:
+            if not isinstance(label, str) or not _LABEL_NAME.match(label) or label[:2] == "__":
+                raise ValueError(f"{name}: {label!r} is not a Prometheus label name")
+        if len(set(self.labelnames)) != len(self.labelnames):
+            raise ValueError(f"{name}: label names repeat: {list(self.labelnames)}")
         unknown = set(self.allowed) - set(self.labelnames)
         if unknown:
             raise ValueError(f"{name}: allowed values given for unknown labels {sorted(unknown)}")
+        if registry is REGISTRY:
+            _load_catalogue()
+            self.team = RESERVED is not None
+        if emf is _DEFAULT_EMF:
+            emf = team_emf(self) if self.team else None
+        self.emf = emf
         if registry is not None:
-            if name in registry:
-                raise ValueError(f"metric family {name} is already defined")
+            other = registry.get(name)
+            if other is not None:
+                raise ValueError(_redeclared(other, self))
             registry[name] = self
+
+    def shape(self) -> Shape:
+        """What must agree wherever the name is declared (ops.metrics.store checks it too)."""
+        return (self.kind, self.documentation, self.labelnames, self.bounds)
 
     def labels(self, *values: Any, **kwvalues: Any) -> C:
         """The child for one label set; label names and values are checked on first use."""
@@ -130,6 +196,31 @@ class Family(Generic[C]):
         return self.labels()
 
 
+def _redeclared(old: Family[Any], new: Family[Any]) -> str:
+    reserved = old.name in (RESERVED or ()) and not old.team
+    where = " by the catalogue (ops.metrics.catalogue: its names are reserved)" if reserved else ""
+    if old.shape() == new.shape():
+        return f"metric family {old.name} is already defined{where}: declare it once and import it"
+    if old.shape()[0::2] == new.shape()[0::2] and old.bounds == new.bounds:
+        diff = "another help text"
+    else:
+        diff = describe(new.shape())
+    return (
+        f"metric family {old.name} is already defined{where} as {describe(old.shape())};"
+        f" this declaration has {diff}: one name, one shape"
+    )
+
+
+def team_emf(family: Family[Any]) -> Emf:
+    """A team's family in CloudWatch: its own metric name, the `service` dimension only
+    (labels are not dimensions: each value would be a billed metric of its own)."""
+    if family.kind == COUNTER:
+        return Emf(family.name[: -len("_total")], "Count")
+    if family.kind == HISTOGRAM:
+        return Emf(family.name, "Seconds" if family.name.endswith("_seconds") else "None")
+    return Emf(family.name, "None")
+
+
 def _encodes(text: str) -> bool:
     try:
         text.encode("utf-8")  # lone surrogates do not
@@ -193,8 +284,8 @@ class Histogram(Family["HistogramChild"]):
             raise ValueError(f"{name}: buckets must be finite, increasing and distinct")
         if "le" in labelnames:
             raise ValueError(f"{name}: 'le' is reserved for buckets")
+        self.bounds = tuple(bounds)  # before registering: part of the shape
         super().__init__(name, documentation, labelnames, **kwargs)
-        self.bounds = tuple(bounds)
         self.bucket_parts = (*(format_bound(b) for b in bounds), "+Inf")
         self.part_index = {part: i for i, part in enumerate(self.bucket_parts)}
 

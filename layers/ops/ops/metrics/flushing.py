@@ -20,7 +20,8 @@ settled by the flush job itself (also when nobody waited for it): failures are
 counted (`metrics_flush_failures_total`, stored with a later flush, and in EMF at
 once) and logged as `type=metrics_flush`; unconfirmed batches dropped past the
 outbox's bound are counted (`metrics_deltas_dropped_total{reason="unconfirmed"}`: sent
-without a reply, they may have been stored) and logged as dropped.
+without a reply, they may have been stored) and logged as dropped, as are the deltas of a
+team family the store refused (`reason="family_conflict"`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,22 @@ def report(result: store.FlushResult, *, failures: bool = True) -> None:
                 "droppedSeries": result.dropped_series,
                 "pendingSeries": result.pending_series,
                 "error": result.error,
+            },
+        )
+    if result.refused_series:
+        m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="family_conflict").inc(
+            result.refused_series
+        )
+    if result.refused:
+        logger.error(
+            "metrics flush: the store refused these families (declared elsewhere with another"
+            " shape): this container will not store their deltas (CloudWatch still gets them);"
+            " the rest was flushed",
+            extra={
+                "type": "metrics_flush",
+                "status": "refused",
+                "families": list(result.refused),
+                "droppedSeries": result.refused_series,
             },
         )
     if result.stored or not failures:

@@ -22,6 +22,13 @@ Flush protocol (one round trip, exactly once):
   later flushes keep their deltas instead of queueing. The server side has the
   same bound (statement_timeout).
 
+A team's own families (ops.metrics.families: not the catalogue's) are declared with
+the first flush that carries them, `SELECT metrics_declare(...)` in the same query
+(migrations/009_metric_families.sql), so that the metrics function can expose them.
+The store refuses a name another function declared with another shape (MF002):
+that family's deltas are dropped here, for the rest of the container's life, and the
+result says so (ops.metrics.flushing logs it and counts it); the rest is flushed.
+
 The values travel as JSON literals in the query text: the simple protocol is one
 round trip (pg8000's parameterised path takes three) and leaves no prepared
 statement behind to pin an RDS Proxy connection.
@@ -43,12 +50,14 @@ from pg8000.exceptions import DatabaseError
 
 from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, is_stale_error, store_db
+from ops.metrics import families
 from ops.metrics.courier import Courier
 from ops.metrics.pending import Deltas, SeriesKey
 from ops.sql import error_fields, quote_literal, set_local_timeouts, sqlstate
 
 MAX_SEALED_BATCHES = 64  # beyond this, the oldest unknown-outcome batch is dropped
 MISSING_SERIES = "MF001"  # metrics_flush(): a series the caller believed stored is gone
+FAMILY_CONFLICT = "MF002"  # metrics_declare(): a family declared elsewhere with another shape
 
 
 @dataclass(frozen=True)
@@ -100,14 +109,33 @@ def _json_arg(rows: list[dict[str, Any]]) -> str:
     return f"{quote_literal(payload)}::json"
 
 
+def declarations(names: Iterable[str]) -> list[dict[str, Any]]:
+    """The shapes of the team families among `names` (the catalogue's are the metrics
+    function's own, and a function built on another layer version may differ)."""
+    found = (families.REGISTRY.get(name) for name in names)
+    return families.shape_rows(f for f in found if f is not None and f.team)
+
+
 def flush_sql(
-    container: str, shard: int, batches: list[Batch], timeout_ms: int, now: float, new_series: bool
+    container: str,
+    shard: int,
+    batches: list[Batch],
+    timeout_ms: int,
+    now: float,
+    new_series: bool,
+    shapes: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The one query of a flush; counters are stamped with the flush time."""
+    """The one query of a flush; counters are stamped with the flush time. `shapes`: the
+    team families to declare first (`declarations`), in the same transaction."""
     counters = [_row(b.seq, k, v, now) for b in batches for k, v in b.sums.items()]
     gauges = [_row(b.seq, k, v, at) for b in batches for k, (v, at) in b.gauges.items()]
+    declare = (
+        f"SELECT metrics_declare({quote_literal(settings().function_name)}, {_json_arg(shapes)}); "
+        if shapes
+        else ""
+    )
     return (
-        f"{set_local_timeouts(statement_timeout_ms=timeout_ms)}; "
+        f"{set_local_timeouts(statement_timeout_ms=timeout_ms)}; {declare}"
         f"SELECT metrics_flush({quote_literal(container)}, {int(shard)}, {int(batches[-1].seq)}, "
         f"{_json_arg(counters)}, {_json_arg(gauges)}, {'true' if new_series else 'false'})"
     )
@@ -129,6 +157,8 @@ class FlushResult:
     pending_series: int = 0
     dropped_batches: int = 0  # unconfirmed batches discarded past MAX_SEALED_BATCHES
     dropped_series: int = 0
+    refused: tuple[str, ...] = ()  # families the store refused in this flush (MF002 detail)
+    refused_series: int = 0  # series deltas dropped because their family was refused
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -171,14 +201,34 @@ class _Job:
         self.timeout_ms = config().flush_timeout_ms
         self.believed_known = not any(k not in box.known for b in batches for k in b.series_keys())
         self.new_series = not self.believed_known
+        names = {k.family for b in batches for k in b.series_keys()}
+        names -= box.declared | box.refused | (families.RESERVED or frozenset())
+        self.families = declarations(names) if names else []
+        self.refused: tuple[str, ...] = ()
+        self.refused_series = 0
         self.done = threading.Event()
         self.started = time.monotonic()
         self.result = FlushResult(FlushOutcome.PENDING)
 
     def sql(self, new_series: bool) -> str:
         return flush_sql(
-            self.box.container, self.box.shard, self.batches, self.timeout_ms, self.now, new_series
+            self.box.container,
+            self.box.shard,
+            self.batches,
+            self.timeout_ms,
+            self.now,
+            new_series,
+            self.families,
         )
+
+    def refuse(self, exc: DatabaseError) -> None:
+        """MF002: drop the refused families' deltas (now and later); flush the rest."""
+        detail = str(error_fields(exc).get("D", ""))
+        reasons = [line for line in detail.splitlines() if line]
+        names = {line.split(": declared by ", 1)[0] for line in reasons}
+        self.refused = tuple(reasons)
+        self.families = [f for f in self.families if f["family"] not in names]
+        self.refused_series += self.box.refuse(names, self.batches)
 
     def run(self) -> None:
         error: BaseException | None = None
@@ -191,13 +241,17 @@ class _Job:
                 self.db.connection(check_alive=True)
             except DatabaseUnavailable as exc:
                 raise _NotSent(str(exc)) from exc
-            try:
-                self.db.run(self.sql(self.new_series))
-            except DatabaseError as exc:
-                if self.new_series or sqlstate(exc) != MISSING_SERIES:
-                    raise
-                self.new_series = True  # the first call stored nothing
-                self.db.run(self.sql(True))
+            while True:  # at most three calls: each retry fixes what the last refused
+                try:
+                    self.db.run(self.sql(self.new_series))
+                    break
+                except DatabaseError as exc:  # either way the call stored nothing
+                    if sqlstate(exc) == FAMILY_CONFLICT and not self.refused:
+                        self.refuse(exc)
+                    elif sqlstate(exc) == MISSING_SERIES and not self.new_series:
+                        self.new_series = True
+                    else:
+                        raise
         except BaseException as exc:
             error = exc
         try:
@@ -233,6 +287,8 @@ class Outbox:
         self.batches: list[Batch] = []
         self.next_seq = 1
         self.known: set[SeriesKey] = set()  # series this container has stored
+        self.declared: set[str] = set()  # team families whose shape the store has taken
+        self.refused: set[str] = set()  # team families the store refused: never sent
         self.courier = Courier("metrics-flush")
         self.in_flight: _Job | None = None
         self.reply_s: float | None = None  # how long the last answered flush took
@@ -255,6 +311,15 @@ class Outbox:
     def pending_series(self) -> int:
         return sum(b.series for b in self.batches)
 
+    def refuse(self, families: set[str], batches: Iterable[Batch]) -> int:
+        """Drop the deltas of `families` from `batches` (and later ones); how many series."""
+        dropped = 0
+        with self.lock:
+            self.refused |= families
+            for batch in batches:
+                dropped += _drop(batch.sums, self.refused) + _drop(batch.gauges, self.refused)
+        return dropped
+
     def oldest(self) -> float | None:
         """Monotonic time of the oldest delta not yet known to be stored."""
         batches = self.batches
@@ -276,6 +341,8 @@ class Outbox:
                 batch.sending = True
             job = _Job(self, db, batches, now, report)
             self.in_flight = job
+        if self.refused:  # recorded since the store refused them: dropped, and counted
+            job.refused_series = self.refuse(set(), batches)
         self.courier.submit(job)
         return job
 
@@ -288,6 +355,7 @@ class Outbox:
             for batch in job.batches:
                 batch.sending = False
             if outcome == FlushOutcome.STORED:
+                self.declared.update(f["family"] for f in job.families)
                 for batch in job.batches:
                     self.known.update(batch.series_keys())
                 sent = {id(b) for b in job.batches}
@@ -308,13 +376,28 @@ class Outbox:
             self.in_flight = None
             pending = self.pending_series
         return FlushResult(
-            outcome, message, answered, pending, dropped_batches, dropped_series, error
+            outcome,
+            message,
+            answered,
+            pending,
+            dropped_batches,
+            dropped_series,
+            job.refused,
+            job.refused_series,
+            error,
         )
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait for the running flush, if any, to settle; False when it did not in time."""
         job = self.in_flight
         return job is None or job.done.wait(max(0.0, timeout_s))
+
+
+def _drop(series: dict[SeriesKey, Any], families: set[str]) -> int:
+    gone = [key for key in series if key.family in families]
+    for key in gone:
+        del series[key]
+    return len(gone)
 
 
 _outbox: Outbox | None = None

@@ -16,16 +16,33 @@ sees the new series at 0 before its value, and rate()/increase() count its first
 counts (a series that first appears with value N counts as 0 there). Counts that
 arrived while the store could not be read (an outage) would otherwise vanish
 from every rate.
+
+The shapes of the families teams declared in their own functions (migrations/009:
+metric_families, written by their flushes) are cached per metrics container too,
+fetched again only when the table changed (its newest declaration and row count
+come back with the sums). A metrics container's first read reserves the catalogue's
+names there (metrics_reserve), so that a team's flush cannot take one with another shape.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ops.db import Database
-from ops.sql import set_local_timeouts
+from ops.metrics.families import (
+    COUNTER,
+    GAUGE,
+    REGISTRY,
+    Counter,
+    Family,
+    Gauge,
+    Histogram,
+    shape_rows,
+)
+from ops.sql import quote_literal, set_local_timeouts
 
 COMPACT_IDLE_S = 300  # a spill row untouched this long is folded into its total
 COMPACT_EVERY_S = 60.0
@@ -46,7 +63,15 @@ CROSS JOIN LATERAL (
 WHERE s.kind = 'g'
 UNION ALL
 SELECT 'now', extract(epoch FROM now())::text, 0
+UNION ALL
+SELECT 'families', coalesce(max(extract(epoch FROM declared_at))::text, ''), count(*)
+FROM metric_families
 """
+# The teams' families (declared_by '' is the catalogue's: this process renders its own).
+FAMILIES_SQL = (
+    "SELECT family, kind, help, labels, buckets FROM metric_families"
+    " WHERE declared_by <> '' ORDER BY family"
+)
 
 # Folds idle spill rows (a counter's rows outside shard 0, written when a flush
 # found the series' total row held by another: migrations/005) into the totals,
@@ -138,14 +163,53 @@ class SeriesNames:
         return self._layout
 
 
+class StoredFamilies:
+    """The team families' shapes, as their functions declared them (metric_families)."""
+
+    def __init__(self) -> None:
+        self.version: tuple[str, int] | None = None
+        self.families: list[Family[Any]] = []
+        self.reserved = False
+
+    def refresh(self, db: Database, version: tuple[str, int]) -> None:
+        if not self.reserved:  # once per metrics container: the catalogue's names are taken
+            catalogue = shape_rows(f for f in REGISTRY.values() if not f.team)
+            payload = json.dumps(catalogue, separators=(",", ":"), ensure_ascii=False)
+            db.run(f"SELECT metrics_reserve({quote_literal(payload)}::json)")
+            self.reserved = True
+        if version != self.version:
+            self.families = [_family(*row) for row in db.run(FAMILIES_SQL)]
+            self.version = version
+
+
+def _family(
+    name: str, kind: str, help_text: str, labels: list[str], buckets: list[float]
+) -> Family[Any]:
+    family: Family[Any]
+    if kind == COUNTER:
+        family = Counter(name, help_text, labels, registry=None)
+    elif kind == GAUGE:
+        family = Gauge(name, help_text, labels, registry=None)
+    else:
+        family = Histogram(name, help_text, labels, buckets=buckets, registry=None)
+    return family
+
+
 _names = SeriesNames()
+_stored = StoredFamilies()
 _last_compaction = float("-inf")
+
+
+def stored_families() -> list[Family[Any]]:
+    """The team families' shapes read by the last scrape (none before the first)."""
+    return _stored.families
 
 
 def reset() -> None:
     """A new metrics container (tests)."""
-    global _names, _last_compaction
+    global _names, _stored, _last_compaction
     _names = SeriesNames()
+    _stored = StoredFamilies()
     _last_compaction = float("-inf")
 
 
@@ -161,6 +225,7 @@ def read_totals(db: Database, hold_s: float = 0.0) -> Totals:
     created less than `hold_s` seconds ago read as 0 (see the module's docstring)."""
     global _names
     rows = {kind: (packed, max_id) for kind, packed, max_id in db.run(VALUES_SQL)}
+    _stored.refresh(db, rows["families"])
     held_after = float(rows["now"][0]) - hold_s if hold_s > 0 else float("inf")
     packed_sums, newest_id = rows["sum"]
     values = _unpack(packed_sums)
