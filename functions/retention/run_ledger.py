@@ -18,59 +18,27 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
 
 import pg8000.native
-from pruning import Step
-from run_identity import RunIdentity, Trigger
-from table_outcome import Closing, TableOutcome, audit_payload
+from model import (
+    LeaseLost,
+    RunIdentity,
+    RunStart,
+    RunStatus,
+    StartOutcome,
+    Step,
+    TableExit,
+    TableOutcome,
+    TableState,
+    Trigger,
+)
+from report import audit_payload
 
 from ops.db import Database
-from ops.timestamps import PgTimestamp
 
 ACTOR_TYPE = "system"
 ACTOR_ID = "retention-job"
 ACTION = "retention.prune"
-
-
-class LeaseLost(RuntimeError):
-    """Another run took over the lease (ours expired): stop without writing anything."""
-
-
-@dataclass(frozen=True)
-class TableState:
-    table: str
-    cutoff: PgTimestamp  # the run's instant, from the database clock
-    rows_deleted: int
-    completed: bool
-
-
-class Started(StrEnum):
-    """What trying to start a run found."""
-
-    STARTED = "started"  # this invocation holds the lease and works
-    DUPLICATE = "duplicate"  # the run already completed: nothing to do
-    BUSY = "busy"  # another run holds the lease
-
-
-class RunStatus(StrEnum):
-    """How an attempt ended (`retention_runs.status`, and the response's `status`)."""
-
-    COMPLETED = "completed"  # every table done: the run is never run again
-    STOPPED = "stopped"  # the deadline (or locks) left rows: the next delivery resumes it
-    FAILED = "failed"  # an error: Scheduler retries it
-    SKIPPED = "skipped"  # not started (a duplicate, or another run holds the lease)
-
-
-@dataclass(frozen=True)
-class Start:
-    outcome: Started
-    attempt: int = 0
-    tables: dict[str, TableState] = field(default_factory=dict)
-    held_by: str | None = None  # busy: the run key holding the lease
-    held_until: datetime | None = None
 
 
 class RunLedger:
@@ -88,7 +56,7 @@ class RunLedger:
         return self.identity.key
 
     # -- start / finish ----------------------------------------------------------
-    def try_start(self, max_age_days: dict[str, int]) -> Start:
+    def try_start(self, max_age_days: dict[str, int]) -> RunStart:
         """Take the lease and open (or resume) the run, fixing each table's cutoff once."""
         with self.db.transaction(
             statement_timeout_ms=self.lock_timeout_ms + 5_000, lock_timeout_ms=self.lock_timeout_ms
@@ -99,9 +67,9 @@ class RunLedger:
             )
             run = conn.run("SELECT status FROM retention_runs WHERE run_key = :k", k=self.run_key)
             if run and run[0][0] == "completed":
-                return Start(Started.DUPLICATE)
+                return RunStart(StartOutcome.DUPLICATE)
             if live and held_by != self.holder:
-                return Start(Started.BUSY, held_by=held_key, held_until=held_until)
+                return RunStart(StartOutcome.BUSY, held_by=held_key, held_until=held_until)
             conn.run(
                 "UPDATE retention_lease SET holder = :h, run_key = :k, "
                 "acquired_at = clock_timestamp(), "
@@ -140,7 +108,7 @@ class RunLedger:
                 names=list(max_age_days),
             )
         tables = {r[0]: TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
-        return Start(Started.STARTED, attempt=int(attempt), tables=tables)
+        return RunStart(StartOutcome.STARTED, attempt=int(attempt), tables=tables)
 
     def finish(self, status: RunStatus, error: str | None = None) -> None:
         """Close this attempt and release the lease, unless the lease was lost meanwhile."""
@@ -211,7 +179,7 @@ class RunLedger:
         self,
         conn: pg8000.native.Connection,
         table: str,
-        closing: Closing,
+        table_exit: TableExit,
         run_key: str | None = None,
     ) -> TableOutcome:
         """Write the audit entry for everything not yet audited; returns its outcome."""
@@ -237,7 +205,7 @@ class RunLedger:
             batches=int(p["batches"] - p["audited_batches"]),
             partitions_dropped=tuple(p["partitions_dropped"][p["audited_partitions"] :]),
             partition_rows_estimate=int(sum(p["partition_rows"][p["audited_partitions"] :])),
-            closing=closing,
+            exit=table_exit,
         )
         conn.run(
             "INSERT INTO audit_logs (actor_type, actor_id, action, entity, payload) "
@@ -253,7 +221,7 @@ class RunLedger:
             "audited_batches = batches, audited_partitions = cardinality(partitions_dropped), "
             "completed = completed OR :done, updated_at = now() "
             "WHERE run_key = :k AND table_name = :t",
-            done=closing.completed,
+            done=table_exit.completed,
             k=run_key,
             t=table,
         )

@@ -1,9 +1,10 @@
-"""One retention invocation, start to finish.
+"""One retention invocation, start to finish (the handler's one call).
 
-identify the run -> check policies against the catalog -> take the lease (waiting
-a little for a live holder, or skipping and saying so) -> audit what crashed runs
-left unaudited -> prune (or survey, for a dry run) each table until done or the
-deadline -> release the lease. Every table gets one audit entry per invocation
+identify the run (run_identity) -> check policies against the catalog (policy_catalog)
+-> take the lease in the ledger (run_ledger; waiting a little for a live holder, or
+skipping and saying so) -> audit what crashed runs left unaudited -> per table: plan
+partitions, drop, prune in batches, audit (pruning; a dry run surveys instead), until
+done or the deadline -> release the lease. Every table gets one audit entry per invocation
 that worked on it; failures audit what was done and re-raise so that Scheduler's
 retries and the dead-letter queue see them.
 
@@ -20,25 +21,32 @@ half that at most.
 from __future__ import annotations
 
 import time
-from enum import StrEnum
 from typing import Any, Literal
 
 import pg8000.native
-import retention_metrics
-from pg8000.exceptions import DatabaseError
-from policy_catalog import Target, resolve_targets, select_policies
-from pruning import LOCK_CONFLICTS, Limits, Skips, Step, Survey, TablePruner, survey
-from retention_settings import JobSettings, job_settings
-from run_identity import RunIdentity, identify
-from run_ledger import RunLedger, RunStatus, Start, Started, TableState
-from table_outcome import (
-    Closing,
+import report
+from model import (
+    JobSettings,
+    Limits,
+    RunIdentity,
+    RunStart,
+    RunStatus,
+    SkipReason,
+    Skips,
+    StartOutcome,
+    Step,
     StopReason,
+    Survey,
+    TableExit,
     TableOutcome,
-    audit_payload,
-    log_fields,
-    response_entry,
+    TableState,
+    Target,
 )
+from pg8000.exceptions import DatabaseError
+from policy_catalog import resolve_targets, select_policies
+from pruning import LOCK_CONFLICTS, TablePruner, survey
+from run_identity import identify
+from run_ledger import RunLedger
 
 from ops.config import settings
 from ops.db import Database
@@ -75,6 +83,18 @@ class Budget:
 
     def has_time(self) -> bool:
         return self.remaining_ms() > 0
+
+
+def job_settings() -> JobSettings:
+    """The container's knobs; ops.config has checked each and that they fit together."""
+    cfg = settings()
+    return JobSettings(
+        lock_timeout_ms=cfg.retention_lock_timeout_ms,
+        statement_timeout_ms=cfg.retention_statement_timeout_ms,
+        deadline_margin_ms=cfg.retention_deadline_margin_ms,
+        lease_ttl_ms=cfg.retention_lease_ttl_ms,
+        batch_target_ms=cfg.retention_batch_target_ms,
+    )
 
 
 def run_limits(cfg: JobSettings, margin_ms: int) -> Limits:
@@ -134,14 +154,6 @@ def describe_error(exc: BaseException) -> str:
     return text[:ERROR_TEXT_LIMIT]
 
 
-class SkipReason(StrEnum):
-    """Why an invocation did not start its run (the response's and the log's `reason`)."""
-
-    DUPLICATE = "duplicate"  # the run already completed
-    IN_PROGRESS = "in_progress"  # this run, held by another invocation of it
-    BUSY = "busy"  # another run holds the lease
-
-
 # The job log line's `status`: the run's lifecycle as Logs Insights queries filter it.
 JobLogStatus = Literal["started", "waiting", "skipped", "completed", "failed"]
 
@@ -159,7 +171,7 @@ def _job_log(status: JobLogStatus, message: str, **fields: Any) -> None:
         logger.thread_safe_remove_keys(["name"])
 
 
-class _TableRecorder:
+class TableRecorder:
     """Books one table's units of work; the final unit carries the audit entry."""
 
     def __init__(self, ledger: RunLedger, table: str, budget: Budget) -> None:
@@ -170,7 +182,7 @@ class _TableRecorder:
         self.skips = Skips()  # what the pruner could not lock: left for the next run
         self.outcome: TableOutcome | None = None
 
-    def closing(self, done: bool, found: Survey | None = None) -> Closing:
+    def exit(self, done: bool, found: Survey | None = None) -> TableExit:
         """How this invocation leaves the table, as its audit entry is written."""
         if done:
             stopped_by = None
@@ -178,7 +190,7 @@ class _TableRecorder:
             stopped_by = StopReason.LOCKED
         else:
             stopped_by = StopReason.DEADLINE
-        return Closing(
+        return TableExit(
             completed=done,
             duration_ms=round((time.monotonic() - self.began) * 1000),
             stopped_by=stopped_by,
@@ -193,7 +205,7 @@ class _TableRecorder:
     def record(self, conn: pg8000.native.Connection, step: Step) -> None:
         self.ledger.record(conn, self.table, step)
         if step.final:
-            self.outcome = self.ledger.audit(conn, self.table, self.closing(step.done))
+            self.outcome = self.ledger.audit(conn, self.table, self.exit(step.done))
 
 
 class RetentionRun:
@@ -217,7 +229,7 @@ class RetentionRun:
         targets = resolve_targets(self.db, select_policies(load_policies(), self.identity.tables))
         self._warn_missing_indexes(targets)
         start = self._acquire(targets)
-        if start.outcome != Started.STARTED:
+        if start.outcome != StartOutcome.STARTED:
             return self._skipped(start)
         started = time.monotonic()
         try:
@@ -231,7 +243,7 @@ class RetentionRun:
         status = RunStatus.COMPLETED if done else RunStatus.STOPPED
         self.ledger.finish(status)
         seconds = time.monotonic() - started
-        retention_metrics.rows_deleted(self.outcomes.values())
+        report.count_rows_deleted(self.outcomes.values())
         _job_log(
             "completed",
             "retention run completed" if done else "retention run stopped at the deadline",
@@ -246,7 +258,7 @@ class RetentionRun:
 
     def _warn_missing_indexes(self, targets: list[Target]) -> None:
         for target in targets:
-            retention_metrics.missing_index(target.table, not target.indexed)
+            report.flag_missing_index(target.table, not target.indexed)
             if not target.indexed:
                 logger.warning(
                     f"{target.table} has no index on {target.policy.column}: "
@@ -259,7 +271,7 @@ class RetentionRun:
                     },
                 )
 
-    def _acquire(self, targets: list[Target]) -> Start:
+    def _acquire(self, targets: list[Target]) -> RunStart:
         """Take the lease; wait for a live holder long enough to outlive a crashed one's lease."""
         ages = {t.table: t.policy.max_age_days for t in targets}
         wait_s = min(self.cfg.lease_wait_ms, max(0, self.budget.remaining_ms())) / 1000
@@ -271,8 +283,8 @@ class RetentionRun:
             except DatabaseError as exc:
                 if sqlstate(exc) not in LOCK_CONFLICTS:
                     raise
-                start = Start(Started.BUSY)  # the holder is mid-transaction on the lease row
-            if start.outcome != Started.BUSY or time.monotonic() >= wait_until:
+                start = RunStart(StartOutcome.BUSY)  # the holder is mid-transaction on it
+            if start.outcome != StartOutcome.BUSY or time.monotonic() >= wait_until:
                 return start
             if not announced:
                 announced = True
@@ -286,8 +298,8 @@ class RetentionRun:
                 )
             time.sleep(max(0.01, min(LEASE_POLL_S, wait_until - time.monotonic())))
 
-    def _skipped(self, start: Start) -> dict[str, Any]:
-        if start.outcome == Started.DUPLICATE:
+    def _skipped(self, start: RunStart) -> dict[str, Any]:
+        if start.outcome == StartOutcome.DUPLICATE:
             reason, message = SkipReason.DUPLICATE, "this run already completed; nothing to do"
         elif start.held_by == self.ledger.run_key:
             reason = SkipReason.IN_PROGRESS
@@ -309,9 +321,9 @@ class RetentionRun:
         if state.completed:  # finished and audited by an earlier attempt of this run
             self._done(self._already_completed(state, attempt))
             return
-        recorder = _TableRecorder(self.ledger, target.table, self.budget)
+        recorder = TableRecorder(self.ledger, target.table, self.budget)
         if not self.budget.has_time():
-            outcome = self._audit_alone(target.table, recorder.closing(done=False))
+            outcome = self._audit_alone(target.table, recorder.exit(done=False))
         elif self.identity.dry_run:
             outcome = self._survey(target, state.cutoff, recorder)
         else:
@@ -326,12 +338,10 @@ class RetentionRun:
             )
             done = pruner.run()
             # No unit committed (nothing to delete, or out of time before the first): audit alone.
-            outcome = recorder.outcome or self._audit_alone(target.table, recorder.closing(done))
+            outcome = recorder.outcome or self._audit_alone(target.table, recorder.exit(done))
         self._done(outcome)
 
-    def _survey(
-        self, target: Target, cutoff: PgTimestamp, recorder: _TableRecorder
-    ) -> TableOutcome:
+    def _survey(self, target: Target, cutoff: PgTimestamp, recorder: TableRecorder) -> TableOutcome:
         # Counting may take longer than a batch: the time left, which the socket outwaits.
         limits = self.limits
         timeout_ms = max(limits.statement_timeout_ms, self.budget.remaining_ms())
@@ -340,59 +350,59 @@ class RetentionRun:
         ) as conn:
             self.ledger.fence(conn, ttl_ms=timeout_ms + self.cfg.lease_ttl_ms)
             found = survey(conn, target, cutoff)
-            return self.ledger.audit(conn, target.table, recorder.closing(True, found))
+            return self.ledger.audit(conn, target.table, recorder.exit(True, found))
 
     def _audit_alone(
-        self, table: str, closing: Closing, run_key: str | None = None
+        self, table: str, table_exit: TableExit, run_key: str | None = None
     ) -> TableOutcome:
         limits = self.limits
         with self.db.transaction(
             statement_timeout_ms=limits.statement_timeout_ms, lock_timeout_ms=limits.lock_timeout_ms
         ) as conn:
             self.ledger.fence(conn)
-            return self.ledger.audit(conn, table, closing, run_key=run_key)
+            return self.ledger.audit(conn, table, table_exit, run_key=run_key)
 
     def _audit_crashed_runs(self, targets: list[Target]) -> None:
         """Deletes a crashed attempt committed but never audited: audit them now, once."""
         orphans = self.ledger.unaudited_elsewhere([t.table for t in targets])
         for run_key, table, completed in orphans:
-            closing = Closing(
+            table_exit = TableExit(
                 completed=completed,
                 duration_ms=None,
                 stopped_by=StopReason.CRASH,
                 recovered_by=self.ledger.run_key,
             )
-            outcome = self._audit_alone(table, closing, run_key=run_key)
+            outcome = self._audit_alone(table, table_exit, run_key=run_key)
             logger.warning(
                 f"audited what run {run_key} deleted from {table} before it crashed",
                 extra={
                     "type": "retention_warning",
                     "warning": "recovered_audit",
-                    **audit_payload(outcome),
+                    **report.audit_payload(outcome),
                 },
             )
 
     def _done(self, outcome: TableOutcome) -> None:
         self.outcomes[outcome.table] = outcome
-        logger.info(f"retention {outcome.table}", extra=log_fields(outcome))
+        logger.info(f"retention {outcome.table}", extra=report.log_fields(outcome))
 
     def _fail(self, targets: list[Target], exc: Exception) -> None:
         """Audit every table this invocation has not audited yet, then close the run as failed."""
         error = describe_error(exc)
-        closing = Closing(
+        failed = TableExit(
             completed=False, duration_ms=None, stopped_by=StopReason.ERROR, error=error
         )
         try:
             for target in targets:
                 if target.table not in self.outcomes:
-                    self._done(self._audit_alone(target.table, closing))
+                    self._done(self._audit_alone(target.table, failed))
             self.ledger.finish(RunStatus.FAILED, error)
         except Exception as audit_exc:  # database gone: the next run audits the remainder
             logger.error(
                 "could not audit the failed retention run; the next run will",
                 extra={"type": "retention_warning", "error": describe_error(audit_exc)},
             )
-        retention_metrics.rows_deleted(self.outcomes.values())
+        report.count_rows_deleted(self.outcomes.values())
 
     # -- output ---------------------------------------------------------------------------
     def _already_completed(self, state: TableState, attempt: int) -> TableOutcome:
@@ -407,7 +417,7 @@ class RetentionRun:
             batches=0,
             partitions_dropped=(),
             partition_rows_estimate=0,
-            closing=Closing(completed=True, duration_ms=0),
+            exit=TableExit(completed=True, duration_ms=0),
             already_completed=True,
         )
 
@@ -417,7 +427,7 @@ class RetentionRun:
             "runId": self.ledger.run_key,
             "dryRun": self.identity.dry_run,
             "attempt": attempt,
-            "tables": [response_entry(o) for o in self.outcomes.values()],
+            "tables": [report.response_entry(o) for o in self.outcomes.values()],
         }
 
 
@@ -445,7 +455,7 @@ def run_retention(event: Any, context: Any, db: Database | None = None) -> dict[
             db = own = job_database(cfg)
         result = RetentionRun(db, identity, cfg, context).execute()
     except Exception as exc:
-        retention_metrics.run_finished(succeeded=False, seconds=time.monotonic() - began)
+        report.count_run(succeeded=False, seconds=time.monotonic() - began)
         _job_log(
             "failed",
             "retention run failed",
@@ -459,5 +469,5 @@ def run_retention(event: Any, context: Any, db: Database | None = None) -> dict[
         if own is not None:
             own.close()
     if result["status"] != RunStatus.SKIPPED:
-        retention_metrics.run_finished(succeeded=True, seconds=time.monotonic() - began)
+        report.count_run(succeeded=True, seconds=time.monotonic() - began)
     return result
