@@ -92,14 +92,6 @@ class SkipReason(StrEnum):
     BUSY = "busy"  # another run holds the lease
 
 
-class StartOutcome(StrEnum):
-    """What trying to start a run found."""
-
-    STARTED = "started"  # this invocation holds the lease and works
-    DUPLICATE = "duplicate"  # the run already completed: nothing to do
-    BUSY = "busy"  # another run holds the lease
-
-
 @dataclass(frozen=True)
 class TableState:
     """A table's row in the run ledger when the attempt starts."""
@@ -112,10 +104,12 @@ class TableState:
 
 @dataclass(frozen=True)
 class RunStart:
-    outcome: StartOutcome
+    """What trying to start the run found: this invocation works (`skipped` None) or not."""
+
+    skipped: SkipReason | None
     attempt: int = 0
     tables: dict[str, TableState] = field(default_factory=dict)
-    held_by: str | None = None  # busy: the run key holding the lease
+    held_by: str | None = None  # the run key holding the lease, if another invocation
     held_until: datetime | None = None
 
 

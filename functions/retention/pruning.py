@@ -1,50 +1,31 @@
-"""Deleting what one policy says is expired, in transactions short enough for live traffic.
+"""Pruning one table: drop wholly old partitions, then delete the rest in keyset batches.
 
-Every unit of work is its own transaction with `lock_timeout` and `statement_timeout`
-(SET LOCAL, sent with BEGIN), and carries the run's bookkeeping (lease renewal as
-a fence, progress, and on the last unit the audit entry) through a StepRecorder,
-so that what was deleted and what is recorded never disagree, whatever happens
-between two units: a batch that fails or is cancelled rolls back with its record.
+Every unit of work (a partition drop, a batch) is its own transaction with SET LOCAL
+lock_timeout and statement_timeout, and books itself through a StepRecorder (lease
+renewal as a fence, progress, on the last unit the audit entry) in that transaction:
+what was deleted and what is recorded never disagree.
 
-One cutoff per table and run (the run ledger's instant), typed in every statement as the
-column's own type (`CAST(:cutoff AS timestamptz)` or `... AS timestamp`; bounds and
-frontiers alike): an untyped parameter takes the column's type from PostgreSQL, and a
-`timestamp` one silently drops the offset of the instant it was given. For a `timestamp`
-column the cutoff is converted once, to its wall-clock time in the session's TimeZone
-(`column_cutoff`); a row exactly at the cutoff is kept (`col < cutoff`).
+The cutoff is cast to the column's type in every statement (an untyped parameter takes
+the column's type, and a `timestamp` one drops the instant's offset); for a `timestamp`
+column it is the cutoff's wall-clock time in the session's TimeZone (`column_cutoff`). A
+row exactly at the cutoff is kept.
 
-Row by row, oldest first, keyset-paginated on the column's index so that no batch
-rescans the index entries earlier batches left dead: find the (n+1)-th oldest expired
-row (an index-only probe), delete the n rows below it, and resume there:
+Batches go oldest first, resuming at the frontier so that none rescans the index entries
+earlier ones left dead: probe for the (n+1)-th oldest expired row, delete the n below it.
+The ctid form (`DELETE ... WHERE ctid = ANY(ARRAY(SELECT ctid ... LIMIT n))`) serves what a
+range cannot: more than n rows with one timestamp, a table without an index on the column,
+and stepping around locked rows (FOR UPDATE SKIP LOCKED, after a batch met one; no row
+locks up front: they would write every row twice). A relation still locked after that is
+left for the next run. A batch cancelled by its statement_timeout is redone at half the
+size; only one cancelled at MIN_BATCH_SIZE fails the run. Batches aim at batch_target_ms:
+from START_BATCH_SIZE rows, doubling while under half the target, up to batchSize.
 
-    SELECT col FROM ONLY t WHERE col < :cutoff AND col >= :frontier
-     ORDER BY col OFFSET n LIMIT 1                              -- -> :upper
-    DELETE FROM ONLY t WHERE col < :cutoff AND col >= :frontier AND col < :upper
-    (each parameter cast to the column's type)
-
-The range DELETE re-checks every row against the cutoff, visits each row once and returns
-nothing. The ctid form (`DELETE ... WHERE ctid = ANY(ARRAY(SELECT ctid ... LIMIT n)) AND
-col < :cutoff`) serves what a range cannot do: more than n rows with one timestamp, a
-table without an index on the column (a sequential scan that stops at the limit beats a
-full sort per batch), and stepping around locked rows. No row locks are taken up front
-(FOR UPDATE would write every row twice); a batch that meets a locked row (lock_timeout,
-deadlock) is retried with FOR UPDATE SKIP LOCKED, and a relation still locked after that
-(a table lock) is left for the next run, never failing this one. A batch cancelled by its
-statement_timeout is retried at half the size, down to MIN_BATCH_SIZE rows; only a batch
-cancelled at that floor fails the run. Batches aim at `batch_target_ms` each: the first
-takes START_BATCH_SIZE rows, the next ones double while under half the target, up to the
-policy's batchSize (the most rows a batch deletes); a slower batch makes the next smaller.
-
-Partitions wholly older than the cutoff are detached and dropped in one transaction
-(so a crash leaves either the partition or nothing, never a detached orphan; DETACH
-... CONCURRENTLY cannot run inside a transaction, and is refused when a DEFAULT
-partition exists). The partition's own locks are taken first, so that waiting for a
-reader of that partition queues nothing on the parent; then DETACH holds ACCESS
-EXCLUSIVE on the parent for about a millisecond, waiting at most lock_timeout for
-it (every writer of the parent queues behind that wait). A lock not had in time
-leaves the partition for the next run, and one not had on the parent leaves every
-remaining partition of that parent too, so writers wait out one lock_timeout, not
-one per partition. The boundary partition is pruned row by row.
+A partition is detached and dropped in one transaction (a crash leaves the partition or
+nothing; DETACH CONCURRENTLY cannot run in one). Its own locks come first, so waiting for
+its readers queues nobody on the parent; DETACH then waits at most lock_timeout for the
+parent's ACCESS EXCLUSIVE. A lock not had leaves the partition for the next run, and one
+not had on the parent leaves that parent's other partitions too (writers wait out one
+lock_timeout, not one per partition).
 """
 
 from __future__ import annotations
@@ -207,25 +188,17 @@ def survey(conn: pg8000.native.Connection, target: Target, cutoff: PgTimestamp) 
 
 
 def _locked(relation: str, table: str, lock: str) -> None:
+    fields = {"warning": "locked", "table": table, "relation": relation, "lock": lock}
     logger.warning(
         f"{relation} is locked by another session; left for the next run",
-        extra={
-            "type": "retention_warning",
-            "warning": "locked",
-            "table": table,
-            "relation": relation,
-            "lock": lock,
-        },
+        extra={"type": "retention_warning", **fields},
     )
 
 
 class TablePruner:
-    """Prunes one table down to `cutoff` until done or `keep_going()` says stop.
-
-    `run()` returns True when nothing older than the cutoff is left. Every committed
-    unit goes through `recorder.record`; the last one is marked `final`. When no unit
-    is committed at all (nothing to do, or no time to start), the caller audits.
-    """
+    """Prunes one table down to `cutoff` until done or `keep_going()` says stop; `run()`
+    is True when nothing older is left. The last committed unit is marked `final`; when
+    none commits (nothing to do, no time), the caller audits."""
 
     def __init__(
         self,
@@ -244,8 +217,6 @@ class TablePruner:
         self.limits = limits
         self.keep_going = keep_going
         self.recorder = recorder or NoRecorder()
-        # What locks kept us from (a long reader, an anti-wraparound autovacuum, DDL):
-        # left for the next run rather than failing this one or queueing writers.
         self.skips = skips if skips is not None else Skips()
         self._locked_parents: set[int] = set()
 

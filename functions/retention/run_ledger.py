@@ -25,7 +25,7 @@ from model import (
     RunIdentity,
     RunStart,
     RunStatus,
-    StartOutcome,
+    SkipReason,
     Step,
     TableExit,
     TableOutcome,
@@ -67,9 +67,11 @@ class RunLedger:
             )
             run = conn.run("SELECT status FROM retention_runs WHERE run_key = :k", k=self.run_key)
             if run and run[0][0] == "completed":
-                return RunStart(StartOutcome.DUPLICATE)
+                return RunStart(SkipReason.DUPLICATE)
             if live and held_by != self.holder:
-                return RunStart(StartOutcome.BUSY, held_by=held_key, held_until=held_until)
+                ours = held_key == self.run_key
+                reason = SkipReason.IN_PROGRESS if ours else SkipReason.BUSY
+                return RunStart(reason, held_by=held_key, held_until=held_until)
             conn.run(
                 "UPDATE retention_lease SET holder = :h, run_key = :k, "
                 "acquired_at = clock_timestamp(), "
@@ -108,7 +110,7 @@ class RunLedger:
                 names=list(max_age_days),
             )
         tables = {r[0]: TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
-        return RunStart(StartOutcome.STARTED, attempt=int(attempt), tables=tables)
+        return RunStart(None, attempt=int(attempt), tables=tables)
 
     def finish(self, status: RunStatus, error: str | None = None) -> None:
         """Close this attempt and release the lease, unless the lease was lost meanwhile."""
