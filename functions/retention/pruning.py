@@ -35,20 +35,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import model as m
 import pg8000.native
-from model import (
-    BatchResult,
-    Ending,
-    KeysetCursor,
-    Limits,
-    PartitionDrop,
-    Relation,
-    Skips,
-    Step,
-    StepRecorder,
-    Survey,
-    Target,
-)
 from partition_plan import plan_partitions
 from pg8000.exceptions import DatabaseError
 
@@ -80,7 +68,7 @@ def next_batch_size(size: int, elapsed_ms: float, target_ms: float, maximum: int
     return size
 
 
-def adapt(cursor: KeysetCursor, code: str | None) -> bool:
+def adapt(cursor: m.KeysetCursor, code: str | None) -> bool:
     """Change course after a batch failed with SQLSTATE `code`; False if nothing can help."""
     if code in LOCK_CONFLICTS:
         cursor.skip_locked = True
@@ -97,7 +85,7 @@ class NoRecorder:
     def fence(self, conn: pg8000.native.Connection) -> None:
         pass
 
-    def record(self, conn: pg8000.native.Connection, step: Step) -> None:
+    def record(self, conn: pg8000.native.Connection, step: m.Step) -> None:
         pass
 
 
@@ -108,7 +96,7 @@ _WALL_CLOCK = "SELECT CAST(CAST(:c AS timestamptz) AS timestamp)"
 
 
 def column_cutoff(
-    run: Callable[..., list[list[Any]]], target: Target, cutoff: PgTimestamp
+    run: Callable[..., list[list[Any]]], target: m.Target, cutoff: PgTimestamp
 ) -> PgTimestamp:
     """The run's cutoff (an instant) as a value of the column's type, once per table and
     invocation: itself for `timestamptz`; for `timestamp`, its wall-clock time in the
@@ -121,18 +109,17 @@ def column_cutoff(
 
 def delete_batch(
     conn: pg8000.native.Connection,
+    target: m.Target,
     relation: str,
-    column: str,
     cutoff: PgTimestamp,
-    cursor: KeysetCursor,
-    ordered: bool,
-    sql_type: str,
-) -> BatchResult:
+    cursor: m.KeysetCursor,
+) -> m.BatchResult:
     """Delete `cursor.size` of the oldest expired rows at most (any, unless `ordered`).
 
-    `cutoff` is a value of the column's type (`column_cutoff`), `sql_type` that type.
-    Ordered mode resumes at the frontier, so no batch rescans what earlier ones deleted.
+    `cutoff` is a value of the column's type (`column_cutoff`). Ordered (the column is
+    indexed), it resumes at the frontier, so no batch rescans what earlier ones deleted.
     """
+    column, sql_type, ordered = target.column_sql, target.sql_type, target.indexed
     expired = f"{column} < CAST(:cutoff AS {sql_type})"
     params: dict[str, Any] = {"cutoff": cutoff}
     if ordered and cursor.frontier is not None:
@@ -147,7 +134,7 @@ def delete_batch(
         )
         if not probe:  # cursor.size or fewer left: the last batch
             conn.run(f"DELETE FROM ONLY {relation} WHERE {expired}", **params)
-            return BatchResult(int(conn.row_count), True, cursor.frontier)
+            return m.BatchResult(int(conn.row_count), True, cursor.frontier)
         upper = probe[0][0]
         conn.run(
             f"DELETE FROM ONLY {relation} WHERE {expired} "
@@ -156,7 +143,7 @@ def delete_batch(
             **params,
         )
         if rows := int(conn.row_count):
-            return BatchResult(rows, False, upper)
+            return m.BatchResult(rows, False, upper)
         # cursor.size rows or more share one timestamp: a range cannot split them, a LIMIT can.
     order = f" ORDER BY {column}" if ordered else ""
     lock = " FOR UPDATE SKIP LOCKED" if cursor.skip_locked else ""
@@ -169,10 +156,10 @@ def delete_batch(
         **params,
     )[0]
     frontier = newest if ordered and newest is not None else cursor.frontier
-    return BatchResult(int(rows), rows < cursor.size, frontier)
+    return m.BatchResult(int(rows), rows < cursor.size, frontier)
 
 
-def survey(conn: pg8000.native.Connection, target: Target, cutoff: PgTimestamp) -> Survey:
+def survey(conn: pg8000.native.Connection, target: m.Target, cutoff: PgTimestamp) -> m.Survey:
     """What a run would delete, counted by the statements' own filter; `cutoff` is the
     run's instant."""
     rel = target.relation.sql if target.partitioned else f"ONLY {target.relation.sql}"
@@ -184,7 +171,7 @@ def survey(conn: pg8000.native.Connection, target: Target, cutoff: PgTimestamp) 
         cutoff=cutoff,
     )[0]
     drops = plan_partitions(conn, target, cutoff).drops if target.partitioned else []
-    return Survey(int(count), oldest, [d.partition.display for d in drops])
+    return m.Survey(int(count), oldest, [d.partition.display for d in drops])
 
 
 def _locked(relation: str, table: str, lock: str) -> None:
@@ -203,12 +190,12 @@ class TablePruner:
     def __init__(
         self,
         db: Database,
-        target: Target,
+        target: m.Target,
         cutoff: PgTimestamp,
-        limits: Limits,
+        limits: m.Limits,
         keep_going: Callable[[], bool],
-        recorder: StepRecorder | None = None,
-        skips: Skips | None = None,
+        recorder: m.StepRecorder | None = None,
+        skips: m.Skips | None = None,
     ) -> None:
         self.db = db
         self.target = target
@@ -217,14 +204,14 @@ class TablePruner:
         self.limits = limits
         self.keep_going = keep_going
         self.recorder = recorder or NoRecorder()
-        self.skips = skips if skips is not None else Skips()
+        self.skips = skips if skips is not None else m.Skips()
         self._locked_parents: set[int] = set()
 
     def run(self) -> bool:
         if not self.keep_going():
             return False
         self._cutoff = column_cutoff(self.db.run, self.target, self.cutoff)
-        units: list[PartitionDrop | Relation] = [self.target.relation]
+        units: list[m.PartitionDrop | m.Relation] = [self.target.relation]
         if self.target.partitioned:  # whole partitions first, then the rest row by row
             with self.db.transaction(statement_timeout_ms=self.limits.statement_timeout_ms) as conn:
                 plan = plan_partitions(conn, self.target, self._cutoff)
@@ -232,7 +219,7 @@ class TablePruner:
         while units:
             unit = units.pop(0)
             last_unit = not units  # the table's last unit of work carries its audit entry
-            if isinstance(unit, PartitionDrop):
+            if isinstance(unit, m.PartitionDrop):
                 finished = self._drop(unit, last_unit)
             else:
                 finished = self._prune_rows(unit, last_unit)
@@ -240,9 +227,9 @@ class TablePruner:
                 return False
         return not self.skips
 
-    def _prune_rows(self, relation: Relation, last_unit: bool) -> bool:
+    def _prune_rows(self, relation: m.Relation, last_unit: bool) -> bool:
         size = self.target.policy.batch_size
-        cursor = KeysetCursor(size=min(size, START_BATCH_SIZE), floor=min(MIN_BATCH_SIZE, size))
+        cursor = m.KeysetCursor(size=min(size, START_BATCH_SIZE), floor=min(MIN_BATCH_SIZE, size))
         while True:
             started = time.monotonic()
             try:
@@ -270,8 +257,8 @@ class TablePruner:
                 return True
 
     def _commit_batch(
-        self, relation: Relation, cursor: KeysetCursor, last_unit: bool
-    ) -> tuple[BatchResult, bool] | None:
+        self, relation: m.Relation, cursor: m.KeysetCursor, last_unit: bool
+    ) -> tuple[m.BatchResult, bool] | None:
         """One batch and its record in one transaction: what it did and whether it was the
         invocation's last step on the table. A failed batch is retried as `adapt` says
         (lock conflicts at most MAX_LOCK_RETRIES times, with backoff); None if out of time."""
@@ -282,16 +269,8 @@ class TablePruner:
                     statement_timeout_ms=self.limits.statement_timeout_ms,
                     lock_timeout_ms=self.limits.lock_timeout_ms,
                 ) as conn:
-                    batch = delete_batch(
-                        conn,
-                        relation.sql,
-                        self.target.column_sql,
-                        self._cutoff,
-                        cursor,
-                        self.target.indexed,
-                        self.target.sql_type,
-                    )
-                    step = Step(rows=batch.rows, batches=1)
+                    batch = delete_batch(conn, self.target, relation.sql, self._cutoff, cursor)
+                    step = m.Step(rows=batch.rows, batches=1)
                     return batch, self._book(conn, step, batch.done and last_unit)
             except DatabaseError as exc:
                 code = sqlstate(exc) or None
@@ -304,7 +283,7 @@ class TablePruner:
             if not self.keep_going():
                 return None
 
-    def _drop(self, drop: PartitionDrop, last_unit: bool) -> bool:
+    def _drop(self, drop: m.PartitionDrop, last_unit: bool) -> bool:
         """Detach and drop one partition in one transaction; a lock not had in time leaves it
         (and, if the parent's, every remaining partition of that parent) for the next run."""
         part, parent = drop.partition.sql, drop.parent.sql
@@ -323,7 +302,7 @@ class TablePruner:
                 # lock_timeout bounds that wait.
                 waiting_for = "parent"
                 conn.run(f"ALTER TABLE {parent} DETACH PARTITION {part}; DROP TABLE {part}")
-                step = Step(rows=0, partition=drop.partition.display, partition_rows=estimate)
+                step = m.Step(rows=0, partition=drop.partition.display, partition_rows=estimate)
                 final = self._book(conn, step, last_unit)
         except DatabaseError as exc:  # not retried: a lock not had is for the next run
             if sqlstate(exc) not in (*LOCK_CONFLICTS, QUERY_CANCELED):
@@ -335,7 +314,7 @@ class TablePruner:
             return True  # go on with the other partitions
         return last_unit or not final
 
-    def _lock_partition(self, conn: pg8000.native.Connection, drop: PartitionDrop) -> int:
+    def _lock_partition(self, conn: pg8000.native.Connection, drop: m.PartitionDrop) -> int:
         """Lock the partition, queuing nobody on the parent; returns its rows (estimated).
 
         First keep autovacuum off it without blocking anyone: SHARE UPDATE EXCLUSIVE lets
@@ -362,14 +341,14 @@ class TablePruner:
         )
         return int(estimate)
 
-    def _book(self, conn: pg8000.native.Connection, step: Step, last: bool) -> bool:
+    def _book(self, conn: pg8000.native.Connection, step: m.Step, last: bool) -> bool:
         """Record the step; returns whether it is this invocation's last for the table."""
         if last and not self.skips:
-            ending = Ending.DONE
+            ending = m.Ending.DONE
         elif not self.keep_going():
-            ending = Ending.PAUSED
+            ending = m.Ending.PAUSED
         else:
-            ending = Ending.MORE
+            ending = m.Ending.MORE
         step = replace(step, ending=ending)
         self.recorder.record(conn, step)
         return step.final

@@ -19,19 +19,8 @@ import json
 import uuid
 from collections.abc import Sequence
 
+import model as m
 import pg8000.native
-from model import (
-    LeaseLost,
-    RunIdentity,
-    RunStart,
-    RunStatus,
-    SkipReason,
-    Step,
-    TableExit,
-    TableOutcome,
-    TableState,
-    Trigger,
-)
 from report import audit_payload
 
 from ops.db import Database
@@ -43,7 +32,7 @@ ACTION = "retention.prune"
 
 class RunLedger:
     def __init__(
-        self, db: Database, identity: RunIdentity, lease_ttl_ms: int, lock_timeout_ms: int
+        self, db: Database, identity: m.RunIdentity, lease_ttl_ms: int, lock_timeout_ms: int
     ) -> None:
         self.db = db
         self.identity = identity
@@ -56,7 +45,7 @@ class RunLedger:
         return self.identity.key
 
     # -- start / finish ----------------------------------------------------------
-    def try_start(self, max_age_days: dict[str, int]) -> RunStart:
+    def try_start(self, max_age_days: dict[str, int]) -> m.RunStart:
         """Take the lease and open (or resume) the run, fixing each table's cutoff once."""
         with self.db.transaction(
             statement_timeout_ms=self.lock_timeout_ms + 5_000, lock_timeout_ms=self.lock_timeout_ms
@@ -67,11 +56,11 @@ class RunLedger:
             )
             run = conn.run("SELECT status FROM retention_runs WHERE run_key = :k", k=self.run_key)
             if run and run[0][0] == "completed":
-                return RunStart(SkipReason.DUPLICATE)
+                return m.RunStart(m.SkipReason.DUPLICATE)
             if live and held_by != self.holder:
                 ours = held_key == self.run_key
-                reason = SkipReason.IN_PROGRESS if ours else SkipReason.BUSY
-                return RunStart(reason, held_by=held_key, held_until=held_until)
+                reason = m.SkipReason.IN_PROGRESS if ours else m.SkipReason.BUSY
+                return m.RunStart(reason, held_by=held_key, held_until=held_until)
             conn.run(
                 "UPDATE retention_lease SET holder = :h, run_key = :k, "
                 "acquired_at = clock_timestamp(), "
@@ -109,10 +98,10 @@ class RunLedger:
                 k=self.run_key,
                 names=list(max_age_days),
             )
-        tables = {r[0]: TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
-        return RunStart(None, attempt=int(attempt), tables=tables)
+        tables = {r[0]: m.TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
+        return m.RunStart(None, attempt=int(attempt), tables=tables)
 
-    def finish(self, status: RunStatus, error: str | None = None) -> None:
+    def finish(self, status: m.RunStatus, error: str | None = None) -> None:
         """Close this attempt and release the lease, unless the lease was lost meanwhile."""
         with self.db.transaction(
             statement_timeout_ms=self.lock_timeout_ms + 5_000, lock_timeout_ms=self.lock_timeout_ms
@@ -146,11 +135,11 @@ class RunLedger:
         )
 
     def fence(self, conn: pg8000.native.Connection, ttl_ms: int | None = None) -> None:
-        """Renew the lease in this transaction; LeaseLost if another run holds it now."""
+        """Renew the lease in this transaction; m.LeaseLost if another run holds it now."""
         if not self._holds(conn, ttl_ms):
-            raise LeaseLost(f"run {self.run_key} lost the retention lease to another run")
+            raise m.LeaseLost(f"run {self.run_key} lost the retention lease to another run")
 
-    def record(self, conn: pg8000.native.Connection, table: str, step: Step) -> None:
+    def record(self, conn: pg8000.native.Connection, table: str, step: m.Step) -> None:
         """Progress in the work's transaction, fenced by the lease renewal (one round trip)."""
         booked = conn.run(
             "WITH lease AS ("
@@ -175,15 +164,15 @@ class RunLedger:
             t=table,
         )
         if not booked:
-            raise LeaseLost(f"run {self.run_key} lost the retention lease to another run")
+            raise m.LeaseLost(f"run {self.run_key} lost the retention lease to another run")
 
     def audit(
         self,
         conn: pg8000.native.Connection,
         table: str,
-        table_exit: TableExit,
+        table_exit: m.TableExit,
         run_key: str | None = None,
-    ) -> TableOutcome:
+    ) -> m.TableOutcome:
         """Write the audit entry for everything not yet audited; returns its outcome."""
         run_key = run_key or self.run_key
         (row,) = conn.run(
@@ -196,10 +185,10 @@ class RunLedger:
             t=table,
         )
         p = dict(zip((c["name"] for c in conn.columns), row, strict=True))
-        outcome = TableOutcome(
+        outcome = m.TableOutcome(
             table=table,
             run_id=run_key,
-            trigger=Trigger(p["trigger"]),
+            trigger=m.Trigger(p["trigger"]),
             attempt=p["attempts"],
             dry_run=p["dry_run"],
             cutoff=p["cutoff"],

@@ -351,10 +351,10 @@ def test_a_batch_cancelled_by_its_statement_timeout_is_redone_at_half_the_size(s
     tried = []
     real = pruning.delete_batch
 
-    def spy(conn, relation, column, cutoff, cursor, *args):
+    def spy(conn, target, relation, cutoff, cursor):
         size = cursor.size
         try:
-            return real(conn, relation, column, cutoff, cursor, *args)
+            return real(conn, target, relation, cutoff, cursor)
         except Exception as exc:
             tried.append((pruning.sqlstate(exc), size))
             raise
