@@ -1,15 +1,10 @@
 """Retention function vs the naive single DELETE, under a live writer (issues 4, 10 and 24).
 
-Two template databases in one throwaway cluster: `inbound_events` plain (with its
-received_at index) and partitioned by day, N rows evenly over 60 days (half past the
-30-day policy), 10,000 chat sessions. Each prune runs on a fresh copy of its template while
-a writer process (single-row INSERTs and chat_sessions UPDATEs at 200 ops/s, no catch-up
-after a stall) runs through a baseline window and the prune. Measured: wall time, the
-longest transaction (the function's timed around the client call: an upper bound), WAL
-bytes, and the writer's rate and latency.
-
-    python -m benchmarks retention            # 5,000,000 rows
-    python -m benchmarks retention --quick    # 200,000 rows, about a minute
+Two templates in one throwaway cluster (`inbound_events` plain and partitioned by day, N
+rows over 60 days, half past the policy); each prune runs on a fresh copy while a writer
+(single-row writes at 200 ops/s) runs through a baseline window and the prune. Measured:
+wall time, longest transaction (timed around the client call), WAL, the writer's rate and
+latency. `python -m benchmarks retention [--quick]`: 5,000,000 rows [200,000].
 """
 
 from __future__ import annotations
@@ -61,9 +56,9 @@ def _connect(url: str, statement_timeout_ms: int = 3_600_000) -> Any:
     return connect_url(url, timeout_s=600, statement_timeout_ms=statement_timeout_ms)
 
 
-# -- the writer (its own process: the prune's Python must not steal its GIL) ---------------
 def writer_main(url: str, stop: Any, out: Any) -> None:
-    """Paced single-row writes; sends [(start, latency_s), ...] when told to stop."""
+    """Paced single-row writes (in its own process: the prune's Python must not steal its
+    GIL); sends [(start, latency_s), ...] when told to stop."""
     samples: list[tuple[float, float]] = []
     try:
         conn = _connect(url, statement_timeout_ms=60_000)
@@ -108,7 +103,6 @@ def _window(samples: list[tuple[float, float]], start: float, end: float) -> Wri
     return WriterWindow(len(lat) / (end - start), nearest_rank(lat, 50), nearest_rank(lat, 99))
 
 
-# -- data -----------------------------------------------------------------------------------------
 def _build_template(cluster: Any, name: str, rows: int, partitioned: bool) -> None:
     """The schema (partitioned by day: created before the migrations, which add its index),
     N events evenly over DAYS days, the sessions, and fresh statistics."""
@@ -153,7 +147,6 @@ def _build_template(cluster: Any, name: str, rows: int, partitioned: bool) -> No
         conn.close()
 
 
-# -- one measured prune ---------------------------------------------------------------------------
 @dataclass
 class Prune:
     scenario: str
@@ -169,13 +162,12 @@ class Prune:
     partitions_dropped: int = 0
 
     @property
-    def writes_lost(self) -> float:
-        """Writes short of the writer's baseline pace over the prune."""
+    def writes_lost(self) -> float:  # writes short of the writer's baseline pace
         return (self.baseline.ops_per_s - self.during.ops_per_s) * self.wall_s
 
     @property
     def writer_share(self) -> float:
-        return self.during.ops_per_s / self.baseline.ops_per_s if self.baseline.ops_per_s else 0.0
+        return self.during.ops_per_s / (self.baseline.ops_per_s or float("nan"))
 
 
 @contextlib.contextmanager
@@ -189,8 +181,7 @@ def _timed_database_calls() -> Iterator[list[float]]:
 
     @contextlib.contextmanager
     def transaction(self: Database, **timeouts: Any) -> Iterator[Any]:
-        started = time.perf_counter()
-        depth[0] += 1
+        started, depth[0] = time.perf_counter(), depth[0] + 1
         try:
             with real_tx(self, **timeouts) as conn:
                 yield conn
@@ -258,13 +249,12 @@ def _measure(cluster: Any, scenario: str, method: str, baseline_s: float) -> Pru
     stop, out = ctx.Event(), ctx.Queue()
     writer = ctx.Process(target=writer_main, args=(url, stop, out), daemon=True)
     function_handler("retention")  # imported once: a cold start is not part of the prune
-    lsn_sql = "SELECT pg_current_wal_insert_lsn()::text"
     try:
         writer.start()
         time.sleep(1.0)  # writer connected and paced
         base_start = time.monotonic()
         time.sleep(baseline_s)
-        base_end, lsn = time.monotonic(), conn.run(lsn_sql)[0][0]
+        base_end, lsn = time.monotonic(), conn.run("SELECT pg_current_wal_insert_lsn()::text")[0][0]
         started = time.monotonic()
         outcome = (_naive if method == "naive" else _function)(url)
         ended = time.monotonic()
@@ -282,22 +272,12 @@ def _measure(cluster: Any, scenario: str, method: str, baseline_s: float) -> Pru
         conn.close()
     admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
-    return Prune(
-        scenario=scenario,
-        method=method,
-        rows=removed,
-        wall_s=ended - started,
-        longest_tx_ms=max(outcome["tx"]),
-        transactions=len(outcome["tx"]),
-        wal_bytes=int(wal),
-        baseline=_window(samples, base_start, base_end),
-        during=_window(samples, started, ended),
-        batches=int(outcome.get("batches", 0)),
-        partitions_dropped=len(outcome.get("dropped", [])),
-    )
+    tx, base = outcome["tx"], _window(samples, base_start, base_end)
+    during, dropped = _window(samples, started, ended), len(outcome.get("dropped", []))
+    return Prune(scenario, method, removed, ended - started, max(tx), len(tx), int(wal), base,
+                 during, int(outcome.get("batches", 0)), dropped)  # fmt: skip
 
 
-# -- report ---------------------------------------------------------------------------------------
 def _row(p: Prune) -> str:
     label = "naive `DELETE`" if p.method == "naive" else "retention function"
     return (
@@ -312,8 +292,7 @@ def _row(p: Prune) -> str:
 def _ratios(
     runs: dict[tuple[str, str], list[Prune]], scenario: str, ratio: Callable[..., float]
 ) -> list[float]:
-    """`ratio(naive, function)` per repetition: the two ran back to back, so a busy minute
-    on the shared machine slows both methods of one repetition alike."""
+    """`ratio(naive, function)` per repetition (run back to back: load slows both alike)."""
     pairs = zip(runs[scenario, "naive"], runs[scenario, "function"], strict=True)
     return [ratio(naive, function) for naive, function in pairs]
 

@@ -135,7 +135,7 @@ class RunLedger:
         )
 
     def fence(self, conn: pg8000.native.Connection, ttl_ms: int | None = None) -> None:
-        """Renew the lease in this transaction; m.LeaseLost if another run holds it now."""
+        """Renew the lease in this transaction; LeaseLost if another run holds it now."""
         if not self._holds(conn, ttl_ms):
             raise m.LeaseLost(f"run {self.run_key} lost the retention lease to another run")
 
