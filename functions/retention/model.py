@@ -98,7 +98,6 @@ class TableState:
 
     table: str
     cutoff: PgTimestamp  # the run's instant, from the database clock
-    rows_deleted: int
     completed: bool
 
 

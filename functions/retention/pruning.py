@@ -316,12 +316,8 @@ class TablePruner:
 
     def _lock_partition(self, conn: pg8000.native.Connection, drop: m.PartitionDrop) -> int:
         """Lock the partition, queuing nobody on the parent; returns its rows (estimated).
-
-        First keep autovacuum off it without blocking anyone: SHARE UPDATE EXCLUSIVE lets
-        reads and writes through, and waiting longer than deadlock_timeout (1 s) for it gets
-        a running autovacuum cancelled. Then the partition itself: waiting for its readers
-        queues nobody on the parent.
-        """
+        First SHARE UPDATE EXCLUSIVE (reads and writes pass; waiting past deadlock_timeout
+        gets a running autovacuum cancelled), then ACCESS EXCLUSIVE on the partition alone."""
         part = drop.partition.sql
         # Below the statement timeout, so that a lock not had is a lock timeout.
         vacuum_lock_ms = min(PARTITION_LOCK_TIMEOUT_MS, self.limits.statement_timeout_ms // 2)

@@ -93,12 +93,12 @@ class RunLedger:
                 days=list(max_age_days.values()),
             )
             rows = conn.run(
-                "SELECT table_name, cutoff, rows_deleted, completed FROM retention_run_tables "
+                "SELECT table_name, cutoff, completed FROM retention_run_tables "
                 "WHERE run_key = :k AND table_name = ANY(CAST(:names AS text[]))",
                 k=self.run_key,
                 names=list(max_age_days),
             )
-        tables = {r[0]: m.TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
+        tables = {r[0]: m.TableState(r[0], r[1], bool(r[2])) for r in rows}
         return m.RunStart(None, attempt=int(attempt), tables=tables)
 
     def finish(self, status: m.RunStatus, error: str | None = None) -> None:
