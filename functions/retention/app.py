@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retention_job import run_retention
+from run import run_retention
 
 from ops.error_tracking import report_failures
 from ops.log import logger

@@ -14,11 +14,10 @@ batches compare rows), so that `-infinity`, BC or far-future bounds compare like
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pg8000.native
-from policy_catalog import Relation, Target
+from model import PartitionDrop, PartitionPlan, Relation, Target
 
 from ops.timestamps import PgTimestamp
 
@@ -47,19 +46,6 @@ SELECT t, CASE WHEN v < c THEN -1 WHEN v > c THEN 1 ELSE 0 END, extract(epoch FR
   FROM (SELECT t, CAST(t AS {type}) AS v, CAST(:cutoff AS {type}) AS c
           FROM unnest(CAST(:texts AS text[])) AS t) AS b
 """
-
-
-@dataclass(frozen=True)
-class PartitionDrop:
-    parent: Relation
-    partition: Relation
-    upper: Decimal  # the upper bound's epoch: drops go oldest first
-
-
-@dataclass
-class PartitionPlan:
-    drops: list[PartitionDrop] = field(default_factory=list)  # oldest first
-    row_by_row: list[Relation] = field(default_factory=list)
 
 
 def _literal(text: str) -> str | None:

@@ -13,15 +13,12 @@ catalog and are quoted.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from model import SQL_TYPES, Relation, Target
 
 from ops.db import Database
 from ops.retention_policies import AUDIT_TABLE, Policy, PolicyError
-from ops.sql import quote_ident
-
-# The column's type as catalogued -> how every statement of the run types its parameters.
-SQL_TYPES = {"timestamp with time zone": "timestamptz", "timestamp without time zone": "timestamp"}
 
 _LOOKUP = """
 SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text,
@@ -47,47 +44,6 @@ SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text,
   LEFT JOIN pg_type t ON t.oid = a.atttypid
  WHERE c.oid = to_regclass(:table)
 """
-
-
-@dataclass(frozen=True)
-class Relation:
-    """A table or partition, named from the catalog."""
-
-    oid: int
-    schema: str
-    name: str
-
-    @property
-    def sql(self) -> str:
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
-
-    @property
-    def display(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-
-@dataclass(frozen=True)
-class Target:
-    """A policy whose table and column the catalog confirmed."""
-
-    policy: Policy
-    relation: Relation
-    column_type: str  # "timestamp with time zone" or "timestamp without time zone"
-    partitioned: bool
-    indexed: bool
-
-    @property
-    def sql_type(self) -> str:
-        """What the run casts its cutoff and bounds to: `timestamptz` or `timestamp`."""
-        return SQL_TYPES[self.column_type]
-
-    @property
-    def table(self) -> str:
-        return self.policy.table
-
-    @property
-    def column_sql(self) -> str:
-        return quote_ident(self.policy.column)
 
 
 def select_policies(policies: Sequence[Policy], tables: Iterable[str] | None) -> list[Policy]:

@@ -21,38 +21,16 @@ Optional keys in any event: `dryRun` (boolean), `tables` (a subset of the policy
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
+
+from model import EventError, RunIdentity, Trigger
 
 from ops.log import bounded
 from ops.timestamps import utc_iso
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _UNSUBSTITUTED = "<aws.scheduler."
-
-
-class EventError(ValueError):
-    """The event cannot be turned into a run."""
-
-
-class Trigger(StrEnum):
-    """What delivered the run's event (the audit entry's and the job log's `trigger`)."""
-
-    SCHEDULER = "scheduler"  # EventBridge Scheduler, the template's schedule
-    EVENTBRIDGE = "eventbridge"  # a classic EventBridge scheduled event
-    MANUAL = "manual"  # anything else: an operator, a re-driven failure record
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    key: str
-    trigger: Trigger
-    dry_run: bool = False
-    tables: tuple[str, ...] | None = None
-    attempt_number: str | None = None
-    execution_id: str | None = None
 
 
 def _required_str(event: dict[str, Any], name: str, shape: str) -> str:

@@ -18,64 +18,21 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import StrEnum
 
+import model as m
 import pg8000.native
-from pruning import Step
-from run_identity import RunIdentity, Trigger
-from table_outcome import Closing, TableOutcome, audit_payload
+from report import audit_payload
 
 from ops.db import Database
-from ops.timestamps import PgTimestamp
 
 ACTOR_TYPE = "system"
 ACTOR_ID = "retention-job"
 ACTION = "retention.prune"
 
 
-class LeaseLost(RuntimeError):
-    """Another run took over the lease (ours expired): stop without writing anything."""
-
-
-@dataclass(frozen=True)
-class TableState:
-    table: str
-    cutoff: PgTimestamp  # the run's instant, from the database clock
-    rows_deleted: int
-    completed: bool
-
-
-class Started(StrEnum):
-    """What trying to start a run found."""
-
-    STARTED = "started"  # this invocation holds the lease and works
-    DUPLICATE = "duplicate"  # the run already completed: nothing to do
-    BUSY = "busy"  # another run holds the lease
-
-
-class RunStatus(StrEnum):
-    """How an attempt ended (`retention_runs.status`, and the response's `status`)."""
-
-    COMPLETED = "completed"  # every table done: the run is never run again
-    STOPPED = "stopped"  # the deadline (or locks) left rows: the next delivery resumes it
-    FAILED = "failed"  # an error: Scheduler retries it
-    SKIPPED = "skipped"  # not started (a duplicate, or another run holds the lease)
-
-
-@dataclass(frozen=True)
-class Start:
-    outcome: Started
-    attempt: int = 0
-    tables: dict[str, TableState] = field(default_factory=dict)
-    held_by: str | None = None  # busy: the run key holding the lease
-    held_until: datetime | None = None
-
-
 class RunLedger:
     def __init__(
-        self, db: Database, identity: RunIdentity, lease_ttl_ms: int, lock_timeout_ms: int
+        self, db: Database, identity: m.RunIdentity, lease_ttl_ms: int, lock_timeout_ms: int
     ) -> None:
         self.db = db
         self.identity = identity
@@ -88,7 +45,7 @@ class RunLedger:
         return self.identity.key
 
     # -- start / finish ----------------------------------------------------------
-    def try_start(self, max_age_days: dict[str, int]) -> Start:
+    def try_start(self, max_age_days: dict[str, int]) -> m.RunStart:
         """Take the lease and open (or resume) the run, fixing each table's cutoff once."""
         with self.db.transaction(
             statement_timeout_ms=self.lock_timeout_ms + 5_000, lock_timeout_ms=self.lock_timeout_ms
@@ -99,9 +56,11 @@ class RunLedger:
             )
             run = conn.run("SELECT status FROM retention_runs WHERE run_key = :k", k=self.run_key)
             if run and run[0][0] == "completed":
-                return Start(Started.DUPLICATE)
+                return m.RunStart(m.SkipReason.DUPLICATE)
             if live and held_by != self.holder:
-                return Start(Started.BUSY, held_by=held_key, held_until=held_until)
+                ours = held_key == self.run_key
+                reason = m.SkipReason.IN_PROGRESS if ours else m.SkipReason.BUSY
+                return m.RunStart(reason, held_by=held_key, held_until=held_until)
             conn.run(
                 "UPDATE retention_lease SET holder = :h, run_key = :k, "
                 "acquired_at = clock_timestamp(), "
@@ -134,15 +93,15 @@ class RunLedger:
                 days=list(max_age_days.values()),
             )
             rows = conn.run(
-                "SELECT table_name, cutoff, rows_deleted, completed FROM retention_run_tables "
+                "SELECT table_name, cutoff, completed FROM retention_run_tables "
                 "WHERE run_key = :k AND table_name = ANY(CAST(:names AS text[]))",
                 k=self.run_key,
                 names=list(max_age_days),
             )
-        tables = {r[0]: TableState(r[0], r[1], int(r[2]), bool(r[3])) for r in rows}
-        return Start(Started.STARTED, attempt=int(attempt), tables=tables)
+        tables = {r[0]: m.TableState(r[0], r[1], bool(r[2])) for r in rows}
+        return m.RunStart(None, attempt=int(attempt), tables=tables)
 
-    def finish(self, status: RunStatus, error: str | None = None) -> None:
+    def finish(self, status: m.RunStatus, error: str | None = None) -> None:
         """Close this attempt and release the lease, unless the lease was lost meanwhile."""
         with self.db.transaction(
             statement_timeout_ms=self.lock_timeout_ms + 5_000, lock_timeout_ms=self.lock_timeout_ms
@@ -178,9 +137,9 @@ class RunLedger:
     def fence(self, conn: pg8000.native.Connection, ttl_ms: int | None = None) -> None:
         """Renew the lease in this transaction; LeaseLost if another run holds it now."""
         if not self._holds(conn, ttl_ms):
-            raise LeaseLost(f"run {self.run_key} lost the retention lease to another run")
+            raise m.LeaseLost(f"run {self.run_key} lost the retention lease to another run")
 
-    def record(self, conn: pg8000.native.Connection, table: str, step: Step) -> None:
+    def record(self, conn: pg8000.native.Connection, table: str, step: m.Step) -> None:
         """Progress in the work's transaction, fenced by the lease renewal (one round trip)."""
         booked = conn.run(
             "WITH lease AS ("
@@ -205,15 +164,15 @@ class RunLedger:
             t=table,
         )
         if not booked:
-            raise LeaseLost(f"run {self.run_key} lost the retention lease to another run")
+            raise m.LeaseLost(f"run {self.run_key} lost the retention lease to another run")
 
     def audit(
         self,
         conn: pg8000.native.Connection,
         table: str,
-        closing: Closing,
+        table_exit: m.TableExit,
         run_key: str | None = None,
-    ) -> TableOutcome:
+    ) -> m.TableOutcome:
         """Write the audit entry for everything not yet audited; returns its outcome."""
         run_key = run_key or self.run_key
         (row,) = conn.run(
@@ -226,10 +185,10 @@ class RunLedger:
             t=table,
         )
         p = dict(zip((c["name"] for c in conn.columns), row, strict=True))
-        outcome = TableOutcome(
+        outcome = m.TableOutcome(
             table=table,
             run_id=run_key,
-            trigger=Trigger(p["trigger"]),
+            trigger=m.Trigger(p["trigger"]),
             attempt=p["attempts"],
             dry_run=p["dry_run"],
             cutoff=p["cutoff"],
@@ -237,7 +196,7 @@ class RunLedger:
             batches=int(p["batches"] - p["audited_batches"]),
             partitions_dropped=tuple(p["partitions_dropped"][p["audited_partitions"] :]),
             partition_rows_estimate=int(sum(p["partition_rows"][p["audited_partitions"] :])),
-            closing=closing,
+            exit=table_exit,
         )
         conn.run(
             "INSERT INTO audit_logs (actor_type, actor_id, action, entity, payload) "
@@ -253,7 +212,7 @@ class RunLedger:
             "audited_batches = batches, audited_partitions = cardinality(partitions_dropped), "
             "completed = completed OR :done, updated_at = now() "
             "WHERE run_key = :k AND table_name = :t",
-            done=closing.completed,
+            done=table_exit.completed,
             k=run_key,
             t=table,
         )

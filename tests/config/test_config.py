@@ -103,7 +103,7 @@ def test_every_bad_variable_is_named_in_one_message():
 
 def test_settings_that_do_not_fit_together_are_refused():
     # A margin shorter than the statement timeout is fine: each run fits its statement
-    # timeout into its margin (retention_job.run_limits).
+    # timeout into its margin (the retention function's run.run_limits).
     assert load({"RETENTION_DEADLINE_MARGIN_MS": "5000"}).retention_deadline_margin_ms == 5000
     with pytest.raises(ConfigError, match="RETENTION_BATCH_TARGET_MS must be below"):
         load({"RETENTION_BATCH_TARGET_MS": "20000"})

@@ -182,7 +182,7 @@ def test_unusable_events_are_refused(bad, message):
 
 # -- job settings -----------------------------------------------------------------------------
 def test_job_settings_defaults_and_consistency(monkeypatch):
-    settings = module("retention_settings")
+    settings = module("run")
     for name in (
         "RETENTION_DEADLINE_MARGIN_MS",
         "RETENTION_STATEMENT_TIMEOUT_MS",

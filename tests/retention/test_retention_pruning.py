@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("retention_slate")
 
 catalog = module("policy_catalog")
 pruning = module("pruning")
-LIMITS = pruning.Limits(lock_timeout_ms=200, statement_timeout_ms=2000)
+LIMITS = module("model").Limits(lock_timeout_ms=200, statement_timeout_ms=2000)
 
 INSERTS = {
     "inbound_events": (
@@ -275,24 +275,7 @@ def test_partition_that_cannot_be_locked_is_left_for_the_next_run(
     assert count(sql, "pg_class", "relname = 'retention_part_old'") == 0
 
 
-def _spy_windows(monkeypatch) -> dict[str, int]:
-    """Counts window batches, and those rolled back for holding more than the batch size."""
-    seen = {"windows": 0, "overfull": 0}
-    real = pruning._window_batch
-
-    def spy(*args, **kwargs):
-        seen["windows"] += 1
-        try:
-            return real(*args, **kwargs)
-        except pruning.WindowOverfull:
-            seen["overfull"] += 1
-            raise
-
-    monkeypatch.setattr(pruning, "_window_batch", spy)
-    return seen
-
-
-def test_window_batches_never_exceed_the_batch_size_through_bursts_and_gaps(sql, monkeypatch):
+def test_batches_never_exceed_the_batch_size_through_bursts_and_gaps(sql):
     cutoff = sql("SELECT date_trunc('second', now()) - interval '30 days'")[0][0]
     old = cutoff - timedelta(days=10)
     rows = [
@@ -309,7 +292,6 @@ def test_window_batches_never_exceed_the_batch_size_through_bursts_and_gaps(sql,
     for label, offset in (("at the cutoff", 0), ("1 s inside", 1)):
         sql(INSERTS["inbound_events"][2], label=label, ts=cutoff + timedelta(seconds=offset))
     sql(INSERTS["inbound_events"][2], label="1 us past", ts=cutoff - timedelta(microseconds=1))
-    windows = _spy_windows(monkeypatch)
     steps = Steps()
 
     assert _prune("inbound_events", "received_at", cutoff, batch_size=1000, recorder=steps)
@@ -317,10 +299,9 @@ def test_window_batches_never_exceed_the_batch_size_through_bursts_and_gaps(sql,
     assert _labels(sql, "inbound_events") == {"at the cutoff", "1 s inside"}
     sizes = [s.rows for s in steps.steps]
     assert sum(sizes) == len(rows) + 1 and max(sizes) <= 1000
-    assert windows["windows"] > 0 and windows["overfull"] > 0  # the burst was redone exactly
 
 
-def test_window_batches_on_a_timestamp_without_time_zone_column(sql, monkeypatch):
+def test_batches_on_a_timestamp_without_time_zone_column(sql):
     sql("DROP TABLE IF EXISTS retention_naive")
     sql("CREATE TABLE retention_naive (id int PRIMARY KEY, at timestamp NOT NULL)")
     sql("CREATE INDEX ON retention_naive (at)")
@@ -328,7 +309,6 @@ def test_window_batches_on_a_timestamp_without_time_zone_column(sql, monkeypatch
         "INSERT INTO retention_naive SELECT g, localtimestamp - make_interval(mins => g * 20) "
         "FROM generate_series(1, 6000) g"
     )
-    windows = _spy_windows(monkeypatch)
     try:
         db, target = _target("retention_naive", "at", 1000)
         assert target.column_type == "timestamp without time zone"
@@ -341,20 +321,24 @@ def test_window_batches_on_a_timestamp_without_time_zone_column(sql, monkeypatch
         )
         assert kept == [[sum(1 for g in range(1, 6001) if g * 20 < 30 * 24 * 60), True]]
         assert sum(s.rows for s in steps.steps) == 6000 - kept[0][0]
-        assert max(s.rows for s in steps.steps) <= 1000 and windows["windows"] > 0
+        assert max(s.rows for s in steps.steps) <= 1000 and len(steps.steps) > 1
     finally:
         sql("DROP TABLE retention_naive")
 
 
-def test_a_window_batch_over_its_time_guard_is_redone_exactly_and_smaller(sql, monkeypatch):
-    """A window that runs 1.5x over the batch time target (here one slow row) is cancelled,
-    rolled back and redone as a smaller exact batch; every row is counted once."""
+def test_a_batch_cancelled_by_its_statement_timeout_is_redone_at_half_the_size(sql, monkeypatch):
+    """One slow row (slow once: a sequence is not rolled back) makes its batch overrun the
+    statement timeout; the batch is rolled back and redone at half the size, and every row
+    is counted once."""
     sql("DROP TABLE IF EXISTS retention_guard")
+    sql("DROP SEQUENCE IF EXISTS retention_guard_once")
+    sql("CREATE SEQUENCE retention_guard_once")
     sql("CREATE TABLE retention_guard (id int PRIMARY KEY, at timestamptz NOT NULL)")
     sql("CREATE INDEX ON retention_guard (at)")
     sql(
         "CREATE FUNCTION retention_guard_slow() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        "BEGIN IF OLD.id = 2500 THEN PERFORM pg_sleep(0.2); END IF; RETURN OLD; END $$"
+        "BEGIN IF OLD.id = 2500 AND nextval('retention_guard_once') = 1 THEN "
+        "PERFORM pg_sleep(1.5); END IF; RETURN OLD; END $$"
     )
     sql(
         "CREATE TRIGGER retention_guard_slow BEFORE DELETE ON retention_guard "
@@ -364,28 +348,31 @@ def test_a_window_batch_over_its_time_guard_is_redone_exactly_and_smaller(sql, m
         "INSERT INTO retention_guard SELECT g, "
         "now() - interval '40 days' + make_interval(mins => g) FROM generate_series(1, 4000) g"
     )
-    windows = _spy_windows(monkeypatch)
-    cancelled = []
+    tried = []
     real = pruning.delete_batch
 
-    def spy(conn, relation, column, cutoff, b, *args):
+    def spy(conn, target, relation, cutoff, cursor):
+        size = cursor.size
         try:
-            return real(conn, relation, column, cutoff, b, *args)
+            return real(conn, target, relation, cutoff, cursor)
         except Exception as exc:
-            cancelled.append((pruning.sqlstate(exc), b.windowed, b.size))
+            tried.append((pruning.sqlstate(exc), size))
             raise
 
     monkeypatch.setattr(pruning, "delete_batch", spy)
+    limits = module("model").Limits(lock_timeout_ms=200, statement_timeout_ms=1000)
     try:
         db, target = _target("retention_guard", "at", 1000)
         cutoff = sql("SELECT now() - interval '30 days'")[0][0]
         steps = Steps()
-        assert pruning.TablePruner(db, target, cutoff, LIMITS, lambda: True, steps).run()
+        assert pruning.TablePruner(db, target, cutoff, limits, lambda: True, steps).run()
         db.close()
         assert count(sql, "retention_guard") == 0
         assert sum(s.rows for s in steps.steps) == 4000
-        assert windows["windows"] > 0
-        assert (pruning.QUERY_CANCELED, True) in [(code, w) for code, w, _ in cancelled]
+        assert [code for code, _ in tried] == [pruning.QUERY_CANCELED]
+        cancelled_size = tried[0][1]
+        assert any(s.rows == cancelled_size // 2 for s in steps.steps)
     finally:
         sql("DROP TABLE retention_guard")
         sql("DROP FUNCTION retention_guard_slow()")
+        sql("DROP SEQUENCE retention_guard_once")

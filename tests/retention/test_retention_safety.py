@@ -126,7 +126,7 @@ class Pausing(FakeContext):
 
 
 def _in_thread(evt: Any, context: FakeContext, results: dict[str, Any], name: str):
-    from retention_job import run_retention
+    from run import run_retention
 
     def target() -> None:
         db = Database(application_name=f"retention-test-{name}")
@@ -303,7 +303,7 @@ class CrashingDatabase(Database):
 
 def _crash(sql, where: str) -> str:
     """Run until a crash mid-table; returns the run key. Batches are 4 rows."""
-    from retention_job import run_retention
+    from run import run_retention
 
     seed(sql, events_expired=30)
     evt = event("retention-scheduler.json")
@@ -435,7 +435,7 @@ def test_holder_that_lost_its_lease_deletes_nothing_more(sql, log_lines):
                 sql("UPDATE retention_lease SET holder = 'thief', run_key = 'manual:thief'")
             return super().get_remaining_time_in_millis()
 
-    with pytest.raises(module("run_ledger").LeaseLost, match="lost the retention lease"):
+    with pytest.raises(module("model").LeaseLost, match="lost the retention lease"):
         run({}, Thief())
 
     assert expired(sql) == (7, 4)

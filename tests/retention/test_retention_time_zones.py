@@ -53,7 +53,7 @@ AROUND = {
     "+6 h": 6 * hour,
     "+2 d": timedelta(days=2),
 }
-BULK = 2_500  # rows a second apart before the cutoff: enough for window batches
+BULK = 2_500  # rows a second apart before the cutoff: enough for several keyset batches
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Layout:
 
 
 LAYOUTS = (
-    Layout("indexed", 1_000, bulk=True),  # exact batches, then time windows
+    Layout("indexed", 1_000, bulk=True),  # keyset batches, each probed for its upper bound
     Layout("unindexed", 3, indexed=False),  # ctid batches, unordered
     # A partition straddles the cutoff (row by row); one wholly older is dropped.
     Layout(

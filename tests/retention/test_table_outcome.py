@@ -8,6 +8,7 @@ in PostgreSQL, the log line and the response say the same of every table.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,10 +22,11 @@ AUDIT_COLUMNS = {"entity", "actor_type", "actor_id", "action"}
 
 @pytest.fixture(scope="module")
 def t() -> Any:
-    return module("table_outcome")
+    """The vocabulary (model) and the renderings (report), in one namespace."""
+    return SimpleNamespace(**{**vars(module("model")), **vars(module("report"))})
 
 
-def outcome(t: Any, closing: Any, **fields: Any) -> Any:
+def outcome(t: Any, table_exit: Any, **fields: Any) -> Any:
     return t.TableOutcome(
         **{
             "table": "retention_daily",
@@ -37,20 +39,20 @@ def outcome(t: Any, closing: Any, **fields: Any) -> Any:
             "batches": 1,
             "partitions_dropped": ("public.retention_daily_00", "public.retention_daily_01"),
             "partition_rows_estimate": 11,
-            "closing": closing,
+            "exit": table_exit,
             **fields,
         }
     )
 
 
 def locked(t: Any) -> Any:
-    closing = t.Closing(
+    table_exit = t.TableExit(
         completed=False,
         duration_ms=213,
         stopped_by=t.StopReason.LOCKED,
         partitions_skipped=("public.retention_daily_02",),
     )
-    return outcome(t, closing)
+    return outcome(t, table_exit)
 
 
 def test_the_audit_payload_has_the_seed_deleted_and_every_count(t) -> None:
@@ -100,7 +102,7 @@ def test_the_response_entry_is_the_audit_payload_with_the_table(t) -> None:
 def test_a_table_an_earlier_attempt_finished_reports_zeros_and_no_audit_fields(t) -> None:
     done = outcome(
         t,
-        t.Closing(completed=True, duration_ms=0),
+        t.TableExit(completed=True, duration_ms=0),
         rows_deleted=0,
         batches=0,
         partitions_dropped=(),
@@ -133,21 +135,21 @@ def test_a_table_an_earlier_attempt_finished_reports_zeros_and_no_audit_fields(t
 
 
 def test_each_particular_appears_only_on_the_outcomes_that_have_it(t) -> None:
-    survey = module("pruning").Survey(5, datetime(2026, 9, 1, tzinfo=UTC), ["public.p_00"])
-    dry = outcome(t, t.Closing(completed=True, duration_ms=7, survey=survey), dry_run=True)
+    survey = t.Survey(5, datetime(2026, 9, 1, tzinfo=UTC), ["public.p_00"])
+    dry = outcome(t, t.TableExit(completed=True, duration_ms=7, survey=survey), dry_run=True)
     crash = outcome(
         t,
-        t.Closing(
+        t.TableExit(
             completed=True, duration_ms=None, stopped_by=t.StopReason.CRASH, recovered_by="m:2"
         ),
     )
     failed = outcome(
         t,
-        t.Closing(
+        t.TableExit(
             completed=False, duration_ms=None, stopped_by=t.StopReason.ERROR, error="P0001: x"
         ),
     )
-    base = set(t.audit_payload(outcome(t, t.Closing(completed=True, duration_ms=1))))
+    base = set(t.audit_payload(outcome(t, t.TableExit(completed=True, duration_ms=1))))
     assert set(t.audit_payload(dry)) - base == {"wouldDelete", "oldest", "wouldDropPartitions"}
     assert t.audit_payload(dry)["oldest"] == "2026-09-01T00:00:00Z"
     assert t.audit_payload(crash).items() >= {"stoppedBy": "crash", "recoveredBy": "m:2"}.items()

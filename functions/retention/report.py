@@ -1,79 +1,27 @@
-"""What one invocation did to one table, and its three renderings.
+"""What the run reports: each `TableOutcome` rendered three ways, and the run's metrics.
 
-One `TableOutcome` per table and invocation: the audit entry's payload (the
-runbook's `payload->>'deleted'` queries), the `type=retention` log line (the Logs
-Insights queries and dashboards) and the table's entry in the handler's response
-are each rendered from it by one small function, so that they cannot disagree.
-The keys are camelCase on the wire, as the queries and operators know them.
+The audit entry's payload (the runbook's `payload->>'deleted'` queries), the
+`type=retention` log line (Logs Insights queries, dashboards) and the table's entry in the
+handler's response are each rendered from one outcome, so that they cannot disagree. The
+keys are camelCase on the wire, as the queries and operators know them. The metrics go
+through the ops layer's catalogue; the handler's `flush()` sends them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Iterable
 from typing import Any
 
-from pruning import Survey
-from run_identity import Trigger
+from model import TableExit, TableOutcome
 
-from ops.timestamps import PgTimestamp, utc_iso
-
-
-class StopReason(StrEnum):
-    """Why an invocation left expired rows in a table (`stoppedBy`)."""
-
-    DEADLINE = "deadline"  # out of time: the next run goes on
-    LOCKED = "locked"  # locks kept it from partitions or relations: the next run retries them
-    CRASH = "crash"  # a crashed attempt's deletes, audited by a later run
-    ERROR = "error"  # the run failed
-
-
-@dataclass(frozen=True)
-class Closing:
-    """How the invocation left the table: what the run knows beyond the ledger's counts."""
-
-    completed: bool  # nothing older than the cutoff is left
-    duration_ms: int | None  # None: not measured (crash recovery, a failed run)
-    stopped_by: StopReason | None = None
-    partitions_skipped: tuple[str, ...] = ()
-    relations_skipped: tuple[str, ...] = ()
-    survey: Survey | None = None  # a dry run's findings
-    recovered_by: str | None = None  # the run that audited a crashed run's deletes
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class TableOutcome:
-    """One table's result in one invocation. Counts are those of this audit entry only
-    (what earlier entries of the run audited is not counted again)."""
-
-    table: str
-    run_id: str
-    trigger: Trigger
-    attempt: int
-    dry_run: bool
-    cutoff: PgTimestamp
-    rows_deleted: int  # row by row, exact
-    batches: int
-    partitions_dropped: tuple[str, ...]
-    partition_rows_estimate: int  # in the dropped partitions, by the planner's statistics
-    closing: Closing
-    already_completed: bool = False  # finished and audited by an earlier attempt: no entry now
-
-    @property
-    def deleted(self) -> int:
-        """Every row removed, exact row by row plus the dropped partitions' estimate."""
-        return self.rows_deleted + self.partition_rows_estimate
-
-    @property
-    def completed(self) -> bool:
-        return self.closing.completed
+from ops.metrics import catalogue as m
+from ops.timestamps import utc_iso
 
 
 def audit_payload(outcome: TableOutcome) -> dict[str, Any]:
     """The audit entry's payload; `deleted` is the seed's field, as `payload->>'deleted'`
     queries expect."""
-    c = outcome.closing
+    c = outcome.exit
     return {
         "deleted": outcome.deleted,
         "runId": outcome.run_id,
@@ -95,7 +43,7 @@ def audit_payload(outcome: TableOutcome) -> dict[str, Any]:
 def log_fields(outcome: TableOutcome) -> dict[str, Any]:
     """The `type=retention` line's fields; partitionsDropped is a count here (Logs Insights
     sums it) and droppedPartitions the names. No trigger or attempt: the job lines say those."""
-    c = outcome.closing
+    c = outcome.exit
     fields = {
         "type": "retention",
         "table": outcome.table,
@@ -127,11 +75,11 @@ def _summary(outcome: TableOutcome) -> dict[str, Any]:
         "cutoff": utc_iso(outcome.cutoff),
         "completed": outcome.completed,
         "dryRun": outcome.dry_run,
-        "durationMs": outcome.closing.duration_ms,
+        "durationMs": outcome.exit.duration_ms,
     }
 
 
-def _particulars(c: Closing) -> dict[str, Any]:
+def _particulars(c: TableExit) -> dict[str, Any]:
     """The keys only some outcomes carry: what was skipped, found, recovered or failed."""
     fields: dict[str, Any] = {}
     if c.partitions_skipped:
@@ -147,3 +95,18 @@ def _particulars(c: Closing) -> dict[str, Any]:
     if c.error is not None:
         fields["error"] = c.error
     return fields
+
+
+def count_rows_deleted(outcomes: Iterable[TableOutcome]) -> None:
+    for o in outcomes:
+        if not o.dry_run and o.rows_deleted:
+            m.RETENTION_ROWS_DELETED.labels(table=o.table).inc(o.rows_deleted)
+
+
+def count_run(*, succeeded: bool, seconds: float) -> None:
+    m.RETENTION_RUNS.labels(status="succeeded" if succeeded else "failed").inc()
+    m.RETENTION_RUN_DURATION.observe(seconds)
+
+
+def flag_missing_index(table: str, missing: bool) -> None:
+    m.RETENTION_MISSING_INDEX.labels(table=table).set(1 if missing else 0)
