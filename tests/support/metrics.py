@@ -79,9 +79,16 @@ def scrape_samples(*, openmetrics: bool = False) -> Samples:
 
 
 def counters_and_buckets(samples: Samples) -> Samples:
-    """The samples that may never go down between scrapes."""
+    """The stored samples that may never go down between scrapes. Live counters (the
+    database's own statistics, read at scrape time) are left out: PostgreSQL resets them
+    itself, after crash recovery for one, which Prometheus reads as the reset it is."""
+    from ops.metrics.families import REGISTRY
+
+    live = {name for name, family in REGISTRY.items() if family.live}
     return {
-        k: v for k, v in samples.items() if k[0].endswith(("_total", "_bucket", "_count", "_sum"))
+        k: v
+        for k, v in samples.items()
+        if k[0].endswith(("_total", "_bucket", "_count", "_sum")) and k[0] not in live
     }
 
 
