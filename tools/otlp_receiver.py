@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -144,19 +145,28 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
 
 
 def main() -> None:
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # like Ctrl-C: what arrived is printed before exit
     with otlp_receiver() as receiver:
         print(f"OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT={receiver.endpoint}")
         shown = 0
+
+        def show_new() -> None:
+            nonlocal shown
+            spans = receiver.spans()
+            for s in spans[shown:]:
+                shown_span = {k: v for k, v in vars(s).items() if k != "resource"}
+                print(json.dumps(shown_span, default=str), flush=True)
+            shown = len(spans)
+
         try:
             while True:
-                spans = receiver.spans()
-                for s in spans[shown:]:
-                    shown_span = {k: v for k, v in vars(s).items() if k != "resource"}
-                    print(json.dumps(shown_span, default=str), flush=True)
-                shown = len(spans)
+                show_new()
                 time.sleep(0.2)
         except KeyboardInterrupt:
-            pass
+            show_new()
 
 
 if __name__ == "__main__":

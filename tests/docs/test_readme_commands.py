@@ -293,11 +293,14 @@ def test_readme_trace_receiver_commands(clone: Path) -> None:
         out = sh(clone, traced.replace("http://…", endpoint, 1), clean_env())
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["dryRun"] is True
+        printed, deadline = "", time.monotonic() + 30  # the receiver prints as spans arrive
+        while '"retention run"' not in printed and time.monotonic() < deadline:
+            printed += receiver.stdout.readline()
     finally:
         os.killpg(receiver.pid, signal.SIGTERM)
-        printed, _ = receiver.communicate(timeout=30)
+        receiver.communicate(timeout=30)
     names = {json.loads(line)["name"] for line in printed.splitlines() if line.startswith("{")}
-    assert "retention run" in names, printed[-2000:]
+    assert "retention run" in names, (printed[-2000:], out.stderr[-2000:])
 
 
 def test_readme_build_and_validate(clone: Path) -> None:
