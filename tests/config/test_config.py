@@ -214,7 +214,7 @@ def test_settings_doc_check_command(tmp_path: Path):
 
 
 def test_the_new_series_hold_is_derived_from_the_recommended_scrape_interval(monkeypatch):
-    """README: the hold's default is twice prometheus.yml's scrape interval (one failed
+    """docs/metrics.md: the hold's default is twice prometheus.yml's scrape interval (one failed
     scrape still leaves one that sees a new series at 0); `make run` holds for `make prom`'s
     interval unless the shell sets a hold."""
     monitoring = ROOT / "infra" / "monitoring"

@@ -1,11 +1,14 @@
 """The facts the user docs state about the code agree with it: setting defaults, log types,
 and no fact that a later commit falsifies silently (test counts, suite times, line numbers).
 
-The settings table is generated and checked elsewhere (tests/config); the example log lines
-are produced again in tests/monitoring/test_log_examples.py. This checks the rest: the
-prose's "`SETTING` (default N)" and its variants, the documented `type`s of log lines, and
-what may not be written at all. benchmarks/README.md is a dated record of measurements, so
-its counts and times are history, not claims about the code: it is not checked here.
+The docs are the user's path (README.md), the pages it links (docs/*.md), the runbook,
+ARCHITECTURE.md and the events' README. The settings table is generated and checked elsewhere
+(tests/config); the example log lines are produced again in
+tests/monitoring/test_log_examples.py. This checks the rest: the prose's "`SETTING` (default
+N)" and its variants, the documented `type`s of log lines, and what may not be written at all.
+benchmarks/README.md is a dated record of measurements, so its counts and times are history,
+not claims about the code: it is not checked here, and the user docs link it rather than
+quote it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ from ops.config import Settings, Spec
 from tools import ROOT
 from tools.runtime import load_template
 
-DOCS = ("README.md", "infra/monitoring/README.md", "ARCHITECTURE.md", "events/README.md")
+DOCS = (
+    "README.md",
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
+    "infra/monitoring/README.md",
+    "ARCHITECTURE.md",
+    "events/README.md",
+)
 SPECS: dict[str, Spec] = {
     f.metadata["spec"].env: f.metadata["spec"] for f in fields(Settings) if "spec" in f.metadata
 }
@@ -149,3 +158,50 @@ def test_no_fact_a_later_commit_falsifies_silently(path: str) -> None:
     assert not re.findall(r"\b\d[\d,]*\s+(?:tests|test cases|passed)\b", text), "a test count"
     assert not re.findall(r'"location":"\w+:\d+"', text), "a code line number in a log example"
     assert not re.findall(r"\b\w+\.py:\d+\b", text), "a code line number"
+
+
+USER_DOCS = [d for d in DOCS if d == "README.md" or d.startswith("docs/")]
+
+
+@pytest.mark.parametrize("path", USER_DOCS)
+def test_the_user_docs_quote_no_measurement(path: str) -> None:
+    """Benchmark ratios, machine loads and measurement dates belong to benchmarks/README.md
+    (a dated record), which the user docs link instead of quoting."""
+    prose = re.sub(r"^[ \t]*```.*?^[ \t]*```", "", doc(path), flags=re.S | re.M)
+    assert not re.findall(r"\b\d+(?:\.\d+)?x\b", prose), "a benchmark ratio"
+    assert not re.findall(r"(?i)\bload(?: average)?(?: of)? ~?\d", prose), "a machine load"
+    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b|\b\d\d:\d\d UTC\b", prose), "a date"
+
+
+def test_the_measurement_patterns_catch_what_they_should() -> None:
+    stale = "0.38-0.47x in every run at load 1-5; Recorded 20:07 UTC"
+    assert re.findall(r"\b\d+(?:\.\d+)?x\b", stale) == ["0.47x"]
+    assert re.findall(r"(?i)\bload(?: average)?(?: of)? ~?\d", stale)
+    assert re.findall(r"\b\d\d:\d\d UTC\b", stale)
+
+
+def test_the_readme_s_retention_defaults_are_the_codes() -> None:
+    from ops.retention_policies import DEFAULT_POLICIES
+
+    header = "| table | column | max age | batchSize |"
+    text = doc("README.md")
+    section = text[text.index(header) + len(header) :].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| (\d+) days \| (\d+) \|$", section, re.M)
+    documented = [(t, c, int(age), int(size)) for t, c, age, size in rows]
+    code = [(p.table, p.column, p.max_age_days, p.batch_size) for p in DEFAULT_POLICIES]
+    assert documented == code
+    summary = ", ".join(f"{p.table} {p.max_age_days} d" for p in DEFAULT_POLICIES)
+    assert f"(defaults: {summary})" in text  # the deploy parameters' table
+
+
+def test_the_retention_bounds_and_schedule_the_docs_state_are_the_codes() -> None:
+    from ops.retention_policies import MAX_AGE_DAYS, MAX_BATCH_SIZE
+
+    text = " ".join(doc("docs/retention.md").split())
+    assert f"`maxAgeDays` is 1..{MAX_AGE_DAYS};" in text
+    assert f"`batchSize` (1..{MAX_BATCH_SIZE})" in text
+    schedule = load_template()["Resources"]["RetentionFunction"]["Properties"]["Events"]
+    (expression,) = [e["Properties"]["ScheduleExpression"] for e in schedule.values()]
+    assert f"runs `{expression}` in the IANA zone" in text
+    assert expression == "cron(0 3 * * ? *)"  # 03:00, as README.md and docs/retention.md say
+    assert "daily at 03:00 in the IANA zone" in " ".join(doc("README.md").split())

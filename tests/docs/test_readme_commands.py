@@ -1,4 +1,5 @@
-"""Every local command of README.md, run as written from a fresh clone, without DATABASE_URL.
+"""Every local command of README.md and docs/*.md, run as written from a fresh clone, without
+DATABASE_URL.
 
 The clone is a `git clone` of this checkout (committed files only, as a new user gets
 them). Its `.venv` and `.venv-sam` are folders of links to the venvs running this test,
@@ -28,14 +29,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.binaries import lambda_python, require_binary
-from tests.support.doc_commands import block_commands
+from tests.support.doc_commands import user_doc_commands, user_docs
 from tools import ROOT
 from tools.pgcluster import PgCluster, free_port
 
 pytestmark = pytest.mark.slow
 
-README = ROOT / "README.md"
 TOKEN = "local-dev-token"  # what the README exports and the sample events carry
+HEALTH_INVOKE = "make invoke FN=HealthFunction EVENT=events/health.json"
 
 # Commands shown for AWS (they need an account) or run elsewhere, and why.
 NOT_RUN_HERE = {
@@ -45,7 +46,7 @@ NOT_RUN_HERE = {
 
 
 def needs_docker(command: str) -> bool:
-    """`sam local` runs each function in a container: no Docker daemon here (README says so);
+    """`sam local` runs each function in a container: no Docker daemon here (docs/local.md says so);
     test_sam_local_commands checks their options, and tests/deploy/test_build.py what the
     functions get from the env-vars file."""
     return command.startswith(".venv-sam/bin/sam local ")
@@ -152,10 +153,12 @@ def stop_run(proc: subprocess.Popen, sig: int) -> str:
 
 
 def test_every_readme_command_is_run_here_or_needs_aws() -> None:
-    """A command added to the README must be added to this test (or need AWS)."""
+    """A command added to README.md or docs/*.md must be added to this test (or need AWS)."""
+    assert user_docs()[0].name == "README.md" and len(user_docs()) > 1
     handled = {
         "make run",
         "make invoke FN=RetentionFunction EVENT=events/retention-dry-run.json",
+        HEALTH_INVOKE,
         "make migrate",
         "make lint",
         "make build",
@@ -167,7 +170,7 @@ def test_every_readme_command_is_run_here_or_needs_aws() -> None:
         ".venv/bin/python -m tools.sentry_ingest",
         ".venv/bin/python -m tools.otlp_receiver",
     }
-    for command in block_commands(README):
+    for command in user_doc_commands():
         if command in NOT_RUN_HERE or needs_aws(command) or needs_docker(command):
             continue
         if command in handled:
@@ -178,13 +181,13 @@ def test_every_readme_command_is_run_here_or_needs_aws() -> None:
             continue  # with the DSN sentry_ingest printed, below
         if command.startswith("OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_ENDPOINT=http://… "):
             continue  # with the endpoint otlp_receiver printed, below
-        raise AssertionError(f"README command not exercised by this test: {command}")
+        raise AssertionError(f"README/docs command not exercised by this test: {command}")
 
 
 def test_readme_commands_from_a_fresh_clone(clone: Path, database_url: str) -> None:
     port = free_port()
     env = clean_env(PORT=str(port))
-    commands = block_commands(README)
+    commands = user_doc_commands(clone)
 
     # Without `make run`: migrate and invoke start the embedded database and stop it after.
     migrate = sh(clone, "make migrate", env)
@@ -197,6 +200,11 @@ def test_readme_commands_from_a_fresh_clone(clone: Path, database_url: str) -> N
     assert invoke.returncode == 0, invoke.stderr
     assert json.loads(invoke.stdout)["dryRun"] is True
     assert_quiet(invoke.stderr)
+    assert HEALTH_INVOKE in commands
+    health = sh(clone, HEALTH_INVOKE, env)
+    assert health.returncode == 0 and json.loads(health.stdout)["statusCode"] == 200, health.stderr
+    assert any('"type":"request"' in line for line in health.stderr.splitlines()), health.stderr
+    assert_quiet(health.stderr)
     assert not embedded_running(clone), "migrate/invoke left the database they started"
 
     lint = sh(clone, "make lint", env)
@@ -255,7 +263,7 @@ def test_readme_commands_from_a_fresh_clone(clone: Path, database_url: str) -> N
 
 
 def test_readme_sentry_stand_in_commands(clone: Path) -> None:
-    commands = block_commands(README)
+    commands = user_doc_commands(clone)
     assert ".venv/bin/python -m tools.sentry_ingest" in commands
     ingest = start_run(clone, ".venv/bin/python -m tools.sentry_ingest", clean_env())
     try:
@@ -278,7 +286,7 @@ def test_readme_sentry_stand_in_commands(clone: Path) -> None:
 
 
 def test_readme_trace_receiver_commands(clone: Path) -> None:
-    commands = block_commands(README)
+    commands = user_doc_commands(clone)
     assert ".venv/bin/python -m tools.otlp_receiver" in commands
     receiver = start_run(clone, ".venv/bin/python -m tools.otlp_receiver", clean_env())
     try:
@@ -312,13 +320,13 @@ def test_readme_build_and_validate(clone: Path) -> None:
         assert out.returncode == 2 and "pyenv install 3.13" in out.stderr, out.stderr
         env["LAMBDA_PYTHON"] = "none"  # the README's way to ship without, to go on here
     for command in ("make validate", "make build"):
-        assert command in block_commands(README)
+        assert command in user_doc_commands(clone)
         out = sh(clone, command, env, timeout=600)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         assert not re.search(r"(?i)warning|traceback", out.stdout + out.stderr), command
     assert (clone / ".aws-sam" / "build" / "template.yaml").exists()
     # The deploy lines need an account; the CLI they call is there and knows their options.
-    deploys = [c for c in block_commands(README) if c.startswith(".venv-sam/bin/sam deploy")]
+    deploys = [c for c in user_doc_commands(clone) if c.startswith(".venv-sam/bin/sam deploy")]
     assert deploys
     help_text = sh(clone, ".venv-sam/bin/sam deploy --help", env).stdout
     for command in deploys:
@@ -327,14 +335,14 @@ def test_readme_build_and_validate(clone: Path) -> None:
 
 
 def test_sam_local_commands(clone: Path) -> None:
-    """The README's `sam local` lines (Docker: not run here) use options their subcommand
+    """The docs' `sam local` lines (Docker: not run here) use options their subcommand
     has, functions the template has, and files the clone has."""
     if not (clone / ".venv-sam").exists():
         pytest.skip("no .venv-sam to link (test_build.py creates it with `make sam-cli`)")
     from tools.runtime import functions, load_template
 
     names = set(functions(load_template(clone / "template.yaml")))
-    commands = [c for c in block_commands(README) if needs_docker(c)]
+    commands = [c for c in user_doc_commands(clone) if needs_docker(c)]
     assert {c.split()[2] for c in commands} == {"invoke", "start-api"}
     for command in commands:
         words = command.split()
@@ -403,9 +411,6 @@ def test_make_run_on_a_taken_port_is_two_lines_and_exit_2(clone: Path) -> None:
     assert not embedded_running(clone)
 
 
-HEALTH_INVOKE = "make invoke FN=HealthFunction EVENT=events/health.json"
-
-
 @pytest.mark.parametrize("command", ["make run", "make migrate", HEALTH_INVOKE])
 def test_an_unreachable_database_is_two_lines_and_exit_2(
     clone: Path, command: str, closed_port: int
@@ -447,7 +452,7 @@ def test_make_prom_scrapes_make_run_with_the_shipped_rules(clone: Path) -> None:
     require_binary("prometheus")
     port, prom_port = free_port(), free_port()
     env = clean_env(PORT=str(port), METRICS_AUTH_TOKEN=TOKEN)
-    assert "make prom" in block_commands(README)
+    assert "make prom" in user_doc_commands(clone)
     run = start_run(clone, "make run", env)
     prom, prom_output = None, ""
     try:

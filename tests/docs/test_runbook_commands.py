@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.support.binaries import require_binary
-from tests.support.doc_commands import block_commands, inline_commands
+from tests.support.doc_commands import block_commands, inline_commands, user_doc_commands
 from tests.support.prometheus import local_gateway
 from tools import ROOT
 from tools.pgcluster import free_port
@@ -139,7 +139,7 @@ def test_rollback_git_steps_in_a_clone(tmp_path: Path) -> None:
 def _aws_commands() -> list[str]:
     found = [c for c in block_commands(RUNBOOK) if c.startswith("aws ")]
     found += inline_commands(RUNBOOK, "aws")
-    found += [c for c in block_commands(ROOT / "README.md") if c.startswith("aws ")]
+    found += [c for c in user_doc_commands() if c.startswith("aws ")]
     return sorted(set(found))
 
 

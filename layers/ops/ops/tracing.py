@@ -13,7 +13,7 @@ On: `configure()` (at init: `ops.service.service_api()`, the retention handler's
 imports the SDK and exports over OTLP/HTTP (protobuf) to OTEL_EXPORTER_OTLP_ENDPOINT +
 `/v1/traces`. X-Ray's own OTLP endpoint (`https://xray.<region>.amazonaws.com`) takes no
 unsigned request: requests to it are signed with SigV4 by botocore (in the Lambda runtime),
-so no collector extension is needed (README: Tracing).
+so no collector extension is needed (docs/tracing.md).
 
 * Parent: Lambda's trace header (`_X_AMZN_TRACE_ID`, read per invocation), extracted by the
   AWS X-Ray propagator. The spans join the function's X-Ray trace under its Lambda segment
