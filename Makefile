@@ -5,10 +5,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-export PYTHONPATH := $(CURDIR)
+# The tools, the layer as Lambda's /opt/python, the functions' packages as /var/task
+# (pyproject.toml gives pytest the same, tools.PYTHONPATH the child processes).
+export PYTHONPATH := $(CURDIR):$(CURDIR)/layers/ops:$(CURDIR)/functions
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help run test invoke migrate lint build bytecode-python validate sam-cli bench prom clean
+.PHONY: help run test invoke migrate lint generate build bytecode-python validate sam-cli bench prom clean
 .DEFAULT_GOAL := help
 
 # pip shows what it fetches (a silent minute looks like a hang); no root or version nags.
@@ -44,23 +46,31 @@ help:  ## this list (every target and what it does)
 sam-cli: $(SAM_STAMP)  ## the SAM CLI in .venv-sam
 
 run: $(STAMP)  ## local gateway on 127.0.0.1:3000 (PORT=…) with the real handlers
-	@$(PY) -m tools.serve
+	@$(PY) -m tools.runtime.serve
 
 invoke: $(STAMP)  ## one function with an event, like sam local invoke: FN=HealthFunction EVENT=events/health.json
-	@$(PY) -m tools.invoke $(FN) $(if $(EVENT),--event $(EVENT))
+	@$(PY) -m tools.runtime.invoke $(FN) $(if $(EVENT),--event $(EVENT))
 
 migrate: $(STAMP)  ## migrations on DATABASE_URL, else DB_SECRET_ARN, else make run's database
-	@$(PY) -m tools.migrate
+	@$(PY) -m tools.localdb.migrate
 
 test: $(STAMP) $(SAM_STAMP)  ## every test: unit, database, template, build, promtool (SAM CLI installed first, visibly)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# mypy checks each function on its own: every function has a module named `app`.
-lint: $(STAMP)  ## ruff, and mypy --strict on the layer and every function
+# mypy's files and paths are in pyproject.toml: the layer, the functions, tools, benchmarks,
+# infra and the tests, in one run.
+lint: $(STAMP)  ## ruff, and mypy --strict on the whole tree
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy layers/ops/ops
-	@for fn in functions/*/; do echo "$(VENV)/bin/mypy $$fn"; $(VENV)/bin/mypy $$fn || exit 1; done
+	$(VENV)/bin/mypy
+
+# No venv check: it runs in clones that link the venv (tests/docs), and changes nothing else.
+generate:  ## rewrite the generated files: README's settings table, slo.rules.yml, the dashboard
+	$(PY) -m tools.docs.settings_doc
+	$(PY) -m infra.monitoring.slo > infra/monitoring/slo.rules.yml.tmp
+	mv infra/monitoring/slo.rules.yml.tmp infra/monitoring/slo.rules.yml
+	$(PY) -m infra.monitoring.grafana_dashboard > infra/monitoring/grafana-dashboard.json.tmp
+	mv infra/monitoring/grafana-dashboard.json.tmp infra/monitoring/grafana-dashboard.json
 
 # The python3.13 check comes first: it fails in two lines, not after the SAM CLI install.
 build: bytecode-python $(SAM_STAMP)  ## sam build: arm64/python3.13 artifacts with bytecode in .aws-sam/build (no Docker)
@@ -75,7 +85,7 @@ validate: $(SAM_STAMP) $(STAMP)  ## sam validate --lint and cfn-lint with the se
 
 PROM_PORT ?= 9090
 prom: $(STAMP)  ## Prometheus (Debian's) on 127.0.0.1:9090 (PROM_PORT=…) scraping make run, alert rules loaded
-	@$(PY) -m tools.prom --port $(PROM_PORT)
+	@$(PY) -m tools.standins.prom --port $(PROM_PORT)
 
 bench: $(STAMP)  ## benchmarks (SUITES=…); results go to benchmarks/README.md
 	@$(PY) -m benchmarks $(SUITES)

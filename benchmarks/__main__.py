@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import tools  # noqa: F401 - puts the ops layer on sys.path
 from tools.cli import run
 
 HERE = Path(__file__).resolve().parent

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import nearest_rank
-from tools.migrate import apply, migration_files
-from tools.pgcluster import PgCluster
+from tools.localdb.migrate import apply, migration_files
+from tools.localdb.pgcluster import PgCluster
 
 DURABLE_FROM = "008"  # the first migration whose metrics_flush commits durably
 

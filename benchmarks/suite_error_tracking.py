@@ -34,8 +34,8 @@ from benchmarks.suite_health import (
     spawn_cold,
 )
 from tools import LAYER_DIR
-from tools.apigw import proxy_event
-from tools.sentry_ingest import SentryIngest, sentry_ingest
+from tools.runtime.apigw import proxy_event
+from tools.standins.sentry_ingest import SentryIngest, sentry_ingest
 
 HERE = WORK.parent / "error_tracking"
 # An API function of the bundle's shape with a route that raises: the router's 500 path.
@@ -55,16 +55,19 @@ FUNCTIONS = ("health", "metrics", "retention")
 
 
 def _failing_function(base: Variant) -> Variant:
-    code_dir = HERE / "failing"
-    code_dir.mkdir(parents=True, exist_ok=True)
-    (code_dir / "app.py").write_text(FAILING_APP)
+    task = HERE / "task"  # /var/task, holding the package `failing`
+    (task / "failing").mkdir(parents=True, exist_ok=True)
+    (task / "failing" / "__init__.py").touch()
+    (task / "failing" / "app.py").write_text(FAILING_APP)
     return replace(
         base,
         key="failing",
         label="failing route",
-        paths=(str(code_dir), str(LAYER_DIR)),
+        paths=(str(task), str(LAYER_DIR)),
+        handler="failing.app.lambda_handler",
         event=proxy_event(method="GET", path="/fail", resource="/fail"),
-        cwd=str(code_dir),
+        cwd=str(task),
+        first_party=frozenset({"failing", "ops"}),
     )
 
 

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import verdict
-from tools import ROOT
+from tools import PYTHONPATH, ROOT
 
 RATE = 10.0  # invocations per second per container
 KILL_SHARE = 0.1  # deaths by SIGKILL; the rest by SIGTERM
@@ -244,7 +244,7 @@ def _fresh_container(env: dict[str, str]) -> None:
 
 def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) -> None:
     from ops.metrics import store
-    from tools.runtime import LambdaContext
+    from tools.runtime.handler import LambdaContext
 
     served = 0
 
@@ -324,7 +324,7 @@ def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) 
 def _manager(
     board_path: str, slots: int, url: str, interval: float, plan: Plan, start_at: float
 ) -> None:
-    from tools.apigw import proxy_event
+    from tools.runtime.apigw import proxy_event
 
     board = Board(Path(board_path), slots, create=False)
     env = {
@@ -515,7 +515,7 @@ def _served(board: Board) -> int:
 
 
 def _scrape(handler: Callable[..., Any], event: dict[str, Any]) -> tuple[float, str]:
-    from tools.runtime import LambdaContext
+    from tools.runtime.handler import LambdaContext
 
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -552,8 +552,8 @@ def run_phase(url: str, probe: Probe, interval: float, plan: Plan, workdir: Path
     from ops import db, metrics
     from ops.config import settings
     from ops.log import logger
-    from tools.apigw import proxy_event
-    from tools.runtime import load_handler
+    from tools.runtime.apigw import proxy_event
+    from tools.runtime.handler import load_handler
 
     _sql(url, "TRUNCATE metric_values, metric_series, metric_flush_cursors")
     slots = plan.containers * 8 + 64
@@ -574,7 +574,7 @@ def run_phase(url: str, probe: Probe, interval: float, plan: Plan, workdir: Path
             repr(start_at),
         ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
         stdout=subprocess.DEVNULL,
         stderr=(workdir / f"manager-{interval:g}.log").open("w"),
     )
@@ -584,7 +584,7 @@ def run_phase(url: str, probe: Probe, interval: float, plan: Plan, workdir: Path
     settings.cache_clear()
     db.reset()
     metrics.reset()
-    handler = load_handler(ROOT / "functions" / "metrics")
+    handler = load_handler("metrics.app.lambda_handler")
     logger.registered_handler.setStream(io.StringIO())  # the scrapes' request log lines
     logger.setLevel("WARNING")
     scrape_event = proxy_event(method="GET", path="/metrics", resource="/metrics")
@@ -687,8 +687,8 @@ def run_phase(url: str, probe: Probe, interval: float, plan: Plan, workdir: Path
 
 @contextlib.contextmanager
 def _cluster() -> Iterator[tuple[str, str, int]]:
-    from tools.migrate import apply_url
-    from tools.pgcluster import PgCluster
+    from tools.localdb.migrate import apply_url
+    from tools.localdb.pgcluster import PgCluster
 
     folder = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     cluster = PgCluster(folder / "data")
@@ -785,7 +785,8 @@ def report(
         f"{plan.lifetime_s:g} s; {100 * KILL_SHARE:.0f}% of deaths by SIGKILL at any moment, "
         f"the rest by SIGTERM while idle (SIGKILL after {TERM_GRACE_S:g} s); at the end of "
         f"each {plan.phase_s:g} s phase every container gets SIGTERM. One PostgreSQL "
-        "(`tools.pgcluster`: fsync off, 127.0.0.1), `METRICS_SHARDS` 16, `/metrics` scraped "
+        "(`tools.localdb.pgcluster`: fsync off, 127.0.0.1), `METRICS_SHARDS` 16, "
+        "`/metrics` scraped "
         f"in-process every {plan.scrape_every_s:g} s. Rates are over the steady window "
         f"(from {plan.warmup_s:g} s to {plan.tail_s:g} s before the end of each phase); "
         "latencies, scrapes and exactness over the whole phase.",

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from benchmarks.stats import iqr, pct, verdict
 from tools import LAYER_DIR, ROOT
-from tools.apigw import proxy_event
+from tools.runtime.apigw import proxy_event
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEER_DIR = BENCH_DIR / "peer_fastapi"
@@ -317,14 +317,16 @@ def nopyc_layout(python: Path, code_dirs: dict[str, Path]) -> tuple[Path, dict[s
     tasks = {}
     for name, src in code_dirs.items():
         tasks[name] = root / f"task-{name}"
-        shutil.copytree(src, tasks[name], ignore=ignore)
+        # A function's package goes in /var/task/<package>; the peer's folder is /var/task.
+        package = (src / "__init__.py").exists()
+        shutil.copytree(src, tasks[name] / src.name if package else tasks[name], ignore=ignore)
     return deps, tasks
 
 
 @contextlib.contextmanager
 def database() -> Iterator[str]:
     """A throwaway PostgreSQL on 127.0.0.1 with the bundle's migrations applied."""
-    from tools.pgcluster import PgCluster
+    from tools.localdb.pgcluster import PgCluster
 
     cluster = PgCluster(Path(tempfile.mkdtemp(prefix="bench-health-pg-")) / "data")
     try:
@@ -333,7 +335,7 @@ def database() -> Iterator[str]:
         cluster.wait_ready()
         url = cluster.create_database("bench")
         try:
-            from tools.migrate import apply_url
+            from tools.localdb.migrate import apply_url
 
             apply_url(url)
         except Exception as exc:  # a half-written migration must not stop the benchmark
@@ -374,9 +376,9 @@ def _route_event(path: str) -> dict[str, Any]:
 def _template_specs() -> dict[Path, Any]:
     """Function specs from template.yaml by code folder (best effort: others edit it)."""
     try:
-        from tools.runtime import functions
+        from tools.runtime.template import functions
 
-        return {spec.code_dir.resolve(): spec for spec in functions().values()}
+        return {spec.package_dir.resolve(): spec for spec in functions().values()}
     except Exception as exc:
         _log(f"template.yaml not read ({exc!r}); using defaults")
         return {}
@@ -451,12 +453,12 @@ def build_variants(url: str) -> tuple[list[Variant], dict[str, Path]]:
                 name,
                 f"{name} function",
                 "module",
-                paths=(str(code_dir), layer),
-                handler=str(getattr(spec, "handler", None) or "app.lambda_handler"),
+                paths=(str(code_dir.parent), layer),  # /var/task holds the package
+                handler=str(getattr(spec, "handler", None) or f"{name}.app.lambda_handler"),
                 env=env,
                 event=_function_event(name, spec),
-                cwd=str(code_dir),
-                first_party=frozenset({p.stem for p in code_dir.glob("*.py")} | {"ops"}),
+                cwd=str(code_dir.parent),
+                first_party=frozenset({name, "ops"}),
             )
         )
     return variants, code_dirs

@@ -21,9 +21,9 @@ from typing import Any
 from benchmarks.stats import iqr
 from tools import LAYER_DIR, ROOT
 
-PATHS = [str(ROOT), str(LAYER_DIR), str(ROOT / "infra" / "monitoring")]
+PATHS = [str(ROOT), str(LAYER_DIR)]
 EVENT = {"httpMethod": "GET", "path": "/x", "resource": "/x", "headers": {}, "body": None}
-CONTEXT = "from tools.runtime import LambdaContext; ctx = LambdaContext('bench', 10)"
+CONTEXT = "from tools.runtime.handler import LambdaContext; ctx = LambdaContext('bench', 10)"
 EMF = "from ops.metrics.emf import EmfKey\n" + (
     "rec = {EmfKey('http_requests', 'Count', 'status_class', '2xx'): [3.0],"
     " EmfKey('http_request_duration_seconds', 'Seconds', '', ''): [0.0015, 0.0025, 0.004],"
@@ -177,7 +177,7 @@ def warm(rounds: int) -> list[str]:
     from ops.metrics import emf
     from ops.metrics.exposition import render
     from ops.metrics.totals import TotalRow
-    from tools.runtime import LambdaContext
+    from tools.runtime.handler import LambdaContext
 
     logger.registered_handler.setStream(io.StringIO())  # our router's request log lines
     rows = []
@@ -257,8 +257,7 @@ def dashboard() -> list[str]:
     from grafana_foundation_sdk.builders import prometheus, stat, timeseries
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-    sys.path.insert(0, PATHS[2])
-    import grafana_dashboard as ours
+    from infra.monitoring import grafana_dashboard as ours
 
     def sdk() -> str:
         mine = ours.dashboard()

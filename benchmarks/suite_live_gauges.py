@@ -29,11 +29,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tools import ROOT
-from tools.apigw import proxy_event
-from tools.migrate import apply_url
-from tools.pgcluster import running_cluster
-from tools.runtime import LambdaContext, load_handler
+from tools.localdb.migrate import apply_url
+from tools.localdb.pgcluster import running_cluster
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext, load_handler
 
 DISTINCT_STATEMENTS = 2000
 
@@ -112,8 +111,8 @@ def run(quick: bool) -> str:
 
     plan = QUICK if quick else FULL
     load_before, began = os.getloadavg()[0], time.monotonic()
-    handler = load_handler(ROOT / "functions" / "metrics")
-    live = sys.modules["live_gauges"]
+    handler = load_handler("metrics.app.lambda_handler")
+    live = sys.modules["metrics.live_gauges"]
     event = proxy_event(method="GET", path="/metrics", resource="/metrics")
     ctx = LambdaContext("metrics", 10)
     calls = [0]

@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.stats import nearest_rank, verdict
-from tools import ROOT
-from tools.apigw import proxy_event
-from tools.migrate import apply_url
-from tools.pgcluster import PgCluster
-from tools.runtime import LambdaContext, load_handler
+from tools import FUNCTIONS_DIR, LAYER_DIR, PYTHONPATH, ROOT
+from tools.localdb.migrate import apply_url
+from tools.localdb.pgcluster import PgCluster
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext, load_handler
 
 SAMPLES = 2400
 
@@ -330,7 +330,7 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     from ops.metrics.totals import read_totals
 
     baseline = _client_registry()
-    handler = load_handler(ROOT / "functions" / "metrics")
+    handler = load_handler("metrics.app.lambda_handler")
     event = proxy_event(method="GET", path="/metrics", resource="/metrics")
     ctx = LambdaContext("metrics", 10)
     prefixes = ("http_requests_total{", "http_request_duration_seconds_")
@@ -481,7 +481,7 @@ def contention(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
                 cwd=ROOT,
                 stdout=subprocess.PIPE,
                 text=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                env={**os.environ, "PYTHONPATH": PYTHONPATH},
             )
             for _ in range(PROCESSES)
         ]
@@ -527,11 +527,7 @@ def contention(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
 # -- import cost -------------------------------------------------------------------------
 
 BASELINE_IMPORTS = "from aws_lambda_powertools import Logger\nimport pg8000.native\n"
-HEALTH_IMPORTS = (
-    "import sys\n"
-    f"sys.path[:0] = [{str(ROOT / 'functions' / 'health')!r}, {str(ROOT / 'layers' / 'ops')!r}]\n"
-    "import app\n"
-)
+HEALTH_IMPORTS = "import health.app\n"
 
 
 def _import_ms(source: str) -> tuple[float, set[str]]:
@@ -542,6 +538,8 @@ def _import_ms(source: str) -> tuple[float, set[str]]:
         text=True,
         check=True,
         cwd=tempfile.gettempdir(),
+        # As Lambda lays them out: the functions (/var/task), then the layer (/opt/python).
+        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(FUNCTIONS_DIR), str(LAYER_DIR)))},
     )
     total, modules = 0, set()
     for line in proc.stderr.splitlines():

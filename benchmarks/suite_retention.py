@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import tools  # noqa: F401 - puts the ops layer on sys.path (also in the writer process)
 from benchmarks.stats import nearest_rank, verdict
 from ops.retention_policies import DEFAULT_BATCH_SIZE
 
@@ -106,7 +105,7 @@ def _window(samples: list[tuple[float, float]], start: float, end: float) -> Wri
 def _build_template(cluster: Any, name: str, rows: int, partitioned: bool) -> None:
     """The schema (partitioned by day: created before the migrations, which add its index),
     N events evenly over DAYS days, the sessions, and fresh statistics."""
-    from tools.migrate import apply_url
+    from tools.localdb.migrate import apply_url
 
     url = cluster.create_database(name)
     conn = _connect(url)
@@ -218,7 +217,7 @@ def _function(url: str) -> dict[str, Any]:
     from ops import db
     from ops.config import settings
     from tests.support.runtime import function_handler
-    from tools.runtime import LambdaContext
+    from tools.runtime.handler import LambdaContext
 
     os.environ.update(DATABASE_URL=url, RETENTION_POLICIES=POLICIES)
     settings.cache_clear()
@@ -337,7 +336,7 @@ def _report(rows: int, runs: dict[tuple[str, str], list[Prune]], quick: bool, lo
             "runs on a fresh copy of the same template database. The function runs through its "
             f"real handler with the default batch size ({DEFAULT_BATCH_SIZE:,} rows at most, "
             f"aiming at 50 ms a batch). Naive: `{NAIVE_SQL}`. Machine: {os.cpu_count()} cores, "
-            f"shared; load average {load}. PostgreSQL from `tools.pgcluster` (fsync, "
+            f"shared; load average {load}. PostgreSQL from `tools.localdb.pgcluster` (fsync, "
             "synchronous_commit and full_page_writes off: less WAL and no commit waits than in "
             "production, for both methods alike). Each prune ran "
             f"{len(runs['plain', 'naive'])} time(s), alternating which method went first; the "
@@ -374,7 +373,7 @@ def _load_average() -> str:
 
 
 def run(quick: bool) -> str:
-    from tests.support.runtime import running_cluster
+    from tools.localdb.pgcluster import running_cluster
 
     rows = QUICK_ROWS if quick else int(os.environ.get("RETENTION_BENCH_ROWS", FULL_ROWS))
     baseline_s, repeats = (3.0, 1) if quick else (6.0, REPEATS)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tools import ROOT
-from tools.pgcluster import free_port
+from tools.localdb.pgcluster import free_port
 
 MONITORING = ROOT / "infra" / "monitoring"
 STEP_S = 30

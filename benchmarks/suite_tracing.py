@@ -5,7 +5,7 @@ Off is the default and must cost nothing: the same functions are run from `main`
 one run, cold and warm. On, the price is the SDK's import and set-up in every cold start
 and, per invocation, the spans plus their export before the invocation returns (a
 BatchSpanProcessor force-flushed at the end: one POST per invocation). "On" points
-OTEL_EXPORTER_OTLP_ENDPOINT at a loopback OTLP receiver (tools.otlp_receiver), which also
+OTEL_EXPORTER_OTLP_ENDPOINT at a loopback OTLP receiver (tools.standins.otlp_receiver), which also
 counts the spans. A third warm variant swaps in a SimpleSpanProcessor (one POST per span,
 sent as each span ends) to show why the flush is batched. Processes, layout and
 interpreter are the health suite's (`.venv-bench`).
@@ -39,7 +39,7 @@ from benchmarks.suite_health import (
     rotated,
 )
 from tools import ROOT
-from tools.otlp_receiver import OtlpReceiver, otlp_receiver
+from tools.standins.otlp_receiver import OtlpReceiver, otlp_receiver
 
 HERE = WORK.parent / "tracing"
 FUNCTIONS = ("health", "metrics", "retention")
@@ -74,7 +74,7 @@ def _main_checkout() -> tuple[Path, str]:
 
 def _variants(base: Variant, main_dir: Path, receiver: OtlpReceiver) -> dict[str, Variant]:
     name = base.key
-    code_dir = main_dir / "functions" / name
+    task_root = main_dir / "functions"  # /var/task: the functions' packages
     env = {**base.env, "_X_AMZN_TRACE_ID": TRACE_HEADER}
     on_env = {
         **env,
@@ -86,8 +86,8 @@ def _variants(base: Variant, main_dir: Path, receiver: OtlpReceiver) -> dict[str
             base,
             key=f"{name}-main",
             label=f"{name}, main",
-            paths=(str(code_dir), str(main_dir / "layers" / "ops")),
-            cwd=str(code_dir),
+            paths=(str(task_root), str(main_dir / "layers" / "ops")),
+            cwd=str(task_root),
             env=env,
         ),
         "off": replace(base, key=f"{name}-off", label=f"{name}, tracing off", env=env),

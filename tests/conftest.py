@@ -18,7 +18,6 @@ from typing import Any
 import pg8000.native
 import pytest
 
-import tools  # noqa: F401 - puts the ops layer on sys.path
 from tests.support.db import SQL, runner
 from tests.support.runtime import (
     FunctionInvoker,
@@ -26,8 +25,8 @@ from tests.support.runtime import (
     function_handler,
     reset_runtime,
 )
-from tools.migrate import apply_url
-from tools.pgcluster import PgCluster, running_cluster
+from tools.localdb.migrate import apply_url
+from tools.localdb.pgcluster import PgCluster, running_cluster
 
 DB_FIXTURES = {"database_url", "pg_cluster", "db_env", "sql"}
 

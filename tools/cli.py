@@ -36,7 +36,7 @@ def database_hint() -> str:
             "Check AWS credentials, AWS_REGION and the secret, and that this machine "
             "reaches the database (inside the VPC or through a tunnel)."
         )
-    from tools.localdb import local_dir
+    from tools.local_data import local_dir
 
     folder = local_dir()
     return (

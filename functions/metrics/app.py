@@ -32,9 +32,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from live_gauges import Collected, collect
 from pg8000.exceptions import Error as PgError
 
+from metrics.live_gauges import Collected, collect
 from ops.api import Request, Response, error_response, response
 from ops.checks import (
     Check,

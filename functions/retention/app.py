@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from run import run_retention
-
 from ops.error_tracking import report_failures
 from ops.log import logger
 from ops.metrics import flush, install_shutdown_flush
 from ops.tracing import traced_invocation
+from retention.run import run_retention
 
 install_shutdown_flush()  # at init: Lambda accepts the extension registration only then
 

@@ -17,9 +17,9 @@ import re
 from decimal import Decimal
 
 import pg8000.native
-from model import PartitionDrop, PartitionPlan, Relation, Target
 
 from ops.timestamps import PgTimestamp
+from retention.model import PartitionDrop, PartitionPlan, Relation, Target
 
 _RANGE_RE = re.compile(r"FOR VALUES FROM \((?P<lo>.+)\) TO \((?P<hi>.+)\)")
 _LITERAL_RE = re.compile(r"'((?:[^']|'')*)'")

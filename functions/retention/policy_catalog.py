@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from model import SQL_TYPES, Relation, Target
-
 from ops.db import Database
 from ops.retention_policies import AUDIT_TABLE, Policy, PolicyError
+from retention.model import SQL_TYPES, Relation, Target
 
 _LOOKUP = """
 SELECT c.oid::bigint, n.nspname, c.relname, c.relkind::text,

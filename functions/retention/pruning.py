@@ -35,9 +35,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import model as m
 import pg8000.native
-from partition_plan import plan_partitions
 from pg8000.exceptions import DatabaseError
 
 from ops.db import Database
@@ -45,6 +43,8 @@ from ops.log import logger
 from ops.sql import set_local_timeouts, sqlstate
 from ops.timestamps import PgTimestamp
 from ops.tracing import span
+from retention import model as m
+from retention.partition_plan import plan_partitions
 
 LOCK_CONFLICTS = ("55P03", "40P01")  # lock_not_available, deadlock_detected
 QUERY_CANCELED = "57014"  # statement_timeout

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from model import TableExit, TableOutcome
-
 from ops.metrics import catalogue as m
 from ops.timestamps import utc_iso
+from retention.model import TableExit, TableOutcome
 
 
 def audit_payload(outcome: TableOutcome) -> dict[str, Any]:

@@ -21,14 +21,8 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-import model as m
 import pg8000.native
-import report
 from pg8000.exceptions import DatabaseError
-from policy_catalog import resolve_targets, select_policies
-from pruning import LOCK_CONFLICTS, TablePruner, survey
-from run_identity import identify
-from run_ledger import RunLedger
 
 from ops.config import settings
 from ops.db import Database
@@ -36,6 +30,12 @@ from ops.log import logger
 from ops.retention_policies import load_policies
 from ops.sql import error_fields, sqlstate
 from ops.timestamps import read_timestamps_exactly, utc_iso
+from retention import model as m
+from retention import report
+from retention.policy_catalog import resolve_targets, select_policies
+from retention.pruning import LOCK_CONFLICTS, TablePruner, survey
+from retention.run_identity import identify
+from retention.run_ledger import RunLedger
 
 LEASE_POLL_S = 0.5
 ERROR_TEXT_LIMIT = 500

@@ -24,10 +24,9 @@ import re
 from datetime import datetime
 from typing import Any
 
-from model import EventError, RunIdentity, Trigger
-
 from ops.log import bounded
 from ops.timestamps import utc_iso
+from retention.model import EventError, RunIdentity, Trigger
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _UNSUBSTITUTED = "<aws.scheduler."

@@ -19,11 +19,11 @@ import json
 import uuid
 from collections.abc import Sequence
 
-import model as m
 import pg8000.native
-from report import audit_payload
 
 from ops.db import Database
+from retention import model as m
+from retention.report import audit_payload
 
 ACTOR_TYPE = "system"
 ACTOR_ID = "retention-job"

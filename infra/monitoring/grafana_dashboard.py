@@ -1,6 +1,6 @@
 """Source of grafana-dashboard.json (importable as is; the datasource is an import input).
 
-    .venv/bin/python infra/monitoring/grafana_dashboard.py > infra/monitoring/grafana-dashboard.json
+    make generate   # also slo.rules.yml and the README's settings table
 
 Not grafana-foundation-sdk: it cannot write `__inputs`/`__requires`, so the dashboard
 would no longer ask for its Prometheus datasource when imported (benchmarks/README.md,
@@ -13,13 +13,10 @@ series recorded by recording-rules.yml.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import slo  # the SLO parameters, which the panel descriptions quote
+from infra.monitoring import slo  # the SLO parameters, which the panel descriptions quote
 
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 ROUTE = 'route=~"$route"'

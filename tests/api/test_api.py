@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.support.runtime import function_handler
-from tools.runtime import LambdaContext
+from tools.runtime.handler import LambdaContext
 
 
 def test_unknown_route_is_404_json(db_env, health_api):
@@ -68,12 +68,11 @@ def test_malformed_event_is_400_json_and_an_error_log(event, log_lines):
 
 
 def test_handler_exception_is_500_json(db_env, health_api, monkeypatch, log_lines):
-    import sys
 
     def boom():
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(sys.modules["health__app"], "configured_checks", boom)
+    monkeypatch.setattr("health.app.configured_checks", boom)
     status, _, body = health_api("/health/ready")
     assert status == 500
     assert body["error"] == "internal_error"

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.support.runtime import function_handler
-from tools.apigw import proxy_event
-from tools.runtime import LambdaContext
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from tests.support.runtime import function_handler
-from tools.apigw import proxy_event
-from tools.runtime import LambdaContext
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext
 
 PUBLIC = ("/health", "/health/live", "/health/ready")
 # What must never reach an unauthenticated caller: hosts, ports, users, database names,

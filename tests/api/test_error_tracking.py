@@ -24,8 +24,8 @@ from ops.error_tracking import FLUSH_TIMEOUT_S
 from ops.event_scrubber import FILTERED, EventScrubber
 from tests.support.lambda_child import run_in_fresh_process
 from tools import ROOT
-from tools.apigw import proxy_event
-from tools.sentry_ingest import SentryIngest, sentry_ingest
+from tools.runtime.apigw import proxy_event
+from tools.standins.sentry_ingest import SentryIngest, sentry_ingest
 
 TOKEN = "metrics-token-0123456789"
 VERSION = "9.9.9"
@@ -75,6 +75,7 @@ def boom_dir(tmp_path: Path) -> Path:
     """An API function of the bundle's shape whose route handler raises."""
     folder = tmp_path / "boom"
     folder.mkdir()
+    (folder / "__init__.py").touch()
     (folder / "app.py").write_text(textwrap.dedent(BOOM_APP))
     return folder
 

@@ -17,20 +17,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.runtime import function_handler
-from tools.apigw import proxy_event
-from tools.runtime import LambdaContext, functions
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext
+from tools.runtime.template import functions
 
 EXAMPLES = int(os.environ.get("HYPOTHESIS_EXAMPLES", "2000"))
 ALLOWED = {200, 204, 400, 401, 404, 405, 413, 414, 503}  # 204: OPTIONS
 
 
 def api_routes() -> dict[str, list[tuple[str, str]]]:
-    """(method, path) of every Api event in template.yaml, by function folder."""
+    """(method, path) of every Api event in template.yaml, by function package."""
     routes: dict[str, list[tuple[str, str]]] = {}
     for spec in functions().values():
         if spec.routes:
             # `any` routes every method; the handlers answer GET (and HEAD, OPTIONS from it)
-            routes[spec.code_dir.name] = [
+            routes[spec.package] = [
                 ("GET" if r.method == "ANY" else r.method, r.path) for r in spec.routes
             ]
     return routes

@@ -1,6 +1,6 @@
 """Tracing (OpenTelemetry), end to end: each function runs in a fresh interpreter laid out
 as Lambda lays it out (tests.support.lambda_child), with Lambda's X-Ray header set before
-each invocation, and a loopback OTLP/HTTP receiver (tools.otlp_receiver, set through the
+each invocation, and a loopback OTLP/HTTP receiver (tools.standins.otlp_receiver, set through the
 standard OTEL_EXPORTER_OTLP_ENDPOINT) decodes what the exporter really sends.
 
 Off (the default), nothing of OpenTelemetry is imported, in any function.
@@ -21,8 +21,8 @@ from ops.config import ConfigError, load
 from ops.tracing import xray_region
 from tests.support.lambda_child import run_in_fresh_process
 from tools import ROOT
-from tools.apigw import proxy_event
-from tools.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
+from tools.runtime.apigw import proxy_event
+from tools.standins.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 TOKEN = "tracing-token-0123456789"
 AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}

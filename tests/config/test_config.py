@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from ops.config import SCRAPE_INTERVAL_S, ConfigError, Settings, Spec, load, settings, specs
-from tools import ROOT
-from tools.prom import duration_s, scrape_interval_s
-from tools.serve import worker_env
-from tools.settings_doc import README, rendered
+from tools import PYTHONPATH, ROOT
+from tools.docs.settings_doc import README, rendered
+from tools.runtime.serve import worker_env
+from tools.standins.prom import duration_s, scrape_interval_s
 
 
 def knob(**kwargs) -> Spec:
@@ -138,10 +138,10 @@ def test_settings_are_read_once_per_container(monkeypatch):
 def test_a_bad_value_fails_the_container_at_start(variable, value):
     """Importing the handler (Lambda's init phase) fails with one line naming the variable."""
     code = (
-        "import tools\nfrom tools.runtime import load_handler\n"
-        "load_handler(tools.ROOT / 'functions' / 'health')\n"
+        "from tools.runtime.handler import load_handler\n"
+        "load_handler('health.app.lambda_handler')\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), variable: value}
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHONPATH, variable: value}
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
@@ -180,7 +180,7 @@ def test_no_other_module_reads_the_environment():
 
 def test_readme_has_one_settings_table_matching_ops_config():
     text = README.read_text()
-    assert text == rendered(text), "run .venv/bin/python -m tools.settings_doc"
+    assert text == rendered(text), "run make generate"
     documented = {spec.env for spec in specs()}
     assert len(documented) == len(specs())  # one variable, one setting
     # No second table of variables elsewhere in the README.
@@ -190,7 +190,7 @@ def test_readme_has_one_settings_table_matching_ops_config():
 
 
 def test_template_sets_only_declared_variables():
-    from tools.runtime import load_template
+    from tools.runtime.template import load_template
 
     template = load_template()
     declared = {spec.env for spec in specs()}
@@ -203,9 +203,9 @@ def test_template_sets_only_declared_variables():
 
 def test_settings_doc_check_command(tmp_path: Path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.settings_doc", "--check"],
+        [sys.executable, "-m", "tools.docs.settings_doc", "--check"],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": PYTHONPATH},
         capture_output=True,
         text=True,
         timeout=60,

@@ -80,7 +80,7 @@ def test_the_password_may_not_be_given_twice():
 
 
 def test_a_password_in_the_query_logs_in_to_a_real_server(pg_cluster):
-    """The server asks for a SCRAM password (tools.pgcluster): the option is really used."""
+    """The server asks for a SCRAM password (tools.localdb.pgcluster): the option is really used."""
     from urllib.parse import quote
 
     base = pg_cluster.url("postgres")

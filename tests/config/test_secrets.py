@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from unittest.mock import ANY
 
 import pytest
 
-from tools import ROOT
-from tools.pgcluster import PgCluster
+from tools import PYTHONPATH
+from tools.localdb.pgcluster import PgCluster
 
 
 @pytest.fixture
@@ -98,23 +99,26 @@ def test_malformed_secret_is_a_clear_503(secrets_client, health_api, app_env, lo
 
 def test_boto3_is_not_imported_when_database_url_is_used(db_env):
     """A cold start with DATABASE_URL must not pay for boto3 (~200 ms)."""
-    paths = [str(ROOT / "functions" / "health"), str(ROOT / "layers" / "ops"), str(ROOT)]
-    probe = f"""
+    probe = """
 import json, sys
-sys.path[:0] = {paths!r}
-from tools.apigw import proxy_event
-from tools.runtime import LambdaContext
-import app
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext
+from health import app
 resp = app.lambda_handler(proxy_event(method="GET", path="/health", resource="/health"),
                           LambdaContext("health", 5))
 # Powertools' package init imports bare `botocore` (<1 ms) for its user agent; the
 # expensive parts are boto3 and botocore's client machinery.
-print(json.dumps({{"status": resp["statusCode"], "boto3": "boto3" in sys.modules,
-                  "botocore.client": "botocore.client" in sys.modules}}))
+print(json.dumps({"status": resp["statusCode"], "boto3": "boto3" in sys.modules,
+                  "botocore.client": "botocore.client" in sys.modules}))
 """
     out = (
         subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd="/"
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": PYTHONPATH},
         )
         .stdout.strip()
         .splitlines()[-1]

@@ -31,9 +31,9 @@ from tests.support.db import SQL, runner
 from tests.support.metrics import METRIC_TABLES, metrics_database, scrape_samples, value
 from tests.support.retention import audit_entries, clean_slate, count, policies, run, seed
 from tests.support.runtime import call_api, function_handler
-from tools import pgbouncer
-from tools.pgbouncer import PgBouncer
-from tools.pgcluster import SUPERUSER, PgCluster
+from tools.localdb import pgbouncer
+from tools.localdb.pgbouncer import PgBouncer
+from tools.localdb.pgcluster import SUPERUSER, PgCluster
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,8 @@ import pytest
 from tests.support.binaries import lambda_python
 from tests.support.sam_local import sam_local_environment
 from tools import ROOT
-from tools.runtime import functions, load_template
-from tools.sentry_ingest import sentry_ingest
+from tools.runtime.template import functions, load_template
+from tools.standins.sentry_ingest import sentry_ingest
 
 pytestmark = pytest.mark.slow
 
@@ -247,7 +247,7 @@ def test_the_layer_requires_exactly_what_runtime_code_imports() -> None:
     """layers/ops/requirements.txt pins each third-party package that the layer's or a
     function's code imports, and nothing else (boto3 and friends come with the runtime)."""
     sources = [*(ROOT / "layers/ops/ops").rglob("*.py"), *(ROOT / "functions").glob("*/*.py")]
-    first_party = {"ops"} | {p.stem for p in (ROOT / "functions").glob("*/*.py")}
+    first_party = {"ops"} | {p.name for p in (ROOT / "functions").iterdir() if p.is_dir()}
     imported: set[str] = set()
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -272,7 +272,8 @@ def test_bytecode_is_the_runtimes_only(sam_build: Build) -> None:
         for module in ("python/ops/db", "python/ops/api", "python/pg8000/native"):
             path = sam_build.layer.parent / module
             assert (path.parent / "__pycache__" / f"{path.name}.cpython-313.pyc").is_file()
-        assert (sam_build.dir / "HealthFunction" / "__pycache__" / "app.cpython-313.pyc").is_file()
+        health = sam_build.dir / "HealthFunction" / "health"
+        assert (health / "__pycache__" / "app.cpython-313.pyc").is_file()
 
 
 def _without_python313(tmp: Path) -> dict[str, str]:
@@ -316,11 +317,14 @@ def test_artifacts_target_arm64_python313(sam_build: Build) -> None:
 
 
 def test_functions_ship_only_their_own_modules(sam_build: Build) -> None:
+    """/var/task holds the function's package alone (not the other functions', no tests)."""
     for fid, spec in functions().items():
-        shipped = {p.name for p in (sam_build.dir / fid).iterdir() if p.name != "__pycache__"}
+        task = sam_build.dir / fid
+        assert {p.name for p in task.iterdir()} == {spec.package}, fid
+        shipped = {p.name for p in (task / spec.package).iterdir() if p.name != "__pycache__"}
         sources = {
             p.name
-            for p in spec.code_dir.glob("*.py")
+            for p in spec.package_dir.glob("*.py")
             if not p.name.startswith(("test_", "conftest"))
         }
         assert shipped == sources, (fid, shipped ^ sources)

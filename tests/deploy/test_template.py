@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tools import ROOT
-from tools.runtime import load_template
+from tools.runtime.template import load_template
 
 TEMPLATE = load_template()
 RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
@@ -179,8 +179,12 @@ def test_functions_run_python313_on_arm64_with_tracing_and_the_layer() -> None:
         # A per-function override would silently escape the global settings.
         for key in ("Runtime", "Architectures", "Tracing"):
             assert props.get(key, GLOBAL_FN[key]) == GLOBAL_FN[key], (fid, key)
-        assert props["Handler"] == "app.lambda_handler"
-        assert (ROOT / props["CodeUri"] / "app.py").is_file(), fid
+        # Each function is a package of functions/, named by its Handler.
+        assert props["CodeUri"] == "functions/", fid
+        package, handler = props["Handler"].split(".", 1)
+        assert handler == "app.lambda_handler", fid
+        assert (ROOT / "functions" / package / "__init__.py").is_file(), fid
+        assert (ROOT / "functions" / package / "app.py").is_file(), fid
 
 
 def test_layer_targets_the_runtime_and_excludes_boto3() -> None:
@@ -200,8 +204,10 @@ def test_every_artifact_builds_with_a_makefile(resource_id: str) -> None:
     assert res["Metadata"]["BuildArchitecture"] == "arm64"
     uri = res["Properties"].get("CodeUri") or res["Properties"]["ContentUri"]
     makefile = (ROOT / uri / "Makefile").read_text()
-    target = f"build-{resource_id}:" if resource_id == "OpsLayer" else "build-%:"
-    assert target in makefile
+    assert f"build-{resource_id}:" in makefile
+    if resource_id != "OpsLayer":  # the function's target copies the Handler's package
+        package = res["Properties"]["Handler"].split(".")[0]
+        assert f"build-{resource_id}: PACKAGE := {package}\n" in makefile
     # Dependencies are resolved for the Lambda runtime, never for the building machine.
     assert "manylinux2014_aarch64" in makefile and "3.13" in makefile
 
@@ -440,7 +446,7 @@ def test_every_api_route_reaches_its_function_for_head_and_options():
     """API Gateway REST routes only the methods a route declares (the rest are its 403):
     HEAD (load balancers, uptime checks) and OPTIONS must reach the router, which answers
     them for every GET route; `any` also leaves the 405s, with `Allow`, to it."""
-    from tools.runtime import functions
+    from tools.runtime.template import functions
 
     routes = [route for spec in functions(TEMPLATE).values() for route in spec.routes]
     assert routes

@@ -22,7 +22,7 @@ import pytest
 
 from ops.config import Settings, Spec
 from tools import ROOT
-from tools.runtime import load_template
+from tools.runtime.template import load_template
 
 DOCS = (
     "README.md",

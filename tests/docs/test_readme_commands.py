@@ -31,7 +31,7 @@ import pytest
 from tests.support.binaries import lambda_python, require_binary
 from tests.support.doc_commands import user_doc_commands, user_docs
 from tools import ROOT
-from tools.pgcluster import PgCluster, free_port
+from tools.localdb.pgcluster import PgCluster, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -167,8 +167,8 @@ def test_every_readme_command_is_run_here_or_needs_aws() -> None:
         "make",
         "export METRICS_AUTH_TOKEN=local-dev-token",
         "DATABASE_URL=postgresql://app:secret@127.0.0.1:5432/app make run",
-        ".venv/bin/python -m tools.sentry_ingest",
-        ".venv/bin/python -m tools.otlp_receiver",
+        ".venv/bin/python -m tools.standins.sentry_ingest",
+        ".venv/bin/python -m tools.standins.otlp_receiver",
     }
     for command in user_doc_commands():
         if command in NOT_RUN_HERE or needs_aws(command) or needs_docker(command):
@@ -264,8 +264,8 @@ def test_readme_commands_from_a_fresh_clone(clone: Path, database_url: str) -> N
 
 def test_readme_sentry_stand_in_commands(clone: Path) -> None:
     commands = user_doc_commands(clone)
-    assert ".venv/bin/python -m tools.sentry_ingest" in commands
-    ingest = start_run(clone, ".venv/bin/python -m tools.sentry_ingest", clean_env())
+    assert ".venv/bin/python -m tools.standins.sentry_ingest" in commands
+    ingest = start_run(clone, ".venv/bin/python -m tools.standins.sentry_ingest", clean_env())
     try:
         assert ingest.stdout is not None
         dsn = ""
@@ -287,8 +287,8 @@ def test_readme_sentry_stand_in_commands(clone: Path) -> None:
 
 def test_readme_trace_receiver_commands(clone: Path) -> None:
     commands = user_doc_commands(clone)
-    assert ".venv/bin/python -m tools.otlp_receiver" in commands
-    receiver = start_run(clone, ".venv/bin/python -m tools.otlp_receiver", clean_env())
+    assert ".venv/bin/python -m tools.standins.otlp_receiver" in commands
+    receiver = start_run(clone, ".venv/bin/python -m tools.standins.otlp_receiver", clean_env())
     try:
         assert receiver.stdout is not None
         endpoint = ""
@@ -339,7 +339,7 @@ def test_sam_local_commands(clone: Path) -> None:
     has, functions the template has, and files the clone has."""
     if not (clone / ".venv-sam").exists():
         pytest.skip("no .venv-sam to link (test_build.py creates it with `make sam-cli`)")
-    from tools.runtime import functions, load_template
+    from tools.runtime.template import functions, load_template
 
     names = set(functions(load_template(clone / "template.yaml")))
     commands = [c for c in user_doc_commands(clone) if needs_docker(c)]

@@ -134,10 +134,8 @@ def test_a_forked_child_starts_its_own_workers(app_env):
 
 
 def test_the_database_check_latency_is_the_probe_not_the_read(db_env, monkeypatch):
-    from tests.support.runtime import function_handler
 
-    function_handler("metrics")  # puts functions/metrics on sys.path, as Lambda's /var/task
-    import live_gauges
+    from metrics import live_gauges
 
     live_sql = live_gauges.STAT_DATABASE_SQL
     slow = f"SELECT live.* FROM ({live_sql}) AS live CROSS JOIN (SELECT pg_sleep(1)) AS slept"

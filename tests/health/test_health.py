@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from tools.loopback import serving
-from tools.pgcluster import running_cluster
+from tools.localdb.pgcluster import running_cluster
+from tools.standins.loopback import serving
 
 
 def test_health_ok_when_database_answers(db_env, health_api):

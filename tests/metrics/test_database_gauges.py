@@ -31,7 +31,7 @@ from tests.support.metrics import (
 )
 from tests.support.prometheus import local_gateway, prometheus, shipped_alert_rules
 from tools import ROOT
-from tools.pgcluster import PgCluster, default_bindir, running_cluster
+from tools.localdb.pgcluster import PgCluster, default_bindir, running_cluster
 
 MAX_CONNECTIONS = 20
 TOP_N = m.PG_STATEMENTS_TOP_N

@@ -1,5 +1,5 @@
 """What a flush says happened, in one process against a real PostgreSQL behind a loopback
-proxy (tools.tcp_proxy): a refused connection is `rejected` (nothing sent); at shutdown,
+proxy (tools.standins.tcp_proxy): a refused connection is `rejected` (nothing sent); at shutdown,
 deltas sent without a reply are `unconfirmed`, deltas never stored are `lost`; the
 store has a connection of its own; a check's budget ends before the deadline."""
 
@@ -18,8 +18,8 @@ from ops.metrics import flush
 from ops.metrics.flushing import flush_before_exit
 from tests.support.metrics import metrics_database
 from tests.support.runtime import call_api, function_handler
-from tools.runtime import LambdaContext
-from tools.tcp_proxy import DelayProxy
+from tools.runtime.handler import LambdaContext
+from tools.standins.tcp_proxy import DelayProxy
 
 
 @pytest.fixture(scope="module")

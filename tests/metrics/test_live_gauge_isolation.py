@@ -19,7 +19,6 @@ from ops.metrics import catalogue as m
 from ops.metrics import flush
 from tests.support.db import SQL, runner
 from tests.support.metrics import Samples, metrics_database, scrape_samples, truncate_metrics, value
-from tests.support.runtime import function_handler
 
 DAY = 86400.0
 ROLE, ROLE_PASSWORD = "gauge_reader", "gauge-reader-pw"
@@ -207,8 +206,7 @@ def test_a_locked_table_costs_its_gauge_within_the_budget(
 def test_a_slow_reading_costs_its_families_not_the_scrape(
     isolation_url, own_sql, app_env, monkeypatch, log_lines
 ):
-    function_handler("metrics")  # puts functions/metrics on sys.path, as Lambda's /var/task
-    import live_gauges
+    from metrics import live_gauges
 
     slow = live_gauges.STAT_DATABASE_SQL.replace(
         "WHERE d.datname", "CROSS JOIN pg_sleep(30) WHERE d.datname"

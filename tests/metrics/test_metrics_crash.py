@@ -18,7 +18,7 @@ import pytest
 from tests.support.db import runner
 from tests.support.metrics import counters_and_buckets, metrics_database, scrape_samples, value
 from tests.support.runtime import reset_runtime
-from tools.pgcluster import PgCluster, running_cluster
+from tools.localdb.pgcluster import PgCluster, running_cluster
 
 pytestmark = pytest.mark.db  # a PostgreSQL of its own (not the session fixture)
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.metrics import metrics_database, scrape_samples, value
 from tests.support.runtime import call_api, function_handler
-from tools.pgcluster import PgCluster, running_cluster
+from tools.localdb.pgcluster import PgCluster, running_cluster
 
 pytestmark = pytest.mark.db  # clusters of its own (not the session fixture)
 
@@ -197,7 +197,7 @@ def test_make_migrate_brings_both_databases_up(
 ) -> None:
     from ops.db import parse_database_url
     from tools.cli import run
-    from tools.migrate import main, migration_files
+    from tools.localdb.migrate import main, migration_files
 
     app_url = app_cluster.create_database("migrate_app")
     store_url = store_cluster.create_database("migrate_store")

@@ -25,8 +25,8 @@ from tests.support.metrics import (
 )
 from tests.support.prometheus import get, local_gateway, prometheus
 from tests.support.runtime import call_api, function_handler
-from tools.loopback import serving
-from tools.runtime import LambdaContext
+from tools.runtime.handler import LambdaContext
+from tools.standins.loopback import serving
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -194,7 +194,6 @@ def test_openmetrics_when_the_scraper_asks_for_it(metrics_env):
 
 
 def test_every_response_is_recorded_errors_included(metrics_env, monkeypatch):
-    import sys
 
     health = function_handler("health")
     call_api(health, "/health/live")
@@ -204,7 +203,7 @@ def test_every_response_is_recorded_errors_included(metrics_env, monkeypatch):
     def boom() -> None:
         raise RuntimeError("kaput")
 
-    monkeypatch.setattr(sys.modules["health__app"], "configured_checks", boom)
+    monkeypatch.setattr("health.app.configured_checks", boom)
     call_api(health, "/health/ready")
     assert health({"not": "an API Gateway event"}, LambdaContext("health", 5))["statusCode"] == 400
 

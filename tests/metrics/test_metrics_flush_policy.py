@@ -26,7 +26,7 @@ from tests.support.metrics import (
     value,
 )
 from tests.support.runtime import call_api, function_handler
-from tools.runtime import LambdaContext
+from tools.runtime.handler import LambdaContext
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_a_flush_goes_out_before_the_deadline(metrics_env, own_sql, app_env):
     handler = api_with_work_route()
     assert call_api(handler, "/work")[0] == 200  # a new container's first call: stored at once
     event_context = LambdaContext("work", 0.6)
-    from tools.apigw import proxy_event
+    from tools.runtime.apigw import proxy_event
 
     event = proxy_event(method="GET", path="/work", resource="/work", query="sleep=0.55")
     assert handler(event, event_context)["statusCode"] == 200

@@ -1,5 +1,5 @@
 """Containers that end, and databases that hang, with real processes: each "container"
-is a local gateway worker (tools.worker), fed invocations on stdin as the gateway does.
+is a local gateway worker (tools.runtime.worker), fed invocations on stdin as the gateway does.
 
 * Probe-only containers that exit normally, on SIGTERM, and on SIGTERM after
   registering with a Lambda Runtime API stand-in: stored totals equal requests served.
@@ -26,11 +26,11 @@ import pytest
 
 from tests.support.db import SQL, runner
 from tests.support.metrics import metrics_database, stored_probe_requests, truncate_metrics
-from tools import ROOT
-from tools.apigw import proxy_event
-from tools.runtime import functions
-from tools.runtime_api import RuntimeApiStandIn
-from tools.worker import spawn
+from tools import PYTHONPATH, ROOT
+from tools.runtime.apigw import proxy_event
+from tools.runtime.runtime_api import RuntimeApiStandIn
+from tools.runtime.template import functions
+from tools.runtime.worker import spawn
 
 PROBES = ("/health/live", "/health", "/health/ready")
 SERVE_S = 5.0
@@ -170,7 +170,6 @@ def test_a_signal_flushes_then_the_previous_handler_runs(
         install = "signal.signal(signal.SIGINT, signal.default_int_handler)"
     code = f"""
 import signal, sys, time
-import tools
 def previous(signum, frame):
     open({str(marker)!r}, "w").write("yes")
     sys.exit(3)
@@ -184,7 +183,7 @@ time.sleep(30)
 """
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": PYTHONPATH,
         "DATABASE_URL": shutdown_url,
         "METRICS_FLUSH_INTERVAL_S": "600",
     }

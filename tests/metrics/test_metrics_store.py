@@ -22,7 +22,7 @@ from tests.support.metrics import (
     value,
     wait_containers,
 )
-from tools.pgcluster import running_cluster
+from tools.localdb.pgcluster import running_cluster
 
 MS = "tool_call_duration_seconds"
 

@@ -17,8 +17,8 @@ from tests.support.prometheus import (
     prometheus,
     shipped_alert_rules,
 )
-from tools.migrate import apply_url
-from tools.pgcluster import PgCluster, running_cluster
+from tools.localdb.migrate import apply_url
+from tools.localdb.pgcluster import PgCluster, running_cluster
 
 TOKEN = "outage-e2e-token"
 JOB = "realestate-backend"

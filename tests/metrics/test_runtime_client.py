@@ -1,5 +1,5 @@
 """The health function as AWS runs it: under the real runtime client (awslambdaric, both
-ways it polls) against a loopback Runtime API + Extensions API (tools.ric), with
+ways it polls) against a loopback Runtime API + Extensions API (tools.runtime.ric), with
 Lambda's shutdown sequence (SIGTERM, SIGKILL at +500 ms) and a freeze.
 
 * Served == stored, exactly, after SIGTERM, whichever thread the client polls on.
@@ -23,9 +23,9 @@ import pytest
 
 from tests.support.db import SQL, runner
 from tests.support.metrics import metrics_database, stored_probe_requests, truncate_metrics
-from tools.apigw import proxy_event
-from tools.ric import POLLING, RicFunction
-from tools.tcp_proxy import DelayProxy
+from tools.runtime.apigw import proxy_event
+from tools.runtime.ric import POLLING, RicFunction
+from tools.standins.tcp_proxy import DelayProxy
 
 
 @pytest.fixture(scope="module")

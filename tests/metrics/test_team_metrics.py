@@ -3,6 +3,7 @@ metrics function from the store, mirrored to CloudWatch, one shape per name."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.request
@@ -25,8 +26,8 @@ from tests.support.metrics import (
     truncate_metrics,
     value,
 )
-from tools import ROOT
-from tools.localprom import get, local_gateway
+from tools import PYTHONPATH, ROOT
+from tools.standins.prometheus import get, local_gateway
 
 README = ROOT / "README.md"
 
@@ -119,12 +120,15 @@ def test_a_malformed_declaration_fails_naming_the_family(team_registry, declare,
 def test_the_catalogue_is_reserved_before_a_team_s_first_declaration():
     """In a fresh process whose first metrics import is the team's own declaration."""
     code = (
-        "import tools\n"
-        "from ops.metrics import Counter\n"
-        "Counter('webhook_failures_total', 'Mine.', ('source',))\n"
+        "from ops.metrics import Counter\nCounter('webhook_failures_total', 'Mine.', ('source',))\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "webhook_failures_total is already defined by the catalogue" in proc.stderr
@@ -262,16 +266,16 @@ def test_the_readme_s_team_function_is_exposed_and_mirrored(
 ):
     """The README's example as written: its function and its template entry, in a copy of
     template.yaml, behind the local gateway; the metrics function is the real one."""
-    code = tmp_path / "orders"
+    code = tmp_path / "orders"  # the package `orders`; tmp_path is its CodeUri (/var/task)
     code.mkdir()
+    (code / "__init__.py").touch()
     (code / "app.py").write_text(code_block(README, "python", "from ops.metrics import Counter"))
     entry = code_block(README, "yaml", "OrdersFunction:")
-    assert "CodeUri: functions/orders/" in entry
+    assert "CodeUri: functions/\n" in entry and "Handler: orders.app.lambda_handler" in entry
     template = (ROOT / "template.yaml").read_text()
     assert template.count("\nResources:\n") == 1
-    template = template.replace(
-        "\nResources:\n", "\nResources:\n" + entry.replace("functions/orders/", f"{code}/")
-    )
+    entry = entry.replace("CodeUri: functions/", f"CodeUri: {tmp_path}/")
+    template = template.replace("\nResources:\n", "\nResources:\n" + entry)
     (tmp_path / "template.yaml").write_text(template)
 
     with local_gateway({"DATABASE_URL": team_url}, template=tmp_path / "template.yaml") as url:

@@ -26,8 +26,8 @@ import yaml
 from tests.support.binaries import require_binary
 from tests.support.monitoring import inhibited
 from tools import ROOT
-from tools.loopback import serving
-from tools.pgcluster import free_port
+from tools.localdb.pgcluster import free_port
+from tools.standins.loopback import serving
 
 MONITORING = ROOT / "infra" / "monitoring"
 ALERTMANAGER_CONFIG = MONITORING / "alertmanager.yml"

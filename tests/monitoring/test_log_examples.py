@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tools import ROOT
+from tools import PYTHONPATH, ROOT
 
 RFC3339_UTC_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 # Differ on every run: when, how long, Lambda's request id.
@@ -36,9 +36,16 @@ def invoke_health(database_url: str) -> list[dict[str, Any]]:
     """`make invoke FN=HealthFunction EVENT=events/health.json`: its JSON log lines."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_", "LOG_"))}
     out = subprocess.run(
-        [sys.executable, "-m", "tools.invoke", "HealthFunction", "--event", "events/health.json"],
+        [
+            sys.executable,
+            "-m",
+            "tools.runtime.invoke",
+            "HealthFunction",
+            "--event",
+            "events/health.json",
+        ],
         cwd=ROOT,
-        env={**env, "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url},
+        env={**env, "PYTHONPATH": PYTHONPATH, "DATABASE_URL": database_url},
         capture_output=True,
         text=True,
         timeout=120,

@@ -26,8 +26,9 @@ from tests.support.logs_insights import Event, Query, Unsupported, event
 from tests.support.monitoring import STACK, log_group_name, saved_queries
 from tests.support.runtime import function_handler, reset_runtime
 from tools import ROOT
-from tools.apigw import proxy_event
-from tools.runtime import LambdaContext, functions, load_template
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext
+from tools.runtime.template import functions, load_template
 
 REQUEST_ID_PLACEHOLDER = "REQUEST_ID"
 FUNCTIONS = {
@@ -193,13 +194,11 @@ def api_story(db_env, recorder, monkeypatch, closed_port) -> Iterator[Recorder]:
     rec.call("health", "/nope", resource="/{proxy+}")
     rec.call("metrics", "/metrics")
 
-    import sys
-
     def boom() -> None:
         raise RuntimeError("forced failure")
 
     with monkeypatch.context() as patch:
-        patch.setattr(sys.modules["health__app"], "configured_checks", boom)
+        patch.setattr("health.app.configured_checks", boom)
         rec.call("health", "/health/ready")
     rec.invoke(
         "health", {"path": "/health"}

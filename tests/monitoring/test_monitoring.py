@@ -4,19 +4,18 @@ Grafana dashboard, the CloudWatch alarms, and the runbook they all point to."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import itertools
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from infra.monitoring import grafana_dashboard
 from tests.support.binaries import require_binary
 from tests.support.monitoring import (
     RUNBOOK,
@@ -29,7 +28,7 @@ from tests.support.monitoring import (
     template_resources,
 )
 from tools import ROOT
-from tools.runtime import load_template
+from tools.runtime.template import load_template
 
 MONITORING = ROOT / "infra" / "monitoring"
 JOB = "realestate-backend"
@@ -148,17 +147,6 @@ def test_scrape_down_alert_watches_the_configured_job() -> None:
 # --- Grafana -----------------------------------------------------------------------
 
 
-def _dashboard_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "grafana_dashboard", MONITORING / "grafana_dashboard.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
 def _panel_exprs() -> dict[str, str]:
     """Every target's PromQL with the dashboard variable set to "All"."""
     return {
@@ -170,10 +158,7 @@ def _panel_exprs() -> dict[str, str]:
 
 def test_dashboard_json_is_generated_from_its_source() -> None:
     committed = (MONITORING / "grafana-dashboard.json").read_text()
-    regenerate = (
-        "python infra/monitoring/grafana_dashboard.py > infra/monitoring/grafana-dashboard.json"
-    )
-    assert committed == _dashboard_module().render(), f"stale; run: {regenerate}"
+    assert committed == grafana_dashboard.render(), "stale; run: make generate"
 
 
 def test_dashboard_is_importable_with_a_datasource_input() -> None:

@@ -3,16 +3,14 @@ tests, the dashboard, the runbook, Alertmanager and the CloudWatch alarm pair.""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
-import sys
-from functools import cache
 from typing import Any
 
 import pytest
 import yaml
 
+from infra.monitoring import slo
 from tests.support.binaries import require_binary
 from tests.support.monitoring import (
     dashboard_panels,
@@ -23,20 +21,10 @@ from tests.support.monitoring import (
     template_resources,
 )
 from tools import ROOT
-from tools.runtime import load_template
+from tools.runtime.template import load_template
 
 MONITORING = ROOT / "infra" / "monitoring"
 SERVICE = "realestate-backend"
-
-
-@cache
-def slo() -> Any:
-    spec = importlib.util.spec_from_file_location("slo", MONITORING / "slo.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rules() -> list[dict[str, Any]]:
@@ -58,8 +46,8 @@ def _seconds(duration: str) -> int:
 
 def test_committed_rules_are_generated_from_slo_py() -> None:
     committed = (MONITORING / "slo.rules.yml").read_text()
-    regenerate = "python infra/monitoring/slo.py > infra/monitoring/slo.rules.yml"
-    assert committed == slo().render(), f"stale; run: {regenerate}"
+    regenerate = "make generate"
+    assert committed == slo.render(), f"stale; run: {regenerate}"
 
 
 def test_prometheus_loads_the_slo_rules() -> None:
@@ -86,7 +74,7 @@ def test_every_slo_alert_fires_and_stays_quiet_in_unit_tests() -> None:
             cases.setdefault(case["alertname"], []).append(case["exp_alerts"])
     names = {r["alert"] for r in _alerts()}
     assert names == {
-        f"{s.alert_prefix}{a}" for s in slo().SLOS for a in ("BudgetFastBurn", "BudgetSlowBurn")
+        f"{s.alert_prefix}{a}" for s in slo.SLOS for a in ("BudgetFastBurn", "BudgetSlowBurn")
     }
     for name in names:
         assert any(cases.get(name, [])), f"{name}: no test where it fires"
@@ -94,7 +82,7 @@ def test_every_slo_alert_fires_and_stays_quiet_in_unit_tests() -> None:
 
 
 def test_every_window_is_recorded_for_every_slo() -> None:
-    module = slo()
+    module = slo
     assert module.WINDOWS == ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
     recorded = {(r["record"], r["labels"]["slo"]) for r in _rules() if "record" in r}
     for s in module.SLOS:
@@ -115,14 +103,14 @@ def test_alerts_share_a_group_with_the_ratios_they_read() -> None:
                 read = set(re.findall(r"slo:sli_error:ratio_rate\w+", rule["expr"]))
                 assert read <= recorded, (rule["alert"], read - recorded)
     (budget,) = [g for g in groups if not any("alert" in r for r in g["rules"])]
-    assert budget["interval"] == slo().BUDGET_INTERVAL
-    budget_ratio = f"slo:sli_error:ratio_rate{slo().BUDGET_PERIOD}"
+    assert budget["interval"] == slo.BUDGET_INTERVAL
+    budget_ratio = f"slo:sli_error:ratio_rate{slo.BUDGET_PERIOD}"
     assert {r["record"] for r in budget["rules"]} == {budget_ratio}
 
 
 def test_burn_tiers_are_the_workbooks() -> None:
     """burn rate x long window / budget period = share of the budget spent in that window."""
-    module = slo()
+    module = slo
     period = _seconds(module.BUDGET_PERIOD)
     spent = {(14.4, "1h"): 0.02, (6, "6h"): 0.05, (3, "1d"): 0.10, (1, "3d"): 0.10}
     assert {(t.burn, t.long) for t in module.TIERS} == set(spent)
@@ -138,8 +126,8 @@ def test_burn_tiers_are_the_workbooks() -> None:
 def test_latency_threshold_is_a_catalogue_bucket() -> None:
     from ops.metrics import catalogue
 
-    assert slo().LATENCY_THRESHOLD_S in catalogue.HTTP_REQUEST_DURATION.bounds
-    (latency,) = [s for s in slo().SLOS if s.name == "latency"]
+    assert slo.LATENCY_THRESHOLD_S in catalogue.HTTP_REQUEST_DURATION.bounds
+    (latency,) = [s for s in slo.SLOS if s.name == "latency"]
     # As the exposition spells the bound: the rules must match the rendered `le`.
     assert "0.2" in catalogue.HTTP_REQUEST_DURATION.bucket_parts
     assert 'le="0.2"' in latency.bad
@@ -164,7 +152,7 @@ def test_probe_routes_are_the_templates_health_and_metrics_routes() -> None:
 def test_probe_matcher_excludes_exactly_the_probe_routes() -> None:
     from ops.metrics.catalogue import PROBE_ROUTES
 
-    (pattern,) = re.findall(r'route!~"([^"]+)"', slo().NOT_A_PROBE)
+    (pattern,) = re.findall(r'route!~"([^"]+)"', slo.NOT_A_PROBE)
     for route in PROBE_ROUTES:
         assert re.fullmatch(pattern, route), route
     for route in ("/listings/{id}", "/healthz", "/health/ready/x", "/metrics2", "unmatched"):
@@ -183,7 +171,7 @@ def test_every_probe_exclusion_in_rules_and_dashboard_is_the_same_matcher() -> N
     exprs += [t["expr"] for p in dashboard_panels() for t in p["targets"]]
     found = [m for e in exprs for m in re.findall(r'route!~"[^"]*"', e)]
     assert found
-    assert set(found) == {slo().NOT_A_PROBE}
+    assert set(found) == {slo.NOT_A_PROBE}
 
 
 # -- alerts: annotations, runbook, routing ---------------------------------------------------
@@ -194,7 +182,7 @@ def test_slo_alerts_are_annotated_and_point_to_their_runbook_section() -> None:
     for rule in _alerts():
         name, annotations = rule["alert"], rule["annotations"]
         assert rule["labels"]["severity"] in {"critical", "warning"}
-        assert rule["labels"]["slo"] in {s.name for s in slo().SLOS}
+        assert rule["labels"]["slo"] in {s.name for s in slo.SLOS}
         section = runbook_sections()[runbook_anchor(annotations["runbook"])]
         assert name in section, name
         assert len(re.findall(r"^\d+\. ", section, re.M)) >= 3, f"{name}: first three checks"
@@ -252,7 +240,7 @@ def _composite(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def test_cloudwatch_burn_alarm_pair_matches_slo_py(
     name: str, burn: float, long: str, short: str
 ) -> None:
-    module = slo()
+    module = slo
     (tier,) = [t for t in module.TIERS if (t.burn, t.long, t.short) == (burn, long, short)]
     (availability,) = [s for s in module.SLOS if s.name == "availability"]
     composite, windows = _composite(name)

@@ -204,7 +204,7 @@ def test_job_settings_defaults_and_consistency(monkeypatch):
 # -- template -------------------------------------------------------------------------------
 def test_template_wires_policies_schedule_and_dead_letter_alarm():
     from ops.retention_policies import parse_policies
-    from tools.runtime import load_template
+    from tools.runtime.template import load_template
 
     template = load_template()
     default = template["Parameters"]["RetentionPolicies"]["Default"]

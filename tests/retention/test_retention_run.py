@@ -24,7 +24,7 @@ from tests.support.retention import (
     run,
     seed,
 )
-from tools import ROOT
+from tools import PYTHONPATH, ROOT
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
 
@@ -118,9 +118,16 @@ def test_every_sample_event_runs(sql, name):
 @pytest.mark.parametrize("name", ["retention-scheduler.json", "retention-dry-run.json"])
 def test_tools_invoke_runs_the_function_with_an_event_file(sql, db_env, name):
     seed(sql)
-    env = {**os.environ, "DATABASE_URL": db_env, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "DATABASE_URL": db_env, "PYTHONPATH": PYTHONPATH}
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.invoke", "RetentionFunction", "--event", f"events/{name}"],
+        [
+            sys.executable,
+            "-m",
+            "tools.runtime.invoke",
+            "RetentionFunction",
+            "--event",
+            f"events/{name}",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -33,7 +33,7 @@ from tests.support.retention import (
     run,
     seed,
 )
-from tools import ROOT
+from tools import PYTHONPATH, ROOT
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
 
@@ -126,7 +126,7 @@ class Pausing(FakeContext):
 
 
 def _in_thread(evt: Any, context: FakeContext, results: dict[str, Any], name: str):
-    from run import run_retention
+    from retention.run import run_retention
 
     def target() -> None:
         db = Database(application_name=f"retention-test-{name}")
@@ -303,7 +303,7 @@ class CrashingDatabase(Database):
 
 def _crash(sql, where: str) -> str:
     """Run until a crash mid-table; returns the run key. Batches are 4 rows."""
-    from run import run_retention
+    from retention.run import run_retention
 
     seed(sql, events_expired=30)
     evt = event("retention-scheduler.json")
@@ -481,14 +481,14 @@ def test_process_killed_mid_run_then_retry_finishes_with_every_row_audited_once(
     seed(sql, events_expired=100_000, sessions_expired=0, sessions_fresh=0)
     evt = {"runId": "killed-mid-run"}
     script = (
-        "from tools import ROOT; from tools.runtime import LambdaContext, load_handler; "
-        "handler = load_handler(ROOT / 'functions' / 'retention'); "
+        "from tools import ROOT; from tools.runtime.handler import LambdaContext, load_handler; "
+        "handler = load_handler('retention.app.lambda_handler'); "
         f"handler({evt!r}, LambdaContext('RetentionFunction', 900))"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", script],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -29,8 +29,8 @@ from tests.support.binaries import require_binary
 from tests.support.db import SQL, runner
 from tests.support.metrics import metrics_database
 from tests.support.retention import FakeContext, audit_entries, clean_slate, module, run
-from tools.pgbouncer import PgBouncer
-from tools.pgcluster import PgCluster
+from tools.localdb.pgbouncer import PgBouncer
+from tools.localdb.pgcluster import PgCluster
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
 

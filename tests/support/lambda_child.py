@@ -1,6 +1,7 @@
-"""One Lambda container in a fresh interpreter, laid out as Lambda lays it out (the
-function's folder, then the layer; `-I`: no venv, no PYTHON* variables), invoked with
-a list of events. The child ends with os._exit right after its last invocation, as a
+"""One Lambda container in a fresh interpreter, laid out as Lambda lays it out (PYTHONPATH:
+the folder holding the function's package as /var/task, then the layer as /opt/python;
+`-P -s`: no script folder, no user site, nothing else from this shell), invoked with a
+list of events. The child ends with os._exit right after its last invocation, as a
 frozen container would: no atexit flush, so whatever arrives at a loopback stand-in
 (Sentry's ingest, an OTLP receiver) was sent before the invocation returned.
 
@@ -11,6 +12,7 @@ clock for every process), and which optional SDKs were loaded by then.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +23,8 @@ from tools import LAYER_DIR
 MARK = "@@invocations@@"
 
 CHILD = r"""
-import json, os, sys, time, uuid
+import importlib, json, os, sys, time, uuid
 spec = json.loads(sys.stdin.read())
-sys.path[:0] = [spec["code_dir"], spec["layer"]]  # /var/task, then /opt/python
 if spec.get("dsn_secret"):  # Secrets Manager (moto) holds the DSN, as in AWS
     import boto3
     from moto import mock_aws
@@ -72,7 +73,8 @@ if spec.get("lambda_runtime"):
     bootstrap.handle_event_request = handle_event_request
     sys.modules["bootstrap"] = bootstrap
 
-from app import lambda_handler
+module_name, _, attr = spec["handler"].rpartition(".")
+lambda_handler = getattr(importlib.import_module(module_name), attr)  # as the runtime does
 results = []
 for i, event in enumerate(spec["events"]):
     headers = spec.get("trace_headers") or []
@@ -102,7 +104,7 @@ os._exit(0)
 
 
 def run_in_fresh_process(
-    code_dir: Path,
+    package_dir: Path,
     events: list[dict[str, Any]],
     env: dict[str, str],
     *,
@@ -112,14 +114,15 @@ def run_in_fresh_process(
     timeout_s: float = 10,
     trace_headers: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """(the outcome of each event, everything the process printed). `trace_headers`: the
+    """(the outcome of each event, everything the process printed) of the function whose
+    package is `package_dir` (Handler: <package>.app.lambda_handler). `trace_headers`: the
     `_X_AMZN_TRACE_ID` Lambda sets before each invocation, in order."""
+    task_root = package_dir.parent
     proc = subprocess.run(
-        [sys.executable, "-I", "-c", CHILD],
+        [sys.executable, "-P", "-s", "-c", CHILD],
         input=json.dumps(
             {
-                "code_dir": str(code_dir),
-                "layer": str(LAYER_DIR),
+                "handler": f"{package_dir.name}.app.lambda_handler",
                 "events": events,
                 "dsn_secret": dsn_secret,
                 "lambda_runtime": lambda_runtime,
@@ -130,9 +133,10 @@ def run_in_fresh_process(
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=code_dir,
+        cwd=task_root,
         env={
             "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": os.pathsep.join((str(task_root), str(LAYER_DIR))),
             "AWS_LAMBDA_FUNCTION_NAME": function_name,
             "AWS_DEFAULT_REGION": "eu-west-1",
             "AWS_ACCESS_KEY_ID": "testing",

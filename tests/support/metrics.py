@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tests.support.runtime import call_api, function_handler
-from tools import ROOT
-from tools.migrate import apply_url
-from tools.pgcluster import PgCluster
+from tools import PYTHONPATH, ROOT
+from tools.localdb.migrate import apply_url
+from tools.localdb.pgcluster import PgCluster
 
 METRIC_TABLES = "metric_values, metric_series, metric_flush_cursors, metric_families"
 TOKEN = "metrics-test-token"
@@ -99,7 +99,6 @@ def container_main(spec_json: str) -> None:
     """Entry point of a container process; see `run_containers` for the spec."""
     import io
 
-    import tools  # noqa: F401 - the layer on sys.path, as Lambda's /opt/python
     from ops.log import logger
     from ops.metrics import catalogue as m
     from ops.metrics import flush
@@ -131,7 +130,7 @@ def start_containers(database_url: str, specs: list[dict[str, Any]]) -> list[sub
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": PYTHONPATH,
         "POWERTOOLS_METRICS_NAMESPACE": "Test",
     }
     code = "import sys; from tests.support.metrics import container_main as m; m(sys.argv[1])"

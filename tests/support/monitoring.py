@@ -15,7 +15,7 @@ import yaml
 
 from tests.support.logs_insights import Query
 from tools import ROOT
-from tools.runtime import load_template
+from tools.runtime.template import load_template
 
 MONITORING = ROOT / "infra" / "monitoring"
 RUNBOOK = MONITORING / "README.md"

@@ -1,4 +1,4 @@
-"""The real Prometheus and local gateway of tools.localprom, for tests: Prometheus missing
+"""The real Prometheus and local gateway of tools.standins.prometheus, for tests: Prometheus missing
 fails in CI and skips elsewhere (tests.support.binaries)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import yaml
 
 from tests.support.binaries import require_binary
 from tools import ROOT
-from tools.localprom import Prometheus, get, local_gateway
-from tools.localprom import prometheus as start_prometheus
+from tools.standins.prometheus import Prometheus, get, local_gateway
+from tools.standins.prometheus import prometheus as start_prometheus
 
 __all__ = ["Prometheus", "get", "local_gateway", "prometheus", "shipped_alert_rules"]
 

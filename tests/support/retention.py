@@ -13,7 +13,7 @@ import pytest
 from tests.support.db import SQL
 from tests.support.runtime import function_handler
 from tools import ROOT
-from tools.runtime import LambdaContext
+from tools.runtime.handler import LambdaContext
 
 EVENTS = ROOT / "events"
 
@@ -27,9 +27,8 @@ FAST_SETTINGS = {
 
 
 def module(name: str) -> ModuleType:
-    """A module of the retention function, imported as Lambda would (its folder on sys.path)."""
-    function_handler("retention")
-    return importlib.import_module(name)
+    """A module of the retention function's package (`retention.<name>`)."""
+    return importlib.import_module(f"retention.{name}")
 
 
 def event(name: str, **overrides: Any) -> dict[str, Any]:

@@ -7,9 +7,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from tools import ROOT
-from tools.apigw import proxy_event
-from tools.runtime import LambdaContext, load_handler
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext, load_handler
 
 FunctionInvoker = Callable[..., tuple[int, dict[str, str], Any]]
 
@@ -24,13 +23,14 @@ def reset_runtime() -> None:
     auth.reset()
     db.reset()
     metrics.reset()
-    live_gauges = sys.modules.get("live_gauges")  # the metrics function's, once loaded
+    live_gauges = sys.modules.get("metrics.live_gauges")  # once the metrics function is loaded
     if live_gauges is not None:
         live_gauges.forget_logged()
 
 
-def function_handler(name: str) -> Callable[..., Any]:
-    return load_handler(ROOT / "functions" / name)
+def function_handler(package: str) -> Callable[..., Any]:
+    """The handler of the function whose package is `package` (`health`, `metrics`, ...)."""
+    return load_handler(f"{package}.app.lambda_handler")
 
 
 def call_api(

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tools.apigw import match_template, resolve
-from tools.gateway import MAX_BODY_BYTES, Gateway, make_server
-from tools.loopback import serving
-from tools.pgcluster import free_port
+from tools.localdb.pgcluster import free_port
+from tools.runtime.apigw import match_template, resolve
+from tools.runtime.gateway import MAX_BODY_BYTES, Gateway, make_server
+from tools.standins.loopback import serving
 
 TEMPLATES = [
     "/health",
@@ -69,8 +69,8 @@ Resources:
   EchoFunction:
     Type: AWS::Serverless::Function
     Properties:
-      CodeUri: {code}
-      Handler: app.lambda_handler
+      CodeUri: {task_root}
+      Handler: echo.app.lambda_handler
       Timeout: 5
       Events:
         Listing: {{Type: Api, Properties: {{Path: "/listings/{{id}}", Method: get}}}}
@@ -90,11 +90,12 @@ def request(port: int, raw: bytes, read_timeout: float = 10) -> tuple[int, dict[
 
 @pytest.fixture
 def echo_gateway(tmp_path: Path) -> Iterator[int]:
-    code = tmp_path / "echo"
+    code = tmp_path / "echo"  # the package `echo` in /var/task (CodeUri)
     code.mkdir()
+    (code / "__init__.py").touch()
     (code / "app.py").write_text(textwrap.dedent(ECHO))
     template = tmp_path / "template.yaml"
-    template.write_text(TEMPLATE.format(code=code))
+    template.write_text(TEMPLATE.format(task_root=tmp_path))
     yield from serve(Gateway(template=template))
 
 

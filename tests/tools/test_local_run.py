@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tools import ROOT
-from tools.pgcluster import PgCluster, free_port
+from tools import PYTHONPATH, ROOT
+from tools.localdb.pgcluster import PgCluster, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -51,9 +51,9 @@ def wait_for_gateway(proc: subprocess.Popen, port: int, timeout: float = 90) -> 
 
 def start_serve(env: dict[str, str], port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tools.serve", "--port", str(port)],
+        [sys.executable, "-m", "tools.runtime.serve", "--port", str(port)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -111,11 +111,18 @@ def test_run_with_embedded_database_then_ctrl_c_leaves_nothing_running(monkeypat
     assert not postgres_running_on(data / "pgdata"), "Ctrl-C left PostgreSQL running"
     with pytest.raises(OSError):
         http(port, "/health/live")
-    # No worker processes left behind either.
-    leftover = subprocess.run(
-        ["pgrep", "-f", f"tools.worker .*{ROOT}"], capture_output=True, text=True
+    # No worker processes left behind either (this checkout's: they run in its root).
+    workers = subprocess.run(
+        ["pgrep", "-f", r" -m tools\.runtime\.worker "], capture_output=True, text=True
     ).stdout.split()
-    assert [p for p in leftover if int(p) != os.getpid()] == []
+    assert [p for p in workers if _cwd(int(p)) == ROOT] == []
+
+
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(f"/proc/{pid}/cwd").resolve(strict=True)
+    except OSError:  # gone since pgrep saw it
+        return None
 
 
 def test_run_uses_database_url_when_set(database_url, sql):
@@ -134,9 +141,16 @@ def test_run_uses_database_url_when_set(database_url, sql):
 
 def test_invoke_runs_a_function_with_an_event_file(database_url):
     out = subprocess.run(
-        [sys.executable, "-m", "tools.invoke", "HealthFunction", "--event", "events/health.json"],
+        [
+            sys.executable,
+            "-m",
+            "tools.runtime.invoke",
+            "HealthFunction",
+            "--event",
+            "events/health.json",
+        ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url},
+        env={**os.environ, "PYTHONPATH": PYTHONPATH, "DATABASE_URL": database_url},
         capture_output=True,
         text=True,
         timeout=60,
@@ -151,9 +165,9 @@ def test_invoke_runs_a_function_with_an_event_file(database_url):
 
 def test_invoke_rejects_unknown_function():
     out = subprocess.run(
-        [sys.executable, "-m", "tools.invoke", "NoSuchFunction"],
+        [sys.executable, "-m", "tools.runtime.invoke", "NoSuchFunction"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": PYTHONPATH},
         capture_output=True,
         text=True,
         timeout=60,
@@ -167,7 +181,7 @@ def run_tool(*args: str, env: dict[str, str], timeout: float = 120) -> subproces
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=ROOT,
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
+        env={**clean, "PYTHONPATH": PYTHONPATH, **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -188,13 +202,17 @@ def assert_clear_failure(out: subprocess.CompletedProcess, *needles: str) -> Non
 def test_invoke_and_migrate_without_database_url_use_make_runs_database(data_dir):
     data = data_dir
     env = {"LOCAL_DATA_DIR": str(data)}
-    migrate = run_tool("tools.migrate", env=env)
+    migrate = run_tool("tools.localdb.migrate", env=env)
     assert migrate.returncode == 0, migrate.stderr
     assert "(embedded)" in migrate.stdout and migrate.stderr == ""
     assert not postgres_running_on(data / "pgdata"), "migrate left the server it started running"
 
     invoke = run_tool(
-        "tools.invoke", "RetentionFunction", "--event", "events/retention-dry-run.json", env=env
+        "tools.runtime.invoke",
+        "RetentionFunction",
+        "--event",
+        "events/retention-dry-run.json",
+        env=env,
     )
     assert invoke.returncode == 0, invoke.stderr
     assert json.loads(invoke.stdout)["dryRun"] is True
@@ -206,8 +224,8 @@ def test_invoke_and_migrate_without_database_url_use_make_runs_database(data_dir
     cluster = PgCluster(data / "pgdata", port=int((data / "pgport").read_text()))
     cluster.start()
     try:
-        assert run_tool("tools.migrate", env=env).returncode == 0
-        assert run_tool("tools.invoke", "HealthFunction", env=env).returncode == 0
+        assert run_tool("tools.localdb.migrate", env=env).returncode == 0
+        assert run_tool("tools.runtime.invoke", "HealthFunction", env=env).returncode == 0
         assert postgres_running_on(data / "pgdata")
     finally:
         cluster.destroy()
@@ -215,11 +233,11 @@ def test_invoke_and_migrate_without_database_url_use_make_runs_database(data_dir
 
 def test_a_refused_database_is_two_lines_and_exit_2(closed_port):
     url = f"postgresql://u:p@127.0.0.1:{closed_port}/db"
-    for tool in (("tools.migrate",), ("tools.serve", "--port", str(free_port()))):
+    for tool in (("tools.localdb.migrate",), ("tools.runtime.serve", "--port", str(free_port()))):
         out = run_tool(*tool, env={"DATABASE_URL": url})
         assert_clear_failure(out, "connection refused", "DATABASE_URL")
     out = run_tool(
-        "tools.invoke",
+        "tools.runtime.invoke",
         "RetentionFunction",
         "--event",
         "events/retention-dry-run.json",
@@ -238,24 +256,27 @@ def test_a_hung_database_says_timed_out_not_refused(blackhole):
 
 def test_user_mistakes_are_two_lines_and_exit_2(tmp_path, data_dir):
     assert_clear_failure(
-        run_tool("tools.invoke", "HealthFunction", "--event", "events/nope.json", env={}),
+        run_tool("tools.runtime.invoke", "HealthFunction", "--event", "events/nope.json", env={}),
         "no event file events/nope.json",
         "health.json",
     )
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert_clear_failure(
-        run_tool("tools.invoke", "HealthFunction", "--event", str(bad), env={}), "is not JSON"
+        run_tool("tools.runtime.invoke", "HealthFunction", "--event", str(bad), env={}),
+        "is not JSON",
     )
     assert_clear_failure(
-        run_tool("tools.migrate", env={"DATABASE_URL": "mysql://x@y/z"}), "postgresql://"
+        run_tool("tools.localdb.migrate", env={"DATABASE_URL": "mysql://x@y/z"}), "postgresql://"
     )
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         data = data_dir
-        out = run_tool("tools.serve", "--port", str(port), env={"LOCAL_DATA_DIR": str(data)})
+        out = run_tool(
+            "tools.runtime.serve", "--port", str(port), env={"LOCAL_DATA_DIR": str(data)}
+        )
     assert_clear_failure(out, f"cannot listen on 127.0.0.1:{port}", "PORT=")
     assert not postgres_running_on(data / "pgdata")
 
@@ -272,7 +293,7 @@ def event_table() -> dict[str, tuple[str, str]]:
 
 
 def test_the_events_table_names_every_event_and_its_function() -> None:
-    from tools.runtime import functions
+    from tools.runtime.template import functions
 
     table = event_table()
     events = {p.name for p in EVENTS.glob("*.json")} - {"env.local.json"}  # sam local's env
@@ -295,8 +316,8 @@ def test_the_events_said_to_delete_rows_are_the_ones_that_do(pg_cluster, name: s
     """On a database with `make run`'s demo rows, an event deletes some iff the table says
     "deletes rows" (the demo has rows past their age on purpose)."""
     from ops.db import connect_url
-    from tools.demo import load_demo
-    from tools.migrate import apply_url
+    from tools.localdb.demo import load_demo
+    from tools.localdb.migrate import apply_url
 
     url = pg_cluster.create_database("events_" + re.sub(r"\W", "_", name))
     apply_url(url)
@@ -307,7 +328,9 @@ def test_the_events_said_to_delete_rows_are_the_ones_that_do(pg_cluster, name: s
         conn.close()
     before = _row_counts(url)
     function, what = event_table()[name]
-    out = run_tool("tools.invoke", function, "--event", f"events/{name}", env={"DATABASE_URL": url})
+    out = run_tool(
+        "tools.runtime.invoke", function, "--event", f"events/{name}", env={"DATABASE_URL": url}
+    )
     assert out.returncode == 0, out.stderr
     deleted = {t: before[t] - n for t, n in _row_counts(url).items()}
     assert (sum(deleted.values()) > 0) == ("**deletes rows**" in what), (name, deleted)
@@ -318,7 +341,7 @@ def test_every_sample_event_invokes_without_database_url(name: str, local_data: 
     """`make invoke` with each file of events/, as a new user would, on the embedded database,
     with the function events/README.md names."""
     out = run_tool(
-        "tools.invoke",
+        "tools.runtime.invoke",
         event_table()[name][0],
         "--event",
         f"events/{name}",

@@ -12,8 +12,8 @@ import pytest
 from pg8000.exceptions import DatabaseError
 
 from tests.support.db import runner
-from tools import ROOT
-from tools.migrate import MigrationError, apply, apply_url, migration_files
+from tools import PYTHONPATH, ROOT
+from tools.localdb.migrate import MigrationError, apply, apply_url, migration_files
 
 
 def test_applying_twice_changes_nothing(database_url, sql):
@@ -109,7 +109,7 @@ def test_make_migrate_reads_the_database_secret_as_the_readme_shows(
 
     from ops.db import parse_database_url
     from tools.cli import run
-    from tools.migrate import main
+    from tools.localdb.migrate import main
 
     target = parse_database_url(database_url)
     secret = {
@@ -155,12 +155,12 @@ def empty_database(new_database) -> str:
 
 
 def start_migrate(url: str, **env: str) -> subprocess.Popen[str]:
-    """`python -m tools.migrate` as `make migrate` runs it, on DATABASE_URL."""
+    """`python -m tools.localdb.migrate` as `make migrate` runs it, on DATABASE_URL."""
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DB_SECRET_ARN")}
     return subprocess.Popen(
-        [sys.executable, "-m", "tools.migrate"],
+        [sys.executable, "-m", "tools.localdb.migrate"],
         cwd=ROOT,
-        env={**clean, "PYTHONPATH": str(ROOT), "DATABASE_URL": url, **env},
+        env={**clean, "PYTHONPATH": PYTHONPATH, "DATABASE_URL": url, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,7 +3,7 @@
 Each setting is one field of `Settings`, declared with its variable, type, allowed
 range and default (`text`, `secret`, `whole`, `number`, `choice`, `url`, `flag`). From
 that one declaration come the parsing, the error message and the README's settings
-table (`python -m tools.settings_doc` writes it; a test checks it). To add a setting,
+table (`python -m tools.docs.settings_doc` writes it; a test checks it). To add a setting,
 add a field; nothing else reads `os.environ`.
 
 Not pydantic-settings: importing pydantic would add a multiple of this module's cost

@@ -8,7 +8,7 @@
   POST /2018-06-01/runtime/init/error.
 
 `register_status` (an HTTP status, or None: never answered) makes registration fail as
-a broken or hung Runtime API would. Used by tools.ric, the shutdown tests and benchmark.
+a broken or hung Runtime API would. Used by tools.runtime.ric, the shutdown tests and benchmark.
 """
 
 from __future__ import annotations

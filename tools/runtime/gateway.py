@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tools.apigw import proxy_event, resolve
-from tools.runtime import FunctionSpec, functions, load_template
-from tools.worker import spawn
+from tools.runtime.apigw import proxy_event, resolve
+from tools.runtime.template import FunctionSpec, functions, load_template
+from tools.runtime.worker import spawn
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 MAX_URL_CHARS = 8192  # longer request targets are 414, like API Gateway's
@@ -65,7 +65,8 @@ class Worker:
             if not line:
                 self.stop()
                 return {"ok": False, "timeout": bool(not ready), "errorMessage": "worker died"}
-            return json.loads(line)
+            reply: dict[str, Any] = json.loads(line)
+            return reply
 
     def stop(self, *, graceful: bool = True) -> None:
         """End the worker as Lambda ends a container: SIGTERM (it flushes its metrics

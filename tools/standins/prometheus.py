@@ -1,5 +1,5 @@
 """A real Prometheus (Debian's `prometheus`) and the local gateway, on loopback and free
-ports: for the tests where scrapes, rates and alerts are the point, and tools.outage_story."""
+ports: for the tests where scrapes, rates and alerts are the point, and outage_story."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tools.gateway import Gateway, make_server
-from tools.loopback import serving
-from tools.pgcluster import free_port
+from tools.localdb.pgcluster import free_port
+from tools.runtime.gateway import Gateway, make_server
+from tools.standins.loopback import serving
 
 T = TypeVar("T")
 

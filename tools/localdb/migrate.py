@@ -1,6 +1,6 @@
 """Apply `migrations/NNN_name.sql` in order, once each; safe to run again and concurrently.
 
-    python -m tools.migrate   # DATABASE_URL, else DB_SECRET_ARN, else make run's embedded database
+    make migrate   # DATABASE_URL, else DB_SECRET_ARN, else make run's embedded database
 
 A separate metrics database (METRICS_DATABASE_URL, else METRICS_DB_SECRET_ARN) is migrated
 next, with the same files: one history for both databases, so that no migration has to be
@@ -29,9 +29,10 @@ import pg8000.native
 from pg8000.exceptions import DatabaseError
 
 from ops.sql import server_message
+from tools import ROOT
 from tools.cli import ToolError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = ROOT / "migrations"
 _LOCK_KEY = 7_262_000_001  # arbitrary, constant: serializes concurrent migrators
 
 
@@ -164,7 +165,7 @@ def main() -> int:
         done, target = _apply_from_secret()
     else:
         from ops.db import parse_database_url
-        from tools.localdb import local_database
+        from tools.localdb.run_database import local_database
 
         with local_database() as (url, _):
             done = apply_url(url)

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import pg8000.native
 
-from tools.pgcluster import SUPERUSER, SYSTEM_USER, PgCluster, free_port
+from tools.localdb.pgcluster import SUPERUSER, SYSTEM_USER, PgCluster, free_port
 
 BINARY = "pgbouncer"  # Debian's package of the same name
 DATABASE = "app"  # the name clients connect to; pgbouncer maps it to the cluster's database

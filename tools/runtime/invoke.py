@@ -1,7 +1,7 @@
 """Invoke one function with an event file, like `sam local invoke` without Docker.
 
-    python -m tools.invoke RetentionFunction --event events/retention-dry-run.json
-    python -m tools.invoke HealthFunction --event events/health.json
+    python -m tools.runtime.invoke RetentionFunction --event events/retention-dry-run.json
+    python -m tools.runtime.invoke HealthFunction --event events/health.json
 
 Uses DATABASE_URL when set, else the embedded database that `make run` uses (started
 for the call and stopped after it when `make run` is not running), with the migrations
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--event", "-e", type=Path, help="event JSON file (default: {})")
     args = parser.parse_args(argv)
 
-    from tools.runtime import functions
+    from tools.runtime.template import functions
 
     specs = functions()
     spec = specs.get(args.function)
@@ -52,9 +52,9 @@ def read_event(path: Path | None) -> Any:
 
 def _invoke(spec: Any, event: Any) -> int:
     from ops.db import DatabaseUnavailable
-    from tools.localdb import local_database
-    from tools.migrate import apply_url, migrate_metrics_database
-    from tools.runtime import LambdaContext, load_handler, local_emf_default
+    from tools.localdb.migrate import apply_url, migrate_metrics_database
+    from tools.localdb.run_database import local_database
+    from tools.runtime.handler import LambdaContext, load_handler, local_emf_default
 
     # The template's settings first, then the database: the handler reads them together.
     for key, value in spec.environment.items():
@@ -75,7 +75,7 @@ def _invoke(spec: Any, event: Any) -> int:
         # Logs to stderr; only the result goes to stdout.
         real_stdout, sys.stdout = sys.stdout, sys.stderr
         try:
-            handler = load_handler(spec.code_dir, spec.handler)
+            handler = load_handler(spec.handler)
             context = LambdaContext(spec.logical_id, spec.timeout_s, spec.memory_mb)
             result = handler(event, context)
         except Exception as exc:  # Lambda would report it as the invocation's error

@@ -12,14 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ops.config import settings
-from tools import ROOT
 from tools.cli import ToolError
-from tools.pgcluster import PgCluster
-
-
-def local_dir() -> Path:
-    return Path(settings().local_data_dir or ROOT / ".local")
+from tools.local_data import local_dir
+from tools.localdb.pgcluster import PgCluster
 
 
 def embedded_cluster(datadir: Path | None = None) -> PgCluster:

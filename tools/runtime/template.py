@@ -1,20 +1,16 @@
-"""Run handlers the way Lambda does, without Docker: the function's directory and the
-layer on sys.path, a context object with a deadline, and the template's settings."""
+"""The functions of template.yaml as the local runtime needs them: code, Handler, timeout,
+memory, literal environment, API routes and schedules (CloudFormation's short-form
+intrinsics read as plain values)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import time
-import uuid
-from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tools import LAYER_DIR, ROOT
+from tools import ROOT
 
 TEMPLATE = ROOT / "template.yaml"
 
@@ -29,6 +25,7 @@ def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
+        assert isinstance(node, yaml.MappingNode)
         value = loader.construct_mapping(node, deep=True)
     name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
     return {name: value}
@@ -39,7 +36,8 @@ _CfnLoader.add_multi_constructor("!", _intrinsic)
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
     with path.open() as f:
-        return yaml.load(f, Loader=_CfnLoader)
+        template: dict[str, Any] = yaml.load(f, Loader=_CfnLoader)
+    return template
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,15 @@ class FunctionSpec:
     environment: dict[str, str]
     routes: tuple[ApiRoute, ...]
     schedules: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def package(self) -> str:
+        """The function's package (`health` of `health.app.lambda_handler`)."""
+        return self.handler.split(".", 1)[0]
+
+    @property
+    def package_dir(self) -> Path:
+        return self.code_dir / self.package
 
 
 def _plain_env(variables: dict[str, Any]) -> dict[str, str]:
@@ -95,50 +102,3 @@ def functions(template: dict[str, Any] | None = None) -> dict[str, FunctionSpec]
             schedules=tuple(schedules),
         )
     return specs
-
-
-def local_emf_default(environ: MutableMapping[str, str]) -> None:
-    """Local runs have no CloudWatch and the template's namespace is a parameter (not
-    resolved here): EMF is off on purpose (POWERTOOLS_METRICS_DISABLED), rather than
-    warned about as a missing namespace, unless the shell sets either variable."""
-    if not environ.get("POWERTOOLS_METRICS_NAMESPACE"):
-        environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-
-
-class LambdaContext:
-    """The parts of Lambda's context object that handlers and Powertools use."""
-
-    def __init__(self, function_name: str, timeout_s: float, memory_mb: int = 256) -> None:
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:local:000000000000:function:{function_name}"
-        self.memory_limit_in_mb = memory_mb
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = "local"
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
-
-
-def load_handler(code_dir: Path, handler: str = "app.lambda_handler") -> Callable[..., Any]:
-    """Import `handler` from `code_dir` as Lambda would (that folder and the layer on sys.path).
-
-    The module gets a name unique to its folder, so several functions' `app.py`
-    can be loaded into one process (tests, benchmarks).
-    """
-    module_name, attr = handler.rsplit(".", 1)
-    for entry in (str(LAYER_DIR), str(code_dir)):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
-    unique = f"{code_dir.name}__{module_name}"
-    module = sys.modules.get(unique)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(unique, code_dir / f"{module_name}.py")
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {handler} from {code_dir}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[unique] = module
-        spec.loader.exec_module(module)
-    return getattr(module, attr)

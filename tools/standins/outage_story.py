@@ -1,7 +1,7 @@
 """What an operator sees during and after a database outage, measured with a real Prometheus.
 
-    .venv/bin/python -m tools.outage_story --outage-s 120     # a 2-minute outage
-    .venv/bin/python -m tools.outage_story --outage-s 600     # a 10-minute outage
+    .venv/bin/python -m tools.standins.outage_story --outage-s 120     # a 2-minute outage
+    .venv/bin/python -m tools.standins.outage_story --outage-s 600     # a 10-minute outage
 
 A PostgreSQL cluster of its own, the local gateway with this shell's settings (the
 defaults of ops.config for those it does not set), and Prometheus
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from tools import ROOT
-from tools.localprom import Prometheus, get, local_gateway, prometheus
-from tools.migrate import apply_url
-from tools.pgcluster import PgCluster
+from tools.localdb.migrate import apply_url
+from tools.localdb.pgcluster import PgCluster
+from tools.standins.prometheus import Prometheus, get, local_gateway, prometheus
 
 TOKEN = "outage-story"
 LIVE = 'http_requests_total{route="/health/live",status="200"}'

@@ -1,6 +1,6 @@
 """`make run`: database (embedded unless DATABASE_URL), migrations, demo data, local gateway.
 
-    python -m tools.serve [--port 3000] [--no-demo]
+    python -m tools.runtime.serve [--port 3000] [--no-demo]
 
 Ctrl-C (or SIGTERM) stops the gateway, its workers and the embedded database.
 """
@@ -13,8 +13,8 @@ import sys
 
 from ops.config import Settings, settings
 from tools.cli import ToolError, ignore_further_interrupts, run
-from tools.gateway import Gateway, make_server
-from tools.localdb import local_database, port_is_free
+from tools.localdb.run_database import local_database, port_is_free
+from tools.runtime.gateway import Gateway, make_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def _port(text: str) -> int:
 
 def serve(port: int, *, demo: bool) -> int:
     from ops.db import parse_database_url
-    from tools.migrate import apply_url, migrate_metrics_database
+    from tools.localdb.migrate import apply_url, migrate_metrics_database
 
     if not port_is_free(port):  # say so before starting the database, not after
         raise _port_taken(port, "Address already in use")
@@ -94,7 +94,7 @@ def worker_env(url: str) -> dict[str, str]:
     if "METRICS_NEW_SERIES_HOLD_S" not in os.environ:
         # `make prom` scrapes this gateway every local scrape interval: a new series reads 0
         # for that long (README, Metrics), not for the hold sized for the AWS stage's scrapes.
-        from tools.prom import scrape_interval_s
+        from tools.standins.prom import scrape_interval_s
 
         env["METRICS_NEW_SERIES_HOLD_S"] = f"{scrape_interval_s():g}"
     return {k: v for k, v in env.items() if v}
@@ -109,7 +109,7 @@ def _port_taken(port: int, why: str) -> ToolError:
 
 def _load_demo(url: str) -> None:
     from ops.db import connect_url
-    from tools.demo import load_demo
+    from tools.localdb.demo import load_demo
 
     conn = connect_url(url, timeout_s=10)
     try:

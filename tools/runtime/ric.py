@@ -1,6 +1,6 @@
-"""A function run as AWS runs it: `python -m awslambdaric app.lambda_handler` in the
-function's folder (LAMBDA_TASK_ROOT, as /var/task), the layer on PYTHONPATH (as
-/opt/python), against a loopback Runtime API + Extensions API (tools.runtime_api), with
+"""A function run as AWS runs it: `python -m awslambdaric health.app.lambda_handler` in
+the functions' folder (LAMBDA_TASK_ROOT, as /var/task), the layer on PYTHONPATH (as
+/opt/python), against a loopback Runtime API + Extensions API (tools.runtime.runtime_api), with
 Lambda's shutdown sequence (SIGTERM, SIGKILL 500 ms later) and freezes (SIGSTOP/SIGCONT).
 
 awslambdaric waits for the next invocation on a background thread only for the runtimes
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from tools import LAYER_DIR
-from tools.apigw import proxy_event
-from tools.runtime import functions
-from tools.runtime_api import RuntimeApiStandIn
+from tools.runtime.apigw import proxy_event
+from tools.runtime.runtime_api import RuntimeApiStandIn
+from tools.runtime.template import functions
 
 SHUTDOWN_KILL_S = 0.5  # Lambda's SIGKILL after SIGTERM with an internal extension registered
 # AWS_EXECUTION_ENV by the way awslambdaric 4.2.2 then polls: a runtime it lists for thread

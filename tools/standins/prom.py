@@ -1,6 +1,6 @@
 """`make prom`: Debian's Prometheus scraping `make run`, with the shipped rules loaded.
 
-    python -m tools.prom [--port 9090]
+    python -m tools.standins.prom [--port 9090]
 
 Runs `prometheus` in the foreground (Ctrl-C stops it) on 127.0.0.1 with a copy of
 infra/monitoring/prometheus.local.yml written to .local/prometheus/ (`LOCAL_DATA_DIR`
@@ -26,7 +26,8 @@ import yaml
 from ops.config import Settings, settings
 from tools import ROOT
 from tools.cli import ToolError, ignore_further_interrupts, run
-from tools.localdb import local_dir, port_is_free
+from tools.local_data import local_dir
+from tools.localdb.run_database import port_is_free
 
 MONITORING = ROOT / "infra" / "monitoring"
 LOCAL_CONFIG = MONITORING / "prometheus.local.yml"

@@ -4,7 +4,7 @@ envelopes (POST /api/<project>/envelope/, gzip or plain) and keeps them to inspe
 Tests and the error-tracking benchmark use it; run on its own, it shows what the bundle
 would send to Sentry:
 
-    .venv/bin/python -m tools.sentry_ingest   # prints SENTRY_DSN=…, then each event
+    .venv/bin/python -m tools.standins.sentry_ingest   # prints SENTRY_DSN=…, then each event
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tools.loopback import serving
+from tools.standins.loopback import serving
 
 PUBLIC_KEY = "testpublickey"
 PROJECT = "1"

@@ -4,7 +4,7 @@ ExportTraceServiceRequest with opentelemetry-proto's classes and keeps the spans
 
 Tests and the tracing benchmark use it; run on its own, it prints what the bundle sends:
 
-    .venv/bin/python -m tools.otlp_receiver   # prints OTEL_EXPORTER_OTLP_ENDPOINT=…, then spans
+    .venv/bin/python -m tools.standins.otlp_receiver  # prints OTEL_EXPORTER_OTLP_ENDPOINT=…, spans
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tools.loopback import serving
+from tools.standins.loopback import serving
 
 
 @dataclass(frozen=True)

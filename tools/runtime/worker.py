@@ -14,11 +14,10 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Mapping
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tools.runtime import FunctionSpec
+    from tools.runtime.template import FunctionSpec
 
 
 def spawn(
@@ -26,20 +25,18 @@ def spawn(
 ) -> subprocess.Popen[str]:
     """A worker process for `spec`, with the function's environment from template.yaml
     and `env` on top; text pipes for the protocol, `stderr` where the handler prints."""
-    from tools import ROOT
-    from tools.runtime import local_emf_default
+    from tools import LAYER_DIR, ROOT
+    from tools.runtime.handler import local_emf_default
 
     environment = {**os.environ, **spec.environment, **env}
     local_emf_default(environment)
-    environment["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(ROOT), environment.get("PYTHONPATH")])
-    )
+    # Lambda's layout: CodeUri as /var/task, the layer as /opt/python; then this tool.
+    environment["PYTHONPATH"] = os.pathsep.join(map(str, (spec.code_dir, LAYER_DIR, ROOT)))
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "tools.worker",
-            str(spec.code_dir),
+            "tools.runtime.worker",
             spec.handler,
             spec.logical_id,
             str(spec.memory_mb),
@@ -54,22 +51,21 @@ def spawn(
 
 
 def main() -> int:
-    code_dir, handler_name, function_name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-    memory_mb = int(sys.argv[4]) if len(sys.argv) > 4 else 256
+    handler_name, function_name = sys.argv[1], sys.argv[2]
+    memory_mb = int(sys.argv[3]) if len(sys.argv) > 3 else 256
     # Ctrl-C reaches the whole process group; the gateway decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
-    import tools  # noqa: F401 - puts the layer on sys.path
     from ops.metrics import install_shutdown_flush
-    from tools.runtime import LambdaContext, load_handler
+    from tools.runtime.handler import LambdaContext, load_handler
 
     # A long-lived process, unlike a frozen Lambda container: idle deltas flush on a
     # timer; SIGTERM and the end of stdin (the gateway stopping) flush what is left.
     install_shutdown_flush(idle_flush=True)
-    handler = load_handler(code_dir, handler_name)
+    handler = load_handler(handler_name)
     for line in sys.stdin:
         request = json.loads(line)
         context = LambdaContext(function_name, float(request["timeout_s"]), memory_mb)

@@ -1,0 +1,1 @@
+"""The health function: /health, /health/live, /health/ready, /health/detailed (`health.app`)."""

@@ -1,0 +1,1 @@
+"""The retention function: the scheduled prune of the policy tables (`retention.app`)."""

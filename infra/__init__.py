@@ -1,0 +1,1 @@
+"""Infrastructure beside template.yaml: the operator kit in `infra.monitoring`."""
