@@ -15,8 +15,6 @@ import contextlib
 import io
 import json
 import os
-import time
-from types import SimpleNamespace
 
 from benchmarks.suite_health import database
 
@@ -28,22 +26,10 @@ PROBES = ("/health/live", "/health/ready", "/health")
 MIXED = (*PROBES, "/health/live", "/metrics", "/api/orders", "/health/detailed")
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.wall0 = float(int(time.time()) // 60 * 60 + 7)  # not on a minute boundary
-
-    def monotonic(self) -> float:
-        return self.t
-
-    def time(self) -> float:
-        return self.wall0 + self.t
-
-
 def measure(url: str, interval: float, paths: tuple[str, ...], n: int, rate: float) -> dict:
     from ops.log import ProbeLogSampling, logger
-    from ops.metrics import emf
     from ops.metrics.catalogue import PROBE_ROUTES
+    from tests.support.metrics import EmfClock
     from tests.support.runtime import call_api, function_handler, reset_runtime
 
     os.environ.update(
@@ -54,15 +40,13 @@ def measure(url: str, interval: float, paths: tuple[str, ...], n: int, rate: flo
         PROBE_LOG_SAMPLE_RATE="1",  # every line: the sample is taken from them below
     )
     reset_runtime()
-    clock = _Clock()
-    emf.time = SimpleNamespace(monotonic=clock.monotonic, time=clock.time)  # type: ignore[assignment]
     handler = function_handler("health")
     out = io.StringIO()
     stream = logger.registered_handler.setStream(out)
     sampled = ProbeLogSampling(frozenset(PROBE_ROUTES), 0.1)
     counts = {"emf": 0, "emf_docs": 0, "request": 0, "request_sampled": 0}
     try:
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), EmfClock() as clock:
             for i in range(n):
                 clock.t = i / rate
                 call_api(handler, paths[i % len(paths)])
@@ -85,7 +69,6 @@ def measure(url: str, interval: float, paths: tuple[str, ...], n: int, rate: flo
                     )
     finally:
         logger.registered_handler.setStream(stream)
-        emf.time = time  # type: ignore[assignment]
     return {k: v / n for k, v in counts.items()}
 
 

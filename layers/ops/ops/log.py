@@ -80,10 +80,15 @@ class ProbeLogSampling:
     """
 
     def __init__(self, routes: frozenset[str], rate: float) -> None:
+        from fractions import Fraction  # only when sampling is on
+
         self.routes = routes
         self.rate = rate
         self._lock = threading.Lock()
-        self._credit = 1.0 - rate  # the first line is written
+        # Whole numbers: 0.1 writes exactly every tenth line, with no float drift.
+        share = Fraction(rate).limit_denominator(1_000_000)
+        self._step, self._whole = share.numerator, share.denominator
+        self._credit = self._whole - self._step if self._step else 0  # the first is written
         self.unwritten = 0  # sampled out since the last written line
 
     def admit(self, route: str, status: int) -> tuple[bool, int | None]:
@@ -91,11 +96,11 @@ class ProbeLogSampling:
         if route not in self.routes or status >= 400:
             return True, None
         with self._lock:
-            self._credit += self.rate
-            if self._credit < 1.0:
+            self._credit += self._step
+            if self._credit < self._whole:
                 self.unwritten += 1
                 return False, None
-            self._credit -= 1.0
+            self._credit -= self._whole
             represents, self.unwritten = self.unwritten + 1, 0
             return True, represents
 

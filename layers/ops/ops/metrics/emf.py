@@ -17,8 +17,9 @@ next invocation, at the spacing seen last, would end past the interval
 (age + last gap >= interval; a first recording or one after a quiet spell of the
 interval goes out at once), or a metric has 100 values (a full EMF line: a busy
 container's windows are shorter, and what shutdown prints stays small), or the
-window is forced (`metrics.flush()`, the deadline hand-over, shutdown). A window never spans two UTC minutes (a chunk from
-a new minute prints the old window first), and its `Timestamp` is its first
+window is forced (`metrics.flush()`, the deadline hand-over, shutdown). A window
+never spans two UTC minutes (a chunk from a new minute prints the old window
+first), and its `Timestamp` is its first
 chunk's time: CloudWatch puts every value in the minute it was recorded in,
 which is what the 60-second alarm periods evaluate. A frozen Lambda container
 runs nothing: a window open when traffic stops goes out with the next invocation
