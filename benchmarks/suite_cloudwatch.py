@@ -6,7 +6,8 @@ The health function runs in this process on a loopback PostgreSQL, invoked at a 
 RATE per second on a simulated clock (ops.metrics.emf's `time`: the windows follow the
 invocations' spacing, not this machine's speed, so load does not change the bytes);
 everything it prints is counted by kind. Traffic: probe-only (/health/live, /health/ready,
-/health in turn) and mixed (probes, /metrics, 404s, 401s on /health/detailed).
+/health in turn) and mixed (those, /health/detailed, and two unrouted paths answered 404:
+non-probe `http_requests`, the health function's only other traffic).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ TARGET_BYTES = 50.0  # EMF per invocation at the recommended interval (docs/clou
 RECOMMENDED_INTERVAL_S = 10.0
 INTERVALS = (0.0, 1.0, 10.0)  # 0: the baseline
 PROBES = ("/health/live", "/health/ready", "/health")
-MIXED = (*PROBES, "/health/live", "/metrics", "/api/orders", "/health/detailed")
+MIXED = (*PROBES, "/health/live", "/api/users", "/api/orders", "/health/detailed")
 
 
 def measure(url: str, interval: float, paths: tuple[str, ...], n: int, rate: float) -> dict:
