@@ -106,23 +106,30 @@ def test_every_value_is_stamped_in_its_window_and_minute(db_env, app_env):
     assert len(stamps) < len(times) / 50
 
 
-@pytest.mark.parametrize("spacing", [0.5, 3.0, 9.0, 25.0])
-def test_no_document_waits_past_the_interval_while_traffic_comes(app_env, closed_port, spacing):
+@pytest.mark.parametrize(
+    ("interval", "spacing"), [(10, 0.5), (10, 3.0), (10, 9.0), (10, 25.0), (600, 3.0)]
+)
+def test_no_document_waits_past_the_interval_while_traffic_comes(
+    app_env, closed_port, interval, spacing
+):
     """Probe-only, the database down: each failure reaches stdout within the interval of
-    when it happened (at a steady spacing), so the DatabaseDown alarm's minute sees it."""
+    when it happened (at a steady spacing), and within its minute plus one spacing
+    whatever the interval, so the DatabaseDown alarm's minutes see it."""
     app_env(
-        METRICS_FLUSH_INTERVAL_S="10",
+        METRICS_FLUSH_INTERVAL_S=str(interval),
         DATABASE_URL=f"postgresql://u:p@127.0.0.1:{closed_port}/db",
         HEALTH_DB_TIMEOUT_S="0.5",
     )
-    times = [i * spacing for i in range(int(120 / spacing))]
-    served, printed = serve(("/health",), times[:-1])
+    times = [i * spacing for i in range(int(150 / spacing))]
+    served, printed = serve(("/health",), times)
     assert {status for _, _, status in served} == {503}
     for printed_at, doc in printed[:-1]:  # the last: the forced flush at the end
-        assert printed_at - doc["_aws"]["Timestamp"] / 1000 <= 10.0, (printed_at, doc)
+        stamp = doc["_aws"]["Timestamp"] / 1000
+        assert printed_at - stamp <= interval, (printed_at, doc)
+        assert printed_at < (stamp // 60 + 1) * 60 + spacing, (printed_at, doc)
     docs = [doc for _, doc in printed]
     assert total(docs, "health_check_failures", check="database") == len(served)
-    if spacing >= 10:  # sparse: every invocation prints at once, as before
+    if spacing >= interval:  # sparse: every invocation prints at once, as before
         assert len({doc["_aws"]["Timestamp"] for doc in docs}) == len(served)
 
 
