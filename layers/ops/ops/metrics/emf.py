@@ -19,11 +19,10 @@ interval goes out at once), or a metric has 100 values (a full EMF line: a busy
 container's windows are shorter, and what shutdown prints stays small), or the
 window is forced (`metrics.flush()`, the deadline hand-over, shutdown). A window
 never spans two UTC minutes (a chunk from a new minute prints the old window
-first), and its `Timestamp` is its first
-chunk's time: CloudWatch puts every value in the minute it was recorded in,
-which is what the 60-second alarm periods evaluate. A frozen Lambda container
-runs nothing: a window open when traffic stops goes out with the next invocation
-or at shutdown, stamped with its own time.
+first), and its `Timestamp` is its first chunk's time: CloudWatch puts every value
+in the minute it was recorded in, which is what the 60-second alarm periods evaluate.
+A frozen Lambda container runs nothing: a window open when traffic stops goes out
+with the next invocation or at shutdown, stamped with its own time.
 
 Powertools' settings, as Powertools Metrics reads them: POWERTOOLS_METRICS_DISABLED=true
 (or POWERTOOLS_DEV=true with it unset) turns the lines off; the Prometheus side counts
@@ -190,9 +189,6 @@ class EmfBuffer:
         """Print the window now (a forced flush, the deadline, shutdown)."""
         with self._lock:
             return self._print() if self._values else 0
-
-    def pending(self) -> bool:
-        return bool(self._values)
 
     def _print(self) -> int:
         values, self._values, self._full = self._values, {}, False

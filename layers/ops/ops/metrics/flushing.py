@@ -58,7 +58,9 @@ def reset() -> None:
 def _emit(*, drain: bool = True) -> None:
     """The one place EMF values go to the buffer: printed now (`drain`), or when due."""
     try:
-        emf.buffer.add(pending.take_emf(), 0.0 if drain else interval_s())
+        emf.buffer.add(pending.take_emf(), interval_s())
+        if drain:
+            emf.buffer.drain()
     except Exception as exc:  # CloudWatch's copy must not fail the invocation either
         logger.warning("EMF emission failed", extra={"type": "metrics_flush", "error": repr(exc)})
 
