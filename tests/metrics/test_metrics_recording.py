@@ -418,8 +418,9 @@ def _powertools_lines(recorded, namespace: str, service: str) -> list[str]:
     from aws_lambda_powertools.metrics import EphemeralMetrics
 
     groups: dict[tuple[str, str], list[tuple[str, str, list[float]]]] = {}
-    for (name, unit, dim_name, dim_value, _), values in recorded.items():
-        groups.setdefault((dim_name, dim_value), []).append((name, unit, values))
+    # Histograms after counters, as emf.py adds them (a 100-value split carries the rest).
+    for key, values in sorted(recorded.items(), key=lambda item: item[0].observations):
+        groups.setdefault((key.dimension, key.value), []).append((key.name, key.unit, values))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         for (dim_name, dim_value), metrics in sorted(groups.items()):
