@@ -433,13 +433,20 @@ def test_a_separate_metrics_database_is_off_unless_its_secret_is_given() -> None
     assert dims == {"service": {"Ref": "ServiceName"}, "check": "metrics_store"}
 
 
-def test_the_flush_interval_parameter_defaults_to_the_settings_default() -> None:
+@pytest.mark.parametrize(
+    ("parameter", "variable", "field"),
+    [
+        ("MetricsFlushIntervalSeconds", "METRICS_FLUSH_INTERVAL_S", "metrics_flush_interval_s"),
+        ("ProbeLogSampleRate", "PROBE_LOG_SAMPLE_RATE", "probe_log_sample_rate"),
+    ],
+)
+def test_a_setting_parameter_defaults_to_the_settings_default(parameter, variable, field) -> None:
     from ops.config import Settings
 
-    param = TEMPLATE["Parameters"]["MetricsFlushIntervalSeconds"]
-    assert float(param["Default"]) == Settings().metrics_flush_interval_s
+    param = TEMPLATE["Parameters"][parameter]
+    assert float(param["Default"]) == getattr(Settings(), field)
     env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
-    assert env["METRICS_FLUSH_INTERVAL_S"] == {"Ref": "MetricsFlushIntervalSeconds"}
+    assert env[variable] == {"Ref": parameter}
 
 
 def test_every_api_route_reaches_its_function_for_head_and_options():

@@ -2,7 +2,8 @@
 is a local gateway worker (tools.runtime.worker), fed invocations on stdin as the gateway does.
 
 * Probe-only containers that exit normally, on SIGTERM, and on SIGTERM after
-  registering with a Lambda Runtime API stand-in: stored totals equal requests served.
+  registering with a Lambda Runtime API stand-in: stored totals equal requests served;
+  their EMF (aggregated per interval) and sampled request lines account for every one.
 * A database that accepts and never answers: every health route within its budget,
   /health/live fast on every call, including those where a deferred flush falls due.
 * The database down: EMF lines for every invocation, with the health-check failure.
@@ -153,6 +154,40 @@ def test_a_probe_only_container_stores_every_request_when_it_ends(
     finally:
         if runtime_api is not None:
             runtime_api.close()
+    assert served > 50
+
+
+@pytest.mark.parametrize("ending", ["exit", "sigterm"])
+def test_a_probe_only_container_prints_every_count_and_line_summary_when_it_ends(
+    shutdown_url, own_sql, containers, ending
+):
+    """EMF aggregated over a 10 s interval and probe lines sampled at 0.1: what the
+    container printed while serving plus what its shutdown printed accounts for every
+    request, in the EMF sums and in the request lines (`linesRepresented`, then the
+    shutdown's `linesNotWritten`); no written line stands for a line that was written."""
+    env = {
+        "DATABASE_URL": shutdown_url,
+        "METRICS_FLUSH_INTERVAL_S": "10",
+        "PROBE_LOG_SAMPLE_RATE": "0.1",
+    }
+    container = containers(env)
+    served = serve_probes(container, 3.0)
+    if ending == "exit":
+        assert container.exit_normally() == 0
+    else:
+        assert container.terminate() == -signal.SIGTERM
+    lines = [json.loads(line) for line in container.new_output() if line.startswith("{")]
+    emf = [line for line in lines if "_aws" in line]
+    assert sum(sum(line.get("health_probe_requests", [])) for line in emf) == served
+    assert sum(len(line.get("http_request_duration_seconds", [])) for line in emf) == served
+    written = [line for line in lines if line.get("type") == "request"]
+    summaries = [
+        line["linesNotWritten"] for line in lines if line.get("type") == "request_sampling"
+    ]
+    assert len(written) == -(-served // 10)  # every tenth, the first included
+    # Once at shutdown, when a line was left unwritten after the last written one.
+    assert summaries == ([(served - 1) % 10] if (served - 1) % 10 else [])
+    assert sum(line["linesRepresented"] for line in written) + sum(summaries) == served
     assert served > 50
 
 

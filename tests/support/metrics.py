@@ -62,6 +62,36 @@ def emf_lines(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
 
 
+class EmfClock:
+    """A simulated clock for the EMF buffer (ops.metrics.emf's `time`), so that windows
+    follow the invocations' spacing, not the machine's speed: `with EmfClock() as clock`,
+    then set `clock.t` (seconds) before each invocation. Starts 7 s past a UTC minute."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.t = 0.0
+        self.wall0 = float(int(time.time()) // 60 * 60 + 7)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def time(self) -> float:
+        return self.wall0 + self.t
+
+    def __enter__(self) -> EmfClock:
+        from ops.metrics import emf
+
+        self._real = emf.time
+        emf.time = self  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from ops.metrics import emf
+
+        emf.time = self._real
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 

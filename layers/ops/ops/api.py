@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ops.log import bounded, log_request, logger
+from ops.log import ProbeLogSampling, bounded, log_request, logger
 
 UNMATCHED_ROUTE = "unmatched"  # metric label for unknown paths: bounded cardinality
 MAX_PATH_CHARS = 8192  # longer is 414, as API Gateway answers a request line beyond its limit
@@ -157,6 +157,7 @@ class Api:
         self.response_hooks: list[ResponseHook] = []
         self.after_invocation: list[Callable[[], None]] = []
         self.error_hooks: list[ErrorHook] = []
+        self.request_log_sampling: ProbeLogSampling | None = None  # probe lines: a sample
         self.lambda_handler = logger.inject_lambda_context(self._invoke, clear_state=True)
 
     def route(
@@ -250,6 +251,7 @@ class Api:
             status=status,
             duration_ms=duration_ms,
             request_id=req.request_id if req else None,
+            sampling=self.request_log_sampling,
         )
         for hook in self.response_hooks:
             self._safely(hook, req, route, status, duration_ms)

@@ -179,6 +179,16 @@ class Settings:
         "log level (Lambda's log-level control, `AWS_LAMBDA_LOG_LEVEL`, wins when lower, as"
         " Powertools documents)",
     )
+    probe_log_sample_rate: float = number(
+        "PROBE_LOG_SAMPLE_RATE",
+        1.0,
+        "share of the `type=request` lines of probe routes (health routes, `/metrics`) answered"
+        " below 400 that are written, evenly spaced; each written one says how many it stands"
+        " for (`linesRepresented`), the rest are counted at shutdown (docs/cloudwatch.md)."
+        " Other responses are always written. 1: every line",
+        low=0,
+        high=1,
+    )
     powertools_dev: bool = flag(
         "POWERTOOLS_DEV",
         False,

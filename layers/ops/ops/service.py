@@ -8,9 +8,11 @@
 * HTTP metrics for every response, the flush policy, the deadline and shutdown
   flushes (ops.metrics.http);
 * the router's 500s reported to Sentry when a DSN is configured (ops.error_tracking);
-* one OpenTelemetry span per invocation when tracing is on (ops.tracing).
+* one OpenTelemetry span per invocation when tracing is on (ops.tracing);
+* the request lines of probe routes sampled when PROBE_LOG_SAMPLE_RATE < 1
+  (ops.log.ProbeLogSampling; the probe routes are ops.metrics.catalogue's PROBE_ROUTES).
 
-The router (ops.api) stays ignorant of all five; they depend on it, never the reverse.
+The router (ops.api) stays ignorant of all six; they depend on it, never the reverse.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from __future__ import annotations
 from ops import deadline, error_tracking, tracing
 from ops.api import Api
 from ops.auth import unauthorized_response
+from ops.config import settings
+from ops.log import ProbeLogSampling
+from ops.metrics import lifecycle
+from ops.metrics.catalogue import PROBE_ROUTES
 from ops.metrics.http import instrument as record_metrics
 
 
@@ -29,4 +35,9 @@ def service_api() -> Api:
     record_metrics(app)  # http_requests_total etc. for every response, then the metrics flush
     error_tracking.instrument(app)  # reports the 500s when a Sentry DSN is configured
     tracing.instrument(app)  # last: its span ends after the metrics flush (when tracing is on)
+    rate = settings().probe_log_sample_rate
+    if rate < 1.0:  # off: nothing per request
+        sampling = ProbeLogSampling(frozenset(PROBE_ROUTES), rate)
+        app.request_log_sampling = sampling
+        lifecycle.at_shutdown(sampling.summarise)  # what no written line stands for
     return app

@@ -1,14 +1,28 @@
-"""The CloudWatch mirror: a flush's recordings as Embedded Metric Format lines on stdout.
+"""The CloudWatch mirror: recordings as Embedded Metric Format lines on stdout, per interval.
 
 Lambda ships stdout to CloudWatch Logs, which extracts the metrics; the
 template's alarms use them. Written by Powertools Metrics (`EphemeralMetrics`):
-one document per dimension set of a flush (EMF puts a dimension's value at the
-top level of the line, so two values cannot share one), always with the
-`service` dimension first. Counters go out as one summed value per flush,
-durations as every observation; Powertools starts a further line at 100
-metrics or 100 values of one metric (EMF's limits). Powertools costs tens of
-microseconds per flush more than the hand-written lines it replaced, invisible
-next to a flush (benchmarks/README.md, suite libraries).
+one document per dimension set (EMF puts a dimension's value at the top level of
+the line, so two values cannot share one), always with the `service` dimension
+first. Counters go out as one summed value, durations as every observation
+(`Values`: the SampleCount the latency alarm reads stays exact), rounded to 6
+significant digits; Powertools starts a further line at 100 metrics or 100
+values of one metric (EMF's limits).
+
+`EmfBuffer` aggregates over METRICS_FLUSH_INTERVAL_S (0: a document set per
+invocation, as before): each invocation's recordings are added at its end, and
+the window is printed once it is due, so that one document per dimension set
+stands for many invocations (docs/cloudwatch.md has the bytes). Due means: the
+next invocation, at the spacing seen last, would end past the interval
+(age + last gap >= interval; a first recording or one after a quiet spell of the
+interval goes out at once), or a metric has 100 values (a full EMF line: a busy
+container's windows are shorter, and what shutdown prints stays small), or the
+window is forced (`metrics.flush()`, the deadline hand-over, shutdown). A window
+never spans two UTC minutes (a chunk from a new minute prints the old window
+first), and its `Timestamp` is its first chunk's time: CloudWatch puts every value
+in the minute it was recorded in, which is what the 60-second alarm periods evaluate.
+A frozen Lambda container runs nothing: a window open when traffic stops goes out
+with the next invocation or at shutdown, stamped with its own time.
 
 Powertools' settings, as Powertools Metrics reads them: POWERTOOLS_METRICS_DISABLED=true
 (or POWERTOOLS_DEV=true with it unset) turns the lines off; the Prometheus side counts
@@ -18,13 +32,15 @@ at its flush instead; a missing namespace must not fail invocations).
 
 A family says how it is mirrored (`Emf`, in ops.metrics.catalogue); each recording
 adds to the container's pending EMF values (ops.metrics.pending, under the deltas'
-lock) by its `EmfKey`; every flush takes them and prints them here. The catalogue
+lock) by its `EmfKey`; the flush takes them into the buffer here. The catalogue
 imports this module for `Emf`: Powertools Metrics and ops.log load at the first
 emission, so that importing the catalogue costs what it did before.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -40,6 +56,7 @@ class EmfKey(NamedTuple):
     unit: str
     dimension: str  # the extra dimension's name, "" when there is none
     value: str  # its value, "" when there is none
+    observations: bool = False  # a histogram's: every value kept, else summed
 
 
 class Emf:
@@ -82,8 +99,13 @@ class Emf:
 _warned_no_namespace = False
 
 
-def emit(recorded: dict[EmfKey, list[float]]) -> int:
-    """Print the EMF lines for `recorded`; returns how many dimension sets (documents)."""
+SIGNIFICANT_DIGITS = 6  # of a histogram's values: ~10 bytes each instead of ~20
+MAX_VALUES = 100  # of one metric in one EMF line (EMF's limit; Powertools splits there)
+
+
+def emit(recorded: dict[EmfKey, list[float]], timestamp_ms: int | None = None) -> int:
+    """Print the EMF lines for `recorded` (stamped `timestamp_ms`, else now); returns
+    how many dimension sets (documents)."""
     cfg = settings()
     namespace = cfg.metrics_namespace
     if not recorded or not cfg.emf_enabled:
@@ -93,23 +115,87 @@ def emit(recorded: dict[EmfKey, list[float]]) -> int:
         return 0
     from aws_lambda_powertools.metrics import EphemeralMetrics  # at the first emission
 
-    groups: dict[tuple[str, str], list[tuple[str, str, list[float]]]] = defaultdict(list)
-    for (name, unit, dim_name, dim_value), values in recorded.items():
-        groups[(dim_name, dim_value)].append((name, unit, values))
+    groups: dict[tuple[str, str], list[tuple[EmfKey, list[float]]]] = defaultdict(list)
+    for key, values in recorded.items():
+        groups[(key.dimension, key.value)].append((key, values))
     # Under the log handler's lock: a log line written from another thread (a flush
     # settling on the courier) must not land inside an EMF line, which CloudWatch
     # would then not parse.
     with _output_lock():
         for (dim_name, dim_value), metrics in sorted(groups.items()):
             document = EphemeralMetrics(namespace=namespace)
+            if timestamp_ms is not None:
+                document.set_timestamp(timestamp_ms)
             document.add_dimension("service", cfg.service)  # first, as the alarms were built
             if dim_name:
                 document.add_dimension(dim_name, dim_value)
-            for name, unit, values in metrics:
+            # Histograms last: a line Powertools prints at their 100th value has the rest.
+            for key, values in sorted(metrics, key=lambda item: item[0].observations):
                 for value in values:
-                    document.add_metric(name=name, unit=unit, value=value)
-            document.flush_metrics()
+                    if key.observations:
+                        value = float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+                    document.add_metric(name=key.name, unit=key.unit, value=value)
+            if document.metric_set:  # empty when the 100th value just printed the line
+                document.flush_metrics()
     return len(groups)
+
+
+class EmfBuffer:
+    """A container's EMF values over one window (module docstring): `add` each
+    invocation's recordings, printing the window when due; `drain` prints it now.
+    Thread-safe: the deadline and shutdown flushes drain from the lifecycle thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[EmfKey, list[float]] = {}
+        self._opened = 0.0  # monotonic time of the window's first chunk
+        self._stamp_ms = 0  # its wall-clock time, the documents' Timestamp
+        self._last_add = float("-inf")  # monotonic time of the previous chunk
+        self._full = False  # a metric has MAX_VALUES values
+
+    def add(self, recorded: dict[EmfKey, list[float]], interval_s: float) -> int:
+        """Add one invocation's recordings; print the window if due (interval 0: now).
+        Returns how many documents were printed."""
+        now, wall = time.monotonic(), time.time()
+        printed = 0
+        with self._lock:
+            gap, self._last_add = now - self._last_add, now
+            if recorded:
+                if self._values and int(wall // 60) != self._stamp_ms // 60_000:
+                    printed += self._print()  # a window stays inside one UTC minute
+                if not self._values:
+                    self._opened, self._stamp_ms = now, int(wall * 1000)
+                self._merge(recorded)
+            # Due when the next chunk, at the last spacing, would come past the interval,
+            # or when a metric has a full line of values (the print stays short at shutdown).
+            if self._values and (now - self._opened + gap >= interval_s or self._full):
+                printed += self._print()
+        return printed
+
+    def _merge(self, recorded: dict[EmfKey, list[float]]) -> None:
+        values = self._values
+        for key, new in recorded.items():
+            old = values.get(key)
+            if old is None:
+                values[key] = old = list(new)
+            elif key.observations:
+                old.extend(new)
+            else:
+                old[0] += sum(new)
+            if len(old) >= MAX_VALUES:
+                self._full = True
+
+    def drain(self) -> int:
+        """Print the window now (a forced flush, the deadline, shutdown)."""
+        with self._lock:
+            return self._print() if self._values else 0
+
+    def _print(self) -> int:
+        values, self._values, self._full = self._values, {}, False
+        return emit(values, self._stamp_ms)
+
+
+buffer = EmfBuffer()  # this container's
 
 
 def _output_lock() -> AbstractContextManager[Any]:
@@ -134,6 +220,8 @@ def _warn_no_namespace() -> None:
 
 
 def reset() -> None:
-    """A new container: the missing-namespace warning may be logged again (tests)."""
-    global _warned_no_namespace
+    """A new container: nothing buffered; the missing-namespace warning may be logged
+    again (tests)."""
+    global _warned_no_namespace, buffer
     _warned_no_namespace = False
+    buffer = EmfBuffer()

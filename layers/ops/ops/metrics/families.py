@@ -290,7 +290,12 @@ class Histogram(Family["HistogramChild"]):
         self.part_index = {part: i for i, part in enumerate(self.bucket_parts)}
 
     def _make_child(self, values: tuple[str, ...]) -> HistogramChild:
-        return HistogramChild(self, format_labels(self.labelnames, values), self._emf_key(values))
+        emf = self._emf_key(values)  # every observation kept (EMF Values), never summed
+        return HistogramChild(
+            self,
+            format_labels(self.labelnames, values),
+            emf._replace(observations=True) if emf is not None else None,
+        )
 
     def observe(self, value: float) -> None:
         self._unlabelled().observe(value)

@@ -1,7 +1,9 @@
 """The flush: when pending deltas go to PostgreSQL and EMF values to CloudWatch; sending them.
 
-* EMF lines go out at the end of every invocation, whatever the database flush does
-  (CloudWatch's copy needs no database).
+* EMF values are added to the CloudWatch buffer at the end of every invocation,
+  whatever the database flush does (CloudWatch's copy needs no database), and printed
+  once per METRICS_FLUSH_INTERVAL_S window (ops.metrics.emf: when due; at once on a
+  forced flush, the deadline hand-over and shutdown).
 * Deltas are due once the oldest pending one is METRICS_FLUSH_INTERVAL_S old
   (0: every invocation), checked at the end of each invocation; and at once when the
   invocation follows a quiet spell of that long (a sparse container's counts would
@@ -53,9 +55,12 @@ def reset() -> None:
     _probed = False
 
 
-def _emit() -> None:
+def _emit(*, drain: bool = True) -> None:
+    """The one place EMF values go to the buffer: printed now (`drain`), or when due."""
     try:
-        emf.emit(pending.take_emf())
+        emf.buffer.add(pending.take_emf(), interval_s())
+        if drain:
+            emf.buffer.drain()
     except Exception as exc:  # CloudWatch's copy must not fail the invocation either
         logger.warning("EMF emission failed", extra={"type": "metrics_flush", "error": repr(exc)})
 
@@ -164,8 +169,9 @@ def _report_dropped_only(result: store.FlushResult) -> None:
     report(result, failures=False)
 
 
-def flush(*, background: bool = False) -> bool:
-    """Send what is pending now, and the EMF lines. Never raises.
+def flush(*, background: bool = False, drain_emf: bool = True) -> bool:
+    """Send what is pending now, and the EMF lines (only when due: `drain_emf=False`).
+    Never raises.
 
     True when stored (or no database is configured); `background` hands the flush to
     the courier thread without waiting and returns False.
@@ -176,7 +182,7 @@ def flush(*, background: bool = False) -> bool:
         nonlocal emitted
         if not emitted:
             emitted = True
-            _emit()
+            _emit(drain=drain_emf)
 
     stored = False
     try:
@@ -189,26 +195,27 @@ def flush(*, background: bool = False) -> bool:
         logger.warning("metrics flush failed", extra={"type": "metrics_flush", "error": repr(exc)})
     emit_once()
     if not stored and not background:
-        _emit()  # the failure just counted
+        _emit(drain=drain_emf)  # the failure just counted
     return stored
 
 
 def end_invocation(*, background: bool = False) -> None:
-    """The policy at the end of an invocation: EMF always; the deltas when due, unless
-    this invocation's database check already made the round trip."""
+    """The policy at the end of an invocation: EMF to the buffer (printed when due); the
+    deltas when due, unless this invocation's database check already made the round trip."""
     global _probed, _last_end
     probed, _probed = _probed, False
     try:
         if probed or not due():
-            _emit()
+            _emit(drain=False)
             return
-        flush(background=background)
+        flush(background=background, drain_emf=False)
     finally:
         _last_end = time.monotonic()
 
 
 def hand_over() -> None:
     """Send what is pending without waiting (a deadline is near; an idle local process)."""
+    _emit()
     if _store_configured() and pending_since() is not None:
         _push(0.0)
 

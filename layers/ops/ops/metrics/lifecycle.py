@@ -38,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from queue import Empty, SimpleQueue
 from types import FrameType
@@ -67,6 +68,12 @@ _signal_pipe: tuple[int, int] | None = None  # (read, write) of the wakeup fd; o
 _handler_ran = threading.Event()  # the main thread reached _on_signal
 _running: _Shutdown | None = None  # the shutdown flush in progress: later callers join it
 _running_lock = threading.Lock()
+_shutdown_hooks: list[Callable[[], None]] = []  # before the flush (ops.service: log summary)
+
+
+def at_shutdown(hook: Callable[[], None]) -> None:
+    """Run `hook` at shutdown, before the flush (it must be quick and never block)."""
+    _shutdown_hooks.append(hook)
 
 
 def deadline_margin_s() -> float:
@@ -98,6 +105,9 @@ class _Shutdown:
 
     def run(self) -> None:
         try:
+            for hook in _shutdown_hooks:
+                with suppress(Exception):  # the flush goes on whatever a hook does
+                    hook()
             self.stored = _flush_before_exit(SHUTDOWN_BUDGET_S)
         except Exception as exc:
             logger.warning(
