@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 
 from benchmarks.suite_health import database
@@ -27,7 +28,9 @@ PROBES = ("/health/live", "/health/ready", "/health")
 MIXED = (*PROBES, "/health/live", "/api/users", "/api/orders", "/health/detailed")
 
 
-def measure(url: str, interval: float, paths: tuple[str, ...], n: int, rate: float) -> dict:
+def measure(
+    url: str, interval: float, paths: tuple[str, ...], n: int, rate: float
+) -> dict[str, float]:
     from ops.log import ProbeLogSampling, logger
     from ops.metrics.catalogue import PROBE_ROUTES
     from tests.support.metrics import EmfClock
@@ -43,9 +46,11 @@ def measure(url: str, interval: float, paths: tuple[str, ...], n: int, rate: flo
     reset_runtime()
     handler = function_handler("health")
     out = io.StringIO()
-    stream = logger.registered_handler.setStream(out)
+    log_handler = logger.registered_handler
+    assert isinstance(log_handler, logging.StreamHandler)
+    stream = log_handler.setStream(out)
     sampled = ProbeLogSampling(frozenset(PROBE_ROUTES), 0.1)
-    counts = {"emf": 0, "emf_docs": 0, "request": 0, "request_sampled": 0}
+    counts: dict[str, float] = {"emf": 0, "emf_docs": 0, "request": 0, "request_sampled": 0}
     try:
         with contextlib.redirect_stdout(out), EmfClock() as clock:
             for i in range(n):
@@ -69,7 +74,7 @@ def measure(url: str, interval: float, paths: tuple[str, ...], n: int, rate: flo
                         represents is not None
                     )
     finally:
-        logger.registered_handler.setStream(stream)
+        log_handler.setStream(stream)
     return {k: v / n for k, v in counts.items()}
 
 
