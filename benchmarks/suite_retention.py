@@ -216,7 +216,7 @@ def _naive(url: str) -> dict[str, Any]:
 def _function(url: str) -> dict[str, Any]:
     from ops import db
     from ops.config import settings
-    from tests.support.runtime import function_handler
+    from retention.app import lambda_handler
     from tools.runtime.handler import LambdaContext
 
     os.environ.update(DATABASE_URL=url, RETENTION_POLICIES=POLICIES)
@@ -224,7 +224,7 @@ def _function(url: str) -> dict[str, Any]:
     db.reset()
     with _timed_database_calls() as durations:
         event = {"runId": f"bench-{time.time_ns()}"}
-        result = function_handler("retention")(event, LambdaContext("bench", 900))
+        result = lambda_handler(event, LambdaContext("bench", 900))
     db.reset()
     assert result["status"] == "completed", result
     events = next(t for t in result["tables"] if t["table"] == "inbound_events")
@@ -233,8 +233,6 @@ def _function(url: str) -> dict[str, Any]:
 
 def _measure(cluster: Any, scenario: str, method: str, baseline_s: float) -> Prune:
     """One prune on a fresh copy of the `scenario` template, the writer running throughout."""
-    from tests.support.runtime import function_handler
-
     name = f"{scenario}_{method}"
     admin = _connect(cluster.url("postgres"))
     admin.run(f'DROP DATABASE IF EXISTS "{name}"')
@@ -247,7 +245,8 @@ def _measure(cluster: Any, scenario: str, method: str, baseline_s: float) -> Pru
     ctx = mp.get_context("spawn")
     stop, out = ctx.Event(), ctx.Queue()
     writer = ctx.Process(target=writer_main, args=(url, stop, out), daemon=True)
-    function_handler("retention")  # imported once: a cold start is not part of the prune
+    import retention.app  # noqa: F401 - imported once: a cold start is not part of the prune
+
     try:
         writer.start()
         time.sleep(1.0)  # writer connected and paced

@@ -1,8 +1,7 @@
 """Scheduled retention run: prunes the policy tables, audits every prune.
 
-Events: EventBridge Scheduler's input (events/retention-scheduler.json), the classic
-scheduled event (events/retention-scheduled-event.json), `{}` for a manual run,
-`{"dryRun": true}` to report without deleting; `tables` limits a run to some policies.
+Events (events/README.md): Scheduler's input, a classic scheduled event, `{}` for a manual
+run, `{"dryRun": true}` to report without deleting; `tables` limits a run to some policies.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The retention run's vocabulary: every type and enum its modules pass to one another.
-
-Only the ops layer below it; every other module of the function imports from here, so no
-module imports a type from one later in the flow (app -> run -> pruning -> ledger).
-"""
+"""The retention run's vocabulary: every type its modules pass to one another (only the
+layer below it, so no module imports a type from one later in the flow)."""
 
 from __future__ import annotations
 
@@ -14,7 +11,6 @@ from typing import Any, Protocol
 
 import pg8000.native
 
-from ops.config import Settings
 from ops.retention_policies import Policy
 from ops.sql import quote_ident
 from ops.timestamps import PgTimestamp
@@ -31,10 +27,7 @@ class LeaseLost(RuntimeError):
     """Another run took over the lease (ours expired): stop without writing anything."""
 
 
-# -- the run and its settings ---------------------------------------------------------------
 class Trigger(StrEnum):
-    """What delivered the run's event (the audit entry's and the job log's `trigger`)."""
-
     SCHEDULER = "scheduler"  # EventBridge Scheduler, the template's schedule
     EVENTBRIDGE = "eventbridge"  # a classic EventBridge scheduled event
     MANUAL = "manual"  # anything else: an operator, a re-driven failure record
@@ -51,33 +44,13 @@ class RunIdentity:
 
 
 @dataclass(frozen=True)
-class JobSettings:
-    """The timing knobs (read and checked in ops.config)."""
-
-    lock_timeout_ms: int = Settings.retention_lock_timeout_ms
-    statement_timeout_ms: int = Settings.retention_statement_timeout_ms
-    deadline_margin_ms: int = Settings.retention_deadline_margin_ms
-    lease_ttl_ms: int = Settings.retention_lease_ttl_ms
-    batch_target_ms: int = Settings.retention_batch_target_ms
-
-    @property
-    def lease_wait_ms(self) -> int:
-        """A busy lease is waited on this long: enough to see a crashed holder's lease expire."""
-        return self.lease_ttl_ms + 2_000
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The timeouts of one run's units of work, sized to its deadline margin."""
-
+class Limits:  # the timeouts of one run's units of work, sized to its deadline margin
     lock_timeout_ms: int
     statement_timeout_ms: int
     batch_target_ms: int = 50  # how long one batch's transaction should take
 
 
 class RunStatus(StrEnum):
-    """How an attempt ended (`retention_runs.status`, and the response's `status`)."""
-
     COMPLETED = "completed"  # every table done: the run is never run again
     STOPPED = "stopped"  # the deadline (or locks) left rows: the next delivery resumes it
     FAILED = "failed"  # an error: Scheduler retries it
@@ -85,26 +58,20 @@ class RunStatus(StrEnum):
 
 
 class SkipReason(StrEnum):
-    """Why an invocation did not start its run (the response's and the log's `reason`)."""
-
     DUPLICATE = "duplicate"  # the run already completed
     IN_PROGRESS = "in_progress"  # this run, held by another invocation of it
     BUSY = "busy"  # another run holds the lease
 
 
 @dataclass(frozen=True)
-class TableState:
-    """A table's row in the run ledger when the attempt starts."""
-
+class TableState:  # a table's row in the run ledger when the attempt starts
     table: str
     cutoff: PgTimestamp  # the run's instant, from the database clock
     completed: bool
 
 
 @dataclass(frozen=True)
-class RunStart:
-    """What trying to start the run found: this invocation works (`skipped` None) or not."""
-
+class RunStart:  # what trying to start the run found: this invocation works or is skipped
     skipped: SkipReason | None
     attempt: int = 0
     tables: dict[str, TableState] = field(default_factory=dict)
@@ -112,11 +79,8 @@ class RunStart:
     held_until: datetime | None = None
 
 
-# -- what a table is --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Relation:
-    """A table or partition, named from the catalog."""
-
+class Relation:  # a table or partition, named from the catalog
     oid: int
     schema: str
     name: str
@@ -131,18 +95,15 @@ class Relation:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A policy whose table and column the catalog confirmed."""
-
+class Target:  # a policy whose table and column the catalog confirmed
     policy: Policy
     relation: Relation
-    column_type: str  # "timestamp with time zone" or "timestamp without time zone"
+    column_type: str  # a key of SQL_TYPES
     partitioned: bool
     indexed: bool
 
     @property
     def sql_type(self) -> str:
-        """What the run casts its cutoff and bounds to: `timestamptz` or `timestamp`."""
         return SQL_TYPES[self.column_type]
 
     @property
@@ -161,54 +122,24 @@ class PartitionDrop:
     upper: Decimal  # the upper bound's epoch: drops go oldest first
 
 
-@dataclass
-class PartitionPlan:
-    drops: list[PartitionDrop] = field(default_factory=list)  # oldest first
-    row_by_row: list[Relation] = field(default_factory=list)
-
-
-# -- pruning a table ----------------------------------------------------------------------------
-class Ending(StrEnum):
-    """Where a step leaves its table in this invocation."""
-
-    MORE = "more"  # more steps follow
-    PAUSED = "paused"  # the invocation's last step on the table; rows are left (time, locks)
-    DONE = "done"  # the last step: nothing older than the cutoff is left
-
-
 @dataclass(frozen=True)
-class Step:
-    """One committed unit of work on a table: a batch, or a partition dropped whole."""
-
+class Step:  # one committed unit of work on a table: a batch, or a partition dropped whole
     rows: int  # deleted row by row (exact)
     batches: int = 0
     partition: str | None = None  # dropped whole
     partition_rows: int = 0  # its rows, as the planner's statistics count them
-    ending: Ending = Ending.MORE
-
-    @property
-    def final(self) -> bool:
-        """The invocation's last step on the table: it carries the audit entry."""
-        return self.ending is not Ending.MORE
-
-    @property
-    def done(self) -> bool:
-        return self.ending is Ending.DONE
+    final: bool = False  # the invocation's last step on the table: it carries the audit entry
+    done: bool = False  # final, and nothing older than the cutoff is left
 
 
-class StepRecorder(Protocol):
-    def fence(self, conn: pg8000.native.Connection) -> None:
-        """Raise unless this run may still work (before taking locks others would queue on)."""
+class StepRecorder(Protocol):  # each method raises unless this run may still work
+    def fence(self, conn: pg8000.native.Connection) -> None: ...  # before taking locks
 
-    def record(self, conn: pg8000.native.Connection, step: Step) -> None:
-        """Book the step in the same transaction as the work; raise (so it rolls back)
-        unless this run may still work."""
+    def record(self, conn: pg8000.native.Connection, step: Step) -> None: ...  # in its transaction
 
 
 @dataclass
-class Skips:
-    """What a lock kept this invocation from: left for the next run, never failing this one."""
-
+class Skips:  # what locks kept this invocation from: left for the next run, never failing it
     partitions: list[str] = field(default_factory=list)  # not dropped
     relations: list[str] = field(default_factory=list)  # not pruned row by row
 
@@ -217,9 +148,7 @@ class Skips:
 
 
 @dataclass
-class KeysetCursor:
-    """Where row-by-row pruning of one relation stands between its batches."""
-
+class KeysetCursor:  # where row-by-row pruning of one relation stands between batches
     size: int  # rows the next batch deletes at most
     floor: int  # a batch cancelled at this size fails the run
     frontier: Any = None  # every expired row below it is gone (ordered mode)
@@ -227,27 +156,20 @@ class KeysetCursor:
 
 
 @dataclass(frozen=True)
-class BatchResult:
-    """What one DELETE batch did; applied to its cursor once the transaction committed."""
-
+class BatchResult:  # what one DELETE batch did: applied to its cursor once committed
     rows: int
     done: bool  # nothing expired is left in the relation
     frontier: Any
 
 
 @dataclass(frozen=True)
-class Survey:
-    """What a dry run reports for one table."""
-
+class Survey:  # what a dry run reports for one table
     expired_rows: int
     oldest: PgTimestamp | None  # the oldest value, expired or not; None: no row has one
     partitions: list[str]
 
 
-# -- what an invocation did to a table ---------------------------------------------------------
-class StopReason(StrEnum):
-    """Why an invocation left expired rows in a table (`stoppedBy`)."""
-
+class StopReason(StrEnum):  # why an invocation left expired rows in a table (`stoppedBy`)
     DEADLINE = "deadline"  # out of time: the next run goes on
     LOCKED = "locked"  # locks kept it from partitions or relations: the next run retries them
     CRASH = "crash"  # a crashed attempt's deletes, audited by a later run
@@ -255,9 +177,7 @@ class StopReason(StrEnum):
 
 
 @dataclass(frozen=True)
-class TableExit:
-    """How the invocation leaves the table: what the run knows beyond the ledger's counts."""
-
+class TableExit:  # how the invocation leaves the table: what it knows beyond the ledger's counts
     completed: bool  # nothing older than the cutoff is left
     duration_ms: int | None  # None: not measured (crash recovery, a failed run)
     stopped_by: StopReason | None = None
@@ -269,28 +189,20 @@ class TableExit:
 
 
 @dataclass(frozen=True)
-class TableOutcome:
-    """One table's result in one invocation. Counts are those of this audit entry only
-    (what earlier entries of the run audited is not counted again)."""
-
+class TableOutcome:  # one table's result in one invocation, counting what this entry audits
     table: str
     run_id: str
     trigger: Trigger
     attempt: int
     dry_run: bool
     cutoff: PgTimestamp
-    rows_deleted: int  # row by row, exact
-    batches: int
-    partitions_dropped: tuple[str, ...]
-    partition_rows_estimate: int  # in the dropped partitions, by the planner's statistics
     exit: TableExit
+    rows_deleted: int = 0  # row by row, exact
+    batches: int = 0
+    partitions_dropped: tuple[str, ...] = ()
+    partition_rows_estimate: int = 0  # in the dropped partitions, by the planner's statistics
     already_completed: bool = False  # finished and audited by an earlier attempt: no entry now
 
     @property
-    def deleted(self) -> int:
-        """Every row removed, exact row by row plus the dropped partitions' estimate."""
+    def deleted(self) -> int:  # exact row by row, plus the dropped partitions' estimate
         return self.rows_deleted + self.partition_rows_estimate
-
-    @property
-    def completed(self) -> bool:
-        return self.exit.completed

@@ -1,10 +1,8 @@
 """What the run reports: each `TableOutcome` rendered three ways, and the run's metrics.
 
-The audit entry's payload (the runbook's `payload->>'deleted'` queries), the
-`type=retention` log line (Logs Insights queries, dashboards) and the table's entry in the
-handler's response are each rendered from one outcome, so that they cannot disagree. The
-keys are camelCase on the wire, as the queries and operators know them. The metrics go
-through the ops layer's catalogue; the handler's `flush()` sends them.
+The `type=retention` log line (Logs Insights, dashboards) and the table's entry in the
+response are rendered from the audit entry's payload (the runbook's queries), so that they
+cannot disagree. The handler's `flush()` sends the metrics.
 """
 
 from __future__ import annotations
@@ -16,10 +14,12 @@ from ops.metrics import catalogue as m
 from ops.timestamps import utc_iso
 from retention.model import TableExit, TableOutcome
 
+# What every table's log line and response entry carry, even one finished earlier.
+_SUMMARY = "runId deleted rowsDeleted batches partitionsDropped cutoff completed dryRun durationMs"
+
 
 def audit_payload(outcome: TableOutcome) -> dict[str, Any]:
-    """The audit entry's payload; `deleted` is the seed's field, as `payload->>'deleted'`
-    queries expect."""
+    """`deleted` is the seed's field, as `payload->>'deleted'` queries expect."""
     c = outcome.exit
     return {
         "deleted": outcome.deleted,
@@ -39,61 +39,44 @@ def audit_payload(outcome: TableOutcome) -> dict[str, Any]:
     }
 
 
+def _particulars(c: TableExit) -> dict[str, Any]:
+    """The keys only some outcomes carry: what was skipped, found, recovered or failed."""
+    named: dict[str, Any] = {
+        "partitionsSkipped": list(c.partitions_skipped),
+        "relationsSkipped": list(c.relations_skipped),
+        "recoveredBy": c.recovered_by,
+        "error": c.error,
+    }
+    fields = {k: v for k, v in named.items() if v}
+    if s := c.survey:
+        fields.update(wouldDelete=s.expired_rows, oldest=utc_iso(s.oldest))
+        fields["wouldDropPartitions"] = s.partitions
+    return fields
+
+
 def log_fields(outcome: TableOutcome) -> dict[str, Any]:
-    """The `type=retention` line's fields; partitionsDropped is a count here (Logs Insights
-    sums it) and droppedPartitions the names. No trigger or attempt: the job lines say those."""
-    c = outcome.exit
-    fields = {
+    """partitionsDropped is a count here (Logs Insights sums it), droppedPartitions the
+    names. No trigger or attempt: the job lines say those."""
+    return {
         "type": "retention",
         "table": outcome.table,
-        **_summary(outcome),
+        **{k: v for k, v in _rendered(outcome).items() if k not in ("trigger", "attempt")},
         "partitionsDropped": len(outcome.partitions_dropped),
+        "droppedPartitions": list(outcome.partitions_dropped),
     }
-    if not outcome.already_completed:
-        fields["partitionRowsEstimate"] = outcome.partition_rows_estimate
-        fields["stoppedBy"] = None if c.stopped_by is None else c.stopped_by.value
-    return {**fields, **_particulars(c), "droppedPartitions": list(outcome.partitions_dropped)}
 
 
 def response_entry(outcome: TableOutcome) -> dict[str, Any]:
-    """The table's entry in the handler's response: the audit payload, or for a table an
-    earlier attempt finished, the (zero) summary marked alreadyCompleted."""
+    done_earlier = {"alreadyCompleted": True} if outcome.already_completed else {}
+    return {"table": outcome.table, **_rendered(outcome), **done_earlier}
+
+
+def _rendered(outcome: TableOutcome) -> dict[str, Any]:
+    """The audit payload; for a table an earlier attempt finished, its (zero) summary."""
+    payload = audit_payload(outcome)
     if outcome.already_completed:
-        return {"table": outcome.table, **_summary(outcome), "alreadyCompleted": True}
-    return {"table": outcome.table, **audit_payload(outcome)}
-
-
-def _summary(outcome: TableOutcome) -> dict[str, Any]:
-    """The keys every table's log line and response entry carry."""
-    return {
-        "runId": outcome.run_id,
-        "deleted": outcome.deleted,
-        "rowsDeleted": outcome.rows_deleted,
-        "batches": outcome.batches,
-        "partitionsDropped": list(outcome.partitions_dropped),
-        "cutoff": utc_iso(outcome.cutoff),
-        "completed": outcome.completed,
-        "dryRun": outcome.dry_run,
-        "durationMs": outcome.exit.duration_ms,
-    }
-
-
-def _particulars(c: TableExit) -> dict[str, Any]:
-    """The keys only some outcomes carry: what was skipped, found, recovered or failed."""
-    fields: dict[str, Any] = {}
-    if c.partitions_skipped:
-        fields["partitionsSkipped"] = list(c.partitions_skipped)
-    if c.relations_skipped:
-        fields["relationsSkipped"] = list(c.relations_skipped)
-    if c.survey is not None:
-        fields["wouldDelete"] = c.survey.expired_rows
-        fields["oldest"] = utc_iso(c.survey.oldest)
-        fields["wouldDropPartitions"] = c.survey.partitions
-    if c.recovered_by is not None:
-        fields["recoveredBy"] = c.recovered_by
-    if c.error is not None:
-        fields["error"] = c.error
-    return fields
+        return {k: payload[k] for k in _SUMMARY.split()}
+    return payload
 
 
 def count_rows_deleted(outcomes: Iterable[TableOutcome]) -> None:

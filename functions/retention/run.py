@@ -1,12 +1,7 @@
-"""One retention invocation, start to finish: the handler's one call.
+"""One retention invocation, start to finish (`RetentionRun.execute` reads top to bottom).
 
-identify the run (run_identity) -> check the policies against the catalog
-(policy_catalog) -> take the lease (run_ledger; wait a little for a live holder, or skip
-and say so) -> audit what crashed runs left unaudited -> per table: plan partitions,
-drop, prune in batches, audit (pruning; a dry run surveys instead), until done or the
-deadline -> release the lease. Each table gets one audit entry per invocation that
-worked on it; a failure audits what was done and re-raises, for Scheduler's retries and
-the dead-letter queue.
+Each table gets one audit entry per invocation that worked on it; a failure audits what
+was done and re-raises, for Scheduler's retries and the dead-letter queue.
 
 Time: the run stops starting work a margin before the Lambda deadline: a quarter of the
 time the invocation starts with, at most RETENTION_DEADLINE_MARGIN_MS (900 s leave 870 s,
@@ -19,50 +14,41 @@ lock waits get half that at most.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError
 
-from ops.config import settings
+import retention.model as m
+from ops.config import Settings, settings
 from ops.db import Database
 from ops.log import logger
 from ops.retention_policies import load_policies
 from ops.sql import error_fields, sqlstate
 from ops.timestamps import read_timestamps_exactly, utc_iso
-from retention import model as m
 from retention import report
-from retention.policy_catalog import resolve_targets, select_policies
-from retention.pruning import LOCK_CONFLICTS, TablePruner, survey
-from retention.run_identity import identify
-from retention.run_ledger import RunLedger
+from retention.inputs import identify, resolve_targets, select_policies
+from retention.ledger import RunLedger
+from retention.pruning import LOCK_CONFLICTS, TablePruner, survey, transaction
 
 LEASE_POLL_S = 0.5
 ERROR_TEXT_LIMIT = 500
 MARGIN_SHARE = 4  # the margin is this fraction (1/4) of the time left at the start
-# A statement may always take this long (or the configured timeout, if shorter): with
-# almost no time left, the closing audit entry must still be able to commit.
+# With almost no time left, the closing audit entry must still be able to commit.
 MIN_STATEMENT_TIMEOUT_MS = 1_000
-
-
-def job_settings() -> m.JobSettings:
-    """The container's knobs; ops.config has checked each and that they fit together."""
-    cfg = settings()
-    return m.JobSettings(
-        lock_timeout_ms=cfg.retention_lock_timeout_ms,
-        statement_timeout_ms=cfg.retention_statement_timeout_ms,
-        deadline_margin_ms=cfg.retention_deadline_margin_ms,
-        lease_ttl_ms=cfg.retention_lease_ttl_ms,
-        batch_target_ms=cfg.retention_batch_target_ms,
-    )
+SKIPPED = {
+    m.SkipReason.DUPLICATE: "this run already completed; nothing to do",
+    m.SkipReason.IN_PROGRESS: "this run is in progress in another invocation",
+    m.SkipReason.BUSY: "another retention run holds the lease; skipped",
+}
 
 
 class JobDatabase(Database):
-    """The run's connection: timestamps read exactly (ops.timestamps: `-infinity` or a BC
-    date stays PostgreSQL's text) and printed in ISO whatever DateStyle the database sets.
-    Other styles print zone abbreviations, which PostgreSQL reads back by its own table (15
-    reads `IST` as Israel's): a cutoff sent back unchanged moved by hours. Session state,
-    on purpose: PgBouncer keeps DateStyle per client; RDS Proxy pins the session."""
+    """Timestamps read exactly (ops.timestamps) and printed in ISO whatever DateStyle the
+    database sets: other styles print zone abbreviations, which PostgreSQL reads back by
+    its own table (15 reads `IST` as Israel's), so a cutoff sent back moved by hours.
+    Session state, on purpose: PgBouncer keeps DateStyle per client; RDS Proxy pins."""
 
     def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         conn = super()._connect(timeout_s=timeout_s)
@@ -75,25 +61,24 @@ class JobDatabase(Database):
         return conn
 
 
-def job_database(cfg: m.JobSettings) -> Database:
-    """The run's own connection, with timeouts sized for batches: the server cancels a slow
-    statement (a clean error the run adapts to) before the socket gives up."""
-    base = settings()
+def job_database(cfg: Settings) -> Database:
+    """Timeouts sized for batches: the server cancels a slow statement (a clean error the
+    run adapts to) before the socket gives up."""
     return JobDatabase(
-        application_name=f"{base.service}-retention",
-        socket_timeout_s=cfg.statement_timeout_ms / 1000 + base.db_connect_timeout_s,
-        statement_timeout_ms=cfg.statement_timeout_ms,
+        application_name=f"{cfg.service}-retention",
+        socket_timeout_s=cfg.retention_statement_timeout_ms / 1000 + cfg.db_connect_timeout_s,
+        statement_timeout_ms=cfg.retention_statement_timeout_ms,
     )
 
 
+@dataclass(eq=False)
 class Budget:
     """Time left before the margin ahead of the Lambda deadline. The margin is fixed at the
     first look: a quarter of the time left then, at most `cap_ms`."""
 
-    def __init__(self, context: Any, cap_ms: int) -> None:
-        self.context = context
-        self.cap_ms = cap_ms
-        self.margin_ms: int | None = None
+    context: Any
+    cap_ms: int
+    margin_ms: int | None = None
 
     def remaining_ms(self) -> int:
         left = int(self.context.get_remaining_time_in_millis())
@@ -105,39 +90,35 @@ class Budget:
         return self.remaining_ms() > 0
 
 
-def run_limits(cfg: m.JobSettings, margin_ms: int) -> m.Limits:
+def run_limits(cfg: Settings, margin_ms: int) -> m.Limits:
     """Timeouts that fit the margin: a batch started just before it (two statements at
     their timeout) and the audit entry after it (one) end before the deadline."""
-    statement = min(cfg.statement_timeout_ms, max(MIN_STATEMENT_TIMEOUT_MS, margin_ms // 3))
+    statement = min(
+        cfg.retention_statement_timeout_ms, max(MIN_STATEMENT_TIMEOUT_MS, margin_ms // 3)
+    )
     return m.Limits(
-        lock_timeout_ms=max(1, min(cfg.lock_timeout_ms, statement // 2)),
+        lock_timeout_ms=max(1, min(cfg.retention_lock_timeout_ms, statement // 2)),
         statement_timeout_ms=statement,
-        batch_target_ms=min(cfg.batch_target_ms, statement),
+        batch_target_ms=min(cfg.retention_batch_target_ms, statement),
     )
 
 
 def describe_error(exc: BaseException) -> str:
     """One line, no parameters or connection details (pg8000 errors are dicts)."""
     if fields := error_fields(exc):
-        text = f"{fields.get('C', '')}: {fields.get('M', '')}"
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return text[:ERROR_TEXT_LIMIT]
+        return f"{fields.get('C', '')}: {fields.get('M', '')}"[:ERROR_TEXT_LIMIT]
+    return f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
 
 
-# The job log line's `status`: the run's lifecycle as Logs Insights queries filter it.
-JobLogStatus = Literal["started", "waiting", "skipped", "completed", "failed"]
+JobStatus = Literal["started", "waiting", "skipped", "completed", "failed"]
 
 
-def _job_log(status: JobLogStatus, message: str, **fields: Any) -> None:
+def _job_log(status: JobStatus, message: str, **fields: Any) -> None:
     # `name` is a reserved LogRecord attribute, so it cannot travel in `extra`.
     logger.thread_safe_append_keys(name="retention")
     try:
         extra = {"type": "job", "status": status, **fields}
-        if status == "failed":
-            logger.exception(message, extra=extra)
-        else:
-            logger.info(message, extra=extra)
+        (logger.exception if status == "failed" else logger.info)(message, extra=extra)
     finally:
         logger.thread_safe_remove_keys(["name"])
 
@@ -146,29 +127,23 @@ def _warn(message: str, warning: str, **fields: Any) -> None:
     logger.warning(message, extra={"type": "retention_warning", "warning": warning, **fields})
 
 
+@dataclass(eq=False)
 class TableRecorder:
     """Books one table's units of work (a StepRecorder); the final one carries the audit."""
 
-    def __init__(self, ledger: RunLedger, table: str, budget: Budget) -> None:
-        self.ledger = ledger
-        self.table = table
-        self.budget = budget
-        self.began = time.monotonic()
-        self.skips = m.Skips()  # what the pruner could not lock: left for the next run
-        self.outcome: m.TableOutcome | None = None
+    ledger: RunLedger
+    table: str
+    budget: Budget
+    began: float = field(default_factory=time.monotonic)
+    skips: m.Skips = field(default_factory=m.Skips)  # what the pruner could not lock
+    outcome: m.TableOutcome | None = None
 
     def exit(self, done: bool, found: m.Survey | None = None) -> m.TableExit:
-        """How this invocation leaves the table, as its audit entry is written."""
-        if done:
-            stopped_by = None
-        elif self.skips and self.budget.has_time():
-            stopped_by = m.StopReason.LOCKED
-        else:
-            stopped_by = m.StopReason.DEADLINE
+        locked = not done and self.skips and self.budget.has_time()
         return m.TableExit(
             completed=done,
             duration_ms=round((time.monotonic() - self.began) * 1000),
-            stopped_by=stopped_by,
+            stopped_by=None if done else m.StopReason.LOCKED if locked else m.StopReason.DEADLINE,
             partitions_skipped=tuple(self.skips.partitions),
             relations_skipped=tuple(self.skips.relations),
             survey=found,
@@ -184,34 +159,35 @@ class TableRecorder:
 
 
 class RetentionRun:
-    def __init__(self, db: Database, identity: m.RunIdentity, cfg: m.JobSettings, context: Any):
+    def __init__(self, db: Database, identity: m.RunIdentity, cfg: Settings, context: Any):
         self.db = db
         self.identity = identity
         self.cfg = cfg
-        self.budget = Budget(context, cfg.deadline_margin_ms)
-        self.ledger = RunLedger(db, identity, cfg.lease_ttl_ms, cfg.lock_timeout_ms)
+        self.budget = Budget(context, cfg.retention_deadline_margin_ms)
+        self.ledger = RunLedger(
+            db, identity, cfg.retention_lease_ttl_ms, cfg.retention_lock_timeout_ms
+        )
         self.outcomes: dict[str, m.TableOutcome] = {}
-
-    @property
-    def limits(self) -> m.Limits:
-        """The run's timeouts, once the first look at the deadline has fixed the margin."""
-        if self.budget.margin_ms is None:
-            self.budget.remaining_ms()
-        return run_limits(self.cfg, self.budget.margin_ms or 0)
 
     def execute(self) -> dict[str, Any]:
         targets = resolve_targets(self.db, select_policies(load_policies(), self.identity.tables))
         for target in targets:
             report.flag_missing_index(target.table, not target.indexed)
             if not target.indexed:
-                column = target.policy.column
-                message = f"{target.table} has no index on {column}: every retention batch"
-                _warn(
-                    f"{message} scans the table", "missing_index", table=target.table, column=column
-                )
-        start = self._acquire(targets)
+                table, column = target.table, target.policy.column
+                message = f"{table} has no index on {column}: every retention batch scans the table"
+                _warn(message, "missing_index", table=table, column=column)
+        start = self._acquire(targets)  # its first look at the deadline fixes the margin
+        self.limits = run_limits(self.cfg, self.budget.margin_ms or 0)
         if start.skipped is not None:
-            return self._skipped(start, start.skipped)
+            held = {"heldBy": start.held_by, "heldUntil": utc_iso(start.held_until)}
+            key, reason = self.ledger.run_key, start.skipped
+            _job_log("skipped", SKIPPED[reason], runId=key, reason=reason, **held)
+            return {
+                **self._response(m.RunStatus.SKIPPED),
+                "reason": reason,
+                "heldBy": start.held_by,
+            }
         started = time.monotonic()
         try:
             self._audit_crashed_runs(targets)
@@ -220,7 +196,7 @@ class RetentionRun:
         except Exception as exc:
             self._fail(targets, exc)
             raise
-        done = all(o.completed for o in self.outcomes.values())
+        done = all(o.exit.completed for o in self.outcomes.values())
         status = m.RunStatus.COMPLETED if done else m.RunStatus.STOPPED
         self.ledger.finish(status)
         report.count_rows_deleted(self.outcomes.values())
@@ -239,7 +215,8 @@ class RetentionRun:
     def _acquire(self, targets: list[m.Target]) -> m.RunStart:
         """Take the lease; wait for a live holder long enough to outlive a crashed one's lease."""
         ages = {t.table: t.policy.max_age_days for t in targets}
-        wait_s = min(self.cfg.lease_wait_ms, max(0, self.budget.remaining_ms())) / 1000
+        lease_wait_ms = self.cfg.retention_lease_ttl_ms + 2_000
+        wait_s = min(lease_wait_ms, max(0, self.budget.remaining_ms())) / 1000
         wait_until = time.monotonic() + wait_s
         announced = False
         while True:
@@ -264,26 +241,28 @@ class RetentionRun:
                 )
             time.sleep(max(0.01, min(LEASE_POLL_S, wait_until - time.monotonic())))
 
-    def _skipped(self, start: m.RunStart, reason: m.SkipReason) -> dict[str, Any]:
-        message = {
-            m.SkipReason.DUPLICATE: "this run already completed; nothing to do",
-            m.SkipReason.IN_PROGRESS: "this run is in progress in another invocation",
-            m.SkipReason.BUSY: "another retention run holds the lease; skipped",
-        }[reason]
-        held = {"heldBy": start.held_by, "heldUntil": utc_iso(start.held_until)}
-        _job_log("skipped", message, runId=self.ledger.run_key, reason=reason, **held)
-        return {**self._response(m.RunStatus.SKIPPED), "reason": reason, "heldBy": start.held_by}
-
-    # -- per table ----------------------------------------------------------------------
     def _table(self, target: m.Target, state: m.TableState, attempt: int) -> None:
-        if state.completed:  # finished and audited by an earlier attempt of this run
-            self._done(self._already_completed(state, attempt))
-            return
         recorder = TableRecorder(self.ledger, target.table, self.budget)
-        if not self.budget.has_time():
+        if state.completed:  # finished and audited by an earlier attempt of this run
+            outcome = m.TableOutcome(
+                table=state.table,
+                run_id=self.ledger.run_key,
+                trigger=self.identity.trigger,
+                attempt=attempt,
+                dry_run=self.identity.dry_run,
+                cutoff=state.cutoff,
+                exit=m.TableExit(completed=True, duration_ms=0),
+                already_completed=True,
+            )
+        elif not self.budget.has_time():
             outcome = self._audit_alone(target.table, recorder.exit(done=False))
         elif self.identity.dry_run:
-            outcome = self._survey(target, state, recorder)
+            # Counting may take longer than a batch: the time left, which the socket outwaits.
+            timeout_ms = max(self.limits.statement_timeout_ms, self.budget.remaining_ms())
+            with transaction(self.db, self.limits, timeout_ms) as conn:
+                self.ledger.fence(conn, ttl_ms=timeout_ms + self.cfg.retention_lease_ttl_ms)
+                found = survey(conn, target, state.cutoff)
+                outcome = self.ledger.audit(conn, target.table, recorder.exit(True, found))
         else:
             keep_going = self.budget.has_time
             pruner = TablePruner(
@@ -294,34 +273,17 @@ class RetentionRun:
             outcome = recorder.outcome or self._audit_alone(target.table, recorder.exit(done))
         self._done(outcome)
 
-    def _survey(
-        self, target: m.Target, state: m.TableState, recorder: TableRecorder
-    ) -> m.TableOutcome:
-        # Counting may take longer than a batch: the time left, which the socket outwaits.
-        limits = self.limits
-        timeout_ms = max(limits.statement_timeout_ms, self.budget.remaining_ms())
-        with self.db.transaction(
-            statement_timeout_ms=timeout_ms, lock_timeout_ms=limits.lock_timeout_ms
-        ) as conn:
-            self.ledger.fence(conn, ttl_ms=timeout_ms + self.cfg.lease_ttl_ms)
-            found = survey(conn, target, state.cutoff)
-            return self.ledger.audit(conn, target.table, recorder.exit(True, found))
-
     def _audit_alone(
         self, table: str, table_exit: m.TableExit, run_key: str | None = None
     ) -> m.TableOutcome:
-        limits = self.limits
-        with self.db.transaction(
-            statement_timeout_ms=limits.statement_timeout_ms, lock_timeout_ms=limits.lock_timeout_ms
-        ) as conn:
+        with transaction(self.db, self.limits) as conn:
             self.ledger.fence(conn)
             return self.ledger.audit(conn, table, table_exit, run_key=run_key)
 
     def _audit_crashed_runs(self, targets: list[m.Target]) -> None:
         """Deletes a crashed attempt committed but never audited: audit them now, once."""
-        for run_key, table, completed in self.ledger.unaudited_elsewhere(
-            [t.table for t in targets]
-        ):
+        tables = [t.table for t in targets]
+        for run_key, table, completed in self.ledger.unaudited_elsewhere(tables):
             crash = m.StopReason.CRASH
             table_exit = m.TableExit(completed, None, crash, recovered_by=self.ledger.run_key)
             outcome = self._audit_alone(table, table_exit, run_key=run_key)
@@ -348,23 +310,6 @@ class RetentionRun:
             )
         report.count_rows_deleted(self.outcomes.values())
 
-    # -- output ---------------------------------------------------------------------------
-    def _already_completed(self, state: m.TableState, attempt: int) -> m.TableOutcome:
-        return m.TableOutcome(
-            table=state.table,
-            run_id=self.ledger.run_key,
-            trigger=self.identity.trigger,
-            attempt=attempt,
-            dry_run=self.identity.dry_run,
-            cutoff=state.cutoff,
-            rows_deleted=0,
-            batches=0,
-            partitions_dropped=(),
-            partition_rows_estimate=0,
-            exit=m.TableExit(completed=True, duration_ms=0),
-            already_completed=True,
-        )
-
     def _response(self, status: m.RunStatus, attempt: int | None = None) -> dict[str, Any]:
         return {
             "status": status.value,
@@ -376,8 +321,7 @@ class RetentionRun:
 
 
 def run_retention(event: Any, context: Any, db: Database | None = None) -> dict[str, Any]:
-    """The retention invocation behind the handler. Raises on failure (after logging it).
-    Without `db`, it opens its own connection (`job_database`) and closes it after."""
+    """Raises on failure (after logging it); without `db`, on a connection of its own."""
     began = time.monotonic()
     identity: m.RunIdentity | None = None
     own: Database | None = None
@@ -392,7 +336,7 @@ def run_retention(event: Any, context: Any, db: Database | None = None) -> dict[
             attemptNumber=identity.attempt_number,
             executionId=identity.execution_id,
         )
-        cfg = job_settings()
+        cfg = settings()
         if db is None:
             db = own = job_database(cfg)
         result = RetentionRun(db, identity, cfg, context).execute()

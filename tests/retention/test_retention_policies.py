@@ -6,10 +6,11 @@ import json
 
 import pytest
 
+from ops.config import settings
 from ops.retention_policies import DEFAULT_POLICIES, Policy, PolicyError, load_policies
-from tests.support.retention import event, module
-
-run_identity = module("run_identity")
+from retention import inputs
+from retention.pruning import next_batch_size
+from tests.support.retention import event
 
 
 # -- ops.retention_policies ---------------------------------------------------------------
@@ -91,8 +92,8 @@ def test_policy_error_is_a_value_error():
 
 # -- run identity ---------------------------------------------------------------------------
 def test_scheduler_run_is_keyed_by_schedule_and_time_not_execution():
-    first = run_identity.identify(event("retention-scheduler.json"), "req-1")
-    retry = run_identity.identify(
+    first = inputs.identify(event("retention-scheduler.json"), "req-1")
+    retry = inputs.identify(
         event(
             "retention-scheduler.json",
             executionId="another-execution",
@@ -109,17 +110,17 @@ def test_scheduler_run_is_keyed_by_schedule_and_time_not_execution():
         "2",
         "another-execution",
     )
-    next_day = run_identity.identify(
+    next_day = inputs.identify(
         event("retention-scheduler.json", scheduledTime="2026-11-23T03:00:00Z"), "req-1"
     )
     assert next_day.key != first.key
 
 
 def test_classic_scheduled_event_is_keyed_by_its_id():
-    identity = run_identity.identify(event("retention-scheduled-event.json"), "req-1")
+    identity = inputs.identify(event("retention-scheduled-event.json"), "req-1")
     assert identity.key == "event:cdc73f9d-aea9-11e3-9d5a-835b769c0d9c"
     assert identity.trigger == "eventbridge"
-    assert run_identity.identify(event("retention-scheduled-event.json"), "req-2") == identity
+    assert inputs.identify(event("retention-scheduled-event.json"), "req-2") == identity
 
 
 def test_a_dead_lettered_run_redriven_is_the_same_run():
@@ -132,21 +133,19 @@ def test_a_dead_lettered_run_redriven_is_the_same_run():
         "responseContext": {"statusCode": 200, "functionError": "Unhandled"},
         "responsePayload": {"errorMessage": "boom"},
     }
-    assert run_identity.identify(record, "req-9") == run_identity.identify(original, "req-1")
+    assert inputs.identify(record, "req-9") == inputs.identify(original, "req-1")
 
 
 def test_manual_run_is_keyed_by_request_id_or_run_id():
-    assert run_identity.identify({}, "req-1").key == "manual:req-1"
-    assert run_identity.identify(None, "req-1").key == "manual:req-1"
-    assert run_identity.identify({"runId": "backfill-2026-11"}, "req-1").key == (
+    assert inputs.identify({}, "req-1").key == "manual:req-1"
+    assert inputs.identify(None, "req-1").key == "manual:req-1"
+    assert inputs.identify({"runId": "backfill-2026-11"}, "req-1").key == (
         "manual:backfill-2026-11"
     )
 
 
 def test_dry_run_has_its_own_key_and_may_name_tables():
-    identity = run_identity.identify(
-        event("retention-dry-run.json", tables=["inbound_events"]), "req-1"
-    )
+    identity = inputs.identify(event("retention-dry-run.json", tables=["inbound_events"]), "req-1")
     assert identity.dry_run is True
     assert identity.key == "dry-run:manual:req-1"
     assert identity.tables == ("inbound_events",)
@@ -176,13 +175,12 @@ def test_dry_run_has_its_own_key_and_may_name_tables():
     ],
 )
 def test_unusable_events_are_refused(bad, message):
-    with pytest.raises(run_identity.EventError, match=message):
-        run_identity.identify(bad, "req-1")
+    with pytest.raises(inputs.EventError, match=message):
+        inputs.identify(bad, "req-1")
 
 
 # -- job settings -----------------------------------------------------------------------------
 def test_job_settings_defaults_and_consistency(monkeypatch):
-    settings = module("run")
     for name in (
         "RETENTION_DEADLINE_MARGIN_MS",
         "RETENTION_STATEMENT_TIMEOUT_MS",
@@ -190,15 +188,16 @@ def test_job_settings_defaults_and_consistency(monkeypatch):
         "RETENTION_LEASE_TTL_MS",
     ):
         monkeypatch.delenv(name, raising=False)
-    cfg = settings.job_settings()
-    assert (cfg.deadline_margin_ms, cfg.statement_timeout_ms) == (30_000, 10_000)
+    cfg = settings()
+    assert cfg.retention_deadline_margin_ms == 30_000
+    assert cfg.retention_statement_timeout_ms == 10_000
     monkeypatch.setenv("RETENTION_LEASE_TTL_MS", "5000")
     with pytest.raises(ValueError, match="RETENTION_LEASE_TTL_MS must exceed"):
-        settings.job_settings()
+        settings()
     monkeypatch.delenv("RETENTION_LEASE_TTL_MS")
     monkeypatch.setenv("RETENTION_DEADLINE_MARGIN_MS", "-1")
     with pytest.raises(ValueError, match="positive whole number"):
-        settings.job_settings()
+        settings()
 
 
 # -- template -------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ def test_template_wires_policies_schedule_and_dead_letter_alarm():
     assert props["ScheduleExpressionTimezone"] == {"Ref": "RetentionScheduleTimezone"}
     assert props["RetryPolicy"]["MaximumRetryAttempts"] >= 1
     assert props["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": "RetentionDeadLetterQueue.Arn"}
-    # The Input Scheduler fills in is exactly what run_identity keys a run on.
+    # The Input Scheduler fills in is exactly what inputs.identify keys a run on.
     filled = (
         props["Input"]
         .replace("<aws.scheduler.scheduled-time>", "2026-03-29T01:00:00Z")
@@ -228,7 +227,7 @@ def test_template_wires_policies_schedule_and_dead_letter_alarm():
         .replace("<aws.scheduler.execution-id>", "e-1")
         .replace("<aws.scheduler.attempt-number>", "1")
     )
-    identity = run_identity.identify(json.loads(filled), "req")
+    identity = inputs.identify(json.loads(filled), "req")
     assert (
         identity.key == "scheduler:arn:aws:scheduler:eu-west-1:1:schedule/x/y@2026-03-29T01:00:00Z"
     )
@@ -248,7 +247,7 @@ def test_template_wires_policies_schedule_and_dead_letter_alarm():
 
 
 def test_batch_size_steers_toward_the_target_duration():
-    next_size = module("pruning").next_batch_size
+    next_size = next_batch_size
     assert next_size(10_000, elapsed_ms=100, target_ms=50, maximum=10_000) == 5_000
     assert next_size(10_000, elapsed_ms=5_000, target_ms=50, maximum=10_000) == 100  # floor
     assert next_size(3, elapsed_ms=500, target_ms=50, maximum=3) == 3  # a tiny policy stays

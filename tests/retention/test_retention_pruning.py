@@ -10,13 +10,14 @@ import pytest
 
 from ops.db import Database, connect_url
 from ops.retention_policies import Policy
-from tests.support.retention import count, module
+from retention import inputs as catalog
+from retention import pruning
+from retention.model import Limits
+from tests.support.retention import count
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
 
-catalog = module("policy_catalog")
-pruning = module("pruning")
-LIMITS = module("model").Limits(lock_timeout_ms=200, statement_timeout_ms=2000)
+LIMITS = Limits(lock_timeout_ms=200, statement_timeout_ms=2000)
 
 INSERTS = {
     "inbound_events": (
@@ -54,7 +55,9 @@ def _target(table: str, column: str, batch_size: int):
 def _prune(table: str, column: str, cutoff: datetime, batch_size: int = 2, recorder=None) -> bool:
     db, target = _target(table, column, batch_size)
     try:
-        return pruning.TablePruner(db, target, cutoff, LIMITS, lambda: True, recorder).run()
+        return pruning.TablePruner(
+            db, target, cutoff, LIMITS, lambda: True, recorder or Steps()
+        ).run()
     finally:
         db.close()
 
@@ -117,7 +120,7 @@ def test_table_without_index_is_pruned_unordered(sql):
         db, target = _target("retention_unindexed", "at", 7)
         assert not target.indexed and target.column_type == "timestamp without time zone"
         cutoff = sql("SELECT now() - interval '30 days' - interval '12 hours'")[0][0]
-        assert pruning.TablePruner(db, target, cutoff, LIMITS, lambda: True).run()
+        assert pruning.TablePruner(db, target, cutoff, LIMITS, lambda: True, Steps()).run()
         db.close()
         assert sql("SELECT min(id), max(id) FROM retention_unindexed")[0] == [1, 30]
     finally:
@@ -267,7 +270,7 @@ def test_partition_that_cannot_be_locked_is_left_for_the_next_run(
         assert [s.partition for s in steps.steps if s.partition] == ["public.retention_part_tree_a"]
         assert not any(s.done for s in steps.steps)
         vacuum.run("COMMIT")
-        assert pruning.TablePruner(db, target, cutoff, LIMITS, lambda: True).run() is True
+        assert pruning.TablePruner(db, target, cutoff, LIMITS, lambda: True, Steps()).run() is True
         db.close()
     finally:
         vacuum.close()
@@ -360,7 +363,7 @@ def test_a_batch_cancelled_by_its_statement_timeout_is_redone_at_half_the_size(s
             raise
 
     monkeypatch.setattr(pruning, "delete_batch", spy)
-    limits = module("model").Limits(lock_timeout_ms=200, statement_timeout_ms=1000)
+    limits = Limits(lock_timeout_ms=200, statement_timeout_ms=1000)
     try:
         db, target = _target("retention_guard", "at", 1000)
         cutoff = sql("SELECT now() - interval '30 days'")[0][0]

@@ -19,6 +19,7 @@ from pg8000.exceptions import DatabaseError
 
 from ops import db as ops_db
 from ops.db import Database
+from retention.model import LeaseLost
 from tests.support.metrics import scrape_samples
 from tests.support.retention import (
     FAST_SETTINGS,
@@ -28,7 +29,6 @@ from tests.support.retention import (
     count,
     event,
     lines,
-    module,
     policies,
     run,
     seed,
@@ -435,7 +435,7 @@ def test_holder_that_lost_its_lease_deletes_nothing_more(sql, log_lines):
                 sql("UPDATE retention_lease SET holder = 'thief', run_key = 'manual:thief'")
             return super().get_remaining_time_in_millis()
 
-    with pytest.raises(module("model").LeaseLost, match="lost the retention lease"):
+    with pytest.raises(LeaseLost, match="lost the retention lease"):
         run({}, Thief())
 
     assert expired(sql) == (7, 4)
@@ -481,9 +481,9 @@ def test_process_killed_mid_run_then_retry_finishes_with_every_row_audited_once(
     seed(sql, events_expired=100_000, sessions_expired=0, sessions_fresh=0)
     evt = {"runId": "killed-mid-run"}
     script = (
-        "from tools import ROOT; from tools.runtime.handler import LambdaContext, load_handler; "
-        "handler = load_handler('retention.app.lambda_handler'); "
-        f"handler({evt!r}, LambdaContext('RetentionFunction', 900))"
+        "from tools.runtime.handler import LambdaContext; "
+        "from retention.app import lambda_handler; "
+        f"lambda_handler({evt!r}, LambdaContext('RetentionFunction', 900))"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", script],

@@ -24,11 +24,12 @@ import pytest
 from ops.db import Database
 from ops.retention_policies import Policy, PolicyError
 from ops.timestamps import read_timestamps_exactly
+from retention.inputs import resolve_targets
 from tests.db.test_pooler import neighbours  # noqa: F401 - a fixture: two other clients
 from tests.support.binaries import require_binary
 from tests.support.db import SQL, runner
 from tests.support.metrics import metrics_database
-from tests.support.retention import FakeContext, audit_entries, clean_slate, module, run
+from tests.support.retention import FakeContext, audit_entries, clean_slate, run
 from tools.localdb.pgbouncer import PgBouncer
 from tools.localdb.pgcluster import PgCluster
 
@@ -448,7 +449,6 @@ def test_infinities_bc_dates_nulls_and_far_future_rows(
 
 # -- column types ----------------------------------------------------------------------------
 def test_column_types_timestamps_of_any_precision_pass_and_others_are_named(sql):
-    catalog = module("policy_catalog")
     sql("DROP TABLE IF EXISTS retention_types")
     sql("DROP DOMAIN IF EXISTS retention_instant")
     sql("CREATE DOMAIN retention_instant AS timestamptz(3)")
@@ -459,7 +459,7 @@ def test_column_types_timestamps_of_any_precision_pass_and_others_are_named(sql)
     db = Database()
     try:
         policies = [Policy("retention_types", c, 30, 10) for c in "abc"]
-        targets = catalog.resolve_targets(db, policies)
+        targets = resolve_targets(db, policies)
         assert [t.sql_type for t in targets] == ["timestamptz", "timestamp", "timestamptz"]
         for column, declared in (
             ("d", "date"),
@@ -472,7 +472,7 @@ def test_column_types_timestamps_of_any_precision_pass_and_others_are_named(sql)
                 rf"public\.retention_types is ({declared}); retention needs timestamptz or "
                 "timestamp",
             ):
-                catalog.resolve_targets(db, [Policy("retention_types", column, 30, 10)])
+                resolve_targets(db, [Policy("retention_types", column, 30, 10)])
     finally:
         db.close()
         sql("DROP TABLE retention_types")

@@ -6,23 +6,22 @@ from __future__ import annotations
 import pytest
 from pg8000.exceptions import DatabaseError
 
+from ops.config import settings
 from ops.db import get_db
+from retention import pruning
+from retention.run import Budget, job_database, run_limits
 from tests.support.retention import (
     FAST_SETTINGS,
     FakeContext,
     audit_entries,
     count,
     event,
-    module,
     policies,
     run,
     seed,
 )
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
-
-retention_run = module("run")
-pruning = module("pruning")
 
 
 @pytest.fixture
@@ -87,7 +86,7 @@ def test_timeouts_per_use(db_env, default_settings):
     assert get_db().run("SHOW statement_timeout") == [["5s"]]
     assert container._usock.gettimeout() == 2.0
 
-    job_db = retention_run.job_database(retention_run.job_settings())
+    job_db = job_database(settings())
     try:
         assert job_db.run("SHOW statement_timeout") == [["10s"]]
         assert job_db.connection()._usock.gettimeout() == 12.0
@@ -166,13 +165,14 @@ def test_a_batch_cancelled_at_the_floor_fails_the_run_and_audits_what_was_done(
 def test_the_margin_is_a_quarter_of_the_time_at_start_up_to_30_s(
     default_settings, remaining_ms, margin_ms, statement_ms
 ):
-    cfg = retention_run.job_settings()
-    budget = retention_run.Budget(FakeContext(remaining_ms=remaining_ms), cfg.deadline_margin_ms)
+    cfg = settings()
+    context = FakeContext(remaining_ms=remaining_ms)
+    budget = Budget(context, cfg.retention_deadline_margin_ms)
     assert budget.remaining_ms() == remaining_ms - margin_ms
-    limits = retention_run.run_limits(cfg, budget.margin_ms)
+    limits = run_limits(cfg, budget.margin_ms)
     assert (limits.statement_timeout_ms, limits.lock_timeout_ms) == (statement_ms, 500)
     # With no time left at all, the closing audit entry still gets a second to commit.
-    assert retention_run.run_limits(cfg, 0).statement_timeout_ms == 1_000
+    assert run_limits(cfg, 0).statement_timeout_ms == 1_000
 
 
 @pytest.mark.parametrize("remaining_ms", [30_000, 60_000, 900_000])

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.retention import audit_entries, event, lines, module, policies, run, seed
+from retention import model, report
+from tests.support.retention import audit_entries, event, lines, policies, run, seed
 
 CUTOFF = datetime(2026, 10, 30, 18, 38, 40, 679531, tzinfo=UTC)
 CUTOFF_TEXT = "2026-10-30T18:38:40.679531Z"
@@ -23,7 +24,7 @@ AUDIT_COLUMNS = {"entity", "actor_type", "actor_id", "action"}
 @pytest.fixture(scope="module")
 def t() -> Any:
     """The vocabulary (model) and the renderings (report), in one namespace."""
-    return SimpleNamespace(**{**vars(module("model")), **vars(module("report"))})
+    return SimpleNamespace(**{**vars(model), **vars(report)})
 
 
 def outcome(t: Any, table_exit: Any, **fields: Any) -> Any:

@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests.support.db import SQL
-from tests.support.runtime import function_handler
 from tools import ROOT
 from tools.runtime.handler import LambdaContext
 
 EVENTS = ROOT / "events"
 
-# Small enough to exercise every deadline and lease path quickly, valid per job_settings().
+# Small enough to exercise every deadline and lease path quickly, valid per ops.config.
 FAST_SETTINGS = {
     "RETENTION_DEADLINE_MARGIN_MS": "2000",
     "RETENTION_STATEMENT_TIMEOUT_MS": "1000",
     "RETENTION_LOCK_TIMEOUT_MS": "200",
     "RETENTION_LEASE_TTL_MS": "1500",
 }
-
-
-def module(name: str) -> ModuleType:
-    """A module of the retention function's package (`retention.<name>`)."""
-    return importlib.import_module(f"retention.{name}")
 
 
 def event(name: str, **overrides: Any) -> dict[str, Any]:
@@ -70,8 +62,11 @@ class FakeContext(LambdaContext):
 
 
 def run(evt: Any, context: FakeContext | None = None) -> dict[str, Any]:
-    """The retention handler, loaded as Lambda loads it, on a virtual-clock context."""
-    return function_handler("retention")(evt, context or FakeContext())
+    """The retention handler on a virtual-clock context (imported here: its init registers
+    the shutdown flush, as in Lambda)."""
+    from retention.app import lambda_handler
+
+    return lambda_handler(evt, context or FakeContext())
 
 
 def seed(
