@@ -69,8 +69,8 @@ def cold_table(
 ) -> list[str]:
     lines = [
         "*spawn→ready*: spawn to handler imported (with the feature on: its SDK's import and "
-        "set-up); *on - off*, *on ÷ off*: medians of the per-round differences and ratios "
-        "(IQR); *CPU*: the process's user + system time, start to exit, one invocation "
+        "set-up); *on - off*: median of the per-round differences (IQR); *CPU*: the "
+        "process's user + system time, start to exit, one invocation "
         "included (unlike wall time, not inflated by waiting for a CPU on a loaded machine); "
         "peak RSS after that invocation.",
         "",

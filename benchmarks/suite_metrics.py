@@ -278,11 +278,12 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
         values_rows = _sql(url, "SELECT count(*) FROM metric_values")[0][0]
         handler_ms, client_ms, render_ms = [], [], []
         with contextlib.redirect_stdout(io.StringIO()):
-            body = handler(event, ctx)["body"]
-            samples = _count_samples(body, prefixes)
+            response = handler(event, ctx)
+            samples = _count_samples(body := response["body"], prefixes)
             client_samples = _count_samples(baseline().decode(), prefixes)
             if samples != client_samples:
-                raise RuntimeError(f"{samples} samples rendered, {client_samples} by the client")
+                got = f"{samples} samples rendered ({response['statusCode']}: {body[:300]!r})"
+                raise RuntimeError(f"{label}: {got}, {client_samples} by the client")
             totals = read_totals(get_db())
             for _ in range(3):
                 handler(event, ctx)
