@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,8 @@ def warm_table(cases: dict[str, Case], warm: WarmPairs) -> list[str]:
 def pair(v: Variant, on_env: dict[str, str], common: dict[str, str] | None = None) -> Pair:
     """`v` with the feature off (no setting) and on (`on_env`); `common` in both."""
     env = {**v.env, **(common or {})}
-    off = Variant(**{**v.__dict__, "key": f"{v.key}-off", "env": env})
-    return off, Variant(**{**v.__dict__, "key": f"{v.key}-on", "env": {**env, **on_env}})
+    off = replace(v, key=f"{v.key}-off", env=env)
+    return off, replace(v, key=f"{v.key}-on", env={**env, **on_env})
 
 
 def cold_pairs(
