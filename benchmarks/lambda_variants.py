@@ -2,7 +2,7 @@
 (a bare handler, Powertools Logger + pg8000.native, the FastAPI peer, and every function
 of template.yaml laid out as Lambda lays it out), the interpreter they all run
 (`.venv-bench`, from benchmarks/requirements.txt) and the database they reach (the tests'
-`tools.pgcluster.running_cluster` and `tests.support.metrics.metrics_database`).
+`tools.localdb.pgcluster.running_cluster` and `tests.support.metrics.metrics_database`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 from benchmarks.lambda_procs import WORK, Variant, log
 from tests.support.metrics import metrics_database
 from tools import LAYER_DIR, ROOT
-from tools.apigw import proxy_event
-from tools.pgcluster import running_cluster
-from tools.runtime import FunctionSpec, functions
+from tools.localdb.pgcluster import running_cluster
+from tools.runtime.apigw import proxy_event
+from tools.runtime.template import FunctionSpec, functions
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEER_DIR = BENCH_DIR / "peer_fastapi"
@@ -127,9 +127,8 @@ def build_variants(url: str) -> dict[str, Variant]:
             cwd=str(PEER_DIR),
         ),
     ]
-    for spec in sorted(functions().values(), key=lambda s: s.handler + str(s.code_dir)):
-        parts = spec.handler.split(".")
-        name = parts[0] if len(parts) > 2 else spec.code_dir.name  # package.app.handler
+    for spec in sorted(functions().values(), key=lambda s: s.handler):
+        name = spec.package
         env = {**_env(name, url), **spec.environment}
         for key in ("DB_SECRET_ARN", "METRICS_AUTH_TOKEN_SECRET_ARN"):
             env.pop(key, None)  # DATABASE_URL is the path under test

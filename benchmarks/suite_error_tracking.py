@@ -4,7 +4,7 @@ Off is the default and costs nothing by construction: without a DSN the SDK is n
 imported (tests/api/test_error_tracking.py checks it). On, the price is the SDK's import
 and init in every cold start, nothing on a successful invocation, and a capture plus a
 flush (the report leaves before the invocation returns) on a failing one. "On" points
-SENTRY_DSN at a loopback HTTP server standing in for Sentry's ingest (tools.sentry_ingest),
+SENTRY_DSN at a loopback HTTP server standing in for Sentry's ingest (tools.standins.sentry_ingest),
 which also counts the events it receives. Processes: benchmarks.off_on.
 """
 
@@ -24,8 +24,8 @@ from benchmarks.lambda_variants import (
 )
 from benchmarks.off_on import Case, WarmPairs, cold_pairs, cold_table, pair, warm_table
 from tools import LAYER_DIR
-from tools.apigw import proxy_event
-from tools.sentry_ingest import sentry_ingest
+from tools.runtime.apigw import proxy_event
+from tools.standins.sentry_ingest import sentry_ingest
 
 HERE = WORK / "error_tracking"
 FUNCTIONS = ("health", "metrics", "retention")

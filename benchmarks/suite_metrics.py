@@ -31,9 +31,8 @@ from typing import Any
 
 from benchmarks.lambda_variants import database
 from benchmarks.stats import nearest_rank, verdict
-from tools import ROOT
-from tools.apigw import proxy_event
-from tools.runtime import LambdaContext, load_handler
+from tools.runtime.apigw import proxy_event
+from tools.runtime.handler import LambdaContext, load_handler
 
 SAMPLES = 2400
 
@@ -252,7 +251,7 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     from ops.metrics.totals import read_totals
 
     baseline = _client_registry()
-    handler = load_handler(ROOT / "functions" / "metrics")
+    handler = load_handler("metrics.app.lambda_handler")
     event = proxy_event(method="GET", path="/metrics", resource="/metrics")
     ctx = partial(LambdaContext, "metrics", 10)  # a fresh deadline per invocation
     prefixes = ("http_requests_total{", "http_request_duration_seconds_")

@@ -1,5 +1,5 @@
 """What the shutdown flush costs (issues 8 and 19), under the real runtime client
-(awslambdaric, tools.ric) against a loopback Runtime API + Extensions API stand-in.
+(awslambdaric, tools.runtime.ric) against a loopback Runtime API + Extensions API stand-in.
 
 1. SIGTERM to exit of the health function that served 30 invocations (liveness and
    checks), all but the first few still pending (`METRICS_FLUSH_INTERVAL_S=600`), on a
@@ -25,14 +25,14 @@ from pathlib import Path
 
 from benchmarks.lambda_variants import database
 from benchmarks.stats import nearest_rank
-from tools.apigw import proxy_event
-from tools.ric import POLLING, RicFunction
+from tools.runtime.apigw import proxy_event
+from tools.runtime.ric import POLLING, RicFunction
 
 TARGET_SHUTDOWN_P99_MS = 150.0
 TARGET_COLD_START_MS = 5.0
 KILL_S = 0.5
 INVOCATIONS = 30
-MODES = ("thread", "main")  # tools.ric.POLLING: "unset" polls as "main" does
+MODES = ("thread", "main")  # tools.runtime.ric.POLLING: "unset" polls as "main" does
 ROUNDS = {True: (6, 8), False: (30, 40)}  # quick / full: (shutdown rounds, cold rounds)
 
 
@@ -160,7 +160,8 @@ def run(quick: bool) -> str:
         "### Shutdown flush under the real runtime client (issues 8 and 19)",
         "",
         f"SIGTERM to exit of the health function run by awslambdaric 4.2.2 against a loopback "
-        f"Runtime API stand-in (`tools.ric`), after {INVOCATIONS} invocations (one in five a "
+        "Runtime API stand-in (`tools.runtime.ric`), "
+        f"after {INVOCATIONS} invocations (one in five a "
         "`/health` check), `METRICS_FLUSH_INTERVAL_S=600`, on a loopback PostgreSQL; "
         f"{shutdown_rounds} fresh containers per mode, modes interleaved; every sample's stored "
         f"total equals the requests it served; {killed} of {2 * shutdown_rounds} reached "

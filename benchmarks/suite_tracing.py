@@ -5,7 +5,7 @@ imported (tests/api/test_tracing.py checks every function). On, the price is the
 import and set-up in every cold start and, per invocation, the spans plus their export
 before the invocation returns (a BatchSpanProcessor force-flushed at the end: one POST per
 invocation). "On" points OTEL_EXPORTER_OTLP_ENDPOINT at a loopback OTLP receiver
-(tools.otlp_receiver), which also counts the spans. Processes: benchmarks.off_on.
+(tools.standins.otlp_receiver), which also counts the spans. Processes: benchmarks.off_on.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from benchmarks.lambda_variants import (
     route_event,
 )
 from benchmarks.off_on import Case, WarmPairs, cold_pairs, cold_table, pair, warm_table
-from tools.otlp_receiver import otlp_receiver
+from tools.standins.otlp_receiver import otlp_receiver
 
 HERE = WORK / "tracing"
 FUNCTIONS = ("health", "metrics", "retention")
