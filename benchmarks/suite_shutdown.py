@@ -111,7 +111,7 @@ def cold_sample(url: str, variant: str, timing: Path) -> tuple[float, float, flo
     """ms from the process start to the answer of its first `/health/live`; the
     registration's wall and CPU ms in the function process."""
     env = {"DATABASE_URL": url, "POWERTOOLS_METRICS_NAMESPACE": "Bench"}
-    boot = [sys.executable, "-c", BOOT, variant, "app.lambda_handler", str(timing)]
+    boot = [sys.executable, "-c", BOOT, variant, "health.app.lambda_handler", str(timing)]
     fn = RicFunction("HealthFunction", env, capture=False, bootstrap=boot)
     try:
         fn.wait_init()
