@@ -18,7 +18,7 @@ import json
 import logging
 import os
 
-from benchmarks.suite_health import database
+from benchmarks.lambda_variants import database
 
 RATE = 10.0  # invocations per second per container
 TARGET_BYTES = 50.0  # EMF per invocation at the recommended interval (docs/cloudwatch.md)

@@ -1,48 +1,36 @@
-"""Cross-container metrics (issue 3): flush cost, render cost, flush contention, import cost.
+"""Cross-container metrics (issue 3): what recording and flushing add to an invocation, and
+what a scrape costs against prometheus_client, in one run against a throwaway PostgreSQL
+on 127.0.0.1 (the tests' `running_cluster`, migrations applied).
 
-Compared in one run against a throwaway PostgreSQL on 127.0.0.1 (PgCluster in a
-temporary folder, migrations applied):
+* Flush cost: the same API invocation (`Api` with one JSON route) without metrics (the
+  bare router, `Api()`) and with them (`service_api()`: the HTTP counter and histogram
+  recorded, then the flush: one round trip, plus the EMF line); interleaved, p50/p99 of
+  each and of the difference. Also the flush alone.
+* Render cost: the metrics function's handler for 2,400 samples (label sets of a counter
+  and an http_request_duration_seconds histogram) against `prometheus_client.
+  generate_latest` on an in-memory registry holding the same series (`_created` samples
+  disabled, so both print 2,400 samples). Worst case: 16 containers in 16 shards wrote
+  every series; beyond it, every series collided in every shard (spill rows everywhere).
+  The cost is fitted as a function of the value rows (series x live shards).
 
-* Flush cost: the same API invocation (`Api` with one JSON route) without metrics
-  (the bare router, `Api()`) and with them (`service_api()`: the HTTP counter and
-  histogram recorded, then the flush: one round trip, plus the EMF line); interleaved,
-  p50/p99 of each and of the difference. Also the flush alone.
-* Render cost: the metrics function's handler for 2,400 samples (label sets of a
-  counter and an http_request_duration_seconds histogram) against
-  `prometheus_client.generate_latest` on an in-memory registry holding the same series
-  (`_created` samples disabled, so both print 2,400 samples). Worst case: 16 containers
-  in 16 shards wrote every series; beyond it, every series collided in every shard
-  (spill rows everywhere). The cost is fitted as a function of the value rows (series x
-  live shards).
-* Contention: 8 processes, each invocation recording the same series and flushing,
-  with 16 shards and with 1 (every container on the same rows).
-* Import cost: the health function's imports against Powertools Logger +
-  pg8000.native alone (`python -X importtime`, medians).
-
-Run: `.venv/bin/python -m benchmarks metrics [--quick]`.
+The health suite measures the recording path's import (cold start against Powertools
+Logger + pg8000.native, and no prometheus_client or boto3 on it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
+from benchmarks.lambda_variants import database
 from benchmarks.stats import nearest_rank, verdict
-from tools import FUNCTIONS_DIR, LAYER_DIR, PYTHONPATH, ROOT
-from tools.localdb.migrate import apply_url
-from tools.localdb.pgcluster import PgCluster
 from tools.runtime.apigw import proxy_event
 from tools.runtime.handler import LambdaContext, load_handler
 
@@ -57,39 +45,19 @@ def _label_sets() -> int:
 
 
 LABEL_SETS = _label_sets()
-PROCESSES = 8
 TARGET_FLUSH_P50_MS = 0.5
 TARGET_FLUSH_P99_MS = 1.0
 TARGET_RENDER_RATIO = 0.5
-TARGET_IMPORT_RATIO = 1.5
 
 
 @dataclass(frozen=True)
 class Plan:
     invocations: int  # flush cost, per variant
     render_rounds: int
-    contention_invocations: int  # per process
-    import_runs: int
 
 
-QUICK = Plan(invocations=400, render_rounds=15, contention_invocations=150, import_runs=5)
-FULL = Plan(invocations=4000, render_rounds=60, contention_invocations=1500, import_runs=15)
-
-
-@contextlib.contextmanager
-def _cluster() -> Iterator[str]:
-    folder = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
-    cluster = PgCluster(folder / "data")
-    cluster.init()
-    cluster.start()
-    cluster.wait_ready()
-    try:
-        url = cluster.create_database("bench_metrics")
-        apply_url(url)
-        yield url
-    finally:
-        cluster.destroy()
-        shutil.rmtree(folder, ignore_errors=True)
+QUICK = Plan(invocations=400, render_rounds=15)
+FULL = Plan(invocations=4000, render_rounds=60)
 
 
 def _new_container(**env: str) -> None:
@@ -151,15 +119,16 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     )
     plain, instrumented = _bench_api(False), _bench_api(True)
     event = proxy_event(method="GET", path="/bench", resource="/bench")
-    ctx = LambdaContext("bench", 10)
+    # A context per invocation: time bounds fit what is left of its deadline (10 s after it).
     timings: dict[str, list[float]] = {"plain": [], "metrics": [], "flush": []}
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink):  # EMF lines: emitted (they are part of the cost)
         for _ in range(50):  # warm: connection open, plpgsql plan cached
-            plain(event, ctx)
-            instrumented(event, ctx)
+            plain(event, LambdaContext("bench", 10))
+            instrumented(event, LambdaContext("bench", 10))
         for _ in range(plan.invocations):
             for name, handler in (("plain", plain), ("metrics", instrumented)):
+                ctx = LambdaContext("bench", 10)
                 started = time.perf_counter()
                 handler(event, ctx)
                 timings[name].append((time.perf_counter() - started) * 1000)
@@ -172,7 +141,6 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
                 raise RuntimeError("flush failed during the benchmark")
             sink.seek(0)
             sink.truncate()
-    parts = _flush_breakdown(plan.invocations // 2)
     added = [b - a for a, b in zip(timings["plain"], timings["metrics"], strict=True)]
     stats = {
         "plain_p50": nearest_rank(timings["plain"], 50),
@@ -200,58 +168,11 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
             f"| **{stats['added_p99']:.3f}** |",
             f"| `flush()` alone (2 series deltas + EMF) | {stats['flush_p50']:.3f} "
             f"| {stats['flush_p99']:.3f} |",
-            *(
-                f"| `flush()`, {what} (for reference) | {nearest_rank(parts[key], 50):.3f} "
-                f"| {nearest_rank(parts[key], 99):.3f} |"
-                for key, what in (
-                    ("inline", "query run inline: no helper thread, no time bound"),
-                    ("no_emf", "no EMF lines (no namespace)"),
-                )
-            ),
             "",
-            f"Median of the per-pair differences: {stats['pairwise_p50']:.3f} ms. The "
-            "reference rows (interleaved with a plain `flush()`, "
-            f"{nearest_rank(parts['flush'], 50):.3f} ms p50 there) show what the helper thread "
-            "and the EMF lines cost.",
+            f"Median of the per-pair differences: {stats['pairwise_p50']:.3f} ms.",
         ]
     )
     return table, stats
-
-
-class _Inline:
-    """Runs the flush on the calling thread: no bound on its time (reference only)."""
-
-    def submit(self, job: Any) -> None:
-        job.run()  # settles the job's outcome in the outbox, as on the courier thread
-
-
-def _flush_breakdown(rounds: int) -> dict[str, list[float]]:
-    from ops.config import settings
-    from ops.metrics import catalogue as m
-    from ops.metrics import flush, store
-
-    box = store.outbox()
-    courier = box.courier
-    timings: dict[str, list[float]] = {"flush": [], "inline": [], "no_emf": []}
-    counter = m.HTTP_REQUESTS.labels(method="GET", route="/bench", status="200")
-    histogram = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/bench")
-    with contextlib.redirect_stdout(io.StringIO()) as sink:
-        for i in range(rounds * 3):
-            mode = ("flush", "inline", "no_emf")[i % 3]
-            box.courier = _Inline() if mode == "inline" else courier  # type: ignore[assignment]
-            os.environ["POWERTOOLS_METRICS_NAMESPACE"] = "" if mode == "no_emf" else "Bench"
-            settings.cache_clear()  # read once per container otherwise
-            counter.inc()
-            histogram.observe(0.001)
-            started = time.perf_counter()
-            flush()
-            timings[mode].append((time.perf_counter() - started) * 1000)
-            sink.seek(0)
-            sink.truncate()
-    box.courier = courier
-    os.environ["POWERTOOLS_METRICS_NAMESPACE"] = "Bench"
-    settings.cache_clear()
-    return timings
 
 
 # -- render cost -------------------------------------------------------------------------
@@ -332,7 +253,7 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     baseline = _client_registry()
     handler = load_handler("metrics.app.lambda_handler")
     event = proxy_event(method="GET", path="/metrics", resource="/metrics")
-    ctx = LambdaContext("metrics", 10)
+    ctx = partial(LambdaContext, "metrics", 10)  # a fresh deadline per invocation
     prefixes = ("http_requests_total{", "http_request_duration_seconds_")
     rows = []
     stats: dict[str, float] = {}
@@ -354,22 +275,24 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
         _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="Bench")
         _quiet_logger()
         with contextlib.redirect_stdout(io.StringIO()):
-            handler(event, ctx)  # a new metrics container: compacts (if due) on its first scrape
+            handler(event, ctx())  # a new metrics container: compacts (if due) on its first scrape
         values_rows = _sql(url, "SELECT count(*) FROM metric_values")[0][0]
         handler_ms, client_ms, render_ms = [], [], []
         with contextlib.redirect_stdout(io.StringIO()):
-            body = handler(event, ctx)["body"]
-            samples = _count_samples(body, prefixes)
+            response = handler(event, ctx())
+            samples = _count_samples(body := response["body"], prefixes)
             client_samples = _count_samples(baseline().decode(), prefixes)
             if samples != client_samples:
-                raise RuntimeError(f"{samples} samples rendered, {client_samples} by the client")
+                got = f"{samples} samples rendered ({response['statusCode']}: {body[:300]!r})"
+                raise RuntimeError(f"{label}: {got}, {client_samples} by the client")
             totals = read_totals(get_db())
             for _ in range(3):
-                handler(event, ctx)
+                handler(event, ctx())
                 baseline()
             for _ in range(plan.render_rounds):
+                context = ctx()
                 started = time.perf_counter()
-                handler(event, ctx)
+                handler(event, context)
                 handler_ms.append((time.perf_counter() - started) * 1000)
                 started = time.perf_counter()
                 baseline()
@@ -426,169 +349,6 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     return table, stats
 
 
-# -- contention --------------------------------------------------------------------------
-
-
-def _worker(url: str, invocations: int, shards: int, start_at: float) -> None:
-    """One container: record the same hot series as everyone else, flush, repeat."""
-    _new_container(
-        DATABASE_URL=url, METRICS_SHARDS=str(shards), POWERTOOLS_METRICS_NAMESPACE="Bench"
-    )
-    _quiet_logger()
-    from ops.db import get_db
-    from ops.metrics import catalogue as m
-    from ops.metrics import flush
-
-    get_db().run("SELECT 1")
-    counter = m.HTTP_REQUESTS.labels(method="GET", route="/hot", status="200")
-    histogram = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/hot")
-    flushes: list[float] = []
-    failures = 0
-    while time.time() < start_at:
-        time.sleep(0.001)
-    began = time.time()
-    with contextlib.redirect_stdout(io.StringIO()) as sink:
-        for _ in range(invocations):
-            counter.inc()
-            histogram.observe(0.042)
-            started = time.perf_counter()
-            failures += not flush()
-            flushes.append((time.perf_counter() - started) * 1000)
-            sink.seek(0)
-            sink.truncate()
-    ended = time.time()
-    print(json.dumps({"began": began, "ended": ended, "flush_ms": flushes, "failures": failures}))
-
-
-def contention(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
-    rows = []
-    stats: dict[str, float] = {}
-    for shards in (16, 1):
-        _reset_store(url)
-        start_at = time.time() + 3.0
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.suite_metrics",
-                    "worker",
-                    url,
-                    str(plan.contention_invocations),
-                    str(shards),
-                    str(start_at),
-                ],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-                env={**os.environ, "PYTHONPATH": PYTHONPATH},
-            )
-            for _ in range(PROCESSES)
-        ]
-        results = []
-        for proc in procs:
-            out, _ = proc.communicate(timeout=600)
-            if proc.returncode != 0:
-                raise RuntimeError(f"contention worker failed ({proc.returncode})")
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        flushes = [ms for r in results for ms in r["flush_ms"]]
-        wall = max(r["ended"] for r in results) - min(r["began"] for r in results)
-        total = PROCESSES * plan.contention_invocations
-        stored = _sql(
-            url,
-            "SELECT sum(v.value)::bigint FROM metric_values v JOIN metric_series s "
-            "ON s.id = v.series_id WHERE s.family = 'http_requests_total' "
-            "AND s.labels LIKE '%route=\"/hot\"%'",
-        )[0][0]
-        failures = sum(r["failures"] for r in results)
-        stats[f"ips_{shards}"] = total / wall
-        stats[f"p99_{shards}"] = nearest_rank(flushes, 99)
-        rows.append(
-            f"| {shards} | {total / wall:,.0f} | {nearest_rank(flushes, 50):.3f} "
-            f"| {nearest_rank(flushes, 99):.3f} "
-            f"| {failures} | {stored:,} of {total:,} |"
-        )
-    table = "\n".join(
-        [
-            f"{PROCESSES} processes x {plan.contention_invocations} invocations, all on the "
-            "same series (the worst case: one hot route), flushing after every invocation. "
-            "A 16-shard run draws each container's shard at random, as Lambda containers do, "
-            "so some containers share one. Counted after the run: what the store holds for "
-            "the hot counter (exactly once: failures are retried by the next flush).",
-            "",
-            "| shards | invocations/s | flush p50 ms | flush p99 ms | failed flushes | stored |",
-            "|---|---|---|---|---|---|",
-            *rows,
-        ]
-    )
-    return table, stats
-
-
-# -- import cost -------------------------------------------------------------------------
-
-BASELINE_IMPORTS = "from aws_lambda_powertools import Logger\nimport pg8000.native\n"
-HEALTH_IMPORTS = "import health.app\n"
-
-
-def _import_ms(source: str) -> tuple[float, set[str]]:
-    """Sum of the top-level imports' cumulative times (-X importtime), and the modules."""
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", source],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=tempfile.gettempdir(),
-        # As Lambda lays them out: the functions (/var/task), then the layer (/opt/python).
-        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(FUNCTIONS_DIR), str(LAYER_DIR)))},
-    )
-    total, modules = 0, set()
-    for line in proc.stderr.splitlines():
-        if not line.startswith("import time:") or "|" not in line:
-            continue
-        _, cumulative, name = line.split("|")
-        if not cumulative.strip().isdigit():
-            continue
-        modules.add(name.strip())
-        if not name.startswith("  "):  # top level: one space after the bar
-            total += int(cumulative)
-    return total / 1000, modules
-
-
-def import_cost(plan: Plan) -> tuple[str, dict[str, float]]:
-    base, health = [], []
-    modules: set[str] = set()
-    for _ in range(plan.import_runs):
-        base.append(_import_ms(BASELINE_IMPORTS)[0])
-        ms, modules = _import_ms(HEALTH_IMPORTS)
-        health.append(ms)
-    b, h = statistics.median(base), statistics.median(health)
-    # Powertools itself imports the bare `botocore` package (for its user agent), in the
-    # baseline too: only what the health function adds on top counts.
-    baseline_modules = _import_ms(BASELINE_IMPORTS)[1]
-    forbidden = sorted(
-        n
-        for n in modules - baseline_modules
-        if n.split(".")[0] in ("prometheus_client", "boto3", "botocore")
-    )
-    metrics_modules = sorted(n for n in modules if n.startswith("ops.metrics"))
-    table = "\n".join(
-        [
-            f"Medians of {plan.import_runs} runs of `python -X importtime`, summing top-level "
-            "cumulative times; ms.",
-            "",
-            "| imports | ms | vs baseline |",
-            "|---|---|---|",
-            f"| Powertools Logger + pg8000.native (baseline) | {b:.1f} | 1.00x |",
-            f"| `functions/health/app.py` (recording path included) | {h:.1f} | **{h / b:.2f}x** |",
-            "",
-            f"`ops.metrics` modules the health function imports: {', '.join(metrics_modules)}. "
-            "prometheus_client, boto3 or botocore modules beyond the baseline's: "
-            f"{', '.join(forbidden) or 'none'}.",
-        ]
-    )
-    return table, {"import_ratio": h / b, "forbidden": float(len(forbidden))}
-
-
 # -- the suite ---------------------------------------------------------------------------
 
 
@@ -596,11 +356,9 @@ def run(quick: bool) -> str:
     plan = QUICK if quick else FULL
     _quiet_logger()
     load_before, began = os.getloadavg()[0], time.monotonic()
-    with _cluster() as url:
+    with database() as url:
         flush_table, f = flush_cost(url, plan)
         render_table, r = render_cost(url, plan)
-        contention_table, _ = contention(url, plan)
-    import_table, i = import_cost(plan)
     load_after, took = os.getloadavg()[0], time.monotonic() - began
     targets = "\n".join(
         [
@@ -620,10 +378,6 @@ def run(quick: bool) -> str:
                     ("one", "1 container"),
                 )
             ),
-            f"| health cold import vs Logger + pg8000.native | {i['import_ratio']:.2f}x "
-            f"| {TARGET_IMPORT_RATIO}x | {verdict(i['import_ratio'] <= TARGET_IMPORT_RATIO)} |",
-            f"| prometheus_client/boto3 on the recording path | {int(i['forbidden'])} modules "
-            f"| 0 | {verdict(i['forbidden'] == 0)} |",
         ]
     )
     return "\n\n".join(
@@ -640,13 +394,5 @@ def run(quick: bool) -> str:
             flush_table,
             "### `/metrics` render cost",
             render_table,
-            "### Contention: 8 concurrent containers",
-            contention_table,
-            "### Import cost (cold-start proxy)",
-            import_table,
         ]
     )
-
-
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "worker":
-    _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))

@@ -8,8 +8,7 @@
    The process exits right after the flush, so SIGTERM-to-exit bounds SIGTERM-to-flushed;
    every sample's stored total is checked against the requests it served.
 2. Cold start: process start to the first `/health/live` answer (init, the runtime's
-   first poll, one invocation), the extension registered with `http.client` (the code),
-   with the previous raw-socket client (kept here only as the comparison), and not
+   first poll, one invocation), the extension registered (`http.client`) and not
    registered at all; variants interleaved, paired per round.
 """
 
@@ -24,15 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.lambda_variants import database
 from benchmarks.stats import nearest_rank
-from benchmarks.suite_health import database
 from tools.runtime.apigw import proxy_event
 from tools.runtime.ric import POLLING, RicFunction
 
 TARGET_SHUTDOWN_P99_MS = 150.0
 TARGET_COLD_START_MS = 5.0
-# A saving under this share of a cold start is no reason to keep hand-written HTTP.
-VISIBLE_SHARE = 0.01
 KILL_S = 0.5
 INVOCATIONS = 30
 MODES = ("thread", "main")  # tools.runtime.ric.POLLING: "unset" polls as "main" does
@@ -85,46 +82,13 @@ def shutdown_sample(url: str, polling: str) -> tuple[float, bool, int]:
     return ending.seconds * 1000.0, ending.killed, ending.returncode
 
 
-# The extension client before issue 19 (HTTP/1.1 written on a socket): the comparison only.
-RAW_REGISTER = r"""
-import socket, threading
-def raw_register(api):
-    host, _, port = api.rpartition(":")
-    def request(method, path, headers, body):
-        sock = socket.create_connection((host, int(port)), timeout=0.5)
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {api}\r\n{head}Content-Length:"
-                     f" {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-        return sock
-    sock = request("POST", "/2020-01-01/extension/register",
-                   {"Lambda-Extension-Name": lifecycle.EXTENSION_NAME}, b'{"events":[]}')
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    sock.close()
-    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    ident = dict(l.split(": ", 1) for l in lines[1:]).get("Lambda-Extension-Identifier")
-    def wait():
-        with request("GET", "/2020-01-01/extension/event/next",
-                     {"Lambda-Extension-Identifier": ident}, b"") as conn:
-            conn.settimeout(None)
-            while conn.recv(4096):
-                pass
-    threading.Thread(target=wait, daemon=True).start()
-    return ident
-"""
 # The registration is timed in the function process (wall and this thread's CPU) and
 # written to the file named by argv[3]: the stand-in answering is in the wall time.
 BOOT = (
     "import sys, time, json\n"
     "import ops.metrics.lifecycle as lifecycle\n"  # the same imports in every variant
-    + RAW_REGISTER
     + "variant, out = sys.argv[1], sys.argv[3]\n"
-    "register = {'none': lambda api: None, 'raw': raw_register}.get(variant,"
-    " lifecycle.register_extension)\n"
+    "register = (lambda api: None) if variant == 'none' else lifecycle.register_extension\n"
     "def timed(api):\n"
     "    wall, cpu = time.perf_counter(), time.thread_time()\n"
     "    try:\n"
@@ -140,7 +104,6 @@ BOOT = (
 COLD_VARIANTS = {
     "none": "no extension registered",
     "http.client": "registered with http.client (the code)",
-    "raw": "registered with raw sockets (the previous code)",
 }
 
 
@@ -148,7 +111,7 @@ def cold_sample(url: str, variant: str, timing: Path) -> tuple[float, float, flo
     """ms from the process start to the answer of its first `/health/live`; the
     registration's wall and CPU ms in the function process."""
     env = {"DATABASE_URL": url, "POWERTOOLS_METRICS_NAMESPACE": "Bench"}
-    boot = [sys.executable, "-c", BOOT, variant, "app.lambda_handler", str(timing)]
+    boot = [sys.executable, "-c", BOOT, variant, "health.app.lambda_handler", str(timing)]
     fn = RicFunction("HealthFunction", env, capture=False, bootstrap=boot)
     try:
         fn.wait_init()
@@ -187,7 +150,7 @@ def run(quick: bool) -> str:
             cold_sample(url, variant, timing)
         for i in range(cold_rounds):
             order = list(COLD_VARIANTS)
-            for variant in order[i % 3 :] + order[: i % 3]:
+            for variant in order[i % 2 :] + order[: i % 2]:
                 total, wall, cpu = cold_sample(url, variant, timing)
                 cold[variant].append(total)
                 register[variant].append((wall, cpu))
@@ -251,17 +214,6 @@ def run(quick: bool) -> str:
     added = statistics.median(w for w, _ in register["http.client"])
     added_cpu = statistics.median(c for _, c in register["http.client"])
     paired = statistics.median(v - b for v, b in zip(cold["http.client"], base, strict=True))
-    raw_wall = statistics.median(w for w, _ in register["raw"])
-    raw_cpu = statistics.median(c for _, c in register["raw"])
-    saving = added_cpu - raw_cpu
-    visible = VISIBLE_SHARE * statistics.median(base)
-    raw_verdict = (
-        f"under {VISIBLE_SHARE:.0%} of a cold start ({visible:.1f} ms): no visible saving, so"
-        " the code uses http.client (issue 20)."
-        if saving < visible
-        else f"at least {VISIBLE_SHARE:.0%} of a cold start ({visible:.1f} ms): raw sockets"
-        " would be a visible saving (issue 20): revisit."
-    )
     lines += [
         "",
         f"Target: the extension adds at most +{TARGET_COLD_START_MS:.0f} ms. Its registration "
@@ -271,9 +223,6 @@ def run(quick: bool) -> str:
         "reading and answering, where Lambda's Runtime API answers on its own host. The "
         f"whole cold start, paired with no extension: {paired:+.1f} ms p50 (this machine's "
         "noise: see the p90s).",
-        "",
-        f"http.client against the previous raw sockets: {saving:+.2f} ms CPU "
-        f"({added:.2f} against {raw_wall:.2f} ms wall) per cold start, {raw_verdict}",
         "",
         f"Load average (1/5/15 min): {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the start, "
         f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end, on "
