@@ -195,9 +195,6 @@ class EmfBuffer:
         return emit(values, self._stamp_ms)
 
 
-buffer = EmfBuffer()  # this container's
-
-
 def _output_lock() -> AbstractContextManager[Any]:
     from ops.log import logger  # at the first emission (module docstring)
 
@@ -220,8 +217,7 @@ def _warn_no_namespace() -> None:
 
 
 def reset() -> None:
-    """A new container: nothing buffered; the missing-namespace warning may be logged
-    again (tests)."""
-    global _warned_no_namespace, buffer
+    """A new container: the missing-namespace warning may be logged again (tests; the
+    buffer is the ContainerMetrics', replaced with it)."""
+    global _warned_no_namespace
     _warned_no_namespace = False
-    buffer = EmfBuffer()
