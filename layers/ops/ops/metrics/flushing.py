@@ -63,7 +63,7 @@ def flush(
         if reason in (FlushReason.DEADLINE, FlushReason.IDLE):
             _hand_over(c)
             return False
-        return _before_exit(c, SHUTDOWN_BUDGET_S if budget_s is None else budget_s)
+        return flush_before_exit(c, SHUTDOWN_BUDGET_S if budget_s is None else budget_s)
     except Exception as exc:  # the flush must not fail the invocation, or the exit
         logger.warning(
             "metrics flush failed",
@@ -104,17 +104,20 @@ def due(c: ContainerMetrics, now: float | None = None) -> bool:
     return now - since >= interval and now - c.last_attempt >= interval
 
 
-def report(c: ContainerMetrics, result: store.FlushResult, *, failures: bool = True) -> None:
+def report_outcome(
+    c: ContainerMetrics, result: store.FlushResult, *, failures: bool = True
+) -> None:
     """The settled outcome of a flush job (on the flush thread): count and log what was
     dropped, and failures (not at shutdown: there the loss is reported once, as lost).
     Counted in the job's own container; not at all once it was replaced (a reset)."""
     if c.retired:
         return
     with using(c):
-        _report(result, failures=failures)
+        report(result, failures=failures)
 
 
-def _report(result: store.FlushResult, *, failures: bool) -> None:
+def report(result: store.FlushResult, *, failures: bool) -> None:
+    """Count and log a settled outcome (in the active container: report_outcome)."""
     if result.dropped_batches:
         m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="unconfirmed").inc(
             result.dropped_series
@@ -178,7 +181,7 @@ def _push(
             time.time(),
             wait_s=wait_s,
             meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
-            report=lambda r: report(c, r),
+            report=lambda r: report_outcome(c, r),
             wait_busy=wait_busy,
         )
         traced.set(outcome=str(result.outcome))  # `pending`: handed over, not waited for
@@ -264,7 +267,7 @@ def _probe(c: ContainerMetrics, budget_s: float) -> bool:
     return False
 
 
-def _before_exit(c: ContainerMetrics, budget_s: float) -> bool:
+def flush_before_exit(c: ContainerMetrics, budget_s: float) -> bool:
     """Everything pending, within `budget_s` (shutdown, deadline). True when stored.
 
     Waits for a running flush first (its batches may settle as stored), then sends the
@@ -292,7 +295,7 @@ def _before_exit(c: ContainerMetrics, budget_s: float) -> bool:
         if time.monotonic() >= deadline:
             error = error or f"not stored within {round(budget_s * 1000)} ms"
             break
-        job = box.start(c.database(), time.time(), lambda r: report(c, r, failures=False))
+        job = box.start(c.database(), time.time(), lambda r: report_outcome(c, r, failures=False))
         if isinstance(job, store.FlushResult):  # busy: a flush handed over earlier runs
             if box.in_flight is None:
                 continue
