@@ -61,6 +61,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# The catalogue first: its families are declared (and their names reserved) before any
+# team's, which `ops.metrics.families` then marks as a team's own.
+from ops.metrics import catalogue  # noqa: F401
 from ops.metrics.container import ContainerMetrics, FlushReason, current, using
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
+from ops.metrics import pending as slot
 from ops.metrics.emf import EmfBuffer
 from ops.metrics.pending import Recordings
 
@@ -88,7 +88,21 @@ class ContainerMetrics:
         """
         from ops.metrics import flushing  # the store, the driver, Powertools: first flush
 
-        return flushing.flush(self, reason, background=background, budget_s=budget_s)
+        if reason is FlushReason.PROBE:
+            return flushing.probe(self, budget_s)
+        try:
+            if reason is FlushReason.DUE:
+                return flushing.end_invocation(self, background=background)
+            if reason is FlushReason.NOW:
+                return flushing.now(self, background=background)
+            if reason in (FlushReason.DEADLINE, FlushReason.IDLE):
+                flushing.hand_over(self)
+                return False
+            budget = SHUTDOWN_BUDGET_S if budget_s is None else budget_s
+            return flushing.flush_before_exit(self, budget)
+        except Exception as exc:  # the flush must not fail the invocation, or the exit
+            flushing.failed(reason.value, exc)
+            return False
 
     def database(self) -> Database:
         """The store's connection: ops.db.store_db's, or this instance's own (`connect`)."""
@@ -132,35 +146,30 @@ class ContainerMetrics:
         return True
 
 
-_default = ContainerMetrics()
-_active: ContextVar[ContainerMetrics | None] = ContextVar("ops_metrics_container", default=None)
+slot.set_default(ContainerMetrics())
 
 
 def current() -> ContainerMetrics:
     """The instance recordings go to: `using()`'s in this context, or the default."""
-    active = _active.get()
-    return _default if active is None else active
+    return cast(ContainerMetrics, slot.active())
 
 
 def default() -> ContainerMetrics:
     """The process's instance (a Lambda container has only this one)."""
-    return _default
+    return cast(ContainerMetrics, slot.default())
 
 
 @contextmanager
 def using(instance: ContainerMetrics) -> Iterator[ContainerMetrics]:
     """Records in this context (and work it hands to ops.concurrency) go to `instance`."""
-    token = _active.set(instance)
-    try:
+    with slot.recording_into(instance):
         yield instance
-    finally:
-        _active.reset(token)
 
 
 def replace_default() -> ContainerMetrics:
     """A new container: a fresh default instance; the old one's late outcomes are not
     reported (ops.metrics.reset, for tests)."""
-    global _default
-    _default.retired = True
-    _default = ContainerMetrics()
-    return _default
+    default().retired = True
+    fresh = ContainerMetrics()
+    slot.set_default(fresh)
+    return fresh

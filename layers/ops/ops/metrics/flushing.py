@@ -1,4 +1,4 @@
-"""The flush procedures behind `ContainerMetrics.flush(reason)` (ops.metrics.container):
+"""The flush procedures `ContainerMetrics.flush(reason)` calls (ops.metrics.container):
 when a container's pending deltas go to PostgreSQL and its EMF values to CloudWatch.
 
 * EMF values go to the container's CloudWatch buffer at the end of every invocation
@@ -33,14 +33,17 @@ team family the store refused (`reason="family_conflict"`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 from ops.config import settings
-from ops.db import DatabaseUnavailable, separate_store, store_source
+from ops.db import Database, DatabaseUnavailable, separate_store, store_source
 from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.metrics import store
 from ops.metrics.catalogue import function_name
-from ops.metrics.container import SHUTDOWN_BUDGET_S, ContainerMetrics, FlushReason, using
+from ops.metrics.emf import EmfBuffer
+from ops.metrics.pending import Recordings, recording_into
 from ops.tracing import span
 
 # A kept connection silent for this share of the shutdown budget (or twice its last reply
@@ -48,31 +51,39 @@ from ops.tracing import span
 FRESH_AFTER = 0.4
 
 
-def flush(
-    c: ContainerMetrics, reason: FlushReason, *, background: bool, budget_s: float | None
-) -> bool:
-    """ContainerMetrics.flush: the procedure for `reason` (see the module docstring).
-    Raises only for PROBE (the check fails); otherwise a bug here is logged, never raised."""
-    if reason is FlushReason.PROBE:
-        return _probe(c, settings().health_db_budget_s if budget_s is None else budget_s)
-    try:
-        if reason is FlushReason.DUE:
-            return _end_invocation(c, background=background)
-        if reason is FlushReason.NOW:
-            return _now(c, background=background)
-        if reason in (FlushReason.DEADLINE, FlushReason.IDLE):
-            _hand_over(c)
-            return False
-        return flush_before_exit(c, SHUTDOWN_BUDGET_S if budget_s is None else budget_s)
-    except Exception as exc:  # the flush must not fail the invocation, or the exit
-        logger.warning(
-            "metrics flush failed",
-            extra={"type": "metrics_flush", "reason": reason.value, "error": repr(exc)},
-        )
-        return False
+class Container(Protocol):
+    """What a flush reads and updates: a ContainerMetrics (ops.metrics.container, which
+    calls these procedures by reason; typed here by shape, so that this module does not
+    import it back)."""
+
+    pending: Recordings
+    emf_buffer: EmfBuffer
+    clock: Callable[[], float]
+    last_attempt: float
+    last_end: float
+    probed: bool
+    probe_db: Database | None
+    retired: bool
+
+    @property
+    def outbox(self) -> store.Outbox: ...
+
+    def outbox_if_any(self) -> store.Outbox | None: ...
+
+    def database(self) -> Database: ...
+
+    def pending_since(self) -> float | None: ...
 
 
-def _emit(c: ContainerMetrics, *, drain: bool = True) -> None:
+def failed(reason: str, exc: Exception) -> None:
+    """A bug in a flush procedure: logged, never raised (it must not fail the invocation)."""
+    logger.warning(
+        "metrics flush failed",
+        extra={"type": "metrics_flush", "reason": reason, "error": repr(exc)},
+    )
+
+
+def _emit(c: Container, *, drain: bool = True) -> None:
     """The one place EMF values go to the container's buffer: printed now (`drain`), or
     when due."""
     try:
@@ -91,7 +102,7 @@ def interval_s() -> float:
     return settings().metrics_flush_interval_s
 
 
-def due(c: ContainerMetrics, now: float | None = None) -> bool:
+def due(c: Container, now: float | None = None) -> bool:
     """Pending deltas older than the interval, and no flush started within it; or any
     pending deltas when the previous invocation ended at least the interval ago."""
     since = c.pending_since()
@@ -104,15 +115,13 @@ def due(c: ContainerMetrics, now: float | None = None) -> bool:
     return now - since >= interval and now - c.last_attempt >= interval
 
 
-def report_outcome(
-    c: ContainerMetrics, result: store.FlushResult, *, failures: bool = True
-) -> None:
+def report_outcome(c: Container, result: store.FlushResult, *, failures: bool = True) -> None:
     """The settled outcome of a flush job (on the flush thread): count and log what was
     dropped, and failures (not at shutdown: there the loss is reported once, as lost).
     Counted in the job's own container; not at all once it was replaced (a reset)."""
     if c.retired:
         return
-    with using(c):
+    with recording_into(c):
         report(result, failures=failures)
 
 
@@ -166,7 +175,7 @@ def report(result: store.FlushResult, *, failures: bool) -> None:
 
 
 def _push(
-    c: ContainerMetrics,
+    c: Container,
     wait_s: float | None,
     meanwhile: object = None,
     *,
@@ -188,7 +197,7 @@ def _push(
         return result
 
 
-def _now(c: ContainerMetrics, *, background: bool = False, drain_emf: bool = True) -> bool:
+def now(c: Container, *, background: bool = False, drain_emf: bool = True) -> bool:
     """Send what is pending now, and the EMF lines (only when due: `drain_emf=False`).
     Never raises.
 
@@ -218,7 +227,7 @@ def _now(c: ContainerMetrics, *, background: bool = False, drain_emf: bool = Tru
     return stored
 
 
-def _end_invocation(c: ContainerMetrics, *, background: bool = False) -> bool:
+def end_invocation(c: Container, *, background: bool = False) -> bool:
     """The policy at the end of an invocation: EMF to the buffer (printed when due); the
     deltas when due, unless this invocation's database check already made the round trip."""
     probed, c.probed = c.probed, False
@@ -226,19 +235,19 @@ def _end_invocation(c: ContainerMetrics, *, background: bool = False) -> bool:
         if probed or not due(c):
             _emit(c, drain=False)
             return False
-        return _now(c, background=background, drain_emf=False)
+        return now(c, background=background, drain_emf=False)
     finally:
         c.last_end = c.clock()
 
 
-def _hand_over(c: ContainerMetrics) -> None:
+def hand_over(c: Container) -> None:
     """Send what is pending without waiting (a deadline is near; an idle local process)."""
     _emit(c)
     if _store_configured() and c.pending_since() is not None:
         _push(c, 0.0)
 
 
-def _probe(c: ContainerMetrics, budget_s: float) -> bool:
+def probe(c: Container, budget_s: float | None) -> bool:
     """The database health check's round trip, carrying the due deltas with it when the
     store's connection is idle: True when it did (the database answered). False when not
     carried (nothing due, a flush is running, or the store has a database of its own,
@@ -250,6 +259,8 @@ def _probe(c: ContainerMetrics, budget_s: float) -> bool:
     (a statement timeout on a locked metrics row, say) is up: the check passes and
     the deltas stay pending.
     """
+    if budget_s is None:
+        budget_s = settings().health_db_budget_s
     c.probed = not separate_store()  # this round trip could carry the flush
     c.probe_db = None
     box = c.outbox_if_any()
@@ -267,7 +278,7 @@ def _probe(c: ContainerMetrics, budget_s: float) -> bool:
     return False
 
 
-def flush_before_exit(c: ContainerMetrics, budget_s: float) -> bool:
+def flush_before_exit(c: Container, budget_s: float) -> bool:
     """Everything pending, within `budget_s` (shutdown, deadline). True when stored.
 
     Waits for a running flush first (its batches may settle as stored), then sends the
@@ -325,7 +336,7 @@ def flush_before_exit(c: ContainerMetrics, budget_s: float) -> bool:
         box.batches = [b for b in box.batches if b.sending]
     for reason, series in (("lost", lost), ("unconfirmed", unconfirmed)):
         if series:
-            with using(c):
+            with recording_into(c):
                 m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason=reason).inc(series)
     logger.error(
         "metrics deltas not confirmed stored before the container ended (lostSeries: never"

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import NamedTuple, Protocol
 
 from ops.metrics.emf import EmfKey
 
@@ -105,3 +107,48 @@ class Deltas:
 
     def __bool__(self) -> bool:
         return bool(self.sums or self.gauges)
+
+
+# -- whose recordings: the active container ------------------------------------------------
+# The slot lives here, a leaf module, so that the families (which record into it) and the
+# flush (which counts into the container it flushes) never import ops.metrics.container,
+# which imports the flush: no import cycle. ops.metrics.container is its API.
+
+
+class Recorder(Protocol):
+    """What the families record into: a ContainerMetrics (ops.metrics.container)."""
+
+    @property
+    def pending(self) -> Recordings: ...
+
+
+_active: ContextVar[Recorder | None] = ContextVar("ops_metrics_container", default=None)
+_default: list[Recorder] = []  # the process's ContainerMetrics, set by ops.metrics.container
+
+
+def active() -> Recorder:
+    """The container recordings go to: the one made active in this context, or the default."""
+    found = _active.get()
+    return _default[0] if found is None else found
+
+
+def recordings() -> Recordings:
+    return active().pending
+
+
+@contextmanager
+def recording_into(owner: Recorder) -> Iterator[None]:
+    """Records in this context go to `owner`."""
+    token = _active.set(owner)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def default() -> Recorder:
+    return _default[0]
+
+
+def set_default(owner: Recorder) -> None:
+    _default[:] = [owner]
