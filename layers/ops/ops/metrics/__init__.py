@@ -36,7 +36,8 @@ steps, in order (`exposition` as prometheus_client names it; `flushing`, because
     write side, in every function:
     record         families      Counter, Histogram, Gauge: what code records with
                                  (catalogue declares the product's families with them)
-    -> pending     pending       a container's deltas by SeriesKey, since the last flush
+    -> pending     pending       a container's deltas by SeriesKey, since the last flush,
+                                 and which container is active (the families' target)
                    container     ContainerMetrics: the pending deltas, the outbox, the flush
                                  clock, the store's connection; current() and using()
     -> flush       flushing      what each FlushReason does: when the deltas are due, and

@@ -12,7 +12,9 @@ context, or else the process's default instance, which is what a Lambda containe
 has. One process can therefore host many container identities (a fleet simulation,
 one identity per thread or one at a time), each with its own deltas, outbox, clock and
 connection. Work a request hands to another thread carries the context with it
-(ops.concurrency); the flush's own jobs are bound to their instance.
+(ops.concurrency); the flush's own jobs are bound to their instance. (The slot that says
+which instance is active is ops.metrics.pending's, a leaf module: the families and the
+flush procedures read it without importing this module, which imports the flush.)
 
 Pure standard library: every function imports this on its hot path (the database
 driver, the store and Powertools load at the first flush, in ops.metrics.flushing).
