@@ -233,17 +233,17 @@ def _fresh_container(env: dict[str, str]) -> None:
     db.reset()
     metrics.reset()
     try:  # the shutdown flush and deadline watch, installed again for this process
-        from ops.metrics import lifecycle
+        from ops.metrics import process_hooks
     except ImportError:  # before the flush policy existed: nothing to install
         return
-    lifecycle._installed = False  # the manager's watchdog thread did not survive the fork
-    lifecycle._watchdog = None
-    lifecycle._previous.clear()
-    lifecycle.install()
+    process_hooks._installed = False  # the manager's watch thread did not survive the fork
+    process_hooks._watch = None
+    process_hooks._previous.clear()
+    process_hooks.install()
 
 
 def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) -> None:
-    from ops.metrics import store
+    from ops.metrics import current, store
     from tools.runtime.handler import LambdaContext
 
     served = 0
@@ -294,7 +294,7 @@ def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) 
         board.hist_add(slot, HIST_HOOKS, time.perf_counter() - started)
 
     app.after_invocation[:] = [count_served, timed_hooks]
-    board.set_identity(slot, store.outbox().container)
+    board.set_identity(slot, current().outbox.container)
 
     rng = random.Random()
     term = {signal.SIGTERM}

@@ -188,13 +188,13 @@ def _fill_store(url: str, shards: int, collided: bool) -> None:
     the compaction's 5 minutes); otherwise the containers flush in turn."""
     from ops.db import connect_url
     from ops.metrics import catalogue as m
-    from ops.metrics import flush, store
+    from ops.metrics import current, flush
 
     _reset_store(url)
     holder = None
     for shard in range(shards):
         _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="")
-        store.outbox().shard = shard
+        current().outbox.shard = shard
         for i in range(LABEL_SETS):
             m.HTTP_REQUESTS.labels(method="GET", route=f"/r/{i}", status="200").inc(3)
             child = m.HTTP_REQUEST_DURATION.labels(method="GET", route=f"/r/{i}")

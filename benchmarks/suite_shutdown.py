@@ -86,18 +86,20 @@ def shutdown_sample(url: str, polling: str) -> tuple[float, bool, int]:
 # written to the file named by argv[3]: the stand-in answering is in the wall time.
 BOOT = (
     "import sys, time, json\n"
-    "import ops.metrics.lifecycle as lifecycle\n"  # the same imports in every variant
+    "import ops.extensions_api as extensions_api\n"
+    "import ops.metrics.process_hooks\n"  # the same imports in every variant
     + "variant, out = sys.argv[1], sys.argv[3]\n"
-    "register = (lambda api: None) if variant == 'none' else lifecycle.register_extension\n"
-    "def timed(api):\n"
+    "register = (lambda api, name: None) if variant == 'none'"
+    " else extensions_api.register_without_events\n"
+    "def timed(api, name):\n"
     "    wall, cpu = time.perf_counter(), time.thread_time()\n"
     "    try:\n"
-    "        return register(api)\n"
+    "        return register(api, name)\n"
     "    finally:\n"
     "        with open(out, 'w') as f:\n"
     "            json.dump([(time.perf_counter() - wall) * 1000,"
     " (time.thread_time() - cpu) * 1000], f)\n"
-    "lifecycle.register_extension = timed\n"
+    "extensions_api.register_without_events = timed\n"
     "from awslambdaric.__main__ import main\n"
     "main([sys.argv[0], sys.argv[2]])\n"
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ops.api import Request, Response, json_response
-from ops.metrics import lifecycle
+from ops.metrics import process_hooks
 from ops.service import service_api
 from tests.support.runtime import call_api
 
@@ -31,14 +31,14 @@ def test_sampled_lines_account_for_every_probe_and_failures_are_all_written(
     app_env, log_lines, monkeypatch, rate
 ):
     app_env(PROBE_LOG_SAMPLE_RATE=rate)
-    monkeypatch.setattr(lifecycle, "_shutdown_hooks", [])  # this app's only
+    monkeypatch.setattr(process_hooks, "_shutdown_hooks", [])  # this app's only
     statuses = [503 if i % 7 == 3 else 200 for i in range(200)]
     app = probe_app(statuses)
     for _ in statuses:
         call_api(app.lambda_handler, "/health/ready")
     for _ in range(5):
         call_api(app.lambda_handler, "/api/orders")  # not a probe: always written
-    lifecycle.flush_at_shutdown()  # the real shutdown path runs the summary hook
+    process_hooks.flush_at_shutdown()  # the real shutdown path runs the summary hook
     lines = log_lines()
     requests = [line for line in lines if line.get("type") == "request"]
     probe_ok = [r for r in requests if r["route"] == "/health/ready" and r["statusCode"] == 200]

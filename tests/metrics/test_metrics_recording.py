@@ -13,7 +13,7 @@ import time
 import pytest
 
 from ops.metrics import catalogue as m
-from ops.metrics import families, flush, pending
+from ops.metrics import current, families, flush
 from ops.metrics.emf import Emf
 from ops.metrics.exposition import render, wants_openmetrics
 from ops.metrics.families import Counter, Gauge, Histogram
@@ -62,7 +62,7 @@ def test_label_mistakes_raise_at_record_time(call, message):
 def test_bad_values_raise(call, message):
     with pytest.raises(ValueError, match=message):
         call()
-    assert not pending.take_deltas()
+    assert not current().pending.take_deltas()
 
 
 def test_children_are_cached_and_int_values_accepted():
@@ -71,7 +71,7 @@ def test_children_are_cached_and_int_values_accepted():
     by_position = m.HTTP_REQUESTS.labels("GET", "/x", "200")
     by_position.inc()
     by_name.inc(2)
-    deltas = pending.take_deltas()
+    deltas = current().pending.take_deltas()
     assert deltas.sums == {("http_requests_total", 'method="GET",route="/x",status="200"', ""): 3.0}
 
 
@@ -90,7 +90,7 @@ def test_histogram_buckets_are_upper_inclusive():
     child = m.TOOL_CALL_DURATION.labels(tool="search")
     for seconds in (0.05, 0.050001, 5.0, 5.0005, 0.0):
         child.observe(seconds)
-    sums = pending.take_deltas().sums
+    sums = current().pending.take_deltas().sums
     labels = 'tool="search"'
     assert sums == {
         ("tool_call_duration_seconds", labels, "0.05"): 2.0,  # 0.0 and exactly 0.05
@@ -106,7 +106,7 @@ def test_http_duration_resolves_fast_routes_and_keeps_the_objective_bounds():
     child = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/health/live")
     for seconds in (0.0004, 0.002, 0.004, 0.007):
         child.observe(seconds)
-    sums = pending.take_deltas().sums
+    sums = current().pending.take_deltas().sums
     labels = 'method="GET",route="/health/live"'
     assert {le: n for (_, lab, le), n in sums.items() if lab == labels and le != "sum"} == {
         "0.001": 1.0,
@@ -124,7 +124,7 @@ def test_time_observes_seconds():
         time.sleep(0.06)
     with m.RETENTION_RUN_DURATION.time():
         pass
-    sums = pending.take_deltas().sums
+    sums = current().pending.take_deltas().sums
     # At least the 60 ms slept, in seconds (in ms it would read 60 or more).
     assert 0.06 <= sums[("tool_call_duration_seconds", 'tool="t"', "sum")] < 30
     # Far less than the first bucket (1 s): one observation there.
@@ -135,7 +135,7 @@ def test_gauge_keeps_the_last_value():
     missing = m.RETENTION_MISSING_INDEX.labels(table="events")
     missing.set(1)
     missing.set(0)
-    ((key, (reading, _)),) = pending.take_deltas().gauges.items()
+    ((key, (reading, _)),) = current().pending.take_deltas().gauges.items()
     assert key == ("retention_missing_index", 'table="events"', "") and reading == 0.0
 
 
@@ -155,7 +155,7 @@ def test_recording_imports_no_prometheus_client_or_boto3():
     code = (
         "import sys\n"
         "from ops.metrics import catalogue as m\n"
-        "import ops.metrics.http\n"
+        "import ops.metrics.router_hooks\n"
         "m.TOOL_CALLS.labels(tool='t', status='ok').inc()\n"
         "bad = [n for n in sys.modules if n.split('.')[0] in ('prometheus_client', 'boto3')]\n"
         "assert not bad, bad\n"
@@ -334,7 +334,7 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
     m.ERRORS.labels(function="f", kind="unhandled_exception").inc()  # not mirrored
 
     assert flush() is True  # no database configured: nothing to keep
-    assert not pending.take_deltas()
+    assert not current().pending.take_deltas()
     lines = emf_lines(capsys.readouterr().out)
     by_dims = {}
     for line in lines:
@@ -450,14 +450,14 @@ def test_emf_lines_are_the_ones_powertools_metrics_prints(capsys, observations):
     """emf.py writes the lines itself (a quarter of Powertools' cost a line); they must
     stay exactly the lines Powertools Metrics would print for the same recordings."""
     from ops.config import settings
-    from ops.metrics import emf, pending
+    from ops.metrics import emf
 
     for i in range(observations):
         m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(float(i))
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="503").inc(2)
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     m.TOOL_CALL_DURATION.labels(tool="search").observe(0.0125)
-    recorded = pending.take_emf()
+    recorded = current().pending.take_emf()
     assert recorded
     capsys.readouterr()
     emf.emit(recorded)

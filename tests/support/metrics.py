@@ -49,7 +49,7 @@ def parse(body: str, *, openmetrics: bool = False) -> Samples:
     else:
         from prometheus_client.parser import text_string_to_metric_families
     samples: Samples = {}
-    for family in text_string_to_metric_families(body):
+    for family in text_string_to_metric_families(body):  # type: ignore[no-untyped-call]
         for s in family.samples:
             key = (s.name, tuple(sorted(s.labels.items())))
             assert key not in samples, f"duplicate sample {key}"
@@ -82,14 +82,14 @@ class EmfClock:
     def __enter__(self) -> EmfClock:
         from ops.metrics import emf
 
-        self._real = emf.time
-        emf.time = self  # type: ignore[assignment]
+        self._real = emf.time  # type: ignore[attr-defined]
+        emf.time = self  # type: ignore[assignment,attr-defined]
         return self
 
     def __exit__(self, *exc: object) -> None:
         from ops.metrics import emf
 
-        emf.time = self._real
+        emf.time = self._real  # type: ignore[attr-defined]
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -133,7 +133,7 @@ def container_main(spec_json: str) -> None:
     from ops.metrics import catalogue as m
     from ops.metrics import flush
 
-    logger.registered_handler.setStream(io.StringIO())
+    logger.registered_handler.setStream(io.StringIO())  # type: ignore[attr-defined]
     spec = json.loads(spec_json)
     for source, times in spec.get("webhook_failures", {}).items():
         for _ in range(times):

@@ -68,7 +68,7 @@ def _label(name: str) -> tuple[str, Callable[[Mapping[str, str]], str]]:
     return (name, lambda labels: labels[name])
 
 
-# -- HTTP (recorded for every response of every API function: see ops.metrics.http)
+# -- HTTP (recorded for every response of every API function: see ops.metrics.router_hooks)
 HTTP_REQUESTS = Counter(
     "http_requests_total",
     "HTTP requests by method, route template and status code.",

@@ -119,7 +119,7 @@ def emit(recorded: dict[EmfKey, list[float]], timestamp_ms: int | None = None) -
     for key, values in recorded.items():
         groups[(key.dimension, key.value)].append((key, values))
     # Under the log handler's lock: a log line written from another thread (a flush
-    # settling on the courier) must not land inside an EMF line, which CloudWatch
+    # settling on the flush thread) must not land inside an EMF line, which CloudWatch
     # would then not parse.
     with _output_lock():
         for (dim_name, dim_value), metrics in sorted(groups.items()):
@@ -143,7 +143,8 @@ def emit(recorded: dict[EmfKey, list[float]], timestamp_ms: int | None = None) -
 class EmfBuffer:
     """A container's EMF values over one window (module docstring): `add` each
     invocation's recordings, printing the window when due; `drain` prints it now.
-    Thread-safe: the deadline and shutdown flushes drain from the lifecycle thread."""
+    Thread-safe: the deadline and shutdown flushes drain it from the process hooks'
+    thread (ops.metrics.process_hooks). Each ContainerMetrics has its own."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -195,9 +196,6 @@ class EmfBuffer:
         return emit(values, self._stamp_ms)
 
 
-buffer = EmfBuffer()  # this container's
-
-
 def _output_lock() -> AbstractContextManager[Any]:
     from ops.log import logger  # at the first emission (module docstring)
 
@@ -220,8 +218,7 @@ def _warn_no_namespace() -> None:
 
 
 def reset() -> None:
-    """A new container: nothing buffered; the missing-namespace warning may be logged
-    again (tests)."""
-    global _warned_no_namespace, buffer
+    """A new container: the missing-namespace warning may be logged again (tests; the
+    buffer is the ContainerMetrics', replaced with it)."""
+    global _warned_no_namespace
     _warned_no_namespace = False
-    buffer = EmfBuffer()

@@ -5,19 +5,18 @@ with the same classes in its own code (`from ops.metrics import Counter`). One n
 one shape: a second declaration of a name fails here, naming the family (the
 catalogue's names are reserved, loaded before any team's); across functions the
 store refuses a name declared with another shape (ops.metrics.store). A family's
-children add to this container's pending deltas (ops.metrics.pending), never to a
-total of their own: the totals live in PostgreSQL.
+children add to the active container's pending deltas (ops.metrics.pending.recordings(),
+ops.metrics.container's `current()`), never to a total of their own: the totals live in PostgreSQL.
 
 Label values are validated when a child is first made, and children are cached,
-so the steady-state cost of `m.X.labels(a="b").inc()` is two dict lookups and a
-lock. Pure standard library: every function imports this on its hot path.
+so the steady-state cost of `m.X.labels(a="b").inc()` is two dict lookups, a
+context variable and a lock. Pure standard library: every function imports this on its hot path.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,12 +47,6 @@ def reserve_catalogue() -> None:
     """Called at the end of ops.metrics.catalogue: its names are reserved from now on."""
     global RESERVED
     RESERVED = frozenset(REGISTRY)
-
-
-def _load_catalogue() -> None:
-    """The catalogue's names are taken before a team's first declaration."""
-    if RESERVED is None and "ops.metrics.catalogue" not in sys.modules:
-        import ops.metrics.catalogue  # noqa: F401 - declares (and reserves) its families
 
 
 def shape_rows(declared: Iterable[Family[Any]]) -> list[dict[str, Any]]:
@@ -108,8 +101,7 @@ class Family(Generic[C]):
         unknown = set(self.allowed) - set(self.labelnames)
         if unknown:
             raise ValueError(f"{name}: allowed values given for unknown labels {sorted(unknown)}")
-        if registry is REGISTRY:
-            _load_catalogue()
+        if registry is REGISTRY:  # the package loads the catalogue first: its names are taken
             self.team = RESERVED is not None
         if emf is _DEFAULT_EMF:
             emf = team_emf(self) if self.team else None
@@ -264,7 +256,7 @@ class CounterChild:
         amount = _finite(self._family, amount)
         if amount < 0:
             raise ValueError(f"{self._family}: counters only go up (got {amount})")
-        recordings.add(self._key, amount, self._emf)
+        recordings().add(self._key, amount, self._emf)
 
 
 class Histogram(Family["HistogramChild"]):
@@ -320,7 +312,7 @@ class HistogramChild:
     def observe(self, value: float) -> None:
         value = _finite(self._family, value)
         # Buckets are upper-inclusive (le): bisect_left puts a value equal to a bound in it.
-        recordings.observe(self._keys[bisect_left(self._bounds, value)], value, self._emf)
+        recordings().observe(self._keys[bisect_left(self._bounds, value)], value, self._emf)
 
     @contextmanager
     def time(self) -> Iterator[None]:
@@ -367,7 +359,7 @@ class GaugeChild:
     def set(self, value: float) -> None:
         value = _finite(self._family, value)
         emf_value = self._emf_value(value) if self._emf_value else value
-        recordings.set(self._key, value, self._emf, emf_value)
+        recordings().set(self._key, value, self._emf, emf_value)
 
 
 class LiveGauge(Family[str]):

@@ -1,22 +1,25 @@
-"""The flush: when pending deltas go to PostgreSQL and EMF values to CloudWatch; sending them.
+"""The flush procedures `ContainerMetrics.flush(reason)` calls (ops.metrics.container):
+when a container's pending deltas go to PostgreSQL and its EMF values to CloudWatch.
 
-* EMF values are added to the CloudWatch buffer at the end of every invocation,
-  whatever the database flush does (CloudWatch's copy needs no database), and printed
-  once per METRICS_FLUSH_INTERVAL_S window (ops.metrics.emf: when due; at once on a
-  forced flush, the deadline hand-over and shutdown).
+* EMF values go to the container's CloudWatch buffer at the end of every invocation
+  (DUE), whatever the database flush does (CloudWatch's copy needs no database), and
+  are printed once per METRICS_FLUSH_INTERVAL_S window (ops.metrics.emf: when due; at
+  once on an explicit flush, NOW, the deadline hand-over and shutdown).
 * Deltas are due once the oldest pending one is METRICS_FLUSH_INTERVAL_S old
-  (0: every invocation), checked at the end of each invocation; and at once when the
+  (0: every invocation), checked at the end of each invocation (DUE; by the
+  container's own clock); and at once when the
   invocation follows a quiet spell of that long (a sparse container's counts would
   otherwise wait for its next invocation, minutes away; its writes are few anyway).
 * An invocation makes at most one flush round trip. A database health check carries
-  the due deltas in its own round trip (`probe_database`: no extra write per probe;
-  not when the store has a database of its own, ops.db.separate_store);
+  the due deltas in its own round trip (PROBE: no extra write per probe; not when
+  the store has a database of its own, ops.db.separate_store);
   the invocation's own recordings then wait for the next flush. Otherwise the flush
   runs at the end of the invocation: waited for (at most 2 x METRICS_FLUSH_TIMEOUT_MS),
   except on routes that must never wait on the database (`background=True`:
-  liveness, /metrics), which hand it to the courier thread and return.
-* Before the invocation's deadline, at shutdown and, in a long-lived local process,
-  when it idles: ops.metrics.lifecycle.
+  liveness, /metrics), which hand it to the flush thread and return.
+* Before the invocation's deadline (DEADLINE), when a long-lived local process idles
+  (IDLE): handed over without waiting; at shutdown (SHUTDOWN): everything within a
+  budget. ops.metrics.process_hooks asks for these.
 
 A failed flush never fails the invocation: its deltas stay pending. Its outcome is
 settled by the flush job itself (also when nobody waited for it): failures are
@@ -30,37 +33,63 @@ team family the store refused (`reason="family_conflict"`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 from ops.config import settings
-from ops.db import Database, DatabaseUnavailable, get_db, separate_store, store_db, store_source
+from ops.db import Database, DatabaseUnavailable, separate_store, store_source
 from ops.log import logger
 from ops.metrics import catalogue as m
-from ops.metrics import emf, pending, store
+from ops.metrics import store
 from ops.metrics.catalogue import function_name
+from ops.metrics.emf import EmfBuffer
+from ops.metrics.pending import Recordings, recording_into
 from ops.tracing import span
 
-_last_attempt = float("-inf")  # monotonic time of the last flush started
-_last_end = float("-inf")  # monotonic time the previous invocation ended
-_probed = False  # this invocation's database check carried (or could carry) the flush
-_probe_db: Database | None = None  # the connection the database check last waited on
 # A kept connection silent for this share of the shutdown budget (or twice its last reply
 # time, on a slow link) is given up for a fresh one.
 FRESH_AFTER = 0.4
 
 
-def reset() -> None:
-    global _last_attempt, _last_end, _probed
-    _last_attempt = float("-inf")
-    _last_end = float("-inf")
-    _probed = False
+class Container(Protocol):
+    """What a flush reads and updates: a ContainerMetrics (ops.metrics.container, which
+    calls these procedures by reason; typed here by shape, so that this module does not
+    import it back)."""
+
+    pending: Recordings
+    emf_buffer: EmfBuffer
+    clock: Callable[[], float]
+    last_attempt: float
+    last_end: float
+    probed: bool
+    probe_db: Database | None
+    retired: bool
+
+    @property
+    def outbox(self) -> store.Outbox: ...
+
+    def outbox_if_any(self) -> store.Outbox | None: ...
+
+    def database(self) -> Database: ...
+
+    def pending_since(self) -> float | None: ...
 
 
-def _emit(*, drain: bool = True) -> None:
-    """The one place EMF values go to the buffer: printed now (`drain`), or when due."""
+def failed(reason: str, exc: Exception) -> None:
+    """A bug in a flush procedure: logged, never raised (it must not fail the invocation)."""
+    logger.warning(
+        "metrics flush failed",
+        extra={"type": "metrics_flush", "reason": reason, "error": repr(exc)},
+    )
+
+
+def _emit(c: Container, *, drain: bool = True) -> None:
+    """The one place EMF values go to the container's buffer: printed now (`drain`), or
+    when due."""
     try:
-        emf.buffer.add(pending.take_emf(), interval_s())
+        c.emf_buffer.add(c.pending.take_emf(), interval_s())
         if drain:
-            emf.buffer.drain()
+            c.emf_buffer.drain()
     except Exception as exc:  # CloudWatch's copy must not fail the invocation either
         logger.warning("EMF emission failed", extra={"type": "metrics_flush", "error": repr(exc)})
 
@@ -69,33 +98,35 @@ def _store_configured() -> bool:
     return store_source(settings()).configured
 
 
-def pending_since() -> float | None:
-    """Monotonic time of the oldest delta not yet known to be stored (None: nothing)."""
-    box = store.current()
-    times = [t for t in (pending.pending_since(), box.oldest() if box else None) if t is not None]
-    return min(times, default=None)
-
-
 def interval_s() -> float:
     return settings().metrics_flush_interval_s
 
 
-def due(now: float | None = None) -> bool:
+def due(c: Container, now: float | None = None) -> bool:
     """Pending deltas older than the interval, and no flush started within it; or any
     pending deltas when the previous invocation ended at least the interval ago."""
-    since = pending_since()
+    since = c.pending_since()
     if since is None:
         return False
-    now = time.monotonic() if now is None else now
+    now = c.clock() if now is None else now
     interval = interval_s()
-    if now - _last_end >= interval:
+    if now - c.last_end >= interval:
         return True
-    return now - since >= interval and now - _last_attempt >= interval
+    return now - since >= interval and now - c.last_attempt >= interval
 
 
-def report(result: store.FlushResult, *, failures: bool = True) -> None:
-    """The settled outcome of a flush job (on the courier thread): count and log what was
-    dropped, and failures (not at shutdown: there the loss is reported once, as lost)."""
+def report_outcome(c: Container, result: store.FlushResult, *, failures: bool = True) -> None:
+    """The settled outcome of a flush job (on the flush thread): count and log what was
+    dropped, and failures (not at shutdown: there the loss is reported once, as lost).
+    Counted in the job's own container; not at all once it was replaced (a reset)."""
+    if c.retired:
+        return
+    with recording_into(c):
+        report(result, failures=failures)
+
+
+def report(result: store.FlushResult, *, failures: bool) -> None:
+    """Count and log a settled outcome (in the active container: report_outcome)."""
     if result.dropped_batches:
         m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="unconfirmed").inc(
             result.dropped_series
@@ -144,37 +175,34 @@ def report(result: store.FlushResult, *, failures: bool = True) -> None:
 
 
 def _push(
+    c: Container,
     wait_s: float | None,
     meanwhile: object = None,
-    on_result: store.Report = report,
     *,
     wait_busy: bool = True,
 ) -> store.FlushResult:
-    global _last_attempt
-    _last_attempt = time.monotonic()
+    c.last_attempt = c.clock()
     with span("metrics flush", waited=wait_s != 0.0) as traced:
         result = store.push(
-            pending.take_deltas(),
+            c.outbox,
+            c.database(),
+            c.pending.take_deltas(),
             time.time(),
             wait_s=wait_s,
             meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
-            report=on_result,
+            report=lambda r: report_outcome(c, r),
             wait_busy=wait_busy,
         )
         traced.set(outcome=str(result.outcome))  # `pending`: handed over, not waited for
         return result
 
 
-def _report_dropped_only(result: store.FlushResult) -> None:
-    report(result, failures=False)
-
-
-def flush(*, background: bool = False, drain_emf: bool = True) -> bool:
+def now(c: Container, *, background: bool = False, drain_emf: bool = True) -> bool:
     """Send what is pending now, and the EMF lines (only when due: `drain_emf=False`).
     Never raises.
 
     True when stored (or no database is configured); `background` hands the flush to
-    the courier thread without waiting and returns False.
+    the flush thread without waiting and returns False.
     """
     emitted = False
 
@@ -182,78 +210,75 @@ def flush(*, background: bool = False, drain_emf: bool = True) -> bool:
         nonlocal emitted
         if not emitted:
             emitted = True
-            _emit(drain=drain_emf)
+            _emit(c, drain=drain_emf)
 
     stored = False
     try:
         if not _store_configured():
-            pending.take_deltas()  # no database: the Prometheus side is off, EMF still goes out
+            c.pending.take_deltas()  # no database: the Prometheus side is off, EMF still goes out
             stored = True
         else:
-            stored = _push(0.0 if background else None, emit_once).stored
+            stored = _push(c, 0.0 if background else None, emit_once).stored
     except Exception as exc:  # a bug here must not fail the invocation
         logger.warning("metrics flush failed", extra={"type": "metrics_flush", "error": repr(exc)})
     emit_once()
     if not stored and not background:
-        _emit(drain=drain_emf)  # the failure just counted
+        _emit(c, drain=drain_emf)  # the failure just counted
     return stored
 
 
-def end_invocation(*, background: bool = False) -> None:
+def end_invocation(c: Container, *, background: bool = False) -> bool:
     """The policy at the end of an invocation: EMF to the buffer (printed when due); the
     deltas when due, unless this invocation's database check already made the round trip."""
-    global _probed, _last_end
-    probed, _probed = _probed, False
+    probed, c.probed = c.probed, False
     try:
-        if probed or not due():
-            _emit(drain=False)
-            return
-        flush(background=background, drain_emf=False)
+        if probed or not due(c):
+            _emit(c, drain=False)
+            return False
+        return now(c, background=background, drain_emf=False)
     finally:
-        _last_end = time.monotonic()
+        c.last_end = c.clock()
 
 
-def hand_over() -> None:
+def hand_over(c: Container) -> None:
     """Send what is pending without waiting (a deadline is near; an idle local process)."""
-    _emit()
-    if _store_configured() and pending_since() is not None:
-        _push(0.0)
+    _emit(c)
+    if _store_configured() and c.pending_since() is not None:
+        _push(c, 0.0)
 
 
-def probe_database(budget_s: float) -> None:
+def probe(c: Container, budget_s: float | None) -> bool:
     """The database health check's round trip, carrying the due deltas with it when the
-    store's connection is idle; otherwise `SELECT 1` on the checks' own connection, so
-    that a check never waits behind a flush. With a separate metrics database
-    (`ops.db.separate_store`) always the latter: a round trip there says nothing of this
-    one, and the flush goes at the end of the invocation by the policy.
+    store's connection is idle: True when it did (the database answered). False when not
+    carried (nothing due, a flush is running, or the store has a database of its own,
+    `ops.db.separate_store`, whose round trip would say nothing of this one): the check
+    sends its own `SELECT 1`, so that it never waits behind a flush, and the flush goes at
+    the end of the invocation by the policy.
 
     Raises when the database did not answer. A server that answers with an error
     (a statement timeout on a locked metrics row, say) is up: the check passes and
     the deltas stay pending.
     """
-    global _probed, _probe_db
-    box = store.current()
-    _probed = not separate_store()  # this round trip could carry the flush
-    if _probed and _store_configured() and due() and (box is None or box.in_flight is None):
-        _probe_db = store_db()
-        result = _push(budget_s, wait_busy=False)
-        if result.answered or result.outcome == store.FlushOutcome.STORED:
-            return
-        if result.outcome == store.FlushOutcome.PENDING:  # no reply within the budget
-            raise DatabaseUnavailable(result.error) from TimeoutError(result.error)
-        if result.outcome != store.FlushOutcome.BUSY:  # busy: started meanwhile, not waited for
-            raise DatabaseUnavailable(result.error or result.outcome) from result.exception
-    _probe_db = get_db()
-    _probe_db.run("SELECT 1", timeout_s=budget_s)
+    if budget_s is None:
+        budget_s = settings().health_db_budget_s
+    c.probed = not separate_store()  # this round trip could carry the flush
+    c.probe_db = None
+    box = c.outbox_if_any()
+    if not (c.probed and _store_configured() and due(c) and (box is None or box.in_flight is None)):
+        return False
+    c.probe_db = c.database()
+    result = _push(c, budget_s, wait_busy=False)
+    if result.answered or result.outcome == store.FlushOutcome.STORED:
+        return True
+    if result.outcome == store.FlushOutcome.PENDING:  # no reply within the budget
+        raise DatabaseUnavailable(result.error) from TimeoutError(result.error)
+    if result.outcome != store.FlushOutcome.BUSY:  # busy: started meanwhile, not waited for
+        raise DatabaseUnavailable(result.error or result.outcome) from result.exception
+    c.probe_db = None
+    return False
 
 
-def abandon_probe() -> None:
-    """The database check gave up: drop the connection it waits on, so that the next
-    invocation starts afresh instead of queueing behind the hung read."""
-    (_probe_db or get_db()).discard()
-
-
-def flush_before_exit(budget_s: float) -> bool:
+def flush_before_exit(c: Container, budget_s: float) -> bool:
     """Everything pending, within `budget_s` (shutdown, deadline). True when stored.
 
     Waits for a running flush first (its batches may settle as stored), then sends the
@@ -268,12 +293,12 @@ def flush_before_exit(budget_s: float) -> bool:
     """
     started = time.monotonic()
     deadline = started + budget_s
-    _emit()
+    _emit(c)
     if not _store_configured():
-        pending.take_deltas()
+        c.pending.take_deltas()
         return True
-    box = store.outbox()
-    box.add(pending.take_deltas())
+    box = c.outbox
+    box.add(c.pending.take_deltas())
     fresh_at = started + max(budget_s * FRESH_AFTER, 2 * (box.reply_s or 0.0))
     error: str | None = None
     fresh = fresh_at >= deadline  # the one fresh connection: tried, or out of reach
@@ -281,7 +306,7 @@ def flush_before_exit(budget_s: float) -> bool:
         if time.monotonic() >= deadline:
             error = error or f"not stored within {round(budget_s * 1000)} ms"
             break
-        job = box.start(store_db(), time.time(), _report_dropped_only)
+        job = box.start(c.database(), time.time(), lambda r: report_outcome(c, r, failures=False))
         if isinstance(job, store.FlushResult):  # busy: a flush handed over earlier runs
             if box.in_flight is None:
                 continue
@@ -291,7 +316,7 @@ def flush_before_exit(budget_s: float) -> bool:
                 error = f"no reply within {round(budget_s * 1000)} ms"
                 break
             fresh = True
-            store_db().discard()  # wakes the job: it settles as unknown, the batches sealed
+            c.database().discard()  # wakes the job: it settles as unknown, the batches sealed
             job.done.wait(max(0.0, deadline - time.monotonic()))
             continue
         if job.result.stored:
@@ -311,7 +336,8 @@ def flush_before_exit(budget_s: float) -> bool:
         box.batches = [b for b in box.batches if b.sending]
     for reason, series in (("lost", lost), ("unconfirmed", unconfirmed)):
         if series:
-            m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason=reason).inc(series)
+            with recording_into(c):
+                m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason=reason).inc(series)
     logger.error(
         "metrics deltas not confirmed stored before the container ended (lostSeries: never"
         " stored; unconfirmedSeries: sent without a reply, maybe stored)",
@@ -323,6 +349,6 @@ def flush_before_exit(budget_s: float) -> bool:
             "error": error,
         },
     )
-    _emit()  # the count reaches CloudWatch; the database is what just failed
-    pending.take_deltas()
+    _emit(c)  # the count reaches CloudWatch; the database is what just failed
+    c.pending.take_deltas()
     return False

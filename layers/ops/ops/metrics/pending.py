@@ -2,7 +2,8 @@
 
 A Lambda container's totals are meaningless on their own (each scrape would land
 on a random container), so nothing here is ever rendered directly. The families
-(ops.metrics.families) add what happened since the last flush, keyed by series;
+(ops.metrics.families) add what happened since the last flush, keyed by series,
+to the active ContainerMetrics' `Recordings` (ops.metrics.container);
 `take_deltas()` hands that to the store, which adds it to the totals in
 PostgreSQL. What is recorded for CloudWatch (EMF) is kept apart, because it is
 emitted on every flush whether or not the database took the deltas; it shares
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import NamedTuple, Protocol
 
 from ops.metrics.emf import EmfKey
 
@@ -30,7 +34,8 @@ class SeriesKey(NamedTuple):
 class Recordings:
     """Everything recorded since the last flush (deltas) or EMF emission."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # the container's flush clock: `since` is read against it
         self.lock = threading.Lock()
         self.sums: dict[SeriesKey, float] = {}
         self.gauges: dict[SeriesKey, tuple[float, float]] = {}  # value, when (newest wins)
@@ -41,7 +46,7 @@ class Recordings:
     def add(self, key: SeriesKey, amount: float, emf: EmfKey | None) -> None:
         with self.lock:
             if self.since is None:
-                self.since = time.monotonic()
+                self.since = self.clock()
             self.sums[key] = self.sums.get(key, 0.0) + amount
             if emf is not None:
                 self._emf_add(emf, amount)
@@ -50,7 +55,7 @@ class Recordings:
         bucket, total = keys
         with self.lock:
             if self.since is None:
-                self.since = time.monotonic()
+                self.since = self.clock()
             sums = self.sums
             sums[bucket] = sums.get(bucket, 0.0) + 1.0
             sums[total] = sums.get(total, 0.0) + value
@@ -60,10 +65,22 @@ class Recordings:
     def set(self, key: SeriesKey, value: float, emf: EmfKey | None, emf_value: float) -> None:
         with self.lock:
             if self.since is None:
-                self.since = time.monotonic()
+                self.since = self.clock()
             self.gauges[key] = (value, time.time())
             if emf is not None:
                 self._emf_add(emf, emf_value)
+
+    def take_deltas(self) -> Deltas:
+        """Hand over the series deltas recorded so far and start afresh."""
+        with self.lock:
+            deltas = Deltas(self.sums, self.gauges, self.since)
+            self.sums, self.gauges, self.since = {}, {}, None
+        return deltas
+
+    def take_emf(self) -> dict[EmfKey, list[float]]:
+        with self.lock:
+            emf, self.emf = self.emf, {}
+        return emf
 
     def _emf_add(self, emf: EmfKey, amount: float) -> None:
         values = self.emf.get(emf)
@@ -92,32 +109,46 @@ class Deltas:
         return bool(self.sums or self.gauges)
 
 
-recordings = Recordings()  # this container's; the families record into it
+# -- whose recordings: the active container ------------------------------------------------
+# The slot lives here, a leaf module, so that the families (which record into it) and the
+# flush (which counts into the container it flushes) never import ops.metrics.container,
+# which imports the flush: no import cycle. ops.metrics.container is its API.
 
 
-def take_deltas() -> Deltas:
-    """Hand over the series deltas recorded so far and start afresh."""
-    r = recordings
-    with r.lock:
-        deltas = Deltas(r.sums, r.gauges, r.since)
-        r.sums, r.gauges, r.since = {}, {}, None
-    return deltas
+class Recorder(Protocol):
+    """What the families record into: a ContainerMetrics (ops.metrics.container)."""
+
+    @property
+    def pending(self) -> Recordings: ...
 
 
-def pending_since() -> float | None:
-    """Monotonic time of the oldest delta recorded and not yet handed to the store."""
-    return recordings.since
+_active: ContextVar[Recorder | None] = ContextVar("ops_metrics_container", default=None)
+_default: list[Recorder] = []  # the process's ContainerMetrics, set by ops.metrics.container
 
 
-def take_emf() -> dict[EmfKey, list[float]]:
-    r = recordings
-    with r.lock:
-        emf, r.emf = r.emf, {}
-    return emf
+def active() -> Recorder:
+    """The container recordings go to: the one made active in this context, or the default."""
+    found = _active.get()
+    return _default[0] if found is None else found
 
 
-def reset() -> None:
-    """Forget everything recorded (a new container; tests)."""
-    r = recordings
-    with r.lock:
-        r.sums, r.gauges, r.since, r.emf = {}, {}, None, {}
+def recordings() -> Recordings:
+    return active().pending
+
+
+@contextmanager
+def recording_into(owner: Recorder) -> Iterator[None]:
+    """Records in this context go to `owner`."""
+    token = _active.set(owner)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def default() -> Recorder:
+    return _default[0]
+
+
+def set_default(owner: Recorder) -> None:
+    _default[:] = [owner]
