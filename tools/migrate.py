@@ -2,6 +2,11 @@
 
     python -m tools.migrate   # DATABASE_URL, else DB_SECRET_ARN, else make run's embedded database
 
+A separate metrics database (METRICS_DATABASE_URL, else METRICS_DB_SECRET_ARN) is migrated
+next, with the same files: one history for both databases, so that no migration has to be
+sorted into "metrics" or "application" and the checks below mean the same on each (the
+metrics database then holds the application's tables empty; docs/metrics-database.md).
+
 Each file runs in its own transaction, which first takes a transaction-level advisory
 lock (no session lock: those pin connections behind RDS Proxy) and only then creates
 `schema_migrations` if missing and reads it: concurrent migrators queue, and each file
@@ -153,7 +158,8 @@ def apply_url(url: str, directory: Path = MIGRATIONS_DIR) -> Migrated:
 
 
 def main() -> int:
-    """DATABASE_URL, else DB_SECRET_ARN (AWS), else the embedded database of `make run`."""
+    """DATABASE_URL, else DB_SECRET_ARN (AWS), else the embedded database of `make run`;
+    then the separate metrics database, if any."""
     if os.environ.get("DB_SECRET_ARN") and not os.environ.get("DATABASE_URL"):
         done, target = _apply_from_secret()
     else:
@@ -165,21 +171,49 @@ def main() -> int:
             embedded = "" if os.environ.get("DATABASE_URL") else " (embedded)"
             target = parse_database_url(url).target + embedded
     print(f"migrations on {target}: {done.summary()}")
+    metrics = migrate_metrics_database()
+    if metrics is not None:
+        done, target = metrics
+        print(f"migrations on {target} (metrics database): {done.summary()}")
     return 0
 
 
-def _apply_from_secret() -> tuple[Migrated, str]:
+def migrate_metrics_database() -> tuple[Migrated, str] | None:
+    """The separate metrics database migrated (the same files), and where it is; None when
+    the store is the application's database."""
     from ops.config import settings
-    from ops.db import DatabaseUnavailable, open_connection, resolve_params
+    from ops.db import parse_database_url
+
+    cfg = settings()
+    if cfg.metrics_database_url:
+        # Parsed first: a malformed URL is named as METRICS_DATABASE_URL.
+        target = parse_database_url(cfg.metrics_database_url, "METRICS_DATABASE_URL").target
+        return apply_url(cfg.metrics_database_url), target
+    if cfg.metrics_db_secret_arn:
+        return _apply_from_secret(metrics=True)
+    return None
+
+
+def _apply_from_secret(*, metrics: bool = False) -> tuple[Migrated, str]:
+    from ops.config import settings
+    from ops.db import (
+        DatabaseUnavailable,
+        app_source,
+        open_connection,
+        resolve_params,
+        store_source,
+    )
     from tools.cli import ToolError, database_hint
 
     cfg = settings()
+    source = store_source(cfg) if metrics else app_source(cfg)
+    variable = "METRICS_DB_SECRET_ARN" if metrics else "DB_SECRET_ARN"
     try:
-        params = resolve_params(cfg)
+        params = resolve_params(cfg, source=source)
     except (DatabaseUnavailable, ValueError):
         raise
     except Exception as exc:  # botocore/Powertools: credentials, region, access, no such secret
-        raise ToolError(f"cannot read the secret DB_SECRET_ARN: {exc}", database_hint()) from None
+        raise ToolError(f"cannot read the secret {variable}: {exc}", database_hint()) from None
     conn = open_connection(params, cfg, timeout_s=30, statement_timeout_ms=600_000)
     try:
         return apply(conn), params.target

@@ -39,7 +39,7 @@ def _port(text: str) -> int:
 
 def serve(port: int, *, demo: bool) -> int:
     from ops.db import parse_database_url
-    from tools.migrate import apply_url
+    from tools.migrate import apply_url, migrate_metrics_database
 
     if not port_is_free(port):  # say so before starting the database, not after
         raise _port_taken(port, "Address already in use")
@@ -51,6 +51,9 @@ def serve(port: int, *, demo: bool) -> int:
             f"migrations {migrated.summary()}",
             flush=True,
         )
+        metrics = migrate_metrics_database()  # METRICS_DATABASE_URL: the store's own database
+        if metrics is not None:
+            print(f"metrics database: {metrics[1]}; migrations {metrics[0].summary()}", flush=True)
         if demo:
             _load_demo(url)
 

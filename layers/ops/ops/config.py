@@ -216,6 +216,24 @@ class Settings:
     db_ssl_root_cert: str | None = text(
         "DB_SSL_ROOT_CERT", None, "CA bundle file for `verify-ca` / `verify-full`"
     )
+    metrics_database_url: str | None = secret(
+        "METRICS_DATABASE_URL",
+        "local and tests: a separate database for the metrics store (stored counters, flushes),"
+        " written as `DATABASE_URL` is; unset: the application's database"
+        " (docs/metrics-database.md)",
+    )
+    metrics_db_secret_arn: str | None = text(
+        "METRICS_DB_SECRET_ARN",
+        None,
+        "AWS: the metrics store's database as a secret in `DB_SECRET_ARN`'s format; unset:"
+        " the application's database",
+    )
+    metrics_db_host_override: str | None = text(
+        "METRICS_DB_HOST",
+        None,
+        "AWS: connect to the metrics store here instead of its secret's host (an RDS Proxy"
+        " endpoint); `DB_HOST` applies to the application's database only",
+    )
     db_connect_timeout_s: float = number(
         "DB_CONNECT_TIMEOUT_S",
         2.0,

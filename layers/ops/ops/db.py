@@ -4,9 +4,14 @@ own (`store_db`: flushes), so that neither waits behind the other.
 
 Connection parameters come from `DATABASE_URL` (local, tests) or from the
 RDS-managed secret named by `DB_SECRET_ARN` (AWS), with `DB_HOST` pointing at an
-RDS Proxy endpoint when set. Every connection carries a socket timeout (a hung
-server raises instead of hanging) and every statement a server-side `statement_timeout`
-(SET LOCAL, so that nothing of it outlives the transaction on a pooled connection), per use:
+RDS Proxy endpoint when set. The metrics store may live in a database of its own
+(`METRICS_DATABASE_URL`, or `METRICS_DB_SECRET_ARN` with `METRICS_DB_HOST`; a `Source`
+says which settings a handle reads): then `store_db` and `store_reader` connect there,
+and `get_db` stays the application's (docs/metrics-database.md).
+
+Every connection carries a socket timeout (a hung server raises instead of hanging) and
+every statement a server-side `statement_timeout` (SET LOCAL, so that nothing of it
+outlives the transaction on a pooled connection), per use:
 the container's handle (health, metrics) keeps the short defaults, a batch job
 opens its own `Database` with timeouts sized for its batches, and a transaction
 may set its own, with the socket timeout kept above its statement timeout so that
@@ -20,7 +25,7 @@ import re
 import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -66,7 +71,50 @@ class ConnectParams:
         return f"{self.user}@{where}/{self.database}"
 
 
-_BAD_PORT = "DATABASE_URL has a port that is not a number from 1 to 65535"
+@dataclass(frozen=True)
+class Source:
+    """Which settings name one database: the application's, or the metrics store's."""
+
+    url_env: str  # the variable an error message names
+    url: str | None = field(repr=False)
+    secret_arn: str | None
+    host_override: str | None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url or self.secret_arn)
+
+    @property
+    def label(self) -> str:
+        """What an error message calls it."""
+        return "metrics database" if self.url_env.startswith("METRICS_") else "database"
+
+
+def app_source(cfg: Settings) -> Source:
+    """The application's database: DATABASE_URL, else DB_SECRET_ARN (with DB_HOST)."""
+    return Source("DATABASE_URL", cfg.database_url, cfg.db_secret_arn, cfg.db_host_override)
+
+
+def separate_store(cfg: Settings | None = None) -> bool:
+    """The metrics store has a database of its own (METRICS_DATABASE_URL or
+    METRICS_DB_SECRET_ARN is set)."""
+    cfg = cfg or settings()
+    return bool(cfg.metrics_database_url or cfg.metrics_db_secret_arn)
+
+
+def store_source(cfg: Settings) -> Source:
+    """The metrics store's database: its own when configured, else the application's."""
+    if not separate_store(cfg):
+        return app_source(cfg)
+    return Source(
+        "METRICS_DATABASE_URL",
+        cfg.metrics_database_url,
+        cfg.metrics_db_secret_arn,
+        cfg.metrics_db_host_override,
+    )
+
+
+_BAD_PORT = "{env} has a port that is not a number from 1 to 65535"
 # The libpq query options DATABASE_URL honours; each wins over the URL's own part.
 URL_OPTIONS = ("host", "port", "user", "password", "dbname", "sslmode")
 # Options libpq knows that a setting (or the bundle) decides here: what to do instead.
@@ -77,7 +125,7 @@ _URL_OPTIONS_ELSEWHERE = {
 }
 
 
-def _url_options(query: str) -> dict[str, str]:
+def _url_options(query: str, env: str) -> dict[str, str]:
     """The query's options (libpq's: `+` is a plus, the last of a name wins), each known;
     an option is refused by its name, which is quoted only if it looks like one."""
     options: dict[str, str] = {}
@@ -87,47 +135,48 @@ def _url_options(query: str) -> dict[str, str]:
         name = unquote(raw_name).lower()
         if not sep or not re.fullmatch(r"[a-z_]{1,40}", name):
             raise DatabaseMisconfigured(
-                f"DATABASE_URL has an option that is not a libpq option name (honoured: {honoured})"
+                f"{env} has an option that is not a libpq option name (honoured: {honoured})"
             )
         if name not in URL_OPTIONS:
             why = _URL_OPTIONS_ELSEWHERE.get(name, f"not supported (honoured: {honoured})")
-            raise DatabaseMisconfigured(f"DATABASE_URL option {name!r} is not used: {why}")
+            raise DatabaseMisconfigured(f"{env} option {name!r} is not used: {why}")
         options[name] = unquote(value)
     return options
 
 
-def parse_database_url(url: str) -> ConnectParams:
+def parse_database_url(url: str, env: str = "DATABASE_URL") -> ConnectParams:
     """`postgresql://user:pass@host:port/db?option=value`, libpq's URI form, where the options
     `host` (a directory for a Unix socket), `port`, `user`, `password`, `dbname` and
     `sslmode` win over the URL's parts; any other option is refused by name.
 
     The user info ends at the last '@': a password with an unescaped '/', '?', '#' or '@'
     still parses, and no part of it can end up in the host, database or an error message.
+    Errors name `env`, the variable the URL came from.
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("postgres", "postgresql"):
-        raise DatabaseMisconfigured("DATABASE_URL must start with postgresql:// or postgres://")
+        raise DatabaseMisconfigured(f"{env} must start with postgresql:// or postgres://")
     userinfo, _, location = rest.rpartition("@")
     user, has_password, password = userinfo.partition(":")
     try:
         parts = urlsplit("postgresql://" + location)  # no credentials left in what is parsed
         url_port = parts.port
     except ValueError:  # an unclosed IPv6 bracket, a bad port; its message would quote the host
-        raise DatabaseMisconfigured("DATABASE_URL has a malformed host or port") from None
-    options = _url_options(parts.query)
+        raise DatabaseMisconfigured(f"{env} has a malformed host or port") from None
+    options = _url_options(parts.query, env)
     if has_password and "password" in options:
         raise DatabaseMisconfigured(
-            "DATABASE_URL has a password both before the '@' and in ?password=; keep one"
+            f"{env} has a password both before the '@' and in ?password=; keep one"
         )
     try:
         port = int(options["port"]) if "port" in options else url_port or 5432
     except ValueError:
-        raise DatabaseMisconfigured(_BAD_PORT) from None
+        raise DatabaseMisconfigured(_BAD_PORT.format(env=env)) from None
     if not 0 < port < 65536:
-        raise DatabaseMisconfigured(_BAD_PORT)
+        raise DatabaseMisconfigured(_BAD_PORT.format(env=env))
     ssl_mode = options.get("sslmode", "disable").lower()
     if ssl_mode not in SSL_MODES:  # as DB_SSL_MODE is checked (the value is not repeated)
-        raise DatabaseMisconfigured(f"DATABASE_URL's sslmode must be one of {', '.join(SSL_MODES)}")
+        raise DatabaseMisconfigured(f"{env}'s sslmode must be one of {', '.join(SSL_MODES)}")
     host = options.get("host") or parts.hostname
     unix_sock = None
     if host and host.startswith("/"):
@@ -148,10 +197,13 @@ def parse_database_url(url: str) -> ConnectParams:
     )
 
 
-def params_from_secret(secret: dict[str, Any], cfg: Settings) -> ConnectParams:
-    """The RDS-managed secret's JSON (host, port, username, password, dbname)."""
+def params_from_secret(
+    secret: dict[str, Any], cfg: Settings, host_override: str | None = None
+) -> ConnectParams:
+    """The RDS-managed secret's JSON (host, port, username, password, dbname);
+    `host_override` (DB_HOST, METRICS_DB_HOST) replaces its host."""
     for name in ("username", "password", "host"):
-        if name == "host" and cfg.db_host_override:
+        if name == "host" and host_override:
             continue
         if name not in secret:
             raise DatabaseMisconfigured(f"database secret lacks the {name!r} field")
@@ -168,31 +220,36 @@ def params_from_secret(secret: dict[str, Any], cfg: Settings) -> ConnectParams:
     return ConnectParams(
         user=secret["username"],
         password=secret["password"],
-        host=cfg.db_host_override or secret["host"],
+        host=host_override or secret["host"],
         port=int(digits),
         database=database,
         ssl_mode=cfg.db_ssl_mode or "require",
     )
 
 
-def resolve_params(cfg: Settings, *, force_fetch: bool = False) -> ConnectParams:
-    if cfg.database_url:
-        params = parse_database_url(cfg.database_url)
+def resolve_params(
+    cfg: Settings, *, force_fetch: bool = False, source: Source | None = None
+) -> ConnectParams:
+    """Where `source` (default: the application's database) says to connect; DB_SSL_MODE
+    and DB_SSL_ROOT_CERT apply to either database."""
+    src = source or app_source(cfg)
+    if src.url:
+        params = parse_database_url(src.url, src.url_env)
         if cfg.db_ssl_mode:
             params = ConnectParams(**{**params.__dict__, "ssl_mode": cfg.db_ssl_mode})
         return params
-    if cfg.db_secret_arn:
+    if src.secret_arn:
         from ops.secretstore import get_secret_json  # boto3: only with a secret
 
         try:
-            secret = get_secret_json(cfg.db_secret_arn, force_fetch=force_fetch)
+            secret = get_secret_json(src.secret_arn, force_fetch=force_fetch)
         except ValueError as exc:  # not JSON, not an object: says so without the content
             raise DatabaseMisconfigured(str(exc)) from None
         except Exception as exc:  # Secrets Manager unreachable, secret missing, no permission
             raise DatabaseUnavailable(
-                f"cannot read the database secret ({type(exc).__name__})"
+                f"cannot read the {src.label} secret ({type(exc).__name__})"
             ) from None
-        return params_from_secret(secret, cfg)
+        return params_from_secret(secret, cfg, src.host_override)
     raise DatabaseUnavailable("no database configured: set DATABASE_URL or DB_SECRET_ARN")
 
 
@@ -324,9 +381,11 @@ class Database:
         *,
         socket_timeout_s: float | None = None,
         statement_timeout_ms: int | None = None,
+        source: Callable[[Settings], Source] = app_source,
     ) -> None:
         self._cfg = cfg
         self._application_name = application_name
+        self._source = source  # which database: the application's (default) or the store's
         # None: the settings' DB_CONNECT_TIMEOUT_S / DB_STATEMENT_TIMEOUT_MS.
         self._socket_timeout_s = socket_timeout_s
         self._statement_timeout_ms = statement_timeout_ms
@@ -346,7 +405,8 @@ class Database:
 
     def _connect(self, *, timeout_s: float | None = None) -> pg8000.native.Connection:
         cfg = self.cfg
-        params = resolve_params(cfg)
+        source = self._source(cfg)
+        params = resolve_params(cfg, source=source)
         connect = partial(
             open_connection,
             timeout_s=timeout_s or self._socket_timeout_s,
@@ -356,9 +416,9 @@ class Database:
             return connect(params, cfg)
         except DatabaseUnavailable as exc:
             # A rotated secret: fetch it again once, bypassing the cache.
-            if not (cfg.db_secret_arn and is_auth_failure(exc.__cause__)):
+            if not (source.secret_arn and is_auth_failure(exc.__cause__)):
                 raise
-        params = resolve_params(cfg, force_fetch=True)
+        params = resolve_params(cfg, force_fetch=True, source=source)
         return connect(params, cfg)
 
     def connection(
@@ -508,6 +568,7 @@ class Database:
 
 _default: Database | None = None
 _store: Database | None = None
+_reader: Database | None = None
 
 
 def get_db() -> Database:
@@ -521,17 +582,32 @@ def get_db() -> Database:
 def store_db() -> Database:
     """The metrics store's own handle (ops.metrics.store's flushes, on the courier thread):
     a connection of its own (`application_name` `<service>-metrics`), so that a check or
-    handler never waits behind the container's own flush, nor a flush behind them."""
+    handler never waits behind the container's own flush, nor a flush behind them. On the
+    metrics database when one is configured (`separate_store`)."""
     global _store
     if _store is None:
-        _store = Database(application_name=f"{settings().service}-metrics")
+        _store = Database(application_name=f"{settings().service}-metrics", source=store_source)
     return _store
+
+
+def store_reader() -> Database:
+    """The scrape's reads of the store (totals, compaction): the container's own handle
+    when the store is the application's database (one connection, as before), else a
+    handle of its own on the metrics database (`<service>-metrics-read`), so that the
+    scrape reads it while the application's database is checked, and never behind a flush."""
+    global _reader
+    if not separate_store():
+        return get_db()
+    if _reader is None:
+        name = f"{settings().service}-metrics-read"
+        _reader = Database(application_name=name, source=store_source)
+    return _reader
 
 
 def reset() -> None:
     """Forget the container's connections (tests; a new environment)."""
-    global _default, _store
-    for handle in (_default, _store):
+    global _default, _store, _reader
+    for handle in (_default, _store, _reader):
         if handle is not None:
             handle.close()
-    _default = _store = None
+    _default = _store = _reader = None

@@ -118,16 +118,19 @@ def _dsn_from_secret(arn: str) -> str | None:
 
 
 def _known_secrets(cfg: Settings) -> list[str | None]:
-    """Exact strings to scrub wherever they appear: the token and the database URL."""
+    """Exact strings to scrub wherever they appear: the token, the database URLs and their
+    passwords."""
     from urllib.parse import urlsplit
 
-    password = None
-    if cfg.database_url:
-        try:
-            password = urlsplit(cfg.database_url).password
-        except ValueError:
-            password = None
-    return [cfg.metrics_token, cfg.database_url, password]
+    found: list[str | None] = [cfg.metrics_token]
+    for url in (cfg.database_url, cfg.metrics_database_url):
+        if url:
+            try:
+                password = urlsplit(url).password
+            except ValueError:
+                password = None
+            found += [url, password]
+    return found
 
 
 def _disabled(reason: str, detail: str) -> None:

@@ -148,7 +148,13 @@ DB_CONNECTIONS = LiveGauge(
 DATABASE_UP = LiveGauge(
     "database_up",
     "1 when this scrape reached the database and read the stored totals within its budget,"
-    " else 0 (measured at scrape time, like postgres_exporter's pg_up).",
+    " else 0 (measured at scrape time, like postgres_exporter's pg_up). With a separate"
+    " metrics database: the application's database (its check and live gauges).",
+)
+METRICS_STORE_UP = LiveGauge(
+    "metrics_store_up",
+    "1 when this scrape read the stored totals (the metrics store) within its budget, else 0."
+    " The same as database_up unless the store has a database of its own.",
 )
 HEALTH_CHECK_STATUS = LiveGauge(
     "health_check_status",
@@ -162,7 +168,8 @@ HEALTH_CHECK_LATENCY = LiveGauge(
 )
 HEALTH_CHECK_FAILURES = Counter(
     "health_check_failures_total",
-    "Health checks that failed, by check (every run counts: health routes and scrapes).",
+    "Health checks that failed, by check (every run counts: health routes and scrapes;"
+    " check=metrics_store: a scrape's read of a separate metrics database).",
     ("check",),
     emf=Emf("health_check_failures", "Count", dimension=_label("check")),
 )

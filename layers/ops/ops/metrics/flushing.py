@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 
 from ops.config import settings
-from ops.db import Database, DatabaseUnavailable, get_db, store_db
+from ops.db import Database, DatabaseUnavailable, get_db, separate_store, store_db, store_source
 from ops.log import logger
 from ops.metrics import catalogue as m
 from ops.metrics import emf, pending, store
@@ -60,8 +60,7 @@ def _emit() -> None:
 
 
 def _store_configured() -> bool:
-    cfg = settings()
-    return bool(cfg.database_url or cfg.db_secret_arn)
+    return store_source(settings()).configured
 
 
 def pending_since() -> float | None:
@@ -216,17 +215,18 @@ def hand_over() -> None:
 def probe_database(budget_s: float) -> None:
     """The database health check's round trip, carrying the due deltas with it when the
     store's connection is idle; otherwise `SELECT 1` on the checks' own connection, so
-    that a check never waits behind a flush. (The store's handle is the application
-    database's: were it another database, its round trip would say nothing of this one.)
+    that a check never waits behind a flush. With a separate metrics database
+    (`ops.db.separate_store`) always the latter: a round trip there says nothing of this
+    one, and the flush goes at the end of the invocation by the policy.
 
     Raises when the database did not answer. A server that answers with an error
     (a statement timeout on a locked metrics row, say) is up: the check passes and
     the deltas stay pending.
     """
     global _probed, _probe_db
-    _probed = True
     box = store.current()
-    if _store_configured() and due() and (box is None or box.in_flight is None):
+    _probed = not separate_store()  # this round trip could carry the flush
+    if _probed and _store_configured() and due() and (box is None or box.in_flight is None):
         _probe_db = store_db()
         result = _push(budget_s, wait_busy=False)
         if result.answered or result.outcome == store.FlushOutcome.STORED:
