@@ -243,7 +243,7 @@ def _fresh_container(env: dict[str, str]) -> None:
 
 
 def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) -> None:
-    from ops.metrics import store
+    from ops.metrics import current, store
     from tools.runtime import LambdaContext
 
     served = 0
@@ -294,7 +294,7 @@ def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) 
         board.hist_add(slot, HIST_HOOKS, time.perf_counter() - started)
 
     app.after_invocation[:] = [count_served, timed_hooks]
-    board.set_identity(slot, store.outbox().container)
+    board.set_identity(slot, current().outbox.container)
 
     rng = random.Random()
     term = {signal.SIGTERM}
