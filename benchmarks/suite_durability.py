@@ -96,8 +96,9 @@ def _invocation_deltas() -> dict[Any, float]:
     """What one API invocation records (the request counter and its duration histogram),
     recorded through the catalogue and taken as the flush takes them."""
     from ops.metrics import catalogue as m
-    from ops.metrics import pending
+    from ops.metrics import current
 
+    pending = current().pending
     pending.take_deltas()  # nothing recorded before counts
     m.HTTP_REQUESTS.labels(method="GET", route="/hot", status="200").inc()
     m.HTTP_REQUEST_DURATION.labels(method="GET", route="/hot").observe(0.042)

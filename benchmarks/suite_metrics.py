@@ -228,9 +228,9 @@ class _Inline:
 def _flush_breakdown(rounds: int) -> dict[str, list[float]]:
     from ops.config import settings
     from ops.metrics import catalogue as m
-    from ops.metrics import flush, store
+    from ops.metrics import current, flush
 
-    box = store.outbox()
+    box = current().outbox
     courier = box.courier
     timings: dict[str, list[float]] = {"flush": [], "inline": [], "no_emf": []}
     counter = m.HTTP_REQUESTS.labels(method="GET", route="/bench", status="200")
@@ -267,13 +267,13 @@ def _fill_store(url: str, shards: int, collided: bool) -> None:
     the compaction's 5 minutes); otherwise the containers flush in turn."""
     from ops.db import connect_url
     from ops.metrics import catalogue as m
-    from ops.metrics import flush, store
+    from ops.metrics import current, flush
 
     _reset_store(url)
     holder = None
     for shard in range(shards):
         _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="")
-        store.outbox().shard = shard
+        current().outbox.shard = shard
         for i in range(LABEL_SETS):
             m.HTTP_REQUESTS.labels(method="GET", route=f"/r/{i}", status="200").inc(3)
             child = m.HTTP_REQUEST_DURATION.labels(method="GET", route=f"/r/{i}")

@@ -13,9 +13,8 @@ import pytest
 
 from ops import deadline
 from ops.checks import ANSWER_MARGIN_S, fitted_budget
+from ops.metrics import FlushReason, current, flush
 from ops.metrics import catalogue as m
-from ops.metrics import flush
-from ops.metrics.flushing import flush_before_exit
 from tests.support.metrics import metrics_database
 from tests.support.runtime import call_api, function_handler
 from tools.runtime import LambdaContext
@@ -72,7 +71,7 @@ def test_deltas_never_sent_are_lost_at_shutdown(app_env, closed_port, log_lines,
     )
     m.WEBHOOK_FAILURES.labels(source="stripe").inc(3)
     m.WEBHOOK_FAILURES.labels(source="github").inc()
-    assert flush_before_exit(0.25) is False
+    assert current().flush(FlushReason.SHUTDOWN, budget_s=0.25) is False
     assert dropped(capsys.readouterr().out) == {"lost": 2}
     (lost,) = [line for line in flush_logs(log_lines) if line.get("status") == "lost"]
     assert lost["lostSeries"] == 2 and lost["unconfirmedSeries"] == 0
@@ -90,7 +89,7 @@ def test_deltas_sent_without_a_reply_are_unconfirmed_at_shutdown(
     proxy.vanish()  # the kept connection goes silent...
     proxy.refuse_new()  # ...and no fresh one can be opened
     counter.inc(5)
-    assert flush_before_exit(0.25) is False
+    assert current().flush(FlushReason.SHUTDOWN, budget_s=0.25) is False
     assert dropped(capsys.readouterr().out) == {"unconfirmed": 1}
     (given_up,) = [line for line in flush_logs(log_lines) if "lostSeries" in line]
     assert given_up["status"] == "unconfirmed"
@@ -106,7 +105,7 @@ def test_a_dead_idle_connection_is_replaced_within_the_shutdown_budget(
     assert flush() is True
     proxy.vanish()  # silent from now on; a new connection works
     counter.inc(4)
-    assert flush_before_exit(0.25) is True
+    assert current().flush(FlushReason.SHUTDOWN, budget_s=0.25) is True
     conn = pg_connect(accounting_url)
     ((total,),) = conn.run(
         "SELECT sum(v.value) FROM metric_values v JOIN metric_series s ON s.id = v.series_id"

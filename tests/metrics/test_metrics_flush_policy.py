@@ -15,7 +15,7 @@ import pytest
 
 from ops.api import Request, Response, json_response
 from ops.metrics import catalogue as m
-from ops.metrics import flush, store
+from ops.metrics import current, flush, store
 from ops.service import service_api
 from tests.support.db import SQL, runner
 from tests.support.metrics import (
@@ -87,7 +87,7 @@ def test_a_database_check_carries_the_pending_deltas_in_its_own_round_trip(
 
 def test_liveness_hands_its_flush_to_the_background(metrics_env, own_sql):
     assert call_api(function_handler("health"), "/health/live")[0] == 200
-    assert store.outbox().wait_idle(10)
+    assert current().outbox.wait_idle(10)
     assert stored_requests(own_sql, "/health/live") == 1
 
 
@@ -98,7 +98,7 @@ def test_liveness_never_waits_on_a_hung_database(app_env, blackhole):
         started = time.perf_counter()
         assert call_api(health, "/health/live")[0] == 200
         assert time.perf_counter() - started < 0.5  # the hung flush is the courier's problem
-    assert store.outbox().in_flight is not None  # still trying, in the background
+    assert current().outbox.in_flight is not None  # still trying, in the background
 
 
 def api_with_work_route() -> Callable[..., Any]:
@@ -206,7 +206,7 @@ def test_dropped_batches_are_counted_and_logged_as_dropped(
         for _ in range(4):
             counter.inc()
             assert flush() is False
-    assert [b.sealed for b in store.outbox().batches] == [True, True]
+    assert [b.sealed for b in current().outbox.batches] == [True, True]
     lines = [line for line in log_lines() if line.get("type") == "metrics_flush"]
     dropped = [line for line in lines if line.get("status") == "dropped"]
     assert [d["droppedBatches"] for d in dropped] == [1, 1]

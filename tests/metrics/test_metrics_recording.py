@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ops.metrics import catalogue as m
-from ops.metrics import families, flush, pending
+from ops.metrics import current, families, flush
 from ops.metrics.emf import Emf
 from ops.metrics.exposition import render, wants_openmetrics
 from ops.metrics.families import Counter, Gauge, Histogram
@@ -59,7 +59,7 @@ def test_label_mistakes_raise_at_record_time(call, message):
 def test_bad_values_raise(call, message):
     with pytest.raises(ValueError, match=message):
         call()
-    assert not pending.take_deltas()
+    assert not current().pending.take_deltas()
 
 
 def test_children_are_cached_and_int_values_accepted():
@@ -68,7 +68,7 @@ def test_children_are_cached_and_int_values_accepted():
     by_position = m.HTTP_REQUESTS.labels("GET", "/x", "200")
     by_position.inc()
     by_name.inc(2)
-    deltas = pending.take_deltas()
+    deltas = current().pending.take_deltas()
     assert deltas.sums == {("http_requests_total", 'method="GET",route="/x",status="200"', ""): 3.0}
 
 
@@ -87,7 +87,7 @@ def test_histogram_buckets_are_upper_inclusive():
     child = m.TOOL_CALL_DURATION.labels(tool="search")
     for seconds in (0.05, 0.050001, 5.0, 5.0005, 0.0):
         child.observe(seconds)
-    sums = pending.take_deltas().sums
+    sums = current().pending.take_deltas().sums
     labels = 'tool="search"'
     assert sums == {
         ("tool_call_duration_seconds", labels, "0.05"): 2.0,  # 0.0 and exactly 0.05
@@ -103,7 +103,7 @@ def test_http_duration_resolves_fast_routes_and_keeps_the_objective_bounds():
     child = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/health/live")
     for seconds in (0.0004, 0.002, 0.004, 0.007):
         child.observe(seconds)
-    sums = pending.take_deltas().sums
+    sums = current().pending.take_deltas().sums
     labels = 'method="GET",route="/health/live"'
     assert {le: n for (_, lab, le), n in sums.items() if lab == labels and le != "sum"} == {
         "0.001": 1.0,
@@ -121,7 +121,7 @@ def test_time_observes_seconds():
         time.sleep(0.06)
     with m.RETENTION_RUN_DURATION.time():
         pass
-    sums = pending.take_deltas().sums
+    sums = current().pending.take_deltas().sums
     # At least the 60 ms slept, in seconds (in ms it would read 60 or more).
     assert 0.06 <= sums[("tool_call_duration_seconds", 'tool="t"', "sum")] < 30
     # Far less than the first bucket (1 s): one observation there.
@@ -132,7 +132,7 @@ def test_gauge_keeps_the_last_value():
     missing = m.RETENTION_MISSING_INDEX.labels(table="events")
     missing.set(1)
     missing.set(0)
-    ((key, (reading, _)),) = pending.take_deltas().gauges.items()
+    ((key, (reading, _)),) = current().pending.take_deltas().gauges.items()
     assert key == ("retention_missing_index", 'table="events"', "") and reading == 0.0
 
 
@@ -331,7 +331,7 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
     m.ERRORS.labels(function="f", kind="unhandled_exception").inc()  # not mirrored
 
     assert flush() is True  # no database configured: nothing to keep
-    assert not pending.take_deltas()
+    assert not current().pending.take_deltas()
     lines = emf_lines(capsys.readouterr().out)
     by_dims = {}
     for line in lines:
@@ -446,14 +446,14 @@ def test_emf_lines_are_the_ones_powertools_metrics_prints(capsys, observations):
     """emf.py writes the lines itself (a quarter of Powertools' cost a line); they must
     stay exactly the lines Powertools Metrics would print for the same recordings."""
     from ops.config import settings
-    from ops.metrics import emf, pending
+    from ops.metrics import emf
 
     for i in range(observations):
         m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(float(i))
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="503").inc(2)
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     m.TOOL_CALL_DURATION.labels(tool="search").observe(0.0125)
-    recorded = pending.take_emf()
+    recorded = current().pending.take_emf()
     assert recorded
     capsys.readouterr()
     emf.emit(recorded)

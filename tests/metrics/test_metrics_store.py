@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ops.metrics import catalogue as m
-from ops.metrics import flush, store, totals
+from ops.metrics import current, flush, store, totals
 from tests.support.db import SQL, runner
 from tests.support.metrics import (
     counters_and_buckets,
@@ -131,7 +131,7 @@ def test_eight_containers_of_500_invocations_add_up_exactly(metrics_env, own_sql
         assert value(samples, "tool_calls_total", tool=f"p{i}", status="ok") == 500
     others = own_sql(  # eight containers flushed; this process's scrapes are the ninth
         "SELECT count(*) FROM metric_flush_cursors WHERE container <> :me",
-        me=store.outbox().container,
+        me=current().outbox.container,
     )
     assert others == [[8]]
 
@@ -204,7 +204,7 @@ def test_a_flush_blocked_by_a_lock_times_out_and_retries_later(
     metrics_env, app_env, own_sql, log_lines
 ):
     app_env(METRICS_FLUSH_TIMEOUT_MS="200")  # a new container with that setting
-    store.outbox().shard = 0  # it writes the totals themselves: it waits for their locks
+    current().outbox.shard = 0  # it writes the totals themselves: it waits for their locks
     counter = m.WEBHOOK_FAILURES.labels(source="stripe")
     counter.inc()
     assert flush() is True
@@ -231,21 +231,23 @@ def test_series_deleted_behind_a_container_are_recreated(metrics_env, own_sql):
 
 
 def test_gauges_keep_the_newest_reading_across_containers(metrics_env):
-    from ops.metrics import pending, reset
+    from ops.metrics import reset
 
     def new_container_on_another_shard() -> None:
-        shard = store.outbox().shard
+        shard = current().outbox.shard
         reset()
-        store.outbox().shard = (shard + 1) % store.config().shards
+        current().outbox.shard = (shard + 1) % store.config().shards
 
     status = m.RETENTION_MISSING_INDEX.labels(table="events")
     status.set(0)
-    late = pending.take_deltas()  # read first, flushed last (a slow container)
+    late = current().pending.take_deltas()  # read first, flushed last (a slow container)
     new_container_on_another_shard()
     status.set(1)
     assert flush() is True
     new_container_on_another_shard()
-    assert store.push(late, 0.0).outcome == store.FlushOutcome.STORED
+    container = current()
+    result = store.push(container.outbox, container.database(), late, 0.0)
+    assert result.outcome == store.FlushOutcome.STORED
     assert value(scrape_samples(), "retention_missing_index", table="events") == 1
 
 
@@ -260,7 +262,7 @@ def test_a_hung_database_does_not_hold_the_invocation(app_env, blackhole):
     assert flush() is False  # gave up waiting; the connect attempt goes on in the background
     counter.inc()
     assert flush() is False  # not queued behind the stuck one
-    batches = store.outbox().batches
+    batches = current().outbox.batches
     # In the stuck job (it settles itself when it ends); kept apart from the later deltas.
     assert [(b.sending, b.sealed) for b in batches] == [(True, False), (False, False)]
     stripe = ("webhook_failures_total", 'source="stripe"', "")
@@ -326,7 +328,7 @@ def test_counters_fold_into_one_total_row_per_series_as_containers_flush(metrics
 
     for shard in (3, 7, 11, 0):
         reset()
-        store.outbox().shard = shard
+        current().outbox.shard = shard
         m.WEBHOOK_FAILURES.labels(source="stripe").inc(shard + 1)
         m.TOOL_CALL_DURATION.labels(tool="search").observe(0.1)
         m.RETENTION_MISSING_INDEX.labels(table="events").set(1)
@@ -345,7 +347,7 @@ def test_a_flush_finding_a_total_held_spills_and_compaction_folds_it(metrics_env
 
     def container_on(shard: int) -> None:
         reset()
-        store.outbox().shard = shard
+        current().outbox.shard = shard
 
     container_on(3)
     m.WEBHOOK_FAILURES.labels(source="stripe").inc(1)
@@ -384,7 +386,7 @@ def test_a_flush_finding_a_total_held_spills_and_compaction_folds_it(metrics_env
 def test_compaction_gives_a_spilled_series_its_missing_total(metrics_env, own_sql):
     from ops.db import get_db
 
-    store.outbox().shard = 6
+    current().outbox.shard = 6
     m.WEBHOOK_FAILURES.labels(source="stripe").inc(7)
     assert flush() is True
     # As a store from before migration 005 has it: the count in a shard row, no total.

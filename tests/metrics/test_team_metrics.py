@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ops.config import settings
-from ops.metrics import families, flush, store, totals
+from ops.metrics import container, families, flush, totals
 from tests.support.db import SQL, runner
 from tests.support.doc_commands import code_block
 from tests.support.metrics import (
@@ -204,7 +204,7 @@ def test_the_store_keeps_one_shape_per_name_and_refuses_another_function_s(
     assert [f.name for f in totals.stored_families()] == stored
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "OrdersFunction")
     settings.cache_clear()
-    store.reset()  # another container's outbox; the metrics side's caches stay warm
+    container.replace_default()  # another container's outbox; the metrics side's caches stay warm
     families.Counter("t20_jobs_total", "Jobs, by queue and region.", ("queue", "region"))
     families.REGISTRY["t20_jobs_total"].labels(queue="b", region="eu").inc()
     assert flush()

@@ -129,9 +129,10 @@ class Recorder:
         started = time.perf_counter()
         resp = function_handler(function)(payload, context)
         latency_ms = max(1, round((time.perf_counter() - started) * 1000))
-        from ops.metrics import store
+        from ops.metrics import current
 
-        box = store.current()  # a flush handed to the background logs as this invocation's
+        # A flush handed to the background logs as this invocation's.
+        box = current().outbox_if_any()
         assert box is None or box.wait_idle(10)
         lines = self.log_lines()
         filed = [self._file(line, function) for line in lines[self._seen :]]

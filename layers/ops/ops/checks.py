@@ -16,17 +16,17 @@ driver's message (target, SQLSTATE, file, line) goes to the log, and to
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from ops import deadline, tracing, workers
 from ops.config import settings
 from ops.log import logger
-from ops.metrics import catalogue as m
 from ops.sql import sqlstate
 
 # Time kept after the checks for the rest of the invocation: the response, its log line,
@@ -41,6 +41,20 @@ def fitted_budget(budget_s: float) -> float:
     if left is None:
         return budget_s
     return max(MIN_BUDGET_S, min(budget_s, left - ANSWER_MARGIN_S))
+
+
+class RoundTrip(Protocol):
+    """Work that rides on the database check's round trip (ops.service wires in the
+    metrics flush): no extra write per probe."""
+
+    def carry(self, budget_s: float) -> bool:
+        """True when it made the check's round trip (the database answered); False when
+        it did not (the check sends its own `SELECT 1`). Raises when no answer came."""
+        ...
+
+    def abandon(self) -> bool:
+        """The check gave up: drop the connection it waits on; False when it had none."""
+        ...
 
 
 class Reason(StrEnum):
@@ -112,7 +126,10 @@ class Bounded:
         self.value: Any = None
         self.exc: BaseException | None = None
         self.finished_at: float | None = None
-        self._fn = tracing.carried(fn)  # its spans (flush, store read) stay in the invocation
+        # Run in a copy of the caller's context: its spans (flush, store read) stay in the
+        # invocation, and its recordings go to the caller's ContainerMetrics.
+        context = contextvars.copy_context()
+        self._fn: Callable[[], Any] = lambda: context.run(fn)
         self._done = threading.Lock()
         self._done.acquire()  # released once fn has finished
         self.started_at = time.perf_counter()
@@ -210,12 +227,34 @@ class _Running:
         )
 
 
+ResultHook = Callable[[CheckResult], None]
+
+
+class _Hooks:
+    """What ops.service wires in where it wires the router's hooks: the round trip the
+    database check carries, and what is done with each result (the metrics); the checks
+    know nothing of either."""
+
+    round_trip: RoundTrip | None = None
+    on_result: tuple[ResultHook, ...] = ()
+
+
+hooks = _Hooks()
+
+
+def wire(*, round_trip: RoundTrip | None, on_result: tuple[ResultHook, ...]) -> None:
+    """Replace the hooks (ops.service.service_api; once per function, at init)."""
+    hooks.round_trip = round_trip
+    hooks.on_result = on_result
+
+
 def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckResult]:
     """Run all checks concurrently; the slowest bounds the total, not the sum.
 
     `then` runs on the first check's worker once that check has passed (see FollowUp).
-    Each result is recorded (`health_check_failures_total`, also CloudWatch's
-    `health_check_failures`, and `health_check_duration_seconds`) and a failure logged.
+    Each result goes to the result hooks (ops.service records it: `health_check_failures_total`,
+    also CloudWatch's `health_check_failures`, and `health_check_duration_seconds`) and a
+    failure is logged.
     """
     running = [_Running(check, then if i == 0 else None) for i, check in enumerate(checks)]
     results = [r.result() for r in running]
@@ -229,8 +268,8 @@ def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckR
             reason=result.reason,
             critical=result.critical,
         )
-        m.HEALTH_CHECK_FAILURES.labels(check=result.name).inc(0.0 if result.ok else 1.0)
-        m.HEALTH_CHECK_DURATION.labels(check=result.name).observe(result.latency_seconds)
+        for hook in hooks.on_result:
+            hook(result)
         if not result.ok:
             logger.warning(
                 "health check failed",
@@ -247,16 +286,23 @@ def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckR
 
 
 def _probe_database(budget_s: float) -> None:
-    # The flush path (the store, EMF) loads on the first probe, not at init (cold start).
-    from ops.metrics.flushing import probe_database
+    """The due metrics flush in the same round trip (the hook), or `SELECT 1` on the
+    checks' own connection, so that a check never waits behind a flush."""
+    from ops.db import get_db  # the database driver loads on the first probe (cold start)
 
-    probe_database(budget_s)  # SELECT 1, or the due metrics flush in the same round trip
+    round_trip = hooks.round_trip
+    if round_trip is not None and round_trip.carry(budget_s):
+        return
+    get_db().run("SELECT 1", timeout_s=budget_s)
 
 
 def _abandon_database_probe() -> None:
-    from ops.metrics.flushing import abandon_probe
+    """Drop the connection the probe waits on: the next invocation starts afresh."""
+    from ops.db import get_db
 
-    abandon_probe()  # drop the connection the probe waits on
+    round_trip = hooks.round_trip
+    if round_trip is None or not round_trip.abandon():
+        get_db().discard()
 
 
 def _probe_http(url: str) -> Callable[[float], None]:

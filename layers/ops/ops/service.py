@@ -6,7 +6,8 @@
 * the invocation's deadline, which the checks fit their budgets to (ops.deadline);
 * bearer token for routes registered with `auth=True` (ops.auth);
 * HTTP metrics for every response, the flush policy, the deadline and shutdown
-  flushes (ops.metrics.http);
+  flushes (ops.metrics.http); the health checks' results recorded, and the database
+  check carrying the due flush in its round trip (ops.checks' hooks);
 * the router's 500s reported to Sentry when a DSN is configured (ops.error_tracking);
 * one OpenTelemetry span per invocation when tracing is on (ops.tracing).
 
@@ -15,9 +16,10 @@ The router (ops.api) stays ignorant of all five; they depend on it, never the re
 
 from __future__ import annotations
 
-from ops import deadline, error_tracking, tracing
+from ops import checks, deadline, error_tracking, tracing
 from ops.api import Api
 from ops.auth import unauthorized_response
+from ops.metrics.http import CarriedFlush, record_check
 from ops.metrics.http import instrument as record_metrics
 
 
@@ -27,6 +29,8 @@ def service_api() -> Api:
     app.after_invocation.append(deadline.end)
     app.authorize = unauthorized_response
     record_metrics(app)  # http_requests_total etc. for every response, then the metrics flush
+    # The checks' results recorded; the database check carries the due flush.
+    checks.wire(round_trip=CarriedFlush(), on_result=(record_check,))
     error_tracking.instrument(app)  # reports the 500s when a Sentry DSN is configured
     tracing.instrument(app)  # last: its span ends after the metrics flush (when tracing is on)
     return app

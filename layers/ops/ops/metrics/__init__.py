@@ -51,11 +51,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ops.metrics.container import ContainerMetrics, FlushReason, current, using
+
 if TYPE_CHECKING:
     from ops.metrics.emf import Emf
     from ops.metrics.families import Counter, Gauge, Histogram
 
-__all__ = ["Counter", "Emf", "Gauge", "Histogram", "flush", "install_shutdown_flush", "reset"]
+__all__ = [
+    "ContainerMetrics",
+    "Counter",
+    "Emf",
+    "FlushReason",
+    "Gauge",
+    "Histogram",
+    "current",
+    "flush",
+    "install_shutdown_flush",
+    "reset",
+    "using",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -76,10 +90,9 @@ def __getattr__(name: str) -> Any:
 
 
 def flush() -> bool:
-    """Send the deltas to PostgreSQL and the recordings to CloudWatch (EMF), now."""
-    from ops.metrics.flushing import flush as flush_now
-
-    return flush_now()
+    """Send the deltas to PostgreSQL and the recordings to CloudWatch (EMF), now: the
+    active container's (`current()`). Never raises."""
+    return current().flush(FlushReason.NOW)
 
 
 def install_shutdown_flush(*, idle_flush: bool = False) -> None:
@@ -91,11 +104,10 @@ def install_shutdown_flush(*, idle_flush: bool = False) -> None:
 
 
 def reset() -> None:
-    """Forget everything recorded and pending, as a new container would (tests)."""
-    from ops.metrics import emf, flushing, pending, store, totals
+    """Forget everything recorded and pending, as a new container would (tests): a new
+    default ContainerMetrics, and the caches that belong to the process."""
+    from ops.metrics import container, emf, totals
 
-    flushing.reset()
-    pending.reset()
-    store.reset()
+    container.replace_default()
     totals.reset()
     emf.reset()

@@ -5,12 +5,12 @@ with the same classes in its own code (`from ops.metrics import Counter`). One n
 one shape: a second declaration of a name fails here, naming the family (the
 catalogue's names are reserved, loaded before any team's); across functions the
 store refuses a name declared with another shape (ops.metrics.store). A family's
-children add to this container's pending deltas (ops.metrics.pending), never to a
-total of their own: the totals live in PostgreSQL.
+children add to the active container's pending deltas (`ops.metrics.container.current()`,
+ops.metrics.pending), never to a total of their own: the totals live in PostgreSQL.
 
 Label values are validated when a child is first made, and children are cached,
-so the steady-state cost of `m.X.labels(a="b").inc()` is two dict lookups and a
-lock. Pure standard library: every function imports this on its hot path.
+so the steady-state cost of `m.X.labels(a="b").inc()` is two dict lookups, a
+context variable and a lock. Pure standard library: every function imports this on its hot path.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Generic, TypeVar
 
+from ops.metrics.container import current
 from ops.metrics.emf import Emf, EmfKey
-from ops.metrics.pending import SeriesKey, recordings
+from ops.metrics.pending import SeriesKey
 from ops.metrics.text_format import format_bound, format_labels
 
 MAX_LABEL_VALUE_LENGTH = 128
@@ -264,7 +265,7 @@ class CounterChild:
         amount = _finite(self._family, amount)
         if amount < 0:
             raise ValueError(f"{self._family}: counters only go up (got {amount})")
-        recordings.add(self._key, amount, self._emf)
+        current().pending.add(self._key, amount, self._emf)
 
 
 class Histogram(Family["HistogramChild"]):
@@ -315,7 +316,7 @@ class HistogramChild:
     def observe(self, value: float) -> None:
         value = _finite(self._family, value)
         # Buckets are upper-inclusive (le): bisect_left puts a value equal to a bound in it.
-        recordings.observe(self._keys[bisect_left(self._bounds, value)], value, self._emf)
+        current().pending.observe(self._keys[bisect_left(self._bounds, value)], value, self._emf)
 
     @contextmanager
     def time(self) -> Iterator[None]:
@@ -362,7 +363,7 @@ class GaugeChild:
     def set(self, value: float) -> None:
         value = _finite(self._family, value)
         emf_value = self._emf_value(value) if self._emf_value else value
-        recordings.set(self._key, value, self._emf, emf_value)
+        current().pending.set(self._key, value, self._emf, emf_value)
 
 
 class LiveGauge(Family[str]):

@@ -1,4 +1,5 @@
-"""The flush: when pending deltas go to PostgreSQL and EMF values to CloudWatch; sending them.
+"""The flush procedures behind `ContainerMetrics.flush(reason)` (ops.metrics.container):
+when a container's pending deltas go to PostgreSQL and its EMF values to CloudWatch.
 
 * EMF lines go out at the end of every invocation, whatever the database flush does
   (CloudWatch's copy needs no database).
@@ -7,13 +8,14 @@
   invocation follows a quiet spell of that long (a sparse container's counts would
   otherwise wait for its next invocation, minutes away; its writes are few anyway).
 * An invocation makes at most one flush round trip. A database health check carries
-  the due deltas in its own round trip (`probe_database`: no extra write per probe);
+  the due deltas in its own round trip (PROBE: no extra write per probe);
   the invocation's own recordings then wait for the next flush. Otherwise the flush
   runs at the end of the invocation: waited for (at most 2 x METRICS_FLUSH_TIMEOUT_MS),
   except on routes that must never wait on the database (`background=True`:
   liveness, /metrics), which hand it to the courier thread and return.
-* Before the invocation's deadline, at shutdown and, in a long-lived local process,
-  when it idles: ops.metrics.lifecycle.
+* Before the invocation's deadline (DEADLINE), when a long-lived local process idles
+  (IDLE): handed over without waiting; at shutdown (SHUTDOWN): everything within a
+  budget. ops.metrics.lifecycle asks for these.
 
 A failed flush never fails the invocation: its deltas stay pending. Its outcome is
 settled by the flush job itself (also when nobody waited for it): failures are
@@ -29,32 +31,38 @@ from __future__ import annotations
 import time
 
 from ops.config import settings
-from ops.db import Database, DatabaseUnavailable, get_db, separate_store, store_db, store_source
+from ops.db import DatabaseUnavailable, separate_store, store_source
 from ops.log import logger
 from ops.metrics import catalogue as m
-from ops.metrics import emf, pending, store
+from ops.metrics import emf, store
 from ops.metrics.catalogue import function_name
+from ops.metrics.container import SHUTDOWN_BUDGET_S, ContainerMetrics, FlushReason, using
 from ops.tracing import span
 
-_last_attempt = float("-inf")  # monotonic time of the last flush started
-_last_end = float("-inf")  # monotonic time the previous invocation ended
-_probed = False  # this invocation's database check carried (or could carry) the flush
-_probe_db: Database | None = None  # the connection the database check last waited on
 # A kept connection silent for this share of the shutdown budget (or twice its last reply
 # time, on a slow link) is given up for a fresh one.
 FRESH_AFTER = 0.4
 
 
-def reset() -> None:
-    global _last_attempt, _last_end, _probed
-    _last_attempt = float("-inf")
-    _last_end = float("-inf")
-    _probed = False
+def flush(
+    c: ContainerMetrics, reason: FlushReason, *, background: bool, budget_s: float | None
+) -> bool:
+    """ContainerMetrics.flush: the procedure for `reason` (see the module docstring)."""
+    if reason is FlushReason.DUE:
+        return _end_invocation(c, background=background)
+    if reason is FlushReason.NOW:
+        return _now(c, background=background)
+    if reason is FlushReason.PROBE:
+        return _probe(c, settings().health_db_budget_s if budget_s is None else budget_s)
+    if reason in (FlushReason.DEADLINE, FlushReason.IDLE):
+        _hand_over(c)
+        return False
+    return _before_exit(c, SHUTDOWN_BUDGET_S if budget_s is None else budget_s)
 
 
-def _emit() -> None:
+def _emit(c: ContainerMetrics) -> None:
     try:
-        emf.emit(pending.take_emf())
+        emf.emit(c.pending.take_emf())
     except Exception as exc:  # CloudWatch's copy must not fail the invocation either
         logger.warning("EMF emission failed", extra={"type": "metrics_flush", "error": repr(exc)})
 
@@ -63,33 +71,34 @@ def _store_configured() -> bool:
     return store_source(settings()).configured
 
 
-def pending_since() -> float | None:
-    """Monotonic time of the oldest delta not yet known to be stored (None: nothing)."""
-    box = store.current()
-    times = [t for t in (pending.pending_since(), box.oldest() if box else None) if t is not None]
-    return min(times, default=None)
-
-
 def interval_s() -> float:
     return settings().metrics_flush_interval_s
 
 
-def due(now: float | None = None) -> bool:
+def due(c: ContainerMetrics, now: float | None = None) -> bool:
     """Pending deltas older than the interval, and no flush started within it; or any
     pending deltas when the previous invocation ended at least the interval ago."""
-    since = pending_since()
+    since = c.pending_since()
     if since is None:
         return False
-    now = time.monotonic() if now is None else now
+    now = c.clock() if now is None else now
     interval = interval_s()
-    if now - _last_end >= interval:
+    if now - c.last_end >= interval:
         return True
-    return now - since >= interval and now - _last_attempt >= interval
+    return now - since >= interval and now - c.last_attempt >= interval
 
 
-def report(result: store.FlushResult, *, failures: bool = True) -> None:
+def report(c: ContainerMetrics, result: store.FlushResult, *, failures: bool = True) -> None:
     """The settled outcome of a flush job (on the courier thread): count and log what was
-    dropped, and failures (not at shutdown: there the loss is reported once, as lost)."""
+    dropped, and failures (not at shutdown: there the loss is reported once, as lost).
+    Counted in the job's own container; not at all once it was replaced (a reset)."""
+    if c.retired:
+        return
+    with using(c):
+        _report(result, failures=failures)
+
+
+def _report(result: store.FlushResult, *, failures: bool) -> None:
     if result.dropped_batches:
         m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason="unconfirmed").inc(
             result.dropped_series
@@ -138,32 +147,29 @@ def report(result: store.FlushResult, *, failures: bool = True) -> None:
 
 
 def _push(
+    c: ContainerMetrics,
     wait_s: float | None,
     meanwhile: object = None,
-    on_result: store.Report = report,
     *,
     wait_busy: bool = True,
 ) -> store.FlushResult:
-    global _last_attempt
-    _last_attempt = time.monotonic()
+    c.last_attempt = c.clock()
     with span("metrics flush", waited=wait_s != 0.0) as traced:
         result = store.push(
-            pending.take_deltas(),
+            c.outbox,
+            c.database(),
+            c.pending.take_deltas(),
             time.time(),
             wait_s=wait_s,
             meanwhile=meanwhile if callable(meanwhile) else (lambda: None),
-            report=on_result,
+            report=lambda r: report(c, r),
             wait_busy=wait_busy,
         )
         traced.set(outcome=str(result.outcome))  # `pending`: handed over, not waited for
         return result
 
 
-def _report_dropped_only(result: store.FlushResult) -> None:
-    report(result, failures=False)
-
-
-def flush(*, background: bool = False) -> bool:
+def _now(c: ContainerMetrics, *, background: bool = False) -> bool:
     """Send what is pending now, and the EMF lines. Never raises.
 
     True when stored (or no database is configured); `background` hands the flush to
@@ -175,77 +181,73 @@ def flush(*, background: bool = False) -> bool:
         nonlocal emitted
         if not emitted:
             emitted = True
-            _emit()
+            _emit(c)
 
     stored = False
     try:
         if not _store_configured():
-            pending.take_deltas()  # no database: the Prometheus side is off, EMF still goes out
+            c.pending.take_deltas()  # no database: the Prometheus side is off, EMF still goes out
             stored = True
         else:
-            stored = _push(0.0 if background else None, emit_once).stored
+            stored = _push(c, 0.0 if background else None, emit_once).stored
     except Exception as exc:  # a bug here must not fail the invocation
         logger.warning("metrics flush failed", extra={"type": "metrics_flush", "error": repr(exc)})
     emit_once()
     if not stored and not background:
-        _emit()  # the failure just counted
+        _emit(c)  # the failure just counted
     return stored
 
 
-def end_invocation(*, background: bool = False) -> None:
+def _end_invocation(c: ContainerMetrics, *, background: bool = False) -> bool:
     """The policy at the end of an invocation: EMF always; the deltas when due, unless
     this invocation's database check already made the round trip."""
-    global _probed, _last_end
-    probed, _probed = _probed, False
+    probed, c.probed = c.probed, False
     try:
-        if probed or not due():
-            _emit()
-            return
-        flush(background=background)
+        if probed or not due(c):
+            _emit(c)
+            return False
+        return _now(c, background=background)
     finally:
-        _last_end = time.monotonic()
+        c.last_end = c.clock()
 
 
-def hand_over() -> None:
+def _hand_over(c: ContainerMetrics) -> None:
     """Send what is pending without waiting (a deadline is near; an idle local process)."""
-    if _store_configured() and pending_since() is not None:
-        _push(0.0)
+    if _store_configured() and c.pending_since() is not None:
+        _push(c, 0.0)
 
 
-def probe_database(budget_s: float) -> None:
+def _probe(c: ContainerMetrics, budget_s: float) -> bool:
     """The database health check's round trip, carrying the due deltas with it when the
-    store's connection is idle; otherwise `SELECT 1` on the checks' own connection, so
-    that a check never waits behind a flush. With a separate metrics database
-    (`ops.db.separate_store`) always the latter: a round trip there says nothing of this
-    one, and the flush goes at the end of the invocation by the policy.
+    store's connection is idle: True when it did (the database answered). False when not
+    carried (nothing due, a flush is running, or the store is a separate metrics database
+    (`ops.db.separate_store`): a round trip there says nothing of this one, and the flush
+    goes at the end of the invocation by the policy): the check sends its own `SELECT 1`,
+    so that it never waits behind a flush.
 
     Raises when the database did not answer. A server that answers with an error
     (a statement timeout on a locked metrics row, say) is up: the check passes and
     the deltas stay pending.
     """
-    global _probed, _probe_db
-    box = store.current()
-    _probed = not separate_store()  # this round trip could carry the flush
-    if _probed and _store_configured() and due() and (box is None or box.in_flight is None):
-        _probe_db = store_db()
-        result = _push(budget_s, wait_busy=False)
-        if result.answered or result.outcome == store.FlushOutcome.STORED:
-            return
-        if result.outcome == store.FlushOutcome.PENDING:  # no reply within the budget
-            raise DatabaseUnavailable(result.error) from TimeoutError(result.error)
-        if result.outcome != store.FlushOutcome.BUSY:  # busy: started meanwhile, not waited for
-            raise DatabaseUnavailable(result.error or result.outcome) from result.exception
-    _probe_db = get_db()
-    _probe_db.run("SELECT 1", timeout_s=budget_s)
+    c.probed = not separate_store()  # this round trip could carry the flush
+    c.probe_db = None
+    box = c.outbox_if_any()
+    carry = c.probed and _store_configured() and due(c)
+    if not (carry and (box is None or box.in_flight is None)):
+        return False
+    c.probe_db = c.database()
+    result = _push(c, budget_s, wait_busy=False)
+    if result.answered or result.outcome == store.FlushOutcome.STORED:
+        return True
+    if result.outcome == store.FlushOutcome.PENDING:  # no reply within the budget
+        raise DatabaseUnavailable(result.error) from TimeoutError(result.error)
+    if result.outcome != store.FlushOutcome.BUSY:  # busy: started meanwhile, not waited for
+        raise DatabaseUnavailable(result.error or result.outcome) from result.exception
+    c.probe_db = None
+    return False
 
 
-def abandon_probe() -> None:
-    """The database check gave up: drop the connection it waits on, so that the next
-    invocation starts afresh instead of queueing behind the hung read."""
-    (_probe_db or get_db()).discard()
-
-
-def flush_before_exit(budget_s: float) -> bool:
+def _before_exit(c: ContainerMetrics, budget_s: float) -> bool:
     """Everything pending, within `budget_s` (shutdown, deadline). True when stored.
 
     Waits for a running flush first (its batches may settle as stored), then sends the
@@ -260,12 +262,12 @@ def flush_before_exit(budget_s: float) -> bool:
     """
     started = time.monotonic()
     deadline = started + budget_s
-    _emit()
+    _emit(c)
     if not _store_configured():
-        pending.take_deltas()
+        c.pending.take_deltas()
         return True
-    box = store.outbox()
-    box.add(pending.take_deltas())
+    box = c.outbox
+    box.add(c.pending.take_deltas())
     fresh_at = started + max(budget_s * FRESH_AFTER, 2 * (box.reply_s or 0.0))
     error: str | None = None
     fresh = fresh_at >= deadline  # the one fresh connection: tried, or out of reach
@@ -273,7 +275,7 @@ def flush_before_exit(budget_s: float) -> bool:
         if time.monotonic() >= deadline:
             error = error or f"not stored within {round(budget_s * 1000)} ms"
             break
-        job = box.start(store_db(), time.time(), _report_dropped_only)
+        job = box.start(c.database(), time.time(), lambda r: report(c, r, failures=False))
         if isinstance(job, store.FlushResult):  # busy: a flush handed over earlier runs
             if box.in_flight is None:
                 continue
@@ -283,7 +285,7 @@ def flush_before_exit(budget_s: float) -> bool:
                 error = f"no reply within {round(budget_s * 1000)} ms"
                 break
             fresh = True
-            store_db().discard()  # wakes the job: it settles as unknown, the batches sealed
+            c.database().discard()  # wakes the job: it settles as unknown, the batches sealed
             job.done.wait(max(0.0, deadline - time.monotonic()))
             continue
         if job.result.stored:
@@ -303,7 +305,8 @@ def flush_before_exit(budget_s: float) -> bool:
         box.batches = [b for b in box.batches if b.sending]
     for reason, series in (("lost", lost), ("unconfirmed", unconfirmed)):
         if series:
-            m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason=reason).inc(series)
+            with using(c):
+                m.METRICS_DELTAS_DROPPED.labels(function=function_name(), reason=reason).inc(series)
     logger.error(
         "metrics deltas not confirmed stored before the container ended (lostSeries: never"
         " stored; unconfirmedSeries: sent without a reply, maybe stored)",
@@ -315,6 +318,6 @@ def flush_before_exit(budget_s: float) -> bool:
             "error": error,
         },
     )
-    _emit()  # the count reaches CloudWatch; the database is what just failed
-    pending.take_deltas()
+    _emit(c)  # the count reaches CloudWatch; the database is what just failed
+    c.pending.take_deltas()
     return False

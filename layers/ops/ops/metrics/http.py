@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 from ops.metrics import catalogue as m
 from ops.metrics import lifecycle
 from ops.metrics.catalogue import function_name
+from ops.metrics.container import FlushReason, current
 
 if TYPE_CHECKING:
     from ops.api import Api, Request
+    from ops.checks import CheckResult
 
 # Anything else (API Gateway forwards only these) would be an unbounded label.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -44,10 +46,26 @@ def instrument(app: Api) -> None:
 
     def after_invocation() -> None:
         lifecycle.end_invocation()
-        from ops.metrics import flushing  # the database driver loads on the first flush
-
-        flushing.end_invocation(background=background)
+        current().flush(FlushReason.DUE, background=background)
 
     app.before_invocation.append(lifecycle.begin_invocation)
     app.response_hooks.append(on_response)
     app.after_invocation.append(after_invocation)
+
+
+def record_check(result: CheckResult) -> None:
+    """A health check's result (ops.checks' result hook): its failure count (0 when up, so
+    that the series exists) and its latency."""
+    m.HEALTH_CHECK_FAILURES.labels(check=result.name).inc(0.0 if result.ok else 1.0)
+    m.HEALTH_CHECK_DURATION.labels(check=result.name).observe(result.latency_seconds)
+
+
+class CarriedFlush:
+    """The database check's round trip carries the active container's due flush
+    (ops.checks.RoundTrip; FlushReason.PROBE)."""
+
+    def carry(self, budget_s: float) -> bool:
+        return current().flush(FlushReason.PROBE, budget_s=budget_s)
+
+    def abandon(self) -> bool:
+        return current().abandon_probe()

@@ -46,14 +46,13 @@ from typing import TYPE_CHECKING, Any
 from ops import deadline
 from ops.config import settings
 from ops.log import logger
+from ops.metrics.container import SHUTDOWN_BUDGET_S, ContainerMetrics, FlushReason, current, default
 
 if TYPE_CHECKING:
     from http.client import HTTPConnection
 
-# ops.metrics.flushing and the store import the database driver and Powertools Metrics: they
-# load on first use, never at init (cold start).
-
-SHUTDOWN_BUDGET_S = 0.25
+# ContainerMetrics.flush loads the store, the database driver and Powertools Metrics on
+# first use, never at init (cold start).
 SIGNAL_GRACE_S = 0.05  # after the flush, for a main thread that can run Python to take over
 IDLE_MIN_S = 1.0
 EXTENSION_NAME = "ops-metrics-shutdown-flush"
@@ -73,24 +72,6 @@ def deadline_margin_s() -> float:
     return 2 * settings().metrics_flush_timeout_ms / 1000.0
 
 
-def _hand_over() -> None:
-    from ops.metrics import flushing
-
-    flushing.hand_over()
-
-
-def _pending_since() -> float | None:
-    from ops.metrics import flushing
-
-    return flushing.pending_since()
-
-
-def _flush_before_exit(budget_s: float) -> bool:
-    from ops.metrics import flushing
-
-    return flushing.flush_before_exit(budget_s)
-
-
 class _Shutdown:
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -98,7 +79,7 @@ class _Shutdown:
 
     def run(self) -> None:
         try:
-            self.stored = _flush_before_exit(SHUTDOWN_BUDGET_S)
+            self.stored = default().flush(FlushReason.SHUTDOWN, budget_s=SHUTDOWN_BUDGET_S)
         except Exception as exc:
             logger.warning(
                 "metrics shutdown flush failed", extra={"type": "metrics_flush", "error": repr(exc)}
@@ -117,6 +98,7 @@ class _Watchdog:
         self.inbox: SimpleQueue[tuple[str, Any]] = SimpleQueue()
         self.busy = False
         self.deadline: float | None = None  # monotonic; None: none known, or already acted on
+        self.invocation: ContainerMetrics | None = None  # whose invocation runs (its deadline)
         self.thread = threading.Thread(target=self._run, name="metrics-lifecycle", daemon=True)
         self.thread.start()
 
@@ -129,14 +111,16 @@ class _Watchdog:
             if now < at:
                 return at
             self.deadline = None  # once per invocation
-            _hand_over()
+            if self.invocation is not None:
+                self.invocation.flush(FlushReason.DEADLINE)
             return None
         if not self.idle_flush:
             return None
         period = max(settings().metrics_flush_interval_s, IDLE_MIN_S)
-        since = _pending_since()
+        idle = default()
+        since = idle.pending_since()
         if since is not None and now - since >= period:
-            _hand_over()
+            idle.flush(FlushReason.IDLE)
             since = None
         return (since if since is not None else now) + period
 
@@ -150,9 +134,9 @@ class _Watchdog:
                 kind, value = "tick", None
             try:
                 if kind == "begin":
-                    self.busy, self.deadline = True, value
+                    self.busy, (self.deadline, self.invocation) = True, value
                 elif kind == "end":
-                    self.busy, self.deadline = False, None
+                    self.busy, self.deadline, self.invocation = False, None, None
                 elif kind == "shutdown":
                     value.run()
                 wake = self._wake_at(time.monotonic())
@@ -168,7 +152,7 @@ def begin_invocation(context: Any) -> None:
     """Watch this invocation's deadline (from context.get_remaining_time_in_millis)."""
     if _watchdog is None:
         return
-    _watchdog.inbox.put(("begin", deadline.from_context(context)))
+    _watchdog.inbox.put(("begin", (deadline.from_context(context), current())))
 
 
 def end_invocation() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ops.metrics.emf import EmfKey
@@ -30,7 +31,8 @@ class SeriesKey(NamedTuple):
 class Recordings:
     """Everything recorded since the last flush (deltas) or EMF emission."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # the container's flush clock: `since` is read against it
         self.lock = threading.Lock()
         self.sums: dict[SeriesKey, float] = {}
         self.gauges: dict[SeriesKey, tuple[float, float]] = {}  # value, when (newest wins)
@@ -41,7 +43,7 @@ class Recordings:
     def add(self, key: SeriesKey, amount: float, emf: EmfKey | None) -> None:
         with self.lock:
             if self.since is None:
-                self.since = time.monotonic()
+                self.since = self.clock()
             self.sums[key] = self.sums.get(key, 0.0) + amount
             if emf is not None:
                 self._emf_add(emf, amount)
@@ -50,7 +52,7 @@ class Recordings:
         bucket, total = keys
         with self.lock:
             if self.since is None:
-                self.since = time.monotonic()
+                self.since = self.clock()
             sums = self.sums
             sums[bucket] = sums.get(bucket, 0.0) + 1.0
             sums[total] = sums.get(total, 0.0) + value
@@ -60,10 +62,22 @@ class Recordings:
     def set(self, key: SeriesKey, value: float, emf: EmfKey | None, emf_value: float) -> None:
         with self.lock:
             if self.since is None:
-                self.since = time.monotonic()
+                self.since = self.clock()
             self.gauges[key] = (value, time.time())
             if emf is not None:
                 self._emf_add(emf, emf_value)
+
+    def take_deltas(self) -> Deltas:
+        """Hand over the series deltas recorded so far and start afresh."""
+        with self.lock:
+            deltas = Deltas(self.sums, self.gauges, self.since)
+            self.sums, self.gauges, self.since = {}, {}, None
+        return deltas
+
+    def take_emf(self) -> dict[EmfKey, list[float]]:
+        with self.lock:
+            emf, self.emf = self.emf, {}
+        return emf
 
     def _emf_add(self, emf: EmfKey, amount: float) -> None:
         values = self.emf.get(emf)
@@ -90,34 +104,3 @@ class Deltas:
 
     def __bool__(self) -> bool:
         return bool(self.sums or self.gauges)
-
-
-recordings = Recordings()  # this container's; the families record into it
-
-
-def take_deltas() -> Deltas:
-    """Hand over the series deltas recorded so far and start afresh."""
-    r = recordings
-    with r.lock:
-        deltas = Deltas(r.sums, r.gauges, r.since)
-        r.sums, r.gauges, r.since = {}, {}, None
-    return deltas
-
-
-def pending_since() -> float | None:
-    """Monotonic time of the oldest delta recorded and not yet handed to the store."""
-    return recordings.since
-
-
-def take_emf() -> dict[EmfKey, list[float]]:
-    r = recordings
-    with r.lock:
-        emf, r.emf = r.emf, {}
-    return emf
-
-
-def reset() -> None:
-    """Forget everything recorded (a new container; tests)."""
-    r = recordings
-    with r.lock:
-        r.sums, r.gauges, r.since, r.emf = {}, {}, None, {}

@@ -49,7 +49,7 @@ from typing import Any
 from pg8000.exceptions import DatabaseError
 
 from ops.config import settings
-from ops.db import Database, DatabaseUnavailable, is_stale_error, store_db
+from ops.db import Database, DatabaseUnavailable, is_stale_error
 from ops.metrics import families
 from ops.metrics.courier import Courier
 from ops.metrics.pending import Deltas, SeriesKey
@@ -256,7 +256,7 @@ class _Job:
             error = exc
         try:
             self.result = self.box.settle(self, error)
-            if self.report is not None and self.box is _outbox:  # not a reset container's
+            if self.report is not None:
                 self.report(self.result)
         except BaseException:  # never kill the courier thread
             pass
@@ -400,28 +400,9 @@ def _drop(series: dict[SeriesKey, Any], families: set[str]) -> int:
     return len(gone)
 
 
-_outbox: Outbox | None = None
-
-
-def outbox() -> Outbox:
-    global _outbox
-    if _outbox is None:
-        _outbox = Outbox(config().shards)
-    return _outbox
-
-
-def current() -> Outbox | None:
-    """The outbox if this container has one (nothing was ever flushed otherwise)."""
-    return _outbox
-
-
-def reset() -> None:
-    """A new container: new identity and shard, nothing pending (tests)."""
-    global _outbox
-    _outbox = None
-
-
 def push(
+    box: Outbox,
+    db: Database,
     deltas: Deltas,
     now: float,
     *,
@@ -430,8 +411,8 @@ def push(
     report: Report | None = None,
     wait_busy: bool = True,
 ) -> FlushResult:
-    """Add the deltas to what is pending and send all of it in one job, on the store's
-    own connection (ops.db.store_db).
+    """Add the deltas to the outbox and send all of it in one job, on the store's own
+    connection (`db`: ops.db.store_db's, unless a ContainerMetrics has its own).
 
     Waits for the outcome at most `wait_s` (default 2 x METRICS_FLUSH_TIMEOUT_MS; 0 hands
     the job over and returns PENDING). `meanwhile` runs while the query is in flight (or
@@ -439,12 +420,10 @@ def push(
     While a flush runs, the call waits for it first (within `wait_s`) unless `wait_busy`
     is False: then it returns BUSY at once.
     """
-    box = outbox()
     box.add(deltas)
     if wait_s is None:
         wait_s = 2 * config().flush_timeout_ms / 1000.0
     deadline = time.monotonic() + wait_s
-    db = store_db()
     started = box.start(db, now, report)
     busy = isinstance(started, FlushResult) and started.outcome == FlushOutcome.BUSY
     # A flush handed over earlier (liveness, a deadline) is running: let it settle.
