@@ -84,29 +84,12 @@ def project(x: dict[str, Any], containers: int) -> dict[str, dict[str, float]]:
     out = {}
     for db in x["window"]:
         m = _measured(x, db)
-        if phase["separate"] and db == "app":
-            cores, wal_day = m["cores"], m["wal_s"] * DAY / 1e9
-            out[db] = {
-                "writes": 0.0,
-                "cores": cores,
-                "wal": wal_day,
-                "cores_b": cores,
-                "wal_b": wal_day,
-            }
+        if phase["separate"] and db == "app":  # no flushes: its cost per second carries over
+            n, cores, wal, k = 0.0, m["cores"], m["wal_s"] * DAY / 1e9, 1.0
         else:
-            cores, wal_day = writes * m["cpu_w"], writes * m["wal_w"] * DAY / 1e9
-            out[db] = {
-                "writes": writes,
-                "cores": cores,
-                "wal": wal_day,
-                "cores_b": cores * scale,
-                "wal_b": wal_day * scale,
-            }
+            n, cores, wal, k = writes, writes * m["cpu_w"], writes * m["wal_w"] * DAY / 1e9, scale
+        out[db] = {"writes": n, "cores": cores, "wal": wal, "cores_b": cores * k, "wal_b": wal * k}
     return out
-
-
-def _app_cost(x: dict[str, Any], containers: int) -> dict[str, float]:
-    return project(x, containers)["app"]
 
 
 def _meets(cost: dict[str, float]) -> bool:
@@ -213,7 +196,7 @@ def report(
             )
         )
     else:
-        cost = _app_cost(rec, 1000)
+        cost = project(rec, 1000)["app"]
         lines += [
             _row(
                 [
@@ -232,7 +215,7 @@ def report(
                 ]
             ),
         ]
-    ship = _app_cost(shipped, 1000)
+    ship = project(shipped, 1000)["app"]
     lines += [
         _row(
             [
@@ -398,10 +381,12 @@ def _bill_section(phases: list[dict[str, Any]], by_name: dict[str, Any], alarms:
         "|" + "---|" * (len(keys) + 4),
     ]
     for n in (10, 100, 1000):
-        pick = next((x for x in order if _meets(_app_cost(x, n))), order[-1])
-        p, c, b = pick["phase"], _app_cost(pick, n), bill(pick, n, alarms)
-        what = f"`METRICS_FLUSH_INTERVAL_S={p['interval']:g}`, scrape {p['scrape_s']:g} s" + (
-            ", `METRICS_DATABASE_URL`" if p["separate"] else ""
+        pick = next((x for x in order if _meets(project(x, n)["app"])), order[-1])
+        p, c, b = pick["phase"], project(pick, n)["app"], bill(pick, n, alarms)
+        what = (
+            f"`METRICS_FLUSH_INTERVAL_S={p['interval']:g}`, scrape {p['scrape_s']:g} s"
+            + (", `METRICS_DATABASE_URL`" if p["separate"] else "")
+            + ("" if _meets(c) else " (none measured meets the target)")
         )
         lines.append(
             _row(

@@ -1,33 +1,18 @@
-"""A container identity's metrics state, for the fleet benchmark's workers.
-
-The layer keeps a container's metrics state in module globals (pending recordings, the
-outbox, the flush clock, the connections), so an identity here is the set of those
-values, swapped in around each of its invocations and its shutdown flush: the real objects,
-one set per identity, the layer's code unchanged. (When one object owns that state,
-`ops.metrics.container.ContainerMetrics`, this module becomes a thin use of it.)
-"""
+"""A container identity's metrics state, for the fleet benchmark's workers: one
+`ops.metrics.container.ContainerMetrics` per identity (its pending deltas and EMF values,
+outbox, flush clock) with a store connection of its own, flushed by the one entry point."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from ops import db
-from ops.metrics import families, flushing, lifecycle, pending, store
-
-SLOTS = (
-    (pending, "recordings"),
-    (families, "recordings"),  # bound at import: the same object as pending's
-    (store, "_outbox"),
-    (flushing, "_last_attempt"),
-    (flushing, "_last_end"),
-    (flushing, "_probed"),
-    (flushing, "_probe_db"),
-    (db, "_default"),
-    (db, "_store"),
-)
+from ops.config import settings
+from ops.db import Database, store_source
+from ops.metrics import lifecycle, store
+from ops.metrics.container import ContainerMetrics, FlushReason, using
 
 
 def prepare() -> None:
@@ -35,40 +20,32 @@ def prepare() -> None:
     lifecycle._installed = True
 
 
-def new_state(owner: Any) -> list[Any]:
-    recordings = pending.Recordings()
-    return [recordings, recordings, None, float("-inf"), float("-inf"), False, None, None, None]
+def new_state() -> ContainerMetrics:
+    name = f"{settings().service}-metrics"
+    return ContainerMetrics(connect=lambda: Database(application_name=name, source=store_source))
 
 
-@contextmanager
-def using(state: list[Any]) -> Iterator[None]:
-    for (module, name), value in zip(SLOTS, state, strict=True):
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        state[:] = [getattr(module, name) for module, name in SLOTS]
+def active(state: ContainerMetrics) -> AbstractContextManager[ContainerMetrics]:
+    return using(state)
 
 
-def container(state: list[Any]) -> str:
-    box = state[2]
+def container(state: ContainerMetrics) -> str:
+    box = state.outbox_if_any()
     return box.container if box is not None else ""
 
 
-def _drop_connections(state: list[Any]) -> None:
-    for handle in state[7:9]:
-        if handle is not None:
-            handle.discard()  # the process is gone: no Terminate message
+def _drop_connection(state: ContainerMetrics) -> None:
+    if state.outbox_if_any() is not None:  # it flushed: it has a connection
+        state.database().discard()  # the process is gone: no Terminate message
 
 
-def shutdown(state: list[Any]) -> None:
-    with using(state):
-        flushing.flush_before_exit(lifecycle.SHUTDOWN_BUDGET_S)
-    _drop_connections(state)
+def shutdown(state: ContainerMetrics) -> None:
+    state.flush(FlushReason.SHUTDOWN)
+    _drop_connection(state)
 
 
-def kill(state: list[Any]) -> None:
-    _drop_connections(state)  # a flush in flight settles as unknown: the cursor tells
+def kill(state: ContainerMetrics) -> None:
+    _drop_connection(state)  # a flush in flight settles as unknown: the cursor tells
 
 
 def trace(current: Callable[[], Any], flushed: Callable[[Any, float, int], None]) -> None:
@@ -76,7 +53,7 @@ def trace(current: Callable[[], Any], flushed: Callable[[Any, float, int], None]
     it had served), and time every flush job (one write transaction) of each identity."""
     add, run = store.Outbox.add, store._Job.run
 
-    def traced_add(box: store.Outbox, deltas: pending.Deltas) -> None:
+    def traced_add(box: store.Outbox, deltas: Any) -> None:
         add(box, deltas)
         owner = box.__dict__.setdefault("fleet_owner", current())
         if box.batches:  # before any flush can send it: the batch covers `served`

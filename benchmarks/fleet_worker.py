@@ -142,9 +142,7 @@ def main(spec: dict[str, Any]) -> None:
     rate, lifetime_s = spec["rate"], spec["lifetime_s"]
 
     def born() -> Identity:
-        ident = Identity(None, rng, lifetime_s)
-        ident.state = fleet_state.new_state(ident)
-        return ident
+        return Identity(fleet_state.new_state(), rng, lifetime_s)
 
     slots = [born() for _ in range(spec["identities"])]
     records: list[dict[str, Any]] = []
@@ -187,7 +185,7 @@ def main(spec: dict[str, Any]) -> None:
         ident = slots[slot]
         current[:] = [ident]
         started = time.perf_counter()
-        with fleet_state.using(ident.state):
+        with fleet_state.active(ident.state):
             app.lambda_handler(events[rng.randrange(len(events))], ctx)
         stats["invoke_ms"].append((time.perf_counter() - started) * 1000)
         second = int(time.time() - start_wall)
