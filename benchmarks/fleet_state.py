@@ -65,5 +65,5 @@ def trace(current: Callable[[], Any], flushed: Callable[[Any, float, int], None]
         series = sum(b.series for b in job.batches)
         flushed(job.box.__dict__["fleet_owner"], (time.perf_counter() - started) * 1000, series)
 
-    store.Outbox.add = traced_add  # type: ignore[method-assign]
-    store._Job.run = traced_run  # type: ignore[method-assign]
+    store.Outbox.add = traced_add  # type: ignore[method-assign,assignment]
+    store._Job.run = traced_run  # type: ignore[method-assign,assignment]

@@ -102,8 +102,8 @@ def main(spec: dict[str, Any]) -> None:
 
     fleet_state.prepare()  # before the router's instrumentation installs process-wide hooks
     printed = Printed()
-    sys.stdout = printed  # type: ignore[assignment]
-    logger.registered_handler.setStream(printed)
+    sys.stdout = printed
+    logger.registered_handler.setStream(printed)  # type: ignore[attr-defined]
     rng = random.Random()
     app = service_api()
 

@@ -185,7 +185,8 @@ def _sql(url: str, query: str) -> list[list[Any]]:
 
     conn = connect_url(url, timeout_s=30)
     try:
-        return conn.run(query)
+        rows: list[list[Any]] = conn.run(query)
+        return rows
     finally:
         conn.close()
 
@@ -251,7 +252,7 @@ def run_phase(phase: Phase, plan: Plan, dbs: dict[str, Any], workdir: Path) -> d
     db.reset()
     metrics.reset()
     handler = load_handler(ROOT / "functions" / "metrics")
-    logger.registered_handler.setStream(io.StringIO())
+    logger.registered_handler.setStream(io.StringIO())  # type: ignore[attr-defined]
     logger.setLevel("WARNING")
     event = proxy_event(method="GET", path="/metrics", resource="/metrics")
     probes = {"app": Probe(app_cluster, "fleet_app")}
@@ -371,7 +372,9 @@ def run(quick: bool) -> str:
             print(f"   {phase.name}", file=sys.stderr, flush=True)
             results.append(run_phase(phase, plan, dbs, workdir))
             load.append(os.getloadavg()[0])
-    (workdir / "results.json").write_text(json.dumps({"plan": asdict(plan), "phases": results}))
+    elapsed = time.monotonic() - began
+    raw = {"plan": asdict(plan), "phases": results, "load": load, "elapsed": elapsed}
+    (workdir / "results.json").write_text(json.dumps({**raw, "quick": quick}))
     from benchmarks.fleet_report import report
 
-    return report(plan, results, load, time.monotonic() - began, quick)
+    return report(plan, results, load, elapsed, quick)
