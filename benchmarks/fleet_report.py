@@ -69,16 +69,14 @@ def project(x: dict[str, Any], containers: int) -> dict[str, dict[str, float]]:
     """Cores and WAL GB/day of each database at `containers` x PROD_RATE.
 
     The flushes' database: its measured cost per write transaction times the policy's
-    writes, and a bound scaling that by the rows a production write carries (up to every
-    series) over the rows the simulation's writes carried. A database that takes no
+    writes, and a bound scaling that by the rows a write of the identities served at
+    PROD_RATE carried over the rows of the average write measured. A database that takes no
     flushes (the application's, beside a metrics database) serves scrapes and checks,
     whose rate does not grow with invocations: its measured cost per second carries over.
     """
     phase = x["phase"]
     rows_sim = x["series_rows"] / max(x["jobs"], 1)
-    inv_per_write = x["served"] / max(x["jobs"], 1)
-    rows_prod = min(x["series"], rows_sim / inv_per_write * (PROD_RATE * phase["interval"] + 1))
-    scale = max(1.0, rows_prod / rows_sim)
+    scale = max(1.0, x["hot"]["rows"] / max(x["hot"]["jobs"], 1) / rows_sim)
     writes = containers * _writes_per_container_s(phase["interval"])
     out = {}
     for db in x["window"]:
@@ -123,6 +121,11 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _head(names: str) -> tuple[str, str]:
+    """A table's header row (`names`: "a | b | c") and its separator."""
+    return f"| {names} |", "|" + "---|" * (names.count(" | ") + 1)
+
+
 def report(
     plan: Plan, phases: list[dict[str, Any]], load: list[float], elapsed: float, quick: bool
 ) -> str:
@@ -141,7 +144,8 @@ def report(
         f"{plan.identities:,} container identities, multiplexed over {plan.workers} worker "
         "processes (`benchmarks/fleet_worker.py`), each with its own pending deltas, outbox, "
         "flush clock and connection, serving Poisson arrivals at "
-        f"{plan.rate:g} invocations/s each through the real `ops.api.Api` handler; lifetimes "
+        f"{plan.rate:g} invocations/s each ({plan.hot} of them at {PROD_RATE:g}/s) through "
+        "the real `ops.api.Api` handler; lifetimes "
         f"exponential (mean {plan.lifetime_s:g} s), 10% ended by SIGKILL (connection dropped, "
         "nothing flushed), the rest by SIGTERM (the shutdown flush), and every identity by a "
         f"real SIGTERM of its worker at the end of each {plan.phase_s:g} s phase. Every "
@@ -161,7 +165,7 @@ def report(
         f"1,000 x {PROD_RATE:g}/s multiplies the measured cost per write by the policy's "
         f"writes at {PROD_RATE:g}/s (r / (r T + 1) + 2 / L per container, L = "
         f"{HOUR_LIFETIME_S / 3600:g} h), and its bound also scales by the rows per write "
-        "(a production write carries the series of r T + 1 invocations, up to all of them).",
+        f"(those of the identities served at {PROD_RATE:g}/s over the average write's).",
         "",
         "### Targets",
         "",
@@ -236,23 +240,11 @@ def report(
         "assigned, in the window's two halves (steady: alike); flush: each flush job, "
         "connect included, p50 / p99 ms.",
         "",
-        _row(
-            [
-                "phase",
-                "T s / scrape s",
-                "database",
-                "inv/s",
-                "writes/s (halves)",
-                "CPU cores",
-                "CPU ms per 1,000 inv",
-                "WAL KiB/s",
-                "WAL KiB per 1,000 inv",
-                "writes per 1,000 inv",
-                "lock waits",
-                "flush ms",
-            ]
+        *_head(
+            "phase | T s / scrape s | database | inv/s | writes/s (halves) | CPU cores "
+            "| CPU ms per 1,000 inv | WAL KiB/s | WAL KiB per 1,000 inv | writes per 1,000 inv "
+            "| lock waits | flush ms"
         ),
-        "|" + "---|" * 12,
     ]
     for x in phases:
         fl = x["flush_ms"]
@@ -305,26 +297,18 @@ def report(
         "",
         "### Exactness, churn and what identities print",
         "",
-        _row(
-            [
-                "phase",
-                "identities (SIGTERM / SIGKILL / end)",
-                "served",
-                "stored",
-                "`/metrics`",
-                "lost: SIGKILL",
-                "writes (jobs)",
-                "rows per write",
-                "invocations > 100 ms late (max lag ms)",
-                "log bytes / EMF bytes per invocation",
-                "EMF documents per invocation",
-                "scrape ms (max)",
-            ]
+        *_head(
+            "phase | identities (SIGTERM / SIGKILL / end) | served | stored | `/metrics` "
+            f"| lost: SIGKILL | writes (jobs) | rows per write (at {PROD_RATE:g}/s) "
+            f"| writes per 1,000 inv at {PROD_RATE:g}/s (policy, births and shutdowns aside: "
+            "1,000 / (r T + 1)) | invocations > 100 ms late (max lag ms) "
+            "| log bytes / EMF bytes per invocation | EMF documents per invocation "
+            "| scrape ms (max)"
         ),
-        "|" + "---|" * 12,
     ]
     for x in phases:
-        e, o, s = x["ends"], x["out"], x["served"]
+        e, o, s, hot = x["ends"], x["out"], x["served"], x["hot"]
+        policy = 1000 / (PROD_RATE * x["phase"]["interval"] + 1)
         lines.append(
             _row(
                 [
@@ -335,7 +319,9 @@ def report(
                     f"{x['exposed']:,}",
                     f"{x['lost']['kill']:,}",
                     f"{x['jobs']:,}",
-                    f"{x['series_rows'] / max(x['jobs'], 1):.1f}",
+                    f"{x['series_rows'] / max(x['jobs'], 1):.1f} "
+                    f"({hot['rows'] / max(hot['jobs'], 1):.1f})",
+                    f"{1000 * hot['jobs'] / max(hot['served'], 1):.1f} ({policy:.1f})",
                     f"{x['late']:,} ({x['max_lag_ms']:,.0f})",
                     f"{o['log_bytes'] / s:,.0f} / {o['emf_bytes'] / s:,.0f}",
                     f"{o['emf_docs'] / s:.2f}",

@@ -2,13 +2,13 @@
 identities multiplexed over one interpreter, served one invocation at a time.
 
 An identity is what a Lambda container owns: its pending deltas, outbox (identity, shard,
-numbered batches), flush clock and database connections (`Identity.state`). Each receives
-a Poisson stream of `rate` invocations/s through the real `ops.api.Api` handler (the
-router's instrumentation records, the flush policy flushes). It lives an exponentially
-distributed time, then ends by "SIGTERM" (its shutdown flush, with Lambda's budget) or,
-one in ten, by "SIGKILL" (its connections dropped mid-air, nothing flushed), and a new
-identity takes its place. The process's own SIGTERM ends every identity alive the first
-way. What the identities print (request log lines, EMF) is counted, not kept.
+numbered batches), flush clock and store connection (`Identity.state`). Each receives a
+Poisson stream of `rate` invocations/s (the first `hot` slots: `hot_rate`) through the real
+`ops.api.Api` handler (the router's instrumentation records, the flush policy flushes). It
+lives an exponentially distributed time, then ends by "SIGTERM" (its shutdown flush, with
+Lambda's budget) or, one in ten, by "SIGKILL" (its connection dropped mid-air, nothing
+flushed), and a new identity takes its slot. The process's own SIGTERM ends every identity
+alive the first way. What the identities print (request log lines, EMF) is counted, not kept.
 
 Run by the suite: `python -m benchmarks.fleet_worker '<json spec>'`.
 """
@@ -66,14 +66,16 @@ class Printed:
 class Identity:
     """One container's life: its metrics state and what the suite traces of it."""
 
-    def __init__(self, state: Any, rng: random.Random, lifetime_s: float) -> None:
+    def __init__(self, state: Any, rng: random.Random, lifetime_s: float, hot: bool) -> None:
         self.state = state
+        self.hot = hot  # served at the production rate
         self.born = time.time()
         self.dies = time.monotonic() + rng.expovariate(1.0 / lifetime_s)
         self.killed = rng.random() < KILL_SHARE
         self.served = 0
         self.notes: dict[int, int] = {}  # batch seq -> invocations served when it last grew
         self.jobs = 0  # flushes sent (each one write transaction)
+        self.rows = 0  # series rows those flushes carried
         self.container = ""
 
     def record(self, end: str) -> dict[str, Any]:
@@ -81,6 +83,8 @@ class Identity:
             "container": self.container,
             "served": self.served,
             "jobs": self.jobs,
+            "rows": self.rows,
+            "hot": self.hot,
             "notes": sorted(self.notes.items()),
             "born": self.born,
             "died": time.time(),
@@ -134,17 +138,19 @@ def main(spec: dict[str, Any]) -> None:
 
     def flushed(owner: Identity, ms: float, series: int) -> None:
         owner.jobs += 1
+        owner.rows += series
         stats["flush_ms"].append(ms)
         stats["series_rows"] += series
 
     app.after_invocation.insert(0, served)
     fleet_state.trace(lambda: current[0], flushed)
-    rate, lifetime_s = spec["rate"], spec["lifetime_s"]
+    lifetime_s, hot = spec["lifetime_s"], spec["hot"]
+    rates = [spec["hot_rate"] if i < hot else spec["rate"] for i in range(spec["identities"])]
 
-    def born() -> Identity:
-        return Identity(fleet_state.new_state(), rng, lifetime_s)
+    def born(slot: int) -> Identity:
+        return Identity(fleet_state.new_state(), rng, lifetime_s, slot < hot)
 
-    slots = [born() for _ in range(spec["identities"])]
+    slots = [born(i) for i in range(spec["identities"])]
     records: list[dict[str, Any]] = []
 
     def end(slot: int, how: str) -> None:
@@ -162,7 +168,7 @@ def main(spec: dict[str, Any]) -> None:
     while time.time() < spec["start_at"]:
         time.sleep(0.01)
     start_mono, start_wall = time.monotonic(), spec["start_at"]
-    arrivals = [(start_mono + rng.expovariate(rate), i) for i in range(len(slots))]
+    arrivals = [(start_mono + rng.expovariate(rates[i]), i) for i in range(len(slots))]
     heapq.heapify(arrivals)
     deaths = sorted(((ident.dies, i) for i, ident in enumerate(slots)), reverse=True)
     ctx = LambdaContext("fleet", 10)
@@ -172,7 +178,7 @@ def main(spec: dict[str, Any]) -> None:
         while deaths and deaths[-1][0] <= now:  # deaths come between invocations
             _, dying = deaths.pop()
             end(dying, "kill" if slots[dying].killed else "term")
-            slots[dying] = born()
+            slots[dying] = born(dying)
             deaths.append((slots[dying].dies, dying))
             deaths.sort(reverse=True)
         if at > now:
@@ -181,7 +187,7 @@ def main(spec: dict[str, Any]) -> None:
         lag_ms = (now - at) * 1000
         stats["max_lag_ms"] = max(stats["max_lag_ms"], lag_ms)
         stats["late"] += lag_ms > 100
-        heapq.heapreplace(arrivals, (at + rng.expovariate(rate), slot))
+        heapq.heapreplace(arrivals, (at + rng.expovariate(rates[slot]), slot))
         ident = slots[slot]
         current[:] = [ident]
         started = time.perf_counter()

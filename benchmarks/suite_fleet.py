@@ -2,7 +2,8 @@
 
 Identities are multiplexed over a few worker processes (benchmarks/fleet_worker.py): each
 has its own pending deltas, outbox, flush clock and connection, serves a Poisson stream of
-invocations through the real `ops.api.Api` handler, is born, and dies by "SIGTERM" (its
+invocations through the real `ops.api.Api` handler (a few at the production rate, the rest
+slower: the machine's budget), is born, and dies by "SIGTERM" (its
 shutdown flush) or "SIGKILL" (its connection dropped, nothing flushed). At the end of a
 phase each worker process gets a real SIGTERM: every identity alive does its shutdown flush.
 Every connection goes through Debian's pgbouncer in transaction mode (tools.pgbouncer).
@@ -45,6 +46,7 @@ FRESH_S = 15.0  # counts reach Prometheus within this (issue 23 item 2)
 TARGET_CORES, TARGET_WAL_GB_DAY = 0.1, 5.0
 MAX_CLIENT_CONN = 2000  # docs/capacity.md ships this pgbouncer setting (stock: 100)
 HOUR_LIFETIME_S = 3600.0  # the containers' mean lifetime the projections assume
+HOT_PER_WORKER = 2  # identities at PROD_RATE: a production write's rows, the bound at r T >> 1
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Plan:
     identities: int
     workers: int
     rate: float  # per identity
+    hot: int  # identities served at PROD_RATE instead, HOT_PER_WORKER per worker
     lifetime_s: float  # mean
     phase_s: float
     warmup_s: float
@@ -84,10 +87,10 @@ def _phases() -> tuple[Phase, ...]:
 def _plan(quick: bool) -> Plan:
     env = os.environ.get
     size = int(env("BENCH_FLEET_IDENTITIES") or (200 if quick else 1000))
-    rate = float(env("BENCH_FLEET_RATE") or 0.3)
+    rate = float(env("BENCH_FLEET_RATE") or 0.25)
     if quick:
-        return Plan(size, 2, rate, 120.0, 40.0, 15.0, 3.0, _phases())
-    return Plan(size, 4, rate, 600.0, 150.0, 40.0, 5.0, _phases())
+        return Plan(size, 2, rate, 2 * HOT_PER_WORKER, 120.0, 40.0, 15.0, 3.0, _phases())
+    return Plan(size, 4, rate, 4 * HOT_PER_WORKER, 600.0, 150.0, 40.0, 5.0, _phases())
 
 
 # -- measuring a cluster -----------------------------------------------------------------
@@ -233,6 +236,8 @@ def run_phase(phase: Phase, plan: Plan, dbs: dict[str, Any], workdir: Path) -> d
             "env": env,
             "identities": share,
             "rate": plan.rate,
+            "hot": plan.hot // plan.workers,
+            "hot_rate": PROD_RATE,
             "start_at": start_at,
             "lifetime_s": plan.lifetime_s,
             "out": str(out),
@@ -341,6 +346,7 @@ def run_phase(phase: Phase, plan: Plan, dbs: dict[str, Any], workdir: Path) -> d
         "identities": len(ids),
         "ends": {e: sum(i["end"] == e for i in ids) for e in lost},
         "jobs": sum(i["jobs"] for i in ids),
+        "hot": {k: sum(i[k] for i in ids if i["hot"]) for k in ("served", "jobs", "rows")},
         "series_rows": sum(r["series_rows"] for r in results),
         "flush_ms": sorted(ms for r in results for ms in r["flush_ms"]),
         "invoke_ms": sorted(ms for r in results for ms in r["invoke_ms"]),
