@@ -53,7 +53,7 @@ def read_event(path: Path | None) -> Any:
 def _invoke(spec: Any, event: Any) -> int:
     from ops.db import DatabaseUnavailable
     from tools.localdb import local_database
-    from tools.migrate import apply_url
+    from tools.migrate import apply_url, migrate_metrics_database
     from tools.runtime import LambdaContext, load_handler, local_emf_default
 
     # The template's settings first, then the database: the handler reads them together.
@@ -68,6 +68,7 @@ def _invoke(spec: Any, event: Any) -> int:
         unmigrated = ""
         try:
             apply_url(url)
+            migrate_metrics_database()  # METRICS_DATABASE_URL: the store's own database
         except DatabaseUnavailable as exc:
             # Invoke anyway: how a function behaves with its database down is worth seeing.
             unmigrated = first_line(exc)

@@ -75,7 +75,7 @@ STORE_CHECK = "metrics_store"  # a separate store's read, as a check of the scra
 
 
 class _StoreUnreachable(Exception):
-    """The database did not answer the store's reads (down, hung, restarting)."""
+    """The database did not answer the scrape's reads (down, hung, restarting)."""
 
 
 @app.get("/metrics", auth=True, latency_critical=True)  # never waits on its own flush

@@ -2,24 +2,33 @@
 the local stand-in for RDS Proxy, where a client holds a server connection only for the
 length of a transaction.
 
-While the tests run, two other clients share the pool's two server connections, so the
-code's consecutive transactions land on either: anything session-scoped it relied on (a
-startup parameter, a SET, a prepared statement kept across transactions) is missing about
-half the time. `test_session_state_does_not_survive_the_pooler` shows that it would be.
+While the tests run, the pool's two server connections are crowded: two other clients
+share them, each leaving hostile session state behind on the connection it used
+(`DISCARD ALL`, which also drops every prepared statement, and `SET statement_timeout = 0`,
+session-wide), and the admin console asks for every server connection to be replaced
+once its transaction ends (`RECONNECT`, in a loop). So the code's consecutive
+transactions rarely share a server session, and when they do it is one a neighbour has
+reset: anything session-scoped it relied on (a startup parameter, a SET, a prepared
+statement kept across transactions) is missing. `test_session_state_does_not_survive_the_pooler`
+and `test_the_crowd_breaks_a_flush_that_relies_on_a_session_timeout` show that it would be.
+No pooler setting beyond `pool_mode = transaction` is needed (docs/metrics-database.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 import pg8000.native
 import pytest
-from pg8000.exceptions import DatabaseError
+from pg8000.exceptions import DatabaseError, InterfaceError
 
 from tests.support.binaries import require_binary
 from tests.support.db import SQL, runner
-from tests.support.metrics import metrics_database, scrape_samples, value
+from tests.support.metrics import METRIC_TABLES, metrics_database, scrape_samples, value
 from tests.support.retention import audit_entries, clean_slate, count, policies, run, seed
 from tests.support.runtime import call_api, function_handler
 from tools import pgbouncer
@@ -39,28 +48,69 @@ def bouncer(pg_cluster: PgCluster) -> Iterator[PgBouncer]:
         proxy.stop()
 
 
-@pytest.fixture
-def neighbours(bouncer: PgBouncer) -> Iterator[None]:
-    """Two other clients running short transactions all the while, on a pool of two
-    server connections: consecutive transactions of the code under test land on either,
-    so session state left on one is missing on the other about half the time."""
+@pytest.fixture(scope="module")
+def store_bouncer(pg_cluster: PgCluster) -> Iterator[PgBouncer]:
+    """A separate metrics database (METRICS_DATABASE_URL) behind a pooler of its own."""
+    require_binary("pgbouncer")
+    metrics_database(pg_cluster, "pooled_store")
+    proxy = PgBouncer(pg_cluster, "pooled_store", pool_size=2)
+    proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+# What a careless neighbour leaves on the server connection it used, one per transaction.
+HOSTILE = ("DISCARD ALL", "SET statement_timeout = 0", "SELECT pg_sleep(0.001)")
+# Well above what a server connection takes to log in: a RECONNECT landing during a login
+# marks the new connection too, and a client's login waits for a server connection, so a
+# tight loop starves the pool (and the neighbours reset state far more often anyway).
+CHURN_EVERY_S = 0.25
+
+
+@contextmanager
+def crowded(*bouncers: PgBouncer) -> Iterator[None]:
+    """On each pooler: two neighbours leaving hostile session state behind, and every
+    server connection replaced after its transaction (RECONNECT, in a loop)."""
     stop = threading.Event()
 
-    def busy() -> None:
+    def neighbour(bouncer: PgBouncer) -> None:
         conn = _raw(bouncer)
         try:
-            while not stop.is_set():
-                conn.run("SELECT pg_sleep(0.001)")
+            for statement in itertools.cycle(HOSTILE):
+                if stop.wait(0.001):  # a breath between transactions: the pool is shared
+                    break
+                conn.run(statement)
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=busy, daemon=True) for _ in range(2)]
+    def churn(bouncer: PgBouncer) -> None:
+        admin = bouncer.admin_connection()
+        try:
+            while not stop.wait(CHURN_EVERY_S):
+                bouncer.reconnect(admin)
+        finally:
+            admin.close()
+
+    jobs: list[Callable[[PgBouncer], None]] = [neighbour, neighbour, churn]
+    threads = [
+        threading.Thread(target=job, args=(b,), daemon=True) for b in bouncers for job in jobs
+    ]
     for thread in threads:
         thread.start()
-    yield
-    stop.set()
-    for thread in threads:
-        thread.join(5)
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def neighbours(bouncer: PgBouncer) -> Iterator[None]:
+    with crowded(bouncer):
+        yield
 
 
 @pytest.fixture
@@ -69,14 +119,20 @@ def pooled_env(bouncer: PgBouncer, app_env, neighbours) -> str:
     return bouncer.url
 
 
-def _raw(bouncer: PgBouncer) -> pg8000.native.Connection:
+def _flush() -> bool:
+    from ops.metrics import flush
+
+    return flush()
+
+
+def _raw(bouncer: PgBouncer, timeout: float = 10) -> pg8000.native.Connection:
     return pg8000.native.Connection(
         SUPERUSER,
         password=bouncer.cluster.password,
         host="127.0.0.1",
         port=bouncer.port,
         database=pgbouncer.DATABASE,
-        timeout=10,
+        timeout=timeout,
     )
 
 
@@ -104,6 +160,9 @@ def test_health_flush_and_scrape_through_the_pooler_count_exactly(pooled_env: st
         assert status == 200
     status, _, body = call_api(health, "/health/ready")
     assert status == 200, body
+    # What a crowded pool delayed (a flush that timed out connecting, resent) is all stored
+    # once a waited flush succeeds: exactly once each.
+    assert _flush()
 
     samples = scrape_samples()  # the scrape: its checks, the store read, the live gauges
     assert value(samples, "database_up") == 1.0
@@ -157,3 +216,92 @@ def test_retention_through_the_pooler_prunes_and_audits_exactly(
     assert count(pooled_sql, "chat_sessions") == 20
     audited = {e["entity"]: e["deleted"] for e in audit_entries(pooled_sql, result["runId"])}
     assert audited == {"inbound_events": 5000, "chat_sessions": 1500}
+
+
+@pytest.fixture
+def apart_env(bouncer: PgBouncer, store_bouncer: PgBouncer, app_env, pg_connect) -> str:
+    """Both databases behind their poolers, crowded: the application's and the store's."""
+    pg_connect(store_bouncer.cluster.url("pooled_store")).run(f"TRUNCATE {METRIC_TABLES}")
+    app_env(
+        DATABASE_URL=bouncer.url,
+        METRICS_DATABASE_URL=store_bouncer.url,
+        METRICS_FLUSH_INTERVAL_S="0",
+        METRICS_FLUSH_TIMEOUT_MS="300",
+    )
+    with crowded(bouncer, store_bouncer):
+        yield store_bouncer.cluster.url("pooled_store")
+
+
+def test_every_path_with_the_store_apart_through_poolers_counts_exactly(
+    apart_env: str, pooled_sql: SQL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Health checks, flushes, a retention run and a scrape, each database behind its own
+    crowded pooler: every count exact."""
+    health = function_handler("health")
+    for _ in range(25):
+        assert call_api(health, "/health")[0] == 200
+    clean_slate(pooled_sql, monkeypatch)
+    monkeypatch.setenv("RETENTION_POLICIES", policies(("inbound_events", "received_at", 30, 500)))
+    seed(pooled_sql, events_expired=1200, events_fresh=10, sessions_expired=0, sessions_fresh=0)
+    result = run({"runId": "pooled-apart"})
+    assert result["status"] == "completed", result
+    assert count(pooled_sql, "inbound_events") == 10
+    samples = scrape_samples()
+    assert value(samples, "database_up") == value(samples, "metrics_store_up") == 1.0
+    assert value(samples, "http_requests_total", method="GET", route="/health", status="200") == 25
+    assert value(samples, "retention_runs_total", status="succeeded") == 1
+    assert value(samples, "retention_rows_deleted_total", table="inbound_events") == 1200
+
+
+def test_a_flush_through_the_pooler_is_bounded_by_its_own_statement_timeout(
+    apart_env: str, app_env, pg_connect, log_lines
+) -> None:
+    """The store's tables locked: the flush is cancelled by the server at its own
+    METRICS_FLUSH_TIMEOUT_MS (57014, nothing stored, kept), on a pooled connection whose
+    session a neighbour left with `statement_timeout = 0`. Sent as a startup parameter or
+    a session SET, that timeout would be gone, and the flush would wait for the lock."""
+    from ops.metrics import catalogue as m
+    from ops.metrics import flush, store
+
+    app_env(DB_STATEMENT_TIMEOUT_MS="60000")  # only the flush's own timeout can end it
+    counter = m.WEBHOOK_FAILURES.labels(source="stripe")
+    counter.inc()
+    assert flush()
+    locker = pg_connect(apart_env)
+    locker.run("BEGIN")
+    locker.run("LOCK TABLE metric_values, metric_flush_cursors IN ACCESS EXCLUSIVE MODE")
+    try:
+        counter.inc(10)
+        assert not flush()
+        settled = store.outbox().wait_idle(5)
+    finally:
+        locker.run("ROLLBACK")
+    assert settled, "the flush waited for the lock: its statement timeout was not in force"
+    failures = [line for line in log_lines() if line.get("type") == "metrics_flush"]
+    assert failures and failures[0]["outcome"] == "rejected" and "57014" in failures[0]["error"]
+    counter.inc(100)
+    assert flush()
+    assert value(scrape_samples(), "webhook_failures_total", source="stripe") == 111
+
+
+def test_the_crowd_breaks_a_flush_that_relies_on_a_session_timeout(
+    bouncer: PgBouncer, neighbours: None, pg_connect, pg_cluster: PgCluster
+) -> None:
+    """The negative control of the test above: a timeout set for the session (as a startup
+    parameter would be) is gone by the next transaction, so a blocked statement is not
+    cancelled by the server; the client's own socket timeout ends it instead."""
+    locker = pg_connect(pg_cluster.url("pooled"))
+    locker.run("BEGIN")
+    locker.run("LOCK TABLE metric_flush_cursors IN ACCESS EXCLUSIVE MODE")
+    conn = _raw(bouncer, timeout=3)
+    try:
+        conn.run("SET statement_timeout = 200")
+        time.sleep(0.05)  # the churn replaces that server connection meanwhile
+        started = time.monotonic()
+        with pytest.raises((InterfaceError, OSError)):  # the socket timeout, not a 57014
+            conn.run("SELECT count(*) FROM metric_flush_cursors")
+        assert time.monotonic() - started >= 2.5, "cancelled by a session timeout that survived"
+    finally:
+        locker.run("ROLLBACK")
+        with suppress(Exception):
+            conn.close()

@@ -28,10 +28,21 @@ FUNCTIONS = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless
 
 # The secrets each function reads; anything more is a least-privilege regression.
 # Every function reads the Sentry DSN secret when error tracking is on.
+# Every function flushes its metrics, so reads the metrics database's secret when given.
 SECRETS_READ = {
-    "HealthFunction": {"DbSecretArn", "MetricsTokenSecretArn", "SentryDsnSecretArn"},
-    "MetricsFunction": {"DbSecretArn", "MetricsTokenSecretArn", "SentryDsnSecretArn"},
-    "RetentionFunction": {"DbSecretArn", "SentryDsnSecretArn"},
+    "HealthFunction": {
+        "DbSecretArn",
+        "MetricsTokenSecretArn",
+        "SentryDsnSecretArn",
+        "MetricsDbSecretArn",
+    },
+    "MetricsFunction": {
+        "DbSecretArn",
+        "MetricsTokenSecretArn",
+        "SentryDsnSecretArn",
+        "MetricsDbSecretArn",
+    },
+    "RetentionFunction": {"DbSecretArn", "SentryDsnSecretArn", "MetricsDbSecretArn"},
 }
 # Actions that have no resource-level permissions and so may use Resource "*".
 STAR_RESOURCE_ACTIONS = {
@@ -378,6 +389,42 @@ def test_error_tracking_is_off_unless_a_dsn_secret_is_given() -> None:
     ]
     assert len(reads) == 1 and reads[0]["Fn::If"][0] == "HasSentry"
     assert reads[0]["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+
+
+def test_a_separate_metrics_database_is_off_unless_its_secret_is_given() -> None:
+    """MetricsDbSecretArn empty (the default): no METRICS_* database variable reaches a
+    function, no role reads a secret for it, no alarm; given: every function gets it (each
+    flushes), every role reads that secret only, and MetricsStoreDown alarms."""
+    params = TEMPLATE["Parameters"]
+    assert params["MetricsDbSecretArn"]["Default"] == ""
+    assert TEMPLATE["Conditions"]["HasMetricsDb"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "MetricsDbSecretArn"}, ""]}]
+    }
+    env = GLOBAL_FN["Environment"]["Variables"]
+    assert env["METRICS_DB_SECRET_ARN"]["Fn::If"] == [
+        "HasMetricsDb",
+        {"Ref": "MetricsDbSecretArn"},
+        {"Ref": "AWS::NoValue"},
+    ]
+    assert env["METRICS_DB_HOST"]["Fn::If"][0] == "HasMetricsDbHostOverride"
+    assert env["METRICS_DATABASE_URL"] == ""  # sam local's --env-vars only, as DATABASE_URL
+    rule = TEMPLATE["Rules"]["MetricsDbHostNeedsItsSecret"]
+    assert rule["Assertions"][0]["Assert"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "MetricsDbSecretArn"}, ""]}]
+    }
+    base = RESOURCES["FunctionBasePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    reads = [
+        stmt
+        for stmt in base
+        if any(_ref(s.get("Resource")) == "MetricsDbSecretArn" for s in _if_branches(stmt))
+    ]
+    assert len(reads) == 1 and reads[0]["Fn::If"][0] == "HasMetricsDb"
+    assert reads[0]["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+    alarm = RESOURCES["MetricsStoreDownAlarm"]
+    assert alarm["Condition"] == "HasMetricsDb"
+    dims = {d["Name"]: d["Value"] for d in alarm["Properties"]["Dimensions"]}
+    # The scrape's check name (tests/metrics/test_metrics_database.py reads it in the logs).
+    assert dims == {"service": {"Ref": "ServiceName"}, "check": "metrics_store"}
 
 
 def test_the_flush_interval_parameter_defaults_to_the_settings_default() -> None:

@@ -261,3 +261,31 @@ def test_the_metrics_database_secret_and_host_override(
     assert call_api(function_handler("health"), "/health")[0] == 200
     assert _flush()
     assert _stored(urls[1], "http_requests_total") == before + 1
+
+
+def test_a_hung_metrics_database_delays_neither_probes_nor_the_scrape(
+    urls: tuple[str, str], app_env: Any, blackhole: int
+) -> None:
+    """A store that accepts and never answers: health answers at once (the flush is handed
+    to the flush thread), the scrape within its budget with `metrics_store_up 0` and the
+    application's database measured."""
+    import time
+
+    app_env(
+        DATABASE_URL=urls[0],
+        METRICS_DATABASE_URL=f"postgresql://u:p@127.0.0.1:{blackhole}/db",
+        METRICS_SCRAPE_BUDGET_S="2",
+        HEALTH_DB_TIMEOUT_S="1",
+        METRICS_FLUSH_TIMEOUT_MS="2000",  # a waited flush would wait out the 2 s connect
+    )
+    health = function_handler("health")
+    for _ in range(3):
+        started = time.monotonic()
+        assert call_api(health, "/health")[0] == 200
+        assert time.monotonic() - started < 1.5  # generous; waiting for the flush takes 2 s
+    started = time.monotonic()
+    samples = scrape_samples()
+    assert time.monotonic() - started < 5  # within the budget (2 s), generously
+    assert value(samples, "database_up") == 1.0
+    assert value(samples, "metrics_store_up") == 0.0
+    assert value(samples, "health_check_status", check="database") == 1.0

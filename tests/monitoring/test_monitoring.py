@@ -542,7 +542,7 @@ def test_cloudwatch_alarm_dimensions_match_the_emf_the_code_emits() -> None:
     """Record every EMF-mirrored family, flush, and find each alarm's exact metric in the output."""
     from ops.metrics import flush  # imports the logger outside the redirect below
 
-    chosen = {"status": ("200", "302", "404", "503"), "check": ("database",)}
+    chosen = {"status": ("200", "302", "404", "503"), "check": ("database", "metrics_store")}
     for family in _registry().values():
         if family.emf is None:
             continue

@@ -211,7 +211,8 @@ class Settings:
         "DB_SSL_MODE",
         None,
         SSL_MODES,
-        "TLS to the database; unset: the URL's `sslmode`, `require` with `DB_SECRET_ARN`",
+        "TLS to the database (and to a separate metrics database); unset: the URL's `sslmode`,"
+        " `require` with a secret (`DB_SECRET_ARN`, `METRICS_DB_SECRET_ARN`)",
     )
     db_ssl_root_cert: str | None = text(
         "DB_SSL_ROOT_CERT", None, "CA bundle file for `verify-ca` / `verify-full`"

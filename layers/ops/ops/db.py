@@ -75,6 +75,7 @@ class ConnectParams:
 class Source:
     """Which settings name one database: the application's, or the metrics store's."""
 
+    label: str  # what an error message calls it
     url_env: str  # the variable an error message names
     url: str | None = field(repr=False)
     secret_arn: str | None
@@ -84,15 +85,12 @@ class Source:
     def configured(self) -> bool:
         return bool(self.url or self.secret_arn)
 
-    @property
-    def label(self) -> str:
-        """What an error message calls it."""
-        return "metrics database" if self.url_env.startswith("METRICS_") else "database"
-
 
 def app_source(cfg: Settings) -> Source:
     """The application's database: DATABASE_URL, else DB_SECRET_ARN (with DB_HOST)."""
-    return Source("DATABASE_URL", cfg.database_url, cfg.db_secret_arn, cfg.db_host_override)
+    return Source(
+        "database", "DATABASE_URL", cfg.database_url, cfg.db_secret_arn, cfg.db_host_override
+    )
 
 
 def separate_store(cfg: Settings | None = None) -> bool:
@@ -107,6 +105,7 @@ def store_source(cfg: Settings) -> Source:
     if not separate_store(cfg):
         return app_source(cfg)
     return Source(
+        "metrics database",
         "METRICS_DATABASE_URL",
         cfg.metrics_database_url,
         cfg.metrics_db_secret_arn,

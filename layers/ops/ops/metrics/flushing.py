@@ -8,7 +8,8 @@ when a container's pending deltas go to PostgreSQL and its EMF values to CloudWa
   invocation follows a quiet spell of that long (a sparse container's counts would
   otherwise wait for its next invocation, minutes away; its writes are few anyway).
 * An invocation makes at most one flush round trip. A database health check carries
-  the due deltas in its own round trip (PROBE: no extra write per probe);
+  the due deltas in its own round trip (PROBE: no extra write per probe; not when the
+  store has a database of its own, ops.db.separate_store);
   the invocation's own recordings then wait for the next flush. Otherwise the flush
   runs at the end of the invocation: waited for (at most 2 x METRICS_FLUSH_TIMEOUT_MS),
   except on routes that must never wait on the database (`background=True`:
