@@ -115,10 +115,10 @@ class _Container:
 
     def flush(self) -> float:
         """One flush; its round trip in ms."""
-        from ops.metrics.store import Batch, flush_sql
+        from ops.metrics.store import DeltaBatch, flush_sql
 
         self.seq += 1
-        batch = Batch(self.seq, time.monotonic(), sums=self.sums)
+        batch = DeltaBatch(self.seq, time.monotonic(), sums=self.sums)
         query = flush_sql(self.name, self.shard, [batch], 5000, time.time(), self.seq == 1)
         started = time.perf_counter()
         self.conn.run(query)

@@ -233,13 +233,13 @@ def _fresh_container(env: dict[str, str]) -> None:
     db.reset()
     metrics.reset()
     try:  # the shutdown flush and deadline watch, installed again for this process
-        from ops.metrics import lifecycle
+        from ops.metrics import process_hooks
     except ImportError:  # before the flush policy existed: nothing to install
         return
-    lifecycle._installed = False  # the manager's watchdog thread did not survive the fork
-    lifecycle._watchdog = None
-    lifecycle._previous.clear()
-    lifecycle.install()
+    process_hooks._installed = False  # the manager's watch thread did not survive the fork
+    process_hooks._watch = None
+    process_hooks._previous.clear()
+    process_hooks.install()
 
 
 def _container(board: Board, slot: int, app: Any, events: list[dict[str, Any]]) -> None:

@@ -27,7 +27,8 @@ from live_gauges import Collected, collect
 from pg8000.exceptions import Error as PgError
 
 from ops.api import Request, Response, error_response, response
-from ops.checks import CheckResult, FollowUp, configured_checks, fitted_budget, run_checks
+from ops.checks import CheckResult, configured_checks, fitted_budget, run_checks
+from ops.concurrency import ChainedCall
 from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, get_db, is_stale_error
 from ops.log import logger
@@ -61,7 +62,7 @@ def metrics(req: Request) -> Response:
     gauges_deadline = time.monotonic() + budget_s * LIVE_GAUGES_SHARE
     db = get_db()
     # The store read follows the database check on its worker: one hand-off, not two.
-    read = FollowUp(lambda: _read(db, gauges_deadline))
+    read = ChainedCall(lambda: _read(db, gauges_deadline))
     checks = run_checks(configured_checks(), then=read)
     totals: Totals | None = None
     live: dict[str, Any] = {}
@@ -89,7 +90,7 @@ def metrics(req: Request) -> Response:
     return response(200, body, OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE)
 
 
-def _read_store(read: FollowUp, db: Database, budget_s: float) -> tuple[Totals, dict[str, Any]]:
+def _read_store(read: ChainedCall, db: Database, budget_s: float) -> tuple[Totals, dict[str, Any]]:
     """Totals and live gauges, or _StoreUnreachable once the budget is spent."""
     if not read.wait(budget_s):
         db.discard()  # unblocks the reader; the next scrape connects afresh

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from ops import workers
-from ops.checks import Check, FollowUp, Reason, run_checks
+from ops import concurrency
+from ops.checks import Check, Reason, run_checks
+from ops.concurrency import ChainedCall
 from tests.support.metrics import parse, scrape, value
 
 
@@ -29,7 +30,7 @@ def test_threads_are_reused_not_started_per_check(db_env, health_api):
     for path in ("/health", "/health/ready", "/health/detailed") * 40:
         assert health_api(path)[0] == 200
     assert set(threading.enumerate()) - before == set()  # (an earlier test's may have ended)
-    assert workers.idle() >= 1
+    assert concurrency.idle_workers() >= 1
 
 
 def test_one_idle_worker_runs_check_after_check(app_env):
@@ -49,9 +50,12 @@ def test_many_concurrent_checks_leave_at_most_the_idle_workers(app_env):
     assert [r.reason for r in results] == [Reason.TIMEOUT] * 10
     release.set()
     deadline = time.monotonic() + 10
-    while threading.active_count() > before + workers.MAX_IDLE and time.monotonic() < deadline:
+    while (
+        threading.active_count() > before + concurrency.MAX_IDLE_WORKERS
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
-    assert threading.active_count() <= before + workers.MAX_IDLE
+    assert threading.active_count() <= before + concurrency.MAX_IDLE_WORKERS
 
 
 def test_a_worker_stuck_on_a_hung_check_does_not_delay_the_next_check(app_env, log_lines):
@@ -67,7 +71,7 @@ def test_a_worker_stuck_on_a_hung_check_does_not_delay_the_next_check(app_env, l
         (first,) = run_checks([_check(hangs, budget_s=0.2, name="hung")])
         assert first.reason == Reason.TIMEOUT and hung.is_set()
         # Every idle worker is now taken in turn while the hung one still holds its own.
-        for _ in range(workers.MAX_IDLE + 2):
+        for _ in range(concurrency.MAX_IDLE_WORKERS + 2):
             started = time.monotonic()
             (second,) = run_checks([_check(_ok, budget_s=5.0, name="next")])
             assert second.ok, second
@@ -87,7 +91,7 @@ def test_a_follow_up_runs_after_the_check_on_its_worker(app_env):
         seen["follow"] = threading.current_thread()
         return "read"
 
-    then = FollowUp(follow)
+    then = ChainedCall(follow)
     (result,) = run_checks([_check(probe)], then=then)
     assert result.ok
     assert then.wait(5.0) and then.value == "read" and then.exc is None
@@ -105,7 +109,7 @@ def test_a_follow_up_never_runs_after_a_failed_or_abandoned_check(app_env, how):
             raise ConnectionRefusedError("refused")
         release.wait()
 
-    then = FollowUp(ran.set)
+    then = ChainedCall(ran.set)
     (result,) = run_checks([_check(probe, budget_s=0.1)], then=then)
     assert not result.ok
     assert result.reason == (Reason.REFUSED if how == "fails" else Reason.TIMEOUT)
@@ -117,11 +121,11 @@ def test_a_follow_up_never_runs_after_a_failed_or_abandoned_check(app_env, how):
 def test_a_forked_child_starts_its_own_workers(app_env):
     app_env()
     assert run_checks([_check(_ok)])[0].ok  # the parent has an idle worker now
-    assert workers.idle() >= 1
+    assert concurrency.idle_workers() >= 1
     pid = os.fork()
     if pid == 0:  # the child has none of the parent's threads: a worker must start afresh
         done = threading.Event()
-        workers.submit(lambda: None, done.set)
+        concurrency.run_on_worker(lambda: None, done.set)
         os._exit(0 if done.wait(10) else 1)
     deadline = time.monotonic() + 60
     while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:

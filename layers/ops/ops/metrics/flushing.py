@@ -15,7 +15,7 @@ when a container's pending deltas go to PostgreSQL and its EMF values to CloudWa
   liveness, /metrics), which hand it to the courier thread and return.
 * Before the invocation's deadline (DEADLINE), when a long-lived local process idles
   (IDLE): handed over without waiting; at shutdown (SHUTDOWN): everything within a
-  budget. ops.metrics.lifecycle asks for these.
+  budget. ops.metrics.process_hooks asks for these.
 
 A failed flush never fails the invocation: its deltas stay pending. Its outcome is
 settled by the flush job itself (also when nobody waited for it): failures are
@@ -47,17 +47,25 @@ FRESH_AFTER = 0.4
 def flush(
     c: ContainerMetrics, reason: FlushReason, *, background: bool, budget_s: float | None
 ) -> bool:
-    """ContainerMetrics.flush: the procedure for `reason` (see the module docstring)."""
-    if reason is FlushReason.DUE:
-        return _end_invocation(c, background=background)
-    if reason is FlushReason.NOW:
-        return _now(c, background=background)
+    """ContainerMetrics.flush: the procedure for `reason` (see the module docstring).
+    Raises only for PROBE (the check fails); otherwise a bug here is logged, never raised."""
     if reason is FlushReason.PROBE:
         return _probe(c, settings().health_db_budget_s if budget_s is None else budget_s)
-    if reason in (FlushReason.DEADLINE, FlushReason.IDLE):
-        _hand_over(c)
+    try:
+        if reason is FlushReason.DUE:
+            return _end_invocation(c, background=background)
+        if reason is FlushReason.NOW:
+            return _now(c, background=background)
+        if reason in (FlushReason.DEADLINE, FlushReason.IDLE):
+            _hand_over(c)
+            return False
+        return _before_exit(c, SHUTDOWN_BUDGET_S if budget_s is None else budget_s)
+    except Exception as exc:  # the flush must not fail the invocation, or the exit
+        logger.warning(
+            "metrics flush failed",
+            extra={"type": "metrics_flush", "reason": reason.value, "error": repr(exc)},
+        )
         return False
-    return _before_exit(c, SHUTDOWN_BUDGET_S if budget_s is None else budget_s)
 
 
 def _emit(c: ContainerMetrics) -> None:
