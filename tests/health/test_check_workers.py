@@ -1,5 +1,7 @@
-"""Checks run on reused worker threads: none leaked, none queued behind a hung one; and
-the scrape's store read runs after the database check on the check's worker."""
+"""The layer's threads (ops.concurrency): checks run on reused worker threads, none
+leaked, none queued behind a hung one; the scrape's store read runs after the database
+check on the check's worker; a SerialThread runs jobs in order on one thread; a
+MailboxThread hands over messages and wakes at the time its handler names."""
 
 from __future__ import annotations
 
@@ -154,3 +156,44 @@ def test_the_database_check_latency_is_the_probe_not_the_read(db_env, monkeypatc
     assert value(samples, "pg_stat_database_deadlocks_total") >= 0  # slept, and was read
     # The read after it slept 1 s on the same worker; the check's latency is its own.
     assert value(samples, "health_check_latency_seconds", check="database") < 1.0
+
+
+def test_a_serial_thread_runs_jobs_in_order_on_one_thread():
+    serial = concurrency.SerialThread("test-serial")
+    ran: list[tuple[int, threading.Thread]] = []
+    done = threading.Event()
+
+    class Job:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def run(self) -> None:
+            ran.append((self.n, threading.current_thread()))
+            if self.n == 49:
+                done.set()
+
+    for n in range(50):
+        serial.submit(Job(n))
+    assert done.wait(10)
+    assert [n for n, _ in ran] == list(range(50))
+    assert len({t for _, t in ran}) == 1 and ran[0][1] is not threading.current_thread()
+
+
+def test_a_mailbox_thread_hands_over_messages_then_wakes_when_asked():
+    seen: list[object] = []
+    woke = threading.Event()
+
+    def handle(message: object) -> float | None:
+        seen.append(message)
+        if message == "soon":
+            return time.monotonic() + 0.01  # asks for the timer
+        if message is concurrency.TIMER:
+            woke.set()
+        return None  # nothing more until the next message
+
+    mailbox = concurrency.MailboxThread("test-mailbox", handle)
+    mailbox.post("first")
+    mailbox.post("soon")
+    assert woke.wait(10)
+    assert seen == ["first", "soon", concurrency.TIMER]
+    assert mailbox.is_alive()
