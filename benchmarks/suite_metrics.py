@@ -222,7 +222,7 @@ class _Inline:
     """Runs the flush on the calling thread: no bound on its time (reference only)."""
 
     def submit(self, job: Any) -> None:
-        job.run()  # settles the job's outcome in the outbox, as on the courier thread
+        job.run()  # settles the job's outcome in the outbox, as on the flush thread
 
 
 def _flush_breakdown(rounds: int) -> dict[str, list[float]]:
@@ -231,14 +231,14 @@ def _flush_breakdown(rounds: int) -> dict[str, list[float]]:
     from ops.metrics import current, flush
 
     box = current().outbox
-    courier = box.courier
+    flush_thread = box.flush_thread
     timings: dict[str, list[float]] = {"flush": [], "inline": [], "no_emf": []}
     counter = m.HTTP_REQUESTS.labels(method="GET", route="/bench", status="200")
     histogram = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/bench")
     with contextlib.redirect_stdout(io.StringIO()) as sink:
         for i in range(rounds * 3):
             mode = ("flush", "inline", "no_emf")[i % 3]
-            box.courier = _Inline() if mode == "inline" else courier  # type: ignore[assignment]
+            box.flush_thread = _Inline() if mode == "inline" else flush_thread  # type: ignore[assignment]
             os.environ["POWERTOOLS_METRICS_NAMESPACE"] = "" if mode == "no_emf" else "Bench"
             settings.cache_clear()  # read once per container otherwise
             counter.inc()
@@ -248,7 +248,7 @@ def _flush_breakdown(rounds: int) -> dict[str, list[float]]:
             timings[mode].append((time.perf_counter() - started) * 1000)
             sink.seek(0)
             sink.truncate()
-    box.courier = courier
+    box.flush_thread = flush_thread
     os.environ["POWERTOOLS_METRICS_NAMESPACE"] = "Bench"
     settings.cache_clear()
     return timings

@@ -12,7 +12,7 @@ when a container's pending deltas go to PostgreSQL and its EMF values to CloudWa
   the invocation's own recordings then wait for the next flush. Otherwise the flush
   runs at the end of the invocation: waited for (at most 2 x METRICS_FLUSH_TIMEOUT_MS),
   except on routes that must never wait on the database (`background=True`:
-  liveness, /metrics), which hand it to the courier thread and return.
+  liveness, /metrics), which hand it to the flush thread and return.
 * Before the invocation's deadline (DEADLINE), when a long-lived local process idles
   (IDLE): handed over without waiting; at shutdown (SHUTDOWN): everything within a
   budget. ops.metrics.process_hooks asks for these.
@@ -98,7 +98,7 @@ def due(c: ContainerMetrics, now: float | None = None) -> bool:
 
 
 def report(c: ContainerMetrics, result: store.FlushResult, *, failures: bool = True) -> None:
-    """The settled outcome of a flush job (on the courier thread): count and log what was
+    """The settled outcome of a flush job (on the flush thread): count and log what was
     dropped, and failures (not at shutdown: there the loss is reported once, as lost).
     Counted in the job's own container; not at all once it was replaced (a reset)."""
     if c.retired:
@@ -182,7 +182,7 @@ def _now(c: ContainerMetrics, *, background: bool = False) -> bool:
     """Send what is pending now, and the EMF lines. Never raises.
 
     True when stored (or no database is configured); `background` hands the flush to
-    the courier thread without waiting and returns False.
+    the flush thread without waiting and returns False.
     """
     emitted = False
 

@@ -14,7 +14,7 @@ Flush protocol (one round trip, exactly once):
   those it already stored. Nothing is counted twice. Past MAX_SEALED_BATCHES
   the oldest sealed batch is dropped, and the result says so
   (ops.metrics.flushing counts and logs it as dropped).
-* The query runs on a thread of its own (the outbox's `courier`, an
+* The query runs on a thread of its own (the outbox's `flush_thread`, an
   ops.concurrency.SerialThread), on the store's own
   connection (ops.db.store_db: checks and handlers never queue behind a flush).
   The caller waits for at most 2 x METRICS_FLUSH_TIMEOUT_MS (or its own budget,
@@ -190,7 +190,7 @@ def _classify(exc: BaseException | None) -> tuple[FlushOutcome, str | None, bool
 
 
 class _Job:
-    """One flush on the courier thread; retried once when a stored series has gone.
+    """One flush on the flush thread; retried once when a stored series has gone.
     Settles its own outcome in the outbox when it ends, whether or not anyone waits."""
 
     def __init__(
@@ -266,7 +266,7 @@ class _Job:
             self.result = self.box.settle(self, error)
             if self.report is not None:
                 self.report(self.result)
-        except BaseException:  # never kill the courier thread
+        except BaseException:  # never kill the flush thread
             pass
         finally:
             self.done.set()
@@ -284,7 +284,7 @@ class _Job:
 class Outbox:
     """This container's identity, shard, and the batches not yet known to be stored.
 
-    Shared by the invocation, the courier (which settles each flush's outcome) and
+    Shared by the invocation, the flush thread (which settles each flush's outcome) and
     the process hooks' thread (deadline, idle and shutdown flushes): one lock, never held
     across I/O.
     """
@@ -297,7 +297,7 @@ class Outbox:
         self.known: set[SeriesKey] = set()  # series this container has stored
         self.declared: set[str] = set()  # team families whose shape the store has taken
         self.refused: set[str] = set()  # team families the store refused: never sent
-        self.courier = SerialThread("metrics-flush")  # runs this container's flush jobs
+        self.flush_thread = SerialThread("metrics-flush")  # this container's flush jobs
         self.in_flight: _Job | None = None
         self.reply_s: float | None = None  # how long the last answered flush took
         self.lock = threading.Lock()
@@ -334,7 +334,7 @@ class Outbox:
         return min((b.since for b in batches), default=None)
 
     def start(self, db: Database, now: float, report: Report | None) -> _Job | FlushResult:
-        """Hand every pending batch to the courier in one job, unless one is running."""
+        """Hand every pending batch to the flush thread in one job, unless one is running."""
         with self.lock:
             if self.in_flight is not None:
                 return FlushResult(
@@ -351,7 +351,7 @@ class Outbox:
             self.in_flight = job
         if self.refused:  # recorded since the store refused them: dropped, and counted
             job.refused_series = self.refuse(set(), batches)
-        self.courier.submit(job)
+        self.flush_thread.submit(job)
         return job
 
     def settle(self, job: _Job, error: BaseException | None) -> FlushResult:
@@ -440,6 +440,6 @@ def push(
     if isinstance(started, FlushResult):
         meanwhile()
         return started
-    time.sleep(0)  # let the courier take the GIL and send its query...
+    time.sleep(0)  # let the flush thread take the GIL and send its query...
     meanwhile()  # ...so that this overlaps the wait for the server
     return started.wait(deadline - time.monotonic())
