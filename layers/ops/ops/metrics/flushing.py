@@ -1,10 +1,11 @@
 """The flush procedures behind `ContainerMetrics.flush(reason)` (ops.metrics.container):
 when a container's pending deltas go to PostgreSQL and its EMF values to CloudWatch.
 
-* EMF lines go out at the end of every invocation, whatever the database flush does
-  (CloudWatch's copy needs no database).
+* EMF lines go out at the end of every invocation (DUE), whatever the database flush
+  does (CloudWatch's copy needs no database), and with every explicit flush (NOW).
 * Deltas are due once the oldest pending one is METRICS_FLUSH_INTERVAL_S old
-  (0: every invocation), checked at the end of each invocation; and at once when the
+  (0: every invocation), checked at the end of each invocation (DUE; by the
+  container's own clock); and at once when the
   invocation follows a quiet spell of that long (a sparse container's counts would
   otherwise wait for its next invocation, minutes away; its writes are few anyway).
 * An invocation makes at most one flush round trip. A database health check carries
