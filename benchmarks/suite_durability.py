@@ -115,10 +115,10 @@ class _Container:
 
     def flush(self) -> float:
         """One flush; its round trip in ms."""
-        from ops.metrics.store import Batch, flush_sql
+        from ops.metrics.store import DeltaBatch, flush_sql
 
         self.seq += 1
-        batch = Batch(self.seq, time.monotonic(), sums=self.sums)
+        batch = DeltaBatch(self.seq, time.monotonic(), sums=self.sums)
         query = flush_sql(self.name, self.shard, [batch], 5000, time.time(), self.seq == 1)
         started = time.perf_counter()
         self.conn.run(query)
@@ -276,7 +276,7 @@ def run(quick: bool) -> str:
             "",
             f"One writer, after/before: p50 x{ratio(50):.1f}, p99 x{ratio(99):.1f}. The price "
             "is a WAL fsync per flush (concurrent commits share one: group commit), paid by "
-            "the invocation that flushes (by the courier thread for liveness and `/metrics`), "
+            "the invocation that flushes (by the flush thread for liveness and `/metrics`), "
             "and the total rows held locked across it, so that concurrent flushes of the same "
             "series spill more (compaction folds the spill rows later). It is this disk's "
             "fsync time: `pg_test_fsync` on the database's volume tells yours.",

@@ -94,8 +94,8 @@ COLD = [
     ),
     (
         "worker threads: one task run and awaited",
-        "from ops import workers; import threading; e = threading.Event();"
-        " workers.submit(lambda: None, e.set); e.wait()",
+        "from ops import concurrency; import threading; e = threading.Event();"
+        " concurrency.run_on_worker(lambda: None, e.set); e.wait()",
         "import concurrent.futures as cf; cf.ThreadPoolExecutor(4).submit(int).result()",
         "",
     ),
@@ -142,8 +142,8 @@ def cold(rounds: int) -> list[str]:
 def _exit_ms(hang_s: float, pool: str) -> float:
     """A process whose check hangs `hang_s`, abandoned after 50 ms (its budget), then ends."""
     submit = {
-        "ours": "from ops import workers; import threading; e = threading.Event();"
-        f" workers.submit(lambda: time.sleep({hang_s}), e.set); e.wait(0.05)",
+        "ours": "from ops import concurrency; import threading; e = threading.Event();"
+        f" concurrency.run_on_worker(lambda: time.sleep({hang_s}), e.set); e.wait(0.05)",
         "lib": "from concurrent.futures import ThreadPoolExecutor, wait;"
         f" f = ThreadPoolExecutor(4).submit(time.sleep, {hang_s}); wait([f], timeout=0.05)",
     }[pool]
@@ -321,7 +321,7 @@ given the label values already split, then `generate_latest`.
 
 | worker threads | process lifetime ms (median of 3) |
 |---|---|
-| ours (`ops.workers`, daemon threads) | {exit_ours:.0f} |
+| ours (`ops.concurrency`, daemon threads) | {exit_ours:.0f} |
 | `ThreadPoolExecutor` (joins its workers at exit) | {exit_lib:.0f} |
 
 ### Dashboard generator (dev time): `grafana-foundation-sdk` from the same panels

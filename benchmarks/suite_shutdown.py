@@ -97,7 +97,7 @@ def raw_register(api):
                      f" {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         return sock
     sock = request("POST", "/2020-01-01/extension/register",
-                   {"Lambda-Extension-Name": lifecycle.EXTENSION_NAME}, b'{"events":[]}')
+                   {"Lambda-Extension-Name": process_hooks.EXTENSION_NAME}, b'{"events":[]}')
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)
@@ -120,20 +120,21 @@ def raw_register(api):
 # written to the file named by argv[3]: the stand-in answering is in the wall time.
 BOOT = (
     "import sys, time, json\n"
-    "import ops.metrics.lifecycle as lifecycle\n"  # the same imports in every variant
+    "import ops.extensions_api as extensions_api\n"
+    "import ops.metrics.process_hooks as process_hooks\n"  # the same imports in every variant
     + RAW_REGISTER
     + "variant, out = sys.argv[1], sys.argv[3]\n"
-    "register = {'none': lambda api: None, 'raw': raw_register}.get(variant,"
-    " lifecycle.register_extension)\n"
-    "def timed(api):\n"
+    "register = {'none': lambda api, name: None, 'raw': lambda api, name: raw_register(api)}"
+    ".get(variant, extensions_api.register_without_events)\n"
+    "def timed(api, name):\n"
     "    wall, cpu = time.perf_counter(), time.thread_time()\n"
     "    try:\n"
-    "        return register(api)\n"
+    "        return register(api, name)\n"
     "    finally:\n"
     "        with open(out, 'w') as f:\n"
     "            json.dump([(time.perf_counter() - wall) * 1000,"
     " (time.thread_time() - cpu) * 1000], f)\n"
-    "lifecycle.register_extension = timed\n"
+    "extensions_api.register_without_events = timed\n"
     "from awslambdaric.__main__ import main\n"
     "main([sys.argv[0], sys.argv[2]])\n"
 )

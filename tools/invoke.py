@@ -85,7 +85,7 @@ def _invoke(spec: Any, event: Any) -> int:
                 database_hint() if isinstance(exc, DatabaseUnavailable) else hint,
             ) from None
         finally:
-            from ops.metrics.lifecycle import flush_at_shutdown
+            from ops.metrics.process_hooks import flush_at_shutdown
 
             flush_at_shutdown()  # while the local database is still up
             sys.stdout = real_stdout

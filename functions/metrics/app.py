@@ -36,14 +36,8 @@ from live_gauges import Collected, collect
 from pg8000.exceptions import Error as PgError
 
 from ops.api import Request, Response, error_response, response
-from ops.checks import (
-    Check,
-    CheckResult,
-    FollowUp,
-    configured_checks,
-    fitted_budget,
-    run_checks,
-)
+from ops.checks import Check, CheckResult, configured_checks, fitted_budget, run_checks
+from ops.concurrency import ChainedCall
 from ops.config import settings
 from ops.db import (
     Database,
@@ -87,7 +81,7 @@ def metrics(req: Request) -> Response:
     if separate_store():
         return _scrape_apart(req, db, budget_s, gauges_deadline)
     # The store read follows the database check on its worker: one hand-off, not two.
-    read = FollowUp(lambda: _read(db, gauges_deadline))
+    read = ChainedCall(lambda: _read(db, gauges_deadline))
     checks = run_checks(configured_checks(), then=read)
     totals: Totals | None = None
     live: dict[str, Any] = {}
@@ -154,7 +148,7 @@ def _scrape_apart(req: Request, db: Database, budget_s: float, gauges_deadline: 
     """The store on a database of its own: its read runs beside the configured checks, the
     live gauges after the application database's check, as before."""
     store = _StoreRead(budget_s)
-    read = FollowUp(lambda: collect(db, gauges_deadline))
+    read = ChainedCall(lambda: collect(db, gauges_deadline))
     *checks, stored = run_checks([*configured_checks(), store.check], then=read)
     collected: Collected | None = None
     if checks[0].ok:
@@ -174,7 +168,7 @@ def _scrape_apart(req: Request, db: Database, budget_s: float, gauges_deadline: 
     return _exposition(req, totals, live)
 
 
-def _answer(read: FollowUp, db: Database, budget_s: float) -> Any:
+def _answer(read: ChainedCall, db: Database, budget_s: float) -> Any:
     """What the follow-up returned, or _StoreUnreachable once the budget is spent."""
     if not read.wait(budget_s):
         db.discard()  # unblocks the reader; the next scrape connects afresh

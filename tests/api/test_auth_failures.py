@@ -35,7 +35,7 @@ def protected(auth_db, pg_connect, app_env) -> str:
 
 
 def _failures() -> dict[tuple[str, str], float]:
-    # The 401s are latency-critical: each hands its flush to the courier and returns, and a
+    # The 401s are latency-critical: each hands its flush to the flush thread and returns, and a
     # flush started while one runs keeps its deltas for the next. Send what is pending first.
     from ops.metrics import flush
 

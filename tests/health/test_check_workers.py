@@ -1,5 +1,7 @@
-"""Checks run on reused worker threads: none leaked, none queued behind a hung one; and
-the scrape's store read runs after the database check on the check's worker."""
+"""The layer's threads (ops.concurrency): checks run on reused worker threads, none
+leaked, none queued behind a hung one; the scrape's store read runs after the database
+check on the check's worker; a SerialThread runs jobs in order on one thread; a
+MailboxThread hands over messages and wakes at the time its handler names."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import time
 
 import pytest
 
-from ops import workers
-from ops.checks import Check, FollowUp, Reason, run_checks
+from ops import concurrency
+from ops.checks import Check, Reason, run_checks
+from ops.concurrency import ChainedCall
 from tests.support.metrics import parse, scrape, value
 
 
@@ -29,7 +32,7 @@ def test_threads_are_reused_not_started_per_check(db_env, health_api):
     for path in ("/health", "/health/ready", "/health/detailed") * 40:
         assert health_api(path)[0] == 200
     assert set(threading.enumerate()) - before == set()  # (an earlier test's may have ended)
-    assert workers.idle() >= 1
+    assert concurrency.idle_workers() >= 1
 
 
 def test_one_idle_worker_runs_check_after_check(app_env):
@@ -49,9 +52,12 @@ def test_many_concurrent_checks_leave_at_most_the_idle_workers(app_env):
     assert [r.reason for r in results] == [Reason.TIMEOUT] * 10
     release.set()
     deadline = time.monotonic() + 10
-    while threading.active_count() > before + workers.MAX_IDLE and time.monotonic() < deadline:
+    while (
+        threading.active_count() > before + concurrency.MAX_IDLE_WORKERS
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.01)
-    assert threading.active_count() <= before + workers.MAX_IDLE
+    assert threading.active_count() <= before + concurrency.MAX_IDLE_WORKERS
 
 
 def test_a_worker_stuck_on_a_hung_check_does_not_delay_the_next_check(app_env, log_lines):
@@ -67,7 +73,7 @@ def test_a_worker_stuck_on_a_hung_check_does_not_delay_the_next_check(app_env, l
         (first,) = run_checks([_check(hangs, budget_s=0.2, name="hung")])
         assert first.reason == Reason.TIMEOUT and hung.is_set()
         # Every idle worker is now taken in turn while the hung one still holds its own.
-        for _ in range(workers.MAX_IDLE + 2):
+        for _ in range(concurrency.MAX_IDLE_WORKERS + 2):
             started = time.monotonic()
             (second,) = run_checks([_check(_ok, budget_s=5.0, name="next")])
             assert second.ok, second
@@ -87,7 +93,7 @@ def test_a_follow_up_runs_after_the_check_on_its_worker(app_env):
         seen["follow"] = threading.current_thread()
         return "read"
 
-    then = FollowUp(follow)
+    then = ChainedCall(follow)
     (result,) = run_checks([_check(probe)], then=then)
     assert result.ok
     assert then.wait(5.0) and then.value == "read" and then.exc is None
@@ -105,7 +111,7 @@ def test_a_follow_up_never_runs_after_a_failed_or_abandoned_check(app_env, how):
             raise ConnectionRefusedError("refused")
         release.wait()
 
-    then = FollowUp(ran.set)
+    then = ChainedCall(ran.set)
     (result,) = run_checks([_check(probe, budget_s=0.1)], then=then)
     assert not result.ok
     assert result.reason == (Reason.REFUSED if how == "fails" else Reason.TIMEOUT)
@@ -117,11 +123,11 @@ def test_a_follow_up_never_runs_after_a_failed_or_abandoned_check(app_env, how):
 def test_a_forked_child_starts_its_own_workers(app_env):
     app_env()
     assert run_checks([_check(_ok)])[0].ok  # the parent has an idle worker now
-    assert workers.idle() >= 1
+    assert concurrency.idle_workers() >= 1
     pid = os.fork()
     if pid == 0:  # the child has none of the parent's threads: a worker must start afresh
         done = threading.Event()
-        workers.submit(lambda: None, done.set)
+        concurrency.run_on_worker(lambda: None, done.set)
         os._exit(0 if done.wait(10) else 1)
     deadline = time.monotonic() + 60
     while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
@@ -150,3 +156,44 @@ def test_the_database_check_latency_is_the_probe_not_the_read(db_env, monkeypatc
     assert value(samples, "pg_stat_database_deadlocks_total") >= 0  # slept, and was read
     # The read after it slept 1 s on the same worker; the check's latency is its own.
     assert value(samples, "health_check_latency_seconds", check="database") < 1.0
+
+
+def test_a_serial_thread_runs_jobs_in_order_on_one_thread():
+    serial = concurrency.SerialThread("test-serial")
+    ran: list[tuple[int, threading.Thread]] = []
+    done = threading.Event()
+
+    class Job:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def run(self) -> None:
+            ran.append((self.n, threading.current_thread()))
+            if self.n == 49:
+                done.set()
+
+    for n in range(50):
+        serial.submit(Job(n))
+    assert done.wait(10)
+    assert [n for n, _ in ran] == list(range(50))
+    assert len({t for _, t in ran}) == 1 and ran[0][1] is not threading.current_thread()
+
+
+def test_a_mailbox_thread_hands_over_messages_then_wakes_when_asked():
+    seen: list[object] = []
+    woke = threading.Event()
+
+    def handle(message: object) -> float | None:
+        seen.append(message)
+        if message == "soon":
+            return time.monotonic() + 0.01  # asks for the timer
+        if message is concurrency.TIMER:
+            woke.set()
+        return None  # nothing more until the next message
+
+    mailbox = concurrency.MailboxThread("test-mailbox", handle)
+    mailbox.post("first")
+    mailbox.post("soon")
+    assert woke.wait(10)
+    assert seen == ["first", "soon", concurrency.TIMER]
+    assert mailbox.is_alive()

@@ -97,7 +97,7 @@ def test_liveness_never_waits_on_a_hung_database(app_env, blackhole):
     for _ in range(5):
         started = time.perf_counter()
         assert call_api(health, "/health/live")[0] == 200
-        assert time.perf_counter() - started < 0.5  # the hung flush is the courier's problem
+        assert time.perf_counter() - started < 0.5  # the hung flush is the flush thread's problem
     assert current().outbox.in_flight is not None  # still trying, in the background
 
 

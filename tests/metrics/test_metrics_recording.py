@@ -152,7 +152,7 @@ def test_recording_imports_no_prometheus_client_or_boto3():
     code = (
         "import sys, tools\n"
         "from ops.metrics import catalogue as m\n"
-        "import ops.metrics.http\n"
+        "import ops.metrics.router_hooks\n"
         "m.TOOL_CALLS.labels(tool='t', status='ok').inc()\n"
         "bad = [n for n in sys.modules if n.split('.')[0] in ('prometheus_client', 'boto3')]\n"
         "assert not bad, bad\n"

@@ -201,7 +201,7 @@ time.sleep(30)
         while proc.stdout.readline().strip() != "ready":
             assert proc.poll() is None
         # A new container's first call (after a quiet spell) is stored at once, on the
-        # courier thread: it may or may not have landed yet. The rest are pending.
+        # flush thread: it may or may not have landed yet. The rest are pending.
         assert stored_probe_requests(own_sql) <= 1
         proc.send_signal(getattr(signal, signame))
         code_ = proc.wait(10)

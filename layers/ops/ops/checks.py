@@ -1,6 +1,6 @@
 """Dependency checks, each bounded by its own time budget (health routes and /metrics).
 
-A check runs on a daemon worker thread (reused: ops.workers) that the request
+A check runs on a pooled worker thread (ops.concurrency.BoundedCall) that the request
 waits on for at most the budget: its configured one, shrunk to end ANSWER_MARGIN_S
 before the invocation's deadline (ops.deadline), so that the answer, a 503 if need
 be, always leaves before Lambda times the invocation out. A database that accepts
@@ -16,15 +16,14 @@ driver's message (target, SQLSTATE, file, line) goes to the log, and to
 
 from __future__ import annotations
 
-import contextvars
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-from ops import deadline, tracing, workers
+from ops import deadline, tracing
+from ops.concurrency import BoundedCall, ChainedCall
 from ops.config import settings
 from ops.log import logger
 from ops.sql import sqlstate
@@ -118,72 +117,19 @@ class Check:
     on_timeout: Callable[[], None] | None = None
 
 
-class Bounded:
-    """`fn()` on a pooled worker thread (ops.workers) that the caller waits on for at most
-    a budget; the worker is not the caller's to wait for beyond it."""
+class _RunningCheck:
+    """One check on its worker (a BoundedCall), then what is chained to it if it passed."""
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.value: Any = None
-        self.exc: BaseException | None = None
-        self.finished_at: float | None = None
-        # Run in a copy of the caller's context: its spans (flush, store read) stay in the
-        # invocation, and its recordings go to the caller's ContainerMetrics.
-        context = contextvars.copy_context()
-        self._fn: Callable[[], Any] = lambda: context.run(fn)
-        self._done = threading.Lock()
-        self._done.acquire()  # released once fn has finished
-        self.started_at = time.perf_counter()
-        workers.submit(self._run, self._done.release)
-
-    def _run(self) -> None:
-        try:
-            self.value = self._fn()
-        except BaseException as exc:
-            self.exc = exc
-        self.finished_at = time.perf_counter()
-
-    def wait(self, budget_s: float) -> bool:
-        """True when fn has finished within `budget_s` of its start."""
-        if self.finished_at is None:
-            remaining = budget_s - (time.perf_counter() - self.started_at)
-            if self._done.acquire(timeout=max(remaining, 0.0)):
-                self._done.release()  # a later wait returns at once too
-        return self.finished_at is not None
-
-
-class FollowUp:
-    """Work run on a check's worker right after the check passed, so that a caller who
-    needs both (the scrape: database check, then the store read) pays one hand-off to
-    a worker, not two. Not run when the check failed or was given up on."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.run: Bounded | None = None  # the check's task, once started
-
-    def wait(self, budget_s: float) -> bool:
-        """True when the check and this have finished within `budget_s` of the check's start."""
-        return self.run is not None and self.run.wait(budget_s)
-
-    @property
-    def value(self) -> Any:
-        return None if self.run is None else self.run.value
-
-    @property
-    def exc(self) -> BaseException | None:
-        return None if self.run is None else self.run.exc
-
-
-class _Running:
-    def __init__(self, check: Check, then: FollowUp | None = None) -> None:
+    def __init__(self, check: Check, then: ChainedCall | None = None) -> None:
         self.check = check
         self.budget_s = fitted_budget(check.budget_s)
         self.then = then
         self.probe_exc: BaseException | None = None
         self.probed_at: float | None = None
         self.given_up = False
-        self.run = Bounded(self._probe_then)
+        self.run = BoundedCall(self._probe_then)
         if then is not None:
-            then.run = self.run
+            then.chain_to(self.run)
 
     def _probe_then(self) -> Any:
         try:
@@ -248,15 +194,16 @@ def wire(*, round_trip: RoundTrip | None, on_result: tuple[ResultHook, ...]) -> 
     hooks.on_result = on_result
 
 
-def run_checks(checks: list[Check], then: FollowUp | None = None) -> list[CheckResult]:
+def run_checks(checks: list[Check], then: ChainedCall | None = None) -> list[CheckResult]:
     """Run all checks concurrently; the slowest bounds the total, not the sum.
 
-    `then` runs on the first check's worker once that check has passed (see FollowUp).
+    `then` runs on the first check's worker once that check has passed, not when it failed
+    or was given up on (ops.concurrency.ChainedCall).
     Each result goes to the result hooks (ops.service records it: `health_check_failures_total`,
     also CloudWatch's `health_check_failures`, and `health_check_duration_seconds`) and a
     failure is logged.
     """
-    running = [_Running(check, then if i == 0 else None) for i, check in enumerate(checks)]
+    running = [_RunningCheck(check, then if i == 0 else None) for i, check in enumerate(checks)]
     results = [r.result() for r in running]
     for r, result in zip(running, results, strict=True):
         tracing.record(

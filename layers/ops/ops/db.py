@@ -579,7 +579,7 @@ def get_db() -> Database:
 
 
 def store_db() -> Database:
-    """The metrics store's own handle (ops.metrics.store's flushes, on the courier thread):
+    """The metrics store's own handle (ops.metrics.store's flushes, on the outbox's flush thread):
     a connection of its own (`application_name` `<service>-metrics`), so that a check or
     handler never waits behind the container's own flush, nor a flush behind them. On the
     metrics database when one is configured (`separate_store`)."""

@@ -6,7 +6,7 @@
 * the invocation's deadline, which the checks fit their budgets to (ops.deadline);
 * bearer token for routes registered with `auth=True` (ops.auth);
 * HTTP metrics for every response, the flush policy, the deadline and shutdown
-  flushes (ops.metrics.http); the health checks' results recorded, and the database
+  flushes (ops.metrics.router_hooks); the health checks' results recorded, and the database
   check carrying the due flush in its round trip (ops.checks' hooks);
 * the router's 500s reported to Sentry when a DSN is configured (ops.error_tracking);
 * one OpenTelemetry span per invocation when tracing is on (ops.tracing).
@@ -19,8 +19,8 @@ from __future__ import annotations
 from ops import checks, deadline, error_tracking, tracing
 from ops.api import Api
 from ops.auth import unauthorized_response
-from ops.metrics.http import CarriedFlush, record_check
-from ops.metrics.http import instrument as record_metrics
+from ops.metrics.router_hooks import CarriedFlush, record_check
+from ops.metrics.router_hooks import instrument as record_metrics
 
 
 def service_api() -> Api:

@@ -5,7 +5,7 @@
         s.set(rows=n)
 
 Off (OTEL_TRACES_EXPORTER unset or `none`, or OTEL_SDK_DISABLED=true): `span()` returns
-one shared no-op context manager, `record()` and `carried()` do nothing, no hook is
+one shared no-op context manager, `record()` does nothing, no hook is
 installed, and nothing of OpenTelemetry is imported (tests/api/test_tracing.py proves it in
 fresh processes for every function).
 
@@ -20,7 +20,7 @@ so no collector extension is needed (README: Tracing).
   and follow its sampling decision: `Sampled=0` records and sends nothing.
 * Only inside an invocation: `span()` outside one (a shutdown flush, a background thread
   with no context) is the no-op, never a stray root trace. Work handed to a worker thread
-  keeps its parent through `carried(fn)` (ops.checks' Bounded does it).
+  keeps its parent: ops.concurrency.BoundedCall runs it in a copy of the caller's context.
 * Sent before the invocation returns: Lambda freezes the container once the handler has
   returned, and a batch processor's thread would send the spans at some later thaw, or
   never. Spans are queued by a BatchSpanProcessor and force-flushed at the end of each
@@ -34,7 +34,6 @@ so no collector extension is needed (README: Tracing).
 
 from __future__ import annotations
 
-import contextvars
 import re
 import threading
 import time
@@ -90,14 +89,6 @@ def record(name: str, started: float, ended: float, **attrs: Attr | None) -> Non
     """A finished child span from `time.perf_counter()` readings (work timed elsewhere)."""
     if _tracing is not None:
         _tracing.record(name, started, ended, attrs)
-
-
-def carried(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """`fn`, to run on another thread as part of the current span (itself when off)."""
-    if _tracing is None:
-        return fn
-    ctx = contextvars.copy_context()  # one per task: a Context runs on one thread at a time
-    return lambda: ctx.run(fn)
 
 
 def configure() -> bool:

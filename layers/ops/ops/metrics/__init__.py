@@ -7,12 +7,16 @@ Record with the catalogue's families, anywhere in any function:
     m.TOOL_CALL_DURATION.labels(tool="search").observe(elapsed_seconds)
 
 API functions (`ops.service.service_api()`) record every response and flush by the
-policy (METRICS_FLUSH_INTERVAL_S; ops.metrics.flushing) on their own, and at shutdown.
-Other functions call `install_shutdown_flush()` at init and `flush()` at the end
-of each invocation:
+policy (METRICS_FLUSH_INTERVAL_S) on their own, and at shutdown. Other functions call
+`install_shutdown_flush()` at init and `flush()` at the end of each invocation:
 
     from ops.metrics import flush
     flush()  # never raises; False when the deltas were kept for the next flush
+
+What a container recorded and has not stored is one object's, `ContainerMetrics`
+(ops.metrics.container): a Lambda container has the process's default instance; a
+process hosting many container identities (a fleet simulation) gives each its own and
+records with `using(instance)`. `instance.flush(FlushReason.X)` is the one flush.
 
 A team declares its own families in its own function, with the same classes; the
 metrics function exposes them from what the flushes stored (name, type, help, labels,
@@ -28,18 +32,24 @@ Where a recorded value goes, and how it comes back. The modules are named for th
 steps, in order (`exposition` as prometheus_client names it; `flushing`, because
 `ops.metrics.flush` is the function below):
 
-    step           module      what it holds
+    step           module        what it holds
     write side, in every function:
-    record         families    Counter, Histogram, Gauge: what code records with
-                               (catalogue declares the product's families with them)
-    -> pending     pending     this container's deltas by SeriesKey, since the last flush
-    -> flush       flushing    when the deltas are due, and sending them; courier (a thread
-                               that bounds the wait), lifecycle (before the deadline, at
-                               shutdown), http (after each response of an ops.api.Api)
-    -> PostgreSQL  store       one round trip: SELECT metrics_flush(...) (migrations/)
+    record         families      Counter, Histogram, Gauge: what code records with
+                                 (catalogue declares the product's families with them)
+    -> pending     pending       a container's deltas by SeriesKey, since the last flush
+                   container     ContainerMetrics: the pending deltas, the outbox, the flush
+                                 clock, the store's connection; current() and using()
+    -> flush       flushing      what each FlushReason does: when the deltas are due, and
+                                 sending them (on the outbox's SerialThread: ops.concurrency)
+                   router_hooks  who asks, in an API function: after each response of an
+                                 ops.api.Api, and the database check's round trip
+                   process_hooks who asks, in the process: before the deadline, when idle,
+                                 at shutdown (signals, exit; ops.extensions_api on Lambda)
+    -> PostgreSQL  store         the outbox of DeltaBatches; one round trip:
+                                 SELECT metrics_flush(...) (migrations/)
     read side, in the metrics function at scrape time:
-    -> totals      totals      the sums over shards, read from PostgreSQL
-    -> exposition  exposition  the text format 0.0.4 or OpenMetrics 1.0.0
+    -> totals      totals        the sums over shards, read from PostgreSQL
+    -> exposition  exposition    the text format 0.0.4 or OpenMetrics 1.0.0
 
 text_format spells label sets, bucket bounds and values for both sides (a series is
 stored under its label set as exposed). The CloudWatch copy takes the same way to
@@ -97,8 +107,8 @@ def flush() -> bool:
 
 def install_shutdown_flush(*, idle_flush: bool = False) -> None:
     """At init (module level) in functions not built on ops.api.Api: flush what is
-    pending at shutdown and before the invocation deadline (ops.metrics.lifecycle)."""
-    from ops.metrics.lifecycle import install
+    pending at shutdown and before the invocation deadline (ops.metrics.process_hooks)."""
+    from ops.metrics.process_hooks import install
 
     install(idle_flush=idle_flush)
 

@@ -79,7 +79,7 @@ class ContainerMetrics:
         not answer (the check fails). True when the deltas are known stored (or there is
         no database); False when kept for the next flush, handed over, or not carried.
 
-        `background` (DUE, NOW): hand the flush to the courier thread and return False.
+        `background` (DUE, NOW): hand the flush to the flush thread and return False.
         `budget_s`: PROBE's check budget; SHUTDOWN's (default SHUTDOWN_BUDGET_S).
         """
         from ops.metrics import flushing  # the store, the driver, Powertools: first flush

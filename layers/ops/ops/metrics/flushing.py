@@ -1,10 +1,11 @@
 """The flush procedures behind `ContainerMetrics.flush(reason)` (ops.metrics.container):
 when a container's pending deltas go to PostgreSQL and its EMF values to CloudWatch.
 
-* EMF lines go out at the end of every invocation, whatever the database flush does
-  (CloudWatch's copy needs no database).
+* EMF lines go out at the end of every invocation (DUE), whatever the database flush
+  does (CloudWatch's copy needs no database), and with every explicit flush (NOW).
 * Deltas are due once the oldest pending one is METRICS_FLUSH_INTERVAL_S old
-  (0: every invocation), checked at the end of each invocation; and at once when the
+  (0: every invocation), checked at the end of each invocation (DUE; by the
+  container's own clock); and at once when the
   invocation follows a quiet spell of that long (a sparse container's counts would
   otherwise wait for its next invocation, minutes away; its writes are few anyway).
 * An invocation makes at most one flush round trip. A database health check carries
@@ -13,10 +14,10 @@ when a container's pending deltas go to PostgreSQL and its EMF values to CloudWa
   the invocation's own recordings then wait for the next flush. Otherwise the flush
   runs at the end of the invocation: waited for (at most 2 x METRICS_FLUSH_TIMEOUT_MS),
   except on routes that must never wait on the database (`background=True`:
-  liveness, /metrics), which hand it to the courier thread and return.
+  liveness, /metrics), which hand it to the flush thread and return.
 * Before the invocation's deadline (DEADLINE), when a long-lived local process idles
   (IDLE): handed over without waiting; at shutdown (SHUTDOWN): everything within a
-  budget. ops.metrics.lifecycle asks for these.
+  budget. ops.metrics.process_hooks asks for these.
 
 A failed flush never fails the invocation: its deltas stay pending. Its outcome is
 settled by the flush job itself (also when nobody waited for it): failures are
@@ -48,17 +49,25 @@ FRESH_AFTER = 0.4
 def flush(
     c: ContainerMetrics, reason: FlushReason, *, background: bool, budget_s: float | None
 ) -> bool:
-    """ContainerMetrics.flush: the procedure for `reason` (see the module docstring)."""
-    if reason is FlushReason.DUE:
-        return _end_invocation(c, background=background)
-    if reason is FlushReason.NOW:
-        return _now(c, background=background)
+    """ContainerMetrics.flush: the procedure for `reason` (see the module docstring).
+    Raises only for PROBE (the check fails); otherwise a bug here is logged, never raised."""
     if reason is FlushReason.PROBE:
         return _probe(c, settings().health_db_budget_s if budget_s is None else budget_s)
-    if reason in (FlushReason.DEADLINE, FlushReason.IDLE):
-        _hand_over(c)
+    try:
+        if reason is FlushReason.DUE:
+            return _end_invocation(c, background=background)
+        if reason is FlushReason.NOW:
+            return _now(c, background=background)
+        if reason in (FlushReason.DEADLINE, FlushReason.IDLE):
+            _hand_over(c)
+            return False
+        return _before_exit(c, SHUTDOWN_BUDGET_S if budget_s is None else budget_s)
+    except Exception as exc:  # the flush must not fail the invocation, or the exit
+        logger.warning(
+            "metrics flush failed",
+            extra={"type": "metrics_flush", "reason": reason.value, "error": repr(exc)},
+        )
         return False
-    return _before_exit(c, SHUTDOWN_BUDGET_S if budget_s is None else budget_s)
 
 
 def _emit(c: ContainerMetrics) -> None:
@@ -90,7 +99,7 @@ def due(c: ContainerMetrics, now: float | None = None) -> bool:
 
 
 def report(c: ContainerMetrics, result: store.FlushResult, *, failures: bool = True) -> None:
-    """The settled outcome of a flush job (on the courier thread): count and log what was
+    """The settled outcome of a flush job (on the flush thread): count and log what was
     dropped, and failures (not at shutdown: there the loss is reported once, as lost).
     Counted in the job's own container; not at all once it was replaced (a reset)."""
     if c.retired:
@@ -174,7 +183,7 @@ def _now(c: ContainerMetrics, *, background: bool = False) -> bool:
     """Send what is pending now, and the EMF lines. Never raises.
 
     True when stored (or no database is configured); `background` hands the flush to
-    the courier thread without waiting and returns False.
+    the flush thread without waiting and returns False.
     """
     emitted = False
 

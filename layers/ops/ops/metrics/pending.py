@@ -2,7 +2,8 @@
 
 A Lambda container's totals are meaningless on their own (each scrape would land
 on a random container), so nothing here is ever rendered directly. The families
-(ops.metrics.families) add what happened since the last flush, keyed by series;
+(ops.metrics.families) add what happened since the last flush, keyed by series,
+to the active ContainerMetrics' `Recordings` (ops.metrics.container);
 `take_deltas()` hands that to the store, which adds it to the totals in
 PostgreSQL. What is recorded for CloudWatch (EMF) is kept apart, because it is
 emitted on every flush whether or not the database took the deltas; it shares

@@ -14,7 +14,8 @@ Flush protocol (one round trip, exactly once):
   those it already stored. Nothing is counted twice. Past MAX_SEALED_BATCHES
   the oldest sealed batch is dropped, and the result says so
   (ops.metrics.flushing counts and logs it as dropped).
-* The query runs on a helper thread (ops.metrics.courier), on the store's own
+* The query runs on a thread of its own (the outbox's `flush_thread`, an
+  ops.concurrency.SerialThread), on the store's own
   connection (ops.db.store_db: checks and handlers never queue behind a flush).
   The caller waits for at most 2 x METRICS_FLUSH_TIMEOUT_MS (or its own budget,
   or not at all), so that a hung database cannot hold an invocation hostage; the
@@ -48,10 +49,10 @@ from typing import Any
 
 from pg8000.exceptions import DatabaseError
 
+from ops.concurrency import SerialThread
 from ops.config import settings
 from ops.db import Database, DatabaseUnavailable, is_stale_error
 from ops.metrics import families
-from ops.metrics.courier import Courier
 from ops.metrics.pending import Deltas, SeriesKey
 from ops.sql import error_fields, quote_literal, set_local_timeouts, sqlstate
 
@@ -72,7 +73,9 @@ def config() -> StoreConfig:
 
 
 @dataclass
-class Batch:
+class DeltaBatch:
+    """Deltas under one batch number: stored exactly once, whatever the resends."""
+
     seq: int
     since: float  # monotonic time of the oldest delta in it
     sums: dict[SeriesKey, float] = field(default_factory=dict)
@@ -119,7 +122,7 @@ def declarations(names: Iterable[str]) -> list[dict[str, Any]]:
 def flush_sql(
     container: str,
     shard: int,
-    batches: list[Batch],
+    batches: list[DeltaBatch],
     timeout_ms: int,
     now: float,
     new_series: bool,
@@ -187,11 +190,16 @@ def _classify(exc: BaseException | None) -> tuple[FlushOutcome, str | None, bool
 
 
 class _Job:
-    """One flush on the courier thread; retried once when a stored series has gone.
+    """One flush on the flush thread; retried once when a stored series has gone.
     Settles its own outcome in the outbox when it ends, whether or not anyone waits."""
 
     def __init__(
-        self, box: Outbox, db: Database, batches: list[Batch], now: float, report: Report | None
+        self,
+        box: Outbox,
+        db: Database,
+        batches: list[DeltaBatch],
+        now: float,
+        report: Report | None,
     ) -> None:
         self.box = box
         self.db = db
@@ -258,7 +266,7 @@ class _Job:
             self.result = self.box.settle(self, error)
             if self.report is not None:
                 self.report(self.result)
-        except BaseException:  # never kill the courier thread
+        except BaseException:  # never kill the flush thread
             pass
         finally:
             self.done.set()
@@ -276,20 +284,20 @@ class _Job:
 class Outbox:
     """This container's identity, shard, and the batches not yet known to be stored.
 
-    Shared by the invocation, the courier (which settles each flush's outcome) and
-    the lifecycle thread (deadline, idle and shutdown flushes): one lock, never held
+    Shared by the invocation, the flush thread (which settles each flush's outcome) and
+    the process hooks' thread (deadline, idle and shutdown flushes): one lock, never held
     across I/O.
     """
 
     def __init__(self, shards: int) -> None:
         self.container = uuid.uuid4().hex
         self.shard = random.randrange(shards)
-        self.batches: list[Batch] = []
+        self.batches: list[DeltaBatch] = []
         self.next_seq = 1
         self.known: set[SeriesKey] = set()  # series this container has stored
         self.declared: set[str] = set()  # team families whose shape the store has taken
         self.refused: set[str] = set()  # team families the store refused: never sent
-        self.courier = Courier("metrics-flush")
+        self.flush_thread = SerialThread("metrics-flush")  # this container's flush jobs
         self.in_flight: _Job | None = None
         self.reply_s: float | None = None  # how long the last answered flush took
         self.lock = threading.Lock()
@@ -301,7 +309,7 @@ class Outbox:
         with self.lock:
             last = self.batches[-1] if self.batches else None
             if last is None or last.sealed or last.sending:
-                last = Batch(self.next_seq, since)
+                last = DeltaBatch(self.next_seq, since)
                 self.next_seq += 1
                 self.batches.append(last)
             last.merge(deltas)
@@ -311,7 +319,7 @@ class Outbox:
     def pending_series(self) -> int:
         return sum(b.series for b in self.batches)
 
-    def refuse(self, families: set[str], batches: Iterable[Batch]) -> int:
+    def refuse(self, families: set[str], batches: Iterable[DeltaBatch]) -> int:
         """Drop the deltas of `families` from `batches` (and later ones); how many series."""
         dropped = 0
         with self.lock:
@@ -326,7 +334,7 @@ class Outbox:
         return min((b.since for b in batches), default=None)
 
     def start(self, db: Database, now: float, report: Report | None) -> _Job | FlushResult:
-        """Hand every pending batch to the courier in one job, unless one is running."""
+        """Hand every pending batch to the flush thread in one job, unless one is running."""
         with self.lock:
             if self.in_flight is not None:
                 return FlushResult(
@@ -343,7 +351,7 @@ class Outbox:
             self.in_flight = job
         if self.refused:  # recorded since the store refused them: dropped, and counted
             job.refused_series = self.refuse(set(), batches)
-        self.courier.submit(job)
+        self.flush_thread.submit(job)
         return job
 
     def settle(self, job: _Job, error: BaseException | None) -> FlushResult:
@@ -432,6 +440,6 @@ def push(
     if isinstance(started, FlushResult):
         meanwhile()
         return started
-    time.sleep(0)  # let the courier take the GIL and send its query...
+    time.sleep(0)  # let the flush thread take the GIL and send its query...
     meanwhile()  # ...so that this overlaps the wait for the server
     return started.wait(deadline - time.monotonic())

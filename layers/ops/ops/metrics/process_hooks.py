@@ -1,12 +1,12 @@
-"""The flushes no invocation asks for: at shutdown, before a deadline, and when idle.
+"""The flushes the process asks for, not an invocation: at shutdown, before a deadline,
+and when idle (the router's hooks, ops.metrics.router_hooks, ask for the others).
 
 * Shutdown: SIGTERM, SIGINT and normal interpreter exit flush everything pending
   within SHUTDOWN_BUDGET_S, then the previous handler runs (or the process dies of
   the signal as it would have). Lambda sends SIGTERM to the function process only
   once an extension is registered, so on Lambda an internal extension with no
-  events is registered at init (its thread then waits for an event that never
-  comes). Lambda allows the runtime 300 ms (500 ms with an internal extension)
-  before SIGKILL.
+  events is registered at init (ops.extensions_api). Lambda allows the runtime
+  300 ms (500 ms with an internal extension) before SIGKILL.
 * Whichever thread the runtime client polls on: awslambdaric waits for the next
   invocation on the main thread, inside its C extension, unless AWS_EXECUTION_ENV
   names a runtime it lists for thread polling (python3.12+ in 4.2.2). A Python signal
@@ -22,12 +22,16 @@
   A process whose wakeup fd another library holds (an asyncio loop's signal
   handlers) keeps the Python handler only, and says so in the log.
 * Deadline: during an invocation, once less than 2 x METRICS_FLUSH_TIMEOUT_MS
-  remains, pending deltas are handed to the courier, so a timeout loses nothing
-  recorded before it.
+  remains, the invocation's pending deltas are handed to the flush thread (the
+  ContainerMetrics the invocation began with), so a timeout loses nothing recorded
+  before it.
 * Idle (long-lived local processes only: gateway workers): deltas older than
   max(METRICS_FLUSH_INTERVAL_S, 1 s) are flushed without waiting for more traffic.
   A Lambda container is frozen between invocations; its next invocation, or the
   shutdown flush, takes them.
+
+Shutdown and idle flushes are the process's default ContainerMetrics'; an identity
+hosted next to it (ops.metrics.using) flushes its own with FlushReason.SHUTDOWN.
 """
 
 from __future__ import annotations
@@ -39,29 +43,30 @@ import sys
 import threading
 import time
 from contextlib import suppress
-from queue import Empty, SimpleQueue
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ops import deadline
+from ops import deadline, extensions_api
+from ops.concurrency import MailboxThread, start_daemon
 from ops.config import settings
 from ops.log import logger
-from ops.metrics.container import SHUTDOWN_BUDGET_S, ContainerMetrics, FlushReason, current, default
-
-if TYPE_CHECKING:
-    from http.client import HTTPConnection
+from ops.metrics.container import (
+    SHUTDOWN_BUDGET_S,
+    ContainerMetrics,
+    FlushReason,
+    current,
+    default,
+)
 
 # ContainerMetrics.flush loads the store, the database driver and Powertools Metrics on
 # first use, never at init (cold start).
 SIGNAL_GRACE_S = 0.05  # after the flush, for a main thread that can run Python to take over
 IDLE_MIN_S = 1.0
 EXTENSION_NAME = "ops-metrics-shutdown-flush"
-EXTENSION_API = "/2020-01-01/extension"
-REGISTER_TIMEOUT_S = 0.5
 
 _installed = False
 _previous: dict[int, Any] = {}
-_watchdog: _Watchdog | None = None
+_watch: _Watch | None = None
 _signal_pipe: tuple[int, int] | None = None  # (read, write) of the wakeup fd; ours
 _handler_ran = threading.Event()  # the main thread reached _on_signal
 _running: _Shutdown | None = None  # the shutdown flush in progress: later callers join it
@@ -88,19 +93,34 @@ class _Shutdown:
             self.done.set()
 
 
-class _Watchdog:
-    """One thread, fed through a queue (SimpleQueue.put is safe in a signal handler):
-    the running invocation's deadline, idle deltas (locally), and the shutdown flush,
-    which runs here because at interpreter exit no new thread may start."""
+class _Watch:
+    """The running invocation's deadline, idle deltas (locally), and the shutdown flush,
+    on one MailboxThread; the shutdown flush runs there because at interpreter exit no
+    new thread may start."""
 
     def __init__(self, idle_flush: bool) -> None:
         self.idle_flush = idle_flush
-        self.inbox: SimpleQueue[tuple[str, Any]] = SimpleQueue()
         self.busy = False
         self.deadline: float | None = None  # monotonic; None: none known, or already acted on
         self.invocation: ContainerMetrics | None = None  # whose invocation runs (its deadline)
-        self.thread = threading.Thread(target=self._run, name="metrics-lifecycle", daemon=True)
-        self.thread.start()
+        self.thread = MailboxThread("metrics-watch", self._handle)
+
+    def _handle(self, message: tuple[str, Any]) -> float | None:
+        kind, value = message
+        try:
+            if kind == "begin":
+                self.busy, (self.deadline, self.invocation) = True, value
+            elif kind == "end":
+                self.busy, self.deadline, self.invocation = False, None, None
+            elif kind == "shutdown":
+                value.run()
+            return self._wake_at(time.monotonic())
+        except Exception as exc:  # keep watching
+            logger.warning(
+                "metrics deadline or idle flush failed",
+                extra={"type": "metrics_flush", "error": repr(exc)},
+            )
+            return time.monotonic() + IDLE_MIN_S
 
     def _wake_at(self, now: float) -> float | None:
         """What is due now is done; returns when to look again (None: on the next message)."""
@@ -124,46 +144,22 @@ class _Watchdog:
             since = None
         return (since if since is not None else now) + period
 
-    def _run(self) -> None:
-        wake: float | None = None
-        while True:
-            try:
-                timeout = None if wake is None else max(0.0, wake - time.monotonic())
-                kind, value = self.inbox.get(timeout=timeout)
-            except Empty:
-                kind, value = "tick", None
-            try:
-                if kind == "begin":
-                    self.busy, (self.deadline, self.invocation) = True, value
-                elif kind == "end":
-                    self.busy, self.deadline, self.invocation = False, None, None
-                elif kind == "shutdown":
-                    value.run()
-                wake = self._wake_at(time.monotonic())
-            except Exception as exc:  # keep watching
-                wake = time.monotonic() + IDLE_MIN_S
-                logger.warning(
-                    "metrics lifecycle flush failed",
-                    extra={"type": "metrics_flush", "error": repr(exc)},
-                )
-
 
 def begin_invocation(context: Any) -> None:
     """Watch this invocation's deadline (from context.get_remaining_time_in_millis)."""
-    if _watchdog is None:
-        return
-    _watchdog.inbox.put(("begin", (deadline.from_context(context), current())))
+    if _watch is not None:
+        _watch.thread.post(("begin", (deadline.from_context(context), current())))
 
 
 def end_invocation() -> None:
-    if _watchdog is not None:
-        _watchdog.inbox.put(("end", None))
+    if _watch is not None:
+        _watch.thread.post(("end", None))
 
 
 def flush_at_shutdown() -> bool:
     """Flush everything pending within SHUTDOWN_BUDGET_S; never raises, never hangs.
 
-    The work runs on the watchdog thread: called from a signal handler, the main
+    The work runs on the watch's thread: called from a signal handler, the main
     thread may hold a lock the flush needs, and then the wait simply times out.
     A call while another caller's flush runs (the signal watcher and the Python
     handler, for one signal) waits for that flush instead of starting a second.
@@ -175,8 +171,8 @@ def flush_at_shutdown() -> bool:
     try:
         if joined:
             pass
-        elif _watchdog is not None and _watchdog.thread.is_alive():
-            _watchdog.inbox.put(("shutdown", job))
+        elif _watch is not None and _watch.thread.is_alive():
+            _watch.thread.post(("shutdown", job))
         else:
             job.run()
         job.done.wait(SHUTDOWN_BUDGET_S + 0.05)
@@ -278,9 +274,7 @@ def _install_signal_watcher() -> None:
 
 
 def _start_signal_watcher(read_fd: int) -> None:
-    threading.Thread(
-        target=_watch_signals, args=(read_fd,), name="metrics-signals", daemon=True
-    ).start()
+    start_daemon("metrics-signals", _watch_signals, read_fd)
 
 
 def _signal_pipe_of_own_after_fork() -> None:
@@ -304,78 +298,27 @@ def _signal_pipe_of_own_after_fork() -> None:
 os.register_at_fork(after_in_child=_signal_pipe_of_own_after_fork)
 
 
-def _connection(api: str) -> HTTPConnection:
-    from http.client import HTTPConnection  # measured: benchmarks/README.md (shutdown)
-
-    host, _, port = api.rpartition(":")
-    return HTTPConnection(host or "127.0.0.1", int(port), timeout=REGISTER_TIMEOUT_S)
-
-
-def register_extension(api: str) -> str | None:
-    """Register an internal extension with no events; returns its identifier.
-
-    Lambda ends the Init phase only when every registered extension has asked for its
-    next event, so a daemon thread asks and then waits forever: no event is ever sent.
-    A Runtime API that does not answer costs init at most REGISTER_TIMEOUT_S.
-    """
-    conn = _connection(api)
-    try:
-        conn.request(
-            "POST",
-            f"{EXTENSION_API}/register",
-            body=b'{"events":[]}',
-            headers={"Lambda-Extension-Name": EXTENSION_NAME, "Content-Type": "application/json"},
-        )
-        reply = conn.getresponse()
-        reply.read()
-        status, identifier = reply.status, reply.getheader("Lambda-Extension-Identifier")
-    finally:
-        conn.close()
-    if status != 200 or not identifier:
-        raise OSError(f"extension registration answered HTTP {status}")
-
-    def wait_forever() -> None:
-        waiting = _connection(api)
-        try:
-            waiting.connect()
-            assert waiting.sock is not None
-            waiting.sock.settimeout(None)  # the event never comes: wait as long as we live
-            waiting.request(
-                "GET",
-                f"{EXTENSION_API}/event/next",
-                headers={"Lambda-Extension-Identifier": identifier},
-            )
-            waiting.getresponse().read()
-        except Exception:  # the Runtime API went away: nothing to wait for
-            pass
-        finally:
-            waiting.close()
-
-    threading.Thread(target=wait_forever, name="metrics-extension", daemon=True).start()
-    return identifier
-
-
 def install(*, idle_flush: bool = False) -> None:
     """Once per process, at init: shutdown flush (signals, exit), the Lambda extension,
     the deadline watch; `idle_flush` for long-lived local processes. Never raises."""
-    global _installed, _watchdog
+    global _installed, _watch
     if _installed:
-        if idle_flush and _watchdog is not None and not _watchdog.idle_flush:
-            _watchdog.idle_flush = True
-            _watchdog.inbox.put(("tick", None))
+        if idle_flush and _watch is not None and not _watch.idle_flush:
+            _watch.idle_flush = True
+            _watch.thread.post(("idle", None))  # looks at the idle deltas now
         return
     _installed = True
     try:
         api = settings().lambda_runtime_api
         if api:
-            register_extension(api)
+            extensions_api.register_without_events(api, EXTENSION_NAME)
     except Exception as exc:  # never fail init: only the SIGTERM flush is lost
         logger.warning(
             "could not register the shutdown-flush extension: no flush on SIGTERM",
             extra={"type": "metrics_flush", "error": repr(exc)},
         )
     try:
-        _watchdog = _Watchdog(idle_flush)
+        _watch = _Watch(idle_flush)
         atexit.register(flush_at_shutdown)
         _install_signal_handlers()
     except Exception as exc:

@@ -1,9 +1,12 @@
-"""HTTP instrumentation for `ops.api.Api`: every response recorded, then the flush
-policy (ops.metrics.flushing), the deadline watch and the shutdown flush (lifecycle).
+"""The metrics' hooks in the router (`ops.api.Api`) and the checks, wired by ops.service:
+every response recorded, then the active container's flush by the policy
+(FlushReason.DUE), the deadline watch and the shutdown flush (ops.metrics.process_hooks);
+each health check's result recorded, and the database check carrying the due flush in
+its round trip (FlushReason.PROBE).
 
-ops.service installs this on every API function's `Api`, so every response is
-counted: 2xx to 5xx, 404 for unknown paths (route "unmatched"), 405, 400 for
-malformed events and 500 for handler exceptions alike. `route` is always the route template.
+Every response is counted: 2xx to 5xx, 404 for unknown paths (route "unmatched"), 405,
+400 for malformed events and 500 for handler exceptions alike. `route` is always the
+route template.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ops.metrics import catalogue as m
-from ops.metrics import lifecycle
+from ops.metrics import process_hooks
 from ops.metrics.catalogue import function_name
 from ops.metrics.container import FlushReason, current
 
@@ -34,9 +37,9 @@ def record_response(req: Request | None, route: str, status: int, duration_ms: f
 
 
 def instrument(app: Api) -> None:
-    """Record every response; flush by the policy (ops.metrics.flushing) after each
-    invocation, in the background on latency-critical routes."""
-    lifecycle.install()  # at init: Lambda accepts extension registrations only then
+    """Record every response; flush by the policy after each invocation, in the
+    background on latency-critical routes."""
+    process_hooks.install()  # at init: Lambda accepts extension registrations only then
     background = False
 
     def on_response(req: Request | None, route: str, status: int, duration_ms: float) -> None:
@@ -45,10 +48,10 @@ def instrument(app: Api) -> None:
         background = req is not None and app.is_latency_critical(req.method, route)
 
     def after_invocation() -> None:
-        lifecycle.end_invocation()
+        process_hooks.end_invocation()
         current().flush(FlushReason.DUE, background=background)
 
-    app.before_invocation.append(lifecycle.begin_invocation)
+    app.before_invocation.append(process_hooks.begin_invocation)
     app.response_hooks.append(on_response)
     app.after_invocation.append(after_invocation)
 
