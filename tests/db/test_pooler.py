@@ -261,7 +261,8 @@ def test_a_flush_through_the_pooler_is_bounded_by_its_own_statement_timeout(
     session a neighbour left with `statement_timeout = 0`. Sent as a startup parameter or
     a session SET, that timeout would be gone, and the flush would wait for the lock."""
     from ops.metrics import catalogue as m
-    from ops.metrics import flush, store
+    from ops.metrics import flush
+    from ops.metrics.container import current
 
     app_env(DB_STATEMENT_TIMEOUT_MS="60000")  # only the flush's own timeout can end it
     counter = m.WEBHOOK_FAILURES.labels(source="stripe")
@@ -273,7 +274,7 @@ def test_a_flush_through_the_pooler_is_bounded_by_its_own_statement_timeout(
     try:
         counter.inc(10)
         assert not flush()
-        settled = store.outbox().wait_idle(5)
+        settled = current().outbox.wait_idle(5)
     finally:
         locker.run("ROLLBACK")
     assert settled, "the flush waited for the lock: its statement timeout was not in force"
