@@ -11,13 +11,13 @@ from typing import Any
 
 from ops.config import settings
 from ops.db import Database, store_source
-from ops.metrics import lifecycle, store
+from ops.metrics import process_hooks, store
 from ops.metrics.container import ContainerMetrics, FlushReason, using
 
 
 def prepare() -> None:
     """No process-wide shutdown flush or deadline watch: the worker ends each identity."""
-    lifecycle._installed = True
+    process_hooks._installed = True
 
 
 def new_state() -> ContainerMetrics:
