@@ -31,8 +31,17 @@ DATABASE = "app"  # the name clients connect to; pgbouncer maps it to the cluste
 class PgBouncer:
     """One pgbouncer process on 127.0.0.1 and a free port; `url` is what clients use."""
 
-    def __init__(self, cluster: PgCluster, database: str, *, pool_size: int = 20) -> None:
+    def __init__(
+        self,
+        cluster: PgCluster,
+        database: str,
+        *,
+        pool_size: int = 20,
+        max_client_conn: int | None = None,
+    ) -> None:
+        """`max_client_conn`: None keeps pgbouncer's stock limit (100 client connections)."""
         self.cluster = cluster
+        self.max_client_conn = max_client_conn
         self.database = database
         self.pool_size = pool_size
         self.port = free_port()
@@ -59,7 +68,8 @@ class PgBouncer:
             f"auth_file = {userlist}\n"
             "pool_mode = transaction\n"
             f"default_pool_size = {self.pool_size}\n"
-            f"admin_users = {SUPERUSER}\n"
+            + (f"max_client_conn = {self.max_client_conn}\n" if self.max_client_conn else "")
+            + f"admin_users = {SUPERUSER}\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n"
             f"pidfile = {self.dir / 'pgbouncer.pid'}\n"
         )
