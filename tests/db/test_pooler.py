@@ -36,29 +36,30 @@ from tools.localdb.pgbouncer import PgBouncer
 from tools.localdb.pgcluster import SUPERUSER, PgCluster
 
 
-@pytest.fixture(scope="module")
-def bouncer(pg_cluster: PgCluster) -> Iterator[PgBouncer]:
+@contextmanager
+def _pooled(cluster: PgCluster, name: str) -> Iterator[PgBouncer]:
+    """A migrated database of its own behind a transaction pooler of two server connections."""
     require_binary("pgbouncer")
-    metrics_database(pg_cluster, "pooled")
-    proxy = PgBouncer(pg_cluster, "pooled", pool_size=2)
+    metrics_database(cluster, name)
+    proxy = PgBouncer(cluster, name, pool_size=2)
     proxy.start()
     try:
         yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def bouncer(pg_cluster: PgCluster) -> Iterator[PgBouncer]:
+    with _pooled(pg_cluster, "pooled") as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="module")
 def store_bouncer(pg_cluster: PgCluster) -> Iterator[PgBouncer]:
     """A separate metrics database (METRICS_DATABASE_URL) behind a pooler of its own."""
-    require_binary("pgbouncer")
-    metrics_database(pg_cluster, "pooled_store")
-    proxy = PgBouncer(pg_cluster, "pooled_store", pool_size=2)
-    proxy.start()
-    try:
+    with _pooled(pg_cluster, "pooled_store") as proxy:
         yield proxy
-    finally:
-        proxy.stop()
 
 
 # What a careless neighbour leaves on the server connection it used, one per transaction.

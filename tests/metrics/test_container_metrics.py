@@ -18,8 +18,13 @@ from ops.db import Database
 from ops.metrics import ContainerMetrics, FlushReason, current, flush, using
 from ops.metrics import catalogue as m
 from ops.service import service_api
-from tests.support.db import SQL, runner
-from tests.support.metrics import metrics_database, scrape_samples, truncate_metrics, value
+from tests.support.db import SQL
+from tests.support.metrics import (
+    emptied_store,
+    metrics_database,
+    scrape_samples,
+    value,
+)
 from tests.support.runtime import call_api
 from tools import PYTHONPATH, ROOT
 
@@ -31,9 +36,7 @@ def container_url(pg_cluster) -> str:
 
 @pytest.fixture
 def own_sql(container_url, pg_connect) -> SQL:
-    conn = pg_connect(container_url, timeout_s=30)
-    truncate_metrics(conn.run)
-    return runner(conn)
+    return emptied_store(pg_connect(container_url, timeout_s=30))
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ from ops.api import Request, Response, json_response
 from ops.metrics import catalogue as m
 from ops.metrics import current, flush, store
 from ops.service import service_api
-from tests.support.db import SQL, runner
+from tests.support.db import SQL
 from tests.support.metrics import (
     emf_lines,
+    emptied_store,
     metrics_database,
     scrape_samples,
-    truncate_metrics,
     value,
 )
 from tests.support.runtime import call_api, function_handler
@@ -36,9 +36,7 @@ def policy_url(pg_cluster) -> str:
 
 @pytest.fixture
 def own_sql(policy_url, pg_connect) -> SQL:
-    conn = pg_connect(policy_url, timeout_s=30)
-    truncate_metrics(conn.run)
-    return runner(conn)
+    return emptied_store(pg_connect(policy_url, timeout_s=30))
 
 
 @pytest.fixture

@@ -25,8 +25,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support.db import SQL, runner
-from tests.support.metrics import metrics_database, stored_probe_requests, truncate_metrics
+from tests.support.db import SQL
+from tests.support.metrics import (
+    emptied_store,
+    metrics_database,
+    stored_probe_requests,
+)
 from tools import PYTHONPATH, ROOT
 from tools.runtime.apigw import proxy_event
 from tools.runtime.runtime_api import RuntimeApiStandIn
@@ -98,9 +102,7 @@ def shutdown_url(pg_cluster) -> str:
 
 @pytest.fixture
 def own_sql(shutdown_url, pg_connect) -> SQL:
-    conn = pg_connect(shutdown_url)
-    truncate_metrics(conn.run)
-    return runner(conn)
+    return emptied_store(pg_connect(shutdown_url))
 
 
 @pytest.fixture

@@ -21,8 +21,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.db import SQL, runner
-from tests.support.metrics import metrics_database, stored_probe_requests, truncate_metrics
+from tests.support.db import SQL
+from tests.support.metrics import (
+    emptied_store,
+    metrics_database,
+    stored_probe_requests,
+)
 from tools.runtime.apigw import proxy_event
 from tools.runtime.ric import POLLING, RicFunction
 from tools.standins.tcp_proxy import DelayProxy
@@ -35,9 +39,7 @@ def ric_url(pg_cluster) -> str:
 
 @pytest.fixture
 def own_sql(ric_url, pg_connect) -> SQL:
-    conn = pg_connect(ric_url)
-    truncate_metrics(conn.run)
-    return runner(conn)
+    return emptied_store(pg_connect(ric_url))
 
 
 @pytest.fixture

@@ -11,6 +11,9 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import pg8000.native
+
+from tests.support.db import SQL, runner
 from tests.support.runtime import call_api, function_handler
 from tools import PYTHONPATH, ROOT
 from tools.localdb.migrate import apply_url
@@ -32,6 +35,12 @@ def metrics_database(cluster: PgCluster, name: str) -> str:
 
 def truncate_metrics(sql: Callable[..., Any]) -> None:
     sql(f"TRUNCATE {METRIC_TABLES}")
+
+
+def emptied_store(conn: pg8000.native.Connection) -> SQL:
+    """A test's own connection to its metrics database, nothing stored yet, as `sql`."""
+    truncate_metrics(conn.run)
+    return runner(conn)
 
 
 def stored_probe_requests(sql: Callable[..., list[list[Any]]]) -> int:
