@@ -103,7 +103,7 @@ def main(spec: dict[str, Any]) -> None:
     from benchmarks import fleet_state
     from ops.api import Request, Response, json_response
     from ops.log import logger
-    from ops.service import service_api
+    from ops.wiring import service_api
     from tools.runtime.apigw import proxy_event
     from tools.runtime.handler import LambdaContext
 

@@ -30,7 +30,7 @@ from tools.standins.sentry_ingest import sentry_ingest
 HERE = WORK / "error_tracking"
 FUNCTIONS = ("health", "metrics", "retention")
 # An API function of the bundle's shape with a route that raises: the router's 500 path.
-FAILING_APP = """from ops.service import service_api
+FAILING_APP = """from ops.wiring import service_api
 
 app = service_api()
 

@@ -98,7 +98,7 @@ def _reset_store(url: str) -> None:
 
 def _bench_api(instrument: bool) -> Callable[..., Any]:
     from ops.api import Api, Request, Response, json_response
-    from ops.service import service_api
+    from ops.wiring import service_api
 
     app = service_api() if instrument else Api()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from ops.api import Request, Response, json_response
 from ops.checks import CheckResult, configured_checks, database_check, run_checks
 from ops.config import settings
-from ops.service import service_api
 from ops.timestamps import utc_now
+from ops.wiring import service_api
 
 HEALTH_JSON = "application/health+json"
 

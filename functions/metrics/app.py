@@ -58,8 +58,8 @@ from ops.metrics.exposition import (
 )
 from ops.metrics.text_format import format_labels
 from ops.metrics.totals import TotalRow, Totals, compact_if_due, read_totals, stored_families
-from ops.service import service_api
 from ops.tracing import span
+from ops.wiring import service_api
 
 app = service_api()
 

@@ -116,7 +116,7 @@ def test_no_password_in_any_log_line(health_api, monkeypatch, log_lines, closed_
 
 
 def test_a_protected_route_stays_closed_until_an_authorizer_is_installed():
-    """The router knows no token: a bare Api fails closed on auth routes (ops.service
+    """The router knows no token: a bare Api fails closed on auth routes (ops.wiring
     installs the bearer check), and open routes answer as usual."""
     from ops.api import Api, json_response
 

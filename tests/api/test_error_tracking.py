@@ -37,7 +37,7 @@ import os
 import time
 
 from ops.api import json_response
-from ops.service import service_api
+from ops.wiring import service_api
 
 app = service_api()
 

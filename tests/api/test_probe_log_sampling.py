@@ -7,7 +7,7 @@ import pytest
 
 from ops.api import Request, Response, json_response
 from ops.metrics import process_hooks
-from ops.service import service_api
+from ops.wiring import service_api
 from tests.support.runtime import call_api
 
 

@@ -17,7 +17,7 @@ from ops.checks import Check, run_checks
 from ops.db import Database
 from ops.metrics import ContainerMetrics, FlushReason, current, flush, using
 from ops.metrics import catalogue as m
-from ops.service import service_api
+from ops.wiring import service_api
 from tests.support.db import SQL
 from tests.support.metrics import (
     emptied_store,
@@ -158,7 +158,7 @@ def test_a_check_worker_records_into_the_callers_instance():
 
 
 def test_an_api_function_flushes_the_active_instance(metrics_env):
-    """The router's hooks (ops.service) record and flush into `current()`."""
+    """The router's hooks (ops.wiring) record and flush into `current()`."""
     app = service_api()
 
     @app.get("/work")

@@ -16,7 +16,7 @@ import pytest
 from ops.api import Request, Response, json_response
 from ops.metrics import catalogue as m
 from ops.metrics import current, flush, store
-from ops.service import service_api
+from ops.wiring import service_api
 from tests.support.db import SQL
 from tests.support.metrics import (
     emf_lines,

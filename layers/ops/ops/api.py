@@ -12,7 +12,7 @@ allowed). API Gateway REST routes neither to a function by itself (a method not
 declared is its 403), so the template declares each route with `Method: any`
 and the 405s, with `Allow`, are ours.
 
-The router knows nothing of what its hooks do: ops.service wires in the bearer
+The router knows nothing of what its hooks do: ops.wiring wires in the bearer
 token check (`authorize`, for routes registered with `auth=True`), the metrics
 and error tracking. It imports no other part of the layer than the log.
 """

@@ -43,7 +43,7 @@ def fitted_budget(budget_s: float) -> float:
 
 
 class RoundTrip(Protocol):
-    """Work that rides on the database check's round trip (ops.service wires in the
+    """Work that rides on the database check's round trip (ops.wiring wires in the
     metrics flush): no extra write per probe."""
 
     def carry(self, budget_s: float) -> bool:
@@ -177,7 +177,7 @@ ResultHook = Callable[[CheckResult], None]
 
 
 class _Hooks:
-    """What ops.service wires in where it wires the router's hooks: the round trip the
+    """What ops.wiring wires in where it wires the router's hooks: the round trip the
     database check carries, and what is done with each result (the metrics); the checks
     know nothing of either."""
 
@@ -189,7 +189,7 @@ hooks = _Hooks()
 
 
 def wire(*, round_trip: RoundTrip | None, on_result: tuple[ResultHook, ...]) -> None:
-    """Replace the hooks (ops.service.service_api; once per function, at init)."""
+    """Replace the hooks (ops.wiring.service_api; once per function, at init)."""
     hooks.round_trip = round_trip
     hooks.on_result = on_result
 
@@ -199,7 +199,7 @@ def run_checks(checks: list[Check], then: ChainedCall | None = None) -> list[Che
 
     `then` runs on the first check's worker once that check has passed, not when it failed
     or was given up on (ops.concurrency.ChainedCall).
-    Each result goes to the result hooks (ops.service records it: `health_check_failures_total`,
+    Each result goes to the result hooks (ops.wiring records it: `health_check_failures_total`,
     also CloudWatch's `health_check_failures`, and `health_check_duration_seconds`) and a
     failure is logged.
     """

@@ -1,6 +1,6 @@
 """The running invocation's deadline (Lambda's context), for work that must end before it.
 
-ops.service sets it before each invocation and clears it after; ops.checks shrinks a
+ops.wiring sets it before each invocation and clears it after; ops.checks shrinks a
 check's budget to fit (ops.checks.ANSWER_MARGIN_S before it), and the metrics deadline
 watch (ops.metrics.process_hooks) reads the same context. Outside an invocation (a test
 calling a handler directly, a function not built on ops.api) there is none.

@@ -9,7 +9,7 @@ one shared no-op context manager, `record()` does nothing, no hook is
 installed, and nothing of OpenTelemetry is imported (tests/api/test_tracing.py proves it in
 fresh processes for every function).
 
-On: `configure()` (at init: `ops.service.service_api()`, the retention handler's decorator)
+On: `configure()` (at init: `ops.wiring.service_api()`, the retention handler's decorator)
 imports the SDK and exports over OTLP/HTTP (protobuf) to OTEL_EXPORTER_OTLP_ENDPOINT +
 `/v1/traces`. X-Ray's own OTLP endpoint (`https://xray.<region>.amazonaws.com`) takes no
 unsigned request: requests to it are signed with SigV4 by botocore (in the Lambda runtime),

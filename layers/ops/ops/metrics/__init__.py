@@ -6,7 +6,7 @@ Record with the catalogue's families, anywhere in any function:
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     m.TOOL_CALL_DURATION.labels(tool="search").observe(elapsed_seconds)
 
-API functions (`ops.service.service_api()`) record every response and flush by the
+API functions (`ops.wiring.service_api()`) record every response and flush by the
 policy (METRICS_FLUSH_INTERVAL_S) on their own, and at shutdown. Other functions call
 `install_shutdown_flush()` at init and `flush()` at the end of each invocation:
 

@@ -72,7 +72,7 @@ _signal_pipe: tuple[int, int] | None = None  # (read, write) of the wakeup fd; o
 _handler_ran = threading.Event()  # the main thread reached _on_signal
 _running: _Shutdown | None = None  # the shutdown flush in progress: later callers join it
 _running_lock = threading.Lock()
-_shutdown_hooks: list[Callable[[], None]] = []  # before the flush (ops.service: log summary)
+_shutdown_hooks: list[Callable[[], None]] = []  # before the flush (ops.wiring: log summary)
 
 
 def at_shutdown(hook: Callable[[], None]) -> None:

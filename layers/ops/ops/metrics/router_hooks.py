@@ -1,4 +1,4 @@
-"""The metrics' hooks in the router (`ops.api.Api`) and the checks, wired by ops.service:
+"""The metrics' hooks in the router (`ops.api.Api`) and the checks, wired by ops.wiring:
 every response recorded, then the active container's flush by the policy
 (FlushReason.DUE), the deadline watch and the shutdown flush (ops.metrics.process_hooks);
 each health check's result recorded, and the database check carrying the due flush in
