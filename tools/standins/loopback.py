@@ -1,15 +1,20 @@
 """A loopback server (a stand-in dependency, the local gateway) served on a daemon thread
-for as long as a `with` block lasts, then shut down and its socket closed."""
+for as long as a `with` block lasts, then shut down and its socket closed; and the HTTP
+ingest endpoint the stand-ins for outside collectors (OTLP, Sentry) are built on."""
 
 from __future__ import annotations
 
+import gzip
 import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
 
 S = TypeVar("S", bound=socketserver.BaseServer)
+# (path, headers, body) -> (status, content type, body)
+OnPost = Callable[[str, dict[str, str], bytes], tuple[int, str, bytes]]
 
 
 @contextmanager
@@ -20,3 +25,27 @@ def serving(server: S) -> Iterator[S]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def ingest_endpoint(on_post: OnPost) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 handing every POST (its gzip content encoding undone) to
+    `on_post` and answering what it returns; yields the port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            status, content_type, reply = on_post(self.path, dict(self.headers), body)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: Any) -> None:
+            pass  # the stand-in's owner prints what arrived
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
+        yield server.server_address[1]

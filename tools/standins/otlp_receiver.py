@@ -9,7 +9,6 @@ Tests and the tracing benchmark use it; run on its own, it prints what the bundl
 
 from __future__ import annotations
 
-import gzip
 import json
 import signal
 import threading
@@ -17,10 +16,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tools.standins.loopback import serving
+from tools.standins.loopback import ingest_endpoint
 
 
 @dataclass(frozen=True)
@@ -116,31 +114,16 @@ class OtlpReceiver:
 
 @contextmanager
 def otlp_receiver() -> Iterator[OtlpReceiver]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    receiver = OtlpReceiver(port=server.server_address[1])
+    def on_post(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        if path != "/v1/traces":
+            return 404, "text/plain", b""
+        spans = decode(body, time.monotonic())
+        with receiver.lock:
+            receiver.exports.append(Export(headers, body, spans))
+        return 200, "application/x-protobuf", b""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            if self.path != "/v1/traces":
-                self.send_response(404)
-                self.end_headers()
-                return
-            spans = decode(body, time.monotonic())
-            with receiver.lock:
-                receiver.exports.append(Export(dict(self.headers), body, spans))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server.RequestHandlerClass = Handler
-    with serving(server):
+    with ingest_endpoint(on_post) as port:
+        receiver = OtlpReceiver(port=port)
         yield receiver
 
 

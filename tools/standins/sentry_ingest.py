@@ -9,17 +9,15 @@ would send to Sentry:
 
 from __future__ import annotations
 
-import gzip
 import json
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tools.standins.loopback import serving
+from tools.standins.loopback import ingest_endpoint
 
 PUBLIC_KEY = "testpublickey"
 PROJECT = "1"
@@ -95,35 +93,15 @@ class SentryIngest:
 
 @contextmanager
 def sentry_ingest() -> Iterator[SentryIngest]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    ingest = SentryIngest(port=server.server_address[1])
+    def on_post(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        _, items = parse_envelope(body)
+        envelope = Envelope(path, headers, body.decode(errors="replace"), items, time.monotonic())
+        with ingest.lock:
+            ingest.envelopes.append(envelope)
+        return 200, "application/json", b"{}"
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if self.headers.get("Content-Encoding") == "gzip":
-                body = gzip.decompress(body)
-            _, items = parse_envelope(body)
-            with ingest.lock:
-                ingest.envelopes.append(
-                    Envelope(
-                        self.path,
-                        dict(self.headers),
-                        body.decode(errors="replace"),
-                        items,
-                        time.monotonic(),
-                    )
-                )
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server.RequestHandlerClass = Handler
-    with serving(server):
+    with ingest_endpoint(on_post) as port:
+        ingest = SentryIngest(port=port)
         yield ingest
 
 
