@@ -7,25 +7,34 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from ops.config import SCRAPE_INTERVAL_S, ConfigError, Settings, Spec, load, settings, specs
+from ops.config import (
+    SCRAPE_INTERVAL_S,
+    ConfigError,
+    Kind,
+    Settings,
+    Spec,
+    load,
+    settings,
+    specs,
+)
 from tools import PYTHONPATH, ROOT
 from tools.docs.settings_doc import README, rendered
 from tools.runtime.serve import worker_env
 from tools.standins.prom import duration_s, scrape_interval_s
 
 
-def knob(**kwargs) -> Spec:
-    kind = kwargs.pop("kind", "whole")
-    if kind == "whole":
-        kwargs.setdefault("low", 1)
-    return Spec("KNOB", kind, 7, "a knob", **kwargs)
+def knob(kind: Kind = "whole", low: float | None = None, high: float | None = None) -> Spec:
+    if kind == "whole" and low is None:
+        low = 1
+    return Spec("KNOB", kind, 7, "a knob", low=low, high=high)
 
 
-def test_unset_or_blank_gives_the_defaults():
+def test_unset_or_blank_gives_the_defaults() -> None:
     assert load({}) == Settings()
     blank = {spec.env: "  " for spec in specs() if not spec.blank_is_set}
     assert load(blank) == Settings()
@@ -38,7 +47,7 @@ def test_unset_or_blank_gives_the_defaults():
     assert cfg.service == "realestate-backend" and cfg.log_level == "INFO"
 
 
-def test_values_within_bounds_are_used():
+def test_values_within_bounds_are_used() -> None:
     cfg = load(
         {
             "METRICS_SHARDS": " 42 ",
@@ -76,14 +85,14 @@ def test_values_within_bounds_are_used():
         ("\udcff1", {}, "got '\\udcff1'"),
     ],
 )
-def test_anything_else_is_one_clear_error(raw, kwargs, message):
+def test_anything_else_is_one_clear_error(raw: str, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         knob(**kwargs).parse(raw)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
-def test_every_bad_variable_is_named_in_one_message():
+def test_every_bad_variable_is_named_in_one_message() -> None:
     with pytest.raises(ConfigError) as caught:
         load(
             {
@@ -101,7 +110,7 @@ def test_every_bad_variable_is_named_in_one_message():
     assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
-def test_settings_that_do_not_fit_together_are_refused():
+def test_settings_that_do_not_fit_together_are_refused() -> None:
     # A margin shorter than the statement timeout is fine: each run fits its statement
     # timeout into its margin (the retention function's run.run_limits).
     assert load({"RETENTION_DEADLINE_MARGIN_MS": "5000"}).retention_deadline_margin_ms == 5000
@@ -113,14 +122,14 @@ def test_settings_that_do_not_fit_together_are_refused():
         load({"METRICS_SCRAPE_BUDGET_S": "3", "HEALTH_DB_TIMEOUT_S": "3"})
 
 
-def test_a_secret_is_never_quoted():
+def test_a_secret_is_never_quoted() -> None:
     spec = Spec("TOKEN", "secret", None, "")
     assert "hunter2" not in spec._shown("hunter2")
     assert load({"METRICS_AUTH_TOKEN": "   "}).metrics_token == ""  # configured, but blank
     assert load({"METRICS_AUTH_TOKEN": " s3cret "}).metrics_token == "s3cret"
 
 
-def test_settings_are_read_once_per_container(monkeypatch):
+def test_settings_are_read_once_per_container(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METRICS_SHARDS", "3")
     first = settings()
     assert first.metrics_shards == 3 and settings() is first
@@ -135,7 +144,7 @@ def test_settings_are_read_once_per_container(monkeypatch):
         ("METRICS_SHARDS", "0"),
     ],
 )
-def test_a_bad_value_fails_the_container_at_start(variable, value):
+def test_a_bad_value_fails_the_container_at_start(variable: str, value: str) -> None:
     """Importing the handler (Lambda's init phase) fails with one line naming the variable."""
     code = (
         "from tools.runtime.handler import load_handler\n"
@@ -164,7 +173,7 @@ def _reads_environment(tree: ast.AST) -> list[int]:
     return lines
 
 
-def test_no_other_module_reads_the_environment():
+def test_no_other_module_reads_the_environment() -> None:
     config = ROOT / "layers" / "ops" / "ops" / "config.py"
     offenders = []
     sources = [*(ROOT / "layers").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]
@@ -178,7 +187,7 @@ def test_no_other_module_reads_the_environment():
     assert _reads_environment(ast.parse(config.read_text()))  # the check can fail
 
 
-def test_readme_has_one_settings_table_matching_ops_config():
+def test_readme_has_one_settings_table_matching_ops_config() -> None:
     text = README.read_text()
     assert text == rendered(text), "run make generate"
     documented = {spec.env for spec in specs()}
@@ -189,7 +198,7 @@ def test_readme_has_one_settings_table_matching_ops_config():
     assert len(table_rows) == len(documented)
 
 
-def test_template_sets_only_declared_variables():
+def test_template_sets_only_declared_variables() -> None:
     from tools.runtime.template import load_template
 
     template = load_template()
@@ -201,7 +210,7 @@ def test_template_sets_only_declared_variables():
     assert set(variables) - declared == set(), json.dumps(sorted(set(variables) - declared))
 
 
-def test_settings_doc_check_command(tmp_path: Path):
+def test_settings_doc_check_command(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "tools.docs.settings_doc", "--check"],
         cwd=ROOT,
@@ -213,7 +222,9 @@ def test_settings_doc_check_command(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_the_new_series_hold_is_derived_from_the_recommended_scrape_interval(monkeypatch):
+def test_the_new_series_hold_is_derived_from_the_recommended_scrape_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """docs/metrics.md: the hold's default is twice prometheus.yml's scrape interval (one failed
     scrape still leaves one that sees a new series at 0); `make run` holds for `make prom`'s
     interval unless the shell sets a hold."""

@@ -7,6 +7,7 @@ import pytest
 
 from ops.config import SSL_MODES
 from ops.db import DatabaseMisconfigured, connect_url, parse_database_url
+from tools.localdb.pgcluster import PgCluster
 
 SECRET = "s3cr+et/pw"
 
@@ -33,13 +34,13 @@ SECRET = "s3cr+et/pw"
         ("postgresql://app@h/app", {"ssl_mode": "disable", "password": None}),
     ],
 )
-def test_options_that_are_honoured(url, expected):
+def test_options_that_are_honoured(url: str, expected: dict[str, object]) -> None:
     params = parse_database_url(url)
     assert {k: getattr(params, k) for k in expected} == expected
 
 
 @pytest.mark.parametrize("mode", ["bogus", "", "off", "REQUIRED", "verify_full"])
-def test_an_sslmode_outside_db_ssl_modes_choices_is_refused(mode):
+def test_an_sslmode_outside_db_ssl_modes_choices_is_refused(mode: str) -> None:
     with pytest.raises(DatabaseMisconfigured) as err:
         parse_database_url(f"postgresql://app:{SECRET}@h/app?sslmode={mode}")
     assert str(err.value) == f"DATABASE_URL's sslmode must be one of {', '.join(SSL_MODES)}"
@@ -56,7 +57,7 @@ def test_an_sslmode_outside_db_ssl_modes_choices_is_refused(mode):
         ("passfile", "not supported"),
     ],
 )
-def test_an_option_not_honoured_is_refused_by_name(option, hint):
+def test_an_option_not_honoured_is_refused_by_name(option: str, hint: str) -> None:
     with pytest.raises(DatabaseMisconfigured) as err:
         parse_database_url(f"postgresql://app:{SECRET}@h/app?{option}={SECRET}")
     message = str(err.value)
@@ -65,7 +66,7 @@ def test_an_option_not_honoured_is_refused_by_name(option, hint):
 
 
 @pytest.mark.parametrize("query", [SECRET, f"{SECRET}=x", "a b=1", "x" * 200 + "=1", "=1"])
-def test_an_option_name_that_is_no_name_is_not_quoted(query):
+def test_an_option_name_that_is_no_name_is_not_quoted(query: str) -> None:
     """A password pasted in the wrong place must not reach the log through the error."""
     with pytest.raises(DatabaseMisconfigured) as err:
         parse_database_url(f"postgresql://app@h/app?{query}")
@@ -73,13 +74,13 @@ def test_an_option_name_that_is_no_name_is_not_quoted(query):
     assert "DATABASE_URL has an option that is not a libpq option name" in str(err.value)
 
 
-def test_the_password_may_not_be_given_twice():
+def test_the_password_may_not_be_given_twice() -> None:
     with pytest.raises(DatabaseMisconfigured, match="both") as err:
         parse_database_url(f"postgresql://app:{SECRET}@h/app?password=other")
     assert SECRET not in str(err.value) and "other" not in str(err.value)
 
 
-def test_a_password_in_the_query_logs_in_to_a_real_server(pg_cluster):
+def test_a_password_in_the_query_logs_in_to_a_real_server(pg_cluster: PgCluster) -> None:
     """The server asks for a SCRAM password (tools.localdb.pgcluster): the option is really used."""
     from urllib.parse import quote
 

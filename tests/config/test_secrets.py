@@ -6,16 +6,20 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 from unittest.mock import ANY
 
 import pytest
 
+from tests.support.db import SQL
+from tests.support.runtime import FunctionInvoker
 from tools import PYTHONPATH
 from tools.localdb.pgcluster import PgCluster
 
 
 @pytest.fixture
-def app_role(pg_cluster: PgCluster, database_url: str, sql):
+def app_role(pg_cluster: PgCluster, database_url: str, sql: SQL) -> Iterator[str]:
     """A login role with a password, as an RDS-managed secret describes."""
     sql("DROP ROLE IF EXISTS app_user")
     sql("CREATE ROLE app_user LOGIN PASSWORD 'first-password'")
@@ -36,7 +40,8 @@ def rds_secret(cluster: PgCluster, password: str) -> str:
     )
 
 
-def count_calls(client) -> list[str]:
+def count_calls(client: Any) -> list[str]:
+    """The GetSecretValue calls a boto3 client (untyped: no stubs here) makes from now on."""
     calls: list[str] = []
     client.meta.events.register(
         "before-call.secrets-manager.GetSecretValue", lambda **_: calls.append("get")
@@ -45,17 +50,21 @@ def count_calls(client) -> list[str]:
 
 
 def test_health_with_credentials_from_secrets_manager_is_cached(
-    secrets_client, app_role, pg_cluster, health_api, app_env
-):
+    secrets_client: Any,
+    app_role: str,
+    pg_cluster: PgCluster,
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+) -> None:
     arn = secrets_client.create_secret(
         Name="rds!db-1", SecretString=rds_secret(pg_cluster, "first-password")
     )["ARN"]
     app_env(DB_SECRET_ARN=arn, DB_SSL_MODE="disable")
 
-    from aws_lambda_powertools.utilities import parameters
+    from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 
     assert health_api("/health")[0] == 200
-    provider_client = parameters.base.DEFAULT_PROVIDERS["secrets"].client
+    provider_client = DEFAULT_PROVIDERS["secrets"].client
     calls = count_calls(provider_client)
 
     from ops import db
@@ -67,8 +76,13 @@ def test_health_with_credentials_from_secrets_manager_is_cached(
 
 
 def test_rotated_password_is_fetched_again_once(
-    secrets_client, app_role, pg_cluster, health_api, app_env, sql
-):
+    secrets_client: Any,
+    app_role: str,
+    pg_cluster: PgCluster,
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    sql: SQL,
+) -> None:
     arn = secrets_client.create_secret(
         Name="rds!db-2", SecretString=rds_secret(pg_cluster, "first-password")
     )["ARN"]
@@ -86,7 +100,12 @@ def test_rotated_password_is_fetched_again_once(
     assert health_api("/health")[0] == 200
 
 
-def test_malformed_secret_is_a_clear_503(secrets_client, health_api, app_env, log_lines):
+def test_malformed_secret_is_a_clear_503(
+    secrets_client: Any,
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     arn = secrets_client.create_secret(Name="broken", SecretString="not json")["ARN"]
     app_env(DB_SECRET_ARN=arn)
     status, _, body = health_api("/health/ready")
@@ -97,7 +116,7 @@ def test_malformed_secret_is_a_clear_503(secrets_client, health_api, app_env, lo
     assert "not json" not in json.dumps(log_lines())  # the secret's content is never logged
 
 
-def test_boto3_is_not_imported_when_database_url_is_used(db_env):
+def test_boto3_is_not_imported_when_database_url_is_used(db_env: str) -> None:
     """A cold start with DATABASE_URL must not pay for boto3 (~200 ms)."""
     probe = """
 import json, sys

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import pg8000.native
 import pytest
@@ -123,7 +124,7 @@ def neighbours(bouncer: PgBouncer) -> Iterator[None]:
 
 
 @pytest.fixture
-def pooled_env(bouncer: PgBouncer, app_env, neighbours) -> str:
+def pooled_env(bouncer: PgBouncer, app_env: Callable[..., None], neighbours: None) -> str:
     app_env(DATABASE_URL=bouncer.url, METRICS_FLUSH_INTERVAL_S="0", DB_STATEMENT_TIMEOUT_MS="4321")
     return bouncer.url
 
@@ -197,7 +198,9 @@ def test_a_connection_never_carries_a_startup_parameter_a_pooler_refuses(
 
 
 @pytest.fixture
-def pooled_sql(bouncer: PgBouncer, pg_cluster: PgCluster, pg_connect) -> SQL:
+def pooled_sql(
+    bouncer: PgBouncer, pg_cluster: PgCluster, pg_connect: Callable[..., pg8000.native.Connection]
+) -> SQL:
     """The pooled database, straight (not through the pooler): the test's own view."""
     return runner(pg_connect(pg_cluster.url("pooled")))
 
@@ -228,7 +231,12 @@ def test_retention_through_the_pooler_prunes_and_audits_exactly(
 
 
 @pytest.fixture
-def apart_env(bouncer: PgBouncer, store_bouncer: PgBouncer, app_env, pg_connect) -> str:
+def apart_env(
+    bouncer: PgBouncer,
+    store_bouncer: PgBouncer,
+    app_env: Callable[..., None],
+    pg_connect: Callable[..., pg8000.native.Connection],
+) -> Iterator[str]:
     """Both databases behind their poolers, crowded: the application's and the store's."""
     pg_connect(store_bouncer.cluster.url("pooled_store")).run(f"TRUNCATE {METRIC_TABLES}")
     app_env(
@@ -263,7 +271,10 @@ def test_every_path_with_the_store_apart_through_poolers_counts_exactly(
 
 
 def test_a_flush_through_the_pooler_is_bounded_by_its_own_statement_timeout(
-    apart_env: str, app_env, pg_connect, log_lines
+    apart_env: str,
+    app_env: Callable[..., None],
+    pg_connect: Callable[..., pg8000.native.Connection],
+    log_lines: Callable[[], list[dict[str, Any]]],
 ) -> None:
     """The store's tables locked: the flush is cancelled by the server at its own
     METRICS_FLUSH_TIMEOUT_MS (57014, nothing stored, kept), on a pooled connection whose
@@ -294,7 +305,10 @@ def test_a_flush_through_the_pooler_is_bounded_by_its_own_statement_timeout(
 
 
 def test_the_crowd_breaks_a_flush_that_relies_on_a_session_timeout(
-    bouncer: PgBouncer, neighbours: None, pg_connect, pg_cluster: PgCluster
+    bouncer: PgBouncer,
+    neighbours: None,
+    pg_connect: Callable[..., pg8000.native.Connection],
+    pg_cluster: PgCluster,
 ) -> None:
     """The negative control of the test above: a timeout set for the session (as a startup
     parameter would be) is gone by the next transaction, so a blocked statement is not

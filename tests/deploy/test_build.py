@@ -179,7 +179,9 @@ def _invoke(
     return Invocation(output=output, **data)
 
 
-def _assert_only_lambda_paths(inv: Invocation, build: Build, function_id: str, runtime: Path):
+def _assert_only_lambda_paths(
+    inv: Invocation, build: Build, function_id: str, runtime: Path
+) -> None:
     allowed = (str(build.dir / function_id), str(build.layer), str(runtime))
     for f in inv.files:
         if f.startswith(allowed):
@@ -290,7 +292,9 @@ def _without_python313(tmp: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("setting", [None, "/nonexistent/python3.13", sys.executable])
-def test_make_build_without_python313_fails_in_two_lines(tmp_path: Path, setting: str | None):
+def test_make_build_without_python313_fails_in_two_lines(
+    tmp_path: Path, setting: str | None
+) -> None:
     """No silent slow build: no python3.13 (or a LAMBDA_PYTHON that is none or not 3.13)
     stops `make build` before the SAM CLI install, naming the fix; exit 2."""
     env = _without_python313(tmp_path)

@@ -98,7 +98,7 @@ def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
         name = _ref(arn)
         assert name in RESOURCES, f"only this template's policies, not AWS-managed ones: {arn}"
         docs.append(RESOURCES[name]["Properties"]["PolicyDocument"])
-    out = []
+    out: list[dict[str, Any]] = []
     for doc in docs:
         for stmt in doc["Statement"]:
             out.extend(s for s in _if_branches(stmt) if s != {"Ref": "AWS::NoValue"})
@@ -440,7 +440,9 @@ def test_a_separate_metrics_database_is_off_unless_its_secret_is_given() -> None
         ("ProbeLogSampleRate", "PROBE_LOG_SAMPLE_RATE", "probe_log_sample_rate"),
     ],
 )
-def test_a_setting_parameter_defaults_to_the_settings_default(parameter, variable, field) -> None:
+def test_a_setting_parameter_defaults_to_the_settings_default(
+    parameter: str, variable: str, field: str
+) -> None:
     from ops.config import Settings
 
     param = TEMPLATE["Parameters"][parameter]
@@ -449,7 +451,7 @@ def test_a_setting_parameter_defaults_to_the_settings_default(parameter, variabl
     assert env[variable] == {"Ref": parameter}
 
 
-def test_every_api_route_reaches_its_function_for_head_and_options():
+def test_every_api_route_reaches_its_function_for_head_and_options() -> None:
     """API Gateway REST routes only the methods a route declares (the rest are its 403):
     HEAD (load balancers, uptime checks) and OPTIONS must reach the router, which answers
     them for every GET route; `any` also leaves the 405s, with `Allow`, to it."""

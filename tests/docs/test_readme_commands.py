@@ -25,6 +25,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,7 +94,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def sh(repo: Path, command: str, env: dict[str, str], timeout: float = 300):
+def sh(
+    repo: Path, command: str, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-c", command],
         cwd=repo,
@@ -114,7 +117,7 @@ def embedded_running(repo: Path) -> bool:
     return PgCluster(repo / ".local" / "pgdata", port=0).running
 
 
-def start_run(repo: Path, command: str, env: dict[str, str]) -> subprocess.Popen:
+def start_run(repo: Path, command: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         ["bash", "-c", command],
         cwd=repo,
@@ -126,7 +129,7 @@ def start_run(repo: Path, command: str, env: dict[str, str]) -> subprocess.Popen
     )
 
 
-def wait_up(proc: subprocess.Popen, port: int, timeout: float = 120) -> None:
+def wait_up(proc: subprocess.Popen[str], port: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[0]
@@ -138,7 +141,7 @@ def wait_up(proc: subprocess.Popen, port: int, timeout: float = 120) -> None:
     raise AssertionError("make run did not come up")
 
 
-def stop_run(proc: subprocess.Popen, sig: int) -> str:
+def stop_run(proc: subprocess.Popen[str], sig: int) -> str:
     os.killpg(proc.pid, sig)
     output, _ = proc.communicate(timeout=60)
     assert "stopping" in output, output
@@ -372,7 +375,7 @@ def test_make_alone_lists_every_target_with_its_description(clone: Path) -> None
         assert re.search(rf"^  make {name} +{re.escape(description)}$", out.stdout, re.M), name
 
 
-def assert_two_lines_and_exit_2(out: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_two_lines_and_exit_2(out: subprocess.CompletedProcess[str], *needles: str) -> None:
     """What failed and what to do, in at most two lines, exit 2: nothing else but the line
     make adds (`make: *** [Makefile:N: run] Error 2`), no traceback, nothing on stdout."""
     own = [line for line in out.stderr.splitlines() if not line.startswith("make: *** ")]
@@ -427,10 +430,11 @@ def test_an_unreachable_database_is_two_lines_and_exit_2(
 # -- make prom: a local Prometheus with the shipped rules, scraping make run -------------
 
 
-def prom_query(port: int, promql: str) -> list[dict]:
+def prom_query(port: int, promql: str) -> list[dict[str, Any]]:
     query = urllib.parse.urlencode({"query": promql})
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?{query}", timeout=5) as r:
-        return json.loads(r.read())["data"]["result"]
+        result: list[dict[str, Any]] = json.loads(r.read())["data"]["result"]
+    return result
 
 
 def test_the_local_prometheus_config_passes_promtool_as_shipped(clone: Path) -> None:
@@ -459,7 +463,7 @@ def test_make_prom_scrapes_make_run_with_the_shipped_rules(clone: Path) -> None:
         wait_up(run, port)
         prom = start_run(clone, f"make prom PROM_PORT={prom_port}", env)
         deadline = time.monotonic() + 120  # the first scrape comes within one 15 s interval
-        up: list[dict] = []
+        up: list[dict[str, Any]] = []
         while not up and time.monotonic() < deadline:
             assert prom.poll() is None, prom.communicate()[0]
             with contextlib.suppress(OSError):

@@ -35,7 +35,7 @@ def runbook_block(prefix: str) -> list[str]:
 
 def sh(
     command: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-c", command],
         cwd=cwd,

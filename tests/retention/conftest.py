@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -22,7 +21,7 @@ def retention_slate(db_env: str, sql: SQL, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.fixture
-def daily_partitions(sql: SQL) -> Iterator[Any]:
+def daily_partitions(sql: SQL) -> Iterator[datetime]:
     """retention_daily: one partition per day from D-35 to D+1 (D = today's midnight)."""
     sql("DROP TABLE IF EXISTS retention_daily")
     sql(
@@ -31,7 +30,7 @@ def daily_partitions(sql: SQL) -> Iterator[Any]:
         "PARTITION BY RANGE (received_at)"
     )
     sql("CREATE INDEX ON retention_daily (received_at)")
-    d = sql("SELECT date_trunc('day', now())")[0][0]
+    d: datetime = sql("SELECT date_trunc('day', now())")[0][0]
     for n in range(-35, 2):
         lo, hi = d + timedelta(days=n), d + timedelta(days=n + 1)
         sql(

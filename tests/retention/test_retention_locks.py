@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from ops.db import connect_url
+from tests.support.db import SQL
 from tests.support.retention import (
     FAST_SETTINGS,
     audit_entries,
@@ -69,7 +71,7 @@ def writer(database_url: str, table: str) -> Iterator[list[float]]:
     assert latencies, "the writer wrote nothing"
 
 
-def _fill_days(sql, daily_partitions: datetime) -> datetime:
+def _fill_days(sql: SQL, daily_partitions: datetime) -> datetime:
     sql(
         "INSERT INTO retention_daily (received_at) "
         "SELECT now() - make_interval(hours => g) FROM generate_series(1, 35 * 24, 7) g"
@@ -78,7 +80,7 @@ def _fill_days(sql, daily_partitions: datetime) -> datetime:
     return daily_partitions
 
 
-def _expired_partitions(sql, cutoff: datetime, d: datetime) -> list[str]:
+def _expired_partitions(sql: SQL, cutoff: datetime, d: datetime) -> list[str]:
     return [
         f"public.retention_daily_{n + 35:02d}"
         for n in range(-35, 2)
@@ -86,7 +88,7 @@ def _expired_partitions(sql, cutoff: datetime, d: datetime) -> list[str]:
     ]
 
 
-def _existing(sql) -> set[str]:
+def _existing(sql: SQL) -> set[str]:
     rows = sql("SELECT relname FROM pg_class WHERE relname LIKE 'retention_daily_%'")
     return {f"public.{r[0]}" for r in rows}
 
@@ -101,8 +103,12 @@ def _assert_writer_unblocked(latencies: list[float]) -> None:
 
 
 def test_a_reader_of_an_expired_partition_keeps_it_until_the_next_run(
-    sql, database_url, log_lines, monkeypatch, daily_partitions
-):
+    sql: SQL,
+    database_url: str,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    daily_partitions: datetime,
+) -> None:
     d = _fill_days(sql, daily_partitions)
     monkeypatch.setenv("RETENTION_POLICIES", policies(("retention_daily", "received_at", 30, 50)))
     held = "public.retention_daily_02"  # D-33: expired
@@ -139,8 +145,12 @@ def test_a_reader_of_an_expired_partition_keeps_it_until_the_next_run(
 
 
 def test_a_reader_of_the_parent_costs_writers_one_lock_timeout_then_the_next_run_drops(
-    sql, database_url, log_lines, monkeypatch, daily_partitions
-):
+    sql: SQL,
+    database_url: str,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    daily_partitions: datetime,
+) -> None:
     d = _fill_days(sql, daily_partitions)
     monkeypatch.setenv("RETENTION_POLICIES", policies(("retention_daily", "received_at", 30, 50)))
     # A long report on today's rows: ACCESS SHARE on the parent and on the partitions the
@@ -176,8 +186,8 @@ def test_a_reader_of_the_parent_costs_writers_one_lock_timeout_then_the_next_run
 
 
 def test_a_locked_table_is_left_for_the_next_run_and_the_others_are_pruned(
-    sql, database_url, log_lines
-):
+    sql: SQL, database_url: str, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     seed(sql)
     # CREATE INDEX (not CONCURRENTLY) holds SHARE: no row of chat_sessions can be deleted.
     with holding(database_url, "LOCK TABLE chat_sessions IN SHARE MODE") as end_ddl:

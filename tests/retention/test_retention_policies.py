@@ -9,12 +9,13 @@ import pytest
 from ops.config import settings
 from ops.retention_policies import DEFAULT_POLICIES, Policy, PolicyError, load_policies
 from retention import inputs
+from retention.model import EventError
 from retention.pruning import next_batch_size
 from tests.support.retention import event
 
 
 # -- ops.retention_policies ---------------------------------------------------------------
-def test_defaults_without_configuration(monkeypatch):
+def test_defaults_without_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RETENTION_POLICIES", raising=False)
     assert load_policies() == [
         Policy("inbound_events", "received_at", 30, 25_000),
@@ -23,7 +24,7 @@ def test_defaults_without_configuration(monkeypatch):
     assert list(DEFAULT_POLICIES) == load_policies()
 
 
-def test_policies_from_the_environment(monkeypatch):
+def test_policies_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "RETENTION_POLICIES",
         json.dumps(
@@ -44,7 +45,7 @@ def test_policies_from_the_environment(monkeypatch):
     ]
 
 
-def _one(**overrides):
+def _one(**overrides: object) -> str:
     return json.dumps(
         [{"table": "inbound_events", "column": "received_at", "maxAgeDays": 30, **overrides}]
     )
@@ -80,18 +81,20 @@ def _one(**overrides):
         ),
     ],
 )
-def test_invalid_policies_are_refused_with_a_clear_message(monkeypatch, raw, message):
+def test_invalid_policies_are_refused_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, raw: str, message: str
+) -> None:
     monkeypatch.setenv("RETENTION_POLICIES", raw)
     with pytest.raises(PolicyError, match=message):
         load_policies()
 
 
-def test_policy_error_is_a_value_error():
+def test_policy_error_is_a_value_error() -> None:
     assert issubclass(PolicyError, ValueError)
 
 
 # -- run identity ---------------------------------------------------------------------------
-def test_scheduler_run_is_keyed_by_schedule_and_time_not_execution():
+def test_scheduler_run_is_keyed_by_schedule_and_time_not_execution() -> None:
     first = inputs.identify(event("retention-scheduler.json"), "req-1")
     retry = inputs.identify(
         event(
@@ -116,14 +119,14 @@ def test_scheduler_run_is_keyed_by_schedule_and_time_not_execution():
     assert next_day.key != first.key
 
 
-def test_classic_scheduled_event_is_keyed_by_its_id():
+def test_classic_scheduled_event_is_keyed_by_its_id() -> None:
     identity = inputs.identify(event("retention-scheduled-event.json"), "req-1")
     assert identity.key == "event:cdc73f9d-aea9-11e3-9d5a-835b769c0d9c"
     assert identity.trigger == "eventbridge"
     assert inputs.identify(event("retention-scheduled-event.json"), "req-2") == identity
 
 
-def test_a_dead_lettered_run_redriven_is_the_same_run():
+def test_a_dead_lettered_run_redriven_is_the_same_run() -> None:
     original = event("retention-scheduler.json")
     record = {  # the shape Lambda's on-failure destination puts in the dead-letter queue
         "version": "1.0",
@@ -136,7 +139,7 @@ def test_a_dead_lettered_run_redriven_is_the_same_run():
     assert inputs.identify(record, "req-9") == inputs.identify(original, "req-1")
 
 
-def test_manual_run_is_keyed_by_request_id_or_run_id():
+def test_manual_run_is_keyed_by_request_id_or_run_id() -> None:
     assert inputs.identify({}, "req-1").key == "manual:req-1"
     assert inputs.identify(None, "req-1").key == "manual:req-1"
     assert inputs.identify({"runId": "backfill-2026-11"}, "req-1").key == (
@@ -144,7 +147,7 @@ def test_manual_run_is_keyed_by_request_id_or_run_id():
     )
 
 
-def test_dry_run_has_its_own_key_and_may_name_tables():
+def test_dry_run_has_its_own_key_and_may_name_tables() -> None:
     identity = inputs.identify(event("retention-dry-run.json", tables=["inbound_events"]), "req-1")
     assert identity.dry_run is True
     assert identity.key == "dry-run:manual:req-1"
@@ -174,13 +177,13 @@ def test_dry_run_has_its_own_key_and_may_name_tables():
         ({"tables": "inbound_events"}, "tables must be"),
     ],
 )
-def test_unusable_events_are_refused(bad, message):
-    with pytest.raises(inputs.EventError, match=message):
+def test_unusable_events_are_refused(bad: object, message: str) -> None:
+    with pytest.raises(EventError, match=message):
         inputs.identify(bad, "req-1")
 
 
 # -- job settings -----------------------------------------------------------------------------
-def test_job_settings_defaults_and_consistency(monkeypatch):
+def test_job_settings_defaults_and_consistency(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (
         "RETENTION_DEADLINE_MARGIN_MS",
         "RETENTION_STATEMENT_TIMEOUT_MS",
@@ -201,7 +204,7 @@ def test_job_settings_defaults_and_consistency(monkeypatch):
 
 
 # -- template -------------------------------------------------------------------------------
-def test_template_wires_policies_schedule_and_dead_letter_alarm():
+def test_template_wires_policies_schedule_and_dead_letter_alarm() -> None:
     from ops.retention_policies import parse_policies
     from tools.runtime.template import load_template
 
@@ -246,7 +249,7 @@ def test_template_wires_policies_schedule_and_dead_letter_alarm():
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
 
 
-def test_batch_size_steers_toward_the_target_duration():
+def test_batch_size_steers_toward_the_target_duration() -> None:
     next_size = next_batch_size
     assert next_size(10_000, elapsed_ms=100, target_ms=50, maximum=10_000) == 5_000
     assert next_size(10_000, elapsed_ms=5_000, target_ms=50, maximum=10_000) == 100  # floor

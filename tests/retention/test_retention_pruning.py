@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pg8000.native
@@ -10,9 +11,12 @@ import pytest
 
 from ops.db import Database, connect_url
 from ops.retention_policies import Policy
+from ops.sql import sqlstate
+from ops.timestamps import PgTimestamp
 from retention import inputs as catalog
 from retention import pruning
-from retention.model import Limits
+from retention.model import BatchResult, KeysetCursor, Limits, Step, StepRecorder, Target
+from tests.support.db import SQL
 from tests.support.retention import count
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
@@ -37,22 +41,28 @@ class Steps:
     """A StepRecorder that keeps what it is told."""
 
     def __init__(self) -> None:
-        self.steps: list = []
+        self.steps: list[Step] = []
 
     def fence(self, conn: pg8000.native.Connection) -> None:
         pass
 
-    def record(self, conn: pg8000.native.Connection, step) -> None:
+    def record(self, conn: pg8000.native.Connection, step: Step) -> None:
         self.steps.append(step)
 
 
-def _target(table: str, column: str, batch_size: int):
+def _target(table: str, column: str, batch_size: int) -> tuple[Database, Target]:
     db = Database()
     (target,) = catalog.resolve_targets(db, [Policy(table, column, 30, batch_size)])
     return db, target
 
 
-def _prune(table: str, column: str, cutoff: datetime, batch_size: int = 2, recorder=None) -> bool:
+def _prune(
+    table: str,
+    column: str,
+    cutoff: datetime,
+    batch_size: int = 2,
+    recorder: StepRecorder | None = None,
+) -> bool:
     db, target = _target(table, column, batch_size)
     try:
         return pruning.TablePruner(
@@ -62,13 +72,13 @@ def _prune(table: str, column: str, cutoff: datetime, batch_size: int = 2, recor
         db.close()
 
 
-def _labels(sql, table: str) -> set[str]:
+def _labels(sql: SQL, table: str) -> set[str]:
     _, label, _ = INSERTS[table]
     return {r[0] for r in sql(f"SELECT {label} FROM {table}")}
 
 
 @pytest.mark.parametrize("table", list(INSERTS))
-def test_boundary_is_exact_to_the_microsecond(sql, table):
+def test_boundary_is_exact_to_the_microsecond(sql: SQL, table: str) -> None:
     column, _, insert = INSERTS[table]
     cutoff = sql("SELECT date_trunc('second', now()) - interval '30 days'")[0][0]
     offsets = {
@@ -91,7 +101,7 @@ def test_boundary_is_exact_to_the_microsecond(sql, table):
     assert steps.steps[-1].done
 
 
-def test_batches_walk_ties_across_batch_boundaries(sql):
+def test_batches_walk_ties_across_batch_boundaries(sql: SQL) -> None:
     cutoff = sql("SELECT now() - interval '30 days'")[0][0]
     same = cutoff - timedelta(days=3)
     for i in range(11):  # 11 rows with one timestamp: batches of 4 split them 4/4/3
@@ -109,7 +119,7 @@ def test_batches_walk_ties_across_batch_boundaries(sql):
     assert sizes[:2] == [4, 4] and all(0 < n <= 4 for n in sizes) and sum(sizes) == 17
 
 
-def test_table_without_index_is_pruned_unordered(sql):
+def test_table_without_index_is_pruned_unordered(sql: SQL) -> None:
     sql("DROP TABLE IF EXISTS retention_unindexed")
     sql("CREATE TABLE retention_unindexed (id int PRIMARY KEY, at timestamp NOT NULL)")
     sql(
@@ -127,7 +137,9 @@ def test_table_without_index_is_pruned_unordered(sql):
         sql("DROP TABLE retention_unindexed")
 
 
-def test_row_being_updated_inside_the_cutoff_is_stepped_around_and_kept(sql, database_url):
+def test_row_being_updated_inside_the_cutoff_is_stepped_around_and_kept(
+    sql: SQL, database_url: str
+) -> None:
     cutoff = sql("SELECT now() - interval '90 days'")[0][0]
     insert = INSERTS["chat_sessions"][2]
     for i in range(5):
@@ -158,10 +170,10 @@ def test_row_being_updated_inside_the_cutoff_is_stepped_around_and_kept(sql, dat
 
 
 @pytest.fixture
-def partitioned(sql):
+def partitioned(sql: SQL) -> Iterator[datetime]:
     """Days D-5..D+2 around today's midnight, with a sub-partitioned middle and a default."""
     sql("DROP TABLE IF EXISTS retention_part")
-    d = sql("SELECT date_trunc('day', now())")[0][0]
+    d: datetime = sql("SELECT date_trunc('day', now())")[0][0]
     day = timedelta(days=1)
     sql(
         "CREATE TABLE retention_part (id bigint GENERATED ALWAYS AS IDENTITY, "
@@ -197,7 +209,9 @@ def partitioned(sql):
     sql("DROP TABLE IF EXISTS retention_part")
 
 
-def test_partitions_wholly_older_are_dropped_and_only_the_boundary_pruned(sql, partitioned):
+def test_partitions_wholly_older_are_dropped_and_only_the_boundary_pruned(
+    sql: SQL, partitioned: datetime
+) -> None:
     d, day = partitioned, timedelta(days=1)
     cutoff = d - 2 * day + timedelta(hours=12)
     rows = {
@@ -233,7 +247,7 @@ def test_partitions_wholly_older_are_dropped_and_only_the_boundary_pruned(sql, p
     assert steps.steps[-1].final and steps.steps[-1].done
 
 
-def test_survey_counts_without_deleting(sql, partitioned):
+def test_survey_counts_without_deleting(sql: SQL, partitioned: datetime) -> None:
     d, day = partitioned, timedelta(days=1)
     for offset in (-5, -4, -3, 1):
         sql("INSERT INTO retention_part (at, label) VALUES (:at, 'x')", at=d + offset * day)
@@ -248,8 +262,8 @@ def test_survey_counts_without_deleting(sql, partitioned):
 
 
 def test_partition_that_cannot_be_locked_is_left_for_the_next_run(
-    sql, partitioned, database_url, monkeypatch
-):
+    sql: SQL, partitioned: datetime, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d, day = partitioned, timedelta(days=1)
     cutoff = d - 2 * day + timedelta(hours=12)
     for at in (d - 5 * day, d - 4 * day, cutoff - timedelta(hours=1)):
@@ -278,7 +292,7 @@ def test_partition_that_cannot_be_locked_is_left_for_the_next_run(
     assert count(sql, "pg_class", "relname = 'retention_part_old'") == 0
 
 
-def test_batches_never_exceed_the_batch_size_through_bursts_and_gaps(sql):
+def test_batches_never_exceed_the_batch_size_through_bursts_and_gaps(sql: SQL) -> None:
     cutoff = sql("SELECT date_trunc('second', now()) - interval '30 days'")[0][0]
     old = cutoff - timedelta(days=10)
     rows = [
@@ -304,7 +318,7 @@ def test_batches_never_exceed_the_batch_size_through_bursts_and_gaps(sql):
     assert sum(sizes) == len(rows) + 1 and max(sizes) <= 1000
 
 
-def test_batches_on_a_timestamp_without_time_zone_column(sql):
+def test_batches_on_a_timestamp_without_time_zone_column(sql: SQL) -> None:
     sql("DROP TABLE IF EXISTS retention_naive")
     sql("CREATE TABLE retention_naive (id int PRIMARY KEY, at timestamp NOT NULL)")
     sql("CREATE INDEX ON retention_naive (at)")
@@ -329,7 +343,9 @@ def test_batches_on_a_timestamp_without_time_zone_column(sql):
         sql("DROP TABLE retention_naive")
 
 
-def test_a_batch_cancelled_by_its_statement_timeout_is_redone_at_half_the_size(sql, monkeypatch):
+def test_a_batch_cancelled_by_its_statement_timeout_is_redone_at_half_the_size(
+    sql: SQL, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One slow row (slow once: a sequence is not rolled back) makes its batch overrun the
     statement timeout; the batch is rolled back and redone at half the size, and every row
     is counted once."""
@@ -351,15 +367,21 @@ def test_a_batch_cancelled_by_its_statement_timeout_is_redone_at_half_the_size(s
         "INSERT INTO retention_guard SELECT g, "
         "now() - interval '40 days' + make_interval(mins => g) FROM generate_series(1, 4000) g"
     )
-    tried = []
+    tried: list[tuple[str, int]] = []
     real = pruning.delete_batch
 
-    def spy(conn, target, relation, cutoff, cursor):
+    def spy(
+        conn: pg8000.native.Connection,
+        target: Target,
+        relation: str,
+        cutoff: PgTimestamp,
+        cursor: KeysetCursor,
+    ) -> BatchResult:
         size = cursor.size
         try:
             return real(conn, target, relation, cutoff, cursor)
         except Exception as exc:
-            tried.append((pruning.sqlstate(exc), size))
+            tried.append((sqlstate(exc), size))
             raise
 
     monkeypatch.setattr(pruning, "delete_batch", spy)

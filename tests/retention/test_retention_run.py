@@ -7,12 +7,15 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from pg8000.exceptions import DatabaseError
 
 from ops.retention_policies import PolicyError
+from tests.support.db import SQL
 from tests.support.metrics import scrape_samples, value
 from tests.support.retention import (
     EVENTS,
@@ -41,7 +44,9 @@ PAYLOAD_KEYS = {
 }
 
 
-def test_scheduled_run_prunes_each_table_and_audits_it_once(sql, log_lines, monkeypatch):
+def test_scheduled_run_prunes_each_table_and_audits_it_once(
+    sql: SQL, log_lines: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(
         "RETENTION_POLICIES",
         policies(("inbound_events", "received_at", 30, 3), ("chat_sessions", "updated_at", 90, 3)),
@@ -105,7 +110,7 @@ def test_scheduled_run_prunes_each_table_and_audits_it_once(sql, log_lines, monk
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EVENTS.glob("retention-*.json")))
-def test_every_sample_event_runs(sql, name):
+def test_every_sample_event_runs(sql: SQL, name: str) -> None:
     seed(sql)
     result = run(event(name))
     assert result["status"] == "completed"
@@ -116,7 +121,9 @@ def test_every_sample_event_runs(sql, name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["retention-scheduler.json", "retention-dry-run.json"])
-def test_tools_invoke_runs_the_function_with_an_event_file(sql, db_env, name):
+def test_tools_invoke_runs_the_function_with_an_event_file(
+    sql: SQL, db_env: str, name: str
+) -> None:
     seed(sql)
     env = {**os.environ, "DATABASE_URL": db_env, "PYTHONPATH": PYTHONPATH}
     proc = subprocess.run(
@@ -141,7 +148,9 @@ def test_tools_invoke_runs_the_function_with_an_event_file(sql, db_env, name):
     assert '"status":"started"' in proc.stderr and '"type":"retention"' in proc.stderr
 
 
-def test_dry_run_reports_counts_and_oldest_row_and_deletes_nothing(sql, log_lines):
+def test_dry_run_reports_counts_and_oldest_row_and_deletes_nothing(
+    sql: SQL, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     seed(sql)
     oldest = sql("SELECT min(received_at) FROM inbound_events")[0][0]
 
@@ -158,13 +167,15 @@ def test_dry_run_reports_counts_and_oldest_row_and_deletes_nothing(sql, log_line
     assert all(x["dryRun"] is True for x in lines(log_lines, type="retention"))
 
 
-def test_dry_run_can_be_limited_to_some_tables(sql):
+def test_dry_run_can_be_limited_to_some_tables(sql: SQL) -> None:
     seed(sql)
     result = run(event("retention-dry-run.json", tables=["chat_sessions"]))
     assert [t["table"] for t in result["tables"]] == ["chat_sessions"]
 
 
-def test_a_table_no_policy_names_is_refused(sql, log_lines):
+def test_a_table_no_policy_names_is_refused(
+    sql: SQL, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     seed(sql)
     with pytest.raises(PolicyError, match="no retention policy names 'audit_logs'"):
         run({"tables": ["inbound_events", "audit_logs"]})
@@ -173,7 +184,7 @@ def test_a_table_no_policy_names_is_refused(sql, log_lines):
 
 
 @pytest.fixture
-def odd_tables(sql):
+def odd_tables(sql: SQL) -> Iterator[None]:
     sql("CREATE OR REPLACE VIEW retention_view AS SELECT * FROM inbound_events")
     sql(
         "CREATE TABLE IF NOT EXISTS retention_child (id int PRIMARY KEY, "
@@ -203,7 +214,14 @@ def odd_tables(sql):
         ({"table": "audit_logs", "column": "occurred_at", "maxAgeDays": 1}, "never pruned"),
     ],
 )
-def test_invalid_policies_delete_nothing(sql, log_lines, monkeypatch, odd_tables, bad, message):
+def test_invalid_policies_delete_nothing(
+    sql: SQL,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    odd_tables: None,
+    bad: dict[str, object],
+    message: str,
+) -> None:
     seed(sql)
     valid = {"table": "inbound_events", "column": "received_at", "maxAgeDays": 30}
     monkeypatch.setenv("RETENTION_POLICIES", json.dumps([valid, bad]))
@@ -219,7 +237,9 @@ def test_invalid_policies_delete_nothing(sql, log_lines, monkeypatch, odd_tables
     assert message in failed["error"] and failed["errorType"] == "PolicyError"
 
 
-def test_deleting_that_would_cascade_into_another_table_is_refused(sql, monkeypatch, odd_tables):
+def test_deleting_that_would_cascade_into_another_table_is_refused(
+    sql: SQL, monkeypatch: pytest.MonkeyPatch, odd_tables: None
+) -> None:
     seed(sql)
     monkeypatch.setenv("RETENTION_POLICIES", policies(("inbound_events", "received_at", 30, 10)))
     with pytest.raises(PolicyError, match="cascade into retention_child"):
@@ -235,7 +255,7 @@ def test_deleting_that_would_cascade_into_another_table_is_refused(sql, monkeypa
         "TRUNCATE audit_logs",
     ],
 )
-def test_audit_log_cannot_be_deleted_updated_or_truncated(sql, statement):
+def test_audit_log_cannot_be_deleted_updated_or_truncated(sql: SQL, statement: str) -> None:
     sql(
         "INSERT INTO audit_logs (actor_type, actor_id, action, entity) "
         "VALUES ('system', 'test', 'test.append_only', 'audit_logs')"
@@ -247,8 +267,8 @@ def test_audit_log_cannot_be_deleted_updated_or_truncated(sql, statement):
 
 
 def test_missing_index_is_warned_before_the_run_and_pruning_still_works(
-    sql, log_lines, monkeypatch
-):
+    sql: SQL, log_lines: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     sql("DROP TABLE IF EXISTS retention_noindex")
     sql("CREATE TABLE retention_noindex (id int PRIMARY KEY, seen_at timestamptz NOT NULL)")
     sql(
@@ -275,8 +295,11 @@ def test_missing_index_is_warned_before_the_run_and_pruning_still_works(
 
 
 def test_partitioned_table_drops_old_partitions_and_audits_them(
-    sql, log_lines, monkeypatch, daily_partitions
-):
+    sql: SQL,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    daily_partitions: datetime,
+) -> None:
     sql(
         "INSERT INTO retention_daily (received_at) "
         "SELECT now() - make_interval(hours => g) FROM generate_series(1, 35 * 24, 5) g"
@@ -314,7 +337,9 @@ def test_partitioned_table_drops_old_partitions_and_audits_them(
     assert line["droppedPartitions"] == expected_drops
 
 
-def test_the_runbooks_audit_query_shows_what_each_entry_deleted(sql, database_url):
+def test_the_runbooks_audit_query_shows_what_each_entry_deleted(
+    sql: SQL, database_url: str
+) -> None:
     """The debugging checklist's audit query, run as written, reads the seed's `deleted`."""
     from ops.db import connect_url
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pg8000.native
@@ -20,7 +20,8 @@ from pg8000.exceptions import DatabaseError
 from ops import db as ops_db
 from ops.db import Database
 from retention.model import LeaseLost
-from tests.support.metrics import scrape_samples
+from tests.support.db import SQL
+from tests.support.metrics import Samples, scrape_samples
 from tests.support.retention import (
     FAST_SETTINGS,
     Crash,
@@ -43,21 +44,21 @@ SMALL_BATCHES = policies(
 )
 
 
-def expired(sql) -> tuple[int, int]:
+def expired(sql: SQL) -> tuple[int, int]:
     return (
         count(sql, "inbound_events", "event_type = 'expired'"),
         count(sql, "chat_sessions", "user_ref = 'expired'"),
     )
 
 
-def fresh(sql) -> tuple[int, int]:
+def fresh(sql: SQL) -> tuple[int, int]:
     return (
         count(sql, "inbound_events", "event_type = 'fresh'"),
         count(sql, "chat_sessions", "user_ref = 'fresh'"),
     )
 
 
-def audited_rows(sql, run_id: str, table: str) -> int:
+def audited_rows(sql: SQL, run_id: str, table: str) -> int:
     return sum(e["rowsDeleted"] for e in audit_entries(sql, run_id, table))
 
 
@@ -77,7 +78,12 @@ def new_container() -> None:
         ("retention-scheduled-event.json", {"time": "2026-11-22T03:00:07Z"}),
     ],
 )
-def test_duplicate_delivery_neither_prunes_again_nor_audits_again(sql, log_lines, name, redelivery):
+def test_duplicate_delivery_neither_prunes_again_nor_audits_again(
+    sql: SQL,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    name: str,
+    redelivery: dict[str, str],
+) -> None:
     seed(sql)
     first = run(event(name))
     assert first["status"] == "completed" and expired(sql) == (0, 0)
@@ -99,7 +105,7 @@ def test_duplicate_delivery_neither_prunes_again_nor_audits_again(sql, log_lines
     assert skipped["reason"] == "duplicate" and skipped["name"] == "retention"
 
 
-def test_manual_runs_are_told_apart_by_request_id_and_retries_of_one_are_not(sql):
+def test_manual_runs_are_told_apart_by_request_id_and_retries_of_one_are_not(sql: SQL) -> None:
     seed(sql)
     assert run({}, FakeContext(request_id="req-a"))["status"] == "completed"
     seed(sql, events_fresh=0, sessions_fresh=0)
@@ -125,7 +131,9 @@ class Pausing(FakeContext):
         return super().get_remaining_time_in_millis()
 
 
-def _in_thread(evt: Any, context: FakeContext, results: dict[str, Any], name: str):
+def _in_thread(
+    evt: Any, context: FakeContext, results: dict[str, Any], name: str
+) -> threading.Thread:
     from retention.run import run_retention
 
     def target() -> None:
@@ -143,10 +151,18 @@ def _in_thread(evt: Any, context: FakeContext, results: dict[str, Any], name: st
 
 
 @pytest.mark.parametrize("same_run", [False, True], ids=["different-runs", "same-run-twice"])
-def test_two_runs_at_once_do_not_overlap(sql, log_lines, monkeypatch, same_run):
+def test_two_runs_at_once_do_not_overlap(
+    sql: SQL,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    same_run: bool,
+) -> None:
     monkeypatch.setenv("RETENTION_POLICIES", SMALL_BATCHES)
     seed(sql, events_expired=40)
-    waiting = lambda: bool(lines(log_lines, type="job", status="waiting"))  # noqa: E731
+
+    def waiting() -> bool:
+        return bool(lines(log_lines, type="job", status="waiting"))
+
     first_event = event("retention-scheduler.json")
     second_event = first_event if same_run else event("retention-scheduled-event.json")
     results: dict[str, Any] = {}
@@ -181,7 +197,9 @@ def test_two_runs_at_once_do_not_overlap(sql, log_lines, monkeypatch, same_run):
         assert audited_rows(sql, results["second"]["runId"], "inbound_events") == 0
 
 
-def test_run_skips_and_says_so_when_a_live_run_holds_the_lease(sql, log_lines):
+def test_run_skips_and_says_so_when_a_live_run_holds_the_lease(
+    sql: SQL, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     seed(sql)
     sql(
         "UPDATE retention_lease SET holder = 'other-invocation', run_key = 'manual:other', "
@@ -204,8 +222,11 @@ def test_run_skips_and_says_so_when_a_live_run_holds_the_lease(sql, log_lines):
 # -- deadlines ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("then", ["redelivered", "next day"])
 def test_deadline_mid_table_stops_cleanly_and_the_next_run_completes(
-    sql, monkeypatch, log_lines, then
-):
+    sql: SQL,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    then: str,
+) -> None:
     monkeypatch.setenv("RETENTION_POLICIES", SMALL_BATCHES)
     seed(sql, events_expired=40)
     # A virtual clock: each look costs a second; the run gets about seven looks.
@@ -243,16 +264,17 @@ def test_deadline_mid_table_stops_cleanly_and_the_next_run_completes(
     )
 
 
-def test_redelivered_stopped_run_resumes_with_its_own_cutoff_exact_to_the_second(sql):
+def test_redelivered_stopped_run_resumes_with_its_own_cutoff_exact_to_the_second(sql: SQL) -> None:
     # No time at all: the run opens, fixes its cutoffs and stops before deleting anything.
     first = run(event("retention-scheduler.json"), FakeContext(remaining_ms=0))
     assert first["status"] == "stopped"
-    cutoffs = dict(
-        sql(
+    cutoffs: dict[str, datetime] = {
+        table: cutoff
+        for table, cutoff in sql(
             "SELECT table_name, cutoff FROM retention_run_tables WHERE run_key = :k",
             k=first["runId"],
         )
-    )
+    }
     offsets = {"1 s past": -1, "1 us past": -0.000_001, "at": 0, "1 s inside": 1}
     for label, seconds in offsets.items():
         sql(
@@ -301,12 +323,13 @@ class CrashingDatabase(Database):
             yield conn
 
 
-def _crash(sql, where: str) -> str:
+def _crash(sql: SQL, where: str) -> str:
     """Run until a crash mid-table; returns the run key. Batches are 4 rows."""
     from retention.run import run_retention
 
     seed(sql, events_expired=30)
     evt = event("retention-scheduler.json")
+    db: Database
     if where == "between batches":
         # 1 start, 2 first batch, ..., 5 fourth batch: dies after three batches committed.
         db, context = CrashingDatabase(crash_at=5), FakeContext()
@@ -316,13 +339,17 @@ def _crash(sql, where: str) -> str:
     with pytest.raises(Crash):
         run_retention(evt, context, db)
     db.discard()  # the process is gone: its connection with it
-    return next(iter(sql("SELECT run_key FROM retention_runs")))[0]
+    ((run_key,),) = sql("SELECT run_key FROM retention_runs")
+    return str(run_key)
 
 
 @pytest.mark.parametrize("where", ["between batches", "inside a batch"])
 def test_crash_midway_then_retry_finishes_with_every_row_audited_once(
-    sql, monkeypatch, log_lines, where
-):
+    sql: SQL,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    where: str,
+) -> None:
     monkeypatch.setenv("RETENTION_POLICIES", SMALL_BATCHES)
     run_key = _crash(sql, where)
 
@@ -349,7 +376,9 @@ def test_crash_midway_then_retry_finishes_with_every_row_audited_once(
     assert audited_rows(sql, run_key, "chat_sessions") == 4
 
 
-def test_crash_then_another_run_audits_what_the_crashed_one_deleted(sql, monkeypatch):
+def test_crash_then_another_run_audits_what_the_crashed_one_deleted(
+    sql: SQL, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RETENTION_POLICIES", SMALL_BATCHES)
     crashed = _crash(sql, "between batches")
     new_container()
@@ -369,7 +398,7 @@ def test_crash_then_another_run_audits_what_the_crashed_one_deleted(sql, monkeyp
 
 
 @pytest.fixture
-def poisoned(sql):
+def poisoned(sql: SQL) -> Iterator[None]:
     """retention_poison: deleting the row labelled 'poison' fails (as a broken trigger would)."""
     sql("DROP TABLE IF EXISTS retention_poison")
     sql(
@@ -397,7 +426,12 @@ def poisoned(sql):
     sql("DROP FUNCTION retention_poison_guard()")
 
 
-def test_failure_midway_audits_what_was_deleted_then_raises(sql, monkeypatch, log_lines, poisoned):
+def test_failure_midway_audits_what_was_deleted_then_raises(
+    sql: SQL,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    poisoned: None,
+) -> None:
     seed(sql)
     monkeypatch.setenv(
         "RETENTION_POLICIES",
@@ -426,7 +460,9 @@ def test_failure_midway_audits_what_was_deleted_then_raises(sql, monkeypatch, lo
     ]
 
 
-def test_holder_that_lost_its_lease_deletes_nothing_more(sql, log_lines):
+def test_holder_that_lost_its_lease_deletes_nothing_more(
+    sql: SQL, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     seed(sql)
 
     class Thief(FakeContext):
@@ -444,8 +480,8 @@ def test_holder_that_lost_its_lease_deletes_nothing_more(sql, log_lines):
 
 
 # -- metrics --------------------------------------------------------------------------------------
-def test_metrics_reach_the_store_and_the_scrape(sql):
-    def delta(after, before, name: str, **labels: str) -> float:
+def test_metrics_reach_the_store_and_the_scrape(sql: SQL) -> None:
+    def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
         return after.get(key, 0.0) - before.get(key, 0.0)
 
@@ -474,8 +510,8 @@ def test_metrics_reach_the_store_and_the_scrape(sql):
 
 @pytest.mark.slow
 def test_process_killed_mid_run_then_retry_finishes_with_every_row_audited_once(
-    sql, db_env, monkeypatch
-):
+    sql: SQL, db_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A real crash: SIGKILL of a process deleting in batches, whatever it was doing."""
     monkeypatch.setenv("RETENTION_POLICIES", policies(("inbound_events", "received_at", 30, 50)))
     seed(sql, events_expired=100_000, sessions_expired=0, sessions_fresh=0)

@@ -13,12 +13,13 @@ every timestamp the run's connection receives.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import pg8000.native
 import pytest
 
 from ops.db import Database
@@ -211,8 +212,13 @@ def _iso(value: datetime) -> str:
 @pytest.mark.parametrize("setting", ["database", "role"])
 @pytest.mark.parametrize("zone", ZONES)
 def test_exactly_the_rows_older_than_the_recorded_cutoff_go(
-    sql, database_url, monkeypatch, zone, setting, dry_run
-):
+    sql: SQL,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    zone: str,
+    setting: str,
+    dry_run: bool,
+) -> None:
     settings = run_time_zone(sql, database_url, monkeypatch, setting, zone)
     _prune_around_the_cutoff(
         sql, monkeypatch, settings, zone, dry_run, f"tz-{_slug(zone)}-{setting}"
@@ -220,7 +226,9 @@ def test_exactly_the_rows_older_than_the_recorded_cutoff_go(
 
 
 @pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
-def test_the_databases_datestyle_changes_nothing(sql, database_url, monkeypatch, dry_run):
+def test_the_databases_datestyle_changes_nothing(
+    sql: SQL, database_url: str, monkeypatch: pytest.MonkeyPatch, dry_run: bool
+) -> None:
     """Day before month and zone abbreviations (`06.11.2026 17:44:21.5 IST`, which
     PostgreSQL 15 reads back as Israel's): the run's connection prints ISO all the same."""
     database = sql("SELECT current_database()")[0][0]
@@ -249,8 +257,12 @@ def bouncer(pg_cluster: PgCluster) -> Iterator[PgBouncer]:
 @pytest.mark.usefixtures("neighbours")
 @pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
 def test_through_a_transaction_pooler_in_another_datestyle(
-    pg_cluster, bouncer, pg_connect, monkeypatch, dry_run
-):
+    pg_cluster: PgCluster,
+    bouncer: PgBouncer,
+    pg_connect: Callable[..., pg8000.native.Connection],
+    monkeypatch: pytest.MonkeyPatch,
+    dry_run: bool,
+) -> None:
     """The run's transactions land on either of two server connections that two other
     clients share: the TimeZone and the DateStyle it reads in follow it (PgBouncer tracks
     both per client)."""
@@ -403,8 +415,8 @@ ODD_TABLES = {  # name suffix -> the rows it holds, partitioned
 @pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
 @pytest.mark.parametrize("zone", ["UTC", "America/New_York"])
 def test_infinities_bc_dates_nulls_and_far_future_rows(
-    sql, database_url, monkeypatch, zone, dry_run
-):
+    sql: SQL, database_url: str, monkeypatch: pytest.MonkeyPatch, zone: str, dry_run: bool
+) -> None:
     names = {}
     for kind, sql_type in TYPES.items():
         for suffix, (labels, partitioned) in ODD_TABLES.items():
@@ -448,7 +460,7 @@ def test_infinities_bc_dates_nulls_and_far_future_rows(
 
 
 # -- column types ----------------------------------------------------------------------------
-def test_column_types_timestamps_of_any_precision_pass_and_others_are_named(sql):
+def test_column_types_timestamps_of_any_precision_pass_and_others_are_named(sql: SQL) -> None:
     sql("DROP TABLE IF EXISTS retention_types")
     sql("DROP DOMAIN IF EXISTS retention_instant")
     sql("CREATE DOMAIN retention_instant AS timestamptz(3)")
@@ -481,7 +493,9 @@ def test_column_types_timestamps_of_any_precision_pass_and_others_are_named(sql)
 
 # -- reading -------------------------------------------------------------------------------
 @pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata"])
-def test_every_timestamp_read_is_the_value_the_server_holds(database_url, pg_connect, zone):
+def test_every_timestamp_read_is_the_value_the_server_holds(
+    database_url: str, pg_connect: Callable[..., pg8000.native.Connection], zone: str
+) -> None:
     """What the run's connection reads, sent back cast to the column's type, is the very
     value; a value no datetime holds stays text (never a year AD for a BC date)."""
     conn = pg_connect(database_url)

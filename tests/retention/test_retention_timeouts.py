@@ -3,6 +3,8 @@ that shrink until they fit, a deadline margin that follows the time the run was 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import pytest
 from pg8000.exceptions import DatabaseError
 
@@ -10,6 +12,7 @@ from ops.config import settings
 from ops.db import get_db
 from retention import pruning
 from retention.run import Budget, job_database, run_limits
+from tests.support.db import SQL
 from tests.support.retention import (
     FAST_SETTINGS,
     FakeContext,
@@ -25,14 +28,14 @@ pytestmark = pytest.mark.usefixtures("retention_slate")
 
 
 @pytest.fixture
-def default_settings(monkeypatch):
+def default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """The timing knobs as deployed (the retention slate shortens them for speed)."""
     for name in FAST_SETTINGS:
         monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
-def slow_deletes(sql):
+def slow_deletes(sql: SQL) -> Iterator[None]:
     """Every DELETE statement on inbound_events takes 2.5 s (a busy table, a trigger)."""
     sql(
         "CREATE OR REPLACE FUNCTION retention_test_slow() RETURNS trigger LANGUAGE plpgsql "
@@ -48,7 +51,7 @@ def slow_deletes(sql):
 
 
 @pytest.fixture
-def slow_rows(sql):
+def slow_rows(sql: SQL) -> Iterator[Callable[[int, float], None]]:
     """retention_slow: deleting a row takes `delay` seconds (the row's own column)."""
     sql("DROP TABLE IF EXISTS retention_slow")
     sql(
@@ -79,7 +82,7 @@ def slow_rows(sql):
     sql("DROP FUNCTION retention_slow_row()")
 
 
-def test_timeouts_per_use(db_env, default_settings):
+def test_timeouts_per_use(db_env: str, default_settings: None) -> None:
     """Health and metrics keep the short defaults; the retention run's connection is sized
     for batches, its socket outwaiting its statement timeout."""
     container = get_db().connection()
@@ -100,8 +103,8 @@ def test_timeouts_per_use(db_env, default_settings):
 
 
 def test_delete_statements_of_2_5_s_each_complete_with_default_settings(
-    sql, monkeypatch, default_settings, slow_deletes
-):
+    sql: SQL, monkeypatch: pytest.MonkeyPatch, default_settings: None, slow_deletes: None
+) -> None:
     monkeypatch.setenv(
         "RETENTION_POLICIES",
         policies(("inbound_events", "received_at", 30, 4), ("chat_sessions", "updated_at", 90, 4)),
@@ -121,8 +124,8 @@ def test_delete_statements_of_2_5_s_each_complete_with_default_settings(
 
 
 def test_a_batch_over_its_statement_timeout_is_retried_smaller_until_it_fits(
-    sql, monkeypatch, slow_rows
-):
+    sql: SQL, monkeypatch: pytest.MonkeyPatch, slow_rows: Callable[[int, float], None]
+) -> None:
     # 10 ms a row under a 200 ms statement timeout: 256 -> 128 -> 64 -> 32 -> 16 rows, four
     # cancelled batches before one fits; the floor is lowered so that small batches go on.
     monkeypatch.setattr(pruning, "MIN_BATCH_SIZE", 2)
@@ -141,8 +144,8 @@ def test_a_batch_over_its_statement_timeout_is_retried_smaller_until_it_fits(
 
 
 def test_a_batch_cancelled_at_the_floor_fails_the_run_and_audits_what_was_done(
-    sql, monkeypatch, slow_rows
-):
+    sql: SQL, monkeypatch: pytest.MonkeyPatch, slow_rows: Callable[[int, float], None]
+) -> None:
     monkeypatch.setattr(pruning, "MIN_BATCH_SIZE", 2)
     monkeypatch.setenv("RETENTION_STATEMENT_TIMEOUT_MS", "200")
     monkeypatch.setenv("RETENTION_POLICIES", policies(("retention_slow", "at", 30, 8)))
@@ -163,12 +166,13 @@ def test_a_batch_cancelled_at_the_floor_fails_the_run_and_audits_what_was_done(
     [(30_000, 7_500, 2_500), (60_000, 15_000, 5_000), (900_000, 30_000, 10_000)],
 )
 def test_the_margin_is_a_quarter_of_the_time_at_start_up_to_30_s(
-    default_settings, remaining_ms, margin_ms, statement_ms
-):
+    default_settings: None, remaining_ms: int, margin_ms: int, statement_ms: int
+) -> None:
     cfg = settings()
     context = FakeContext(remaining_ms=remaining_ms)
     budget = Budget(context, cfg.retention_deadline_margin_ms)
     assert budget.remaining_ms() == remaining_ms - margin_ms
+    assert budget.margin_ms is not None  # fixed at the first look, above
     limits = run_limits(cfg, budget.margin_ms)
     assert (limits.statement_timeout_ms, limits.lock_timeout_ms) == (statement_ms, 500)
     # With no time left at all, the closing audit entry still gets a second to commit.
@@ -177,8 +181,8 @@ def test_the_margin_is_a_quarter_of_the_time_at_start_up_to_30_s(
 
 @pytest.mark.parametrize("remaining_ms", [30_000, 60_000, 900_000])
 def test_a_run_invoked_with_little_time_left_still_deletes_rows(
-    sql, monkeypatch, default_settings, remaining_ms
-):
+    sql: SQL, monkeypatch: pytest.MonkeyPatch, default_settings: None, remaining_ms: int
+) -> None:
     monkeypatch.setenv(
         "RETENTION_POLICIES",
         policies(("inbound_events", "received_at", 30, 4), ("chat_sessions", "updated_at", 90, 4)),

@@ -7,13 +7,16 @@ in PostgreSQL, the log line and the response say the same of every table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from retention import model, report
+from retention.model import StopReason, Survey, TableExit, TableOutcome, Trigger
+from retention.report import audit_payload, log_fields, response_entry
+from tests.support.db import SQL
 from tests.support.retention import audit_entries, event, lines, policies, run, seed
 
 CUTOFF = datetime(2026, 10, 30, 18, 38, 40, 679531, tzinfo=UTC)
@@ -21,43 +24,35 @@ CUTOFF_TEXT = "2026-10-30T18:38:40.679531Z"
 AUDIT_COLUMNS = {"entity", "actor_type", "actor_id", "action"}
 
 
-@pytest.fixture(scope="module")
-def t() -> Any:
-    """The vocabulary (model) and the renderings (report), in one namespace."""
-    return SimpleNamespace(**{**vars(model), **vars(report)})
-
-
-def outcome(t: Any, table_exit: Any, **fields: Any) -> Any:
-    return t.TableOutcome(
-        **{
-            "table": "retention_daily",
-            "run_id": "manual:r1",
-            "trigger": "manual",
-            "attempt": 2,
-            "dry_run": False,
-            "cutoff": CUTOFF,
-            "rows_deleted": 3,
-            "batches": 1,
-            "partitions_dropped": ("public.retention_daily_00", "public.retention_daily_01"),
-            "partition_rows_estimate": 11,
-            "exit": table_exit,
-            **fields,
-        }
+def outcome(table_exit: TableExit, **fields: Any) -> TableOutcome:
+    base = TableOutcome(
+        table="retention_daily",
+        run_id="manual:r1",
+        trigger=Trigger.MANUAL,
+        attempt=2,
+        dry_run=False,
+        cutoff=CUTOFF,
+        rows_deleted=3,
+        batches=1,
+        partitions_dropped=("public.retention_daily_00", "public.retention_daily_01"),
+        partition_rows_estimate=11,
+        exit=table_exit,
     )
+    return replace(base, **fields)
 
 
-def locked(t: Any) -> Any:
-    table_exit = t.TableExit(
+def locked() -> TableOutcome:
+    table_exit = TableExit(
         completed=False,
         duration_ms=213,
-        stopped_by=t.StopReason.LOCKED,
+        stopped_by=StopReason.LOCKED,
         partitions_skipped=("public.retention_daily_02",),
     )
-    return outcome(t, table_exit)
+    return outcome(table_exit)
 
 
-def test_the_audit_payload_has_the_seed_deleted_and_every_count(t) -> None:
-    assert t.audit_payload(locked(t)) == {
+def test_the_audit_payload_has_the_seed_deleted_and_every_count() -> None:
+    assert audit_payload(locked()) == {
         "deleted": 14,
         "runId": "manual:r1",
         "trigger": "manual",
@@ -73,11 +68,11 @@ def test_the_audit_payload_has_the_seed_deleted_and_every_count(t) -> None:
         "stoppedBy": "locked",
         "partitionsSkipped": ["public.retention_daily_02"],
     }
-    assert type(t.audit_payload(locked(t))["stoppedBy"]) is str  # the value, not the enum
+    assert type(audit_payload(locked())["stoppedBy"]) is str  # the value, not the enum
 
 
-def test_the_log_line_counts_partitions_and_names_them_apart(t) -> None:
-    assert t.log_fields(locked(t)) == {
+def test_the_log_line_counts_partitions_and_names_them_apart() -> None:
+    assert log_fields(locked()) == {
         "type": "retention",
         "table": "retention_daily",
         "runId": "manual:r1",
@@ -96,14 +91,13 @@ def test_the_log_line_counts_partitions_and_names_them_apart(t) -> None:
     }
 
 
-def test_the_response_entry_is_the_audit_payload_with_the_table(t) -> None:
-    assert t.response_entry(locked(t)) == {"table": "retention_daily", **t.audit_payload(locked(t))}
+def test_the_response_entry_is_the_audit_payload_with_the_table() -> None:
+    assert response_entry(locked()) == {"table": "retention_daily", **audit_payload(locked())}
 
 
-def test_a_table_an_earlier_attempt_finished_reports_zeros_and_no_audit_fields(t) -> None:
+def test_a_table_an_earlier_attempt_finished_reports_zeros_and_no_audit_fields() -> None:
     done = outcome(
-        t,
-        t.TableExit(completed=True, duration_ms=0),
+        TableExit(completed=True, duration_ms=0),
         rows_deleted=0,
         batches=0,
         partitions_dropped=(),
@@ -121,12 +115,12 @@ def test_a_table_an_earlier_attempt_finished_reports_zeros_and_no_audit_fields(t
         "dryRun": False,
         "durationMs": 0,
     }
-    assert t.response_entry(done) == {
+    assert response_entry(done) == {
         "table": "retention_daily",
         **summary,
         "alreadyCompleted": True,
     }
-    assert t.log_fields(done) == {
+    assert log_fields(done) == {
         "type": "retention",
         "table": "retention_daily",
         **summary,
@@ -135,32 +129,30 @@ def test_a_table_an_earlier_attempt_finished_reports_zeros_and_no_audit_fields(t
     }
 
 
-def test_each_particular_appears_only_on_the_outcomes_that_have_it(t) -> None:
-    survey = t.Survey(5, datetime(2026, 9, 1, tzinfo=UTC), ["public.p_00"])
-    dry = outcome(t, t.TableExit(completed=True, duration_ms=7, survey=survey), dry_run=True)
+def test_each_particular_appears_only_on_the_outcomes_that_have_it() -> None:
+    survey = Survey(5, datetime(2026, 9, 1, tzinfo=UTC), ["public.p_00"])
+    dry = outcome(TableExit(completed=True, duration_ms=7, survey=survey), dry_run=True)
     crash = outcome(
-        t,
-        t.TableExit(
-            completed=True, duration_ms=None, stopped_by=t.StopReason.CRASH, recovered_by="m:2"
+        TableExit(
+            completed=True, duration_ms=None, stopped_by=StopReason.CRASH, recovered_by="m:2"
         ),
     )
     failed = outcome(
-        t,
-        t.TableExit(
-            completed=False, duration_ms=None, stopped_by=t.StopReason.ERROR, error="P0001: x"
-        ),
+        TableExit(completed=False, duration_ms=None, stopped_by=StopReason.ERROR, error="P0001: x"),
     )
-    base = set(t.audit_payload(outcome(t, t.TableExit(completed=True, duration_ms=1))))
-    assert set(t.audit_payload(dry)) - base == {"wouldDelete", "oldest", "wouldDropPartitions"}
-    assert t.audit_payload(dry)["oldest"] == "2026-09-01T00:00:00Z"
-    assert t.audit_payload(crash).items() >= {"stoppedBy": "crash", "recoveredBy": "m:2"}.items()
-    assert t.audit_payload(failed).items() >= {"stoppedBy": "error", "error": "P0001: x"}.items()
-    assert set(t.audit_payload(crash)) - base == {"recoveredBy"}
-    assert set(t.audit_payload(failed)) - base == {"error"}
+    base = set(audit_payload(outcome(TableExit(completed=True, duration_ms=1))))
+    assert set(audit_payload(dry)) - base == {"wouldDelete", "oldest", "wouldDropPartitions"}
+    assert audit_payload(dry)["oldest"] == "2026-09-01T00:00:00Z"
+    assert audit_payload(crash).items() >= {"stoppedBy": "crash", "recoveredBy": "m:2"}.items()
+    assert audit_payload(failed).items() >= {"stoppedBy": "error", "error": "P0001: x"}.items()
+    assert set(audit_payload(crash)) - base == {"recoveredBy"}
+    assert set(audit_payload(failed)) - base == {"error"}
 
 
 @pytest.mark.usefixtures("retention_slate")
-def test_the_audit_entry_the_log_line_and_the_response_agree(sql, log_lines, monkeypatch) -> None:
+def test_the_audit_entry_the_log_line_and_the_response_agree(
+    sql: SQL, log_lines: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(
         "RETENTION_POLICIES",
         policies(("inbound_events", "received_at", 30, 3), ("chat_sessions", "updated_at", 90, 3)),
