@@ -65,7 +65,7 @@ def test_options_says_which_methods_a_route_answers(
     ],
 )
 def test_malformed_event_is_400_json_and_an_error_log(
-    event: Any, log_lines: Callable[[], list[dict[str, Any]]]
+    event: object, log_lines: Callable[[], list[dict[str, Any]]]
 ) -> None:
     handler = function_handler("health")
     resp = handler(event, LambdaContext("health", 5))
