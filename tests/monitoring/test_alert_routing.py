@@ -296,9 +296,11 @@ def _get_json(url: str) -> Any:
 T = TypeVar("T")
 
 
-def _wait_for(what: str, probe: Callable[[], T | None], seconds: float = 60) -> T:
+def _wait_for(what: str, probe: Callable[[], T], seconds: float = 60) -> T:
+    """What `probe` finds once it is truthy (an OSError counts as nothing found yet)."""
     deadline = time.monotonic() + seconds  # a bound on the run, not a performance assertion
     while time.monotonic() < deadline:
+        found: T | None
         try:
             found = probe()
         except OSError:
