@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from tests.support.runtime import function_handler
+from tests.support.runtime import FunctionInvoker, function_handler
 from tools.runtime.handler import LambdaContext
 
 
-def test_unknown_route_is_404_json(db_env, health_api):
+def test_unknown_route_is_404_json(db_env: str, health_api: FunctionInvoker) -> None:
     status, _, body = health_api("/nope", resource="/{proxy+}")
     assert status == 404
     assert body["error"] == "not_found"
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE", "PUT"])
-def test_wrong_method_is_405_with_allow(db_env, health_api, method):
+def test_wrong_method_is_405_with_allow(
+    db_env: str, health_api: FunctionInvoker, method: str
+) -> None:
     status, headers, body = health_api("/health", method=method)
     assert status == 405
     assert headers["Allow"] == "GET, HEAD, OPTIONS"
@@ -25,7 +29,9 @@ def test_wrong_method_is_405_with_allow(db_env, health_api, method):
 
 
 @pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready"])
-def test_head_answers_the_gets_status_and_headers_with_an_empty_body(db_env, path):
+def test_head_answers_the_gets_status_and_headers_with_an_empty_body(
+    db_env: str, path: str
+) -> None:
     """Load balancers and uptime checkers probe with HEAD."""
     from tests.support.runtime import call_api
 
@@ -36,7 +42,9 @@ def test_head_answers_the_gets_status_and_headers_with_an_empty_body(db_env, pat
     assert got_body  # the GET has one
 
 
-def test_options_says_which_methods_a_route_answers(db_env, health_api):
+def test_options_says_which_methods_a_route_answers(
+    db_env: str, health_api: FunctionInvoker
+) -> None:
     status, headers, body = health_api("/health/detailed", method="OPTIONS")
     assert status == 204 and body == ""
     assert headers["Allow"] == "GET, HEAD, OPTIONS"
@@ -56,7 +64,9 @@ def test_options_says_which_methods_a_route_answers(db_env, health_api):
         {"httpMethod": 5, "path": "/health"},
     ],
 )
-def test_malformed_event_is_400_json_and_an_error_log(event, log_lines):
+def test_malformed_event_is_400_json_and_an_error_log(
+    event: object, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     handler = function_handler("health")
     resp = handler(event, LambdaContext("health", 5))
     assert resp["statusCode"] == 400
@@ -67,9 +77,14 @@ def test_malformed_event_is_400_json_and_an_error_log(event, log_lines):
     assert not any("Traceback" in json.dumps(line) for line in log_lines())
 
 
-def test_handler_exception_is_500_json(db_env, health_api, monkeypatch, log_lines):
+def test_handler_exception_is_500_json(
+    db_env: str,
+    health_api: FunctionInvoker,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
 
-    def boom():
+    def boom() -> None:
         raise RuntimeError("kaput")
 
     monkeypatch.setattr("health.app.configured_checks", boom)
@@ -82,7 +97,9 @@ def test_handler_exception_is_500_json(db_env, health_api, monkeypatch, log_line
     assert request_line["statusCode"] == 500
 
 
-def test_request_log_line_fields(db_env, health_api, log_lines):
+def test_request_log_line_fields(
+    db_env: str, health_api: FunctionInvoker, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     status, _, _ = health_api("/health", headers={"User-Agent": "t"})
     (line,) = [entry for entry in log_lines() if entry.get("type") == "request"]
     assert line["method"] == "GET"
@@ -97,7 +114,13 @@ def test_request_log_line_fields(db_env, health_api, log_lines):
     assert "cold_start" in line
 
 
-def test_no_password_in_any_log_line(health_api, monkeypatch, log_lines, closed_port, blackhole):
+def test_no_password_in_any_log_line(
+    health_api: FunctionInvoker,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    closed_port: int,
+    blackhole: int,
+) -> None:
     secret = "Pa55w0rd-never-logged"
     monkeypatch.setenv("HEALTH_DB_TIMEOUT_S", "0.5")
     for port in (closed_port, blackhole):
@@ -115,7 +138,7 @@ def test_no_password_in_any_log_line(health_api, monkeypatch, log_lines, closed_
     assert "app@127.0.0.1" in text  # but with a target an operator can use
 
 
-def test_a_protected_route_stays_closed_until_an_authorizer_is_installed():
+def test_a_protected_route_stays_closed_until_an_authorizer_is_installed() -> None:
     """The router knows no token: a bare Api fails closed on auth routes (ops.wiring
     installs the bearer check), and open routes answer as usual."""
     from ops.api import Api, json_response

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+
+from tests.support.runtime import FunctionInvoker
 
 PROTECTED = ("/health/detailed",)
 
@@ -26,13 +30,13 @@ PROTECTED = ("/health/detailed",)
 )
 @pytest.mark.parametrize("authorization", [None, "Bearer ", "Bearer None", "Bearer 5"])
 def test_an_unusable_token_secret_is_503_never_200(
-    secrets_client,
-    health_api,
-    app_env,
-    log_lines,
-    secret_value,
-    authorization,
-):
+    secrets_client: Any,
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    log_lines: Callable[[], list[dict[str, Any]]],
+    secret_value: str,
+    authorization: str | None,
+) -> None:
     if secret_value == "":
         # Secrets Manager refuses an empty SecretString; a binary empty secret is the same case.
         arn = secrets_client.create_secret(Name="token", SecretBinary=b" ")["ARN"]
@@ -52,7 +56,9 @@ def test_an_unusable_token_secret_is_503_never_200(
 
 
 @pytest.mark.parametrize("value", ["   ", "\t"])
-def test_a_blank_token_variable_is_503(health_api, app_env, value):
+def test_a_blank_token_variable_is_503(
+    health_api: FunctionInvoker, app_env: Callable[..., None], value: str
+) -> None:
     app_env(METRICS_AUTH_TOKEN=value)
     for authorization in (None, "Bearer ", f"Bearer {value}"):
         headers = {"Authorization": authorization} if authorization else {}
@@ -61,7 +67,9 @@ def test_a_blank_token_variable_is_503(health_api, app_env, value):
         assert "METRICS_AUTH_TOKEN is empty" in body["message"]
 
 
-def test_an_unreadable_token_secret_is_503(secrets_client, health_api, app_env):
+def test_an_unreadable_token_secret_is_503(
+    secrets_client: Any, health_api: FunctionInvoker, app_env: Callable[..., None]
+) -> None:
     app_env(
         METRICS_AUTH_TOKEN_SECRET_ARN="arn:aws:secretsmanager:eu-west-1:000000000000:secret:gone"
     )
@@ -70,19 +78,23 @@ def test_an_unreadable_token_secret_is_503(secrets_client, health_api, app_env):
     assert "cannot be read" in body["message"]
 
 
-def test_a_json_token_secret_works(secrets_client, health_api, app_env, db_env):
+def test_a_json_token_secret_works(
+    secrets_client: Any, health_api: FunctionInvoker, app_env: Callable[..., None], db_env: str
+) -> None:
     arn = secrets_client.create_secret(Name="token", SecretString='{"token": " t0k "}')["ARN"]
     app_env(METRICS_AUTH_TOKEN_SECRET_ARN=arn)
     assert health_api("/health/detailed", headers={"Authorization": "Bearer t0k"})[0] == 200
     assert health_api("/health/detailed", headers={"Authorization": "Bearer "})[0] == 401
 
 
-def test_no_token_configured_means_open(health_api, db_env):
+def test_no_token_configured_means_open(health_api: FunctionInvoker, db_env: str) -> None:
     assert health_api("/health/detailed")[0] == 200
 
 
 @pytest.mark.parametrize("authorization", ["Bearer \udcff", "\ud800", "Bearer t0k\udc80"])
-def test_a_lone_surrogate_in_authorization_is_401_not_500(health_api, app_env, authorization):
+def test_a_lone_surrogate_in_authorization_is_401_not_500(
+    health_api: FunctionInvoker, app_env: Callable[..., None], authorization: str
+) -> None:
     app_env(METRICS_AUTH_TOKEN="t0k")
     status, _, body = health_api("/health/detailed", headers={"Authorization": authorization})
     assert status == 401 and body["error"] == "unauthorized"

@@ -5,8 +5,10 @@ is what promtool's test of the real rule is fed."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import pg8000.native
 import pytest
 import yaml
 
@@ -14,18 +16,23 @@ from tests.support.binaries import require_binary
 from tests.support.metrics import TOKEN, metrics_database, parse, scrape, truncate_metrics
 from tests.support.monitoring import MONITORING
 from tests.support.runtime import call_api, function_handler
+from tools.localdb.pgcluster import PgCluster
 
 GUESSES = 50
 AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def auth_db(pg_cluster) -> str:
+def auth_db(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "auth_failures")
 
 
 @pytest.fixture
-def protected(auth_db, pg_connect, app_env) -> str:
+def protected(
+    auth_db: str,
+    pg_connect: Callable[..., pg8000.native.Connection],
+    app_env: Callable[..., None],
+) -> str:
     from tests.support.db import runner
 
     truncate_metrics(runner(pg_connect(auth_db)))
@@ -50,7 +57,9 @@ def _failures() -> dict[tuple[str, str], float]:
     }
 
 
-def test_fifty_wrong_tokens_count_fifty_and_fire_the_burst_alert(protected, tmp_path: Path):
+def test_fifty_wrong_tokens_count_fifty_and_fire_the_burst_alert(
+    protected: str, tmp_path: Path
+) -> None:
     health = function_handler("health")
     for i in range(GUESSES):
         status, _, _ = call_api(
@@ -111,7 +120,9 @@ def test_fifty_wrong_tokens_count_fifty_and_fire_the_burst_alert(protected, tmp_
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_a_misconfigured_token_counts_as_misconfigured(protected, app_env):
+def test_a_misconfigured_token_counts_as_misconfigured(
+    protected: str, app_env: Callable[..., None]
+) -> None:
     health = function_handler("health")
     app_env(METRICS_AUTH_TOKEN="   ")  # configured, but blank: 503, never open
     for _ in range(3):
@@ -123,7 +134,7 @@ def test_a_misconfigured_token_counts_as_misconfigured(protected, app_env):
     assert _failures() == {("/health/detailed", "misconfigured"): 3.0}
 
 
-def test_an_unknown_reason_is_refused_by_the_catalogue():
+def test_an_unknown_reason_is_refused_by_the_catalogue() -> None:
     from ops.metrics import catalogue as m
 
     with pytest.raises(ValueError, match="reason must be one of"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,9 +23,11 @@ def strict_log() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
-    previous = logger.registered_handler.setStream(stream)
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)  # Powertools' stdout handler
+    previous = handler.setStream(stream)
     yield lambda: [json.loads(line) for line in raw.getvalue().decode().split("\n") if line]
-    logger.registered_handler.setStream(previous)
+    handler.setStream(previous)
 
 
 def invoke(function: str, event: Any) -> tuple[int, dict[str, Any]]:
@@ -46,7 +49,9 @@ def event(path: str = "/health/live", **changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "resource", [["/health/live"], {"a": 1}, 5, None, "", "/health/nope", {"/health/live": 1}]
 )
-def test_resource_of_any_type_routes_by_path_not_500(strict_log, resource):
+def test_resource_of_any_type_routes_by_path_not_500(
+    strict_log: Callable[[], list[dict[str, Any]]], resource: object
+) -> None:
     resp = function_handler("health")(event(resource=resource), LambdaContext("health", 5))
     assert resp["statusCode"] == 200
     (line,) = requests(strict_log())
@@ -54,7 +59,9 @@ def test_resource_of_any_type_routes_by_path_not_500(strict_log, resource):
 
 
 @pytest.mark.parametrize("path", ["/health/\udcff", "/\ud800", "/a\udfff\ud800b"])
-def test_a_lone_surrogate_in_the_path_is_404_with_its_log_line(strict_log, path):
+def test_a_lone_surrogate_in_the_path_is_404_with_its_log_line(
+    strict_log: Callable[[], list[dict[str, Any]]], path: str
+) -> None:
     status, body = invoke("health", event(path))
     assert status == 404 and body["error"] == "not_found"
     (line,) = requests(strict_log())
@@ -62,7 +69,9 @@ def test_a_lone_surrogate_in_the_path_is_404_with_its_log_line(strict_log, path)
     assert "\\ud" in line["url"]  # escaped, not lost
 
 
-def test_a_lone_surrogate_in_the_method_is_405_with_its_log_line(strict_log):
+def test_a_lone_surrogate_in_the_method_is_405_with_its_log_line(
+    strict_log: Callable[[], list[dict[str, Any]]],
+) -> None:
     status, body = invoke("health", event(httpMethod="G\udcffT"))
     assert status == 405 and body["error"] == "method_not_allowed"
     (line,) = requests(strict_log())
@@ -70,7 +79,9 @@ def test_a_lone_surrogate_in_the_method_is_405_with_its_log_line(strict_log):
 
 
 @pytest.mark.parametrize("function", ["health", "metrics"])
-def test_a_1mb_path_is_414_and_never_echoed_whole(strict_log, function):
+def test_a_1mb_path_is_414_and_never_echoed_whole(
+    strict_log: Callable[[], list[dict[str, Any]]], function: str
+) -> None:
     path = "/" + "a" * 1_000_000
     resp = function_handler(function)(event(path), LambdaContext(function, 5))
     assert resp["statusCode"] == 414 and len(resp["body"]) < 300
@@ -79,7 +90,7 @@ def test_a_1mb_path_is_414_and_never_echoed_whole(strict_log, function):
     assert line["statusCode"] == 414 and len(json.dumps(line)) < 1500
 
 
-def test_echoed_values_are_truncated(strict_log):
+def test_echoed_values_are_truncated(strict_log: Callable[[], list[dict[str, Any]]]) -> None:
     path = "/" + "b" * 5000
     status, body = invoke("health", event(path))
     assert status == 404 and len(body["message"]) < 320
@@ -104,7 +115,9 @@ def test_echoed_values_are_truncated(strict_log):
     ],
 )
 @pytest.mark.parametrize("function", ["health", "metrics"])
-def test_odd_but_well_formed_events_are_never_500(strict_log, function, changes):
+def test_odd_but_well_formed_events_are_never_500(
+    strict_log: Callable[[], list[dict[str, Any]]], function: str, changes: dict[str, Any]
+) -> None:
     path = "/metrics" if function == "metrics" else "/health/live"
     resp = function_handler(function)(event(path, **changes), LambdaContext(function, 5))
     assert resp["statusCode"] in (200, 503)
@@ -124,7 +137,9 @@ def test_odd_but_well_formed_events_are_never_500(strict_log, function, changes)
     ],
 )
 @pytest.mark.parametrize("function", ["health", "metrics"])
-def test_malformed_events_write_their_request_line(strict_log, function, event_):
+def test_malformed_events_write_their_request_line(
+    strict_log: Callable[[], list[dict[str, Any]]], function: str, event_: object
+) -> None:
     status, body = invoke(function, event_)
     assert status == 400 and body["error"] == "bad_request"
     (line,) = requests(strict_log())

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from tests.support.runtime import function_handler
+from tests.support.db import SQL
+from tests.support.runtime import FunctionInvoker, function_handler
+from tools.localdb.pgcluster import PgCluster
 from tools.runtime.apigw import proxy_event
 from tools.runtime.handler import LambdaContext
 
@@ -35,7 +39,7 @@ def database_down(scraped: tuple[int, str]) -> bool:
     return status == 200 and re.search(r"^database_up 0(\.0)?$", text, re.M) is not None
 
 
-def failing_urls(pg_cluster, closed_port: int, blackhole: int) -> dict[str, str]:
+def failing_urls(pg_cluster: PgCluster, closed_port: int, blackhole: int) -> dict[str, str]:
     return {
         "refused": f"postgresql://app_user:pw@127.0.0.1:{closed_port}/bundle_test",
         "timeout": f"postgresql://app_user:pw@127.0.0.1:{blackhole}/bundle_test",
@@ -45,8 +49,16 @@ def failing_urls(pg_cluster, closed_port: int, blackhole: int) -> dict[str, str]
 
 @pytest.mark.parametrize("reason", ["refused", "timeout", "auth_failed"])
 def test_public_routes_say_down_and_why_in_a_fixed_vocabulary(
-    pg_cluster, database_url, sql, health_api, app_env, closed_port, blackhole, log_lines, reason
-):
+    pg_cluster: PgCluster,
+    database_url: str,
+    sql: SQL,
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    closed_port: int,
+    blackhole: int,
+    log_lines: Callable[[], list[dict[str, Any]]],
+    reason: str,
+) -> None:
     sql("DROP ROLE IF EXISTS app_user")
     sql("CREATE ROLE app_user LOGIN PASSWORD 'right'")
     try:
@@ -78,8 +90,11 @@ def test_public_routes_say_down_and_why_in_a_fixed_vocabulary(
 
 
 def test_a_server_error_shows_no_sqlstate_file_or_line(
-    database_url, health_api, app_env, log_lines
-):
+    database_url: str,
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     # A database that does not exist: the server answers with its full error fields.
     app_env(DATABASE_URL=database_url.rsplit("/", 1)[0] + "/no_such_db")
     status, _, body = health_api("/health/ready")
@@ -105,8 +120,11 @@ MALFORMED_URLS = [
 
 @pytest.mark.parametrize("url", MALFORMED_URLS)
 def test_a_malformed_database_url_is_the_503_of_an_unreachable_database(
-    health_api, app_env, url, log_lines
-):
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    url: str,
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     app_env(DATABASE_URL=url)
     status, _, body = health_api("/health/ready")
     assert status == 503
@@ -127,8 +145,12 @@ def test_a_malformed_database_url_is_the_503_of_an_unreachable_database(
     "password", ["se/cr@et", "p/a/s/s", "pa?ss/word", "pass#word/x", "a:b/c", "x@y@z/w"]
 )
 def test_a_password_with_unescaped_characters_never_leaks(
-    health_api, app_env, log_lines, closed_port, password
-):
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    log_lines: Callable[[], list[dict[str, Any]]],
+    closed_port: int,
+    password: str,
+) -> None:
     app_env(
         DATABASE_URL=f"postgresql://app:{password}@127.0.0.1:{closed_port}/app",
         METRICS_AUTH_TOKEN="t0k",
@@ -161,8 +183,13 @@ def test_a_password_with_unescaped_characters_never_leaks(
     ],
 )
 def test_a_malformed_database_secret_is_503_with_the_cause_logged(
-    secrets_client, health_api, app_env, log_lines, secret, cause
-):
+    secrets_client: Any,
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    log_lines: Callable[[], list[dict[str, Any]]],
+    secret: str,
+    cause: str,
+) -> None:
     arn = secrets_client.create_secret(Name="db", SecretString=secret)["ARN"]
     app_env(DB_SECRET_ARN=arn)
     status, _, body = health_api("/health/ready")
@@ -173,7 +200,12 @@ def test_a_malformed_database_secret_is_503_with_the_cause_logged(
     assert "pw" not in json.dumps(log_lines())
 
 
-def test_an_unreadable_database_secret_is_503(secrets_client, health_api, app_env, log_lines):
+def test_an_unreadable_database_secret_is_503(
+    secrets_client: Any,
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     app_env(DB_SECRET_ARN="arn:aws:secretsmanager:eu-west-1:000000000000:secret:gone")
     assert health_api("/health/ready")[0] == 503
     assert database_down(scrape())
@@ -181,7 +213,9 @@ def test_an_unreadable_database_secret_is_503(secrets_client, health_api, app_en
     assert failed and all("cannot read the database secret" in x["error"] for x in failed)
 
 
-def test_detailed_shows_details_only_behind_a_token(health_api, app_env, closed_port):
+def test_detailed_shows_details_only_behind_a_token(
+    health_api: FunctionInvoker, app_env: Callable[..., None], closed_port: int
+) -> None:
     app_env(DATABASE_URL=f"postgresql://app_user:pw@127.0.0.1:{closed_port}/bundle_test")
     _, _, body = health_api("/health/detailed")
     assert not LEAKS.search(json.dumps(body))

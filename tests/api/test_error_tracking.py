@@ -172,7 +172,7 @@ def test_a_route_handler_exception_is_reported_once_with_its_request_id(
     assert exception_types(event) == ["RuntimeError"]
     assert event["exception"]["values"][0]["mechanism"]["handled"] is False  # a crash
     assert ("lambda" in event.get("extra", {})) is lambda_runtime  # the integration's context
-    request_id = failing["requestContext"]["requestId"]  # type: ignore[index]
+    request_id = failing["requestContext"]["requestId"]
     assert event["tags"]["request_id"] == request_id
     assert event["tags"]["route"] == "/orders/{id}"  # the template, not the raw path
     assert event["tags"]["method"] == "POST"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -116,9 +117,11 @@ def strict_log() -> Iterator[io.BytesIO]:
 
     raw = io.BytesIO()
     stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
-    previous = logger.registered_handler.setStream(stream)
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)  # Powertools' stdout handler
+    previous = handler.setStream(stream)
     yield raw
-    logger.registered_handler.setStream(previous)
+    handler.setStream(previous)
 
 
 def check_invocation(function: str, event: Any, log: io.BytesIO) -> int:
@@ -148,18 +151,21 @@ CONFIGS = ["database and token", "nothing configured"]
 
 
 @pytest.fixture(params=CONFIGS)
-def container(request, app_env, strict_log) -> tuple[str, io.BytesIO]:
+def container(
+    request: pytest.FixtureRequest, app_env: Callable[..., None], strict_log: io.BytesIO
+) -> tuple[str, io.BytesIO]:
     if request.param == "database and token":
         app_env(
             DATABASE_URL=request.getfixturevalue("database_url"),
             METRICS_AUTH_TOKEN="t0k",
             HEALTH_DB_TIMEOUT_S="2",
         )
-    return request.param, strict_log
+    config: str = request.param
+    return config, strict_log
 
 
 @pytest.mark.parametrize("function", sorted(ROUTES))
-def test_no_generated_event_is_a_500(function, container):
+def test_no_generated_event_is_a_500(function: str, container: tuple[str, io.BytesIO]) -> None:
     config, log = container
     seen: set[int] = set()
 
@@ -181,7 +187,7 @@ def test_no_generated_event_is_a_500(function, container):
     assert expected <= seen, sorted(seen)
 
 
-def test_every_api_function_is_covered():
+def test_every_api_function_is_covered() -> None:
     assert set(ROUTES) == {"health", "metrics"}
     assert {p for _, p in ROUTES["health"]} >= {"/health", "/health/ready", "/health/detailed"}
 
@@ -207,12 +213,13 @@ scheduled_events = st.one_of(
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None)
 @given(scheduled_events)
-def test_the_retention_event_is_a_run_or_one_clear_bounded_error(event):
+def test_the_retention_event_is_a_run_or_one_clear_bounded_error(event: object) -> None:
     """The scheduled function's input: a run identity, or EventError (no TypeError, no
     unbounded echo of what was sent)."""
     from retention import inputs
+    from retention.model import EventError
 
     try:
         inputs.identify(event, "req-1")
-    except inputs.EventError as exc:
+    except EventError as exc:
         assert len(str(exc)) < 600

@@ -3,15 +3,18 @@ that every written line and the shutdown summary carry for those that were not."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
-from ops.api import Request, Response, json_response
+from ops.api import Api, Request, Response, json_response
 from ops.metrics import process_hooks
 from ops.wiring import service_api
 from tests.support.runtime import call_api
 
 
-def probe_app(statuses: list[int]):  # type: ignore[no-untyped-def]
+def probe_app(statuses: list[int]) -> Api:
     app = service_api()
     answers = iter(statuses)
 
@@ -28,8 +31,11 @@ def probe_app(statuses: list[int]):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("rate", ["1", "0.25", "0.1", "0"])
 def test_sampled_lines_account_for_every_probe_and_failures_are_all_written(
-    app_env, log_lines, monkeypatch, rate
-):
+    app_env: Callable[..., None],
+    log_lines: Callable[[], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
+    rate: str,
+) -> None:
     app_env(PROBE_LOG_SAMPLE_RATE=rate)
     monkeypatch.setattr(process_hooks, "_shutdown_hooks", [])  # this app's only
     statuses = [503 if i % 7 == 3 else 200 for i in range(200)]
@@ -60,7 +66,7 @@ def test_sampled_lines_account_for_every_probe_and_failures_are_all_written(
     assert len(summaries) <= 1
 
 
-def test_the_rate_is_validated(app_env):
+def test_the_rate_is_validated(app_env: Callable[..., None]) -> None:
     from ops.config import ConfigError, settings
 
     app_env(PROBE_LOG_SAMPLE_RATE="1.5")

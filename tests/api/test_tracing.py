@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +19,7 @@ import pytest
 
 from ops.config import ConfigError, load
 from ops.tracing import xray_region
+from tests.support.db import SQL
 from tests.support.lambda_child import run_in_fresh_process
 from tools import ROOT
 from tools.runtime.apigw import proxy_event
@@ -112,7 +113,9 @@ OFF = [
 
 @pytest.mark.parametrize("env", OFF)
 @pytest.mark.parametrize("function", ["health", "metrics", "retention"])
-def test_off_imports_nothing_of_opentelemetry(database_url, function: str, env: dict[str, str]):
+def test_off_imports_nothing_of_opentelemetry(
+    database_url: str, function: str, env: dict[str, str]
+) -> None:
     dry_run = {"dryRun": True}  # the whole run, deleting nothing of the shared database
     events = {"health": [detailed(), detailed()], "metrics": [scrape()], "retention": [dry_run]}
     results, output = run(
@@ -125,7 +128,9 @@ def test_off_imports_nothing_of_opentelemetry(database_url, function: str, env: 
 # -- on: the spans of /health/detailed, a scrape and a retention run -----------------------
 
 
-def test_health_detailed_spans_under_the_lambda_trace(receiver, database_url, closed_port):
+def test_health_detailed_spans_under_the_lambda_trace(
+    receiver: OtlpReceiver, database_url: str, closed_port: int
+) -> None:
     # Every invocation's deltas are due at once: the second check carries the first's.
     env = {**traced_env(receiver, database_url), "METRICS_FLUSH_INTERVAL_S": "0"}
     env["MOLTBOT_GATEWAY_URL"] = f"http://127.0.0.1:{closed_port}"  # an HTTP dependency, down
@@ -169,7 +174,9 @@ def test_health_detailed_spans_under_the_lambda_trace(receiver, database_url, cl
     assert_no_secrets(receiver, database_url)
 
 
-def test_a_hung_database_shows_as_a_timed_out_check_span(receiver, database_url):
+def test_a_hung_database_shows_as_a_timed_out_check_span(
+    receiver: OtlpReceiver, database_url: str
+) -> None:
     """The check's span is recorded on the request thread when the check ends or is given
     up on: a database that accepts and never answers is a `timeout`, spanning the budget."""
     with socket.socket() as silent:
@@ -195,7 +202,9 @@ def test_a_hung_database_shows_as_a_timed_out_check_span(receiver, database_url)
     assert b"pw-0123456789" not in receiver.raw()
 
 
-def test_a_scrape_has_its_checks_store_read_and_flush(receiver, database_url):
+def test_a_scrape_has_its_checks_store_read_and_flush(
+    receiver: OtlpReceiver, database_url: str
+) -> None:
     env = {**traced_env(receiver, database_url), "METRICS_FLUSH_INTERVAL_S": "0"}
     results, output = run("metrics", [scrape(), scrape()], env, [SAMPLED, SAMPLED])
     assert [r["status"] for r in results] == [200, 200], output[-3000:]
@@ -215,7 +224,9 @@ def test_a_scrape_has_its_checks_store_read_and_flush(receiver, database_url):
     assert_no_secrets(receiver, database_url)
 
 
-def test_a_refused_token_is_traced_as_401_without_the_token(receiver, database_url):
+def test_a_refused_token_is_traced_as_401_without_the_token(
+    receiver: OtlpReceiver, database_url: str
+) -> None:
     bad = proxy_event(
         method="GET",
         path="/metrics",
@@ -231,7 +242,7 @@ def test_a_refused_token_is_traced_as_401_without_the_token(receiver, database_u
 
 
 @pytest.fixture
-def expired_rows(sql) -> int:
+def expired_rows(sql: SQL) -> int:
     sql(
         "INSERT INTO chat_sessions (channel, user_ref, updated_at) "
         "SELECT 'test', 'u', now() - interval '100 days' FROM generate_series(1, 7)"
@@ -243,7 +254,9 @@ def expired_rows(sql) -> int:
     )
 
 
-def test_a_retention_run_has_a_span_per_batch(receiver, database_url, expired_rows):
+def test_a_retention_run_has_a_span_per_batch(
+    receiver: OtlpReceiver, database_url: str, expired_rows: int
+) -> None:
     scheduled = json.loads((ROOT / "events" / "retention-scheduler.json").read_text())
     scheduled["scheduledTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     policies = [{"table": "chat_sessions", "column": "updated_at", "maxAgeDays": 90}]
@@ -264,7 +277,9 @@ def test_a_retention_run_has_a_span_per_batch(receiver, database_url, expired_ro
     assert_no_secrets(receiver, database_url)
 
 
-def test_a_failed_retention_run_is_an_error_span_and_still_raises(receiver, database_url):
+def test_a_failed_retention_run_is_an_error_span_and_still_raises(
+    receiver: OtlpReceiver, database_url: str
+) -> None:
     policies = [{"table": "no_such_table", "column": "created_at", "maxAgeDays": 30}]
     env = {**traced_env(receiver, database_url), "RETENTION_POLICIES": json.dumps(policies)}
     results, output = run("retention", [{}], env, [SAMPLED])
@@ -276,13 +291,15 @@ def test_a_failed_retention_run_is_an_error_span_and_still_raises(receiver, data
     assert_no_secrets(receiver, database_url)
 
 
-def test_an_unsampled_lambda_trace_sends_nothing(receiver, database_url):
+def test_an_unsampled_lambda_trace_sends_nothing(receiver: OtlpReceiver, database_url: str) -> None:
     results, output = run("health", [detailed()], traced_env(receiver, database_url), [NOT_SAMPLED])
     assert results[0]["status"] == 200, output[-3000:]
     assert receiver.spans() == []
 
 
-def test_a_silent_trace_endpoint_delays_an_invocation_by_the_bound_at_most(database_url):
+def test_a_silent_trace_endpoint_delays_an_invocation_by_the_bound_at_most(
+    database_url: str,
+) -> None:
     """A receiver that accepts and never answers: the invocation still answers, after at
     most the export bound, and the log says its spans were dropped."""
     with socket.socket() as silent:
@@ -307,7 +324,7 @@ def test_a_silent_trace_endpoint_delays_an_invocation_by_the_bound_at_most(datab
 # -- settings and the X-Ray endpoint -------------------------------------------------------
 
 
-def test_only_the_shipped_protocol_is_accepted():
+def test_only_the_shipped_protocol_is_accepted() -> None:
     assert load({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}).otel_exporter_protocol
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL must be one of"):
         load({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
@@ -325,11 +342,13 @@ def test_only_the_shipped_protocol_is_accepted():
         ({"OTEL_TRACES_EXPORTER": "none"}, False),
     ],
 )
-def test_tracing_is_on_only_with_the_otlp_exporter_and_the_sdk_enabled(env, on):
+def test_tracing_is_on_only_with_the_otlp_exporter_and_the_sdk_enabled(
+    env: dict[str, str], on: bool
+) -> None:
     assert load(env).tracing_configured is on
 
 
-def test_xray_endpoints_are_recognised_for_signing():
+def test_xray_endpoints_are_recognised_for_signing() -> None:
     assert xray_region("https://xray.eu-west-1.amazonaws.com/v1/traces") == "eu-west-1"
     assert xray_region("https://xray.us-gov-west-1.amazonaws.com/v1/traces") == "us-gov-west-1"
     assert xray_region("http://xray.eu-west-1.amazonaws.com/v1/traces") is None  # never unsigned
@@ -337,7 +356,7 @@ def test_xray_endpoints_are_recognised_for_signing():
     assert xray_region("http://localhost:4318/v1/traces") is None
 
 
-def test_exports_to_xray_are_signed_with_sigv4(monkeypatch):
+def test_exports_to_xray_are_signed_with_sigv4(monkeypatch: pytest.MonkeyPatch) -> None:
     """The session the exporter gets for X-Ray signs each request for service `xray` in the
     endpoint's region, with the function's credentials (here: test ones)."""
     import requests
@@ -360,7 +379,9 @@ def test_exports_to_xray_are_signed_with_sigv4(monkeypatch):
     assert "secret-example" not in json.dumps(dict(prepared.headers))
 
 
-def test_a_tracer_that_cannot_start_leaves_tracing_off_and_says_so(monkeypatch, log_lines):
+def test_a_tracer_that_cannot_start_leaves_tracing_off_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     """A broken install (a package missing from the layer, say) must not fail the function."""
     import ops.tracing as tracing
 

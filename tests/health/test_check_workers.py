@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -15,9 +17,10 @@ from ops import concurrency
 from ops.checks import Check, Reason, run_checks
 from ops.concurrency import ChainedCall
 from tests.support.metrics import parse, scrape, value
+from tests.support.runtime import FunctionInvoker
 
 
-def _check(probe, budget_s: float = 5.0, name: str = "dep") -> Check:
+def _check(probe: Callable[[float], None], budget_s: float = 5.0, name: str = "dep") -> Check:
     return Check(name, probe, budget_s, critical=True, component_type="component")
 
 
@@ -25,7 +28,7 @@ def _ok(_: float) -> None:
     pass
 
 
-def test_threads_are_reused_not_started_per_check(db_env, health_api):
+def test_threads_are_reused_not_started_per_check(db_env: str, health_api: FunctionInvoker) -> None:
     for _ in range(3):
         assert health_api("/health")[0] == 200
     before = set(threading.enumerate())
@@ -35,7 +38,7 @@ def test_threads_are_reused_not_started_per_check(db_env, health_api):
     assert concurrency.idle_workers() >= 1
 
 
-def test_one_idle_worker_runs_check_after_check(app_env):
+def test_one_idle_worker_runs_check_after_check(app_env: Callable[..., None]) -> None:
     app_env()
     ran_on: list[threading.Thread] = []
     for _ in range(20):
@@ -44,11 +47,17 @@ def test_one_idle_worker_runs_check_after_check(app_env):
     assert len(set(ran_on)) == 1
 
 
-def test_many_concurrent_checks_leave_at_most_the_idle_workers(app_env):
+def test_many_concurrent_checks_leave_at_most_the_idle_workers(
+    app_env: Callable[..., None],
+) -> None:
     app_env()
     before = threading.active_count()
     release = threading.Event()
-    results = run_checks([_check(lambda _: release.wait(), budget_s=0.05) for _ in range(10)])
+
+    def hangs(_: float) -> None:
+        release.wait()
+
+    results = run_checks([_check(hangs, budget_s=0.05) for _ in range(10)])
     assert [r.reason for r in results] == [Reason.TIMEOUT] * 10
     release.set()
     deadline = time.monotonic() + 10
@@ -60,7 +69,9 @@ def test_many_concurrent_checks_leave_at_most_the_idle_workers(app_env):
     assert threading.active_count() <= before + concurrency.MAX_IDLE_WORKERS
 
 
-def test_a_worker_stuck_on_a_hung_check_does_not_delay_the_next_check(app_env, log_lines):
+def test_a_worker_stuck_on_a_hung_check_does_not_delay_the_next_check(
+    app_env: Callable[..., None], log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
     app_env()
     hung = threading.Event()
     release = threading.Event()
@@ -82,7 +93,7 @@ def test_a_worker_stuck_on_a_hung_check_does_not_delay_the_next_check(app_env, l
         release.set()
 
 
-def test_a_follow_up_runs_after_the_check_on_its_worker(app_env):
+def test_a_follow_up_runs_after_the_check_on_its_worker(app_env: Callable[..., None]) -> None:
     app_env()
     seen: dict[str, object] = {}
 
@@ -101,7 +112,9 @@ def test_a_follow_up_runs_after_the_check_on_its_worker(app_env):
 
 
 @pytest.mark.parametrize("how", ["fails", "times out"])
-def test_a_follow_up_never_runs_after_a_failed_or_abandoned_check(app_env, how):
+def test_a_follow_up_never_runs_after_a_failed_or_abandoned_check(
+    app_env: Callable[..., None], how: str
+) -> None:
     app_env()
     ran = threading.Event()
     release = threading.Event()
@@ -120,7 +133,7 @@ def test_a_follow_up_never_runs_after_a_failed_or_abandoned_check(app_env, how):
     assert not ran.is_set()
 
 
-def test_a_forked_child_starts_its_own_workers(app_env):
+def test_a_forked_child_starts_its_own_workers(app_env: Callable[..., None]) -> None:
     app_env()
     assert run_checks([_check(_ok)])[0].ok  # the parent has an idle worker now
     assert concurrency.idle_workers() >= 1
@@ -139,7 +152,9 @@ def test_a_forked_child_starts_its_own_workers(app_env):
     assert os.waitstatus_to_exitcode(ended[1]) == 0
 
 
-def test_the_database_check_latency_is_the_probe_not_the_read(db_env, monkeypatch):
+def test_the_database_check_latency_is_the_probe_not_the_read(
+    db_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
 
     from metrics import live_gauges
 
@@ -156,7 +171,7 @@ def test_the_database_check_latency_is_the_probe_not_the_read(db_env, monkeypatc
     assert value(samples, "health_check_latency_seconds", check="database") < 1.0
 
 
-def test_a_serial_thread_runs_jobs_in_order_on_one_thread():
+def test_a_serial_thread_runs_jobs_in_order_on_one_thread() -> None:
     serial = concurrency.SerialThread("test-serial")
     ran: list[tuple[int, threading.Thread]] = []
     done = threading.Event()
@@ -177,7 +192,7 @@ def test_a_serial_thread_runs_jobs_in_order_on_one_thread():
     assert len({t for _, t in ran}) == 1 and ran[0][1] is not threading.current_thread()
 
 
-def test_a_mailbox_thread_hands_over_messages_then_wakes_when_asked():
+def test_a_mailbox_thread_hands_over_messages_then_wakes_when_asked() -> None:
     seen: list[object] = []
     woke = threading.Event()
 

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from tests.support.db import SQL
+from tests.support.runtime import FunctionInvoker
 from tools.localdb.pgcluster import running_cluster
 from tools.standins.loopback import serving
 
 
-def test_health_ok_when_database_answers(db_env, health_api):
+def test_health_ok_when_database_answers(db_env: str, health_api: FunctionInvoker) -> None:
     status, headers, body = health_api("/health")
     assert (status, body) == (200, {"status": "ok", "db": "connected"})
     assert headers["Content-Type"] == "application/json"
     assert headers["Cache-Control"] == "no-store"
 
 
-def test_live_needs_nothing(health_api, app_env, closed_port):
+def test_live_needs_nothing(
+    health_api: FunctionInvoker, app_env: Callable[..., None], closed_port: int
+) -> None:
     app_env(DATABASE_URL=f"postgresql://u:p@127.0.0.1:{closed_port}/db")
     app_env(SERVICE_VERSION="1.2.3")
     status, _, body = health_api("/health/live")
@@ -28,7 +34,7 @@ def test_live_needs_nothing(health_api, app_env, closed_port):
     assert body["timestamp"].endswith("Z")
 
 
-def test_ready_reports_each_critical_check(db_env, health_api):
+def test_ready_reports_each_critical_check(db_env: str, health_api: FunctionInvoker) -> None:
     status, _, body = health_api("/health/ready")
     assert status == 200
     assert body["status"] == "ready"
@@ -37,8 +43,8 @@ def test_ready_reports_each_critical_check(db_env, health_api):
 
 
 def test_detailed_ok_and_degraded_with_optional_http_dependency(
-    db_env, health_api, app_env, closed_port
-):
+    db_env: str, health_api: FunctionInvoker, app_env: Callable[..., None], closed_port: int
+) -> None:
     status, _, body = health_api("/health/detailed")
     assert status == 200 and body["status"] == "ok"
     assert set(body["checks"]) == {"database"}
@@ -58,15 +64,17 @@ def test_detailed_ok_and_degraded_with_optional_http_dependency(
     assert body["checks"]["moltbot"]["error"]
 
 
-def test_detailed_http_dependency_up(db_env, health_api, app_env):
+def test_detailed_http_dependency_up(
+    db_env: str, health_api: FunctionInvoker, app_env: Callable[..., None]
+) -> None:
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Ok(BaseHTTPRequestHandler):
-        def do_GET(self):
+        def do_GET(self) -> None:
             self.send_response(200 if self.path == "/health" else 404)
             self.end_headers()
 
-        def log_message(self, *a):
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     with serving(HTTPServer(("127.0.0.1", 0), Ok)) as srv:
@@ -76,7 +84,7 @@ def test_detailed_http_dependency_up(db_env, health_api, app_env):
         assert body["checks"]["moltbot"]["status"] == "up"
 
 
-def test_detailed_speaks_health_json(db_env, health_api):
+def test_detailed_speaks_health_json(db_env: str, health_api: FunctionInvoker) -> None:
     status, headers, body = health_api(
         "/health/detailed", headers={"Accept": "application/health+json"}
     )
@@ -90,7 +98,9 @@ def test_detailed_speaks_health_json(db_env, health_api):
 
 
 @pytest.mark.parametrize("auth", [None, "Bearer wrong", "Basic c2VjcmV0", "Bearer "])
-def test_detailed_requires_token_when_configured(db_env, health_api, app_env, auth):
+def test_detailed_requires_token_when_configured(
+    db_env: str, health_api: FunctionInvoker, app_env: Callable[..., None], auth: str | None
+) -> None:
     app_env(METRICS_AUTH_TOKEN="s3cret-token")
     headers = {"Authorization": auth} if auth else {}
     status, resp_headers, body = health_api("/health/detailed", headers=headers)
@@ -99,13 +109,17 @@ def test_detailed_requires_token_when_configured(db_env, health_api, app_env, au
     assert resp_headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_detailed_accepts_the_right_token(db_env, health_api, app_env):
+def test_detailed_accepts_the_right_token(
+    db_env: str, health_api: FunctionInvoker, app_env: Callable[..., None]
+) -> None:
     app_env(METRICS_AUTH_TOKEN="s3cret-token")
     status, _, _ = health_api("/health/detailed", headers={"Authorization": "Bearer s3cret-token"})
     assert status == 200
 
 
-def test_refused_connection_is_503_fast(health_api, app_env, closed_port):
+def test_refused_connection_is_503_fast(
+    health_api: FunctionInvoker, app_env: Callable[..., None], closed_port: int
+) -> None:
     app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{closed_port}/app")
     for path, expected in [
         ("/health", {"status": "error", "db": "disconnected"}),
@@ -121,7 +135,12 @@ def test_refused_connection_is_503_fast(health_api, app_env, closed_port):
     assert body["checks"]["database"]["status"] == "down"
 
 
-def test_hung_database_turns_into_503_within_budget(health_api, app_env, blackhole, log_lines):
+def test_hung_database_turns_into_503_within_budget(
+    health_api: FunctionInvoker,
+    app_env: Callable[..., None],
+    blackhole: int,
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
     app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{blackhole}/app")
     app_env(HEALTH_DB_TIMEOUT_S="0.5")
     app_env(DB_CONNECT_TIMEOUT_S="30")  # the check's budget must win
@@ -136,7 +155,9 @@ def test_hung_database_turns_into_503_within_budget(health_api, app_env, blackho
     assert elapsed < 10
 
 
-def test_database_stopped_then_restarted_between_invocations(health_api, app_env):
+def test_database_stopped_then_restarted_between_invocations(
+    health_api: FunctionInvoker, app_env: Callable[..., None]
+) -> None:
     with running_cluster() as cluster:
         # No metrics flush due: every check is a SELECT 1 on the checks' own connection.
         app_env(DATABASE_URL=cluster.url(), METRICS_FLUSH_INTERVAL_S="600")
@@ -162,7 +183,9 @@ def test_database_stopped_then_restarted_between_invocations(health_api, app_env
         assert get_db().connection() is not kept
 
 
-def test_connection_is_reused_across_invocations(db_env, health_api, sql):
+def test_connection_is_reused_across_invocations(
+    db_env: str, health_api: FunctionInvoker, sql: SQL
+) -> None:
     health_api("/health")
     from ops.db import get_db
 
@@ -175,7 +198,9 @@ def test_connection_is_reused_across_invocations(db_env, health_api, sql):
     assert app == [["realestate-backend"]]
 
 
-def test_statement_timeout_is_set_on_the_connection(db_env, app_env):
+def test_statement_timeout_is_set_on_the_connection(
+    db_env: str, app_env: Callable[..., None]
+) -> None:
     app_env(DB_STATEMENT_TIMEOUT_MS="250")
     from ops.db import get_db
 

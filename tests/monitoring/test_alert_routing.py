@@ -15,10 +15,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -205,13 +205,12 @@ def test_a_critical_alert_silences_its_warning_twin() -> None:
 
 
 class _Sink(BaseHTTPRequestHandler):
-    """Records every POST body (PagerDuty events, Slack messages)."""
-
-    received: list[tuple[str, dict[str, Any]]]
+    """Records every POST body (PagerDuty events, Slack messages) on its _SinkServer."""
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.received.append((self.path, json.loads(body)))  # type: ignore[attr-defined]
+        assert isinstance(self.server, _SinkServer)
+        self.server.received.append((self.path, json.loads(body)))
         self.send_response(202)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -221,11 +220,20 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
+class _SinkServer(ThreadingHTTPServer):
+    """A loopback _Sink: (path, JSON body) of every POST, in the order received."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Sink)
+        self.received: list[tuple[str, dict[str, Any]]] = []
+
+
 class _Smtp(socketserver.StreamRequestHandler):
     """Just enough SMTP for Alertmanager: EHLO with AUTH PLAIN, one message per session."""
 
     def handle(self) -> None:
-        server: Any = self.server
+        server = self.server
+        assert isinstance(server, _SmtpServer)
         mail: dict[str, Any] = {"auth": None, "data": []}
         self._reply("220 loopback ESMTP")
         in_data = False
@@ -258,20 +266,25 @@ class _Smtp(socketserver.StreamRequestHandler):
         self.wfile.write(line.encode() + b"\r\n")
 
 
+class _SmtpServer(socketserver.ThreadingTCPServer):
+    """A loopback _Smtp: every message it accepted (`auth`, `data` lines), in order."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Smtp)
+        self.mails: list[dict[str, Any]] = []
+
+
 @pytest.fixture
-def smtp() -> Iterator[socketserver.ThreadingTCPServer]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Smtp)
-    server.daemon_threads = True
-    server.mails = []  # type: ignore[attr-defined]
-    with serving(server):
+def smtp() -> Iterator[_SmtpServer]:
+    with serving(_SmtpServer()) as server:
         yield server
 
 
 @pytest.fixture
-def sink() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    server.received = []  # type: ignore[attr-defined]
-    with serving(server):
+def sink() -> Iterator[_SinkServer]:
+    with serving(_SinkServer()) as server:
         yield server
 
 
@@ -280,9 +293,14 @@ def _get_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def _wait_for(what: str, probe: Any, seconds: float = 60) -> Any:
+T = TypeVar("T")
+
+
+def _wait_for(what: str, probe: Callable[[], T], seconds: float = 60) -> T:
+    """What `probe` finds once it is truthy (an OSError counts as nothing found yet)."""
     deadline = time.monotonic() + seconds  # a bound on the run, not a performance assertion
     while time.monotonic() < deadline:
+        found: T | None
         try:
             found = probe()
         except OSError:
@@ -355,9 +373,7 @@ def _local_prometheus_config(work: Path, alertmanager: str) -> Path:
 
 
 @pytest.mark.slow
-def test_prometheus_pages_through_alertmanager(
-    sink: ThreadingHTTPServer, smtp: socketserver.ThreadingTCPServer
-) -> None:
+def test_prometheus_pages_through_alertmanager(sink: _SinkServer, smtp: _SmtpServer) -> None:
     """DatabaseDown pages PagerDuty with the key from the file, the dependency warning goes
     to Slack, and the flush-failure warning that follows from the outage is inhibited by it.
     An alert without a known severity is e-mailed, logging in with the password file."""
@@ -403,11 +419,11 @@ def test_prometheus_pages_through_alertmanager(
             stderr=subprocess.STDOUT,
         ),
     ]
-    received: list[tuple[str, dict[str, Any]]] = sink.received  # type: ignore[attr-defined]
+    received = sink.received
     try:
         api = f"http://127.0.0.1:{am_port}/api/v2/alerts"
 
-        def alerts(count: int) -> Any:
+        def alerts(count: int) -> Callable[[], dict[str, dict[str, Any]]]:
             def found() -> dict[str, dict[str, Any]]:
                 by_name = {a["labels"]["alertname"]: a for a in _get_json(api)}
                 processed = all(a["status"]["state"] != "unprocessed" for a in by_name.values())
@@ -437,7 +453,7 @@ def test_prometheus_pages_through_alertmanager(
             headers={"Content-Type": "application/json"},
         )
         urllib.request.urlopen(post, timeout=5).close()
-        mails: list[dict[str, Any]] = smtp.mails  # type: ignore[attr-defined]
+        mails = smtp.mails
         _wait_for("an e-mail", lambda: list(mails))
         time.sleep(2)  # group_interval 1s: anything else due would have arrived by now
         paths = delivered()

@@ -67,7 +67,7 @@ def assert_same_line(printed: dict[str, Any], documented: dict[str, Any]) -> Non
     assert RFC3339_UTC_MS.match(printed["time"]) and RFC3339_UTC_MS.match(documented["time"])
 
 
-def test_readme_request_line_is_what_invoke_prints(database_url):
+def test_readme_request_line_is_what_invoke_prints(database_url: str) -> None:
     (documented,) = doc_examples("README.md", '"type":"request"')
     printed = [line for line in invoke_health(database_url) if line.get("type") == "request"]
     assert len(printed) == 1
@@ -77,7 +77,7 @@ def test_readme_request_line_is_what_invoke_prints(database_url):
     assert set(seed) | {"requestId"} <= set(printed[0])
 
 
-def test_runbook_database_down_lines_are_what_invoke_prints(closed_port):
+def test_runbook_database_down_lines_are_what_invoke_prints(closed_port: int) -> None:
     documented = doc_examples("infra/monitoring/README.md", '"type":"health_check"')
     assert [d["type"] for d in documented] == ["health_check", "request", "metrics_flush"]
     command = f"DATABASE_URL={UNREACHABLE.format(port=1)} make invoke"
@@ -94,5 +94,5 @@ def test_runbook_database_down_lines_are_what_invoke_prints(closed_port):
 
 
 @pytest.mark.parametrize("path", ["README.md", "infra/monitoring/README.md"])
-def test_no_powertools_default_timestamp_left_in_the_docs(path):
+def test_no_powertools_default_timestamp_left_in_the_docs(path: str) -> None:
     assert not re.search(r'"timestamp":"\d{4}-\d\d-\d\d \d', (ROOT / path).read_text())

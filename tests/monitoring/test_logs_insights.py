@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.logs_insights import Event, Query, Unsupported, event
+from tests.support.db import SQL
+from tests.support.logs_insights import Event, Query, Row, Unsupported, event
 from tests.support.monitoring import STACK, log_group_name, saved_queries
 from tests.support.runtime import function_handler, reset_runtime
 from tools import ROOT
@@ -55,7 +56,7 @@ def _template_wiring() -> tuple[str, dict[str, str]]:
 def access_line(fmt: str, evt: dict[str, Any], resp: dict[str, Any], latency_ms: int) -> Any:
     """API Gateway's access log line for one call: the template's Format, $context filled in."""
     ctx = evt["requestContext"]
-    values = {
+    values: dict[str, str] = {
         "requestId": ctx["requestId"],
         "identity.sourceIp": ctx["identity"]["sourceIp"],
         "identity.userAgent": ctx["identity"].get("userAgent") or "-",
@@ -149,7 +150,7 @@ class Recorder:
         headers: dict[str, str] | None = None,
         source_ip: str = "127.0.0.1",
     ) -> ApiCall:
-        evt = proxy_event(
+        evt: dict[str, Any] = proxy_event(  # JSON, as API Gateway sends it
             method="GET",
             path=path,
             resource=resource or path,
@@ -162,7 +163,7 @@ class Recorder:
         inv.events.append(self._file(line, "access"))
         call = ApiCall(
             function,
-            evt["requestContext"]["requestId"],  # type: ignore[index]
+            evt["requestContext"]["requestId"],
             "GET",
             str(evt["resource"]),
             int(inv.response["statusCode"]),
@@ -171,7 +172,7 @@ class Recorder:
         self.calls.append(call)
         return call
 
-    def run(self, name: str, groups: frozenset[str] | None = None, **subst: str) -> list[dict]:
+    def run(self, name: str, groups: frozenset[str] | None = None, **subst: str) -> list[Row]:
         saved = saved_queries()[name]
         text = saved.query.text
         for placeholder, value in subst.items():
@@ -181,12 +182,16 @@ class Recorder:
 
 
 @pytest.fixture
-def recorder(log_lines, monkeypatch) -> Recorder:
+def recorder(
+    log_lines: Callable[[], list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> Recorder:
     return Recorder(log_lines, monkeypatch)
 
 
 @pytest.fixture
-def api_story(db_env, recorder, monkeypatch, closed_port) -> Iterator[Recorder]:
+def api_story(
+    db_env: str, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, closed_port: int
+) -> Iterator[Recorder]:
     """Health and metrics traffic: healthy, 404, forced 500, malformed, database down."""
     rec = recorder
     rec.call("health", "/health")
@@ -213,8 +218,12 @@ def api_story(db_env, recorder, monkeypatch, closed_port) -> Iterator[Recorder]:
     yield rec
 
 
+# The recorder, the rows each table had expired before the run, and the run's invocation.
+RetentionStory = tuple[Recorder, dict[str, int], Invocation]
+
+
 @pytest.fixture
-def retention_story(db_env, recorder, sql) -> Iterator[tuple[Recorder, dict[str, int], Invocation]]:
+def retention_story(db_env: str, recorder: Recorder, sql: SQL) -> Iterator[RetentionStory]:
     """One scheduled retention run over expired rows; returns what the database says it had."""
     sql(
         "INSERT INTO inbound_events (source, event_type, received_at) "
@@ -253,7 +262,7 @@ def test_every_saved_query_is_exercised_here() -> None:
 
 
 def test_auth_failures_by_ip_lists_refused_and_throttled_callers(
-    db_env, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+    db_env: str, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Real 401s from the handlers (a guesser, a caller without a token), a real 200 with the
     token, and the 429s API Gateway answers itself when the stage throttles a caller."""
@@ -357,26 +366,30 @@ def test_cold_starts_count_one_per_new_container(api_story: Recorder) -> None:
     }
 
 
-def test_cold_starts_include_the_retention_function(retention_story) -> None:
+def test_cold_starts_include_the_retention_function(retention_story: RetentionStory) -> None:
     rec, _, _ = retention_story
     rows = rec.run("cold-starts-by-function")
     assert {r["function_name"]: r["cold_starts"] for r in rows} == {f"{STACK}-retention": 1}
 
 
-def test_retention_runs_query_counts_started_and_completed(retention_story) -> None:
+def test_retention_runs_query_counts_started_and_completed(retention_story: RetentionStory) -> None:
     rec, _, _ = retention_story
     rows = rec.run("retention-runs")
     assert {r["status"]: r["runs"] for r in rows} == {"started": 1, "completed": 1}
 
 
-def test_retention_rows_by_table_matches_what_the_database_had(retention_story) -> None:
+def test_retention_rows_by_table_matches_what_the_database_had(
+    retention_story: RetentionStory,
+) -> None:
     rec, expired, _ = retention_story
     rows = rec.run("retention-rows-by-table")
     assert {r["table"]: r["rows_deleted"] for r in rows} == expired
     assert all(r["runs"] == 1 and r["dryRun"] == 0 and r["all_completed"] == 1 for r in rows)
 
 
-def test_request_story_finds_a_retention_run_by_lambda_request_id(retention_story) -> None:
+def test_request_story_finds_a_retention_run_by_lambda_request_id(
+    retention_story: RetentionStory,
+) -> None:
     rec, _, run = retention_story
     rows = rec.run("request-story", REQUEST_ID=run.context.aws_request_id)
     assert _timestamps(rows) == _timestamps(run.events)
@@ -422,7 +435,10 @@ def test_interpreter_semantics_match_logs_insights() -> None:
         event({"type": "y", "ok": False, "n": "7"}, log_group="g", timestamp_ms=2),
         event({"message": "no type"}, log_group="g", timestamp_ms=3),
     ]
-    run = lambda q: Query(q).run(events)  # noqa: E731
+
+    def run(query: str) -> list[Row]:
+        return Query(query).run(events)
+
     assert len(run("filter ok = 1")) == 1  # JSON booleans are 1/0
     assert len(run('filter nested.k = "v"')) == 1  # nested keys flatten with dots
     assert len(run("filter n > 6")) == 1  # numeric strings compare as numbers

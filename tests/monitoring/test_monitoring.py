@@ -267,7 +267,8 @@ def test_recorded_series_used_are_defined() -> None:
 
 
 def _alarm_name(props: dict[str, Any]) -> str:
-    return props["AlarmName"]["Fn::Sub"].removeprefix("${AWS::StackName}-")
+    name: str = props["AlarmName"]["Fn::Sub"]
+    return name.removeprefix("${AWS::StackName}-")
 
 
 def _composite_parts() -> set[str]:
@@ -341,7 +342,8 @@ def test_alarm_topic_is_encrypted_and_takes_an_optional_email() -> None:
 def _dashboard_body() -> dict[str, Any]:
     (board,) = template_resources("AWS::CloudWatch::Dashboard").values()
     body = board["Properties"]["DashboardBody"]["Fn::Sub"]
-    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: m.group(1), body))
+    parsed: dict[str, Any] = json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: m.group(1), body))
+    return parsed
 
 
 def test_cloudwatch_dashboard_is_valid_json_and_shows_every_alarm() -> None:

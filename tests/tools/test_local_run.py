@@ -19,13 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.db import SQL
 from tools import PYTHONPATH, ROOT
 from tools.localdb.pgcluster import PgCluster, free_port
 
 pytestmark = pytest.mark.slow
 
 
-def http(port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None):
+def http(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", method=method, headers=headers or {}
     )
@@ -36,7 +39,7 @@ def http(port: int, path: str, method: str = "GET", headers: dict[str, str] | No
         return err.code, dict(err.headers), err.read().decode()
 
 
-def wait_for_gateway(proc: subprocess.Popen, port: int, timeout: float = 90) -> None:
+def wait_for_gateway(proc: subprocess.Popen[str], port: int, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -49,7 +52,7 @@ def wait_for_gateway(proc: subprocess.Popen, port: int, timeout: float = 90) -> 
     raise AssertionError("gateway did not come up")
 
 
-def start_serve(env: dict[str, str], port: int) -> subprocess.Popen:
+def start_serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tools.runtime.serve", "--port", str(port)],
         cwd=ROOT,
@@ -84,7 +87,9 @@ def local_data() -> Iterator[Path]:
     yield from _data_folder()
 
 
-def test_run_with_embedded_database_then_ctrl_c_leaves_nothing_running(monkeypatch, data_dir):
+def test_run_with_embedded_database_then_ctrl_c_leaves_nothing_running(
+    monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     data = data_dir
     port = free_port()
@@ -125,7 +130,7 @@ def _cwd(pid: int) -> Path | None:
         return None
 
 
-def test_run_uses_database_url_when_set(database_url, sql):
+def test_run_uses_database_url_when_set(database_url: str, sql: SQL) -> None:
     port = free_port()
     proc = start_serve({"DATABASE_URL": database_url, "LOCAL_DATA_DIR": "/nonexistent"}, port)
     try:
@@ -139,7 +144,7 @@ def test_run_uses_database_url_when_set(database_url, sql):
     assert sql("SELECT 1")[0][0] == 1  # the given server is not stopped by us
 
 
-def test_invoke_runs_a_function_with_an_event_file(database_url):
+def test_invoke_runs_a_function_with_an_event_file(database_url: str) -> None:
     out = subprocess.run(
         [
             sys.executable,
@@ -163,7 +168,7 @@ def test_invoke_runs_a_function_with_an_event_file(database_url):
     assert any('"type":"request"' in line for line in out.stderr.splitlines())
 
 
-def test_invoke_rejects_unknown_function():
+def test_invoke_rejects_unknown_function() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "tools.runtime.invoke", "NoSuchFunction"],
         cwd=ROOT,
@@ -176,7 +181,9 @@ def test_invoke_rejects_unknown_function():
     assert "unknown function" in out.stderr and "HealthFunction" in out.stderr
 
 
-def run_tool(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_tool(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DB_SECRET_ARN")}
     return subprocess.run(
         [sys.executable, "-m", *args],
@@ -188,7 +195,7 @@ def run_tool(*args: str, env: dict[str, str], timeout: float = 120) -> subproces
     )
 
 
-def assert_clear_failure(out: subprocess.CompletedProcess, *needles: str) -> None:
+def assert_clear_failure(out: subprocess.CompletedProcess[str], *needles: str) -> None:
     """One or two lines (what failed and why, then what to do), exit 2, no traceback.
     (A function's own JSON log lines, which `invoke` passes through, do not count.)"""
     lines = [line for line in out.stderr.strip().splitlines() if not line.startswith("{")]
@@ -199,7 +206,7 @@ def assert_clear_failure(out: subprocess.CompletedProcess, *needles: str) -> Non
         assert needle in out.stderr, out.stderr
 
 
-def test_invoke_and_migrate_without_database_url_use_make_runs_database(data_dir):
+def test_invoke_and_migrate_without_database_url_use_make_runs_database(data_dir: Path) -> None:
     data = data_dir
     env = {"LOCAL_DATA_DIR": str(data)}
     migrate = run_tool("tools.localdb.migrate", env=env)
@@ -231,7 +238,7 @@ def test_invoke_and_migrate_without_database_url_use_make_runs_database(data_dir
         cluster.destroy()
 
 
-def test_a_refused_database_is_two_lines_and_exit_2(closed_port):
+def test_a_refused_database_is_two_lines_and_exit_2(closed_port: int) -> None:
     url = f"postgresql://u:p@127.0.0.1:{closed_port}/db"
     for tool in (("tools.localdb.migrate",), ("tools.runtime.serve", "--port", str(free_port()))):
         out = run_tool(*tool, env={"DATABASE_URL": url})
@@ -246,7 +253,7 @@ def test_a_refused_database_is_two_lines_and_exit_2(closed_port):
     assert_clear_failure(out, "connection refused")
 
 
-def test_a_hung_database_says_timed_out_not_refused(blackhole):
+def test_a_hung_database_says_timed_out_not_refused(blackhole: int) -> None:
     from ops.db import DatabaseUnavailable, connect_url
 
     with pytest.raises(DatabaseUnavailable, match=r"timed out after 0.5 s") as err:
@@ -254,7 +261,7 @@ def test_a_hung_database_says_timed_out_not_refused(blackhole):
     assert "refused" not in str(err.value)
 
 
-def test_user_mistakes_are_two_lines_and_exit_2(tmp_path, data_dir):
+def test_user_mistakes_are_two_lines_and_exit_2(tmp_path: Path, data_dir: Path) -> None:
     assert_clear_failure(
         run_tool("tools.runtime.invoke", "HealthFunction", "--event", "events/nope.json", env={}),
         "no event file events/nope.json",
@@ -312,7 +319,9 @@ def _row_counts(url: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("name", sorted(event_table()))
-def test_the_events_said_to_delete_rows_are_the_ones_that_do(pg_cluster, name: str) -> None:
+def test_the_events_said_to_delete_rows_are_the_ones_that_do(
+    pg_cluster: PgCluster, name: str
+) -> None:
     """On a database with `make run`'s demo rows, an event deletes some iff the table says
     "deletes rows" (the demo has rows past their age on purpose)."""
     from ops.db import connect_url
@@ -337,7 +346,7 @@ def test_the_events_said_to_delete_rows_are_the_ones_that_do(pg_cluster, name: s
 
 
 @pytest.mark.parametrize("name", sorted(event_table()))
-def test_every_sample_event_invokes_without_database_url(name: str, local_data: Path):
+def test_every_sample_event_invokes_without_database_url(name: str, local_data: Path) -> None:
     """`make invoke` with each file of events/, as a new user would, on the embedded database,
     with the function events/README.md names."""
     out = run_tool(

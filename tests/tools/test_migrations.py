@@ -7,16 +7,20 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import pg8000.native
 import pytest
 from pg8000.exceptions import DatabaseError
 
-from tests.support.db import runner
+from tests.support.db import SQL, runner
 from tools import PYTHONPATH, ROOT
 from tools.localdb.migrate import MigrationError, apply, apply_url, migration_files
+from tools.localdb.pgcluster import PgCluster
 
 
-def test_applying_twice_changes_nothing(database_url, sql):
+def test_applying_twice_changes_nothing(database_url: str, sql: SQL) -> None:
     before = sql("SELECT version, checksum, applied_at FROM schema_migrations ORDER BY version")
     assert [r[0] for r in before] == [p.name for p in migration_files()]
     assert apply_url(database_url).applied == []
@@ -24,7 +28,7 @@ def test_applying_twice_changes_nothing(database_url, sql):
     assert after == before
 
 
-def test_fresh_database_gets_every_table_and_index(pg_cluster, sql):
+def test_fresh_database_gets_every_table_and_index(pg_cluster: PgCluster, sql: SQL) -> None:
     url = pg_cluster.create_database("fresh_migrations")
     try:
         assert apply_url(url).applied == [p.name for p in migration_files()]
@@ -33,9 +37,7 @@ def test_fresh_database_gets_every_table_and_index(pg_cluster, sql):
         sql('DROP DATABASE "fresh_migrations" WITH (FORCE)')
 
 
-def test_changed_migration_is_refused(database_url, tmp_path):
-    import pg8000.native
-
+def test_changed_migration_is_refused(database_url: str, tmp_path: Path) -> None:
     from ops.db import connect_url
 
     for f in migration_files():
@@ -50,7 +52,9 @@ def test_changed_migration_is_refused(database_url, tmp_path):
         conn.close()
 
 
-def test_a_failing_migration_names_its_file_and_what_the_server_said(database_url, tmp_path, sql):
+def test_a_failing_migration_names_its_file_and_what_the_server_said(
+    database_url: str, tmp_path: Path, sql: SQL
+) -> None:
     from ops.db import connect_url
 
     for f in migration_files():
@@ -66,7 +70,7 @@ def test_a_failing_migration_names_its_file_and_what_the_server_said(database_ur
     assert sql("SELECT to_regclass('half_done') IS NULL")[0][0]
 
 
-def test_retention_indexes_exist(sql):
+def test_retention_indexes_exist(sql: SQL) -> None:
     rows = sql(
         "SELECT indexname FROM pg_indexes WHERE tablename IN ('inbound_events', 'chat_sessions')"
     )
@@ -75,11 +79,13 @@ def test_retention_indexes_exist(sql):
 
 
 @pytest.fixture
-def audit_row(sql) -> int:
-    return sql(
-        "INSERT INTO audit_logs (actor_type, actor_id, action, entity, payload)"
-        " VALUES ('user', 'u-1', 'listing.update', 'listings', '{\"x\": 1}') RETURNING id"
-    )[0][0]
+def audit_row(sql: SQL) -> int:
+    return int(
+        sql(
+            "INSERT INTO audit_logs (actor_type, actor_id, action, entity, payload)"
+            " VALUES ('user', 'u-1', 'listing.update', 'listings', '{\"x\": 1}') RETURNING id"
+        )[0][0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -89,21 +95,24 @@ def audit_row(sql) -> int:
         "DELETE FROM audit_logs WHERE id = :id",
     ],
 )
-def test_audit_rows_cannot_be_changed_or_deleted(sql, audit_row, statement):
+def test_audit_rows_cannot_be_changed_or_deleted(sql: SQL, audit_row: int, statement: str) -> None:
     with pytest.raises(DatabaseError, match="append-only"):
         sql(statement, id=audit_row)
     assert sql("SELECT action FROM audit_logs WHERE id = :id", id=audit_row) == [["listing.update"]]
 
 
-def test_audit_log_cannot_be_truncated(sql, audit_row):
+def test_audit_log_cannot_be_truncated(sql: SQL, audit_row: int) -> None:
     with pytest.raises(DatabaseError, match="append-only"):
         sql("TRUNCATE audit_logs")
     assert sql("SELECT count(*) FROM audit_logs WHERE id = :id", id=audit_row) == [[1]]
 
 
 def test_make_migrate_reads_the_database_secret_as_the_readme_shows(
-    database_url, secrets_client, app_env, capsys
-):
+    database_url: str,
+    secrets_client: Any,
+    app_env: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`DB_SECRET_ARN=… make migrate`: the deploy step, against a moto Secrets Manager."""
     import json as _json
 
@@ -112,6 +121,7 @@ def test_make_migrate_reads_the_database_secret_as_the_readme_shows(
     from tools.localdb.migrate import main
 
     target = parse_database_url(database_url)
+    assert target.password  # the test cluster's URL carries one: it must not be printed
     secret = {
         "username": target.user,
         "password": target.password,
@@ -136,7 +146,7 @@ def test_make_migrate_reads_the_database_secret_as_the_readme_shows(
 
 
 @pytest.fixture
-def new_database(pg_cluster, sql) -> Iterator[Callable[[], str]]:
+def new_database(pg_cluster: PgCluster, sql: SQL) -> Iterator[Callable[[], str]]:
     """Databases of the test's own with nothing applied; dropped afterwards."""
     names: list[str] = []
 
@@ -150,7 +160,7 @@ def new_database(pg_cluster, sql) -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture
-def empty_database(new_database) -> str:
+def empty_database(new_database: Callable[[], str]) -> str:
     return str(new_database())
 
 
@@ -174,8 +184,10 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("processes", [2, 4])
 def test_concurrent_migrators_on_an_empty_database_all_succeed_and_apply_each_file_once(
-    new_database, pg_connect, processes
-):
+    new_database: Callable[[], str],
+    pg_connect: Callable[..., pg8000.native.Connection],
+    processes: int,
+) -> None:
     """Before the lock came first, two of them failed in about half the trials (23505)."""
     for _ in range(3):
         url = new_database()
@@ -192,7 +204,7 @@ def test_concurrent_migrators_on_an_empty_database_all_succeed_and_apply_each_fi
             assert said.count(path.name) == 1, said
 
 
-def test_a_second_run_says_up_to_date_not_zero_applied(empty_database):
+def test_a_second_run_says_up_to_date_not_zero_applied(empty_database: str) -> None:
     code, first, _ = finish(start_migrate(empty_database))
     assert code == 0 and migration_files()[-1].name in first, first
     code, second, err = finish(start_migrate(empty_database))
@@ -202,7 +214,9 @@ def test_a_second_run_says_up_to_date_not_zero_applied(empty_database):
     assert "0 applied" not in second
 
 
-def test_a_database_ahead_of_the_code_is_two_lines_and_exit_2(empty_database, pg_connect):
+def test_a_database_ahead_of_the_code_is_two_lines_and_exit_2(
+    empty_database: str, pg_connect: Callable[..., pg8000.native.Connection]
+) -> None:
     assert finish(start_migrate(empty_database))[0] == 0
     runner(pg_connect(empty_database))(
         "INSERT INTO schema_migrations (version, checksum) VALUES ('999_from_the_future.sql', 'x')"
@@ -218,7 +232,9 @@ def test_a_database_ahead_of_the_code_is_two_lines_and_exit_2(empty_database, pg
     assert "up to date" in out and "999_from_the_future.sql" in out, out
 
 
-def test_a_file_numbered_below_an_applied_one_is_refused_by_name(empty_database, tmp_path, sql):
+def test_a_file_numbered_below_an_applied_one_is_refused_by_name(
+    empty_database: str, tmp_path: Path, sql: SQL
+) -> None:
     from ops.db import connect_url
 
     files = migration_files()
@@ -242,7 +258,7 @@ def test_a_file_numbered_below_an_applied_one_is_refused_by_name(empty_database,
 @pytest.mark.parametrize(
     ("query", "named"), [("sslmode=bogus", "sslmode"), ("application_name=x", "application_name")]
 )
-def test_a_refused_database_url_option_is_two_lines_and_exit_2(query, named):
+def test_a_refused_database_url_option_is_two_lines_and_exit_2(query: str, named: str) -> None:
     code, out, err = finish(start_migrate(f"postgresql://app:s3cret@127.0.0.1:1/app?{query}"))
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 2 and named in lines[0], (code, out, err)
