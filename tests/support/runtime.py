@@ -12,8 +12,9 @@ from typing import Any, Protocol
 from tools.runtime.apigw import proxy_event
 from tools.runtime.handler import LambdaContext, load_handler
 
-# A handler as Lambda calls it: (event, context) -> the response.
-Handler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+# A handler as Lambda calls it: (event, context) -> the response. The event is whatever
+# the invocation carried (an API function answers a malformed one with a 400).
+Handler = Callable[[object, LambdaContext], dict[str, Any]]
 # (status, headers, body): the body parsed when it is JSON, else the text ("" for HEAD).
 Response = tuple[int, dict[str, str], Any]
 # The `log_lines` fixture: every JSON line logged so far, parsed.
