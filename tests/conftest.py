@@ -20,10 +20,10 @@ import pytest
 
 from tests.support.db import SQL, PgConnect, runner
 from tests.support.runtime import (
+    ApiReply,
     AppEnv,
     FunctionInvoker,
     LogLines,
-    Response,
     call_api,
     function_handler,
     log_handler,
@@ -184,7 +184,7 @@ def health_api() -> FunctionInvoker:
         headers: dict[str, str] | None = None,
         resource: str | None = None,
         timeout_s: float = 10,
-    ) -> Response:
+    ) -> ApiReply:
         return call_api(handler, path, method, headers, resource, timeout_s)
 
     return invoke

@@ -15,7 +15,7 @@ from unittest.mock import patch
 import pg8000.native
 
 from tests.support.db import SQL, runner
-from tests.support.runtime import Response, call_api, function_handler, log_handler
+from tests.support.runtime import ApiReply, call_api, function_handler, log_handler
 from tools import PYTHONPATH, ROOT
 from tools.localdb.migrate import apply_url
 from tools.localdb.pgcluster import PgCluster
@@ -105,7 +105,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def scrape(headers: Mapping[str, str] | None = None) -> Response:
+def scrape(headers: Mapping[str, str] | None = None) -> ApiReply:
     """One GET /metrics through the metrics function's handler, in this process."""
     return call_api(function_handler("metrics"), "/metrics", headers=dict(headers or {}))
 

@@ -16,7 +16,7 @@ from tools.runtime.handler import LambdaContext, load_handler
 # the invocation carried (an API function answers a malformed one with a 400).
 Handler = Callable[[object, LambdaContext], dict[str, Any]]
 # (status, headers, body): the body parsed when it is JSON, else the text ("" for HEAD).
-Response = tuple[int, dict[str, str], Any]
+ApiReply = tuple[int, dict[str, str], Any]
 # The `log_lines` fixture: every JSON line logged so far, parsed.
 LogLines = Callable[[], list[dict[str, Any]]]
 
@@ -31,7 +31,7 @@ class FunctionInvoker(Protocol):
         headers: dict[str, str] | None = None,
         resource: str | None = None,
         timeout_s: float = 10,
-    ) -> Response: ...
+    ) -> ApiReply: ...
 
 
 class AppEnv(Protocol):
@@ -67,7 +67,7 @@ def call_api(
     headers: dict[str, str] | None = None,
     resource: str | None = None,
     timeout_s: float = 10,
-) -> Response:
+) -> ApiReply:
     event = proxy_event(method=method, path=path, resource=resource or path, headers=headers)
     resp = handler(event, LambdaContext("test-function", timeout_s))
     body = resp["body"]
