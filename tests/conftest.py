@@ -12,17 +12,21 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pg8000.native
 import pytest
 
-from tests.support.db import SQL, runner
+from tests.support.db import SQL, PgConnect, runner
 from tests.support.runtime import (
+    ApiReply,
+    AppEnv,
     FunctionInvoker,
+    LogLines,
     call_api,
     function_handler,
+    log_handler,
     reset_runtime,
 )
 from tools.localdb.migrate import apply_url
@@ -51,7 +55,7 @@ def database_url(pg_cluster: PgCluster) -> str:
 
 
 @pytest.fixture
-def pg_connect() -> Iterator[Callable[..., pg8000.native.Connection]]:
+def pg_connect() -> Iterator[PgConnect]:
     """The one factory of a test's own connections: `pg_connect(url, timeout_s=10)`;
     each is closed when the test ends."""
     from ops.db import connect_url
@@ -69,12 +73,14 @@ def pg_connect() -> Iterator[Callable[..., pg8000.native.Connection]]:
 
 
 @pytest.fixture
-def sql(database_url: str, pg_connect: Callable[..., pg8000.native.Connection]) -> SQL:
+def sql(database_url: str, pg_connect: PgConnect) -> SQL:
     """Run SQL on the test database through a connection of the test's own."""
     return runner(pg_connect(database_url))
 
 
-class SettingsMonkeyPatch(pytest.MonkeyPatch):
+# pytest marks MonkeyPatch @final for type checkers only; subclassing it is the one way
+# for the `monkeypatch` fixture to stay pytest's own type and still hook setenv/delenv.
+class SettingsMonkeyPatch(pytest.MonkeyPatch):  # type: ignore[misc]
     """`monkeypatch` whose setenv/delenv re-read the settings, as a new container would.
 
     ops.config reads the environment once per container (`settings()` is cached);
@@ -140,7 +146,7 @@ def isolated_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def app_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+def app_env(monkeypatch: pytest.MonkeyPatch) -> AppEnv:
     """Set environment variables as a new container would see them (caches reset)."""
 
     def configure(**variables: str) -> None:
@@ -160,33 +166,42 @@ def db_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def log_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+def log_lines() -> Iterator[LogLines]:
     """Every JSON line the Powertools logger writes during the test, parsed."""
-    from ops.log import logger
-
     buf = io.StringIO()
-    previous = logger.registered_handler.setStream(buf)
+    previous = log_handler().setStream(buf)
     yield lambda: [json.loads(line) for line in buf.getvalue().splitlines() if line.strip()]
-    logger.registered_handler.setStream(previous)
+    log_handler().setStream(previous)
 
 
 @pytest.fixture
 def health_api() -> FunctionInvoker:
     handler = function_handler("health")
-    return lambda path, **kw: call_api(handler, path, **kw)
+
+    def invoke(
+        path: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        resource: str | None = None,
+        timeout_s: float = 10,
+    ) -> ApiReply:
+        return call_api(handler, path, method, headers, resource, timeout_s)
+
+    return invoke
 
 
 @pytest.fixture
 def secrets_client() -> Iterator[Any]:
-    """A moto Secrets Manager; Powertools' cached provider is made inside the mock."""
-    import boto3
-    from aws_lambda_powertools.utilities.parameters import base
+    """A moto Secrets Manager client (boto3's clients are untyped here: no stubs installed);
+    Powertools' cached provider is made inside the mock."""
+    import boto3  # type: ignore[import-untyped]  # no boto3 stubs in the venv
+    from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
     from moto import mock_aws
 
-    base.DEFAULT_PROVIDERS.clear()  # the provider holds a boto3 client; make it inside the mock
+    DEFAULT_PROVIDERS.clear()  # the provider holds a boto3 client; make it inside the mock
     with mock_aws():
         yield boto3.client("secretsmanager", region_name="eu-west-1")
-    base.DEFAULT_PROVIDERS.clear()
+    DEFAULT_PROVIDERS.clear()
 
 
 @pytest.fixture

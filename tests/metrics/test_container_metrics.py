@@ -17,30 +17,32 @@ from ops.checks import Check, run_checks
 from ops.db import Database
 from ops.metrics import ContainerMetrics, FlushReason, current, flush, using
 from ops.metrics import catalogue as m
+from ops.metrics.pending import SeriesKey
 from ops.wiring import service_api
-from tests.support.db import SQL
+from tests.support.db import SQL, PgConnect
 from tests.support.metrics import (
     emptied_store,
     metrics_database,
     scrape_samples,
     value,
 )
-from tests.support.runtime import call_api
+from tests.support.runtime import AppEnv, call_api
 from tools import PYTHONPATH, ROOT
+from tools.localdb.pgcluster import PgCluster
 
 
 @pytest.fixture(scope="module")
-def container_url(pg_cluster) -> str:
+def container_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_container")
 
 
 @pytest.fixture
-def own_sql(container_url, pg_connect) -> SQL:
+def own_sql(container_url: str, pg_connect: PgConnect) -> SQL:
     return emptied_store(pg_connect(container_url, timeout_s=30))
 
 
 @pytest.fixture
-def metrics_env(container_url, own_sql, app_env) -> str:
+def metrics_env(container_url: str, own_sql: SQL, app_env: AppEnv) -> str:
     app_env(DATABASE_URL=container_url, METRICS_NEW_SERIES_HOLD_S="0")
     return container_url
 
@@ -58,7 +60,7 @@ def _webhook_failures(source: str) -> float:
     return value(scrape_samples(), "webhook_failures_total", source=source)
 
 
-def test_recordings_go_to_the_active_instance_only():
+def test_recordings_go_to_the_active_instance_only() -> None:
     other = ContainerMetrics()
     counter = m.WEBHOOK_FAILURES.labels(source="github")
     counter.inc()
@@ -71,7 +73,9 @@ def test_recordings_go_to_the_active_instance_only():
     assert current().pending.take_deltas().sums == {key: 1.0}
 
 
-def test_identities_flush_as_separate_containers_on_their_own_connections(metrics_env, own_sql):
+def test_identities_flush_as_separate_containers_on_their_own_connections(
+    metrics_env: str, own_sql: SQL
+) -> None:
     connections: list[Database] = []
     fleet = [_identity(f"fleet-{i}", connections) for i in range(3)]
     counter = m.WEBHOOK_FAILURES.labels(source="fleet")
@@ -95,7 +99,7 @@ def test_identities_flush_as_separate_containers_on_their_own_connections(metric
         db.close()
 
 
-def test_identities_on_threads_record_and_flush_independently(metrics_env):
+def test_identities_on_threads_record_and_flush_independently(metrics_env: str) -> None:
     fleet = [ContainerMetrics() for _ in range(4)]
     counter = m.WEBHOOK_FAILURES.labels(source="threads")
     stored: list[bool] = []
@@ -115,7 +119,7 @@ def test_identities_on_threads_record_and_flush_independently(metrics_env):
     assert _webhook_failures("threads") == 200
 
 
-def test_the_flush_clock_is_the_instances(metrics_env, app_env, own_sql):
+def test_the_flush_clock_is_the_instances(metrics_env: str, app_env: AppEnv, own_sql: SQL) -> None:
     """DUE follows the instance's clock: no sleeping, no wall time in the decision."""
     app_env(METRICS_FLUSH_INTERVAL_S="60")
     now = [1000.0]
@@ -137,7 +141,7 @@ def test_the_flush_clock_is_the_instances(metrics_env, app_env, own_sql):
     assert _webhook_failures("clock") == 3
 
 
-def test_a_check_worker_records_into_the_callers_instance():
+def test_a_check_worker_records_into_the_callers_instance() -> None:
     """The checks' workers run in a copy of the caller's context."""
     identity = ContainerMetrics()
     counter = m.WEBHOOK_FAILURES.labels(source="worker")
@@ -148,16 +152,12 @@ def test_a_check_worker_records_into_the_callers_instance():
     with using(identity):
         (result,) = run_checks([Check("recorder", probe, 5.0, True, "component")])
     assert result.ok
-    sums = identity.pending.take_deltas().sums
-    assert sums[("webhook_failures_total", 'source="worker"', "")] == 1.0
-    assert (
-        not current()
-        .pending.take_deltas()
-        .sums.get(("webhook_failures_total", 'source="worker"', ""))
-    )
+    worker = SeriesKey("webhook_failures_total", 'source="worker"', "")
+    assert identity.pending.take_deltas().sums[worker] == 1.0
+    assert not current().pending.take_deltas().sums.get(worker)
 
 
-def test_an_api_function_flushes_the_active_instance(metrics_env):
+def test_an_api_function_flushes_the_active_instance(metrics_env: str) -> None:
     """The router's hooks (ops.wiring) record and flush into `current()`."""
     app = service_api()
 
@@ -174,7 +174,7 @@ def test_an_api_function_flushes_the_active_instance(metrics_env):
     assert value(scrape_samples(), "tool_calls_total", tool="work", status="ok") == 1
 
 
-def test_reset_replaces_the_default_instance():
+def test_reset_replaces_the_default_instance() -> None:
     from ops.metrics import reset
 
     before = current()
@@ -184,14 +184,14 @@ def test_reset_replaces_the_default_instance():
     assert not current().pending.take_deltas()
 
 
-def test_flush_without_a_database_takes_the_deltas(app_env):
+def test_flush_without_a_database_takes_the_deltas(app_env: AppEnv) -> None:
     app_env(DATABASE_URL="")
     m.WEBHOOK_FAILURES.labels(source="nodb").inc()
     assert flush() is True  # the Prometheus side is off: nothing to keep
     assert current().pending_since() is None
 
 
-def test_checks_import_nothing_of_the_metrics_package():
+def test_checks_import_nothing_of_the_metrics_package() -> None:
     code = (
         "import sys\n"
         "import ops.checks\n"

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pg8000.native
 import pytest
@@ -20,6 +20,7 @@ import pytest
 from ops.db import connect_url
 from ops.metrics import catalogue as m
 from tests.support.binaries import require_binary, require_pg_library
+from tests.support.db import PgConnect
 from tests.support.metrics import (
     TOKEN,
     Samples,
@@ -30,6 +31,7 @@ from tests.support.metrics import (
     value,
 )
 from tests.support.prometheus import local_gateway, prometheus, shipped_alert_rules
+from tests.support.runtime import AppEnv
 from tools import ROOT
 from tools.localdb.pgcluster import PgCluster, default_bindir, running_cluster
 
@@ -58,7 +60,7 @@ def stats_url(stats_cluster: PgCluster) -> str:
 
 
 @pytest.fixture
-def stats_env(stats_url: str, app_env: Callable[..., None]) -> str:
+def stats_env(stats_url: str, app_env: AppEnv) -> str:
     app_env(DATABASE_URL=stats_url)
     return stats_url
 
@@ -67,7 +69,9 @@ def _series(samples: Samples, name: str) -> dict[str, float]:
     return {dict(labels)["queryid"]: v for (n, labels), v in samples.items() if n == name}
 
 
-def test_slow_statements_appear_in_the_top_n_by_queryid_only(stats_env, pg_connect):
+def test_slow_statements_appear_in_the_top_n_by_queryid_only(
+    stats_env: str, pg_connect: PgConnect
+) -> None:
     conn = pg_connect(stats_env)
     conn.run("SELECT pg_stat_statements_reset()")
     for i in range(TOP_N + 5):  # more distinct statements than the top N
@@ -99,7 +103,9 @@ def test_slow_statements_appear_in_the_top_n_by_queryid_only(stats_env, pg_conne
     assert not (proc.stdout + proc.stderr).strip()
 
 
-def test_a_held_transaction_and_a_running_query_raise_their_ages(stats_env, pg_connect):
+def test_a_held_transaction_and_a_running_query_raise_their_ages(
+    stats_env: str, pg_connect: PgConnect
+) -> None:
     holder = pg_connect(stats_env)
     holder.run("BEGIN")
     holder.run("SELECT txid_current()")  # a transaction with an id, as a writer holds
@@ -147,7 +153,7 @@ def _deadlock(url: str) -> list[str]:
     return raised
 
 
-def test_a_deadlock_between_two_sessions_is_counted(stats_env, pg_connect):
+def test_a_deadlock_between_two_sessions_is_counted(stats_env: str, pg_connect: PgConnect) -> None:
     sql = pg_connect(stats_env)
     sql.run("CREATE TABLE IF NOT EXISTS deadlock_pair (id int PRIMARY KEY, n int NOT NULL)")
     sql.run("INSERT INTO deadlock_pair VALUES (1, 0), (2, 0) ON CONFLICT DO NOTHING")
@@ -171,7 +177,10 @@ def test_a_deadlock_between_two_sessions_is_counted(stats_env, pg_connect):
     )
 
 
-def _poll(what: str, found: Callable[[], Any], timeout_s: float) -> Any:
+T = TypeVar("T")
+
+
+def _poll(what: str, found: Callable[[], T | None], timeout_s: float) -> T:
     deadline = time.monotonic() + timeout_s
     while True:
         result = found()
@@ -182,14 +191,16 @@ def _poll(what: str, found: Callable[[], Any], timeout_s: float) -> Any:
 
 
 @pytest.mark.slow
-def test_connections_near_max_connections_fire_the_warning_in_prometheus(stats_url, pg_connect):
+def test_connections_near_max_connections_fire_the_warning_in_prometheus(
+    stats_url: str, pg_connect: PgConnect
+) -> None:
     env = {
         "DATABASE_URL": stats_url,
         "METRICS_AUTH_TOKEN": TOKEN,
         "HEALTH_DB_TIMEOUT_S": "0.5",
         "METRICS_SCRAPE_BUDGET_S": "0.9",  # within Prometheus' 1 s scrape timeout
     }
-    job = {
+    job: dict[str, Any] = {
         "job_name": "realestate-backend",
         "metrics_path": "/metrics",
         "authorization": {"type": "Bearer", "credentials": TOKEN},

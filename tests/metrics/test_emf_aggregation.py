@@ -18,7 +18,7 @@ import pytest
 
 from ops.metrics import flush
 from tests.support.metrics import EmfClock, emf_lines
-from tests.support.runtime import call_api, function_handler
+from tests.support.runtime import AppEnv, call_api, function_handler
 
 MIXED = ("/health/live", "/health/ready", "/health", "/nowhere", "/health/detailed")
 
@@ -64,7 +64,9 @@ def total(docs: list[dict[str, Any]], name: str, **dims: str) -> float:
 
 
 @pytest.mark.parametrize("interval", [1, 10])
-def test_one_document_per_dimension_set_per_window_and_exact_sums(db_env, app_env, interval):
+def test_one_document_per_dimension_set_per_window_and_exact_sums(
+    db_env: str, app_env: AppEnv, interval: int
+) -> None:
     app_env(METRICS_FLUSH_INTERVAL_S=str(interval))
     served, printed = serve(MIXED, [i / 10 for i in range(400)])  # 10/s for 40 s
     docs = [doc for _, doc in printed]
@@ -88,7 +90,7 @@ def test_one_document_per_dimension_set_per_window_and_exact_sums(db_env, app_en
     assert len(durations) == 400  # the latency alarm's SampleCount: every request
 
 
-def test_every_value_is_stamped_in_its_window_and_minute(db_env, app_env):
+def test_every_value_is_stamped_in_its_window_and_minute(db_env: str, app_env: AppEnv) -> None:
     """A window's Timestamp is its first invocation's time, its values are those served
     from then to the next window, and it never spans two UTC minutes."""
     app_env(METRICS_FLUSH_INTERVAL_S="10")
@@ -110,8 +112,8 @@ def test_every_value_is_stamped_in_its_window_and_minute(db_env, app_env):
     ("interval", "spacing"), [(10, 0.5), (10, 3.0), (10, 9.0), (10, 25.0), (600, 3.0)]
 )
 def test_no_document_waits_past_the_interval_while_traffic_comes(
-    app_env, closed_port, interval, spacing
-):
+    app_env: AppEnv, closed_port: int, interval: int, spacing: float
+) -> None:
     """Probe-only, the database down: each failure reaches stdout within the interval of
     when it happened (at a steady spacing), and within its minute plus one spacing
     whatever the interval, so the DatabaseDown alarm's minutes see it."""
@@ -133,6 +135,6 @@ def test_no_document_waits_past_the_interval_while_traffic_comes(
         assert len({doc["_aws"]["Timestamp"] for doc in docs}) == len(served)
 
 
-def test_interval_0_prints_every_invocation(db_env):
+def test_interval_0_prints_every_invocation(db_env: str) -> None:
     served, printed = serve(("/health/live",), [i / 10 for i in range(20)])
     assert [t for t, _, _ in served] == sorted({t for t, _ in printed})

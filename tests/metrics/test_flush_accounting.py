@@ -15,19 +15,21 @@ from ops import deadline
 from ops.checks import ANSWER_MARGIN_S, fitted_budget
 from ops.metrics import FlushReason, current, flush
 from ops.metrics import catalogue as m
+from tests.support.db import PgConnect
 from tests.support.metrics import metrics_database
-from tests.support.runtime import call_api, function_handler
+from tests.support.runtime import AppEnv, LogLines, call_api, function_handler
+from tools.localdb.pgcluster import PgCluster
 from tools.runtime.handler import LambdaContext
 from tools.standins.tcp_proxy import DelayProxy
 
 
 @pytest.fixture(scope="module")
-def accounting_url(pg_cluster) -> str:
+def accounting_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_accounting")
 
 
 @pytest.fixture
-def proxy(accounting_url) -> Iterator[DelayProxy]:
+def proxy(accounting_url: str) -> Iterator[DelayProxy]:
     where = urlsplit(accounting_url)
     assert where.hostname and where.port
     proxied = DelayProxy((where.hostname, where.port))
@@ -47,11 +49,13 @@ def dropped(out: str) -> dict[str, float]:
     return totals
 
 
-def flush_logs(log_lines) -> list[dict[str, object]]:
+def flush_logs(log_lines: LogLines) -> list[dict[str, object]]:
     return [line for line in log_lines() if line.get("type") == "metrics_flush"]
 
 
-def test_a_refused_connection_is_rejected_not_unknown(app_env, proxy, accounting_url, log_lines):
+def test_a_refused_connection_is_rejected_not_unknown(
+    app_env: AppEnv, proxy: DelayProxy, accounting_url: str, log_lines: LogLines
+) -> None:
     app_env(DATABASE_URL=proxy.url(accounting_url), POWERTOOLS_METRICS_NAMESPACE="Test")
     counter = m.WEBHOOK_FAILURES.labels(source="stripe")
     counter.inc()
@@ -64,7 +68,9 @@ def test_a_refused_connection_is_rejected_not_unknown(app_env, proxy, accounting
     assert "refused" in str(failure["error"])
 
 
-def test_deltas_never_sent_are_lost_at_shutdown(app_env, closed_port, log_lines, capsys):
+def test_deltas_never_sent_are_lost_at_shutdown(
+    app_env: AppEnv, closed_port: int, log_lines: LogLines, capsys: pytest.CaptureFixture[str]
+) -> None:
     app_env(
         DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{closed_port}/app",
         POWERTOOLS_METRICS_NAMESPACE="Test",
@@ -79,8 +85,12 @@ def test_deltas_never_sent_are_lost_at_shutdown(app_env, closed_port, log_lines,
 
 
 def test_deltas_sent_without_a_reply_are_unconfirmed_at_shutdown(
-    app_env, proxy, accounting_url, log_lines, capsys
-):
+    app_env: AppEnv,
+    proxy: DelayProxy,
+    accounting_url: str,
+    log_lines: LogLines,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     app_env(DATABASE_URL=proxy.url(accounting_url), POWERTOOLS_METRICS_NAMESPACE="Test")
     counter = m.WEBHOOK_FAILURES.labels(source="stripe")
     counter.inc()
@@ -97,8 +107,8 @@ def test_deltas_sent_without_a_reply_are_unconfirmed_at_shutdown(
 
 
 def test_a_dead_idle_connection_is_replaced_within_the_shutdown_budget(
-    app_env, proxy, accounting_url, pg_connect
-):
+    app_env: AppEnv, proxy: DelayProxy, accounting_url: str, pg_connect: PgConnect
+) -> None:
     app_env(DATABASE_URL=proxy.url(accounting_url), POWERTOOLS_METRICS_NAMESPACE="Test")
     counter = m.WEBHOOK_FAILURES.labels(source="dead-idle")
     counter.inc()
@@ -114,7 +124,9 @@ def test_a_dead_idle_connection_is_replaced_within_the_shutdown_budget(
     assert total == 5
 
 
-def test_checks_and_flushes_use_connections_of_their_own(app_env, accounting_url, pg_connect):
+def test_checks_and_flushes_use_connections_of_their_own(
+    app_env: AppEnv, accounting_url: str, pg_connect: PgConnect
+) -> None:
     app_env(DATABASE_URL=accounting_url, METRICS_FLUSH_INTERVAL_S="0")
     health = function_handler("health")
     for path in ("/health/live", "/health/ready", "/health/live"):
@@ -133,7 +145,7 @@ def test_checks_and_flushes_use_connections_of_their_own(app_env, accounting_url
     assert dict(names) == {checks: "realestate-backend", flushes: "realestate-backend-metrics"}
 
 
-def test_a_checks_budget_ends_a_margin_before_the_deadline():
+def test_a_checks_budget_ends_a_margin_before_the_deadline() -> None:
     assert fitted_budget(2.0) == 2.0  # no invocation running: the configured budget
     deadline.begin(LambdaContext("f", 0.3))
     try:

@@ -10,27 +10,28 @@ and its cause is logged once across scrapes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from ops.metrics import catalogue as m
 from ops.metrics import flush
-from tests.support.db import SQL, runner
+from tests.support.db import SQL, PgConnect, runner
 from tests.support.metrics import Samples, metrics_database, scrape_samples, truncate_metrics, value
+from tests.support.runtime import AppEnv, LogLines
+from tools.localdb.pgcluster import PgCluster
 
 DAY = 86400.0
 ROLE, ROLE_PASSWORD = "gauge_reader", "gauge-reader-pw"
 
 
 @pytest.fixture(scope="module")
-def isolation_url(pg_cluster) -> str:
+def isolation_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "live_gauge_isolation")
 
 
 @pytest.fixture
-def own_sql(isolation_url, pg_connect) -> SQL:
+def own_sql(isolation_url: str, pg_connect: PgConnect) -> SQL:
     sql = runner(pg_connect(isolation_url))
     truncate_metrics(sql)
     sql("TRUNCATE inbound_events, chat_sessions")
@@ -38,7 +39,7 @@ def own_sql(isolation_url, pg_connect) -> SQL:
 
 
 @pytest.fixture
-def reader_url(isolation_url, own_sql) -> Iterator[str]:
+def reader_url(isolation_url: str, own_sql: SQL) -> Iterator[str]:
     """A role of the test's own, with what the metrics function needs on every table."""
     own_sql(f"DROP ROLE IF EXISTS {ROLE}")
     own_sql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{ROLE_PASSWORD}'")
@@ -57,7 +58,7 @@ def _with_a_stored_counter() -> None:
     assert flush() is True
 
 
-def _left_out(log_lines: Callable[[], list[dict[str, Any]]]) -> list[tuple[str, str]]:
+def _left_out(log_lines: LogLines) -> list[tuple[str, str]]:
     return [
         (line["gauges"][0], line["reason"])
         for line in log_lines()
@@ -81,8 +82,8 @@ def _errors(samples: Samples, gauge: str, reason: str) -> float:
 
 
 def test_infinite_timestamps_are_ignored_by_the_oldest_row_age(
-    isolation_url, own_sql, app_env, log_lines
-):
+    isolation_url: str, own_sql: SQL, app_env: AppEnv, log_lines: LogLines
+) -> None:
     own_sql(
         "INSERT INTO inbound_events (source, event_type, received_at) VALUES"
         " ('a', 'e', '-infinity'), ('a', 'e', 'infinity'), ('a', 'e', now() - interval '3 days')"
@@ -100,8 +101,8 @@ def test_infinite_timestamps_are_ignored_by_the_oldest_row_age(
 
 
 def test_a_bc_date_is_its_age_and_an_unreadable_one_costs_only_its_table(
-    isolation_url, own_sql, reader_url, app_env, log_lines
-):
+    isolation_url: str, own_sql: SQL, reader_url: str, app_env: AppEnv, log_lines: LogLines
+) -> None:
     # East of UTC, the earliest naive timestamp is out of timestamptz's range: 22008.
     own_sql(f"ALTER ROLE {ROLE} SET timezone = 'Asia/Kolkata'")
     own_sql("CREATE TABLE IF NOT EXISTS ancient (at timestamp NOT NULL)")
@@ -138,8 +139,8 @@ def test_a_bc_date_is_its_age_and_an_unreadable_one_costs_only_its_table(
 
 
 def test_a_revoked_select_costs_only_the_gauges_that_read_the_table(
-    isolation_url, own_sql, reader_url, app_env, log_lines
-):
+    isolation_url: str, own_sql: SQL, reader_url: str, app_env: AppEnv, log_lines: LogLines
+) -> None:
     own_sql(f"REVOKE SELECT ON inbound_events, chat_sessions FROM {ROLE}")
     app_env(DATABASE_URL=reader_url)  # the default policies: inbound_events, chat_sessions
     _with_a_stored_counter()
@@ -163,7 +164,9 @@ def test_a_revoked_select_costs_only_the_gauges_that_read_the_table(
     ]
 
 
-def test_a_missing_policy_table_costs_only_its_gauges(isolation_url, own_sql, app_env, log_lines):
+def test_a_missing_policy_table_costs_only_its_gauges(
+    isolation_url: str, own_sql: SQL, app_env: AppEnv, log_lines: LogLines
+) -> None:
     policies = [
         {"table": "no_such_table", "column": "at", "maxAgeDays": 10},
         {"table": "inbound_events", "column": "received_at", "maxAgeDays": 30},
@@ -184,8 +187,8 @@ def test_a_missing_policy_table_costs_only_its_gauges(isolation_url, own_sql, ap
 
 
 def test_a_locked_table_costs_its_gauge_within_the_budget(
-    isolation_url, own_sql, pg_connect, app_env, log_lines
-):
+    isolation_url: str, own_sql: SQL, pg_connect: PgConnect, app_env: AppEnv, log_lines: LogLines
+) -> None:
     holder = pg_connect(isolation_url)
     holder.run("BEGIN")
     holder.run("LOCK TABLE inbound_events IN ACCESS EXCLUSIVE MODE")
@@ -204,8 +207,12 @@ def test_a_locked_table_costs_its_gauge_within_the_budget(
 
 
 def test_a_slow_reading_costs_its_families_not_the_scrape(
-    isolation_url, own_sql, app_env, monkeypatch, log_lines
-):
+    isolation_url: str,
+    own_sql: SQL,
+    app_env: AppEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: LogLines,
+) -> None:
     from metrics import live_gauges
 
     slow = live_gauges.STAT_DATABASE_SQL.replace(

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.db import runner
 from tests.support.metrics import counters_and_buckets, metrics_database, scrape_samples, value
-from tests.support.runtime import reset_runtime
+from tests.support.runtime import AppEnv, reset_runtime
 from tools.localdb.pgcluster import PgCluster, running_cluster
 
 pytestmark = pytest.mark.db  # a PostgreSQL of its own (not the session fixture)
@@ -39,7 +39,9 @@ def crash_database(request: pytest.FixtureRequest) -> Iterator[tuple[PgCluster, 
         yield cluster, url
 
 
-def test_a_scraped_counter_survives_an_immediate_stop(crash_database, app_env):
+def test_a_scraped_counter_survives_an_immediate_stop(
+    crash_database: tuple[PgCluster, str], app_env: AppEnv
+) -> None:
     from ops.metrics import catalogue as m
     from ops.metrics import flush
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.db import PgConnect
 from tests.support.metrics import metrics_database, scrape_samples, value
-from tests.support.runtime import call_api, function_handler
+from tests.support.runtime import AppEnv, LogLines, call_api, function_handler
 from tools.localdb.pgcluster import PgCluster, running_cluster
 
 pytestmark = pytest.mark.db  # clusters of its own (not the session fixture)
@@ -42,7 +43,9 @@ def urls(app_cluster: PgCluster, store_cluster: PgCluster) -> tuple[str, str]:
 
 
 @pytest.fixture
-def apart(urls: tuple[str, str], app_env: Any, pg_connect: Any) -> Iterator[tuple[str, str]]:
+def apart(
+    urls: tuple[str, str], app_env: AppEnv, pg_connect: PgConnect
+) -> Iterator[tuple[str, str]]:
     """Handlers on the application's database with the store on its own; both empty."""
     app_url, store_url = urls
     for url in urls:
@@ -126,7 +129,7 @@ def test_application_database_down_every_count_still_stored(
 
 
 def test_metrics_database_down_health_unaffected_and_counts_delivered_after(
-    apart: tuple[str, str], store_cluster: PgCluster, log_lines: Any
+    apart: tuple[str, str], store_cluster: PgCluster, log_lines: LogLines
 ) -> None:
     health = function_handler("health")
     for _ in range(4):
@@ -167,7 +170,7 @@ def test_metrics_database_down_health_unaffected_and_counts_delivered_after(
 
 
 def test_a_metrics_database_without_the_migrations_is_metrics_store_up_0_not_a_503(
-    urls: tuple[str, str], store_cluster: PgCluster, app_env: Any, log_lines: Any
+    urls: tuple[str, str], store_cluster: PgCluster, app_env: AppEnv, log_lines: LogLines
 ) -> None:
     """The store answering with an error costs the stored samples, not the application's
     gauges: 200 with `metrics_store_up 0` (without a separate store this is a 503)."""
@@ -182,7 +185,7 @@ def test_a_metrics_database_without_the_migrations_is_metrics_store_up_0_not_a_5
 
 
 def test_without_a_separate_store_metrics_store_up_is_database_up(
-    urls: tuple[str, str], app_env: Any, closed_port: int
+    urls: tuple[str, str], app_env: AppEnv, closed_port: int
 ) -> None:
     app_env(DATABASE_URL=urls[0])
     samples = scrape_samples()
@@ -193,7 +196,10 @@ def test_without_a_separate_store_metrics_store_up_is_database_up(
 
 
 def test_make_migrate_brings_both_databases_up(
-    app_cluster: PgCluster, store_cluster: PgCluster, app_env: Any, capsys: Any
+    app_cluster: PgCluster,
+    store_cluster: PgCluster,
+    app_env: AppEnv,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from ops.db import parse_database_url
     from tools.cli import run
@@ -221,7 +227,7 @@ def test_make_migrate_brings_both_databases_up(
 
 
 def test_a_malformed_metrics_database_url_is_named_and_never_quoted(
-    urls: tuple[str, str], app_env: Any, log_lines: Any
+    urls: tuple[str, str], app_env: AppEnv, log_lines: LogLines
 ) -> None:
     app_env(DATABASE_URL=urls[0], METRICS_DATABASE_URL="mysql://u:hunter2@h/db")
     health = function_handler("health")
@@ -235,7 +241,7 @@ def test_a_malformed_metrics_database_url_is_named_and_never_quoted(
 
 
 def test_the_metrics_database_secret_and_host_override(
-    urls: tuple[str, str], store_cluster: PgCluster, app_env: Any, secrets_client: Any
+    urls: tuple[str, str], store_cluster: PgCluster, app_env: AppEnv, secrets_client: Any
 ) -> None:
     """METRICS_DB_SECRET_ARN in DB_SECRET_ARN's format; METRICS_DB_HOST wins over its host
     (an RDS Proxy endpoint), and DB_HOST does not touch it."""
@@ -264,7 +270,7 @@ def test_the_metrics_database_secret_and_host_override(
 
 
 def test_a_hung_metrics_database_delays_neither_probes_nor_the_scrape(
-    urls: tuple[str, str], app_env: Any, blackhole: int
+    urls: tuple[str, str], app_env: AppEnv, blackhole: int
 ) -> None:
     """A store that accepts and never answers: health answers at once (the flush is handed
     to the flush thread), the scrape within its budget with `metrics_store_up 0` and the

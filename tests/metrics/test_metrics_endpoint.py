@@ -6,14 +6,13 @@ Prometheus scraping it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ops.metrics import catalogue as m
 from ops.metrics import flush, totals
-from tests.support.db import SQL, runner
+from tests.support.db import SQL, PgConnect, runner
 from tests.support.metrics import (
     TOKEN,
     metrics_database,
@@ -24,7 +23,8 @@ from tests.support.metrics import (
     value,
 )
 from tests.support.prometheus import get, local_gateway, prometheus
-from tests.support.runtime import call_api, function_handler
+from tests.support.runtime import AppEnv, LogLines, call_api, function_handler
+from tools.localdb.pgcluster import PgCluster
 from tools.runtime.handler import LambdaContext
 from tools.standins.loopback import serving
 
@@ -35,17 +35,17 @@ DURATION = "http_request_duration_seconds"
 
 
 @pytest.fixture(scope="module")
-def endpoint_url(pg_cluster) -> str:
+def endpoint_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_endpoint")
 
 
 @pytest.fixture
-def own_sql(endpoint_url, pg_connect) -> SQL:
+def own_sql(endpoint_url: str, pg_connect: PgConnect) -> SQL:
     return runner(pg_connect(endpoint_url))
 
 
 @pytest.fixture
-def metrics_env(endpoint_url, own_sql, app_env) -> str:
+def metrics_env(endpoint_url: str, own_sql: SQL, app_env: AppEnv) -> str:
     truncate_metrics(own_sql)
     app_env(DATABASE_URL=endpoint_url)
     return endpoint_url
@@ -55,7 +55,9 @@ def metrics_env(endpoint_url, own_sql, app_env) -> str:
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer nope", f"Basic {TOKEN}", "Bearer"])
-def test_a_missing_or_wrong_token_is_401(metrics_env, app_env, authorization):
+def test_a_missing_or_wrong_token_is_401(
+    metrics_env: str, app_env: AppEnv, authorization: str | None
+) -> None:
     app_env(METRICS_AUTH_TOKEN=TOKEN)
     status, headers, body = scrape({"Authorization": authorization} if authorization else {})
     assert status == 401
@@ -63,7 +65,7 @@ def test_a_missing_or_wrong_token_is_401(metrics_env, app_env, authorization):
     assert headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_the_right_token_gets_the_exposition(metrics_env, app_env):
+def test_the_right_token_gets_the_exposition(metrics_env: str, app_env: AppEnv) -> None:
     app_env(METRICS_AUTH_TOKEN=TOKEN)
     status, headers, body = scrape({"Authorization": f"Bearer {TOKEN}"})
     assert status == 200
@@ -71,7 +73,9 @@ def test_the_right_token_gets_the_exposition(metrics_env, app_env):
     assert "# TYPE http_requests_total counter" in body
 
 
-def test_head_metrics_is_the_scrapes_status_and_headers_without_a_body(metrics_env, app_env):
+def test_head_metrics_is_the_scrapes_status_and_headers_without_a_body(
+    metrics_env: str, app_env: AppEnv
+) -> None:
     app_env(METRICS_AUTH_TOKEN=TOKEN)
     handler = function_handler("metrics")
     status, headers, body = call_api(handler, "/metrics", method="HEAD")
@@ -88,15 +92,15 @@ def test_head_metrics_is_the_scrapes_status_and_headers_without_a_body(metrics_e
 STORED_FAMILIES = ("http_requests_total", "retention_run_duration_seconds", "webhook_failures")
 
 
-def _request_line(log_lines: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
+def _request_line(log_lines: LogLines) -> dict[str, Any]:
     (line,) = [x for x in log_lines() if x.get("type") == "request" and x["url"] == "/metrics"]
     return line
 
 
 @pytest.mark.parametrize("where", ["refused", "hung"])
 def test_database_down_is_200_with_what_the_scrape_can_measure(
-    app_env, closed_port, blackhole, log_lines, where
-):
+    app_env: AppEnv, closed_port: int, blackhole: int, log_lines: LogLines, where: str
+) -> None:
     port = closed_port if where == "refused" else blackhole
     app_env(
         DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{port}/app",
@@ -120,8 +124,8 @@ def test_database_down_is_200_with_what_the_scrape_can_measure(
 
 
 def test_a_database_that_hangs_mid_scrape_costs_the_scrape_budget_only(
-    metrics_env, app_env, monkeypatch, log_lines
-):
+    metrics_env: str, app_env: AppEnv, monkeypatch: pytest.MonkeyPatch, log_lines: LogLines
+) -> None:
     app_env(METRICS_SCRAPE_BUDGET_S="1", HEALTH_DB_TIMEOUT_S="0.5")
     values_sql = totals.VALUES_SQL
     hung = values_sql.replace("now())::text, 0\n", "now())::text, 0 FROM pg_sleep(30)\n")
@@ -140,7 +144,7 @@ def test_a_database_that_hangs_mid_scrape_costs_the_scrape_budget_only(
     assert value(scrape_samples(), "database_up") == 1  # the next scrape connects afresh
 
 
-def test_a_failing_store_query_is_503(metrics_env, monkeypatch):
+def test_a_failing_store_query_is_503(metrics_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(totals, "VALUES_SQL", "SELECT * FROM no_such_table")
     status, _, body = scrape()
     assert status == 503 and body["error"] == "metrics_unavailable"
@@ -167,7 +171,7 @@ def _record_one_of_everything() -> None:
     assert flush() is True
 
 
-def test_openmetrics_when_the_scraper_asks_for_it(metrics_env):
+def test_openmetrics_when_the_scraper_asks_for_it(metrics_env: str) -> None:
     _record_one_of_everything()
     prometheus_accept = (
         "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
@@ -193,7 +197,9 @@ def test_openmetrics_when_the_scraper_asks_for_it(metrics_env):
 # -- instrumentation --------------------------------------------------------------------
 
 
-def test_every_response_is_recorded_errors_included(metrics_env, monkeypatch):
+def test_every_response_is_recorded_errors_included(
+    metrics_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
 
     health = function_handler("health")
     call_api(health, "/health/live")
@@ -223,7 +229,9 @@ def test_every_response_is_recorded_errors_included(metrics_env, monkeypatch):
     assert not any(dict(labels).get("route") == "/no/such/path" for _, labels in samples)
 
 
-def test_health_checks_record_failures_and_latency(metrics_env, app_env, closed_port):
+def test_health_checks_record_failures_and_latency(
+    metrics_env: str, app_env: AppEnv, closed_port: int
+) -> None:
     app_env(MOLTBOT_GATEWAY_URL=f"http://127.0.0.1:{closed_port}")
     status, _, _ = call_api(function_handler("health"), "/health/detailed")
     assert status == 503  # the optional dependency is down
@@ -237,7 +245,7 @@ def test_health_checks_record_failures_and_latency(metrics_env, app_env, closed_
 # -- measured at scrape time ------------------------------------------------------------
 
 
-def test_database_up_is_in_every_scrape(metrics_env):
+def test_database_up_is_in_every_scrape(metrics_env: str) -> None:
     for _ in range(3):
         samples = scrape_samples()
         assert value(samples, "database_up") == 1
@@ -245,7 +253,9 @@ def test_database_up_is_in_every_scrape(metrics_env):
         assert value(samples, "health_check_latency_seconds", check="database") >= 0
 
 
-def test_dependency_status_is_current_and_goes_when_the_dependency_goes(metrics_env, app_env):
+def test_dependency_status_is_current_and_goes_when_the_dependency_goes(
+    metrics_env: str, app_env: AppEnv
+) -> None:
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     class Gateway(BaseHTTPRequestHandler):
@@ -270,7 +280,9 @@ def test_dependency_status_is_current_and_goes_when_the_dependency_goes(metrics_
         assert not [k for k in samples if ("check", "moltbot") in k[1] and "status" in k[0]]
 
 
-def test_a_new_counter_series_is_exposed_at_zero_before_its_value(metrics_env, app_env, own_sql):
+def test_a_new_counter_series_is_exposed_at_zero_before_its_value(
+    metrics_env: str, app_env: AppEnv, own_sql: SQL
+) -> None:
     app_env(METRICS_NEW_SERIES_HOLD_S="60")
     m.HTTP_REQUESTS.labels(method="GET", route="/listings", status="503").inc(7)
     m.HTTP_REQUEST_DURATION.labels(method="GET", route="/listings").observe(0.042)
@@ -297,7 +309,7 @@ def test_a_new_counter_series_is_exposed_at_zero_before_its_value(metrics_env, a
 # -- gauges read at scrape time ---------------------------------------------------------
 
 
-def test_live_gauges(metrics_env, own_sql, app_env, log_lines):
+def test_live_gauges(metrics_env: str, own_sql: SQL, app_env: AppEnv, log_lines: LogLines) -> None:
     own_sql("TRUNCATE chat_sessions")
     own_sql(
         "INSERT INTO chat_sessions (channel, user_ref, updated_at) SELECT 'wa', 'u' || a, now() - a"
@@ -376,7 +388,9 @@ def test_live_gauges(metrics_env, own_sql, app_env, log_lines):
     assert value(scrape_samples(), "active_sessions") == 3
 
 
-def test_invalid_retention_policies_cost_only_the_retention_gauges(metrics_env, app_env, log_lines):
+def test_invalid_retention_policies_cost_only_the_retention_gauges(
+    metrics_env: str, app_env: AppEnv, log_lines: LogLines
+) -> None:
     app_env(
         RETENTION_POLICIES='[{"table": "audit_logs", "column": "occurred_at", "maxAgeDays": 1}]'
     )
@@ -387,7 +401,7 @@ def test_invalid_retention_policies_cost_only_the_retention_gauges(metrics_env, 
     assert error["level"] == "ERROR" and "never pruned" in error["error"]
 
 
-def test_a_bad_session_window_is_a_clear_error(metrics_env, app_env):
+def test_a_bad_session_window_is_a_clear_error(metrics_env: str, app_env: AppEnv) -> None:
     app_env(ACTIVE_SESSION_WINDOW_MINUTES="fifteen")
     status, _, body = scrape()
     assert status == 500 and body["error"] == "internal_error"
@@ -397,7 +411,7 @@ def test_a_bad_session_window_is_a_clear_error(metrics_env, app_env):
 
 
 @pytest.mark.slow
-def test_prometheus_scrapes_the_local_gateway(metrics_env):
+def test_prometheus_scrapes_the_local_gateway(metrics_env: str) -> None:
     env = {"DATABASE_URL": metrics_env, "METRICS_AUTH_TOKEN": TOKEN}
     with local_gateway(env) as base:
         jobs = [

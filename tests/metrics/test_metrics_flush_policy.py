@@ -8,7 +8,6 @@ test_metrics_shutdown.py."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from ops.api import Request, Response, json_response
 from ops.metrics import catalogue as m
 from ops.metrics import current, flush, store
 from ops.wiring import service_api
-from tests.support.db import SQL
+from tests.support.db import SQL, PgConnect
 from tests.support.metrics import (
     emf_lines,
     emptied_store,
@@ -25,27 +24,28 @@ from tests.support.metrics import (
     scrape_samples,
     value,
 )
-from tests.support.runtime import call_api, function_handler
+from tests.support.runtime import AppEnv, Handler, LogLines, call_api, function_handler
+from tools.localdb.pgcluster import PgCluster
 from tools.runtime.handler import LambdaContext
 
 
 @pytest.fixture(scope="module")
-def policy_url(pg_cluster) -> str:
+def policy_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_policy")
 
 
 @pytest.fixture
-def own_sql(policy_url, pg_connect) -> SQL:
+def own_sql(policy_url: str, pg_connect: PgConnect) -> SQL:
     return emptied_store(pg_connect(policy_url, timeout_s=30))
 
 
 @pytest.fixture
-def metrics_env(policy_url, own_sql, app_env) -> str:
+def metrics_env(policy_url: str, own_sql: SQL, app_env: AppEnv) -> str:
     app_env(DATABASE_URL=policy_url, METRICS_NEW_SERIES_HOLD_S="0")  # scrapes show values
     return policy_url
 
 
-def stored_requests(sql: Callable[..., list[list[Any]]], route: str) -> float:
+def stored_requests(sql: SQL, route: str) -> float:
     rows = sql(
         "SELECT coalesce(sum(v.value), 0) FROM metric_values v JOIN metric_series s "
         "ON s.id = v.series_id WHERE s.family = 'http_requests_total' AND s.labels LIKE :l",
@@ -55,14 +55,14 @@ def stored_requests(sql: Callable[..., list[list[Any]]], route: str) -> float:
 
 
 @pytest.fixture
-def statements(monkeypatch) -> list[str]:
+def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every statement the container's connection runs: "flush", "SELECT 1" or the SQL."""
     from ops.db import Database
 
     seen: list[str] = []
     real_run = Database.run
 
-    def run(self, sql, **kwargs):
+    def run(self: Database, sql: str, **kwargs: Any) -> list[list[Any]]:
         seen.append("flush" if "metrics_flush(" in sql else sql)
         return real_run(self, sql, **kwargs)
 
@@ -71,8 +71,8 @@ def statements(monkeypatch) -> list[str]:
 
 
 def test_a_database_check_carries_the_pending_deltas_in_its_own_round_trip(
-    metrics_env, own_sql, statements
-):
+    metrics_env: str, own_sql: SQL, statements: list[str]
+) -> None:
     health = function_handler("health")
     for _ in range(3):
         assert call_api(health, "/health")[0] == 200
@@ -83,13 +83,13 @@ def test_a_database_check_carries_the_pending_deltas_in_its_own_round_trip(
     assert stored_requests(own_sql, "/health") == 3
 
 
-def test_liveness_hands_its_flush_to_the_background(metrics_env, own_sql):
+def test_liveness_hands_its_flush_to_the_background(metrics_env: str, own_sql: SQL) -> None:
     assert call_api(function_handler("health"), "/health/live")[0] == 200
     assert current().outbox.wait_idle(10)
     assert stored_requests(own_sql, "/health/live") == 1
 
 
-def test_liveness_never_waits_on_a_hung_database(app_env, blackhole):
+def test_liveness_never_waits_on_a_hung_database(app_env: AppEnv, blackhole: int) -> None:
     app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{blackhole}/app")
     health = function_handler("health")
     for _ in range(5):
@@ -99,7 +99,7 @@ def test_liveness_never_waits_on_a_hung_database(app_env, blackhole):
     assert current().outbox.in_flight is not None  # still trying, in the background
 
 
-def api_with_work_route() -> Callable[..., Any]:
+def api_with_work_route() -> Handler:
     """An API function with an ordinary route (one that waits for its flush)."""
     app = service_api()
 
@@ -114,14 +114,16 @@ def api_with_work_route() -> Callable[..., Any]:
     return app.lambda_handler
 
 
-def test_interval_zero_stores_every_invocation(metrics_env, own_sql):
+def test_interval_zero_stores_every_invocation(metrics_env: str, own_sql: SQL) -> None:
     handler = api_with_work_route()
     for n in (1, 2):
         assert call_api(handler, "/work")[0] == 200
         assert stored_requests(own_sql, "/work") == n
 
 
-def test_with_an_interval_deltas_wait_until_the_oldest_is_that_old(metrics_env, own_sql, app_env):
+def test_with_an_interval_deltas_wait_until_the_oldest_is_that_old(
+    metrics_env: str, own_sql: SQL, app_env: AppEnv
+) -> None:
     app_env(METRICS_FLUSH_INTERVAL_S="0.5")
     handler = api_with_work_route()
     assert call_api(handler, "/work")[0] == 200  # a new container's first call: at once
@@ -136,8 +138,8 @@ def test_with_an_interval_deltas_wait_until_the_oldest_is_that_old(metrics_env, 
 
 
 def test_with_an_interval_a_call_after_a_quiet_spell_is_stored_at_once(
-    metrics_env, own_sql, app_env
-):
+    metrics_env: str, own_sql: SQL, app_env: AppEnv
+) -> None:
     app_env(METRICS_FLUSH_INTERVAL_S="0.5")
     handler = api_with_work_route()
     for _ in range(3):  # a busy spell: the first call (a new container's) goes at once
@@ -148,7 +150,9 @@ def test_with_an_interval_a_call_after_a_quiet_spell_is_stored_at_once(
     assert stored_requests(own_sql, "/work") == 4
 
 
-def test_a_flush_goes_out_before_the_deadline(metrics_env, own_sql, app_env):
+def test_a_flush_goes_out_before_the_deadline(
+    metrics_env: str, own_sql: SQL, app_env: AppEnv
+) -> None:
     app_env(METRICS_FLUSH_TIMEOUT_MS="100", METRICS_FLUSH_INTERVAL_S="3600")  # margin 0.2 s
     handler = api_with_work_route()
     assert call_api(handler, "/work")[0] == 200  # a new container's first call: stored at once
@@ -176,8 +180,8 @@ def test_a_flush_goes_out_before_the_deadline(metrics_env, own_sql, app_env):
 
 @pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready"])
 def test_emf_goes_out_on_every_invocation_with_the_database_down(
-    app_env, closed_port, capsys, path
-):
+    app_env: AppEnv, closed_port: int, capsys: pytest.CaptureFixture[str], path: str
+) -> None:
     app_env(DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{closed_port}/app")
     health = function_handler("health")
     capsys.readouterr()
@@ -190,11 +194,14 @@ def test_emf_goes_out_on_every_invocation_with_the_database_down(
 
 
 def test_dropped_batches_are_counted_and_logged_as_dropped(
-    metrics_env, monkeypatch, log_lines, capsys
-):
+    metrics_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: LogLines,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from ops.db import Database
 
-    def reply_lost(self, sql, **kwargs):
+    def reply_lost(self: Database, sql: str, **kwargs: Any) -> list[list[Any]]:
         raise ConnectionResetError("no reply")  # after sending: the outcome is unknown
 
     counter = m.WEBHOOK_FAILURES.labels(source="stripe")
@@ -222,7 +229,7 @@ def test_dropped_batches_are_counted_and_logged_as_dropped(
     assert value(samples, "webhook_failures_total", source="stripe") == 2  # the kept batches
 
 
-def test_stale_cursors_do_not_block_a_new_containers_flush(metrics_env, own_sql):
+def test_stale_cursors_do_not_block_a_new_containers_flush(metrics_env: str, own_sql: SQL) -> None:
     from ops.db import get_db
     from ops.metrics import totals
 

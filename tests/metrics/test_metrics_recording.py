@@ -9,15 +9,19 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from ops.metrics import catalogue as m
 from ops.metrics import current, families, flush
-from ops.metrics.emf import Emf
+from ops.metrics.emf import Emf, EmfKey
 from ops.metrics.exposition import render, wants_openmetrics
-from ops.metrics.families import Counter, Gauge, Histogram
+from ops.metrics.families import Counter, Family, Gauge, Histogram
+from ops.metrics.pending import SeriesKey
 from ops.metrics.text_format import format_bound, format_value
+from ops.metrics.totals import TotalRow, Totals
 from tests.support.metrics import emf_lines, parse, value
 from tools import PYTHONPATH, ROOT
 
@@ -45,7 +49,7 @@ CHILD_ENV = {**os.environ, "PYTHONPATH": PYTHONPATH}  # the layer and the functi
         (lambda: m.RETENTION_RUN_DURATION.labels(table="x"), "unknown ['table']"),
     ],
 )
-def test_label_mistakes_raise_at_record_time(call, message):
+def test_label_mistakes_raise_at_record_time(call: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
 
@@ -59,13 +63,13 @@ def test_label_mistakes_raise_at_record_time(call, message):
         (lambda: m.RETENTION_MISSING_INDEX.labels(table="t").set(float("nan")), "finite"),
     ],
 )
-def test_bad_values_raise(call, message):
+def test_bad_values_raise(call: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
     assert not current().pending.take_deltas()
 
 
-def test_children_are_cached_and_int_values_accepted():
+def test_children_are_cached_and_int_values_accepted() -> None:
     by_name = m.HTTP_REQUESTS.labels(method="GET", route="/x", status=200)
     assert m.HTTP_REQUESTS.labels(method="GET", route="/x", status=200) is by_name
     by_position = m.HTTP_REQUESTS.labels("GET", "/x", "200")
@@ -75,7 +79,7 @@ def test_children_are_cached_and_int_values_accepted():
     assert deltas.sums == {("http_requests_total", 'method="GET",route="/x",status="200"', ""): 3.0}
 
 
-def test_a_family_is_defined_once():
+def test_a_family_is_defined_once() -> None:
     with pytest.raises(ValueError, match="already defined"):
         Counter("webhook_failures_total", "again", ("source",))
     with pytest.raises(ValueError, match="must end in _total"):
@@ -86,7 +90,7 @@ def test_a_family_is_defined_once():
         Histogram("h_seconds", "x", ("le",), buckets=(1,), registry={})
 
 
-def test_histogram_buckets_are_upper_inclusive():
+def test_histogram_buckets_are_upper_inclusive() -> None:
     child = m.TOOL_CALL_DURATION.labels(tool="search")
     for seconds in (0.05, 0.050001, 5.0, 5.0005, 0.0):
         child.observe(seconds)
@@ -101,7 +105,7 @@ def test_histogram_buckets_are_upper_inclusive():
     }
 
 
-def test_http_duration_resolves_fast_routes_and_keeps_the_objective_bounds():
+def test_http_duration_resolves_fast_routes_and_keeps_the_objective_bounds() -> None:
     # Health routes answer in about 1 ms: they need bounds below the seed's first (10 ms).
     child = m.HTTP_REQUEST_DURATION.labels(method="GET", route="/health/live")
     for seconds in (0.0004, 0.002, 0.004, 0.007):
@@ -119,19 +123,19 @@ def test_http_duration_resolves_fast_routes_and_keeps_the_objective_bounds():
     assert {0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 5} <= set(m.HTTP_BUCKETS)
 
 
-def test_time_observes_seconds():
+def test_time_observes_seconds() -> None:
     with m.TOOL_CALL_DURATION.labels(tool="t").time():
         time.sleep(0.06)
     with m.RETENTION_RUN_DURATION.time():
         pass
     sums = current().pending.take_deltas().sums
     # At least the 60 ms slept, in seconds (in ms it would read 60 or more).
-    assert 0.06 <= sums[("tool_call_duration_seconds", 'tool="t"', "sum")] < 30
+    assert 0.06 <= sums[SeriesKey("tool_call_duration_seconds", 'tool="t"', "sum")] < 30
     # Far less than the first bucket (1 s): one observation there.
-    assert sums[("retention_run_duration_seconds", "", "1.0")] == 1.0
+    assert sums[SeriesKey("retention_run_duration_seconds", "", "1.0")] == 1.0
 
 
-def test_gauge_keeps_the_last_value():
+def test_gauge_keeps_the_last_value() -> None:
     missing = m.RETENTION_MISSING_INDEX.labels(table="events")
     missing.set(1)
     missing.set(0)
@@ -139,7 +143,7 @@ def test_gauge_keeps_the_last_value():
     assert key == ("retention_missing_index", 'table="events"', "") and reading == 0.0
 
 
-def test_bucket_bounds_render_as_prometheus_clients_do():
+def test_bucket_bounds_render_as_prometheus_clients_do() -> None:
     assert [format_bound(b) for b in (0.005, 1, 2.5, 10, 5000, 1e6, float("inf"))] == [
         "0.005",
         "1.0",
@@ -151,7 +155,7 @@ def test_bucket_bounds_render_as_prometheus_clients_do():
     ]
 
 
-def test_recording_imports_no_prometheus_client_or_boto3():
+def test_recording_imports_no_prometheus_client_or_boto3() -> None:
     code = (
         "import sys\n"
         "from ops.metrics import catalogue as m\n"
@@ -164,7 +168,7 @@ def test_recording_imports_no_prometheus_client_or_boto3():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=CHILD_ENV, check=True)
 
 
-def test_catalogue_import_costs_only_the_standard_library():
+def test_catalogue_import_costs_only_the_standard_library() -> None:
     """What every function imports to record (the package docstring's promise): emf.py,
     which the catalogue imports for `Emf`, leaves ops.log (Powertools) to its first line."""
     code = (
@@ -178,7 +182,7 @@ def test_catalogue_import_costs_only_the_standard_library():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=CHILD_ENV, check=True)
 
 
-def test_no_metrics_module_shadows_the_package_functions():
+def test_no_metrics_module_shadows_the_package_functions() -> None:
     """Importing a submodule sets the package attribute of its name: a module named
     `flush` would replace `ops.metrics.flush()` once anything imported it."""
     import pkgutil
@@ -195,7 +199,7 @@ def test_no_metrics_module_shadows_the_package_functions():
 
 
 def _families() -> tuple[Counter, Histogram, Gauge]:
-    registry: dict = {}
+    registry: dict[str, Family[Any]] = {}
     counter = Counter(
         "t_requests_total", 'Requests "with" a \\ and\nnewline.', ("path",), registry=registry
     )
@@ -209,20 +213,22 @@ def _families() -> tuple[Counter, Histogram, Gauge]:
 NASTY = 'a "quoted" \\ back\nslash'
 
 
-def _totals() -> dict:
+def _totals() -> Totals:
     from ops.metrics.text_format import format_labels
 
     nasty = format_labels(("path",), (NASTY,))
     return {
-        "t_requests_total": [(nasty, {"": 3.0}), ('path="/b"', {"": 1.5})],
+        "t_requests_total": [TotalRow(nasty, {"": 3.0}), TotalRow('path="/b"', {"": 1.5})],
         # "50.0" is a bound the catalogue no longer has: it folds into le="100.0".
-        "t_duration_seconds": [(nasty, {"10.0": 1.0, "50.0": 2.0, "+Inf": 1.0, "sum": 1234.5})],
-        "t_up": [(nasty, {"": 1.0})],
+        "t_duration_seconds": [
+            TotalRow(nasty, {"10.0": 1.0, "50.0": 2.0, "+Inf": 1.0, "sum": 1234.5})
+        ],
+        "t_up": [TotalRow(nasty, {"": 1.0})],
     }
 
 
 @pytest.mark.parametrize("openmetrics", [False, True])
-def test_render_parses_back_with_exact_values(openmetrics):
+def test_render_parses_back_with_exact_values(openmetrics: bool) -> None:
     text = render(_totals(), {}, openmetrics=openmetrics, families=_families())
     samples = parse(text, openmetrics=openmetrics)
     assert value(samples, "t_requests_total", path=NASTY) == 3.0
@@ -236,7 +242,7 @@ def test_render_parses_back_with_exact_values(openmetrics):
     assert text.endswith("# EOF\n") == openmetrics
 
 
-def test_openmetrics_names_counter_families_without_total():
+def test_openmetrics_names_counter_families_without_total() -> None:
     counter, _, _ = _families()
     text = render(_totals(), {}, openmetrics=True, families=[counter])
     assert "# TYPE t_requests counter\n" in text
@@ -246,7 +252,7 @@ def test_openmetrics_names_counter_families_without_total():
     assert '# HELP t_requests_total Requests "with" a \\\\ and\\nnewline.\n' in text
 
 
-def test_every_catalogue_family_has_help_and_type_even_without_samples():
+def test_every_catalogue_family_has_help_and_type_even_without_samples() -> None:
     text = render({}, {}, openmetrics=False)
     for family in families.REGISTRY.values():
         assert f"# HELP {family.name} " in text
@@ -258,7 +264,7 @@ def test_every_catalogue_family_has_help_and_type_even_without_samples():
     assert not any(name.startswith("http_requests") for name, _ in samples)
 
 
-def test_live_gauges_are_rendered_from_their_readings():
+def test_live_gauges_are_rendered_from_their_readings() -> None:
     live = {
         "active_sessions": [("", 7.0)],
         "db_connections": [(m.DB_CONNECTIONS.labels(state="idle in transaction"), 2.0)],
@@ -272,7 +278,7 @@ def test_live_gauges_are_rendered_from_their_readings():
     ("number", "text"),
     [(3.0, "3"), (0.1, "0.1"), (1e16, "1e+16"), (-2.0, "-2"), (float("inf"), "+Inf")],
 )
-def test_values(number, text):
+def test_values(number: float, text: str) -> None:
     assert format_value(number) == text
 
 
@@ -312,14 +318,16 @@ def test_values(number, text):
         ('application/openmetrics-text; q=0.5; x="a, */*;z="', True),
     ],
 )
-def test_content_negotiation(accept, openmetrics):
+def test_content_negotiation(accept: str | None, openmetrics: bool) -> None:
     assert wants_openmetrics(accept) is openmetrics
 
 
 # -- the CloudWatch mirror ----------------------------------------------------------------
 
 
-def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
+def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="200").inc()
     m.HTTP_REQUESTS.labels(method="GET", route="/b", status="201").inc()
     m.HTTP_REQUESTS.labels(method="GET", route="/a", status="503").inc()
@@ -365,7 +373,7 @@ def test_flush_without_a_database_still_emits_emf_and_keeps_nothing(capsys):
     assert emf_lines(capsys.readouterr().out) == []  # emitted once, then forgotten
 
 
-def test_emf_lines_keep_to_100_values_per_metric(capsys):
+def test_emf_lines_keep_to_100_values_per_metric(capsys: pytest.CaptureFixture[str]) -> None:
     for i in range(250):
         m.HTTP_REQUEST_DURATION.labels(method="GET", route="/a").observe(float(i))
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
@@ -381,14 +389,18 @@ def test_emf_lines_keep_to_100_values_per_metric(capsys):
         assert declared == {k for k in line if k not in ("_aws", "service")}
 
 
-def test_no_namespace_no_emf(capsys, monkeypatch):
+def test_no_namespace_no_emf(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE")
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()
     assert flush() is True
     assert emf_lines(capsys.readouterr().out) == []
 
 
-def test_every_probe_route_counts_as_a_probe_in_cloudwatch(capsys):
+def test_every_probe_route_counts_as_a_probe_in_cloudwatch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The availability SLO's alarms read `http_requests`: no probe or scrape may be in it."""
     for route in m.PROBE_ROUTES:
         m.HTTP_REQUESTS.labels(method="GET", route=route, status="200").inc()
@@ -408,12 +420,14 @@ def test_every_probe_route_counts_as_a_probe_in_cloudwatch(capsys):
     }
 
 
-def test_emf_name_template_uses_a_closed_label_set():
+def test_emf_name_template_uses_a_closed_label_set() -> None:
     emf = Emf("retention_runs_{status}", "Count")
     assert emf.key({"status": "succeeded"})[:4] == ("retention_runs_succeeded", "Count", "", "")
 
 
-def _powertools_lines(recorded, namespace: str, service: str) -> list[str]:
+def _powertools_lines(
+    recorded: dict[EmfKey, list[float]], namespace: str | None, service: str
+) -> list[str]:
     """What Powertools Metrics prints for the same recordings (the reference format)."""
     import contextlib
     import io
@@ -446,7 +460,9 @@ def _canonical(lines: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("observations", [3, 250])
-def test_emf_lines_are_the_ones_powertools_metrics_prints(capsys, observations):
+def test_emf_lines_are_the_ones_powertools_metrics_prints(
+    capsys: pytest.CaptureFixture[str], observations: int
+) -> None:
     """emf.py writes the lines itself (a quarter of Powertools' cost a line); they must
     stay exactly the lines Powertools Metrics would print for the same recordings."""
     from ops.config import settings

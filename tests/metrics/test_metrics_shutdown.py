@@ -21,17 +21,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
 
 import pytest
 
-from tests.support.db import SQL
+from tests.support.db import SQL, PgConnect
 from tests.support.metrics import (
     emptied_store,
     metrics_database,
     stored_probe_requests,
 )
 from tools import PYTHONPATH, ROOT
+from tools.localdb.pgcluster import PgCluster
 from tools.runtime.apigw import proxy_event
 from tools.runtime.runtime_api import RuntimeApiStandIn
 from tools.runtime.template import functions
@@ -96,17 +99,23 @@ class Container:
 
 
 @pytest.fixture(scope="module")
-def shutdown_url(pg_cluster) -> str:
+def shutdown_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_shutdown")
 
 
 @pytest.fixture
-def own_sql(shutdown_url, pg_connect) -> SQL:
+def own_sql(shutdown_url: str, pg_connect: PgConnect) -> SQL:
     return emptied_store(pg_connect(shutdown_url))
 
 
+class StartContainer(Protocol):
+    """The `containers` fixture: a new container, ended when the test ends."""
+
+    def __call__(self, env: dict[str, str], function: str = "HealthFunction") -> Container: ...
+
+
 @pytest.fixture
-def containers() -> Iterator[Callable[..., Container]]:
+def containers() -> Iterator[StartContainer]:
     started: list[Container] = []
 
     def start(env: dict[str, str], function: str = "HealthFunction") -> Container:
@@ -129,8 +138,8 @@ def serve_probes(container: Container, seconds: float) -> int:
 
 @pytest.mark.parametrize("ending", ["exit", "sigterm", "sigterm_on_lambda"])
 def test_a_probe_only_container_stores_every_request_when_it_ends(
-    shutdown_url, own_sql, containers, ending
-):
+    shutdown_url: str, own_sql: SQL, containers: StartContainer, ending: str
+) -> None:
     # An interval longer than the run: after the first call (a new container's, after a
     # quiet spell: stored at once) nothing is due before the end, so the rest of what is
     # stored is what the shutdown flush stored.
@@ -161,8 +170,8 @@ def test_a_probe_only_container_stores_every_request_when_it_ends(
 
 @pytest.mark.parametrize("ending", ["exit", "sigterm"])
 def test_a_probe_only_container_prints_every_count_and_line_summary_when_it_ends(
-    shutdown_url, own_sql, containers, ending
-):
+    shutdown_url: str, own_sql: SQL, containers: StartContainer, ending: str
+) -> None:
     """EMF aggregated over a 10 s interval and probe lines sampled at 0.1: what the
     container printed while serving plus what its shutdown printed accounts for every
     request, in the EMF sums and in the request lines (`linesRepresented`, then the
@@ -197,8 +206,8 @@ def test_a_probe_only_container_prints_every_count_and_line_summary_when_it_ends
     ("signame", "previous"), [("SIGTERM", "custom"), ("SIGINT", "custom"), ("SIGINT", "default")]
 )
 def test_a_signal_flushes_then_the_previous_handler_runs(
-    shutdown_url, own_sql, tmp_path, signame, previous
-):
+    shutdown_url: str, own_sql: SQL, tmp_path: Path, signame: str, previous: str
+) -> None:
     """A handler installed before ours still runs after the flush; Python's own SIGINT
     handler (KeyboardInterrupt) too."""
     marker = tmp_path / "previous-ran"
@@ -251,7 +260,9 @@ time.sleep(30)
     assert stored_probe_requests(own_sql) == 7
 
 
-def test_a_hung_database_never_holds_a_health_route_past_its_budget(containers, blackhole):
+def test_a_hung_database_never_holds_a_health_route_past_its_budget(
+    containers: StartContainer, blackhole: int
+) -> None:
     budget_s = 1.0
     container = containers(
         {
@@ -282,7 +293,9 @@ def test_a_hung_database_never_holds_a_health_route_past_its_budget(containers, 
         assert max(times) < budget_s + 0.5, (path, times)
 
 
-def test_a_hung_database_never_holds_a_scrape_past_its_budget(containers, blackhole):
+def test_a_hung_database_never_holds_a_scrape_past_its_budget(
+    containers: StartContainer, blackhole: int
+) -> None:
     scrape_budget_s = 1.5
     metrics = containers(
         {
@@ -302,8 +315,8 @@ def test_a_hung_database_never_holds_a_scrape_past_its_budget(containers, blackh
 
 @pytest.mark.parametrize("path", PROBES)
 def test_a_probe_only_container_prints_emf_on_every_invocation_with_the_database_down(
-    containers, closed_port, path
-):
+    containers: StartContainer, closed_port: int, path: str
+) -> None:
     container = containers({"DATABASE_URL": f"postgresql://app:pw@127.0.0.1:{closed_port}/app"})
     for _ in range(5):
         container.invoke(path)

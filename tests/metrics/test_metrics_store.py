@@ -4,15 +4,16 @@ flushes that fail and lose nothing, and no double counting when a reply is lost.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from ops.metrics import catalogue as m
 from ops.metrics import current, flush, store, totals
-from tests.support.db import SQL, runner
+from ops.metrics.pending import SeriesKey
+from tests.support.db import SQL, PgConnect, runner
 from tests.support.metrics import (
+    Samples,
     counters_and_buckets,
     metrics_database,
     run_containers,
@@ -22,18 +23,19 @@ from tests.support.metrics import (
     value,
     wait_containers,
 )
-from tools.localdb.pgcluster import running_cluster
+from tests.support.runtime import AppEnv, LogLines
+from tools.localdb.pgcluster import PgCluster, running_cluster
 
 MS = "tool_call_duration_seconds"
 
 
 @pytest.fixture(scope="module")
-def store_url(pg_cluster) -> str:
+def store_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_store")
 
 
 @pytest.fixture
-def metrics_env(store_url, app_env, monkeypatch) -> str:
+def metrics_env(store_url: str, app_env: AppEnv, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh container pointed at this module's database, with empty metric tables."""
     from ops.db import connect_url
 
@@ -45,11 +47,11 @@ def metrics_env(store_url, app_env, monkeypatch) -> str:
 
 
 @pytest.fixture
-def own_sql(metrics_env, pg_connect) -> SQL:
+def own_sql(metrics_env: str, pg_connect: PgConnect) -> SQL:
     return runner(pg_connect(metrics_env))
 
 
-def test_two_containers_sum_exactly_and_buckets_merge(metrics_env):
+def test_two_containers_sum_exactly_and_buckets_merge(metrics_env: str) -> None:
     run_containers(
         metrics_env,
         [
@@ -99,12 +101,12 @@ def test_two_containers_sum_exactly_and_buckets_merge(metrics_env):
     assert {k: third[k] for k in recorded} == {k: second[k] for k in recorded}
 
 
-def test_repeated_scrapes_never_go_down_while_containers_flush(metrics_env):
+def test_repeated_scrapes_never_go_down_while_containers_flush(metrics_env: str) -> None:
     procs = start_containers(
         metrics_env,
         [{"invocations": 150, "tool": f"c{i}"} for i in range(2)],
     )
-    previous: dict = {}
+    previous: Samples = {}
     scrapes = 0
     while any(p.poll() is None for p in procs) or scrapes < 2:
         current = counters_and_buckets(scrape_samples())
@@ -120,7 +122,7 @@ def test_repeated_scrapes_never_go_down_while_containers_flush(metrics_env):
 
 
 @pytest.mark.slow
-def test_eight_containers_of_500_invocations_add_up_exactly(metrics_env, own_sql):
+def test_eight_containers_of_500_invocations_add_up_exactly(metrics_env: str, own_sql: SQL) -> None:
     run_containers(metrics_env, [{"invocations": 500, "tool": f"p{i}"} for i in range(8)])
     samples = scrape_samples()
     route = {"method": "GET", "route": "/health/detailed"}
@@ -136,7 +138,9 @@ def test_eight_containers_of_500_invocations_add_up_exactly(metrics_env, own_sql
     assert others == [[8]]
 
 
-def test_a_failed_flush_loses_nothing_once_the_database_is_back(app_env, log_lines, capsys):
+def test_a_failed_flush_loses_nothing_once_the_database_is_back(
+    app_env: AppEnv, log_lines: LogLines, capsys: pytest.CaptureFixture[str]
+) -> None:
     with running_cluster() as cluster:
         url = metrics_database(cluster, "flaky")
         password = cluster.password
@@ -175,13 +179,15 @@ def test_a_failed_flush_loses_nothing_once_the_database_is_back(app_env, log_lin
     assert len(emf) == 2  # CloudWatch hears of each failure at once, database or not
 
 
-def test_a_lost_reply_is_not_counted_twice(metrics_env, monkeypatch):
+def test_a_lost_reply_is_not_counted_twice(
+    metrics_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from ops.db import Database
 
     real_run = Database.run
     lose = {"replies": 1}
 
-    def run_then_lose_reply(self, sql, **kwargs):
+    def run_then_lose_reply(self: Database, sql: str, **kwargs: Any) -> list[list[Any]]:
         rows = real_run(self, sql, **kwargs)
         if "metrics_flush(" in sql and lose["replies"]:
             lose["replies"] -= 1
@@ -201,8 +207,8 @@ def test_a_lost_reply_is_not_counted_twice(metrics_env, monkeypatch):
 
 
 def test_a_flush_blocked_by_a_lock_times_out_and_retries_later(
-    metrics_env, app_env, own_sql, log_lines
-):
+    metrics_env: str, app_env: AppEnv, own_sql: SQL, log_lines: LogLines
+) -> None:
     app_env(METRICS_FLUSH_TIMEOUT_MS="200")  # a new container with that setting
     current().outbox.shard = 0  # it writes the totals themselves: it waits for their locks
     counter = m.WEBHOOK_FAILURES.labels(source="stripe")
@@ -220,7 +226,7 @@ def test_a_flush_blocked_by_a_lock_times_out_and_retries_later(
     assert failure["outcome"] == "rejected" and "57014" in failure["error"]
 
 
-def test_series_deleted_behind_a_container_are_recreated(metrics_env, own_sql):
+def test_series_deleted_behind_a_container_are_recreated(metrics_env: str, own_sql: SQL) -> None:
     counter = m.WEBHOOK_FAILURES.labels(source="stripe")
     counter.inc()
     assert flush() is True
@@ -230,7 +236,7 @@ def test_series_deleted_behind_a_container_are_recreated(metrics_env, own_sql):
     assert value(scrape_samples(), "webhook_failures_total", source="stripe") == 2
 
 
-def test_gauges_keep_the_newest_reading_across_containers(metrics_env):
+def test_gauges_keep_the_newest_reading_across_containers(metrics_env: str) -> None:
     from ops.metrics import reset
 
     def new_container_on_another_shard() -> None:
@@ -251,7 +257,7 @@ def test_gauges_keep_the_newest_reading_across_containers(metrics_env):
     assert value(scrape_samples(), "retention_missing_index", table="events") == 1
 
 
-def test_a_hung_database_does_not_hold_the_invocation(app_env, blackhole):
+def test_a_hung_database_does_not_hold_the_invocation(app_env: AppEnv, blackhole: int) -> None:
     app_env(
         DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{blackhole}/app",
         METRICS_FLUSH_TIMEOUT_MS="50",
@@ -265,11 +271,11 @@ def test_a_hung_database_does_not_hold_the_invocation(app_env, blackhole):
     batches = current().outbox.batches
     # In the stuck job (it settles itself when it ends); kept apart from the later deltas.
     assert [(b.sending, b.sealed) for b in batches] == [(True, False), (False, False)]
-    stripe = ("webhook_failures_total", 'source="stripe"', "")
+    stripe = SeriesKey("webhook_failures_total", 'source="stripe"', "")
     assert [b.sums[stripe] for b in batches] == [1, 1]
 
 
-def test_flush_never_raises(metrics_env, monkeypatch):
+def test_flush_never_raises(metrics_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*_: object) -> None:
         raise RuntimeError("bug")
 
@@ -278,7 +284,7 @@ def test_flush_never_raises(metrics_env, monkeypatch):
     assert flush() is False
 
 
-def test_concurrent_recording_from_threads_is_not_lost(metrics_env):
+def test_concurrent_recording_from_threads_is_not_lost(metrics_env: str) -> None:
     counter = m.WEBHOOK_FAILURES.labels(source="threads")
 
     def work() -> None:
@@ -297,7 +303,7 @@ def test_concurrent_recording_from_threads_is_not_lost(metrics_env):
 RECORDED = ["webhook_failures_total", "tool_calls_total", MS, "retention_missing_index"]
 
 
-def _rows_by_shard(own_sql: Callable[..., list[list[Any]]]) -> dict[str, dict[int, int]]:
+def _rows_by_shard(own_sql: SQL) -> dict[str, dict[int, int]]:
     """Value rows of the families the tests record (not the scrapes' own), by kind and shard."""
     rows = own_sql(
         "SELECT s.kind, v.shard, count(*) FROM metric_values v"
@@ -311,7 +317,7 @@ def _rows_by_shard(own_sql: Callable[..., list[list[Any]]]) -> dict[str, dict[in
     return out
 
 
-def _hold_totals(own_sql: Callable[..., list[list[Any]]], family: str) -> int:
+def _hold_totals(own_sql: SQL, family: str) -> int:
     """Another transaction holds the total rows of `family` (call ROLLBACK to release)."""
     own_sql("BEGIN")
     return len(
@@ -323,7 +329,9 @@ def _hold_totals(own_sql: Callable[..., list[list[Any]]], family: str) -> int:
     )
 
 
-def test_counters_fold_into_one_total_row_per_series_as_containers_flush(metrics_env, own_sql):
+def test_counters_fold_into_one_total_row_per_series_as_containers_flush(
+    metrics_env: str, own_sql: SQL
+) -> None:
     from ops.metrics import reset
 
     for shard in (3, 7, 11, 0):
@@ -341,7 +349,9 @@ def test_counters_fold_into_one_total_row_per_series_as_containers_flush(metrics
     assert value(samples, f"{MS}_count", tool="search") == 4
 
 
-def test_a_flush_finding_a_total_held_spills_and_compaction_folds_it(metrics_env, own_sql):
+def test_a_flush_finding_a_total_held_spills_and_compaction_folds_it(
+    metrics_env: str, own_sql: SQL
+) -> None:
     from ops.db import get_db
     from ops.metrics import reset
 
@@ -383,7 +393,9 @@ def test_a_flush_finding_a_total_held_spills_and_compaction_folds_it(metrics_env
     assert {k: after[k] for k in recorded} == {k: before[k] for k in recorded}
 
 
-def test_compaction_gives_a_spilled_series_its_missing_total(metrics_env, own_sql):
+def test_compaction_gives_a_spilled_series_its_missing_total(
+    metrics_env: str, own_sql: SQL
+) -> None:
     from ops.db import get_db
 
     current().outbox.shard = 6

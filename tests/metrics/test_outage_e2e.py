@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,7 @@ def stack(cluster: PgCluster) -> Iterator[tuple[str, Prometheus]]:
         "METRICS_NEW_SERIES_HOLD_S": "3",  # a few scrape intervals
         "METRICS_FLUSH_INTERVAL_S": str(DEFERRED_FLUSH_S),
     }
-    job = {
+    job: dict[str, Any] = {
         "job_name": JOB,
         "metrics_path": "/metrics",
         "authorization": {"type": "Bearer", "credentials": TOKEN},

@@ -8,7 +8,7 @@ import pytest
 
 from ops.metrics import catalogue as m
 from ops.metrics import flush, reset
-from tests.support.db import SQL, runner
+from tests.support.db import SQL, PgConnect, runner
 from tests.support.metrics import (
     emf_lines,
     metrics_database,
@@ -16,15 +16,17 @@ from tests.support.metrics import (
     truncate_metrics,
     value,
 )
+from tests.support.runtime import AppEnv, LogLines
+from tools.localdb.pgcluster import PgCluster
 
 
 @pytest.fixture(scope="module")
-def settings_url(pg_cluster) -> str:
+def settings_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "powertools_settings")
 
 
 @pytest.fixture
-def settings_sql(settings_url, pg_connect) -> SQL:
+def settings_sql(settings_url: str, pg_connect: PgConnect) -> SQL:
     sql = runner(pg_connect(settings_url))
     truncate_metrics(sql)
     return sql
@@ -42,8 +44,13 @@ def settings_sql(settings_url, pg_connect) -> SQL:
     ],
 )
 def test_metrics_disabled_turns_emf_off_and_prometheus_counts_as_before(
-    app_env, settings_url, settings_sql, capsys, env, emf
-):
+    app_env: AppEnv,
+    settings_url: str,
+    settings_sql: SQL,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    emf: bool,
+) -> None:
     app_env(DATABASE_URL=settings_url, **env)
     m.WEBHOOK_FAILURES.labels(source="stripe").inc(3)
     assert flush()
@@ -57,7 +64,9 @@ def test_metrics_disabled_turns_emf_off_and_prometheus_counts_as_before(
         assert lines == []
 
 
-def test_a_missing_namespace_is_one_warning_per_container(monkeypatch, capsys, log_lines):
+def test_a_missing_namespace_is_one_warning_per_container(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], log_lines: LogLines
+) -> None:
     monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE")
     reset()
     for _ in range(3):
@@ -73,7 +82,9 @@ def test_a_missing_namespace_is_one_warning_per_container(monkeypatch, capsys, l
     assert len([line for line in log_lines() if line.get("status") == "emf_off"]) == 2
 
 
-def test_no_warning_when_emf_is_off_on_purpose(app_env, monkeypatch, log_lines):
+def test_no_warning_when_emf_is_off_on_purpose(
+    app_env: AppEnv, monkeypatch: pytest.MonkeyPatch, log_lines: LogLines
+) -> None:
     monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE")
     app_env(POWERTOOLS_METRICS_DISABLED="true")
     m.TOOL_CALLS.labels(tool="search", status="ok").inc()

@@ -21,8 +21,10 @@ import ops.metrics.catalogue  # noqa: F401 - defining the families fills the reg
 from ops.metrics import flush
 from ops.metrics.families import COUNTER, GAUGE, HISTOGRAM, REGISTRY, Family
 from tests.support.binaries import require_binary
-from tests.support.db import SQL, runner
+from tests.support.db import SQL, PgConnect, runner
 from tests.support.metrics import metrics_database, parse, scrape, truncate_metrics
+from tests.support.runtime import AppEnv
+from tools.localdb.pgcluster import PgCluster
 
 TEXT = "text/plain;version=0.0.4"
 # Read only where pg_stat_statements is loaded at server start: promtool lints them in
@@ -36,17 +38,17 @@ OPENMETRICS = "application/openmetrics-text;version=1.0.0"
 
 
 @pytest.fixture(scope="module")
-def lint_url(pg_cluster) -> str:
+def lint_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_promtool")
 
 
 @pytest.fixture
-def own_sql(lint_url, pg_connect) -> SQL:
+def own_sql(lint_url: str, pg_connect: PgConnect) -> SQL:
     return runner(pg_connect(lint_url))
 
 
 @pytest.fixture
-def populated(lint_url, own_sql, app_env) -> None:
+def populated(lint_url: str, own_sql: SQL, app_env: AppEnv) -> None:
     """Every recorded family with a sample in the store, every live gauge with a source."""
     truncate_metrics(own_sql)
     own_sql("TRUNCATE chat_sessions")
@@ -96,7 +98,7 @@ def _scrape(accept: str) -> str:
     return str(body)
 
 
-def test_promtool_check_metrics_passes_on_every_family(populated) -> None:
+def test_promtool_check_metrics_passes_on_every_family(populated: None) -> None:
     promtool = require_binary("promtool")
     body = _scrape(TEXT)
     proc = subprocess.run(
@@ -106,7 +108,7 @@ def test_promtool_check_metrics_passes_on_every_family(populated) -> None:
     assert not (proc.stdout + proc.stderr).strip()
 
 
-def test_openmetrics_has_the_linted_names_and_parses_strictly(populated) -> None:
+def test_openmetrics_has_the_linted_names_and_parses_strictly(populated: None) -> None:
     """promtool reads only the text format (prometheus/prometheus#8932): on OpenMetrics it
     would report each counter family, named without `_total` there, as lacking HELP. The
     OpenMetrics body must carry exactly the sample names the text body has (those promtool

@@ -11,9 +11,11 @@ import pytest
 from ops.metrics import catalogue as m
 from ops.metrics import flush
 from ops.metrics.families import REGISTRY, Histogram
-from tests.support.db import SQL, runner
+from tests.support.db import SQL, PgConnect, runner
 from tests.support.metrics import metrics_database, scrape_samples, truncate_metrics, value
 from tests.support.monitoring import runbook_sections
+from tests.support.runtime import AppEnv
+from tools.localdb.pgcluster import PgCluster
 
 RETIRED = (
     "http_request_duration_ms",
@@ -24,12 +26,12 @@ RETIRED = (
 
 
 @pytest.fixture(scope="module")
-def retired_url(pg_cluster) -> str:
+def retired_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_retired")
 
 
 @pytest.fixture
-def own_sql(retired_url, pg_connect) -> SQL:
+def own_sql(retired_url: str, pg_connect: PgConnect) -> SQL:
     return runner(pg_connect(retired_url))
 
 
@@ -45,7 +47,7 @@ def test_the_runbook_deletes_exactly_the_retired_names() -> None:
 
 
 def test_retired_rows_are_never_exposed_and_the_runbook_removes_them(
-    retired_url, own_sql, app_env
+    retired_url: str, own_sql: SQL, app_env: AppEnv
 ) -> None:
     truncate_metrics(own_sql)
     app_env(DATABASE_URL=retired_url, METRICS_NEW_SERIES_HOLD_S="0")

@@ -15,42 +15,63 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.db import SQL
+from tests.support.db import SQL, PgConnect
 from tests.support.metrics import (
     emptied_store,
     metrics_database,
     stored_probe_requests,
 )
+from tools.localdb.pgcluster import PgCluster
 from tools.runtime.apigw import proxy_event
 from tools.runtime.ric import POLLING, RicFunction
 from tools.standins.tcp_proxy import DelayProxy
 
 
 @pytest.fixture(scope="module")
-def ric_url(pg_cluster) -> str:
+def ric_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "metrics_ric")
 
 
 @pytest.fixture
-def own_sql(ric_url, pg_connect) -> SQL:
+def own_sql(ric_url: str, pg_connect: PgConnect) -> SQL:
     return emptied_store(pg_connect(ric_url))
 
 
+class StartFunction(Protocol):
+    """The `start` fixture: the health function under the runtime interface client, ended
+    when the test ends."""
+
+    def __call__(
+        self,
+        env: dict[str, str],
+        execution_env: str | None = POLLING["thread"],
+        *,
+        register_status: int | None = 200,
+    ) -> RicFunction: ...
+
+
 @pytest.fixture
-def start() -> Iterator[Callable[..., RicFunction]]:
+def start() -> Iterator[StartFunction]:
     started: list[RicFunction] = []
 
     def run(
-        env: dict[str, str], execution_env: str | None = POLLING["thread"], **kw: Any
+        env: dict[str, str],
+        execution_env: str | None = POLLING["thread"],
+        *,
+        register_status: int | None = 200,
     ) -> RicFunction:
         env = {"POWERTOOLS_METRICS_NAMESPACE": "Test", **env}
-        started.append(RicFunction("HealthFunction", env, execution_env=execution_env, **kw))
+        started.append(
+            RicFunction(
+                "HealthFunction", env, execution_env=execution_env, register_status=register_status
+            )
+        )
         return started[-1]
 
     yield run
@@ -59,7 +80,9 @@ def start() -> Iterator[Callable[..., RicFunction]]:
 
 
 @pytest.mark.parametrize("polling", POLLING)
-def test_every_request_served_is_stored_after_sigterm(ric_url, own_sql, start, polling):
+def test_every_request_served_is_stored_after_sigterm(
+    ric_url: str, own_sql: SQL, start: StartFunction, polling: str
+) -> None:
     fn = start({"DATABASE_URL": ric_url, "METRICS_FLUSH_INTERVAL_S": "600"}, POLLING[polling])
     fn.wait_init()
     served = 0
@@ -87,7 +110,9 @@ def test_every_request_served_is_stored_after_sigterm(ric_url, own_sql, start, p
 
 
 @pytest.mark.parametrize("register_status", [500, None], ids=["answered_500", "never_answered"])
-def test_init_ends_when_the_extension_cannot_register(ric_url, start, register_status):
+def test_init_ends_when_the_extension_cannot_register(
+    ric_url: str, start: StartFunction, register_status: int | None
+) -> None:
     fn = start({"DATABASE_URL": ric_url}, register_status=register_status)
     assert fn.wait_init(timeout_s=30) < 5.0  # generous: the registration waits 0.5 s at most
     assert fn.get("/health/live")[0] == 200
@@ -102,7 +127,9 @@ def _proxied(url: str, delay_s: float) -> DelayProxy:
     return DelayProxy((where.hostname, where.port), delay_s)
 
 
-def test_a_slow_database_near_the_deadline_is_not_reported_down(ric_url, start):
+def test_a_slow_database_near_the_deadline_is_not_reported_down(
+    ric_url: str, start: StartFunction
+) -> None:
     """Pending counts are handed to the flush at once (less than 2 x the flush timeout
     left); the check must not queue behind that flush, and must answer in time."""
     proxy = _proxied(ric_url, 0.1)  # 200 ms a round trip
@@ -131,7 +158,9 @@ def test_a_slow_database_near_the_deadline_is_not_reported_down(ric_url, start):
         proxy.close()
 
 
-def test_a_database_slower_than_the_deadline_gets_an_answer_in_time(ric_url, start):
+def test_a_database_slower_than_the_deadline_gets_an_answer_in_time(
+    ric_url: str, start: StartFunction
+) -> None:
     proxy = _proxied(ric_url, 0.4)  # 800 ms a round trip: no reply fits in 500 ms
     try:
         fn = start({"DATABASE_URL": proxy.url(ric_url)})
@@ -149,8 +178,8 @@ def test_a_database_slower_than_the_deadline_gets_an_answer_in_time(ric_url, sta
 
 @pytest.mark.parametrize("polling", ["thread", "main"])
 def test_a_silently_dropped_idle_connection_is_replaced_at_shutdown(
-    ric_url, own_sql, start, polling
-):
+    ric_url: str, own_sql: SQL, start: StartFunction, polling: str
+) -> None:
     proxy = _proxied(ric_url, 0.0)
     try:
         fn = start(

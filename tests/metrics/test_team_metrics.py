@@ -15,7 +15,7 @@ import pytest
 
 from ops.config import settings
 from ops.metrics import container, families, flush, totals
-from tests.support.db import SQL, runner
+from tests.support.db import SQL, PgConnect, runner
 from tests.support.doc_commands import code_block
 from tests.support.metrics import (
     emf_lines,
@@ -26,7 +26,9 @@ from tests.support.metrics import (
     truncate_metrics,
     value,
 )
+from tests.support.runtime import AppEnv, LogLines
 from tools import PYTHONPATH, ROOT
+from tools.localdb.pgcluster import PgCluster
 from tools.standins.prometheus import get, local_gateway
 
 README = ROOT / "README.md"
@@ -49,7 +51,7 @@ def team_registry() -> Iterator[Callable[[], None]]:
 # -- declaring ----------------------------------------------------------------------------
 
 
-def test_a_team_declares_with_the_public_api(team_registry):
+def test_a_team_declares_with_the_public_api(team_registry: Callable[[], None]) -> None:
     from ops.metrics import Counter, Gauge, Histogram
 
     assert (Counter, Gauge, Histogram) == (families.Counter, families.Gauge, families.Histogram)
@@ -96,7 +98,12 @@ SHAPES: list[tuple[Callable[[], Any], Callable[[], Any], str]] = [
 
 
 @pytest.mark.parametrize(("first", "second", "message"), SHAPES)
-def test_a_conflicting_declaration_fails_naming_the_family(team_registry, first, second, message):
+def test_a_conflicting_declaration_fails_naming_the_family(
+    team_registry: Callable[[], None],
+    first: Callable[[], object],
+    second: Callable[[], object],
+    message: str,
+) -> None:
     first()
     with pytest.raises(ValueError, match=message):
         second()
@@ -111,13 +118,15 @@ def test_a_conflicting_declaration_fails_naming_the_family(team_registry, first,
         (lambda: families.Gauge("t20_g", " "), "t20_g: the help text must be a non-empty"),
     ],
 )
-def test_a_malformed_declaration_fails_naming_the_family(team_registry, declare, message):
+def test_a_malformed_declaration_fails_naming_the_family(
+    team_registry: Callable[[], None], declare: Callable[[], object], message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         declare()
     assert not any(name.startswith("t20") for name in families.REGISTRY)
 
 
-def test_the_catalogue_is_reserved_before_a_team_s_first_declaration():
+def test_the_catalogue_is_reserved_before_a_team_s_first_declaration() -> None:
     """In a fresh process whose first metrics import is the team's own declaration."""
     code = (
         "from ops.metrics import Counter\nCounter('webhook_failures_total', 'Mine.', ('source',))\n"
@@ -138,25 +147,30 @@ def test_the_catalogue_is_reserved_before_a_team_s_first_declaration():
 
 
 @pytest.fixture(scope="module")
-def team_url(pg_cluster) -> str:
+def team_url(pg_cluster: PgCluster) -> str:
     return metrics_database(pg_cluster, "team_metrics")
 
 
 @pytest.fixture
-def team_sql(team_url, pg_connect) -> SQL:
+def team_sql(team_url: str, pg_connect: PgConnect) -> SQL:
     sql = runner(pg_connect(team_url))
     truncate_metrics(sql)
     return sql
 
 
-def _container(app_env, team_url: str, function: str) -> None:
+def _container(app_env: AppEnv, team_url: str, function: str) -> None:
     """A new container of `function` (the caches of the last one are gone)."""
     app_env(DATABASE_URL=team_url, AWS_LAMBDA_FUNCTION_NAME=function)
 
 
 def test_the_store_keeps_one_shape_per_name_and_refuses_another_function_s(
-    app_env, monkeypatch, team_url, team_sql, team_registry, log_lines
-):
+    app_env: AppEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    team_url: str,
+    team_sql: SQL,
+    team_registry: Callable[[], None],
+    log_lines: LogLines,
+) -> None:
     _container(app_env, team_url, "OrdersFunction")
     jobs = families.Counter("t20_jobs_total", "Jobs, by queue.", ("queue",))
     jobs.labels(queue="a").inc(2)
@@ -220,8 +234,13 @@ def test_the_store_keeps_one_shape_per_name_and_refuses_another_function_s(
 
 
 def test_the_catalogue_s_names_are_reserved_across_functions(
-    app_env, monkeypatch, team_url, team_sql, team_registry, log_lines
-):
+    app_env: AppEnv,
+    monkeypatch: pytest.MonkeyPatch,
+    team_url: str,
+    team_sql: SQL,
+    team_registry: Callable[[], None],
+    log_lines: LogLines,
+) -> None:
     """A team function built on another layer version, whose catalogue lacks a name."""
     _container(app_env, team_url, "MetricsFunction")
     assert scrape()[0] == 200  # its first read reserves the catalogue's names
@@ -233,6 +252,7 @@ def test_the_catalogue_s_names_are_reserved_across_functions(
 
     _container(app_env, team_url, "OldLayerFunction")
     del families.REGISTRY["webhook_failures_total"]
+    assert families.RESERVED is not None  # reserved by the first read, above
     monkeypatch.setattr(families, "RESERVED", families.RESERVED - {"webhook_failures_total"})
     mine = families.Counter("webhook_failures_total", "Mine.", ("kind",))
     other = families.Counter("t20_refunds_total", "Refunds.")
@@ -262,8 +282,8 @@ def _post(url: str, body: bytes) -> int:
 
 @pytest.mark.slow
 def test_the_readme_s_team_function_is_exposed_and_mirrored(
-    team_url, team_sql, tmp_path: Path, capfd
-):
+    team_url: str, team_sql: SQL, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     """The README's example as written: its function and its template entry, in a copy of
     template.yaml, behind the local gateway; the metrics function is the real one."""
     code = tmp_path / "orders"  # the package `orders`; tmp_path is its CodeUri (/var/task)

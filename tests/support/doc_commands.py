@@ -50,7 +50,7 @@ def inline_commands(path: Path, program: str) -> list[str]:
 def code_block(path: Path, lang: str, containing: str) -> str:
     """The one ```lang block of `path` that contains `containing`, as written."""
     pattern = re.compile(rf"^```{re.escape(lang)}\n(.*?)^```", re.S | re.M)
-    found = [b for b in pattern.findall(path.read_text()) if containing in b]
+    found: list[str] = [b for b in pattern.findall(path.read_text()) if containing in b]
     assert len(found) == 1, f"{path.name}: {len(found)} ```{lang} blocks contain {containing!r}"
     return found[0]
 

@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 Event = dict[str, Any]
 Row = dict[str, Any]
@@ -137,11 +137,19 @@ def _number(value: Any) -> float | None:
 def _compare(op: str, left: Any, right: Any) -> bool:
     if left is None or right is None:
         return False
-    if not (isinstance(left, str) and isinstance(right, str)):
-        # a number against anything compares numerically
-        left, right = _number(left), _number(right)
-        if left is None or right is None:
-            return op == "!="
+    if isinstance(left, str) and isinstance(right, str):
+        return _ordered(op, left, right)
+    # a number against anything compares numerically
+    x, y = _number(left), _number(right)
+    if x is None or y is None:
+        return op == "!="
+    return _ordered(op, x, y)
+
+
+_Ordered = TypeVar("_Ordered", str, float)
+
+
+def _ordered(op: str, left: _Ordered, right: _Ordered) -> bool:
     return {
         "=": left == right,
         "!=": left != right,
@@ -180,7 +188,7 @@ def _parse_not(cur: _Cursor) -> Predicate:
 def _parse_list(cur: _Cursor) -> list[Any]:
     cur.expect_op("[")
     values = [_literal(cur.take())]
-    while cur.peek() is not None and cur.peek().is_op(","):  # type: ignore[union-attr]
+    while (nxt := cur.peek()) is not None and nxt.is_op(","):
         cur.take()
         values.append(_literal(cur.take()))
     cur.expect_op("]")
@@ -308,7 +316,7 @@ def _parse_aggregate(cur: _Cursor) -> _Aggregate:
         raise Unsupported(f"stats function {func}() is not modelled")
     cur.expect_op("(")
     arg: float | None = None
-    if cur.peek() is not None and cur.peek().is_op("*"):  # type: ignore[union-attr]
+    if (nxt := cur.peek()) is not None and nxt.is_op("*"):
         if func != "count":
             raise Unsupported(f"{func}(*) is not modelled")
         cur.take()
@@ -343,8 +351,8 @@ def _comma_list(cur: _Cursor, item: Callable[[_Cursor], Any], stop: str | None =
     while (token := cur.peek()) is not None and token.is_op(","):
         cur.take()
         items.append(item(cur))
-    if not cur.done() and not (stop and cur.peek().is_word(stop)):  # type: ignore[union-attr]
-        raise Unsupported(f"unexpected {cur.peek().text!r}")  # type: ignore[union-attr]
+    if (token := cur.peek()) is not None and not (stop and token.is_word(stop)):
+        raise Unsupported(f"unexpected {token.text!r}")
     return items
 
 
@@ -410,8 +418,8 @@ class Query:
                 projection = _comma_list(cur, lambda c: _field_name(c.take()))
             elif name == "filter":
                 predicate = _parse_or(cur)
-                if not cur.done():
-                    raise Unsupported(f"unexpected {cur.peek().text!r} in filter")  # type: ignore[union-attr]
+                if (token := cur.peek()) is not None:
+                    raise Unsupported(f"unexpected {token.text!r} in filter")
                 rows = [r for r in rows if predicate(r)]
             elif name == "stats":
                 rows, projection = _stats(cur)(rows), None

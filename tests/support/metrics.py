@@ -8,13 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
+from unittest.mock import patch
 
 import pg8000.native
 
 from tests.support.db import SQL, runner
-from tests.support.runtime import call_api, function_handler
+from tests.support.runtime import ApiReply, call_api, function_handler, log_handler
 from tools import PYTHONPATH, ROOT
 from tools.localdb.migrate import apply_url
 from tools.localdb.pgcluster import PgCluster
@@ -33,7 +34,7 @@ def metrics_database(cluster: PgCluster, name: str) -> str:
     return url
 
 
-def truncate_metrics(sql: Callable[..., Any]) -> None:
+def truncate_metrics(sql: SQL) -> None:
     sql(f"TRUNCATE {METRIC_TABLES}")
 
 
@@ -43,7 +44,7 @@ def emptied_store(conn: pg8000.native.Connection) -> SQL:
     return runner(conn)
 
 
-def stored_probe_requests(sql: Callable[..., list[list[Any]]]) -> int:
+def stored_probe_requests(sql: SQL) -> int:
     """http_requests_total as stored, summed over every series (what a container served)."""
     ((total,),) = sql(
         "SELECT coalesce(sum(v.value), 0) FROM metric_values v JOIN metric_series s "
@@ -91,21 +92,20 @@ class EmfClock:
     def __enter__(self) -> EmfClock:
         from ops.metrics import emf
 
-        self._real = emf.time  # type: ignore[attr-defined]
-        emf.time = self  # type: ignore[assignment,attr-defined]
+        # emf's `time` is its `import time`, not a typed attribute: patched by name.
+        self._patch = patch.object(emf, "time", self)
+        self._patch.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from ops.metrics import emf
-
-        emf.time = self._real  # type: ignore[attr-defined]
+        self._patch.stop()
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def scrape(headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+def scrape(headers: Mapping[str, str] | None = None) -> ApiReply:
     """One GET /metrics through the metrics function's handler, in this process."""
     return call_api(function_handler("metrics"), "/metrics", headers=dict(headers or {}))
 
@@ -138,11 +138,10 @@ def container_main(spec_json: str) -> None:
     """Entry point of a container process; see `run_containers` for the spec."""
     import io
 
-    from ops.log import logger
     from ops.metrics import catalogue as m
     from ops.metrics import flush
 
-    logger.registered_handler.setStream(io.StringIO())  # type: ignore[attr-defined]
+    log_handler().setStream(io.StringIO())
     spec = json.loads(spec_json)
     for source, times in spec.get("webhook_failures", {}).items():
         for _ in range(times):

@@ -58,7 +58,8 @@ def runbook_anchor(link: str) -> str:
 
 # -- the Grafana dashboard and the template ------------------------------------------------
 def dashboard() -> dict[str, Any]:
-    return json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    board: dict[str, Any] = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    return board
 
 
 def dashboard_panels() -> list[dict[str, Any]]:

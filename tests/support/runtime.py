@@ -1,16 +1,43 @@
-"""The handlers as Lambda loads them, invoked with API Gateway proxy events, and a reset
-that makes the next invocation start like a new container."""
+"""The handlers as Lambda loads them, invoked with API Gateway proxy events, a reset
+that makes the next invocation start like a new container, and the types of the
+fixtures that do so (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from tools.runtime.apigw import proxy_event
 from tools.runtime.handler import LambdaContext, load_handler
 
-FunctionInvoker = Callable[..., tuple[int, dict[str, str], Any]]
+# A handler as Lambda calls it: (event, context) -> the response. The event is whatever
+# the invocation carried (an API function answers a malformed one with a 400).
+Handler = Callable[[object, LambdaContext], dict[str, Any]]
+# (status, headers, body): the body parsed when it is JSON, else the text ("" for HEAD).
+ApiReply = tuple[int, dict[str, str], Any]
+# The `log_lines` fixture: every JSON line logged so far, parsed.
+LogLines = Callable[[], list[dict[str, Any]]]
+
+
+class FunctionInvoker(Protocol):
+    """A function's handler bound for `call_api` (the `health_api` fixture)."""
+
+    def __call__(
+        self,
+        path: str,
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+        resource: str | None = None,
+        timeout_s: float = 10,
+    ) -> ApiReply: ...
+
+
+class AppEnv(Protocol):
+    """The `app_env` fixture: `app_env(NAME="value", ...)` sets them for a new container."""
+
+    def __call__(self, **variables: str) -> None: ...
 
 
 def reset_runtime() -> None:
@@ -28,22 +55,31 @@ def reset_runtime() -> None:
         live_gauges.forget_logged()
 
 
-def function_handler(package: str) -> Callable[..., Any]:
+def function_handler(package: str) -> Handler:
     """The handler of the function whose package is `package` (`health`, `metrics`, ...)."""
     return load_handler(f"{package}.app.lambda_handler")
 
 
 def call_api(
-    handler: Callable[..., Any],
+    handler: Handler,
     path: str,
     method: str = "GET",
     headers: dict[str, str] | None = None,
     resource: str | None = None,
     timeout_s: float = 10,
-) -> tuple[int, dict[str, str], Any]:
+) -> ApiReply:
     event = proxy_event(method=method, path=path, resource=resource or path, headers=headers)
     resp = handler(event, LambdaContext("test-function", timeout_s))
     body = resp["body"]
     ctype = resp["headers"].get("Content-Type", "")
     parsed = json.loads(body) if "json" in ctype and body else body  # HEAD: no body
     return resp["statusCode"], resp["headers"], parsed
+
+
+def log_handler() -> logging.StreamHandler[Any]:
+    """The stream handler of the functions' Powertools logger (`setStream` to capture it)."""
+    from ops.log import logger
+
+    handler = logger.registered_handler  # typed as any Handler; ours is a StreamHandler
+    assert isinstance(handler, logging.StreamHandler), handler
+    return handler

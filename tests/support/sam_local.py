@@ -42,4 +42,5 @@ def sam_local_environment(template: Path, env_file: Path | None) -> dict[str, di
         check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    environments: dict[str, dict[str, str]] = json.loads(out.stdout)
+    return environments
