@@ -194,7 +194,7 @@ def health_api() -> FunctionInvoker:
 def secrets_client() -> Iterator[Any]:
     """A moto Secrets Manager client (boto3's clients are untyped here: no stubs installed);
     Powertools' cached provider is made inside the mock."""
-    import boto3  # type: ignore[import-untyped]  # no boto3 stubs in the venv
+    import boto3
     from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
     from moto import mock_aws
 
