@@ -1,6 +1,7 @@
 """What an optional feature (error tracking, tracing) costs: the same functions with it off
-and on, as fresh processes (cold) and as warm containers, interleaved. Used by the
-error_tracking and tracing suites; the processes are benchmarks.lambda_procs'.
+and on, as fresh processes (cold) and as warm containers, interleaved, and the section
+that reports it. Used by the error_tracking and tracing suites; the processes are
+benchmarks.lambda_procs'. What the columns mean: benchmarks/README.md, above each section.
 """
 
 from __future__ import annotations
@@ -69,12 +70,6 @@ def cold_table(
     pairs: dict[str, Pair], cold: dict[str, list[ColdSample]], errors: dict[str, str]
 ) -> list[str]:
     lines = [
-        "*spawn→ready*: spawn to handler imported (with the feature on: its SDK's import and "
-        "set-up); *on - off*: median of the per-round differences (IQR); *CPU*: the "
-        "process's user + system time, start to exit, one invocation "
-        "included (unlike wall time, not inflated by waiting for a CPU on a loaded machine); "
-        "peak RSS after that invocation.",
-        "",
         "| function | spawn→ready ms off / on | on - off ms (IQR) | CPU ms off / on | "
         "CPU on ÷ off (IQR) | RSS MB off / on | modules off / on | status off / on |",
         "|---|---|---|---|---|---|---|---|",
@@ -121,3 +116,34 @@ def cold_pairs(
     python: Path, pairs: dict[str, Pair], plan: Plan
 ) -> tuple[dict[str, list[ColdSample]], dict[str, str]]:
     return measure_cold(python, [v for p in pairs.values() for v in p], plan.cold_rounds)
+
+
+def section(
+    plan: Plan,
+    tested: str,
+    cold: tuple[dict[str, Pair], dict[str, list[ColdSample]], dict[str, str], str],
+    warm: tuple[dict[str, Case], WarmPairs, str, str],
+) -> str:
+    """The suite's section: `cold` (pairs, samples, errors, a note under the table) and
+    `warm` (cases, measurements, what was warm, a note under the table)."""
+    pairs, samples, errors, cold_note = cold
+    cases, pairs_warm, what, warm_note = warm
+    total = plan.warm_rounds * plan.warm_batch
+    return "\n".join(
+        [
+            f"Code under test: {tested}.",
+            "",
+            f"### Cold start ({plan.cold_rounds} rounds of fresh processes, variants alternating)",
+            "",
+            *cold_table(pairs, samples, errors),
+            "",
+            cold_note,
+            "",
+            f"### Warm invocations{what} ({plan.warmup} discarded, then {plan.warm_rounds} rounds"
+            f" x {plan.warm_batch} per route and variant = {total} samples each, interleaved)",
+            "",
+            *warm_table(cases, pairs_warm),
+            "",
+            warm_note,
+        ]
+    )

@@ -10,8 +10,6 @@ which also counts the events it receives. Processes: benchmarks.off_on.
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import replace
 
 from benchmarks.lambda_procs import FULL, QUICK, WORK, Variant
@@ -22,7 +20,7 @@ from benchmarks.lambda_variants import (
     database,
     route_event,
 )
-from benchmarks.off_on import Case, WarmPairs, cold_pairs, cold_table, pair, warm_table
+from benchmarks.off_on import Case, WarmPairs, cold_pairs, pair, section
 from tools import LAYER_DIR
 from tools.runtime.apigw import proxy_event
 from tools.standins.sentry_ingest import sentry_ingest
@@ -60,7 +58,6 @@ def _failing_function(base: Variant) -> Variant:
 
 def run(quick: bool) -> str:
     plan = QUICK if quick else FULL
-    began, load_before = time.monotonic(), os.getloadavg()[0]
     tested = code_under_test()
     python = bench_python()
     with database() as url, sentry_ingest() as ingest:
@@ -78,38 +75,12 @@ def run(quick: bool) -> str:
         warm = WarmPairs(python, cases, plan, HERE / "logs", before_timed=ingest.clear)
         failures = plan.warm_rounds * plan.warm_batch
         warm_events = len(ingest.wait_for_events(failures, timeout_s=10))
-    return "\n".join(
-        [
-            "## Error tracking (Sentry): cost with it off and on (issue 12)",
-            "",
-            f"Code under test: {tested}. Each function imported as Lambda imports it "
-            "(`benchmarks.lambda_procs`: its folder and `layers/ops` on `sys.path`, "
-            "`.venv-bench`'s interpreter, `DATABASE_URL` to a throwaway PostgreSQL), once "
-            "without any Sentry setting (the default: the SDK is never imported) and once with "
-            "`SENTRY_DSN` pointing at a loopback server standing in for Sentry's ingest.",
-            "",
-            f"### Cold start ({plan.cold_rounds} rounds of fresh processes, variants alternating)",
-            "",
-            *cold_table(pairs, cold, errors),
-            "",
-            f"Events the ingest received from the {len(pairs) * plan.cold_rounds} cold "
-            f"processes with Sentry on (each invocation succeeded): {cold_events}.",
-            "",
-            f"### Warm invocations ({plan.warmup} discarded, then {plan.warm_rounds} rounds x "
-            f"{plan.warm_batch} per route and variant = {failures} samples each, interleaved)",
-            "",
-            "Timed: the handler call. On a successful invocation Sentry does nothing; a "
-            "failing one captures the exception and waits for the report to reach the ingest "
-            "(here on loopback; over the internet add the round trip to Sentry, bounded at "
-            "2 s).",
-            "",
-            *warm_table(cases, warm),
-            "",
-            f"Failing invocations with Sentry on: {failures}; events received: {warm_events} "
-            "(one per failure, each sent before its invocation returned).",
-            "",
-            f"Machine load (1-min average) {load_before:.2f} before, {os.getloadavg()[0]:.2f} "
-            f"after; {os.cpu_count()} CPUs; suite time {time.monotonic() - began:.0f} s"
-            f"{' (--quick: fewer rounds, wider spread)' if quick else ''}.",
-        ]
+    cold_note = (
+        f"Events the ingest received from the {len(pairs) * plan.cold_rounds} cold "
+        f"processes with Sentry on (each invocation succeeded): {cold_events}."
     )
+    warm_note = (
+        f"Failing invocations with Sentry on: {failures}; events received: {warm_events} "
+        "(one per failure, each sent before its invocation returned)."
+    )
+    return section(plan, tested, (pairs, cold, errors, cold_note), (cases, warm, "", warm_note))

@@ -346,7 +346,6 @@ def run_phase(phase: Phase, plan: Plan, dbs: dict[str, Any], workdir: Path) -> d
 def run(quick: bool) -> str:
     plan = _plan(quick)
     load = [os.getloadavg()[0]]
-    began = time.monotonic()
     workdir = ROOT / "benchmarks" / ".work" / "fleet"
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -358,9 +357,8 @@ def run(quick: bool) -> str:
             print(f"   {phase.name}", file=sys.stderr, flush=True)
             results.append(run_phase(phase, plan, dbs, workdir))
             load.append(os.getloadavg()[0])
-    elapsed = time.monotonic() - began
-    raw = {"plan": asdict(plan), "phases": results, "load": load, "elapsed": elapsed}
-    (workdir / "results.json").write_text(json.dumps({**raw, "quick": quick}))
+    raw = {"plan": asdict(plan), "phases": results, "load": load}
+    (workdir / "results.json").write_text(json.dumps(raw))
     from benchmarks.fleet_report import report
 
-    return report(plan, results, load, elapsed, quick)
+    return report(plan, results, load)
