@@ -141,7 +141,7 @@ def _head(names: str) -> tuple[str, str]:
 def report(plan: Plan, phases: list[dict[str, Any]], load: list[float]) -> str:
     alarms = (ROOT / "template.yaml").read_text().count("Type: AWS::CloudWatch::Alarm")
     by_name = {x["phase"]["name"]: x for x in phases}
-    shipped, rec = by_name["shipped defaults"], by_name.get("recommended")
+    shipped, rec = by_name["shipped defaults"], by_name["recommended"]
     exact = all(
         x["stored"] == x["served"] - x["lost"]["kill"] and x["exposed"] == x["stored"]
         for x in phases
@@ -174,31 +174,27 @@ def report(plan: Plan, phases: list[dict[str, Any]], load: list[float]) -> str:
             exact,
         ),
     ]
-    if rec is None:
-        no = "not measured: no `METRICS_DATABASE_URL` setting"
-        lines.append(_target("recommended configuration (a metrics database)", no, "-", False))
-    else:
-        cost, emf, at = project(rec, 1000)["app"], emf_per_invocation(rec), f"{PROD_RATE:g}/s"
-        lines += [
-            _target(
-                f"recommended, 1,000 x {at}: application database CPU",
-                f"{cost['cores_b']:.3f} cores",
-                f"{TARGET_CORES} core",
-                cost["cores_b"] <= TARGET_CORES,
-            ),
-            _target(
-                f"recommended, 1,000 x {at}: application database WAL",
-                f"{cost['wal_b']:.2f} GB/day",
-                f"{TARGET_WAL_GB_DAY:g} GB/day",
-                cost["wal_b"] <= TARGET_WAL_GB_DAY,
-            ),
-            _target(
-                f"recommended, at {at} per container: EMF bytes per invocation",
-                f"{emf:.0f}",
-                TARGET_EMF_BYTES,
-                emf <= TARGET_EMF_BYTES,
-            ),
-        ]
+    cost, emf, at = project(rec, 1000)["app"], emf_per_invocation(rec), f"{PROD_RATE:g}/s"
+    lines += [
+        _target(
+            f"recommended, 1,000 x {at}: application database CPU",
+            f"{cost['cores_b']:.3f} cores",
+            f"{TARGET_CORES} core",
+            cost["cores_b"] <= TARGET_CORES,
+        ),
+        _target(
+            f"recommended, 1,000 x {at}: application database WAL",
+            f"{cost['wal_b']:.2f} GB/day",
+            f"{TARGET_WAL_GB_DAY:g} GB/day",
+            cost["wal_b"] <= TARGET_WAL_GB_DAY,
+        ),
+        _target(
+            f"recommended, at {at} per container: EMF bytes per invocation",
+            f"{emf:.0f}",
+            TARGET_EMF_BYTES,
+            emf <= TARGET_EMF_BYTES,
+        ),
+    ]
     ship = project(shipped, 1000)["app"]
     lines += [
         _row(

@@ -139,17 +139,9 @@ class Identity:
         self.container = ""
 
     def record(self, end: str) -> dict[str, Any]:
-        return {
-            "container": self.container,
-            "served": self.served,
-            "jobs": self.jobs,
-            "rows": self.rows,
-            "hot": self.hot,
-            "notes": sorted(self.notes.items()),
-            "born": self.born,
-            "died": time.time(),
-            "end": end,
-        }
+        """What the suite reads of an identity that ended (`end`: term, kill or end)."""
+        kept = {k: getattr(self, k) for k in ("container", "served", "jobs", "rows", "hot", "born")}
+        return {**kept, "notes": sorted(self.notes.items()), "died": time.time(), "end": end}
 
 
 def main(spec: dict[str, Any]) -> None:

@@ -196,7 +196,3 @@ def run(quick: bool) -> str:
         f"ms. The whole cold start, paired with no extension: {paired:+.1f} ms p50.",
     ]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(run("--quick" in sys.argv))

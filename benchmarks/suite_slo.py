@@ -123,13 +123,10 @@ def run(quick: bool) -> str:
     windows = " | ".join(f"{w}" for w in per_rule)
     costs = " | ".join(f"{statistics.median(t) * 1000:.1f}" for t in per_rule.values())
     return f"""\
-## SLO rules: evaluation cost in Prometheus (issue 12)
-
-A real Prometheus on backfilled TSDB blocks: {routes_n} API routes and the 5 probe routes,
-{series} series, {days:g} days of samples every {STEP_S} s ({samples:,} samples; backfill
-{setup_s:.0f} s). Both rule files evaluated every {EVAL_S} s (the budget group on its own
-5-minute interval); medians of {len(slo)} evaluations. The 3-day windows read 3 days; the
-30-day ratios read what there is, so their 30-day cost is estimated as {30 / days:g}x.
+{routes_n} API routes and the 5 probe routes, {series} series, {days:g} days of samples every \
+{STEP_S} s ({samples:,} samples; backfill {setup_s:.0f} s); rules evaluated every {EVAL_S} s; \
+medians of {len(slo)} evaluations; the 30-day cost estimated as {30 / days:g}x the \
+{days:g}-day one.
 
 ### Targets
 
