@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import re
 import sys
@@ -57,7 +58,14 @@ def _run_suites(names: list[str], quick: bool, no_record: bool) -> int:
     for name in names:
         module = importlib.import_module(f"benchmarks.suite_{name}")
         print(f"== {name}", flush=True)
+        load, began = os.getloadavg(), time.monotonic()
         section = module.run(quick)
+        section += (
+            f"\n\nMachine load (`uptime`, 1/5/15 min) {load[0]:.2f} / {load[1]:.2f} / "
+            f"{load[2]:.2f} at the start, {os.getloadavg()[0]:.2f} (1 min) at the end; "
+            f"{os.cpu_count()} CPUs shared with other work; suite time "
+            f"{time.monotonic() - began:.0f} s{' (`--quick`: fewer rounds)' if quick else ''}."
+        )
         print(section, flush=True)
         if not no_record:
             record(name, section)

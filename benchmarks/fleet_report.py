@@ -138,12 +138,10 @@ def _head(names: str) -> tuple[str, str]:
     return f"| {names} |", "|" + "---|" * (names.count(" | ") + 1)
 
 
-def report(
-    plan: Plan, phases: list[dict[str, Any]], load: list[float], elapsed: float, quick: bool
-) -> str:
+def report(plan: Plan, phases: list[dict[str, Any]], load: list[float]) -> str:
     alarms = (ROOT / "template.yaml").read_text().count("Type: AWS::CloudWatch::Alarm")
     by_name = {x["phase"]["name"]: x for x in phases}
-    shipped, rec = by_name["shipped defaults"], by_name.get("recommended")
+    shipped, rec = by_name["shipped defaults"], by_name["recommended"]
     exact = all(
         x["stored"] == x["served"] - x["lost"]["kill"] and x["exposed"] == x["stored"]
         for x in phases
@@ -151,33 +149,12 @@ def report(
     term_lost = sum(x["lost"]["term"] + x["lost"]["end"] for x in phases)
     over = sum(len(x["over_bound"]) for x in phases)
     lines = [
-        "## Fleet: 1,000 container identities through pgbouncer (issues 13 and 23)",
-        "",
-        f"{plan.identities:,} container identities, multiplexed over {plan.workers} worker "
-        "processes (`benchmarks/fleet_worker.py`), each with its own pending deltas, outbox, "
-        "flush clock and connection, serving Poisson arrivals at "
-        f"{plan.rate:g} invocations/s each ({plan.hot} of them at {PROD_RATE:g}/s) through "
-        "the real `ops.api.Api` handler; lifetimes "
-        f"exponential (mean {plan.lifetime_s:g} s), 10% ended by SIGKILL (connection dropped, "
-        "nothing flushed), the rest by SIGTERM (the shutdown flush), and every identity by a "
-        f"real SIGTERM of its worker at the end of each {plan.phase_s:g} s phase. Every "
-        "connection through Debian pgbouncer in transaction mode (`tools.localdb.pgbouncer`, stock "
-        f"settings but `max_client_conn = {MAX_CLIENT_CONN}`), in front of PostgreSQL on the "
-        "tests' harness (`tools.localdb.pgcluster`: fsync and full_page_writes off). Rates "
-        f"over the steady window ({plan.warmup_s:g} s after the start to {plan.tail_s:g} s "
-        "before the end). *CPU*: the postmaster and all its children, from /proc (not "
-        "pg_stat_statements). *WAL*: `pg_current_wal_lsn` differences. *Lock waits*: "
-        "share of 0.25 s samples of `pg_stat_activity` with a backend waiting on a lock "
-        "(max at once).",
-        "",
-        f"This machine cannot serve {plan.identities:,} x {PROD_RATE:g}/s; it serves "
-        f"{plan.rate:g}/s per identity. What a flush costs the database depends on the "
-        "writes, and the policy sets those per container (at most one per interval, "
-        "plus birth and shutdown: item 1), not per invocation: so the projection to "
-        f"1,000 x {PROD_RATE:g}/s multiplies the measured cost per write by the policy's "
-        f"writes at {PROD_RATE:g}/s (r / (r T + 1) + 2 / L per container, L = "
-        f"{HOUR_LIFETIME_S / 3600:g} h), and its bound also scales by the rows per write "
-        f"(those of the identities served at {PROD_RATE:g}/s over the average write's).",
+        f"Plan: {plan.identities:,} identities over {plan.workers} worker processes at "
+        f"{plan.rate:g} invocations/s each ({plan.hot} of them at {PROD_RATE:g}/s), lifetimes "
+        f"exponential (mean {plan.lifetime_s:g} s), phases of {plan.phase_s:g} s, steady "
+        f"window from {plan.warmup_s:g} s after the start to {plan.tail_s:g} s before the end; "
+        f"pgbouncer `max_client_conn = {MAX_CLIENT_CONN}`; projections assume containers "
+        f"living {HOUR_LIFETIME_S / 3600:g} h.",
         "",
         "### Targets",
         "",
@@ -197,31 +174,27 @@ def report(
             exact,
         ),
     ]
-    if rec is None:
-        no = "not measured: no `METRICS_DATABASE_URL` setting"
-        lines.append(_target("recommended configuration (a metrics database)", no, "-", False))
-    else:
-        cost, emf, at = project(rec, 1000)["app"], emf_per_invocation(rec), f"{PROD_RATE:g}/s"
-        lines += [
-            _target(
-                f"recommended, 1,000 x {at}: application database CPU",
-                f"{cost['cores_b']:.3f} cores",
-                f"{TARGET_CORES} core",
-                cost["cores_b"] <= TARGET_CORES,
-            ),
-            _target(
-                f"recommended, 1,000 x {at}: application database WAL",
-                f"{cost['wal_b']:.2f} GB/day",
-                f"{TARGET_WAL_GB_DAY:g} GB/day",
-                cost["wal_b"] <= TARGET_WAL_GB_DAY,
-            ),
-            _target(
-                f"recommended, at {at} per container: EMF bytes per invocation",
-                f"{emf:.0f}",
-                TARGET_EMF_BYTES,
-                emf <= TARGET_EMF_BYTES,
-            ),
-        ]
+    cost, emf, at = project(rec, 1000)["app"], emf_per_invocation(rec), f"{PROD_RATE:g}/s"
+    lines += [
+        _target(
+            f"recommended, 1,000 x {at}: application database CPU",
+            f"{cost['cores_b']:.3f} cores",
+            f"{TARGET_CORES} core",
+            cost["cores_b"] <= TARGET_CORES,
+        ),
+        _target(
+            f"recommended, 1,000 x {at}: application database WAL",
+            f"{cost['wal_b']:.2f} GB/day",
+            f"{TARGET_WAL_GB_DAY:g} GB/day",
+            cost["wal_b"] <= TARGET_WAL_GB_DAY,
+        ),
+        _target(
+            f"recommended, at {at} per container: EMF bytes per invocation",
+            f"{emf:.0f}",
+            TARGET_EMF_BYTES,
+            emf <= TARGET_EMF_BYTES,
+        ),
+    ]
     ship = project(shipped, 1000)["app"]
     lines += [
         _row(
@@ -235,10 +208,6 @@ def report(
         ),
         "",
         "### Measured",
-        "",
-        "Per second and per 1,000 invocations, over the steady window; *writes/s*: xids "
-        "assigned, in the window's two halves (steady: alike); flush: each flush job, "
-        "connect included, p50 / p99 ms.",
         "",
         *_head(
             "phase | T s / scrape s | database | inv/s | writes/s (halves) | CPU cores "
@@ -271,9 +240,6 @@ def report(
     lines += [
         "",
         f"### Projected to containers x {PROD_RATE:g}/s",
-        "",
-        "Cores and WAL per database: at the simulation's rows per write - the bound with a "
-        "production write's rows.",
         "",
         _row(["phase", "containers", "database", "writes/s", "CPU cores", "WAL GB/day"]),
         "|---|---|---|---|---|---|",
@@ -332,10 +298,8 @@ def report(
     lines += _bill_section(phases, by_name, alarms)
     lines += [
         "",
-        f"Machine: 2 CPUs shared with other sessions; load (1 min) {load[0]:.2f} before, "
-        f"{', '.join(f'{v:.2f}' for v in load[1:])} after each phase; suite time "
-        f"{elapsed:.0f} s{' (quick run)' if quick else ''}. Raw numbers: "
-        "`benchmarks/.work/fleet/results.json`.",
+        f"Load (1 min) after each phase: {', '.join(f'{v:.2f}' for v in load[1:])}. Raw "
+        "numbers: `benchmarks/.work/fleet/results.json`.",
     ]
     return "\n".join(lines)
 
@@ -350,18 +314,10 @@ def _bill_section(phases: list[dict[str, Any]], by_name: dict[str, Any], alarms:
         "",
         "### Settings by fleet size, and the monthly AWS bill",
         "",
-        f"Per fleet size at {PROD_RATE:g} invocations/s per container: the first "
-        f"configuration, in the order measured, with counts in Prometheus within {FRESH_S:g} s "
-        "(T + scrape interval + 1 s) whose application-database cost (bound) is within "
-        f"{TARGET_CORES} core and {TARGET_WAL_GB_DAY:g} GB/day of WAL. Dollars per month "
-        "from this run's bytes and counts per invocation; "
-        f"{alarms} alarms (template.yaml), logs kept {LOG_RETENTION_DAYS} days (raw bytes: "
-        "CloudWatch stores them compressed, so storage is a bound), one secret fetch per "
-        f"cold start of containers living {HOUR_LIFETIME_S / 3600:g} h, Lambda at "
-        f"{MEMORY_GB * 1024:g} MB arm64 for the simulation's mean invocation time (rounded "
-        "up to 1 ms); the databases' instances (and RDS Proxy) are not priced here. Prices: "
+        f"{alarms} alarms (template.yaml), logs kept {LOG_RETENTION_DAYS} days, Lambda at "
+        f"{MEMORY_GB * 1024:g} MB arm64. Prices (an assumption, not fetched): "
         + "; ".join(f"{k} ${v:g}" for k, v in PRICES.items())
-        + " - an assumption (us-east-1, 2024 price list, first tier), not fetched.",
+        + ".",
         "",
     ]
     keys = list(bill(phases[0], 10, alarms))
@@ -394,4 +350,4 @@ def _bill_section(phases: list[dict[str, Any]], by_name: dict[str, Any], alarms:
 if __name__ == "__main__":
     raw = json.loads((ROOT / "benchmarks" / ".work" / "fleet" / "results.json").read_text())
     plan = Plan(**{**raw["plan"], "phases": ()})
-    print(report(plan, raw["phases"], raw["load"], raw["elapsed"], raw["quick"]))
+    print(report(plan, raw["phases"], raw["load"]))

@@ -21,7 +21,11 @@ import random
 import signal
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ops.metrics.container import ContainerMetrics
 
 KILL_SHARE = 0.1
 ROUTES = (
@@ -67,10 +71,62 @@ class Printed:
         pass
 
 
+# -- an identity's metrics state: one ops.metrics.container.ContainerMetrics each, with a
+# store connection of its own, flushed by the one entry point.
+
+
+def _new_state() -> ContainerMetrics:
+    from ops.config import settings
+    from ops.db import Database, store_source
+    from ops.metrics.container import ContainerMetrics
+
+    name = f"{settings().service}-metrics"
+    return ContainerMetrics(connect=lambda: Database(application_name=name, source=store_source))
+
+
+def _end_state(state: ContainerMetrics, how: str) -> str:
+    """End an identity ("kill": its connection dropped, a flush in flight settles as unknown
+    and the cursor tells; otherwise its shutdown flush); its container id."""
+    from ops.metrics.container import FlushReason
+
+    if how != "kill":
+        state.flush(FlushReason.SHUTDOWN)
+    box = state.outbox_if_any()
+    if box is None:
+        return ""
+    state.database().discard()  # it flushed, so it has a connection; the process is gone
+    return str(box.container)
+
+
+def _trace(current: Callable[[], Any], flushed: Callable[[Any, float, int], None]) -> None:
+    """Note which batch each invocation's recordings joined (`owner.notes[seq]` = how many
+    it had served), and time every flush job (one write transaction) of each identity."""
+    from ops.metrics import store
+
+    add, run = store.Outbox.add, store._Job.run
+
+    def traced_add(box: store.Outbox, deltas: Any) -> None:
+        add(box, deltas)
+        owner = box.__dict__.setdefault("fleet_owner", current())
+        if box.batches:  # before any flush can send it: the batch covers `served`
+            owner.notes[box.batches[-1].seq] = owner.served
+
+    def traced_run(job: store._Job) -> None:
+        started = time.perf_counter()
+        run(job)
+        series = sum(b.series for b in job.batches)
+        flushed(job.box.__dict__["fleet_owner"], (time.perf_counter() - started) * 1000, series)
+
+    store.Outbox.add = traced_add  # type: ignore[method-assign,assignment]
+    store._Job.run = traced_run  # type: ignore[method-assign,assignment]
+
+
 class Identity:
     """One container's life: its metrics state and what the suite traces of it."""
 
-    def __init__(self, state: Any, rng: random.Random, lifetime_s: float, hot: bool) -> None:
+    def __init__(
+        self, state: ContainerMetrics, rng: random.Random, lifetime_s: float, hot: bool
+    ) -> None:
         self.state = state
         self.hot = hot  # served at the production rate
         self.born = time.time()
@@ -83,31 +139,26 @@ class Identity:
         self.container = ""
 
     def record(self, end: str) -> dict[str, Any]:
-        return {
-            "container": self.container,
-            "served": self.served,
-            "jobs": self.jobs,
-            "rows": self.rows,
-            "hot": self.hot,
-            "notes": sorted(self.notes.items()),
-            "born": self.born,
-            "died": time.time(),
-            "end": end,
-        }
+        """What the suite reads of an identity that ended (`end`: term, kill or end)."""
+        kept = {k: getattr(self, k) for k in ("container", "served", "jobs", "rows", "hot", "born")}
+        return {**kept, "notes": sorted(self.notes.items()), "died": time.time(), "end": end}
 
 
 def main(spec: dict[str, Any]) -> None:
     import os
 
     os.environ.update(spec["env"])
-    from benchmarks import fleet_state
     from ops.api import Request, Response, json_response
     from ops.log import logger
+    from ops.metrics import process_hooks
+    from ops.metrics.container import using
     from ops.wiring import service_api
     from tools.runtime.apigw import proxy_event
     from tools.runtime.handler import LambdaContext
 
-    fleet_state.prepare()  # before the router's instrumentation installs process-wide hooks
+    # No process-wide shutdown flush or deadline watch (installed with the router's
+    # instrumentation, so before it): this worker ends each identity itself.
+    process_hooks._installed = True
     printed = Printed()
     sys.stdout = printed
     logger.registered_handler.setStream(printed)  # type: ignore[attr-defined]
@@ -146,12 +197,12 @@ def main(spec: dict[str, Any]) -> None:
         stats["series_rows"] += series
 
     app.after_invocation.insert(0, served)
-    fleet_state.trace(lambda: current[0], flushed)
+    _trace(lambda: current[0], flushed)
     lifetime_s, hot = spec["lifetime_s"], spec["hot"]
     rates = [spec["hot_rate"] if i < hot else spec["rate"] for i in range(spec["identities"])]
 
     def born(slot: int) -> Identity:
-        return Identity(fleet_state.new_state(), rng, lifetime_s, slot < hot)
+        return Identity(_new_state(), rng, lifetime_s, slot < hot)
 
     slots = [born(i) for i in range(spec["identities"])]
     records: list[dict[str, Any]] = []
@@ -160,11 +211,7 @@ def main(spec: dict[str, Any]) -> None:
         ident = slots[slot]
         current[:] = [ident]
         printed.hot = ident.hot
-        if how == "kill":
-            fleet_state.kill(ident.state)
-        else:
-            fleet_state.shutdown(ident.state)
-        ident.container = fleet_state.container(ident.state)
+        ident.container = _end_state(ident.state, how)
         records.append(ident.record(how))
 
     stop = []
@@ -196,7 +243,7 @@ def main(spec: dict[str, Any]) -> None:
         current[:] = [ident]
         printed.hot = ident.hot
         started = time.perf_counter()
-        with fleet_state.active(ident.state):
+        with using(ident.state):
             app.lambda_handler(events[rng.randrange(len(events))], ctx)
         stats["invoke_ms"].append((time.perf_counter() - started) * 1000)
         second = int(time.time() - start_wall)

@@ -1,14 +1,13 @@
 """The benchmarks' Lambda processes: fresh ones (a cold start) and long-lived ones (a warm
 container), each importing a handler from the folders Lambda would put on sys.path (its
-code, then the layer). Shared by the health, error_tracking and tracing suites; what they
-run is in benchmarks.lambda_variants.
+code, then the layer). Used by the health suite; what it runs is in
+benchmarks.lambda_variants.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -176,7 +175,6 @@ def _marked(text: str) -> dict[str, Any]:
 class ColdSample:
     wall_ms: float  # spawn -> handler imported
     import_ms: float  # the import alone, timed inside the process
-    cpu_ms: float  # the process's user + system time, start to exit
     status: Any
     boto3: bool  # loaded after the import or after the invocation
     botocore_modules: int
@@ -188,7 +186,6 @@ class ColdSample:
 
 def spawn_cold(python: Path, v: Variant) -> ColdSample | str:
     """One fresh process: spawn -> handler imported (wall), then one invocation; or why not."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = subprocess.run(
         _cmd(python, v, "cold"),
@@ -199,7 +196,6 @@ def spawn_cold(python: Path, v: Variant) -> ColdSample | str:
         cwd=v.cwd,
         timeout=120,
     )
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         r = _marked(proc.stdout)
     except StopIteration:
@@ -207,7 +203,6 @@ def spawn_cold(python: Path, v: Variant) -> ColdSample | str:
     return ColdSample(
         wall_ms=(float(r["ready"]) - started) * 1000.0,
         import_ms=float(r["import_s"]) * 1000.0,
-        cpu_ms=(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000,
         status=r["status"],
         boto3=bool(r["at_import"][0] or r["after"][0]),
         botocore_modules=int(r["after"][1]),

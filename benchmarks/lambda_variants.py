@@ -1,4 +1,4 @@
-"""What the Lambda-process suites (health, error_tracking, tracing) compare: the variants
+"""What the health suite's Lambda processes are: the variants
 (a bare handler, Powertools Logger + pg8000.native, the FastAPI peer, and every function
 of template.yaml laid out as Lambda lays it out), the interpreter they all run
 (`.venv-bench`, from benchmarks/requirements.txt) and the database they reach (the tests'

@@ -98,15 +98,9 @@ def run(quick: bool) -> str:
                         f"- {ok}: {traffic}, interval {interval:g} s: EMF {r['emf']:.1f} bytes"
                         f" per invocation (target ≤ {TARGET_BYTES:g})"
                     )
-    load = os.getloadavg()
     return "\n".join(
         [
-            "### CloudWatch bytes per invocation (issue 23 item 4)",
-            "",
-            f"{n} invocations per row at {RATE:g}/s (simulated clock), one container, then"
-            " its shutdown drain. `ratio`: EMF bytes against interval 0 (today's: a document"
-            " set per invocation) in the same run. Request lines: every line, and at"
-            " PROBE_LOG_SAMPLE_RATE=0.1 (its `linesRepresented` field counted).",
+            f"{n} invocations per row at {RATE:g}/s (simulated clock).",
             "",
             "| traffic | interval (s) | EMF bytes/inv | EMF docs/inv | ratio |"
             " request bytes/inv | at sample rate 0.1 |",
@@ -114,8 +108,5 @@ def run(quick: bool) -> str:
             *rows,
             "",
             *verdicts,
-            "",
-            f"Load average (1/5/15 min) at the end: {load[0]:.2f} / {load[1]:.2f} /"
-            f" {load[2]:.2f} (bytes do not depend on it: the clock is simulated).",
         ]
     )

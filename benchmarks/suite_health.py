@@ -9,10 +9,8 @@ and every function of template.yaml, imported as Lambda does (benchmarks.lambda_
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -164,17 +162,7 @@ def cold_table(
     return [
         "### Cold-start proxy and peak memory",
         "",
-        f"Fresh processes (`python -I`), {plan.cold_rounds} rounds, all variants alternating "
-        "in a rotated order each round after one discarded warm-up round. *spawn→ready*: "
-        "from just before the spawn to the handler being imported (interpreter start "
-        "included; the target ratios use it); *import*: the import alone, timed inside the "
-        "process. Ratio spread: IQR of the per-round ratios. Peak RSS: the process's "
-        "high-water mark (`VmHWM`; `ru_maxrss` is unusable here because Linux carries the "
-        "spawning parent's peak across `exec`) after the import and one invocation "
-        "(`/health` for (b), (c) and health, the function's own route or scheduled event "
-        "otherwise; an invocation that raises is shown in *status*). *botocore modules*: "
-        "Powertools imports the bare `botocore` package (<1 ms) to register its user agent; "
-        "boto3 is the 200 ms import the target is about.",
+        f"{plan.cold_rounds} rounds of fresh processes after one discarded round.",
         "",
         "| process | spawn→ready ms (IQR) | import ms | vs (b) (IQR) | vs (c) | "
         "peak RSS MB (after import) | modules | boto3 / botocore modules | status |",
@@ -205,16 +193,8 @@ def warm_table(plan: Plan, variants: dict[str, Variant], warm: WarmRun) -> list[
         "",
         "### Warm latency (in-process invocations)",
         "",
-        f"One long-lived process per variant (a warm container), {plan.warmup} discarded "
-        f"invocations per route, then {plan.warm_rounds} rounds x {plan.warm_batch} invocations "
-        f"per route and variant ({total} samples each), variants alternating per batch. Each "
-        "invocation gets its own API Gateway REST proxy event (fresh request id) and context, "
-        "built outside the timed call; (c) is invoked through Mangum with the same event. "
-        "Timed: the handler call only (for health that includes the database round trip, the "
-        "check worker, the request log line and the after-invocation hooks). Logs go to a "
-        "file. ms; *Δ/(a)*: p50 minus (a)'s p50; *÷(c)*: p50 over (c)'s p50 (IQR of per-batch "
-        "values). (b) serves `/health` only: Powertools Logger line + `SELECT 1` on a reused "
-        "pg8000 connection, the floor for a database health check.",
+        f"{plan.warmup} discarded invocations per route, then {plan.warm_rounds} rounds x "
+        f"{plan.warm_batch} invocations per route and variant ({total} samples each); ms.",
         "",
         "| route | (a) p50 / p99 | (b) p50 / p99 | health p50 / p99 | (c) p50 / p99 | "
         "health Δ/(a) p50 | health ÷(c) p50 | statuses (health, c) |",
@@ -243,7 +223,6 @@ def warm_table(plan: Plan, variants: dict[str, Variant], warm: WarmRun) -> list[
 
 def run(quick: bool) -> str:
     plan = QUICK if quick else FULL
-    began, load_before = time.monotonic(), os.getloadavg()[0]
     tested = code_under_test()  # before the run: others may commit meanwhile
     python = bench_python()
     with database() as url:
@@ -253,29 +232,13 @@ def run(quick: bool) -> str:
         cold, errors = measure_cold(python, list(variants.values()), plan.cold_rounds)
         log(f"warm latency: {plan.warm_rounds} rounds x {plan.warm_batch} per route")
         warm = WarmRun(python, variants, plan)
-    elapsed, load_after = time.monotonic() - began, os.getloadavg()[0]
     return "\n".join(
         [
-            "## Health function vs baselines (issue 2)",
-            "",
-            f"Code under test: {tested}.",
-            "",
-            "Compared in the same run: **(a)** a bare handler returning constant JSON; **(b)** a "
-            "process importing only Powertools `Logger` and `pg8000.native` (and creating the "
-            "Logger); **(c)** the health routes written the way many teams would, FastAPI + "
-            "Mangum + prometheus-fastapi-instrumentator (`benchmarks/peer_fastapi/app.py`, "
-            "`handler = Mangum(app)`, same routes, shapes and pg8000 check, `/metrics` from the "
-            "instrumentator); and every function of `template.yaml` laid out as Lambda lays "
-            "out `/var/task` and `/opt/python`. Database: a throwaway PostgreSQL on 127.0.0.1 "
-            "(the tests' `running_cluster`, migrations applied), `DATABASE_URL` set, a bearer "
-            "token configured. Same interpreter for every process: `.venv-bench` "
-            f"({sys.version.split()[0]} base, `benchmarks/requirements.txt`).",
+            f"Code under test: {tested}; interpreter: `.venv-bench` ({sys.version.split()[0]} "
+            "base).",
             "",
             *targets_table(cold, warm, functions),
             *cold_table(plan, variants, cold, errors),
             *warm_table(plan, variants, warm),
-            f"Machine load (1-min average) {load_before:.2f} before, {load_after:.2f} after; "
-            f"{os.cpu_count()} CPUs; suite time {elapsed:.0f} s"
-            f"{' (--quick: fewer rounds, wider spread)' if quick else ''}.",
         ]
     )

@@ -10,8 +10,8 @@ on 127.0.0.1 (the tests' `running_cluster`, migrations applied).
   and an http_request_duration_seconds histogram) against `prometheus_client.
   generate_latest` on an in-memory registry holding the same series (`_created` samples
   disabled, so both print 2,400 samples). Worst case: 16 containers in 16 shards wrote
-  every series; beyond it, every series collided in every shard (spill rows everywhere).
-  The cost is fitted as a function of the value rows (series x live shards).
+  every series. (How the cost grows with spill rows, every series collided in 4 to 16
+  shards, was measured once: benchmarks/README.md, *Concluded investigations*.)
 
 The health suite measures the recording path's import (cold start against Powertools
 Logger + pg8000.native, and no prometheus_client or boto3 on it).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import statistics
 import time
@@ -31,6 +32,9 @@ from typing import Any
 
 from benchmarks.lambda_variants import database
 from benchmarks.stats import nearest_rank, verdict
+from tests.support.db import SQL, runner
+from tests.support.metrics import truncate_metrics
+from tests.support.runtime import reset_runtime
 from tools.runtime.apigw import proxy_event
 from tools.runtime.handler import LambdaContext, load_handler
 
@@ -62,35 +66,17 @@ FULL = Plan(invocations=4000, render_rounds=60)
 
 def _new_container(**env: str) -> None:
     """Environment for this process as a fresh Lambda container would see it."""
-    from ops import db, metrics
-    from ops.config import settings
-
     os.environ.update(env)
-    settings.cache_clear()
-    db.reset()
-    metrics.reset()
+    reset_runtime()
 
 
 def _quiet_logger() -> None:
     from ops.log import logger
 
-    logger.registered_handler.setStream(io.StringIO())
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(io.StringIO())
     logger.setLevel("WARNING")
-
-
-def _sql(url: str, query: str) -> list[list[Any]]:
-    from ops.config import settings
-    from ops.db import open_connection, parse_database_url
-
-    conn = open_connection(parse_database_url(url), settings(), timeout_s=30)
-    try:
-        return conn.run(query)
-    finally:
-        conn.close()
-
-
-def _reset_store(url: str) -> None:
-    _sql(url, "TRUNCATE metric_values, metric_series, metric_flush_cursors")
 
 
 # -- flush cost --------------------------------------------------------------------------
@@ -109,11 +95,11 @@ def _bench_api(instrument: bool) -> Callable[..., Any]:
     return app.lambda_handler
 
 
-def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
+def flush_cost(url: str, sql: SQL, plan: Plan) -> tuple[str, dict[str, float]]:
     from ops.metrics import catalogue as m
     from ops.metrics import flush
 
-    _reset_store(url)
+    truncate_metrics(sql)
     _new_container(
         DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="Bench", METRICS_FLUSH_INTERVAL_S="0"
     )
@@ -181,17 +167,12 @@ def flush_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
 HTTP_SAMPLE_S = (0.005, 0.02, 0.07, 0.15, 0.3, 0.7, 1.5, 3.0, 9.0)
 
 
-def _fill_store(url: str, shards: int, collided: bool) -> None:
-    """200 label sets written by `shards` containers, one per shard. `collided`: every
-    container but the first found every total held by another flush, so every series
-    has a spill row in every shard (what sustained collisions on all series leave for
-    the compaction's 5 minutes); otherwise the containers flush in turn."""
-    from ops.db import connect_url
+def _fill_store(url: str, sql: SQL, shards: int) -> None:
+    """200 label sets written by `shards` containers in turn, one per shard."""
     from ops.metrics import catalogue as m
     from ops.metrics import current, flush
 
-    _reset_store(url)
-    holder = None
+    truncate_metrics(sql)
     for shard in range(shards):
         _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="")
         current().outbox.shard = shard
@@ -204,13 +185,6 @@ def _fill_store(url: str, shards: int, collided: bool) -> None:
         # 1,760 new series can overrun its statement timeout, so try again a few times.
         if not any(flush() for _ in range(5)):
             raise RuntimeError("flush failed while filling the store")
-        if collided and holder is None:
-            holder = connect_url(url, timeout_s=30)
-            holder.run("BEGIN")
-            holder.run("SELECT 1 FROM metric_values WHERE shard = 0 FOR UPDATE")
-    if holder is not None:
-        holder.run("ROLLBACK")
-        holder.close()
 
 
 def _client_registry() -> Callable[[], bytes]:
@@ -219,7 +193,7 @@ def _client_registry() -> Callable[[], bytes]:
 
     from ops.metrics import catalogue as m
 
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     counter = Counter("http_requests", "x", ("method", "route", "status"), registry=registry)
     histogram = Histogram(
@@ -245,7 +219,7 @@ def _count_samples(text: str, prefixes: tuple[str, ...]) -> int:
     )
 
 
-def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
+def render_cost(url: str, sql: SQL, plan: Plan) -> tuple[str, dict[str, float]]:
     from ops.db import get_db
     from ops.metrics import exposition
     from ops.metrics.totals import read_totals
@@ -257,26 +231,17 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
     prefixes = ("http_requests_total{", "http_request_duration_seconds_")
     rows = []
     stats: dict[str, float] = {}
-    scenarios = (  # (name, label, containers/shards, collided)
-        (
-            "fleet16",
-            "16 containers in 16 shards wrote every series in the last minutes",
-            16,
-            False,
-        ),
-        ("one", "1 container", 1, False),
-        ("spill4", "every series collided in 4 shards (spill rows in 3)", 4, True),
-        ("spill8", "every series collided in 8 shards (spill rows in 7)", 8, True),
-        ("spill16", "every series collided in all 16 shards (spill rows in 15)", 16, True),
+    scenarios = (  # (name, label, containers/shards)
+        ("fleet16", "16 containers in 16 shards wrote every series in the last minutes", 16),
+        ("one", "1 container", 1),
     )
-    points: list[tuple[int, float, float]] = []  # (value rows, handler ms, handler / client)
-    for key, label, shards, collided in scenarios:
-        _fill_store(url, shards, collided)
+    for key, label, shards in scenarios:
+        _fill_store(url, sql, shards)
         _new_container(DATABASE_URL=url, POWERTOOLS_METRICS_NAMESPACE="Bench")
         _quiet_logger()
         with contextlib.redirect_stdout(io.StringIO()):
             handler(event, ctx())  # a new metrics container: compacts (if due) on its first scrape
-        values_rows = _sql(url, "SELECT count(*) FROM metric_values")[0][0]
+        values_rows = sql("SELECT count(*) FROM metric_values")[0][0]
         handler_ms, client_ms, render_ms = [], [], []
         with contextlib.redirect_stdout(io.StringIO()):
             response = handler(event, ctx())
@@ -302,48 +267,18 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
                 render_ms.append((time.perf_counter() - started) * 1000)
         h, c, r = (statistics.median(x) for x in (handler_ms, client_ms, render_ms))
         stats[key] = h / c
-        points.append((values_rows, h, h / c))
         rows.append(
             f"| {label} | {values_rows:,} | {samples:,} | {h:.2f} | {r:.2f} | {c:.2f} "
             f"| **{h / c:.2f}x** |"
         )
-    # Least squares over the scenarios (same series, different live shard rows).
-    n = len(points)
-    mean_rows = sum(p[0] for p in points) / n
-    spread = sum((p[0] - mean_rows) ** 2 for p in points) or 1.0
-    per_row = sum((p[0] - mean_rows) * (p[2] - sum(q[2] for q in points) / n) for p in points)
-    per_row /= spread
-    per_row_ms = sum((p[0] - mean_rows) * (p[1] - sum(q[1] for q in points) / n) for p in points)
-    per_row_ms /= spread
-    fixed = sum(p[2] for p in points) / n - per_row * mean_rows
-    stats["per_krow_ratio"], stats["fixed_ratio"] = per_row * 1000, fixed
-    rows_at_half = (0.5 - fixed) / per_row if per_row > 0 else float("inf")
-    series = min(p[0] for p in points)  # the store with one row per series
     table = "\n".join(
         [
-            f"Medians of {plan.render_rounds} interleaved rounds; ms. *handler*: the whole "
-            "`/metrics` invocation (database check and store read, render, its own request's "
-            "metrics and flush); *render*: `ops.metrics.exposition.render` alone on the summed "
-            "totals.",
+            f"Medians of {plan.render_rounds} interleaved rounds; ms.",
             "",
             "| store | value rows | samples | handler | render "
             "| generate_latest | handler / generate_latest |",
             "|---|---|---|---|---|---|---|",
             *rows,
-            "",
-            "Scrape cost as a function of the stored rows (least squares over the rows above; "
-            f"{series:,} series, i.e. 2,400 samples): handler ≈ "
-            f"{fixed:.2f}x + {per_row * 1000:.3f}x per 1,000 value rows (x: generate_latest "
-            f"for 2,400 samples; {per_row_ms * 1000:.3f} ms per 1,000 rows here). Value rows "
-            "= series x live shards, so for S series and L live shards: handler ≈ "
-            f"S x ({fixed / series:.5f} + L x {per_row:.6f}) generate_latest-"
-            "units of 2,400 samples; "
-            + (
-                f"the 0.5x line is crossed at about {rows_at_half:,.0f} value rows."
-                if rows_at_half > 0
-                else f"the fixed part alone ({fixed:.2f}x: the checks, the round trips, the "
-                "hand-off to a worker thread, the render) is over 0.5x in this run."
-            ),
         ]
     )
     return table, stats
@@ -353,13 +288,17 @@ def render_cost(url: str, plan: Plan) -> tuple[str, dict[str, float]]:
 
 
 def run(quick: bool) -> str:
+    from ops.db import connect_url
+
     plan = QUICK if quick else FULL
     _quiet_logger()
-    load_before, began = os.getloadavg()[0], time.monotonic()
     with database() as url:
-        flush_table, f = flush_cost(url, plan)
-        render_table, r = render_cost(url, plan)
-    load_after, took = os.getloadavg()[0], time.monotonic() - began
+        conn = connect_url(url, timeout_s=30)
+        try:
+            flush_table, f = flush_cost(url, runner(conn), plan)
+            render_table, r = render_cost(url, runner(conn), plan)
+        finally:
+            conn.close()
     targets = "\n".join(
         [
             "| target | measured | limit | result |",
@@ -382,12 +321,7 @@ def run(quick: bool) -> str:
     )
     return "\n\n".join(
         [
-            "## Cross-container metrics (issue 3)",
-            "Throwaway PostgreSQL on 127.0.0.1 (fsync off), "
-            f"{'quick' if quick else 'full'} run, {os.cpu_count()} CPUs; machine load (1-min "
-            f"average) {load_before:.2f} before, {load_after:.2f} after; suite time {took:.0f} s. "
-            "Flush = one round trip (`SET LOCAL statement_timeout; SELECT metrics_flush(...)`) "
-            "on a helper thread, plus one EMF line per dimension group.",
+            f"{'Quick' if quick else 'Full'} run.",
             "### Targets",
             targets,
             "### Flush cost per invocation",

@@ -4,7 +4,8 @@ Two templates in one throwaway cluster (`inbound_events` plain and partitioned b
 rows over 60 days, half past the policy); each prune runs on a fresh copy while a writer
 (single-row writes at 200 ops/s) runs through a baseline window and the prune. Measured:
 wall time, longest transaction (timed around the client call), WAL, the writer's rate and
-latency. `python -m benchmarks retention [--quick]`: 5,000,000 rows [200,000].
+latency. `python -m benchmarks retention [--quick]`: 5,000,000 rows [200,000]
+(`RETENTION_BENCH_ROWS` overrides the full size).
 """
 
 from __future__ import annotations
@@ -298,7 +299,7 @@ def _ratios(
     return [ratio(naive, function) for naive, function in pairs]
 
 
-def _report(rows: int, runs: dict[tuple[str, str], list[Prune]], quick: bool, load: str) -> str:
+def _report(rows: int, runs: dict[tuple[str, str], list[Prune]], quick: bool) -> str:
     medians = {k: sorted(v, key=lambda p: p.wall_s)[len(v) // 2] for k, v in runs.items()}
     walls = "; ".join(
         f"{scenario} {method} " + ", ".join(f"{p.wall_s:.2f}" for p in prunes)
@@ -330,21 +331,11 @@ def _report(rows: int, runs: dict[tuple[str, str], list[Prune]], quick: bool, lo
     ]  # fmt: skip
     return "\n".join(
         [
-            "## Retention: batched function vs naive single DELETE (issues 4, 10 and 24)",
-            "",
-            f"`inbound_events` with {rows:,} rows{' (`--quick`)' if quick else ''} spread evenly "
-            f"over {DAYS} days (half older than the 30-day policy), its `received_at` index, and "
-            f"{SESSIONS:,} `chat_sessions`; a writer process doing single-row INSERTs and "
-            f"`chat_sessions` UPDATEs at {WRITER_OPS_PER_S:.0f} ops/s throughout. Every prune "
-            "runs on a fresh copy of the same template database. The function runs through its "
-            f"real handler with the default batch size ({DEFAULT_BATCH_SIZE:,} rows at most, "
-            f"aiming at 50 ms a batch). Naive: `{NAIVE_SQL}`. Machine: {os.cpu_count()} cores, "
-            f"shared; load average {load}. PostgreSQL from `tools.localdb.pgcluster` (fsync, "
-            "synchronous_commit and full_page_writes off: less WAL and no commit waits than in "
-            "production, for both methods alike). Each prune ran "
-            f"{len(runs['plain', 'naive'])} time(s), alternating which method went first; the "
-            "measurements show each method's run with the median wall time (all wall times, "
-            f"s: {walls}).",
+            f"`inbound_events` with {rows:,} rows{' (`--quick`)' if quick else ''} over {DAYS} "
+            f"days, {SESSIONS:,} `chat_sessions`, the writer at {WRITER_OPS_PER_S:.0f} ops/s; "
+            f"the function's default batch size {DEFAULT_BATCH_SIZE:,} rows. Each prune ran "
+            f"{len(runs['plain', 'naive'])} time(s); the measurements show each method's run with "
+            f"the median wall time (all wall times, s: {walls}).",
             "",
             "### Targets",
             "",
@@ -364,15 +355,8 @@ def _report(rows: int, runs: dict[tuple[str, str], list[Prune]], quick: bool, lo
             f"The function dropped {part.partitions_dropped} whole day partitions and pruned the "
             f"boundary partition row by row ({part.batches} batches); on the plain table it ran "
             f"{plain.batches} batches.",
-            "",
-            "Reproduce: `make bench SUITES=retention` (full size) or "
-            "`python -m benchmarks retention --quick`.",
         ]
     )
-
-
-def _load_average() -> str:
-    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def run(quick: bool) -> str:
@@ -380,7 +364,7 @@ def run(quick: bool) -> str:
 
     rows = QUICK_ROWS if quick else int(os.environ.get("RETENTION_BENCH_ROWS", FULL_ROWS))
     baseline_s, repeats = (3.0, 1) if quick else (6.0, REPEATS)
-    saved_env, load_before = dict(os.environ), _load_average()
+    saved_env = dict(os.environ)
     try:
         with running_cluster() as cluster:
             _build_template(cluster, "plain", rows, partitioned=False)
@@ -393,8 +377,7 @@ def run(quick: bool) -> str:
                         print(f"   {rep + 1}/{repeats} {scenario} / {method} ...", flush=True)
                         prune = _measure(cluster, scenario, method, baseline_s)
                         runs.setdefault((scenario, method), []).append(prune)
-        load = f"{load_before} (1/5/15 min) at the start, {_load_average()} at the end"
-        return _report(rows, runs, quick, load)
+        return _report(rows, runs, quick)
     finally:
         os.environ.clear()
         os.environ.update(saved_env)

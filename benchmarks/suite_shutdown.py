@@ -15,16 +15,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.lambda_variants import database
 from benchmarks.stats import nearest_rank
+from tests.support.db import runner
+from tests.support.metrics import stored_probe_requests, truncate_metrics
 from tools.runtime.apigw import proxy_event
 from tools.runtime.ric import POLLING, RicFunction
 
@@ -36,34 +36,22 @@ MODES = ("thread", "main")  # tools.runtime.ric.POLLING: "unset" polls as "main"
 ROUNDS = {True: (6, 8), False: (30, 40)}  # quick / full: (shutdown rounds, cold rounds)
 
 
-def _stored_requests(url: str) -> int:
+def _stored_requests(url: str, *, truncate: bool = False) -> int:
+    """The store's http_requests_total (emptied first with `truncate`)."""
     from ops.db import connect_url
 
-    conn = connect_url(url, timeout_s=10)
+    conn = connect_url(url, timeout_s=10, statement_timeout_ms=10_000)
     try:
-        conn.run("SET statement_timeout = 10000")
-        ((total,),) = conn.run(
-            "SELECT coalesce(sum(v.value), 0) FROM metric_values v JOIN metric_series s "
-            "ON s.id = v.series_id WHERE s.family = 'http_requests_total'"
-        )
-        return int(total)
-    finally:
-        conn.close()
-
-
-def _truncate(url: str) -> None:
-    from ops.db import connect_url
-
-    conn = connect_url(url, timeout_s=10)
-    try:
-        conn.run("TRUNCATE metric_values, metric_series, metric_flush_cursors")
+        if truncate:
+            truncate_metrics(conn.run)
+        return stored_probe_requests(runner(conn))
     finally:
         conn.close()
 
 
 def shutdown_sample(url: str, polling: str) -> tuple[float, bool, int]:
     """(ms from SIGTERM to exit, killed, exit status); checks the stored total."""
-    _truncate(url)
+    _stored_requests(url, truncate=True)
     env = {"DATABASE_URL": url, "METRICS_FLUSH_INTERVAL_S": "600"}
     env["POWERTOOLS_METRICS_NAMESPACE"] = "Bench"
     fn = RicFunction("HealthFunction", env, execution_env=POLLING[polling], capture=False)
@@ -133,8 +121,6 @@ def cold_sample(url: str, variant: str, timing: Path) -> tuple[float, float, flo
 
 def run(quick: bool) -> str:
     shutdown_rounds, cold_rounds = ROUNDS[quick]
-    load = os.getloadavg()
-    started = time.monotonic()
     shutdown: dict[str, list[float]] = {mode: [] for mode in MODES}
     killed = 0
     exits: dict[str, dict[int, int]] = {mode: {} for mode in MODES}  # exit status -> samples
@@ -157,17 +143,9 @@ def run(quick: bool) -> str:
                 cold[variant].append(total)
                 register[variant].append((wall, cpu))
     shutil.rmtree(timing.parent, ignore_errors=True)
-    load_end = os.getloadavg()
     lines = [
-        "### Shutdown flush under the real runtime client (issues 8 and 19)",
-        "",
-        f"SIGTERM to exit of the health function run by awslambdaric 4.2.2 against a loopback "
-        "Runtime API stand-in (`tools.runtime.ric`), "
-        f"after {INVOCATIONS} invocations (one in five a "
-        "`/health` check), `METRICS_FLUSH_INTERVAL_S=600`, on a loopback PostgreSQL; "
-        f"{shutdown_rounds} fresh containers per mode, modes interleaved; every sample's stored "
-        f"total equals the requests it served; {killed} of {2 * shutdown_rounds} reached "
-        "Lambda's SIGKILL at +500 ms.",
+        f"{shutdown_rounds} fresh containers per mode, {INVOCATIONS} invocations each; "
+        f"{killed} of {2 * shutdown_rounds} reached Lambda's SIGKILL at +{KILL_S * 1000:.0f} ms.",
         "",
         "| runtime client polls on | p50 ms | p99 ms | max ms | ended by the main thread's"
         " handler (SIGTERM) / by the watcher thread (0) |",
@@ -187,17 +165,11 @@ def run(quick: bool) -> str:
     lines += [
         "",
         f"Target p99 ≤ {TARGET_SHUTDOWN_P99_MS:.0f} ms: {worst:.1f} ms, "
-        f"{'PASS' if worst <= TARGET_SHUTDOWN_P99_MS and not killed else 'FAIL'}. The watcher "
-        "thread flushes at once in both modes; when the main thread stays inside the client's "
-        "C code it waits `SIGNAL_GRACE_S` (50 ms) more for it, then ends the process (exit 0); "
-        "otherwise the main thread's handler ends it (death by SIGTERM). Which one did is "
-        "counted above.",
+        f"{'PASS' if worst <= TARGET_SHUTDOWN_P99_MS and not killed else 'FAIL'}.",
         "",
         "### Cold start with the extension, under the real runtime client",
         "",
-        f"Process start to the answer of its first `/health/live` (interpreter, awslambdaric, "
-        f"the function's import with the registration, the first poll, one invocation); "
-        f"{cold_rounds} rounds, variants in a rotated order each round, after one warm-up each.",
+        f"{cold_rounds} rounds, after one warm-up each.",
         "",
         "| variant | p50 ms | p90 ms | paired vs none, p50 ms | registration p50 ms: wall"
         " / CPU (in the function) |",
@@ -221,17 +193,6 @@ def run(quick: bool) -> str:
         f"Target: the extension adds at most +{TARGET_COLD_START_MS:.0f} ms. Its registration "
         f"costs the function process p50 {added_cpu:.2f} ms of CPU, "
         f"{'PASS' if added_cpu <= TARGET_COLD_START_MS else 'FAIL'}; in wall time {added:.2f} "
-        "ms, which also holds the stand-in (a Python server in the loaded benchmark process) "
-        "reading and answering, where Lambda's Runtime API answers on its own host. The "
-        f"whole cold start, paired with no extension: {paired:+.1f} ms p50 (this machine's "
-        "noise: see the p90s).",
-        "",
-        f"Load average (1/5/15 min): {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the start, "
-        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end, on "
-        f"{os.cpu_count()} CPUs shared with other work; {time.monotonic() - started:.0f} s.",
+        f"ms. The whole cold start, paired with no extension: {paired:+.1f} ms p50.",
     ]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(run("--quick" in sys.argv))

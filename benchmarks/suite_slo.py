@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tools import ROOT
-from tools.localdb.pgcluster import free_port
+from tools.standins.prom import binary
+from tools.standins.prometheus import prometheus
 
 MONITORING = ROOT / "infra" / "monitoring"
 STEP_S = 30
@@ -87,35 +88,17 @@ def run(quick: bool) -> str:
         )
         (work / "input.om").unlink()
         setup_s = time.perf_counter() - started
-        config = {
-            "global": {"evaluation_interval": f"{EVAL_S}s"},
-            "rule_files": [
-                str(MONITORING / "slo.rules.yml"),
-                str(MONITORING / "recording-rules.yml"),
-            ],
-        }
-        (work / "prometheus.yml").write_text(json.dumps(config))
-        port = free_port()
-        api = f"http://127.0.0.1:{port}"
-        log = (work / "prometheus.log").open("w")
-        prometheus = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={work / 'prometheus.yml'}",
-                f"--storage.tsdb.path={data}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        slo, baseline, budget = [], [], 0.0
+        rules = [MONITORING / "slo.rules.yml", MONITORING / "recording-rules.yml"]
+        slo: list[float] = []
+        baseline: list[float] = []
+        budget = 0.0
         per_rule: dict[str, list[float]] = {}
-        try:
+        with prometheus(binary(), [], interval=f"{EVAL_S}s", rule_files=rules, tsdb=data) as server:
             deadline = time.monotonic() + 420  # the budget group runs once in 5 min
             while time.monotonic() < deadline and (len(slo) < rounds or not budget):
                 time.sleep(EVAL_S)
                 try:
-                    groups = _rules(api)
+                    groups = _rules(server.url)
                 except OSError:
                     continue
                 group = groups.get("realestate-backend-slo", {})
@@ -127,10 +110,6 @@ def run(quick: bool) -> str:
                         if rule["type"] == "recording" and window != rule["name"]:
                             per_rule.setdefault(window, []).append(rule["evaluationTime"])
                 budget = groups.get("realestate-backend-slo-budget", {}).get("evaluationTime", 0)
-        finally:
-            prometheus.terminate()
-            prometheus.wait(30)
-            log.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert slo and budget, "Prometheus never evaluated the SLO rules"
@@ -144,13 +123,10 @@ def run(quick: bool) -> str:
     windows = " | ".join(f"{w}" for w in per_rule)
     costs = " | ".join(f"{statistics.median(t) * 1000:.1f}" for t in per_rule.values())
     return f"""\
-## SLO rules: evaluation cost in Prometheus (issue 12)
-
-A real Prometheus on backfilled TSDB blocks: {routes_n} API routes and the 5 probe routes,
-{series} series, {days:g} days of samples every {STEP_S} s ({samples:,} samples; backfill
-{setup_s:.0f} s). Both rule files evaluated every {EVAL_S} s (the budget group on its own
-5-minute interval); medians of {len(slo)} evaluations. The 3-day windows read 3 days; the
-30-day ratios read what there is, so their 30-day cost is estimated as {30 / days:g}x.
+{routes_n} API routes and the 5 probe routes, {series} series, {days:g} days of samples every \
+{STEP_S} s ({samples:,} samples; backfill {setup_s:.0f} s); rules evaluated every {EVAL_S} s; \
+medians of {len(slo)} evaluations; the 30-day cost estimated as {30 / days:g}x the \
+{days:g}-day one.
 
 ### Targets
 

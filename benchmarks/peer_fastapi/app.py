@@ -1,15 +1,16 @@
 """Benchmark-only peer (c): the health routes written the way many teams would.
 
 FastAPI + Mangum + prometheus-fastapi-instrumentator in one Lambda, with the same
-four routes and response shapes as `functions/health` and a database check over
-pg8000 (one lazily opened connection per container, reused, dropped on error,
-a socket timeout, no TLS on loopback). `/metrics` is the instrumentator's
+four routes and JSON response shapes as `functions/health` (not the
+`application/health+json` form of `/health/detailed`: the suite asks for JSON) and a
+database check over pg8000 (one lazily opened connection per container, reused,
+dropped on error, a socket timeout, no TLS on loopback). `/metrics` is the instrumentator's
 in-memory registry. Not deployed; `benchmarks/suite_health.py` imports it as
 Lambda would (`app.handler`, this folder on sys.path).
 
 `handler = Mangum(app)` is the form the Mangum and FastAPI tutorials show; it
-runs the ASGI lifespan on every invocation. `PEER_MANGUM_LIFESPAN=off` gives the
-tuned form.
+runs the ASGI lifespan on every invocation (the tuned form, `lifespan="off"`, was
+measured once: benchmarks/README.md, *Concluded investigations*).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pg8000.native
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse
 from mangum import Mangum
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -31,7 +32,6 @@ SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "realestate-backend"
 VERSION = os.environ.get("SERVICE_VERSION") or "0.1.0"
 DB_TIMEOUT_S = float(os.environ.get("HEALTH_DB_TIMEOUT_S") or 2.0)
 TOKEN = os.environ.get("METRICS_AUTH_TOKEN") or None
-HEALTH_JSON = "application/health+json"
 
 app = FastAPI(title=SERVICE, version=VERSION)
 Instrumentator().instrument(app).expose(app)
@@ -92,7 +92,7 @@ def ready() -> JSONResponse:
 
 
 @app.get("/health/detailed")
-def detailed(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
+def detailed(authorization: str | None = Header(default=None)) -> JSONResponse:
     if TOKEN is not None:
         scheme, _, presented = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -105,24 +105,6 @@ def detailed(request: Request, authorization: str | None = Header(default=None))
     checks = {"database": check_database()}
     ok = all(c["status"] == "up" for c in checks.values())
     status = 200 if ok else 503
-    if HEALTH_JSON in request.headers.get("accept", ""):
-        body: dict[str, Any] = {
-            "status": "pass" if ok else "fail",
-            "serviceId": SERVICE,
-            "releaseId": VERSION,
-            "checks": {
-                f"{name}:responseTime": [
-                    {
-                        "observedValue": c["latencyMs"],
-                        "observedUnit": "ms",
-                        "status": "pass" if c["status"] == "up" else "fail",
-                        "time": _now(),
-                    }
-                ]
-                for name, c in checks.items()
-            },
-        }
-        return JSONResponse(body, status_code=status, media_type=HEALTH_JSON)
     body = {
         "status": "ok" if ok else "degraded",
         "service": SERVICE,
@@ -133,4 +115,4 @@ def detailed(request: Request, authorization: str | None = Header(default=None))
     return JSONResponse(body, status_code=status)
 
 
-handler = Mangum(app, lifespan=os.environ.get("PEER_MANGUM_LIFESPAN") or "auto")  # type: ignore[arg-type]
+handler = Mangum(app)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 import subprocess
 
-import pytest
-
 from tools import ROOT
 
 SUITE_LIMIT = 400  # lines, for any module under benchmarks/
@@ -49,10 +47,6 @@ def test_no_benchmark_module_is_over_the_limit() -> None:
     assert not over, f"over {SUITE_LIMIT} lines (split it, or move a one-off out): {over}"
 
 
-# Open (issue 24 item 7): the 1,000-identity fleet simulation (issue 23) took the folder
-# from 19.9% to 22.8%. Strict: this fails as soon as the share is back under the limit,
-# so the marker cannot outlive the gap.
-@pytest.mark.xfail(strict=True, reason="benchmarks/ is over 20% since the fleet simulation")
 def test_benchmarks_are_at_most_a_fifth_of_the_non_test_code() -> None:
     sizes = _non_test()
     bench = {p: n for p, n in _benchmarks(sizes).items()}

@@ -2,7 +2,7 @@
 accepts `POST /v1/traces` (protobuf, as the SDK's exporter sends it), decodes each
 ExportTraceServiceRequest with opentelemetry-proto's classes and keeps the spans.
 
-Tests and the tracing benchmark use it; run on its own, it prints what the bundle sends:
+Tests use it; run on its own, it prints what the bundle sends:
 
     .venv/bin/python -m tools.standins.otlp_receiver  # prints OTEL_EXPORTER_OTLP_ENDPOINT=…, spans
 """

@@ -88,8 +88,10 @@ def prometheus(
     rules: Mapping[str, Any] | None = None,
     interval: str = "1s",
     rule_files: Sequence[Path] = (),
+    tsdb: Path | None = None,
 ) -> Iterator[Prometheus]:
-    """`rules` is written to a file of its own; `rule_files` are loaded as they are."""
+    """`rules` is written to a file of its own; `rule_files` are loaded as they are; `tsdb`:
+    existing TSDB blocks to serve (a fresh, empty one by default)."""
     work = Path(tempfile.mkdtemp(prefix="prometheus-"))
     config: dict[str, Any] = {
         "global": {
@@ -112,7 +114,7 @@ def prometheus(
         [
             binary,
             f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'data'}",
+            f"--storage.tsdb.path={tsdb or work / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         stdout=log,

@@ -1,7 +1,7 @@
 """A loopback HTTP server standing in for Sentry's ingest: it accepts the SDK's
 envelopes (POST /api/<project>/envelope/, gzip or plain) and keeps them to inspect.
 
-Tests and the error-tracking benchmark use it; run on its own, it shows what the bundle
+Tests use it; run on its own, it shows what the bundle
 would send to Sentry:
 
     .venv/bin/python -m tools.standins.sentry_ingest   # prints SENTRY_DSN=…, then each event
