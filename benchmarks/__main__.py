@@ -53,13 +53,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_suites(names: list[str], quick: bool, no_record: bool) -> int:
     from ops.config import settings
+    from tests.support.runtime import reset_runtime
 
     settings()  # a bad setting is two lines before minutes of work, not a traceback in it
     for name in names:
         module = importlib.import_module(f"benchmarks.suite_{name}")
         print(f"== {name}", flush=True)
-        load, began = os.getloadavg(), time.monotonic()
-        section = module.run(quick)
+        load, began, saved = os.getloadavg(), time.monotonic(), dict(os.environ)
+        try:
+            section = module.run(quick)
+        finally:  # a suite's settings (DATABASE_URL, ...) and connections end with it
+            os.environ.clear()
+            os.environ.update(saved)
+            reset_runtime()
         section += (
             f"\n\nMachine load (`uptime`, 1/5/15 min) {load[0]:.2f} / {load[1]:.2f} / "
             f"{load[2]:.2f} at the start, {os.getloadavg()[0]:.2f} (1 min) at the end; "

@@ -364,20 +364,15 @@ def run(quick: bool) -> str:
 
     rows = QUICK_ROWS if quick else int(os.environ.get("RETENTION_BENCH_ROWS", FULL_ROWS))
     baseline_s, repeats = (3.0, 1) if quick else (6.0, REPEATS)
-    saved_env = dict(os.environ)
-    try:
-        with running_cluster() as cluster:
-            _build_template(cluster, "plain", rows, partitioned=False)
-            _build_template(cluster, "partitioned", rows, partitioned=True)
-            runs: dict[tuple[str, str], list[Prune]] = {}
-            for rep in range(repeats):
-                for scenario in ("plain", "partitioned"):
-                    # Alternate which method goes first, so neither always meets a warmer cache.
-                    for method in ("naive", "function")[:: 1 if rep % 2 == 0 else -1]:
-                        print(f"   {rep + 1}/{repeats} {scenario} / {method} ...", flush=True)
-                        prune = _measure(cluster, scenario, method, baseline_s)
-                        runs.setdefault((scenario, method), []).append(prune)
-        return _report(rows, runs, quick)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
+    with running_cluster() as cluster:
+        _build_template(cluster, "plain", rows, partitioned=False)
+        _build_template(cluster, "partitioned", rows, partitioned=True)
+        runs: dict[tuple[str, str], list[Prune]] = {}
+        for rep in range(repeats):
+            for scenario in ("plain", "partitioned"):
+                # Alternate which method goes first, so neither always meets a warmer cache.
+                for method in ("naive", "function")[:: 1 if rep % 2 == 0 else -1]:
+                    print(f"   {rep + 1}/{repeats} {scenario} / {method} ...", flush=True)
+                    prune = _measure(cluster, scenario, method, baseline_s)
+                    runs.setdefault((scenario, method), []).append(prune)
+    return _report(rows, runs, quick)
