@@ -7,6 +7,7 @@ database tests a second time against Debian's PostgreSQL 15 that way).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -20,7 +21,6 @@ import pytest
 
 from tests.support.db import SQL, PgConnect, runner
 from tests.support.runtime import (
-    ApiReply,
     AppEnv,
     FunctionInvoker,
     LogLines,
@@ -176,18 +176,7 @@ def log_lines() -> Iterator[LogLines]:
 
 @pytest.fixture
 def health_api() -> FunctionInvoker:
-    handler = function_handler("health")
-
-    def invoke(
-        path: str,
-        method: str = "GET",
-        headers: dict[str, str] | None = None,
-        resource: str | None = None,
-        timeout_s: float = 10,
-    ) -> ApiReply:
-        return call_api(handler, path, method, headers, resource, timeout_s)
-
-    return invoke
+    return functools.partial(call_api, function_handler("health"))
 
 
 @pytest.fixture

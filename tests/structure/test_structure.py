@@ -7,7 +7,7 @@ import ast
 import re
 from functools import cache
 
-from tests.support.import_graph import cycles, graph, modules
+from tests.support.import_graph import cycles, graph, modules, tracked_python_files
 from tools import FUNCTIONS_DIR, LAYER_DIR, ROOT
 
 # None left: the package loads the catalogue before any family of a team's (its names are
@@ -99,17 +99,10 @@ def test_every_runner_has_the_same_paths() -> None:
 def test_one_mypy_run_covers_every_python_file() -> None:
     """`mypy` with no arguments (as `make lint` runs it) reaches every tracked Python file
     but the FastAPI peer, which runs in its own venv (issue 24 item 1)."""
-    import subprocess
     import tomllib
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
-    tracked = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    tracked = tracked_python_files()
     assert "tests/conftest.py" in tracked  # the listing found the files
     excluded = [re.compile(p) for p in config["exclude"]]
     left_out = [

@@ -5,6 +5,7 @@ deferred import still ties two modules together."""
 from __future__ import annotations
 
 import ast
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,19 @@ SOURCE_ROOTS: dict[Path, tuple[str, ...]] = {
     FUNCTIONS_DIR: ("health", "metrics", "retention"),
 }
 SKIPPED = ("/.work/", "/__pycache__/")
+
+
+def tracked_python_files() -> list[str]:
+    """Every Python file of the project, relative to its root: tracked, or new and not
+    ignored by git (so not the virtualenvs, caches or `.aws-sam`)."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [p for p in out.splitlines() if (ROOT / p).is_file()]
 
 
 def modules() -> dict[str, Path]:

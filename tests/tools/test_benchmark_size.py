@@ -9,23 +9,12 @@ measures against) is benchmark code and counts as such.
 from __future__ import annotations
 
 import re
-import subprocess
 
+from tests.support.import_graph import tracked_python_files
 from tools import ROOT
 
 SUITE_LIMIT = 400  # lines, for any module under benchmarks/
 SHARE_LIMIT = 0.20  # of the non-test code
-
-
-def _python_files() -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [p for p in out.splitlines() if (ROOT / p).is_file()]
 
 
 def _lines(path: str) -> int:
@@ -33,7 +22,7 @@ def _lines(path: str) -> int:
 
 
 def _non_test() -> dict[str, int]:
-    return {p: _lines(p) for p in _python_files() if not p.startswith("tests/")}
+    return {p: _lines(p) for p in tracked_python_files() if not p.startswith("tests/")}
 
 
 def _benchmarks(sizes: dict[str, int]) -> dict[str, int]:
