@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from tools.standins.loopback import ingest_endpoint
+from tools.standins.loopback import Received, ingest_endpoint
 
 
 @dataclass(frozen=True)
@@ -82,34 +81,20 @@ def decode(body: bytes, received_at: float) -> list[ReceivedSpan]:
     return spans
 
 
-@dataclass
-class OtlpReceiver:
-    port: int
-    exports: list[Export] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
+class OtlpReceiver(Received[Export]):
     @property
     def endpoint(self) -> str:
         """OTEL_EXPORTER_OTLP_ENDPOINT for it (the exporter appends /v1/traces)."""
         return f"http://127.0.0.1:{self.port}"
 
     def spans(self) -> list[ReceivedSpan]:
-        with self.lock:
-            return [s for e in self.exports for s in e.spans]
+        return [s for e in self.received() for s in e.spans]
 
     def raw(self) -> bytes:
-        with self.lock:
-            return b"\n".join(e.body for e in self.exports)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.exports.clear()
+        return b"\n".join(e.body for e in self.received())
 
     def wait_for(self, count: int, timeout_s: float = 5.0) -> list[ReceivedSpan]:
-        deadline = time.monotonic() + timeout_s
-        while len(self.spans()) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.spans()
+        return self.wait_until(count, self.spans, timeout_s)
 
 
 @contextmanager
@@ -118,8 +103,7 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
         if path != "/v1/traces":
             return 404, "text/plain", b""
         spans = decode(body, time.monotonic())
-        with receiver.lock:
-            receiver.exports.append(Export(headers, body, spans))
+        receiver.add(Export(headers, body, spans))
         return 200, "application/x-protobuf", b""
 
     with ingest_endpoint(on_post) as port:

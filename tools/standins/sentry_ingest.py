@@ -10,14 +10,13 @@ would send to Sentry:
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from tools.standins.loopback import ingest_endpoint
+from tools.standins.loopback import Received, ingest_endpoint
 
 PUBLIC_KEY = "testpublickey"
 PROJECT = "1"
@@ -53,42 +52,25 @@ def parse_envelope(body: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, An
     return json.loads(first), items
 
 
-@dataclass
-class SentryIngest:
-    port: int
-    envelopes: list[Envelope] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
+class SentryIngest(Received[Envelope]):
     @property
     def dsn(self) -> str:
         return f"http://{PUBLIC_KEY}@127.0.0.1:{self.port}/{PROJECT}"
 
     def items(self, kind: str) -> list[Any]:
-        with self.lock:
-            return [p for e in self.envelopes for h, p in e.items if h.get("type") == kind]
+        return [p for e in self.received() for h, p in e.items if h.get("type") == kind]
 
     def events(self) -> list[dict[str, Any]]:
         return self.items("event")
 
     def event_received_at(self) -> list[float]:
-        with self.lock:
-            return [
-                e.received_at for e in self.envelopes for h, _ in e.items if h["type"] == "event"
-            ]
+        return [e.received_at for e in self.received() for h, _ in e.items if h["type"] == "event"]
 
     def raw(self) -> str:
-        with self.lock:
-            return "\n".join(e.raw for e in self.envelopes)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.envelopes.clear()
+        return "\n".join(e.raw for e in self.received())
 
     def wait_for_events(self, count: int, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while len(self.events()) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.events()
+        return self.wait_until(count, self.events, timeout_s)
 
 
 @contextmanager
@@ -96,8 +78,7 @@ def sentry_ingest() -> Iterator[SentryIngest]:
     def on_post(path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
         _, items = parse_envelope(body)
         envelope = Envelope(path, headers, body.decode(errors="replace"), items, time.monotonic())
-        with ingest.lock:
-            ingest.envelopes.append(envelope)
+        ingest.add(envelope)
         return 200, "application/json", b"{}"
 
     with ingest_endpoint(on_post) as port:
