@@ -7,15 +7,13 @@ Each example is produced again by the command the docs name, and compared key by
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tools import PYTHONPATH, ROOT
+from tests.support.runtime import run_tool
+from tools import ROOT
 
 RFC3339_UTC_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 # Differ on every run: when, how long, Lambda's request id.
@@ -34,21 +32,13 @@ def doc_examples(path: str, must_contain: str) -> list[dict[str, Any]]:
 
 def invoke_health(database_url: str) -> list[dict[str, Any]]:
     """`make invoke FN=HealthFunction EVENT=events/health.json`: its JSON log lines."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("POWERTOOLS_", "LOG_"))}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.runtime.invoke",
-            "HealthFunction",
-            "--event",
-            "events/health.json",
-        ],
-        cwd=ROOT,
-        env={**env, "PYTHONPATH": PYTHONPATH, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    out = run_tool(
+        "tools.runtime.invoke",
+        "HealthFunction",
+        "--event",
+        "events/health.json",
+        env={"DATABASE_URL": database_url},
+        unset=("POWERTOOLS_", "LOG_", "DATABASE_URL", "DB_SECRET_ARN"),  # the defaults' lines
     )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +24,8 @@ from tests.support.retention import (
     run,
     seed,
 )
-from tools import PYTHONPATH, ROOT
+from tests.support.runtime import run_tool
+from tools import ROOT
 
 pytestmark = pytest.mark.usefixtures("retention_slate")
 
@@ -125,21 +123,12 @@ def test_tools_invoke_runs_the_function_with_an_event_file(
     sql: SQL, db_env: str, name: str
 ) -> None:
     seed(sql)
-    env = {**os.environ, "DATABASE_URL": db_env, "PYTHONPATH": PYTHONPATH}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.runtime.invoke",
-            "RetentionFunction",
-            "--event",
-            f"events/{name}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_tool(
+        "tools.runtime.invoke",
+        "RetentionFunction",
+        "--event",
+        f"events/{name}",
+        env={"DATABASE_URL": db_env},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)

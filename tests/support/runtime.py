@@ -1,14 +1,18 @@
 """The handlers as Lambda loads them, invoked with API Gateway proxy events, a reset
 that makes the next invocation start like a new container, and the types of the
-fixtures that do so (tests/conftest.py)."""
+fixtures that do so (tests/conftest.py); the local tools run as a developer runs them."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tools import PYTHONPATH, ROOT
 from tools.runtime.apigw import proxy_event
 from tools.runtime.handler import LambdaContext, load_handler
 
@@ -83,3 +87,22 @@ def log_handler() -> logging.StreamHandler[Any]:
     handler = logger.registered_handler  # typed as any Handler; ours is a StreamHandler
     assert isinstance(handler, logging.StreamHandler), handler
     return handler
+
+
+def run_tool(
+    *args: str,
+    env: dict[str, str],
+    timeout: float = 120,
+    unset: tuple[str, ...] = ("DATABASE_URL", "DB_SECRET_ARN"),
+) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` from the project's root, as a developer runs it: this process's
+    environment without the variables starting with `unset`, plus `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env={**clean, "PYTHONPATH": PYTHONPATH, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.db import SQL
+from tests.support.runtime import run_tool
 from tools import PYTHONPATH, ROOT
 from tools.localdb.pgcluster import PgCluster, free_port
 
@@ -145,19 +146,12 @@ def test_run_uses_database_url_when_set(database_url: str, sql: SQL) -> None:
 
 
 def test_invoke_runs_a_function_with_an_event_file(database_url: str) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.runtime.invoke",
-            "HealthFunction",
-            "--event",
-            "events/health.json",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": PYTHONPATH, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
+    out = run_tool(
+        "tools.runtime.invoke",
+        "HealthFunction",
+        "--event",
+        "events/health.json",
+        env={"DATABASE_URL": database_url},
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
@@ -169,30 +163,9 @@ def test_invoke_runs_a_function_with_an_event_file(database_url: str) -> None:
 
 
 def test_invoke_rejects_unknown_function() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "tools.runtime.invoke", "NoSuchFunction"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": PYTHONPATH},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_tool("tools.runtime.invoke", "NoSuchFunction", env={}, timeout=60)
     assert out.returncode == 2
     assert "unknown function" in out.stderr and "HealthFunction" in out.stderr
-
-
-def run_tool(
-    *args: str, env: dict[str, str], timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DB_SECRET_ARN")}
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        env={**clean, "PYTHONPATH": PYTHONPATH, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def assert_clear_failure(out: subprocess.CompletedProcess[str], *needles: str) -> None:
