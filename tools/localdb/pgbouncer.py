@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,7 @@ from urllib.parse import quote
 
 import pg8000.native
 
-from tools.localdb.pgcluster import SUPERUSER, SYSTEM_USER, PgCluster, free_port
+from tools.localdb.pgcluster import SUPERUSER, SYSTEM_USER, PgCluster, free_port, listening
 
 BINARY = "pgbouncer"  # Debian's package of the same name
 DATABASE = "app"  # the name clients connect to; pgbouncer maps it to the cluster's database
@@ -88,11 +87,9 @@ class PgBouncer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pgbouncer exited: {self.log()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            if listening(self.port):
+                return
+            time.sleep(0.05)
         raise TimeoutError(f"pgbouncer did not listen on port {self.port}")
 
     def admin_connection(self) -> pg8000.native.Connection:

@@ -51,6 +51,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether a server accepts TCP connections on 127.0.0.1:`port` yet."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 class PgCluster:
     def __init__(
         self,
@@ -188,11 +197,9 @@ class PgCluster:
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
+            if listening(self.port):
+                return
+            time.sleep(0.1)
         raise TimeoutError(f"PostgreSQL did not accept connections on port {self.port}")
 
     def url(self, database: str = "postgres") -> str:
