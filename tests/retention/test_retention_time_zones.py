@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 import pg8000.native
 import pytest
 
-from ops.db import Database
+from ops.db import Database, DatabaseUnavailable
 from ops.retention_policies import Policy, PolicyError
 from ops.timestamps import read_timestamps_exactly
 from retention.inputs import resolve_targets
@@ -274,14 +274,17 @@ def test_through_a_transaction_pooler_in_another_datestyle(
     def pooled() -> Iterator[None]:
         direct(f"ALTER DATABASE {POOLED} SET TimeZone = '{zone}'")
         direct(f"ALTER DATABASE {POOLED} SET DateStyle = 'German, DMY'")
-        bouncer.reconnect()  # server connections with the database's new settings
-        client = pg_connect(bouncer.url)
-        assert client.run("SHOW TimeZone") + client.run("SHOW DateStyle") == [
-            [zone],
-            ["German, DMY"],
-        ]
-        monkeypatch.setenv("DATABASE_URL", bouncer.url)
-        try:
+        try:  # the settings are reset however this ends: the next test starts clean
+            bouncer.reconnect()  # server connections with the database's new settings
+            try:
+                client = pg_connect(bouncer.url)
+            except DatabaseUnavailable as exc:  # say what the pooler was doing
+                raise AssertionError(f"pgbouncer's log ends:\n{bouncer.log()[-3000:]}") from exc
+            assert client.run("SHOW TimeZone") + client.run("SHOW DateStyle") == [
+                [zone],
+                ["German, DMY"],
+            ]
+            monkeypatch.setenv("DATABASE_URL", bouncer.url)
             yield
         finally:
             direct(f"ALTER DATABASE {POOLED} RESET TimeZone")
